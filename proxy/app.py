@@ -1,0 +1,88 @@
+"""`create_app(settings)`: the proxy as a Litestar application.
+
+The factory builds every long-lived part once (store, recorder thread, site registry,
+pooled upstream client, metrics) and keeps them in `app.state.proxy`; nothing lives
+in module globals, so a test can run several proxies side by side.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import httpx
+from litestar import Litestar, Request, Response, get
+from litestar.openapi import OpenAPIConfig
+
+from proxy.admin import admin_router
+from proxy.chat import chat_completions
+from proxy.errors import EXCEPTION_HANDLERS, error_response
+from proxy.metrics import ProxyMetrics
+from proxy.pricing import PriceTable
+from proxy.recorder import Recorder
+from proxy.site_registry import SiteRegistry
+from proxy.state import ProxyState
+from proxy.upstream import Upstream
+from understudy.settings import Settings
+from understudy.store import Store
+
+
+@get("/healthz", tags=["Operations"], summary="Liveness and recorder backlog")
+async def healthz(request: Request) -> dict:
+    proxy: ProxyState = request.app.state.proxy
+    return {"status": "ok", "sites": len(proxy.sites.all()), "recorder_queue": proxy.recorder.pending()}
+
+
+@get("/metrics", tags=["Operations"], summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
+async def metrics(request: Request) -> Response[bytes]:
+    proxy: ProxyState = request.app.state.proxy
+    return Response(proxy.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@get("/v1/models", tags=["OpenAI-compatible"], summary="List models (the upstream's list, passed through)")
+async def list_models(request: Request) -> Response[bytes]:
+    proxy: ProxyState = request.app.state.proxy
+    try:
+        upstream = await proxy.upstream.get_models(dict(request.headers))
+        return Response(upstream.content, status_code=upstream.status_code,
+                        media_type=upstream.headers.get("content-type", "application/json"))
+    except httpx.HTTPError as exc:
+        return error_response(502, f"upstream unreachable: {exc}", type="upstream_error", code="upstream_unreachable")
+
+
+def build_state(settings: Settings) -> ProxyState:
+    settings.ensure_data_dir()
+    store = Store(settings.db_path)
+    upstream_key = settings.resolved_upstream_key()
+    recorder = Recorder(
+        store, PriceTable.load(settings.prices_file), batch_rows=settings.recorder_batch_rows,
+        flush_ms=settings.recorder_flush_ms, secrets=(upstream_key,) if upstream_key else (),
+        failed_path=settings.data_dir / "failed-writes.jsonl",
+    )
+    return ProxyState(
+        settings=settings, store=store, recorder=recorder, sites=SiteRegistry(store.site_records()),
+        upstream=Upstream(settings), metrics=ProxyMetrics(recorder),
+        admin_token=settings.admin_token or secrets.token_urlsafe(24),
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    state = build_state(settings)
+
+    def start(app: Litestar) -> None:
+        state.recorder.start()
+
+    async def stop(app: Litestar) -> None:
+        await state.upstream.aclose()
+        state.recorder.close()  # drains the queue: a clean shutdown loses nothing
+        state.store.close()
+
+    app = Litestar(
+        route_handlers=[chat_completions, list_models, healthz, metrics, admin_router],
+        on_startup=[start],
+        on_shutdown=[stop],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="Understudy", version="0.1.0", path="/schema"),
+    )
+    app.state.proxy = state
+    return app

@@ -1,0 +1,140 @@
+"""Turning what the request path captured into a `calls` row (runs on the recorder thread).
+
+Everything here is deliberately kept off the request path: decoding the upstream
+body, reassembling streams, schema validation, cost. The request path only hands over
+bytes and the already-decoded request dict.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+import msgspec
+
+from proxy.callsite import Identification
+from proxy.pricing import PriceTable
+from proxy.stream_assembly import assemble_completion
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+# Keys that could carry a credential inside a body; removed before a write.
+_SECRET_KEYS = frozenset({"api_key", "apikey", "authorization", "api-key", "x-api-key", "key", "secret", "password"})
+
+
+@dataclass(slots=True)
+class PendingCall:
+    """What the request path hands to the recorder for one finished call."""
+
+    id: str
+    ts: datetime
+    identification: Identification
+    request: dict[str, Any]
+    served_by: str
+    stream: bool
+    status: int
+    latency_ms: float
+    response_body: bytes | None = None  # the upstream body, or the concatenated SSE bytes
+    error: str | None = None
+    response_obj: dict[str, Any] | None = field(default=None)  # a completion the proxy built itself
+
+
+def redact(value: Any, secrets: tuple[str, ...]) -> Any:
+    """A copy without credential-named keys and with any known secret string masked."""
+    if isinstance(value, dict):
+        return {k: redact(v, secrets) for k, v in value.items() if str(k).lower() not in _SECRET_KEYS}
+    if isinstance(value, list):
+        return [redact(v, secrets) for v in value]
+    if isinstance(value, str) and secrets:
+        for secret in secrets:
+            if secret and secret in value:
+                value = value.replace(secret, "[redacted]")
+    return value
+
+
+def completion_of(call: PendingCall) -> dict[str, Any] | None:
+    if call.response_obj is not None:
+        return call.response_obj
+    if not call.response_body:
+        return None
+    if call.stream and call.status == 200:
+        return assemble_completion(call.response_body)
+    try:
+        decoded = _decoder.decode(call.response_body)
+    except msgspec.DecodeError:
+        return {"raw": call.response_body[:4096].decode("utf-8", "replace")}
+    return decoded if isinstance(decoded, dict) else {"raw": decoded}
+
+
+def first_content(completion: dict[str, Any] | None) -> str | None:
+    try:
+        return completion["choices"][0]["message"].get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def typed_output_valid(request: dict[str, Any], completion: dict[str, Any] | None) -> bool | None:
+    """Did the answer parse against the request's JSON schema? None when the call is untyped."""
+    schema = _json_schema_of(request.get("response_format"))
+    if schema is None:
+        return None
+    content = first_content(completion)
+    if content is None:
+        return False
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return False
+    return _validator_for(_encoder.encode(schema).decode()).is_valid(value)
+
+
+def _json_schema_of(response_format: Any) -> dict[str, Any] | None:
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        return spec.get("schema") if isinstance(spec.get("schema"), dict) else {}
+    if response_format.get("type") == "json_object":
+        return {"type": "object"}
+    return None
+
+
+@lru_cache(maxsize=256)
+def _validator_for(schema_json: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema)
+
+
+def to_row(call: PendingCall, retry_of: str | None, prices: PriceTable, secrets: tuple[str, ...]) -> tuple:
+    """The `calls` row, in `store.CALL_COLUMNS` order."""
+    completion = completion_of(call)
+    usage = (completion or {}).get("usage") or {}
+    prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    completion_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    model = call.request.get("model")
+    ok = 200 <= call.status < 300
+    return (
+        call.id,
+        call.ts,
+        call.identification.site_id,
+        model,
+        call.served_by,
+        call.stream,
+        call.identification.turn,
+        call.identification.conversation,
+        retry_of,
+        _encoder.encode(redact(call.request, secrets)).decode(),
+        _encoder.encode(completion).decode() if completion is not None else None,
+        call.status,
+        call.error,
+        call.latency_ms,
+        prompt_tokens,
+        completion_tokens,
+        prices.cost(model, prompt_tokens, completion_tokens) if ok and call.served_by == "upstream" else 0.0 if ok else None,
+        typed_output_valid(call.request, completion) if ok else None,
+    )

@@ -1,0 +1,198 @@
+"""Call-site identification: which `by llm()` call (or which task) sent this request.
+
+byLLM builds every request of one call site from the same static parts; only argument
+values change (see ../shared/fixtures/byllm/README.md). The first user message reads
+
+    <header: docstring, sem text, or the bare function name>
+
+    <arg> = (<python repr of the value>, '<semstr>')
+    <arg> = (...)
+
+and byLLM 0.6 adds a second text part "Schema requirements: ..." derived from the
+response schema. The site signature hashes the static part: system text, header,
+ordered argument names, the response schema, tool names and temperature. The
+"Schema requirements" part is left out because it is a function of the response
+schema (already hashed) and byLLM drops it from retries and 0.4 never sends it.
+
+Retries ("Your previous response could not be used ...") and tool-loop steps re-send
+the first user turn, so identifying from the first user message alone puts them on
+their site; they are classified by `turn` and share a `conversation` key with the
+first turn. Requests that do not look like byLLM (generic OpenAI clients) are keyed
+by system text + response schema + tool names. An explicit tag (header
+`X-Understudy-Site` or `metadata.understudy_site`) overrides all of this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+BYLLM_SYSTEM_MARKER = "This is a task you must complete by returning only the output."
+RETRY_MARKER = "Your previous response could not be used"
+SCHEMA_PART_MARKER = "Schema requirements:"
+_ARG_LINE = re.compile(r"^([A-Za-z_]\w*) = \(", re.MULTILINE)
+_ARGS_BLOCK_START = re.compile(r"\n\n(?=[A-Za-z_]\w* = \()")
+_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
+_SLUG_NOISE = re.compile(r"[^a-z0-9]+")
+_encoder = msgspec.json.Encoder(order="sorted")
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """The static part of a request: equal signatures mean one call site."""
+
+    kind: str  # byllm | generic | explicit
+    system_text: str
+    header: str | None
+    arg_names: tuple[str, ...]
+    schema_name: str | None
+    schema_digest: str | None
+    tool_names: tuple[str, ...]
+    temperature: float | None
+    tag: str | None = None
+
+    @property
+    def site_id(self) -> str:
+        if self.tag is not None:
+            return _digest("explicit", self.tag)
+        return _digest(
+            self.kind, self.system_text, self.header or "", ",".join(self.arg_names),
+            self.schema_digest or "", ",".join(self.tool_names), repr(self.temperature),
+        )
+
+    def default_name(self, caller_name: str | None) -> tuple[str, str]:
+        """A readable name and where it came from (caller | explicit | function | docstring | system)."""
+        if self.tag is not None:
+            return self.tag, "explicit"
+        if caller_name:
+            return caller_name, "caller"
+        returns = self.schema_name or "str"
+        if self.header and _IDENTIFIER.match(self.header):
+            return self.header, "function"
+        if self.header:
+            return f"{returns}:{_slug(self.header)}", "docstring"
+        return f"{returns}:{_slug(self.system_text) or 'chat'}", "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Identification:
+    site_id: str
+    signature: Signature
+    turn: str  # first | retry | tool_step | followup
+    conversation: str  # same key for a first turn and its retries / tool steps
+    caller_name: str | None
+
+
+class RequestShapeError(ValueError):
+    """The body has no user message to identify a site from."""
+
+
+def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identification:
+    messages = body["messages"]
+    system_text = "\n".join(_text_of(m) for m in messages if m.get("role") in ("system", "developer"))
+    first_user_index = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+    first_user = _first_user_text(messages[first_user_index]) if first_user_index is not None else ""
+
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    tag = explicit_tag or metadata.get("understudy_site") or None
+    caller_name = metadata.get("jac_caller_name") or None
+
+    header, arg_names, kind = _split_prompt(first_user, system_text)
+    schema_name, schema_digest = _schema_parts(body.get("response_format"))
+    signature = Signature(
+        kind="explicit" if tag else kind,
+        system_text=system_text,
+        header=header,
+        arg_names=arg_names,
+        schema_name=schema_name,
+        schema_digest=schema_digest,
+        tool_names=_tool_names(body.get("tools")),
+        temperature=_number_or_none(body.get("temperature")),
+        tag=str(tag) if tag else None,
+    )
+    later = messages[first_user_index + 1 :] if first_user_index is not None else []
+    site_id = signature.site_id
+    return Identification(
+        site_id=site_id,
+        signature=signature,
+        turn=_turn_of(later),
+        conversation=_digest(site_id, first_user),
+        caller_name=caller_name,
+    )
+
+
+def _split_prompt(text: str, system_text: str) -> tuple[str | None, tuple[str, ...], str]:
+    """(header, argument names, kind) from byLLM's first user message."""
+    match = _ARGS_BLOCK_START.search(text)
+    if match:
+        header = text[: match.start()].strip()
+        return header, tuple(_ARG_LINE.findall(text[match.end() :])), "byllm"
+    if BYLLM_SYSTEM_MARKER in system_text:
+        # A byLLM function without arguments: the whole message is the header.
+        return text.strip(), (), "byllm"
+    return None, (), "generic"
+
+
+def _first_user_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        parts = [
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+            and not str(part.get("text", "")).startswith(SCHEMA_PART_MARKER)
+        ]
+        return "\n".join(parts)
+    return content if isinstance(content, str) else ""
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content if isinstance(content, str) else ""
+
+
+def _turn_of(later_messages: list[dict[str, Any]]) -> str:
+    if not later_messages:
+        return "first"
+    if any(m.get("role") == "tool" or m.get("tool_calls") for m in later_messages):
+        return "tool_step"
+    if any(m.get("role") == "user" and _text_of(m).startswith(RETRY_MARKER) for m in later_messages):
+        return "retry"
+    return "followup"
+
+
+def _schema_parts(response_format: Any) -> tuple[str | None, str | None]:
+    if not isinstance(response_format, dict):
+        return None, None
+    json_schema = response_format.get("json_schema")
+    name = json_schema.get("name") if isinstance(json_schema, dict) else response_format.get("type")
+    return (str(name) if name else None), _digest(_encoder.encode(response_format).decode())
+
+
+def _tool_names(tools: Any) -> tuple[str, ...]:
+    if not isinstance(tools, list):
+        return ()
+    names = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and function.get("name"):
+            names.append(str(function["name"]))
+    return tuple(names)
+
+
+def _number_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=6).hexdigest()
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return _SLUG_NOISE.sub("-", text.lower()).strip("-")[:limit].rstrip("-")

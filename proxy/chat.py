@@ -1,0 +1,163 @@
+"""POST /v1/chat/completions: validate, identify the call site, forward, record.
+
+The handler keeps the request path short: one JSON decode (needed to validate and to
+identify the site), the client's bytes forwarded as they are (re-encoded only when
+Understudy's own metadata must be taken out), and the recording handed to the
+recorder's queue. Streams are relayed chunk by chunk as they arrive and recorded when
+they end, whether they finish, fail or the client goes away.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import msgspec
+from litestar import Request, Response, post
+from litestar.response import Stream
+
+from proxy.call_record import PendingCall
+from proxy.callsite import identify
+from proxy.errors import ProxyError, error_body, is_openai_error
+from proxy.openapi import ChatCompletionsOperation
+from proxy.state import ProxyState
+from proxy.types import validation_error
+from proxy.upstream import pass_back_headers
+
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+SITE_HEADER = "x-understudy-site"
+
+
+@post(
+    "/v1/chat/completions",
+    operation_class=ChatCompletionsOperation,
+    summary="Create a chat completion (OpenAI-compatible)",
+    description="Forwarded to the upstream model and recorded under its call site. "
+    "Responses carry `X-Understudy-Site` and `X-Understudy-Served-By`.",
+    tags=["OpenAI-compatible"],
+)
+async def chat_completions(request: Request) -> Response:
+    proxy: ProxyState = request.app.state.proxy
+    started = time.perf_counter()
+    body = await request.body()
+    payload = _decode(body, proxy)
+    ident = identify(payload, request.headers.get(SITE_HEADER))
+    site, new_site_row, name_update = proxy.sites.observe(ident)
+    if new_site_row is not None:
+        proxy.recorder.add_site(new_site_row)
+    if name_update is not None:
+        proxy.recorder.rename_site(name_update)
+
+    forward_body = _without_understudy_fields(body, payload)
+    upstream_request = proxy.upstream.build_chat_request(forward_body, dict(request.headers))
+    headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": "upstream"}
+    call = PendingCall(
+        id=uuid.uuid4().hex, ts=datetime.now(timezone.utc), identification=ident, request=payload,
+        served_by="upstream", stream=payload.get("stream") is True, status=0, latency_ms=0.0,
+    )
+    try:
+        upstream_response = await proxy.upstream.send(upstream_request, stream=call.stream)
+    except httpx.TimeoutException as exc:
+        return _upstream_failure(proxy, call, started, headers, 504, "upstream_timeout", f"upstream timed out: {type(exc).__name__}")
+    except httpx.HTTPError as exc:
+        return _upstream_failure(proxy, call, started, headers, 502, "upstream_unreachable", f"upstream unreachable: {exc}")
+
+    headers.update(pass_back_headers(upstream_response))
+    if call.stream and upstream_response.status_code == 200:
+        return Stream(_relay(proxy, call, upstream_response, started), status_code=200,
+                      media_type=upstream_response.headers.get("content-type", "text/event-stream"), headers=headers)
+    if call.stream:
+        await upstream_response.aread()
+        await upstream_response.aclose()
+    return _finish_plain(proxy, call, upstream_response, started, headers)
+
+
+def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
+    try:
+        payload = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        proxy.metrics.rejected.labels("malformed_json").inc()
+        raise ProxyError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    problem = validation_error(payload)
+    if problem is not None:
+        proxy.metrics.rejected.labels("invalid_request").inc()
+        raise ProxyError(400, f"invalid chat completion request: {problem}", code="invalid_request")
+    return payload
+
+
+def _without_understudy_fields(body: bytes, payload: dict[str, Any]) -> bytes:
+    """The client's bytes, unless `metadata.understudy_site` must be removed for the upstream."""
+    metadata = payload.get("metadata")
+    if not isinstance(metadata, dict) or "understudy_site" not in metadata:
+        return body
+    rest = {k: v for k, v in metadata.items() if k != "understudy_site"}
+    forwarded = {k: v for k, v in payload.items() if k != "metadata"}
+    if rest:
+        forwarded["metadata"] = rest
+    return _encoder.encode(forwarded)
+
+
+def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float,
+                  headers: dict[str, str]) -> Response:
+    content = upstream.content
+    status = upstream.status_code
+    media_type = upstream.headers.get("content-type", "application/json")
+    if status >= 400:
+        proxy.metrics.upstream_errors.labels(f"http_{status}").inc()
+        content, media_type = _as_openai_error(content, status), "application/json"
+        call.error = f"upstream answered {status}"
+    call.status = status
+    call.response_body = content
+    _record(proxy, call, started)
+    return Response(content, status_code=status, media_type=media_type, headers=headers)
+
+
+async def _relay(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float):
+    chunks: list[bytes] = []
+    call.status = 200
+    try:
+        async for chunk in upstream.aiter_bytes():
+            chunks.append(chunk)
+            yield chunk
+    except httpx.HTTPError as exc:
+        call.error = f"upstream stream broke: {type(exc).__name__}"
+        proxy.metrics.upstream_errors.labels("stream_broken").inc()
+    except BaseException:  # the client went away (cancelled): still record what was relayed
+        call.error = "client disconnected during stream"
+        raise
+    finally:
+        await upstream.aclose()
+        call.response_body = b"".join(chunks)
+        _record(proxy, call, started)
+
+
+def _upstream_failure(proxy: ProxyState, call: PendingCall, started: float, headers: dict[str, str], status: int,
+                      code: str, message: str) -> Response:
+    proxy.metrics.upstream_errors.labels(code).inc()
+    body = error_body(message, type="upstream_error", code=code)
+    call.status, call.error, call.response_body = status, message, body
+    _record(proxy, call, started)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _as_openai_error(content: bytes, status: int) -> bytes:
+    """Upstream error bodies pass through when already OpenAI-shaped, else get wrapped."""
+    try:
+        if is_openai_error(_decoder.decode(content)):
+            return content
+    except msgspec.DecodeError:
+        pass
+    text = content[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
+    return error_body(f"upstream error: {text}", type="upstream_error", code=f"upstream_http_{status}")
+
+
+def _record(proxy: ProxyState, call: PendingCall, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    call.latency_ms = elapsed * 1000
+    proxy.recorder.record(call)
+    proxy.metrics.observe(call.identification.site_id, call.served_by, call.status, elapsed)
+

@@ -1,0 +1,62 @@
+"""Failures mapped to OpenAI-style error bodies, so every client's error handling just works.
+
+    {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+_encoder = msgspec.json.Encoder()
+
+
+class ProxyError(Exception):
+    """An error the proxy answers itself (the request is never forwarded)."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+
+
+def error_body(message: str, *, type: str, code: str | None = None, param: str | None = None) -> bytes:
+    return _encoder.encode({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def error_response(status: int, message: str, *, type: str, code: str | None = None, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(error_body(message, type=type, code=code, param=param), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def is_openai_error(payload: Any) -> bool:
+    return isinstance(payload, dict) and isinstance(payload.get("error"), dict) and "message" in payload["error"]
+
+
+def handle_proxy_error(_: Request, exc: ProxyError) -> Response[bytes]:
+    return error_response(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param)
+
+
+def handle_http_exception(_: Request, exc: HTTPException) -> Response[bytes]:
+    """Litestar's own 4xx (413 body too large, 404, 405 ...) in OpenAI's shape."""
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    code = {413: "request_too_large", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code)
+    return error_response(exc.status_code, str(exc.detail), type=kind, code=code)
+
+
+def handle_unexpected(_: Request, exc: Exception) -> Response[bytes]:
+    return error_response(500, f"internal proxy error: {type(exc).__name__}", type="server_error", code="internal_error")
+
+
+EXCEPTION_HANDLERS = {
+    ProxyError: handle_proxy_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,74 @@
+"""Run the proxy under uvicorn and announce it in the data directory.
+
+Once the socket is bound, `proxy.json` (URL, pid, admin token; mode 0600) tells the
+CLI that a proxy owns the DuckDB file and how to reach its admin API; it is removed on
+shutdown. uvicorn turns SIGTERM/SIGINT into a graceful stop: in-flight requests finish,
+then the app's shutdown hook drains the recorder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import uvicorn
+
+from proxy.app import create_app
+from understudy.settings import Settings
+
+
+class _AnnouncingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, settings: Settings, admin_token: str):
+        super().__init__(config)
+        self.settings = settings
+        self.admin_token = admin_token
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.should_exit or not self.servers:
+            return
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        write_discovery(self.settings, f"http://{_url_host(host)}:{port}", self.admin_token)
+
+    async def shutdown(self, sockets=None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            remove_discovery(self.settings)
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def write_discovery(settings: Settings, url: str, admin_token: str) -> None:
+    path = settings.discovery_path
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"url": url, "pid": os.getpid(), "admin_token": admin_token}, handle)
+
+
+def remove_discovery(settings: Settings) -> None:
+    try:
+        data = json.loads(settings.discovery_path.read_text())
+        if data.get("pid") == os.getpid():
+            settings.discovery_path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=30,  # seconds an in-flight generation may take to finish on stop
+        access_log=False,  # every call is recorded in the store; a per-request log line costs latency
+    )
+    _AnnouncingServer(config, settings, app.state.proxy.admin_token).run()

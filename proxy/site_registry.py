@@ -1,0 +1,59 @@
+"""The proxy's in-memory view of call sites, so the request path never reads the database.
+
+Loaded from the store at start-up; a site seen for the first time is added here at once
+and its row goes to the recorder's next group commit. Names improve as better evidence
+arrives (a `jac_caller_name` beats a docstring slug) but a name a user gave is kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+
+from proxy.callsite import Identification
+from understudy.store import SiteRecord
+
+# Higher wins when a site's name is re-derived; "user" (a rename) is never replaced.
+_NAME_RANK = {"system": 0, "docstring": 1, "function": 2, "caller": 3, "explicit": 4, "user": 5}
+
+
+class SiteRegistry:
+    def __init__(self, records: list[SiteRecord]):
+        self._sites: dict[str, SiteRecord] = {record.id: record for record in records}
+        self._lock = threading.Lock()
+
+    def get(self, site_id: str) -> SiteRecord | None:
+        return self._sites.get(site_id)
+
+    def all(self) -> list[SiteRecord]:
+        return list(self._sites.values())
+
+    def observe(self, ident: Identification) -> tuple[SiteRecord, tuple | None, tuple[str, str, str] | None]:
+        """The site for this request, plus a new `sites` row and/or a name update to persist."""
+        record = self._sites.get(ident.site_id)
+        if record is not None and (ident.caller_name is None or record.name_source == "caller"):
+            return record, None, None  # the common case: known site, nothing to learn
+        name, source = ident.signature.default_name(ident.caller_name)
+        with self._lock:
+            record = self._sites.get(ident.site_id)
+            if record is None:
+                record = SiteRecord(ident.site_id, name, source, "learning", None, None)
+                self._sites[ident.site_id] = record
+                return record, _site_row(ident, name, source), None
+            if _NAME_RANK[source] > _NAME_RANK.get(record.name_source, 0):
+                record = SiteRecord(record.id, name, source, record.state, record.pinned, record.active_version)
+                self._sites[ident.site_id] = record
+                return record, None, (record.id, name, source)
+            return record, None, None
+
+    def replace(self, record: SiteRecord) -> None:
+        with self._lock:
+            self._sites[record.id] = record
+
+
+def _site_row(ident: Identification, name: str, source: str) -> tuple:
+    sig = ident.signature
+    return (
+        ident.site_id, name, source, sig.kind, sig.system_text, sig.header, list(sig.arg_names),
+        sig.schema_name, list(sig.tool_names), sig.temperature, datetime.now(timezone.utc),
+    )

@@ -1,0 +1,76 @@
+"""Turn the SSE bytes of a streamed chat completion back into one `chat.completion`.
+
+The recorder stores streamed and non-streamed calls the same way, so training and
+reports never care how a call was delivered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+_decoder = msgspec.json.Decoder()
+
+
+def iter_sse_events(raw: bytes):
+    """JSON payloads of the `data:` lines, in order; `[DONE]` and comments skipped."""
+    for line in raw.splitlines():
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if not data or data == b"[DONE]":
+            continue
+        try:
+            yield _decoder.decode(data)
+        except msgspec.DecodeError:
+            continue
+
+
+def assemble_completion(raw: bytes) -> dict[str, Any] | None:
+    """The equivalent non-streamed completion, or None when no chunk parsed."""
+    completion: dict[str, Any] | None = None
+    choices: dict[int, dict[str, Any]] = {}
+    for chunk in iter_sse_events(raw):
+        if not isinstance(chunk, dict):
+            continue
+        if completion is None:
+            completion = {"id": chunk.get("id"), "object": "chat.completion", "created": chunk.get("created"),
+                          "model": chunk.get("model"), "choices": [], "usage": None}
+        if chunk.get("usage"):
+            completion["usage"] = chunk["usage"]
+        for delta_choice in chunk.get("choices") or []:
+            _merge_choice(choices, delta_choice)
+    if completion is None:
+        return None
+    completion["choices"] = [_finish_choice(index, choice) for index, choice in sorted(choices.items())]
+    return completion
+
+
+def _merge_choice(choices: dict[int, dict[str, Any]], delta_choice: dict[str, Any]) -> None:
+    index = delta_choice.get("index", 0)
+    choice = choices.setdefault(index, {"role": "assistant", "content": [], "tool_calls": {}, "finish_reason": None})
+    delta = delta_choice.get("delta") or {}
+    if delta.get("role"):
+        choice["role"] = delta["role"]
+    if delta.get("content"):
+        choice["content"].append(delta["content"])
+    for call in delta.get("tool_calls") or []:
+        slot = choice["tool_calls"].setdefault(call.get("index", 0), {"id": None, "type": "function",
+                                                                      "function": {"name": "", "arguments": ""}})
+        if call.get("id"):
+            slot["id"] = call["id"]
+        function = call.get("function") or {}
+        if function.get("name"):
+            slot["function"]["name"] += function["name"]
+        if function.get("arguments"):
+            slot["function"]["arguments"] += function["arguments"]
+    if delta_choice.get("finish_reason"):
+        choice["finish_reason"] = delta_choice["finish_reason"]
+
+
+def _finish_choice(index: int, choice: dict[str, Any]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": choice["role"], "content": "".join(choice["content"]) if choice["content"] else None}
+    if choice["tool_calls"]:
+        message["tool_calls"] = [call for _, call in sorted(choice["tool_calls"].items())]
+    return {"index": index, "message": message, "finish_reason": choice["finish_reason"]}

@@ -1,0 +1,92 @@
+"""Shared fixtures: every test gets its own data directory; servers are real and on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.fake_upstream import FakeUpstream
+
+VENV_BIN = Path(sys.executable).parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# CI lays shared/ beside the repository; the captures are read-only fixtures.
+FIXTURES_DIR = REPO_ROOT.parent / "shared" / "fixtures" / "byllm"
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_dir(tmp_path, monkeypatch):
+    """Nothing a test does touches ./understudy-data or the user's keys."""
+    data_dir = tmp_path / "understudy-data"
+    monkeypatch.setenv("UNDERSTUDY_DATA_DIR", str(data_dir))
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "UNDERSTUDY_UPSTREAM_KEY", "UNDERSTUDY_UPSTREAM_URL", "UNDERSTUDY_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return data_dir
+
+
+@pytest.fixture
+def fake_upstream():
+    with FakeUpstream() as upstream:
+        yield upstream
+
+
+@dataclass
+class RunningProxy:
+    process: subprocess.Popen
+    url: str
+    data_dir: Path
+    admin_token: str
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run_cli(*args, "--data-dir", str(self.data_dir), check=check)
+
+
+def run_cli(*args: str, check: bool = True, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(VENV_BIN / "understudy"), *args], capture_output=True, text=True, timeout=120,
+                            env=env, input=input)
+    if check and result.returncode != 0:
+        raise AssertionError(f"understudy {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def start_proxy(data_dir: Path, upstream_url: str, *extra: str, env: dict | None = None) -> RunningProxy:
+    """`understudy serve` exactly as a user runs it, on a free port."""
+    process = subprocess.Popen(
+        [str(VENV_BIN / "understudy"), "serve", "--port", "0", "--upstream-url", upstream_url, "--data-dir", str(data_dir), *extra],
+        env=env or os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    discovery = data_dir / "proxy.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"proxy exited {process.returncode}: {process.stderr.read()}")
+        if discovery.exists():
+            try:
+                info = json.loads(discovery.read_text())
+                httpx.get(info["url"] + "/healthz", timeout=2).raise_for_status()
+                return RunningProxy(process, info["url"], data_dir, info["admin_token"])
+            except (ValueError, httpx.HTTPError):
+                pass
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("proxy did not start within 60 s")
+
+
+@pytest.fixture
+def proxy(fake_upstream, isolated_data_dir):
+    running = start_proxy(isolated_data_dir, fake_upstream.url)
+    yield running
+    running.stop()

@@ -1,0 +1,142 @@
+"""A real OpenAI-wire-format server for tests: raw ASGI under uvicorn on 127.0.0.1.
+
+Behaviour is chosen by the request's `model`:
+- anything else: a completion; typed requests (json_schema) get a valid instance of their
+  schema, others an echo of how many messages arrived (or whatever `reply` returns);
+- `fail-500`: an OpenAI-shaped 500; `fail-text`: a plain-text 503; `slow-<ms>`: waits first.
+`stream: true` is answered as SSE chunks (with a usage chunk when asked). Every request
+is kept in `received` (headers and decoded body) for assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+
+def default_reply(body: dict[str, Any]) -> str:
+    """Typed requests get an instance of their JSON schema; others an echo."""
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        return json.dumps(instance_of(schema, schema.get("$defs", {})))
+    return f"echo of {len(body.get('messages', []))} messages"
+
+
+def instance_of(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """A small valid value for a JSON schema (the shapes byLLM sends)."""
+    if "$ref" in schema:
+        return instance_of(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+    if "enum" in schema:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return instance_of(schema[key][0], defs)
+    kind = schema.get("type")
+    if kind == "object":
+        return {name: instance_of(sub, defs) for name, sub in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [instance_of(schema.get("items") or {"type": "string"}, defs)]
+    return {"integer": 3, "number": 1.5, "boolean": True, "null": None}.get(kind, "text")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FakeUpstream:
+    def __init__(self, reply: Callable[[dict[str, Any]], str] | None = None):
+        self.received: list[dict[str, Any]] = []
+        self.reply = reply or default_reply
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error",
+                                                     access_log=False, lifespan="off", interface="asgi3"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> "FakeUpstream":
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.should_exit = True
+        self._thread.join(5)
+
+    async def app(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        path = scope["path"]
+        if path.endswith("/models"):
+            await _send(send, 200, {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
+            return
+        payload = json.loads(body) if body else {}
+        self.received.append({"path": path, "headers": headers, "body": payload})
+        model = payload.get("model", "")
+        if model.startswith("slow-"):
+            await asyncio.sleep(int(model.split("-")[1]) / 1000)
+        if model == "fail-500":
+            await _send(send, 500, {"error": {"message": "upstream exploded", "type": "server_error", "param": None, "code": None}})
+            return
+        if model == "fail-text":
+            await _send_raw(send, 503, b"service unavailable", b"text/plain")
+            return
+        content = self.reply(payload)
+        usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+        if payload.get("stream"):
+            await self._stream(send, model, content, usage if (payload.get("stream_options") or {}).get("include_usage") else None)
+            return
+        await _send(send, 200, {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": usage,
+        })
+
+    async def _stream(self, send, model: str, content: str, usage: dict | None) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        pieces = [content[i : i + 5] for i in range(0, len(content), 5)] or [""]
+        first = True
+        for piece in pieces:
+            delta = {"role": "assistant", "content": piece} if first else {"content": piece}
+            first = False
+            chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True})
+            await asyncio.sleep(0.002)
+        final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        tail = f"data: {json.dumps(final)}\n\n"
+        if usage:
+            tail += f"data: {json.dumps({'id': 'chatcmpl-fake', 'object': 'chat.completion.chunk', 'created': 1, 'model': model, 'choices': [], 'usage': usage})}\n\n"
+        tail += "data: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": tail.encode(), "more_body": False})
+
+
+async def _send(send, status: int, payload: dict) -> None:
+    await _send_raw(send, status, json.dumps(payload).encode(), b"application/json")
+
+
+async def _send_raw(send, status: int, body: bytes, content_type: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,88 @@
+"""Numbered, never-edited schema steps for the DuckDB store.
+
+Each step is a function registered in order by `@migration`; `migrate(con)` applies the
+ones not yet recorded in `_migrations` and records them. To change the schema, add a new
+step at the bottom; never edit one that has shipped (a user's file already ran it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = []
+
+
+def migration(fn: Callable[[duckdb.DuckDBPyConnection], None]):
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_calls_and_sites(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE sites (
+            id VARCHAR PRIMARY KEY,          -- short hash of the signature (or an explicit tag)
+            name VARCHAR NOT NULL,           -- readable, renamable
+            name_source VARCHAR NOT NULL,    -- caller | function | docstring | explicit | user
+            kind VARCHAR NOT NULL,           -- byllm | generic | explicit
+            system_text VARCHAR,
+            header VARCHAR,
+            arg_names VARCHAR[],
+            schema_name VARCHAR,
+            tool_names VARCHAR[],
+            temperature DOUBLE,
+            state VARCHAR NOT NULL DEFAULT 'learning',
+            pinned VARCHAR,
+            active_version INTEGER,
+            created_at TIMESTAMPTZ NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE calls (
+            id VARCHAR PRIMARY KEY,
+            ts TIMESTAMPTZ NOT NULL,
+            site_id VARCHAR NOT NULL,
+            model VARCHAR,
+            served_by VARCHAR NOT NULL,      -- upstream | local:<site>@v<N>
+            stream BOOLEAN NOT NULL,
+            turn VARCHAR NOT NULL,           -- first | retry | tool_step
+            conversation VARCHAR NOT NULL,   -- same for a first turn and its retries / tool steps
+            retry_of VARCHAR,                -- the call whose output a retry corrects
+            request JSON NOT NULL,           -- the body as the client sent it, credentials removed
+            response JSON,                   -- the upstream body; for streams the reassembled completion
+            status INTEGER NOT NULL,
+            error VARCHAR,
+            latency_ms DOUBLE NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cost_usd DOUBLE,
+            valid BOOLEAN                    -- typed output parsed against its schema; NULL when untyped
+        )
+        """
+    )
+    con.execute("CREATE INDEX calls_site_ts ON calls (site_id, ts)")
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply pending steps; returns the names applied now."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")
+    done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for name, step in MIGRATIONS:
+        if name in done:
+            continue
+        con.execute("BEGIN")
+        try:
+            step(con)
+            con.execute("INSERT INTO _migrations (name) VALUES (?)", [name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied

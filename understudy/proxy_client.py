@@ -1,0 +1,88 @@
+"""How the CLI reads and changes the store: through a running proxy, or directly when none runs.
+
+DuckDB admits one writing process, and the proxy holds its file open. So when the data
+directory's proxy.json names a live proxy, the CLI asks its admin API; otherwise it
+opens the file itself (read-only for reads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import httpx
+
+from understudy.settings import Settings
+from understudy.store import SiteNotFound, Store
+
+
+class CommandError(Exception):
+    """A failure the CLI reports as one line and a non-zero exit."""
+
+
+def running_proxy(settings: Settings) -> dict[str, Any] | None:
+    try:
+        info = json.loads(settings.discovery_path.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info
+
+
+class StoreAccess:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.proxy = running_proxy(settings)
+
+    def _admin(self, method: str, path: str, **kwargs) -> Any:
+        assert self.proxy is not None
+        try:
+            response = httpx.request(method, self.proxy["url"] + "/admin" + path, timeout=30.0,
+                                     headers={"authorization": f"Bearer {self.proxy['admin_token']}"}, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CommandError(f"the proxy at {self.proxy['url']} did not answer: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            raise CommandError(message)
+        return response.json()
+
+    def _open(self, read_only: bool) -> Store:
+        if not self.settings.db_path.exists():
+            raise CommandError(f"no Understudy store at {self.settings.db_path} (has the proxy run with this --data-dir?)")
+        return Store(self.settings.db_path, read_only=read_only)
+
+    def sites(self) -> list[dict[str, Any]]:
+        if self.proxy:
+            return self._admin("GET", "/sites")
+        store = self._open(read_only=True)
+        try:
+            return store.site_summaries()
+        finally:
+            store.close()
+
+    def calls(self, site: str, limit: int) -> list[dict[str, Any]]:
+        if self.proxy:
+            return self._admin("GET", f"/sites/{site}/calls", params={"limit": limit})
+        store = self._open(read_only=True)
+        try:
+            return store.recent_calls(site, limit)
+        except SiteNotFound as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            store.close()
+
+    def rename(self, site: str, name: str) -> dict[str, Any]:
+        if self.proxy:
+            return self._admin("POST", f"/sites/{site}/rename", json={"name": name})
+        store = self._open(read_only=False)
+        try:
+            record = store.rename_site(site, name)
+            return {"id": record.id, "name": record.name}
+        except SiteNotFound as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            store.close()

@@ -1,0 +1,76 @@
+"""One settings object for every Understudy process.
+
+Values come, in order of precedence, from command-line flags (the CLI passes them in),
+`UNDERSTUDY_*` environment variables, then the defaults below. Everything Understudy
+writes lives under one data directory (like `llm`'s user dir), so pointing
+`UNDERSTUDY_DATA_DIR` somewhere else gives a completely separate installation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNDERSTUDY_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface the proxy listens on.")
+    port: int = Field(8000, description="TCP port the proxy listens on.")
+    upstream_url: str = Field(DEFAULT_UPSTREAM_URL, description="Default OpenAI-compatible upstream base URL (ends in /v1).")
+    upstream_key: str | None = Field(
+        None,
+        description="Key sent to the upstream; falls back to OPENAI_API_KEY, then to the client's own Authorization header.",
+    )
+    data_dir: Path = Field(Path("./understudy-data"), description="Directory holding the DuckDB file, queue, snapshots and adapters.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest accepted request body, bytes; larger bodies get 413.")
+    upstream_connect_timeout_s: float = Field(10.0, description="Seconds to open a connection to the upstream.")
+    upstream_read_timeout_s: float = Field(600.0, description="Seconds to wait for upstream bytes; long generations need minutes.")
+    admin_token: str | None = Field(None, description="Bearer token for /admin; generated per start and written to proxy.json when unset.")
+    prices_file: Path | None = Field(None, description="TOML file overriding the built-in price table ($ per million tokens).")
+    recorder_batch_rows: int = Field(500, description="Most rows the recorder commits in one transaction.")
+    recorder_flush_ms: int = Field(50, description="Longest a recorded call waits before its group commit, milliseconds.")
+    log_level: str = Field("warning", description="uvicorn log level.")
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def resolved_upstream_key(self) -> str | None:
+        return self.upstream_key or os.environ.get("OPENAI_API_KEY") or None
+
+    # Paths under the data directory: one place names them all.
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "understudy.duckdb"
+
+    @property
+    def discovery_path(self) -> Path:
+        """Written by a running proxy (URL, pid, admin token) so the CLI can find it."""
+        return self.data_dir / "proxy.json"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def huey_path(self) -> Path:
+        return self.data_dir / "huey.db"
+
+    def ensure_data_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment with explicit (non-None) overrides from CLI flags on top."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})

@@ -1,0 +1,192 @@
+"""The DuckDB store: the only module that opens the database file.
+
+One process (the proxy) owns the file for writing; DuckDB admits a single writing
+process. Writes arrive from the recorder's single writer thread in batches; reads
+(the admin API, the CLI when no proxy runs) use their own cursor. Opening runs the
+pending migrations, so every code path sees the current schema.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from understudy.migrations import migrate
+
+CALL_COLUMNS = (
+    "id", "ts", "site_id", "model", "served_by", "stream", "turn", "conversation", "retry_of",
+    "request", "response", "status", "error", "latency_ms", "prompt_tokens", "completion_tokens",
+    "cost_usd", "valid",
+)
+SITE_COLUMNS = (
+    "id", "name", "name_source", "kind", "system_text", "header", "arg_names", "schema_name",
+    "tool_names", "temperature", "created_at",
+)
+# DuckDB caps prepared parameters per statement; 200 rows x 18 columns stays well inside.
+_ROWS_PER_STATEMENT = 200
+
+
+class SiteNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    """What the proxy keeps in memory about a site between requests."""
+
+    id: str
+    name: str
+    name_source: str
+    state: str
+    pinned: str | None
+    active_version: int | None
+
+
+class Store:
+    def __init__(self, path: Path, *, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(self.path), read_only=read_only)
+        self._local = threading.local()
+        if not read_only:
+            migrate(self._con)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A per-thread cursor: DuckDB connections must not be shared across threads."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._local.cursor = self._con.cursor()
+        return cur
+
+    def close(self) -> None:
+        self._con.close()
+
+    # ---- writes (the recorder's thread) ----
+
+    def write_batch(self, sites: Sequence[tuple], calls: Sequence[tuple]) -> None:
+        """New sites and calls in one transaction: the group commit."""
+        cur = self.cursor()
+        cur.execute("BEGIN")
+        try:
+            for chunk in _chunks(sites, _ROWS_PER_STATEMENT):
+                cur.execute(_insert_sql("sites", SITE_COLUMNS, len(chunk), on_conflict=True), _flatten(chunk))
+            for chunk in _chunks(calls, _ROWS_PER_STATEMENT):
+                cur.execute(_insert_sql("calls", CALL_COLUMNS, len(chunk)), _flatten(chunk))
+            cur.execute("COMMIT")
+        except Exception:
+            cur.execute("ROLLBACK")
+            raise
+
+    def rename_site(self, ref: str, name: str) -> SiteRecord:
+        site = self.resolve_site(ref)
+        self.cursor().execute("UPDATE sites SET name = ?, name_source = 'user' WHERE id = ?", [name, site.id])
+        return self.resolve_site(site.id)
+
+    def set_site_name(self, site_id: str, name: str, source: str) -> None:
+        self.cursor().execute("UPDATE sites SET name = ?, name_source = ? WHERE id = ?", [name, source, site_id])
+
+    # ---- reads ----
+
+    def site_records(self) -> list[SiteRecord]:
+        rows = self.cursor().execute(
+            "SELECT id, name, name_source, state, pinned, active_version FROM sites ORDER BY created_at"
+        ).fetchall()
+        return [SiteRecord(*row) for row in rows]
+
+    def resolve_site(self, ref: str) -> SiteRecord:
+        """A site by id, by exact name, or by a unique id prefix."""
+        cur = self.cursor()
+        rows = cur.execute(
+            "SELECT id, name, name_source, state, pinned, active_version FROM sites WHERE id = ? OR name = ?",
+            [ref, ref],
+        ).fetchall()
+        if not rows:
+            rows = cur.execute(
+                "SELECT id, name, name_source, state, pinned, active_version FROM sites WHERE starts_with(id, ?)",
+                [ref],
+            ).fetchall()
+        if len(rows) != 1:
+            raise SiteNotFound(f"no site matches {ref!r}" if not rows else f"{ref!r} matches {len(rows)} sites; use the id")
+        return SiteRecord(*rows[0])
+
+    def site_summaries(self) -> list[dict[str, Any]]:
+        """One row per site for `understudy sites`: counts, parse-valid rate, state, who serves it."""
+        rows = self.cursor().execute(
+            """
+            SELECT s.id, s.name, s.kind, s.schema_name, s.state, s.pinned, s.active_version,
+                   count(c.id) AS calls,
+                   avg(CASE WHEN c.valid IS NULL THEN NULL WHEN c.valid THEN 1.0 ELSE 0.0 END) AS valid_rate,
+                   max(c.ts) AS last_call
+            FROM sites s LEFT JOIN calls c ON c.site_id = s.id
+            GROUP BY ALL ORDER BY calls DESC, s.name
+            """
+        ).fetchall()
+        out = []
+        for sid, name, kind, schema_name, state, pinned, version, calls, valid_rate, last_call in rows:
+            out.append(
+                {
+                    "id": sid,
+                    "name": name,
+                    "kind": kind,
+                    "returns": schema_name or "str",
+                    "calls": calls,
+                    "valid_rate": valid_rate,
+                    "state": state,
+                    "pinned": pinned,
+                    "active_version": version,
+                    "served_by": served_by_label(sid, state, pinned, version),
+                    "last_call": last_call.isoformat() if isinstance(last_call, datetime) else None,
+                }
+            )
+        return out
+
+    def recent_calls(self, site_ref: str, limit: int = 20) -> list[dict[str, Any]]:
+        site = self.resolve_site(site_ref)
+        cur = self.cursor()
+        rows = cur.execute(
+            f"""
+            SELECT {", ".join(CALL_COLUMNS)} FROM calls WHERE site_id = ? ORDER BY ts DESC LIMIT ?
+            """,
+            [site.id, limit],
+        ).fetchall()
+        out = []
+        for row in rows:
+            record = dict(zip(CALL_COLUMNS, row))
+            record["ts"] = record["ts"].isoformat()
+            out.append(record)
+        return out
+
+    def call_count(self) -> int:
+        return self.cursor().execute("SELECT count(*) FROM calls").fetchone()[0]
+
+
+def served_by_label(site_id: str, state: str, pinned: str | None, version: int | None) -> str:
+    """What answers this site's requests right now: `upstream` or `local:<site>@v<N>`."""
+    if pinned and pinned.startswith("local") and version:
+        return f"local:{site_id}@v{version}"
+    if state == "local" and version and pinned != "upstream":
+        return f"local:{site_id}@v{version}"
+    return "upstream"
+
+
+def _chunks(rows: Sequence[tuple], size: int) -> Iterable[Sequence[tuple]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _flatten(rows: Sequence[tuple]) -> list:
+    return [value for row in rows for value in row]
+
+
+def _insert_sql(table: str, columns: Sequence[str], n_rows: int, *, on_conflict: bool = False) -> str:
+    placeholders = "(" + ", ".join("?" * len(columns)) + ")"
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([placeholders] * n_rows)
+    return sql + (" ON CONFLICT DO NOTHING" if on_conflict else "")
