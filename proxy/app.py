@@ -7,6 +7,7 @@ in module globals, so a test can run several proxies side by side.
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 import httpx
@@ -66,6 +67,8 @@ def build_state(settings: Settings) -> ProxyState:
 
 
 def create_app(settings: Settings) -> Litestar:
+    # httpx logs every request at INFO; the store already records each call.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     state = build_state(settings)
 
     def start(app: Litestar) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -30,8 +30,7 @@ _SECRET_KEYS = frozenset({"api_key", "apikey", "authorization", "api-key", "x-ap
 class PendingCall:
     """What the request path hands to the recorder for one finished call."""
 
-    id: str
-    ts: datetime
+    ts: float  # time.time() when the request arrived
     identification: Identification
     request: dict[str, Any]
     served_by: str
@@ -110,7 +109,7 @@ def _validator_for(schema_json: str) -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def to_row(call: PendingCall, retry_of: str | None, prices: PriceTable, secrets: tuple[str, ...]) -> tuple:
+def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceTable, secrets: tuple[str, ...]) -> tuple:
     """The `calls` row, in `store.CALL_COLUMNS` order."""
     completion = completion_of(call)
     usage = (completion or {}).get("usage") or {}
@@ -119,8 +118,8 @@ def to_row(call: PendingCall, retry_of: str | None, prices: PriceTable, secrets:
     model = call.request.get("model")
     ok = 200 <= call.status < 300
     return (
-        call.id,
-        call.ts,
+        call_id,
+        datetime.fromtimestamp(call.ts, timezone.utc),
         call.identification.site_id,
         model,
         call.served_by,

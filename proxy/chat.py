@@ -10,8 +10,6 @@ they end, whether they finish, fail or the client goes away.
 from __future__ import annotations
 
 import time
-import uuid
-from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -56,11 +54,14 @@ async def chat_completions(request: Request) -> Response:
     upstream_request = proxy.upstream.build_chat_request(forward_body, dict(request.headers))
     headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": "upstream"}
     call = PendingCall(
-        id=uuid.uuid4().hex, ts=datetime.now(timezone.utc), identification=ident, request=payload,
+        ts=time.time(), identification=ident, request=payload,
         served_by="upstream", stream=payload.get("stream") is True, status=0, latency_ms=0.0,
     )
     try:
         upstream_response = await proxy.upstream.send(upstream_request, stream=call.stream)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        # Refused or never answered the connect: unreachable (502), not slow (504).
+        return _upstream_failure(proxy, call, started, headers, 502, "upstream_unreachable", f"upstream unreachable: {exc}")
     except httpx.TimeoutException as exc:
         return _upstream_failure(proxy, call, started, headers, 504, "upstream_timeout", f"upstream timed out: {type(exc).__name__}")
     except httpx.HTTPError as exc:

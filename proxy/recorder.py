@@ -12,8 +12,10 @@ shutdown lose nothing. A batch the database refuses is appended to
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -40,6 +42,10 @@ class Recorder:
         self.failed_path = failed_path
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._last_call_of_conversation: OrderedDict[str, str] = OrderedDict()
+        # Call ids: start time + random bits + a counter. Unique across restarts and
+        # processes, sortable, and free of a syscall per call (uuid4 reads urandom).
+        self._id_prefix = f"{int(time.time() * 1000):011x}{os.urandom(3).hex()}"
+        self._id_counter = itertools.count()
         self._thread = threading.Thread(target=self._run, name="understudy-recorder", daemon=True)
         self.recorded = 0
         self.batches = 0
@@ -99,10 +105,11 @@ class Recorder:
             elif isinstance(item, tuple) and item[0] == "name":
                 names.append(item[1])
             else:
+                call_id = f"{self._id_prefix}{next(self._id_counter):08x}"
                 try:
-                    rows.append(to_row(item, self._retry_of(item), self.prices, self.secrets))
+                    rows.append(to_row(item, call_id, self._retry_of(item, call_id), self.prices, self.secrets))
                 except Exception:  # a row we cannot build must not take the batch down
-                    log.exception("could not build a row for call %s", getattr(item, "id", "?"))
+                    log.exception("could not build a row for call %s", call_id)
         try:
             self.store.write_batch(sites, rows)
             for site_id, name, source in names:
@@ -114,11 +121,11 @@ class Recorder:
             self.failed += len(rows)
             self._spill(sites, rows)
 
-    def _retry_of(self, call: PendingCall) -> str | None:
+    def _retry_of(self, call: PendingCall, call_id: str) -> str | None:
         """A retry or tool step points at the previous call of its conversation."""
         key = call.identification.conversation
         previous = self._last_call_of_conversation.get(key) if call.identification.turn != "first" else None
-        self._last_call_of_conversation[key] = call.id
+        self._last_call_of_conversation[key] = call_id
         self._last_call_of_conversation.move_to_end(key)
         if len(self._last_call_of_conversation) > _RETRY_MEMORY:
             self._last_call_of_conversation.popitem(last=False)

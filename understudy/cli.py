@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from jac_examples.cli import levels_app, teacher
 from understudy.proxy_client import CommandError, StoreAccess
 from understudy.settings import load_settings
 
@@ -21,6 +22,8 @@ app = typer.Typer(help="Understudy: an OpenAI-compatible proxy that learns to re
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 sites_app = typer.Typer(help="Call sites seen by the proxy.", invoke_without_command=True)
 app.add_typer(sites_app, name="sites")
+app.add_typer(levels_app, name="levels")
+app.command("teacher", help="Run the offline teacher: an OpenAI-compatible server answering the RPG call sites.")(teacher)
 
 console = Console()
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="UNDERSTUDY_DATA_DIR",

@@ -68,6 +68,58 @@ def m001_calls_and_sites(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE INDEX calls_site_ts ON calls (site_id, ts)")
 
 
+@migration
+def m002_versions_shadow_audit(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE model_versions (
+            site_id VARCHAR NOT NULL,
+            version INTEGER NOT NULL,        -- 1, 2, ... per site
+            status VARCHAR NOT NULL,         -- ready | rejected | failed | active | retired
+            base_model VARCHAR,              -- what training loaded (HF dir / hub id / GGUF)
+            base_gguf VARCHAR,               -- what serving loads
+            adapter_path VARCHAR,            -- the GGUF LoRA adapter
+            dataset_snapshot VARCHAR,        -- the Parquet file trained on (content-named)
+            config JSON,                     -- TrainConfig
+            metrics JSON,                    -- eval loss, held-out exact / parse-valid / validator rates, timings
+            note VARCHAR,                    -- why rejected / failed
+            created_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (site_id, version)
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE shadow_results (
+            call_id VARCHAR NOT NULL,        -- the upstream call this local answer shadowed
+            site_id VARCHAR NOT NULL,
+            version INTEGER NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            score DOUBLE NOT NULL,           -- agreement in [0, 1]
+            components JSON NOT NULL,        -- parse_valid, structural, semantic, validator ...
+            comparable BOOLEAN NOT NULL,     -- false when the upstream answer itself was unusable
+            local_valid BOOLEAN NOT NULL,
+            local_latency_ms DOUBLE,
+            upstream_latency_ms DOUBLE,
+            local_output VARCHAR
+        )
+        """
+    )
+    con.execute("CREATE INDEX shadow_site_version ON shadow_results (site_id, version, ts)")
+    con.execute(
+        """
+        CREATE TABLE audit (
+            ts TIMESTAMPTZ NOT NULL,
+            site_id VARCHAR NOT NULL,
+            action VARCHAR NOT NULL,         -- pin | unpin | promote | rollback | demote | state | version
+            detail JSON,
+            actor VARCHAR NOT NULL           -- cli | policy | worker
+        )
+        """
+    )
+    con.execute("ALTER TABLE sites ADD COLUMN policy JSON")  # per-site overrides of routing thresholds
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending steps; returns the names applied now."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")

@@ -1,0 +1,21 @@
+# The two commands a fresh machine needs (both create .venv and install what they need):
+#   make serve   run the proxy with its embedded defaults (see `understudy up --help`)
+#   make test    run the whole default test suite
+.PHONY: serve test test-slow bench venv
+
+ARGS ?=
+
+venv:
+	./scripts/bootstrap.sh
+
+serve: venv
+	.venv/bin/understudy up $(ARGS)
+
+test: venv
+	.venv/bin/python -m pytest $(ARGS)
+
+test-slow: venv
+	.venv/bin/python -m pytest -m slow $(ARGS)
+
+bench: venv
+	.venv/bin/python benchmarks/proxy_overhead.py $(ARGS)

@@ -1,0 +1,150 @@
+"""Proxy overhead: requests/s and added p50/p99 latency of Understudy vs calling the upstream directly.
+
+Setup (as in DESIGN.md's reference figures): nginx answers a canned chat completion as
+the fake upstream; `hey` is the load generator; both pinned to CPU 0, the proxy pinned to
+CPU 1, recording on (every request reaches DuckDB; the script checks the count).
+Needs Debian's nginx and hey: `apt-get install nginx-light hey`.
+
+    .venv/bin/python benchmarks/proxy_overhead.py [--requests 5000] [--concurrency 1 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+
+HERE = Path(__file__).parent
+BODY = HERE / "byllm_request.json"
+UPSTREAM_RESPONSE = HERE / "upstream_response.json"
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            client_body_buffer_size 64k;
+            default_type application/json;
+            return 200 '{response}';
+        }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def hey(url: str, requests: int, concurrency: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["taskset", "-c", "0", "hey", "-n", str(requests), "-c", str(concurrency), "-m", "POST",
+         "-T", "application/json", "-D", str(BODY), "-H", "Authorization: Bearer sk-bench", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    latencies = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)%% in ([\d.]+) secs".replace("%%", "%"), out)}
+    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
+    if set(codes) != {"200"}:
+        raise RuntimeError(f"non-200 answers: {codes}\n{out}")
+    return {"rps": rps, "p50": latencies[50], "p99": latencies[99]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    args = parser.parse_args()
+    for tool in ("nginx", "hey", "taskset"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            sys.exit(f"error: {tool} not found (apt-get install nginx-light hey)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="understudy-bench-"))
+    nginx_port, proxy_port = free_port(), free_port()
+    response = UPSTREAM_RESPONSE.read_text().replace("'", "\\'")
+    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, response=response))
+    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx = subprocess.Popen(["taskset", "-c", "0", nginx_bin, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
+    data_dir = tmp / "data"
+    venv_bin = Path(sys.executable).parent
+    proxy = subprocess.Popen(
+        ["taskset", "-c", "1", str(venv_bin / "understudy"), "serve", "--port", str(proxy_port),
+         "--upstream-url", f"http://127.0.0.1:{nginx_port}/v1", "--data-dir", str(data_dir)],
+        stderr=subprocess.DEVNULL,
+    )
+    direct_url = f"http://127.0.0.1:{nginx_port}/v1/chat/completions"
+    proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
+    results = []
+    sent_through_proxy = 0
+    try:
+        wait_http(f"http://127.0.0.1:{nginx_port}/")
+        wait_http(f"http://127.0.0.1:{proxy_port}/healthz")
+        hey(proxy_url, 500, 8)  # warm-up: connections, caches, the first DuckDB commits
+        sent_through_proxy += 500
+        for concurrency in args.concurrency:
+            direct = hey(direct_url, args.requests, concurrency)
+            through = hey(proxy_url, args.requests, concurrency)
+            sent_through_proxy += args.requests
+            results.append((concurrency, direct, through))
+    finally:
+        proxy.terminate()
+        proxy.wait(60)
+        nginx.terminate()
+        nginx.wait(10)
+
+    con = duckdb.connect(str(data_dir / "understudy.duckdb"), read_only=True)
+    recorded = con.execute("SELECT count(*) FROM calls").fetchone()[0]
+    con.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    body_kb = BODY.stat().st_size / 1024
+    print(f"Proxy overhead, {body_kb:.2f} KB byLLM body, nginx upstream + hey on CPU 0, proxy on CPU 1, recording on")
+    print(f"{'conc':>4} {'direct rps':>11} {'proxy rps':>10} {'ratio':>6} {'direct p50':>11} {'proxy p50':>10} "
+          f"{'added p50':>10} {'direct p99':>11} {'proxy p99':>10} {'added p99':>10}")
+    for concurrency, direct, through in results:
+        print(f"{concurrency:>4} {direct['rps']:>11.0f} {through['rps']:>10.0f} {through['rps'] / direct['rps']:>6.0%} "
+              f"{direct['p50']:>9.2f}ms {through['p50']:>8.2f}ms {through['p50'] - direct['p50']:>8.2f}ms "
+              f"{direct['p99']:>9.2f}ms {through['p99']:>8.2f}ms {through['p99'] - direct['p99']:>8.2f}ms")
+    print(f"recorded {recorded} of {sent_through_proxy} proxied requests")
+    print(json.dumps({"results": [{"concurrency": c, "direct": d, "proxy": t} for c, d, t in results],
+                      "recorded": recorded, "sent": sent_through_proxy}))
+
+
+if __name__ == "__main__":
+    main()

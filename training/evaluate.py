@@ -1,0 +1,116 @@
+"""Held-out quality of a generator: exact-match, parse-valid and validator-pass rates.
+
+`generate_fn(example) -> str` is any way of answering an example (the local GGUF model with
+an adapter, the HF model, the upstream). For each held-out example we record:
+
+- exact: the answer equals the upstream completion byte for byte, or — for JSON answers —
+  parses to the same value (key order and whitespace do not matter to a typed caller);
+- parse_valid: for json_schema / json_object sites, the answer parses as JSON and (for
+  json_schema) validates against the schema with `jsonschema`; None for free-text sites;
+- validator: an optional site-specific check `validator(text) -> bool` (e.g. the RPG level
+  validator) whose pass rate is reported when given.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import jsonschema
+
+from training.prompt_format import json_schema_of
+
+
+@dataclass
+class EvalReport:
+    n: int
+    exact_match: float  # fraction of examples
+    parse_valid: float | None  # fraction of JSON-typed examples; None if there are none
+    validator_pass: float | None  # fraction; None without a validator
+    outputs: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"n": self.n, "exact_match": self.exact_match, "parse_valid": self.parse_valid,
+                "validator_pass": self.validator_pass}
+
+
+def _loads(text: str):
+    try:
+        return True, json.loads(text)
+    except ValueError:
+        return False, None
+
+
+def is_exact(answer: str, completion: str, json_typed: bool) -> bool:
+    if answer == completion:
+        return True
+    if json_typed:
+        ok_a, a = _loads(answer)
+        ok_c, c = _loads(completion)
+        return ok_a and ok_c and a == c
+    return False
+
+
+def parse_valid(answer: str, response_format: dict | None) -> bool | None:
+    """True/False for JSON-typed answers, None when the site answers free text."""
+    kind = (response_format or {}).get("type")
+    if kind not in ("json_schema", "json_object"):
+        return None
+    ok, value = _loads(answer)
+    if not ok:
+        return False
+    schema = json_schema_of(response_format)
+    if schema is None:
+        return True
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError:
+        return False
+    except jsonschema.SchemaError:
+        return True  # an unusable schema cannot fail the answer
+    return True
+
+
+def evaluate(
+    generate_fn: Callable[[dict], str],
+    examples: list[dict],
+    validator: Callable[[str], bool] | None = None,
+) -> EvalReport:
+    exact = 0
+    parsed: list[bool] = []
+    passed: list[bool] = []
+    outputs = []
+    for ex in examples:
+        answer = generate_fn(ex)
+        outputs.append(answer)
+        rf = ex.get("response_format")
+        valid = parse_valid(answer, rf)
+        if valid is not None:
+            parsed.append(valid)
+        exact += is_exact(answer, ex["completion"], valid is not None)
+        if validator is not None:
+            try:
+                passed.append(bool(validator(answer)))
+            except Exception:  # a crashing validator is a failed check
+                passed.append(False)
+    n = len(examples)
+    return EvalReport(
+        n=n,
+        exact_match=exact / n if n else 0.0,
+        parse_valid=sum(parsed) / len(parsed) if parsed else None,
+        validator_pass=sum(passed) / len(passed) if validator is not None and n else None,
+        outputs=outputs,
+    )
+
+
+def local_generate_fn(generator, adapter_path, max_tokens: int = 512) -> Callable[[dict], str]:
+    """A generate_fn for `evaluate` from a training.local_generate.LocalGenerator."""
+    from training.prompt_format import render_prompt
+
+    def generate(ex: dict) -> str:
+        prompt = render_prompt(ex["messages"], ex.get("response_format"), ex.get("tools"))
+        return generator.generate(prompt, adapter_path=adapter_path, max_tokens=max_tokens,
+                                  grammar_schema=json_schema_of(ex.get("response_format")))
+
+    return generate

@@ -1,0 +1,85 @@
+"""Check a GGUF adapter before its model version is registered.
+
+Training happens in transformers/peft, serving in llama.cpp: the export could go wrong
+silently (a wrong tensor name, a missing q/k permutation, a tokenizer difference), so every
+new adapter is loaded beside the serving base GGUF and must reproduce what the trained
+HF model answered (greedy) on held-out examples — exactly, or nearly (float differences
+between the two runtimes can flip a late token in a long answer).
+
+Reference answers: `trained_outputs` (the greedy answers `train()` records in
+TrainResult.sample_outputs), aligned with `examples`; without them the examples'
+upstream completions are the reference.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.prompt_format import render_prompt
+
+NEAR_RATIO = 0.95  # difflib similarity counted as "near-exact" (1.0 = identical)
+MAX_TOKENS = 256  # cap on each local answer (tokens)
+
+
+@dataclass
+class VerifyCase:
+    index: int
+    reference: str
+    local: str
+    exact: bool
+    ratio: float
+
+
+@dataclass
+class VerifyResult:
+    ok: bool  # every case exact or near-exact (and at least one case)
+    n: int
+    exact: int
+    near: int  # near-exact but not exact
+    cases: list[VerifyCase] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"verify {'ok' if self.ok else 'FAILED'}: {self.exact}/{self.n} exact, {self.near} near"
+
+
+def similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def verify_adapter(
+    base_gguf: str | Path,
+    adapter_gguf: str | Path,
+    examples: list[dict],
+    trained_outputs: list[str] | list[tuple[int, str]] | None = None,
+    generator=None,
+    near_ratio: float = NEAR_RATIO,
+    max_tokens: int = MAX_TOKENS,
+) -> VerifyResult:
+    """Load `adapter_gguf` beside `base_gguf` (or on `generator`) and compare answers."""
+    if trained_outputs is None:
+        refs = [(i, ex["completion"]) for i, ex in enumerate(examples)]
+    else:
+        refs = [r if isinstance(r, tuple) else (i, r) for i, r in enumerate(trained_outputs)]
+    own = generator is None
+    if own:
+        from training.local_generate import LocalGenerator
+
+        generator = LocalGenerator(base_gguf)
+    cases = []
+    try:
+        for index, reference in refs:
+            ex = examples[index]
+            prompt = render_prompt(ex["messages"], ex.get("response_format"), ex.get("tools"))
+            # no grammar: the HF reference was decoded without one
+            local = generator.generate(prompt, adapter_path=adapter_gguf, max_tokens=max_tokens)
+            ratio = similarity(reference, local)
+            cases.append(VerifyCase(index, reference, local, local == reference, ratio))
+    finally:
+        if own:
+            generator.close()
+    exact = sum(c.exact for c in cases)
+    near = sum((not c.exact) and c.ratio >= near_ratio for c in cases)
+    return VerifyResult(ok=bool(cases) and exact + near == len(cases), n=len(cases),
+                        exact=exact, near=near, cases=cases)
