@@ -8,6 +8,8 @@ the recorder, so a `understudy sites` right after a request sees it.
 from __future__ import annotations
 
 import hmac
+from pathlib import Path
+from typing import Any
 
 from litestar import Request, Router, get, post
 from litestar.connection import ASGIConnection
@@ -16,6 +18,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from proxy.errors import ProxyError
 from proxy.state import ProxyState
+from understudy.exports import export_site
 from understudy.store import SiteNotFound
 
 
@@ -59,5 +62,21 @@ def rename_site(request: Request, site_ref: str, data: dict[str, str]) -> dict:
     return {"id": record.id, "name": record.name}
 
 
-admin_router = Router(path="/admin", route_handlers=[list_sites, site_calls, rename_site],
+@post("/sites/{site_ref:str}/export", sync_to_thread=True, status_code=200)
+def export_dataset(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
+    """Write the site's dataset (JSONL and/or Parquet) to the given paths; the proxy owns the store."""
+    proxy = _proxy(request)
+    try:
+        return export_site(proxy.store, site_ref, filtered=bool(data.get("filtered", True)),
+                           jsonl=_path_or_none(data.get("jsonl")), parquet=_path_or_none(data.get("parquet")),
+                           teacher_model=data.get("teacher_model"))
+    except SiteNotFound as exc:
+        raise ProxyError(404, str(exc), code="site_not_found") from None
+
+
+def _path_or_none(value: Any) -> Path | None:
+    return Path(value) if value else None
+
+
+admin_router = Router(path="/admin", route_handlers=[list_sites, site_calls, rename_site, export_dataset],
                       guards=[require_admin_token], include_in_schema=False)

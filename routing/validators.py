@@ -81,6 +81,7 @@ def default_registry() -> ValidatorRegistry:
     """A registry holding the validators this project ships."""
     registry = ValidatorRegistry()
     registry.register_factory("Map", _rpg_map_validator)
+    registry.register_factory("Level", _rpg_level_validator)
     return registry
 
 
@@ -105,3 +106,15 @@ def _rpg_map_validator() -> Validator | None:
         log.warning("RPG map validator unavailable (%s); Map sites are scored without it", exc)
         return None
     return validate_rpg_map
+
+
+def validate_rpg_level(text: str) -> tuple[bool, dict[str, Any]]:
+    """The RPG generator's `Level` validator (sane sizes, counts and difficulty)."""
+    from jac_examples.rpg.validator import validate_level
+
+    report = validate_level(text)
+    return bool(report.passed), report.to_dict()
+
+
+def _rpg_level_validator() -> Validator | None:
+    return validate_rpg_level if _rpg_map_validator() is not None else None

@@ -6,6 +6,7 @@ Errors a user can fix are one line on stderr and a non-zero exit, never a traceb
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -60,6 +61,37 @@ def serve(
         fail(str(exc))
 
 
+@app.command()
+def up(
+    host: Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_HOST", help="Interface to listen on (default: 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(envvar="UNDERSTUDY_PORT", help="Port (default: 8000).")] = None,
+    data_dir: DataDir = None,
+    teacher_seed: Annotated[int, typer.Option(help="Offline teacher's seed.")] = 0,
+    teacher_flaw_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Offline teacher's flawed share.")] = 0.1,
+) -> None:
+    """The main job with embedded defaults: the proxy over DuckDB in the data dir, and the offline
+    teacher as its upstream when no upstream key is set (UNDERSTUDY_UPSTREAM_KEY / OPENAI_API_KEY)."""
+    from proxy.server import serve as run_server
+    from understudy.processes import start_teacher
+
+    settings = load_settings(host=host, port=port, data_dir=data_dir)
+    settings.ensure_data_dir()
+    teacher = None
+    if settings.resolved_upstream_key() is None and "UNDERSTUDY_UPSTREAM_URL" not in os.environ:
+        teacher = start_teacher(seed=teacher_seed, flaw_share=teacher_flaw_share)
+        settings = settings.model_copy(update={"upstream_url": teacher.url})
+        typer.echo(f"understudy: no upstream key set; the offline teacher answers at {teacher.url}", err=True)
+    typer.echo(f"understudy: proxy on http://{settings.host}:{settings.port}/v1 -> {settings.upstream_url}; "
+               f"data in {settings.data_dir}", err=True)
+    try:
+        run_server(settings)
+    except OSError as exc:
+        fail(str(exc))
+    finally:
+        if teacher is not None:
+            teacher.stop()
+
+
 @sites_app.callback()
 def sites(
     ctx: typer.Context,
@@ -109,6 +141,49 @@ def calls(
         table.add_row(row["ts"][:19], row["turn"], row["served_by"], str(row["status"]), f"{row['latency_ms']:.0f}",
                       tokens, valid, answer)
     console.print(table)
+
+
+@app.command()
+def corpus(
+    runs: Annotated[int, typer.Option(help="How many times to run the Jac level generator.")] = 20,
+    levels: Annotated[int, typer.Option(help="Levels played per run (each level calls every RPG site).")] = 5,
+    parallel: Annotated[int, typer.Option(help="Runs at a time.")] = 2,
+    seed: Annotated[int, typer.Option(help="Offline teacher's seed.")] = 0,
+    flaw_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Offline teacher's share of flawed answers.")] = 0.1,
+    data_dir: DataDir = None,
+) -> None:
+    """Fill the store: run the Jac RPG generator through the proxy (offline teacher unless an upstream key is set)."""
+    from jac_examples.corpus import generate_corpus
+
+    if runs < 1 or levels < 1 or parallel < 1:
+        fail("--runs, --levels and --parallel must be at least 1")
+    try:
+        result = generate_corpus(load_settings(data_dir=data_dir), runs=runs, levels=levels, parallel=parallel,
+                                 seed=seed, flaw_share=flaw_share)
+    except RuntimeError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(result.to_dict(), indent=2))
+    if result.succeeded < result.runs:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
+    jsonl: Annotated[Optional[Path], typer.Option(help="Write OpenAI fine-tuning chat JSONL here.")] = None,
+    parquet: Annotated[Optional[Path], typer.Option(help="Write Parquet here.")] = None,
+    filtered: Annotated[bool, typer.Option("--filtered/--unfiltered",
+                                           help="Keep only parse-valid, validator-passing answers.")] = True,
+    teacher: Annotated[Optional[str], typer.Option(help="Only answers from this upstream model.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Export one site's recorded calls as a training dataset."""
+    if jsonl is None and parquet is None:
+        fail("give --jsonl FILE and/or --parquet FILE")
+    result = _run(lambda: StoreAccess(load_settings(data_dir=data_dir)).export(
+        site, filtered=filtered, jsonl=jsonl and str(jsonl.resolve()), parquet=parquet and str(parquet.resolve()),
+        teacher_model=teacher))
+    typer.echo(json.dumps(result, indent=2))
 
 
 def _answer_preview(response_json: str | None, width: int = 60) -> str:

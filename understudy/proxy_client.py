@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from understudy.exports import export_site
 from understudy.settings import Settings
 from understudy.store import SiteNotFound, Store
 
@@ -82,6 +84,20 @@ class StoreAccess:
         try:
             record = store.rename_site(site, name)
             return {"id": record.id, "name": record.name}
+        except SiteNotFound as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            store.close()
+
+    def export(self, site: str, *, filtered: bool, jsonl: str | None, parquet: str | None,
+               teacher_model: str | None = None) -> dict[str, Any]:
+        if self.proxy:
+            return self._admin("POST", f"/sites/{site}/export", json={
+                "filtered": filtered, "jsonl": jsonl, "parquet": parquet, "teacher_model": teacher_model})
+        store = self._open(read_only=True)
+        try:
+            return export_site(store, site, filtered=filtered, jsonl=jsonl and Path(jsonl),
+                               parquet=parquet and Path(parquet), teacher_model=teacher_model)
         except SiteNotFound as exc:
             raise CommandError(str(exc)) from None
         finally:
