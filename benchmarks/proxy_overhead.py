@@ -73,6 +73,7 @@ def wait_http(url: str, timeout: float = 60) -> None:
 
 
 def hey(url: str, requests: int, concurrency: int) -> dict[str, float]:
+    """hey's figures; it sends requests // concurrency * concurrency requests (`sent`)."""
     out = subprocess.run(
         ["taskset", "-c", "0", "hey", "-n", str(requests), "-c", str(concurrency), "-m", "POST",
          "-T", "application/json", "-D", str(BODY), "-H", "Authorization: Bearer sk-bench", url],
@@ -83,7 +84,7 @@ def hey(url: str, requests: int, concurrency: int) -> dict[str, float]:
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", out))
     if set(codes) != {"200"}:
         raise RuntimeError(f"non-200 answers: {codes}\n{out}")
-    return {"rps": rps, "p50": latencies[50], "p99": latencies[99]}
+    return {"rps": rps, "p50": latencies[50], "p99": latencies[99], "sent": sum(int(n) for n in codes.values())}
 
 
 def main() -> None:
@@ -115,12 +116,12 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{nginx_port}/")
         wait_http(f"http://127.0.0.1:{proxy_port}/healthz")
-        hey(proxy_url, 500, 8)  # warm-up: connections, caches, the first DuckDB commits
-        sent_through_proxy += 500
+        # warm-up: connections, caches, the first DuckDB commits
+        sent_through_proxy += hey(proxy_url, 500, 8)["sent"]
         for concurrency in args.concurrency:
             direct = hey(direct_url, args.requests, concurrency)
             through = hey(proxy_url, args.requests, concurrency)
-            sent_through_proxy += args.requests
+            sent_through_proxy += through["sent"]
             results.append((concurrency, direct, through))
     finally:
         proxy.terminate()

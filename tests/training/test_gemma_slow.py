@@ -35,10 +35,12 @@ def _examples():
 def test_gemma_adapter_loads_and_changes_output(tmp_path):
     examples = _examples()
     config = TrainConfig(
-        max_steps=6, lr=2e-3, batch_size=1, grad_accum=1, lora_dropout=0.0,
+        max_steps=8, lr=2e-3, batch_size=1, grad_accum=1, lora_dropout=0.0,
         verify_examples=1, verify_max_tokens=24,  # keep the HF greedy pass short
     )
-    result = train(config, examples[:3], examples[3:], tmp_path / "peft", progress=False)
+    # memorise all four, check on the last: a confident model makes the HF / llama.cpp
+    # comparison robust to their small numeric differences (see training.verify)
+    result = train(config, examples, examples[3:], tmp_path / "peft", progress=False)
     print("\nGemma 270M:", json.dumps({k: v for k, v in vars(result).items()
                                         if k not in ("loss_history", "sample_outputs")}))
     assert result.train_loss < result.first_loss
