@@ -11,14 +11,18 @@ import hmac
 from pathlib import Path
 from typing import Any
 
-from litestar import Request, Router, get, post
+from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
 from proxy.errors import ProxyError
 from proxy.state import ProxyState
+from routing.actions import ActionError, run_action
+from routing.registry import list_versions
 from understudy.exports import export_site
+from understudy.reports import render_report
+from understudy.training_jobs import NotEnoughData, prepare_job, register_result, training_candidates
 from understudy.store import SiteNotFound
 
 
@@ -74,9 +78,96 @@ def export_dataset(request: Request, site_ref: str, data: dict[str, Any]) -> dic
         raise ProxyError(404, str(exc), code="site_not_found") from None
 
 
+@post("/sites/{site_ref:str}/training-job", sync_to_thread=True, status_code=200)
+def training_job(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
+    """Snapshot the site's dataset and return the job a worker runs."""
+    proxy = _proxy(request)
+    try:
+        return prepare_job(proxy.store, proxy.settings, site_ref, data.get("config") or {})
+    except SiteNotFound as exc:
+        raise ProxyError(404, str(exc), code="site_not_found") from None
+    except (NotEnoughData, ValueError) as exc:
+        raise ProxyError(409, str(exc), code="not_enough_data") from None
+
+
+@post("/training/candidates", sync_to_thread=True, status_code=200)
+def training_candidates_route(request: Request) -> list[dict]:
+    """Jobs for the sites that should train now (enough new examples, quiet window open)."""
+    proxy = _proxy(request)
+    site_ids, _ = training_candidates(proxy.store, proxy.settings)
+    jobs = []
+    for site_id in site_ids:
+        try:
+            jobs.append(prepare_job(proxy.store, proxy.settings, site_id))
+        except NotEnoughData:
+            continue
+    return jobs
+
+
+@post("/versions", sync_to_thread=True, status_code=200)
+def register_version_route(request: Request, data: dict[str, Any]) -> dict:
+    """A worker's training result becomes the site's next version (activated if it earned it)."""
+    proxy = _proxy(request)
+    try:
+        version = register_result(proxy.store, data)
+    except SiteNotFound as exc:
+        raise ProxyError(404, str(exc), code="site_not_found") from None
+    proxy.refresh_site(data["site_id"])
+    return version
+
+
+@get("/sites/{site_ref:str}/versions", sync_to_thread=True)
+def site_versions(request: Request, site_ref: str) -> list[dict]:
+    proxy = _proxy(request)
+    try:
+        return [v.to_dict() for v in list_versions(proxy.store, proxy.store.resolve_site(site_ref).id)]
+    except SiteNotFound as exc:
+        raise ProxyError(404, str(exc), code="site_not_found") from None
+
+
+@post("/sites/{site_ref:str}/action", sync_to_thread=True, status_code=200)
+def site_action(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
+    """pin / unpin / rollback / promote, effective for the next request."""
+    proxy = _proxy(request)
+    try:
+        record = run_action(proxy.store, site_ref, data)
+    except SiteNotFound as exc:
+        raise ProxyError(404, str(exc), code="site_not_found") from None
+    except ActionError as exc:
+        raise ProxyError(409, str(exc), code="action_refused") from None
+    proxy.refresh_site(record.id)
+    return record.__dict__
+
+
+@get("/report", sync_to_thread=True, media_type="text/plain")
+def admin_report(request: Request, site: str = "", format: str = "text", color: int = 0, width: int = 120) -> Response:
+    proxy = _proxy(request)
+    try:
+        text = render_report(proxy.store, proxy.settings, site or None, format, color=bool(color), width=width)
+    except SiteNotFound as exc:
+        raise ProxyError(404, str(exc), code="site_not_found") from None
+    except ValueError as exc:
+        raise ProxyError(400, str(exc), code="invalid_format") from None
+    media = {"html": "text/html", "json": "application/json"}.get(format, "text/plain")
+    return Response(text, media_type=f"{media}; charset=utf-8")
+
+
+@get("/report", sync_to_thread=True, include_in_schema=True, tags=["Operations"], summary="Shadow-mode report (HTML)")
+def public_report(request: Request, site: str = "") -> Response:
+    """The HTML report, for a browser: aggregates only (no prompts), so no token is asked."""
+    proxy: ProxyState = request.app.state.proxy
+    proxy.recorder.flush()
+    try:
+        return Response(render_report(proxy.store, proxy.settings, site or None, "html"), media_type="text/html; charset=utf-8")
+    except SiteNotFound as exc:
+        raise ProxyError(404, str(exc), code="site_not_found") from None
+
+
 def _path_or_none(value: Any) -> Path | None:
     return Path(value) if value else None
 
 
-admin_router = Router(path="/admin", route_handlers=[list_sites, site_calls, rename_site, export_dataset],
+admin_router = Router(path="/admin", route_handlers=[list_sites, site_calls, rename_site, export_dataset, training_job,
+                                      training_candidates_route, register_version_route, site_versions, site_action,
+                                      admin_report],
                       guards=[require_admin_token], include_in_schema=False)

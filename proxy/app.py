@@ -7,6 +7,7 @@ in module globals, so a test can run several proxies side by side.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
@@ -14,7 +15,7 @@ import httpx
 from litestar import Litestar, Request, Response, get
 from litestar.openapi import OpenAPIConfig
 
-from proxy.admin import admin_router
+from proxy.admin import admin_router, public_report
 from proxy.chat import chat_completions
 from proxy.errors import EXCEPTION_HANDLERS, error_response
 from proxy.metrics import ProxyMetrics
@@ -23,6 +24,10 @@ from proxy.recorder import Recorder
 from proxy.site_registry import SiteRegistry
 from proxy.state import ProxyState
 from proxy.upstream import Upstream
+from routing.local_model import LocalModels
+from routing.router import Router
+from routing.similarity import cosine_similarity
+from understudy.training_jobs import register_pending_results
 from understudy.settings import Settings
 from understudy.store import Store
 
@@ -59,11 +64,18 @@ def build_state(settings: Settings) -> ProxyState:
         flush_ms=settings.recorder_flush_ms, secrets=(upstream_key,) if upstream_key else (),
         failed_path=settings.data_dir / "failed-writes.jsonl",
     )
-    return ProxyState(
-        settings=settings, store=store, recorder=recorder, sites=SiteRegistry(store.site_records()),
-        upstream=Upstream(settings), metrics=ProxyMetrics(recorder),
-        admin_token=settings.admin_token or secrets.token_urlsafe(24),
+    sites = SiteRegistry(store.site_records())
+    local = LocalModels(settings.resolved_base_gguf(), n_threads=settings.local_threads) if settings.local_models else None
+    router = Router(store, local, policy_defaults=settings.routing_policy, current_site=sites.get,
+                    on_site_change=sites.replace, record_shadow=recorder.add_shadow_result, similarity=cosine_similarity)
+    state = ProxyState(
+        settings=settings, store=store, recorder=recorder, sites=sites, upstream=Upstream(settings),
+        metrics=ProxyMetrics(recorder), admin_token=settings.admin_token or secrets.token_urlsafe(24), router=router,
     )
+    for version in register_pending_results(store, settings):  # results a worker left while we were down
+        state.refresh_site(version["site_id"])
+    router.load()
+    return state
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -75,12 +87,16 @@ def create_app(settings: Settings) -> Litestar:
         state.recorder.start()
 
     async def stop(app: Litestar) -> None:
+        for task in list(state.background):  # shadow scoring in flight: let it finish and be recorded
+            await asyncio.wait([task], timeout=30)
         await state.upstream.aclose()
         state.recorder.close()  # drains the queue: a clean shutdown loses nothing
+        if state.router.local is not None:
+            state.router.local.close()
         state.store.close()
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, healthz, metrics, admin_router],
+        route_handlers=[chat_completions, list_models, healthz, metrics, public_report, admin_router],
         on_startup=[start],
         on_shutdown=[stop],
         exception_handlers=EXCEPTION_HANDLERS,

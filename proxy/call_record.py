@@ -30,6 +30,7 @@ _SECRET_KEYS = frozenset({"api_key", "apikey", "authorization", "api-key", "x-ap
 class PendingCall:
     """What the request path hands to the recorder for one finished call."""
 
+    id: str
     ts: float  # time.time() when the request arrived
     identification: Identification
     request: dict[str, Any]

@@ -1,10 +1,16 @@
-"""POST /v1/chat/completions: validate, identify the call site, forward, record.
+"""POST /v1/chat/completions: validate, identify the call site, route, answer, record.
 
 The handler keeps the request path short: one JSON decode (needed to validate and to
 identify the site), the client's bytes forwarded as they are (re-encoded only when
 Understudy's own metadata must be taken out), and the recording handed to the
 recorder's queue. Streams are relayed chunk by chunk as they arrive and recorded when
 they end, whether they finish, fail or the client goes away.
+
+Routing (`routing.router`) picks who answers. A local answer that fails parsing or its
+validator is never returned: the upstream answers instead and the call records why
+("local fallback: ..."). When the upstream fails and the site has a local version, the
+local model answers (setting `local_when_upstream_down`). Shadow comparisons run after the
+response is sent, as background tasks.
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from proxy.call_record import PendingCall
-from proxy.callsite import identify
+from proxy.call_record import PendingCall, completion_of, first_content
+from proxy.callsite import Identification, identify
 from proxy.errors import ProxyError, error_body, is_openai_error
 from proxy.openapi import ChatCompletionsOperation
 from proxy.state import ProxyState
 from proxy.types import validation_error
 from proxy.upstream import pass_back_headers
+from routing.local_model import completion_object, sse_body
+from routing.router import Plan
+from understudy.store import SiteRecord
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -32,10 +41,11 @@ SITE_HEADER = "x-understudy-site"
 
 @post(
     "/v1/chat/completions",
+    status_code=200,  # OpenAI answers 200, not REST's 201 for a POST
     operation_class=ChatCompletionsOperation,
     summary="Create a chat completion (OpenAI-compatible)",
-    description="Forwarded to the upstream model and recorded under its call site. "
-    "Responses carry `X-Understudy-Site` and `X-Understudy-Served-By`.",
+    description="Forwarded to the upstream model (or answered by the site's local model) and recorded under its "
+    "call site. Responses carry `X-Understudy-Site` and `X-Understudy-Served-By`.",
     tags=["OpenAI-compatible"],
 )
 async def chat_completions(request: Request) -> Response:
@@ -50,31 +60,40 @@ async def chat_completions(request: Request) -> Response:
     if name_update is not None:
         proxy.recorder.rename_site(name_update)
 
+    plan = proxy.router.plan(site, has_tools=bool(ident.signature.tool_names or payload.get("tools")))
+    fallback_reason = None
+    if plan.answer == "local":
+        answered, fallback_reason = await _answer_locally(proxy, ident, site, payload, plan, started)
+        if answered is not None:
+            return answered
+
+    call = _pending(proxy, ident, payload, "upstream")
+    call.error = fallback_reason
     forward_body = _without_understudy_fields(body, payload)
     upstream_request = proxy.upstream.build_chat_request(forward_body, dict(request.headers))
     headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": "upstream"}
-    call = PendingCall(
-        ts=time.time(), identification=ident, request=payload,
-        served_by="upstream", stream=payload.get("stream") is True, status=0, latency_ms=0.0,
-    )
     try:
         upstream_response = await proxy.upstream.send(upstream_request, stream=call.stream)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         # Refused or never answered the connect: unreachable (502), not slow (504).
-        return _upstream_failure(proxy, call, started, headers, 502, "upstream_unreachable", f"upstream unreachable: {exc}")
+        return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
+                                       f"upstream unreachable: {exc}")
     except httpx.TimeoutException as exc:
-        return _upstream_failure(proxy, call, started, headers, 504, "upstream_timeout", f"upstream timed out: {type(exc).__name__}")
+        return await _upstream_failure(proxy, call, site, started, headers, 504, "upstream_timeout",
+                                       f"upstream timed out: {type(exc).__name__}")
     except httpx.HTTPError as exc:
-        return _upstream_failure(proxy, call, started, headers, 502, "upstream_unreachable", f"upstream unreachable: {exc}")
+        return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
+                                       f"upstream unreachable: {exc}")
 
     headers.update(pass_back_headers(upstream_response))
+    shadow = plan if plan.also_other and plan.answer == "upstream" else None
     if call.stream and upstream_response.status_code == 200:
-        return Stream(_relay(proxy, call, upstream_response, started), status_code=200,
+        return Stream(_relay(proxy, call, upstream_response, started, shadow), status_code=200,
                       media_type=upstream_response.headers.get("content-type", "text/event-stream"), headers=headers)
     if call.stream:
         await upstream_response.aread()
         await upstream_response.aclose()
-    return _finish_plain(proxy, call, upstream_response, started, headers)
+    return _finish_plain(proxy, call, upstream_response, started, headers, shadow)
 
 
 def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
@@ -90,6 +109,11 @@ def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
     return payload
 
 
+def _pending(proxy: ProxyState, ident: Identification, payload: dict[str, Any], served_by: str) -> PendingCall:
+    return PendingCall(id=proxy.recorder.new_call_id(), ts=time.time(), identification=ident, request=payload,
+                       served_by=served_by, stream=payload.get("stream") is True, status=0, latency_ms=0.0)
+
+
 def _without_understudy_fields(body: bytes, payload: dict[str, Any]) -> bytes:
     """The client's bytes, unless `metadata.understudy_site` must be removed for the upstream."""
     metadata = payload.get("metadata")
@@ -102,22 +126,73 @@ def _without_understudy_fields(body: bytes, payload: dict[str, Any]) -> bytes:
     return _encoder.encode(forwarded)
 
 
+# ---- local answers ----
+
+
+async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRecord, payload: dict[str, Any],
+                          plan: Plan, started: float, note: str | None = None) -> tuple[Response | None, str | None]:
+    """(response, None) when the local model's answer is usable; (None, why not) otherwise."""
+    try:
+        answer = await proxy.router.answer(payload, plan)
+    except Exception as exc:  # a broken adapter or model must not fail the request
+        reason = f"local fallback: local model failed: {type(exc).__name__}: {exc}"
+        proxy.metrics.local_fallbacks.inc()
+        return None, reason
+    usable, why = proxy.router.usable(payload, answer.text)
+    if not usable:
+        proxy.metrics.local_fallbacks.inc()
+        return None, f"local fallback: {why}"
+    served_by = f"local:{site.id}@v{plan.version}"
+    call = _pending(proxy, ident, payload, served_by)
+    completion = completion_object(answer, str(payload.get("model")))
+    call.status, call.response_obj, call.error = 200, completion, note
+    _record(proxy, call, started)
+    if plan.also_other:  # drift check: ask the upstream too, after answering
+        proxy.spawn(_drift_check(proxy, call, plan, answer))
+    headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": served_by}
+    if call.stream:
+        include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+        return Stream(iter([sse_body(completion, include_usage)]), status_code=200, media_type="text/event-stream",
+                      headers=headers), None
+    return Response(_encoder.encode(completion), status_code=200, media_type="application/json", headers=headers), None
+
+
+async def _drift_check(proxy: ProxyState, call: PendingCall, plan: Plan, local_answer) -> None:
+    """While local, a sample of calls also goes upstream so agreement keeps being measured."""
+    payload = {k: v for k, v in call.request.items() if k not in ("stream", "stream_options")}
+    started = time.perf_counter()
+    try:
+        response = await proxy.upstream.send(proxy.upstream.build_chat_request(_encoder.encode(payload), {}), stream=False)
+    except httpx.HTTPError:
+        return
+    if response.status_code != 200:
+        return
+    upstream_text = first_content(_decoder.decode(response.content))
+    await proxy.router.observe_pair(call.identification.site_id, plan.version, call.id, call.request, upstream_text,
+                                    (time.perf_counter() - started) * 1000, local_answer)
+
+
+# ---- upstream answers ----
+
+
 def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float,
-                  headers: dict[str, str]) -> Response:
+                  headers: dict[str, str], shadow: Plan | None) -> Response:
     content = upstream.content
     status = upstream.status_code
     media_type = upstream.headers.get("content-type", "application/json")
     if status >= 400:
         proxy.metrics.upstream_errors.labels(f"http_{status}").inc()
         content, media_type = _as_openai_error(content, status), "application/json"
-        call.error = f"upstream answered {status}"
+        call.error = call.error or f"upstream answered {status}"
     call.status = status
     call.response_body = content
     _record(proxy, call, started)
+    if shadow is not None and status == 200:
+        _spawn_shadow(proxy, call, shadow)
     return Response(content, status_code=status, media_type=media_type, headers=headers)
 
 
-async def _relay(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float):
+async def _relay(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float, shadow: Plan | None):
     chunks: list[bytes] = []
     call.status = 200
     try:
@@ -134,11 +209,25 @@ async def _relay(proxy: ProxyState, call: PendingCall, upstream: httpx.Response,
         await upstream.aclose()
         call.response_body = b"".join(chunks)
         _record(proxy, call, started)
+        if shadow is not None and call.error is None:
+            _spawn_shadow(proxy, call, shadow)
 
 
-def _upstream_failure(proxy: ProxyState, call: PendingCall, started: float, headers: dict[str, str], status: int,
-                      code: str, message: str) -> Response:
+def _spawn_shadow(proxy: ProxyState, call: PendingCall, plan: Plan) -> None:
+    upstream_text = first_content(completion_of(call))
+    proxy.spawn(proxy.router.observe_pair(call.identification.site_id, plan.version, call.id, call.request,
+                                          upstream_text, call.latency_ms))
+
+
+async def _upstream_failure(proxy: ProxyState, call: PendingCall, site: SiteRecord, started: float,
+                            headers: dict[str, str], status: int, code: str, message: str) -> Response:
     proxy.metrics.upstream_errors.labels(code).inc()
+    fallback = proxy.router.fallback_plan(site) if proxy.settings.local_when_upstream_down else None
+    if fallback is not None:
+        answered, _ = await _answer_locally(proxy, call.identification, site, call.request, fallback, started,
+                                            note=f"upstream down ({message}); local answered")
+        if answered is not None:
+            return answered
     body = error_body(message, type="upstream_error", code=code)
     call.status, call.error, call.response_body = status, message, body
     _record(proxy, call, started)
@@ -161,4 +250,3 @@ def _record(proxy: ProxyState, call: PendingCall, started: float) -> None:
     call.latency_ms = elapsed * 1000
     proxy.recorder.record(call)
     proxy.metrics.observe(call.identification.site_id, call.served_by, call.status, elapsed)
-

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from proxy.metrics import ProxyMetrics
 from proxy.recorder import Recorder
 from proxy.site_registry import SiteRegistry
 from proxy.upstream import Upstream
+from routing.router import Router
 from understudy.settings import Settings
 from understudy.store import Store
 
@@ -21,3 +23,15 @@ class ProxyState:
     upstream: Upstream
     metrics: ProxyMetrics
     admin_token: str
+    router: Router
+    background: set[asyncio.Task] = field(default_factory=set)  # shadow work, kept referenced until done
+
+    def refresh_site(self, site_id: str) -> None:
+        """After a registry change (new version, pin, rollback ...): reload the site everywhere."""
+        self.sites.replace(self.store.resolve_site(site_id))
+        self.router.refresh(site_id)
+
+    def spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)

@@ -50,6 +50,9 @@ class RunningProxy:
             self.process.send_signal(sig)
         return self.process.wait(timeout)
 
+    def log(self) -> str:
+        return (self.data_dir.parent / "proxy.log").read_text()
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return run_cli(*args, "--data-dir", str(self.data_dir), check=check)
 
@@ -64,15 +67,18 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, input: str 
 
 def start_proxy(data_dir: Path, upstream_url: str, *extra: str, env: dict | None = None) -> RunningProxy:
     """`understudy serve` exactly as a user runs it, on a free port."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir.parent / "proxy.log", "a")  # a file, not a pipe: a full pipe would block the proxy
     process = subprocess.Popen(
         [str(VENV_BIN / "understudy"), "serve", "--port", "0", "--upstream-url", upstream_url, "--data-dir", str(data_dir), *extra],
-        env=env or os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env or os.environ.copy(), stdout=subprocess.DEVNULL, stderr=log, text=True,
     )
+    log.close()
     discovery = data_dir / "proxy.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"proxy exited {process.returncode}: {process.stderr.read()}")
+            raise RuntimeError(f"proxy exited {process.returncode}: {(data_dir.parent / 'proxy.log').read_text()[-2000:]}")
         if discovery.exists():
             try:
                 info = json.loads(discovery.read_text())

@@ -119,6 +119,7 @@ def eval_loss(model, data: list[Encoded], pad_id: int, device: str, batch_size: 
 
 
 def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -126,6 +127,7 @@ def _progress(enabled: bool):
         TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("eval {task.fields[eval]}"),
         TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True),  # stdout stays for results (the CLI prints JSON there)
         disable=not enabled,
     )
 
@@ -178,7 +180,7 @@ def train(
             for _ in range(config.grad_accum):
                 loss, _n = batch_loss(model, next(batches), pad_id, device)
                 (loss / config.grad_accum).backward()
-                step_loss += float(loss) / config.grad_accum
+                step_loss += loss.item() / config.grad_accum
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -186,6 +186,148 @@ def export(
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command()
+def train(
+    site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
+    now: Annotated[bool, typer.Option("--now", help="Train here and now instead of enqueueing for the worker.")] = False,
+    base_model: Annotated[Optional[str], typer.Option(help="HF dir, hub id or .gguf to train (default: bundled Gemma 3 270M).")] = None,
+    base_gguf: Annotated[Optional[str], typer.Option(help="GGUF the adapter applies to when serving.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Passes over the training split.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank.")] = None,
+    qlora: Annotated[Optional[bool], typer.Option("--qlora/--no-qlora", help="4-bit NF4 base (bitsandbytes).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Train a new version for SITE from its recorded calls (snapshot -> LoRA -> GGUF adapter -> verify)."""
+    overrides = {k: v for k, v in {"base_model": base_model, "base_gguf": base_gguf, "epochs": epochs,
+                                   "max_steps": max_steps, "lr": lr, "lora_r": lora_r, "qlora": qlora}.items()
+                 if v is not None}
+    settings = load_settings(data_dir=data_dir)
+    access = StoreAccess(settings)
+    job = _run(lambda: access.training_job(site, overrides))
+    typer.echo(f"snapshot {job['snapshot']} ({job['examples']['kept']} examples)", err=True)
+    if not now:
+        from training.tasks import train_site
+
+        train_site(job)
+        typer.echo(f"queued training for {job['site_name']}; `understudy worker` runs it")
+        return
+    from routing.validators import default_registry
+    from training.pipeline import run_training_job
+
+    validator = default_registry().for_response_format(job.get("response_format"))
+    result = run_training_job(job["site_id"], job["snapshot"], job["out_dir"], job["config"],
+                              validator=(lambda text: validator(text)[0]) if validator else None)
+    version = _run(lambda: StoreAccess(settings).register(result))
+    typer.echo(json.dumps({"version": version["version"], "status": version["status"], "note": version["note"],
+                           "adapter": version["adapter_path"], "metrics": version["metrics"]}, indent=2, default=str))
+    if result.get("error"):
+        fail(f"training failed: {result['error']}")
+
+
+@app.command()
+def versions(
+    site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """A site's trained versions: status, base, dataset, held-out metrics."""
+    rows = _run(lambda: StoreAccess(load_settings(data_dir=data_dir)).versions(site))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table("version", "status", "created", "examples", "steps", "s/step", "held-out exact / parse / validator",
+                  "note")
+    for row in rows:
+        metrics = row["metrics"] or {}
+        held = metrics.get("heldout") or {}
+        trained = metrics.get("train") or {}
+        rates = " / ".join("-" if held.get(k) is None else f"{held[k]:.0%}"
+                           for k in ("exact_match_rate", "parse_valid_rate", "validator_pass_rate"))
+        table.add_row(f"v{row['version']}", row["status"], row["created_at"][:19], str(trained.get("n_train", "-")),
+                      str(trained.get("steps", "-")), f"{trained.get('seconds_per_step', 0):.2f}", rates, row["note"] or "")
+    console.print(table)
+
+
+@app.command()
+def worker(data_dir: DataDir = None) -> None:
+    """Run the Huey consumer: training jobs, and the periodic scheduler (quiet hours)."""
+    if data_dir is not None:
+        os.environ["UNDERSTUDY_DATA_DIR"] = str(data_dir)
+    from training.tasks import huey
+
+    typer.echo(f"understudy worker: queue {huey.storage.__class__.__name__} in {load_settings().data_dir}", err=True)
+    huey.create_consumer(workers=1, periodic=True, check_worker_health=True).run()
+
+
+@app.command()
+def pin(
+    site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
+    target: Annotated[str, typer.Argument(help="upstream | local | local@vN")],
+    data_dir: DataDir = None,
+) -> None:
+    """Fix who answers SITE, whatever its scores say."""
+    _act(site, {"action": "pin", "target": target}, data_dir)
+
+
+@app.command()
+def unpin(site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")], data_dir: DataDir = None) -> None:
+    """Return SITE to automatic routing."""
+    _act(site, {"action": "unpin"}, data_dir)
+
+
+@app.command()
+def rollback(
+    site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
+    to: Annotated[Optional[str], typer.Option("--to", help="Version to make active (vN); default: back to upstream.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Activate an earlier version, or withdraw the active one (the upstream answers)."""
+    _act(site, {"action": "rollback", "to_version": _version_number(to) if to else None}, data_dir)
+
+
+@app.command()
+def promote(
+    site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
+    version: Annotated[str, typer.Argument(help="Version to serve locally now (vN or N).")],
+    data_dir: DataDir = None,
+) -> None:
+    """Promote a version by hand: it becomes active and the site goes local."""
+    _act(site, {"action": "promote", "version": _version_number(version)}, data_dir)
+
+
+@app.command()
+def report(
+    site: Annotated[Optional[str], typer.Argument(help="One site (id, name or id prefix); default: all.")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML page with plots here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report data as JSON.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Shadow-mode report: state, version, agreement with its interval, local share, latency, cost saved."""
+    access = StoreAccess(load_settings(data_dir=data_dir))
+    if html is not None:
+        html.write_text(_run(lambda: access.report(site, "html")), encoding="utf-8")
+        typer.echo(f"wrote {html}")
+        return
+    fmt = "json" if as_json else "text"
+    typer.echo(_run(lambda: access.report(site, fmt, color=sys.stdout.isatty(), width=console.width)), nl=False)
+
+
+def _act(site: str, request: dict, data_dir: Optional[Path]) -> None:
+    record = _run(lambda: StoreAccess(load_settings(data_dir=data_dir)).action(site, request))
+    version = f"v{record['active_version']}" if record["active_version"] else "none"
+    typer.echo(f"{record['name']} ({record['id']}): state {record['state']}, active version {version}, "
+               f"pinned {record['pinned'] or 'no'}")
+
+
+def _version_number(text: str) -> int:
+    try:
+        return int(text.lower().removeprefix("v"))
+    except ValueError:
+        fail(f"not a version: {text!r} (expected vN)")
+
+
 def _answer_preview(response_json: str | None, width: int = 60) -> str:
     try:
         message = json.loads(response_json)["choices"][0]["message"]

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from understudy.exports import export_site
+from understudy.training_jobs import NotEnoughData, prepare_job, register_result
 from understudy.settings import Settings
 from understudy.store import SiteNotFound, Store
 
@@ -102,3 +103,67 @@ class StoreAccess:
             raise CommandError(str(exc)) from None
         finally:
             store.close()
+
+    # ---- training and versions ----
+
+    def _with_store(self, action, *, read_only: bool):
+        store = self._open(read_only=read_only)
+        try:
+            return action(store)
+        except (SiteNotFound, NotEnoughData, ValueError) as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            store.close()
+
+    def training_job(self, site: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self.proxy:
+            return self._admin("POST", f"/sites/{site}/training-job", json={"config": overrides or {}})
+        self.settings.ensure_data_dir()
+        return self._with_store(lambda store: prepare_job(store, self.settings, site, overrides), read_only=True)
+
+    def register(self, result: dict[str, Any]) -> dict[str, Any]:
+        if self.proxy:
+            return self._admin("POST", "/versions", json=result)
+        return self._with_store(lambda store: register_result(store, result), read_only=False)
+
+    def versions(self, site: str) -> list[dict[str, Any]]:
+        if self.proxy:
+            return self._admin("GET", f"/sites/{site}/versions")
+        from routing.registry import list_versions
+
+        return self._with_store(lambda store: [v.to_dict() for v in list_versions(store, store.resolve_site(site).id)],
+                                read_only=True)
+
+    def training_jobs_for_candidates(self) -> list[dict[str, Any]]:
+        return self._admin("POST", "/training/candidates")
+
+    def action(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
+        """pin / unpin / rollback / promote (routing.actions), applied by the running proxy at once."""
+        if self.proxy:
+            return self._admin("POST", f"/sites/{site}/action", json=request)
+        from routing.actions import ActionError, run_action
+
+        def act(store):
+            try:
+                return run_action(store, site, request).__dict__
+            except ActionError as exc:
+                raise CommandError(str(exc)) from None
+
+        return self._with_store(act, read_only=False)
+
+    def report(self, site: str | None, fmt: str, *, color: bool = False, width: int = 120) -> str:
+        from understudy.reports import render_report
+
+        if self.proxy:
+            assert self.proxy is not None
+            try:
+                response = httpx.get(self.proxy["url"] + "/admin/report", timeout=60,
+                                     params={"site": site or "", "format": fmt, "color": int(color), "width": width},
+                                     headers={"authorization": f"Bearer {self.proxy['admin_token']}"})
+            except httpx.HTTPError as exc:
+                raise CommandError(f"the proxy at {self.proxy['url']} did not answer: {exc}") from None
+            if response.status_code >= 400:
+                raise CommandError(response.json()["error"]["message"])
+            return response.text
+        return self._with_store(lambda store: render_report(store, self.settings, site, fmt, color=color, width=width),
+                                read_only=True)

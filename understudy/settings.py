@@ -37,6 +37,22 @@ class Settings(BaseSettings):
     recorder_flush_ms: int = Field(50, description="Longest a recorded call waits before its group commit, milliseconds.")
     log_level: str = Field("warning", description="uvicorn log level.")
 
+    # ---- local models and routing ----
+    local_models: bool = Field(True, description="Serve and shadow trained sites with the local base model.")
+    base_gguf: str | None = Field(None, description="GGUF the local adapters apply to (default: the bundled Gemma 3 270M).")
+    local_threads: int | None = Field(None, description="llama.cpp threads for local inference (default: all cores).")
+    local_when_upstream_down: bool = Field(True, description="Answer locally when the upstream fails and the site has a version.")
+    routing_policy: dict = Field(default_factory=dict, description="Global promotion settings (JSON), e.g. {\"min_samples\": 20}.")
+
+    # ---- training ----
+    redis_url: str | None = Field(None, description="Use RedisHuey at this URL instead of SqliteHuey in the data dir.")
+    train_config: dict = Field(default_factory=dict, description="TrainConfig overrides (JSON), e.g. {\"epochs\": 2}.")
+    train_min_examples: int = Field(50, description="New filtered examples a site needs before the scheduler trains it.")
+    train_check_minutes: int = Field(10, description="How often the worker looks for sites to train, minutes.")
+    quiet_hours: str | None = Field(None, description="Local hours when training may start, e.g. 22:00-06:00 (default: any).")
+    quiet_max_rpm: float | None = Field(None, description="Training starts only while requests/minute stay below this.")
+    quiet_rate_window_min: int = Field(5, description="Minutes over which the request rate is measured.")
+
     @field_validator("upstream_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
@@ -66,6 +82,13 @@ class Settings(BaseSettings):
     @property
     def huey_path(self) -> Path:
         return self.data_dir / "huey.db"
+
+    def resolved_base_gguf(self) -> str:
+        if self.base_gguf:
+            return self.base_gguf
+        from training.config import default_gemma_gguf
+
+        return default_gemma_gguf()
 
     def ensure_data_dir(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

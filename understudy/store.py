@@ -25,6 +25,10 @@ CALL_COLUMNS = (
     "request", "response", "status", "error", "latency_ms", "prompt_tokens", "completion_tokens",
     "cost_usd", "valid",
 )
+SHADOW_COLUMNS = (
+    "call_id", "site_id", "version", "ts", "score", "components", "comparable", "local_valid", "local_latency_ms",
+    "upstream_latency_ms", "local_output",
+)
 SITE_COLUMNS = (
     "id", "name", "name_source", "kind", "system_text", "header", "arg_names", "schema_name",
     "tool_names", "temperature", "created_at",
@@ -39,7 +43,7 @@ CALLS_ARROW_SCHEMA = pa.schema([
     ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("valid", pa.bool_()),
 ])
 assert tuple(CALLS_ARROW_SCHEMA.names) == CALL_COLUMNS
-# New sites are rare; a multi-row VALUES statement is plenty for them.
+# New sites and shadow results are rare next to calls; multi-row VALUES is plenty for them.
 _ROWS_PER_STATEMENT = 200
 
 
@@ -82,8 +86,8 @@ class Store:
 
     # ---- writes (the recorder's thread) ----
 
-    def write_batch(self, sites: Sequence[tuple], calls: Sequence[tuple]) -> None:
-        """New sites and calls in one transaction: the group commit."""
+    def write_batch(self, sites: Sequence[tuple], calls: Sequence[tuple], shadows: Sequence[tuple] = ()) -> None:
+        """New sites, calls and shadow results in one transaction: the group commit."""
         cur = self.cursor()
         cur.execute("BEGIN")
         try:
@@ -97,6 +101,8 @@ class Store:
                 cur.register("_calls_batch", batch)
                 cur.execute(f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) SELECT * FROM _calls_batch")
                 cur.unregister("_calls_batch")
+            for chunk in _chunks(shadows, _ROWS_PER_STATEMENT):
+                cur.execute(_insert_sql("shadow_results", SHADOW_COLUMNS, len(chunk)), _flatten(chunk))
             cur.execute("COMMIT")
         except Exception:
             cur.execute("ROLLBACK")
@@ -187,8 +193,9 @@ class Store:
 
 def served_by_label(site_id: str, state: str, pinned: str | None, version: int | None) -> str:
     """What answers this site's requests right now: `upstream` or `local:<site>@v<N>`."""
-    if pinned and pinned.startswith("local") and version:
-        return f"local:{site_id}@v{version}"
+    if pinned and pinned.startswith("local"):
+        pinned_version = pinned.rsplit("@v", 1)[1] if "@v" in pinned else version
+        return f"local:{site_id}@v{pinned_version}" if pinned_version else "upstream"
     if state == "local" and version and pinned != "upstream":
         return f"local:{site_id}@v{version}"
     return "upstream"

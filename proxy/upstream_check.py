@@ -1,0 +1,125 @@
+"""`understudy upstreams --check`: one one-token request to each route, latency or the error.
+
+Each route gets a tiny chat completion (`max_tokens: 1`) for a representative model: the
+`model_for_route` override, else the route's `check_model`, else its pattern when that is a
+plain name, else the provider's default below. It goes to the route's own URL with its own
+headers and provider adjustments, exactly as a proxied request would. A route whose key is
+missing is reported without contacting anyone. Routes are checked concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from proxy.providers import UnsupportedRequest, adjust_request
+from proxy.upstreams import MissingKey, Resolution, Route, UpstreamTable, is_glob
+
+DEFAULT_CHECK_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "gemini": "gemini-2.0-flash",
+                        "openai-compatible": "gpt-4o-mini"}
+CHECK_TIMEOUT_S = 30.0
+CHECK_MESSAGES = [{"role": "user", "content": "Reply with the single word: ok"}]
+
+
+@dataclass(slots=True)
+class CheckResult:
+    route: str
+    provider: str
+    base_url: str
+    model: str | None
+    ok: bool
+    contacted: bool  # False when the check stopped before any request (missing key, no model)
+    latency_ms: float | None = None
+    status: int | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_model_for(route: Route, model_for_route: dict[str, str] | None = None) -> str | None:
+    if model_for_route and route.name in model_for_route:
+        return model_for_route[route.name]
+    if route.check_model:
+        return route.check_model
+    if not is_glob(route.pattern):
+        return route.pattern
+    return DEFAULT_CHECK_MODELS.get(route.provider)
+
+
+async def check_routes(table: UpstreamTable, client: httpx.AsyncClient,
+                       model_for_route: dict[str, str] | None = None,
+                       timeout_s: float = CHECK_TIMEOUT_S) -> list[CheckResult]:
+    """Check every route in table order (concurrently); never raises for a failing route."""
+    return list(await asyncio.gather(*(check_route(route, client, check_model_for(route, model_for_route), timeout_s)
+                                       for route in table.routes)))
+
+
+async def check_route(route: Route, client: httpx.AsyncClient, model: str | None,
+                      timeout_s: float = CHECK_TIMEOUT_S) -> CheckResult:
+    result = CheckResult(route=route.name, provider=route.provider, base_url=route.base_url, model=model,
+                         ok=False, contacted=False)
+    if model is None:
+        result.error = "no model to check with: set check_model for this route"
+        return result
+    resolution = Resolution(route=route, upstream_model=route.model or model, requested_model=model)
+    try:
+        headers = resolution.headers()
+        body = adjust_request(route.provider, {"model": resolution.upstream_model, "messages": CHECK_MESSAGES,
+                                               "max_tokens": 1, "stream": False})
+    except MissingKey as exc:
+        result.error = f"key not set: {exc.env_name}"
+        return result
+    except UnsupportedRequest as exc:  # pragma: no cover - the check body is always servable
+        result.error = str(exc)
+        return result
+    headers["content-type"] = "application/json"
+    headers["accept-encoding"] = "identity"
+    timeout = min(route.timeout_s or timeout_s, timeout_s)
+    started = time.perf_counter()
+    try:
+        response = await client.post(route.base_url + "/chat/completions", json=body, headers=headers, timeout=timeout)
+    except httpx.TimeoutException as exc:
+        result.contacted = True
+        result.error = f"timed out after {timeout:g} s ({type(exc).__name__})"
+        return result
+    except httpx.HTTPError as exc:
+        result.contacted = True
+        result.error = f"unreachable: {type(exc).__name__}: {exc}"
+        return result
+    result.contacted = True
+    result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    result.status = response.status_code
+    if response.status_code >= 400:
+        result.error = f"HTTP {response.status_code}: {_error_text(response)}"
+        return result
+    try:
+        payload = response.json()
+    except ValueError:
+        result.error = "answered 200 but the body is not JSON"
+        return result
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        result.error = "answered 200 but not with a chat completion"
+        return result
+    result.ok = True
+    return result
+
+
+def _error_text(response: httpx.Response, limit: int = 200) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    # OpenAI's shape, and Gemini's list-wrapped variant ([{"error": {...}}]).
+    if isinstance(payload, list) and payload and isinstance(payload[0], dict):
+        payload = payload[0]
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict) and payload["error"].get("message"):
+        text = str(payload["error"]["message"])
+    else:
+        text = response.text.strip() or response.reason_phrase
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,116 @@
+"""The proxy's local model: one base GGUF loaded once, per-site adapters, off the event loop.
+
+`LocalModels` owns the single `training.local_generate.LocalGenerator` (loaded lazily on
+first use, so a proxy with no trained site never pays for it) and runs generations in a
+worker thread behind a capacity limiter: a llama.cpp context runs one generation at a time,
+and the event loop must keep serving upstream traffic meanwhile. Prompts are rendered with
+`training.prompt_format`, the same rendering the adapters were trained on; typed outputs
+are decoded under the request's JSON schema (llama.cpp grammar), so they always parse.
+
+Answers come back OpenAI-shaped (`chat.completion`, or SSE chunks for `stream: true`;
+the local text is produced whole and then sent as chunks).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from training.prompt_format import render_prompt
+
+DEFAULT_MAX_TOKENS = 1024  # a generous cap for a typed answer from a small model
+SSE_PIECE_CHARS = 24  # characters per streamed content chunk
+
+
+@dataclass
+class LocalAnswer:
+    text: str
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def json_schema_of(response_format: Any) -> dict | None:
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) else None
+    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
+        return {"type": "object"}
+    return None
+
+
+class LocalModels:
+    def __init__(self, base_gguf: str, *, n_threads: int | None = None, concurrency: int = 1):
+        self.base_gguf = base_gguf
+        self.n_threads = n_threads
+        self._generator = None
+        self._load_lock = threading.Lock()
+        self._limiter = anyio.CapacityLimiter(concurrency)
+
+    @property
+    def loaded(self) -> bool:
+        return self._generator is not None
+
+    def generator(self):
+        with self._load_lock:
+            if self._generator is None:
+                from training.local_generate import LocalGenerator
+
+                self._generator = LocalGenerator(self.base_gguf, n_threads=self.n_threads)
+            return self._generator
+
+    def complete_sync(self, request: dict[str, Any], adapter_path: str | None) -> LocalAnswer:
+        generator = self.generator()
+        prompt = render_prompt(request["messages"], request.get("response_format"), request.get("tools") or None)
+        max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or DEFAULT_MAX_TOKENS
+        started = time.perf_counter()
+        text = generator.generate(prompt, adapter_path=adapter_path, max_tokens=int(max_tokens),
+                                  grammar_schema=json_schema_of(request.get("response_format")), temperature=0.0)
+        latency_ms = (time.perf_counter() - started) * 1000
+        llm = generator.llm
+        return LocalAnswer(text, latency_ms, len(llm.tokenize(prompt.encode(), special=True)),
+                           len(llm.tokenize(text.encode(), add_bos=False)))
+
+    async def complete(self, request: dict[str, Any], adapter_path: str | None) -> LocalAnswer:
+        return await anyio.to_thread.run_sync(self.complete_sync, request, adapter_path, limiter=self._limiter)
+
+    def close(self) -> None:
+        with self._load_lock:
+            if self._generator is not None:
+                self._generator.close()
+                self._generator = None
+
+
+def completion_object(answer: LocalAnswer, model: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-local-{uuid.uuid4().hex[:20]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": "stop",
+                     "logprobs": None}],
+        "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                  "total_tokens": answer.prompt_tokens + answer.completion_tokens},
+    }
+
+
+def sse_body(completion: dict[str, Any], include_usage: bool) -> bytes:
+    """The completion as `chat.completion.chunk` events, ending with `data: [DONE]`."""
+    text = completion["choices"][0]["message"]["content"] or ""
+    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+            "model": completion["model"]}
+    pieces = [text[i : i + SSE_PIECE_CHARS] for i in range(0, len(text), SSE_PIECE_CHARS)] or [""]
+    events = []
+    for index, piece in enumerate(pieces):
+        delta = {"role": "assistant", "content": piece} if index == 0 else {"content": piece}
+        events.append({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if include_usage:
+        events.append({**base, "choices": [], "usage": completion["usage"]})
+    return b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events) + b"data: [DONE]\n\n"

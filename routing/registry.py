@@ -1,0 +1,130 @@
+"""The model registry: versions per site, their status, and every state change with its reason.
+
+Writes go through the store (in the proxy's process, or the CLI's when no proxy runs);
+every change is also an `audit` row, so reports can say why a site is where it is.
+
+A version's status:
+- `ready`: verified (its GGUF adapter reproduced the trained output) and not worse than the
+  site's current version on the held-out set; it becomes the site's active version and the
+  site enters shadow (`policy.on_new_version`).
+- `rejected`: verified but worse than the current version; kept on disk, never activated.
+- `failed`: training, export or verification failed; kept for inspection, never activated.
+- `retired`: was active, replaced or rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from routing.policy import Decision, on_new_version
+from understudy.store import SiteRecord, Store
+
+# Held-out metrics compared between a new version and the current one, in order of trust:
+# the task validator's verdict beats schema validity beats exact match.
+_COMPARED_METRICS = ("validator_pass_rate", "parse_valid_rate", "exact_match_rate")
+
+
+@dataclass
+class VersionRecord:
+    site_id: str
+    version: int
+    status: str
+    base_model: str | None
+    base_gguf: str | None
+    adapter_path: str | None
+    dataset_snapshot: str | None
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    note: str | None
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def list_versions(store: Store, site_id: str) -> list[VersionRecord]:
+    rows = store.cursor().execute(
+        """SELECT site_id, version, status, base_model, base_gguf, adapter_path, dataset_snapshot, config, metrics,
+                  note, created_at FROM model_versions WHERE site_id = ? ORDER BY version""",
+        [site_id],
+    ).fetchall()
+    return [_record(row) for row in rows]
+
+
+def get_version(store: Store, site_id: str, version: int) -> VersionRecord | None:
+    return next((v for v in list_versions(store, site_id) if v.version == version), None)
+
+
+def register_version(store: Store, site_ref: str, result: dict[str, Any], *, actor: str = "worker") -> VersionRecord:
+    """Record a training job's result as the site's next version and, if it earned it, activate it."""
+    site = store.resolve_site(site_ref)
+    versions = list_versions(store, site.id)
+    number = max((v.version for v in versions), default=0) + 1
+    metrics = result.get("metrics") or {}
+    current = next((v for v in versions if v.version == site.active_version), None)
+    if result.get("error") or not result.get("verified"):
+        status, note = "failed", result.get("error") or "GGUF adapter did not reproduce the trained output"
+    else:
+        worse = _worse_than(metrics, current.metrics if current else None)
+        status, note = ("rejected", worse) if worse else ("ready", None)
+    cur = store.cursor()
+    cur.execute(
+        """INSERT INTO model_versions (site_id, version, status, base_model, base_gguf, adapter_path, dataset_snapshot,
+                                       config, metrics, note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [site.id, number, status, result.get("base_model"), result.get("base_gguf"), result.get("adapter_path"),
+         result.get("dataset_snapshot"), json.dumps(result.get("config") or {}), json.dumps(metrics), note, _now()],
+    )
+    audit(store, site.id, "version", {"version": number, "status": status, "note": note}, actor)
+    if status == "ready":
+        if current is not None:
+            set_version_status(store, site.id, current.version, "retired")
+        set_version_status(store, site.id, number, "active")
+        apply_decision(store, site, on_new_version(site.state, site.pinned), active_version=number, actor=actor)
+    return get_version(store, site.id, number)
+
+
+def apply_decision(store: Store, site: SiteRecord, decision: Decision, *, active_version: int | None = None,
+                   actor: str = "policy") -> SiteRecord:
+    """Move a site to the decision's state (and version), with an audit row giving the reason."""
+    version = site.active_version if active_version is None else active_version
+    new_state = decision.new_state.value
+    if new_state == site.state and version == site.active_version:
+        return site
+    store.cursor().execute("UPDATE sites SET state = ?, active_version = ? WHERE id = ?", [new_state, version, site.id])
+    audit(store, site.id, "state", {"from": site.state, "to": new_state, "version": version, "reason": decision.reason}, actor)
+    return store.resolve_site(site.id)
+
+
+def audit(store: Store, site_id: str, action: str, detail: dict[str, Any], actor: str) -> None:
+    store.cursor().execute("INSERT INTO audit (ts, site_id, action, detail, actor) VALUES (?, ?, ?, ?, ?)",
+                           [_now(), site_id, action, json.dumps(detail), actor])
+
+
+def set_version_status(store: Store, site_id: str, version: int, status: str) -> None:
+    store.cursor().execute("UPDATE model_versions SET status = ? WHERE site_id = ? AND version = ?", [status, site_id, version])
+
+
+def _worse_than(new: dict[str, Any], current: dict[str, Any] | None) -> str | None:
+    """Why the new version is worse than the current one on held-out data, or None."""
+    if not current:
+        return None
+    new_heldout, old_heldout = new.get("heldout") or {}, current.get("heldout") or {}
+    for name in _COMPARED_METRICS:
+        a, b = new_heldout.get(name), old_heldout.get(name)
+        if a is not None and b is not None and a != b:
+            return None if a > b else f"held-out {name} {a:.2f} < current {b:.2f}"
+    return None
+
+
+def _record(row: tuple) -> VersionRecord:
+    site_id, version, status, base_model, base_gguf, adapter, snapshot, config, metrics, note, created = row
+    return VersionRecord(site_id, version, status, base_model, base_gguf, adapter, snapshot,
+                         json.loads(config) if config else {}, json.loads(metrics) if metrics else {}, note,
+                         created.isoformat() if isinstance(created, datetime) else str(created))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,170 @@
+"""The whole loop on the tiny model, against a running proxy: record -> train -> shadow -> promote,
+then the operator's pin / unpin / rollback / promote, and the fallback on an invalid local answer.
+
+Real parts throughout: `understudy serve` and `understudy train --now` as subprocesses, the
+fake OpenAI upstream on 127.0.0.1, DuckDB, peft training of the tiny Llama, a GGUF adapter,
+llama.cpp inference inside the proxy, the MiniLM scorer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import duckdb
+import httpx
+import pytest
+
+from tests.conftest import run_cli, start_proxy
+
+SCHEMA = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
+RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "Color", "schema": SCHEMA}}
+SYSTEM = "This is a task you must complete by returning only the output."
+
+
+def color_request(thing: str) -> dict:
+    return {"model": "gpt-4o-mini", "temperature": 0.7, "response_format": RESPONSE_FORMAT,
+            "messages": [{"role": "system", "content": SYSTEM},
+                         {"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, '')"}]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from training.tiny_model import make_tiny_llama
+
+    hf_dir, gguf = make_tiny_llama(tmp_path_factory.mktemp("tiny"))
+    return str(hf_dir), str(gguf)
+
+
+@pytest.fixture
+def routing_env(tiny, monkeypatch):
+    hf_dir, gguf = tiny
+    monkeypatch.setenv("UNDERSTUDY_BASE_GGUF", gguf)
+    monkeypatch.setenv("UNDERSTUDY_LOCAL_THREADS", "2")
+    # Wilson lower bound of n perfect scores is n / (n + 3.84): 0.5 is cleared at n = 4.
+    monkeypatch.setenv("UNDERSTUDY_ROUTING_POLICY", json.dumps({
+        "min_samples": 3, "window": 10, "promote_threshold": 0.5, "demote_threshold": 0.3, "reject_threshold": 0.1}))
+    monkeypatch.setenv("UNDERSTUDY_TRAIN_CONFIG", json.dumps({
+        "base_model": hf_dir, "base_gguf": gguf, "lr": 1e-2, "max_steps": 40, "batch_size": 2, "grad_accum": 1,
+        "lora_dropout": 0.0, "device": "cpu", "verify_max_tokens": 32}))
+    return os.environ.copy()
+
+
+def ask(proxy, thing: str) -> httpx.Response:
+    response = httpx.post(proxy.url + "/v1/chat/completions", json=color_request(thing), timeout=60)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def site_row(proxy, site_id):
+    return next(row for row in json.loads(proxy.cli("sites", "--json").stdout) if row["id"] == site_id)
+
+
+def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_dir, routing_env):
+    fake_upstream.reply = lambda body: '{"color": "teal"}'
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=routing_env)
+    try:
+        site = ask(proxy, "sky").headers["x-understudy-site"]
+        for thing in ["grass", "sea", "sun", "moon", "leaf", "rose"]:
+            ask(proxy, thing)
+
+        trained = run_cli("train", site, "--now", "--data-dir", str(isolated_data_dir), env=routing_env)
+        version = json.loads(trained.stdout)
+        assert version["version"] == 1 and version["status"] == "active", trained.stdout
+        assert version["metrics"]["verify"]["n"] >= 1 and os.path.exists(version["adapter"])
+        assert version["metrics"]["heldout"]["parse_valid_rate"] == 1.0
+        assert site_row(proxy, site)["state"] == "shadow"
+
+        # Shadow: the upstream answers, the local model runs beside it and is scored.
+        for thing in ["cloud", "tree", "snow", "fire", "gold"]:
+            assert ask(proxy, thing).headers["x-understudy-served-by"] == "upstream"
+        wait_for(lambda: site_row(proxy, site)["state"] == "local", what=f"promotion; proxy log: {proxy.log()[-3000:]}")
+
+        # Local: the local model answers, and byLLM-shaped clients get a normal completion.
+        response = ask(proxy, "stone")
+        assert response.headers["x-understudy-served-by"] == f"local:{site}@v1"
+        assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"color": "teal"}
+
+        # Operator actions take effect at once in the running proxy.
+        run_cli("pin", site, "upstream", "--data-dir", str(isolated_data_dir))
+        assert ask(proxy, "ash").headers["x-understudy-served-by"] == "upstream"
+        run_cli("unpin", site, "--data-dir", str(isolated_data_dir))
+        assert ask(proxy, "ash").headers["x-understudy-served-by"] == f"local:{site}@v1"
+        run_cli("rollback", site, "--data-dir", str(isolated_data_dir))
+        assert site_row(proxy, site)["state"] == "learning"
+        assert ask(proxy, "ash").headers["x-understudy-served-by"] == "upstream"
+        refused = run_cli("promote", site, "v7", "--data-dir", str(isolated_data_dir), check=False)
+        assert refused.returncode == 1 and "has no v7" in refused.stderr
+        run_cli("promote", site, "v1", "--data-dir", str(isolated_data_dir))
+        assert ask(proxy, "ash").headers["x-understudy-served-by"] == f"local:{site}@v1"
+        assert json.loads(run_cli("versions", site, "--json", "--data-dir", str(isolated_data_dir)).stdout)[0]["status"] == "active"
+
+        # Streaming from the local model is OpenAI-shaped SSE.
+        with httpx.stream("POST", proxy.url + "/v1/chat/completions", json={**color_request("iron"), "stream": True},
+                          timeout=60) as streamed:
+            assert streamed.headers["x-understudy-served-by"] == f"local:{site}@v1"
+            text = "".join(streamed.iter_text())
+        assert text.rstrip().endswith("data: [DONE]") and '"chat.completion.chunk"' in text
+
+        # Reports: terminal, JSON and the HTML page served at /report.
+        terminal = run_cli("report", site, "--data-dir", str(isolated_data_dir)).stdout
+        assert "local" in terminal and "v1" in terminal
+        [data] = json.loads(run_cli("report", site, "--json", "--data-dir", str(isolated_data_dir)).stdout)
+        assert data["agreement"]["samples"] >= 3 and data["local_calls"] >= 3
+        page = httpx.get(proxy.url + "/report").text
+        assert 'data-plot="agreement"' in page
+    finally:
+        proxy.stop()
+
+    con = duckdb.connect(str(isolated_data_dir / "understudy.duckdb"), read_only=True)
+    try:
+        shadows = con.execute("SELECT score, local_valid FROM shadow_results WHERE site_id = ?", [site]).fetchall()
+        actions = [row[0] for row in con.execute("SELECT action FROM audit WHERE site_id = ? ORDER BY ts", [site]).fetchall()]
+        served = dict(con.execute("SELECT served_by, count(*) FROM calls WHERE site_id = ? GROUP BY ALL", [site]).fetchall())
+    finally:
+        con.close()
+    assert len(shadows) >= 3 and all(valid for _, valid in shadows)
+    assert sum(score for score, _ in shadows) / len(shadows) > 0.9
+    assert actions[:2] == ["version", "state"] and {"pin", "unpin", "rollback"} <= set(actions)
+    assert served[f"local:{site}@v1"] >= 3
+
+
+def test_invalid_local_answer_falls_back_to_upstream(fake_upstream, isolated_data_dir, routing_env, tiny):
+    """A local answer failing its schema is never returned: the upstream answers and it is counted."""
+    fake_upstream.reply = lambda body: '{"color": "teal"}'
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=routing_env)
+    try:
+        site = ask(proxy, "sky").headers["x-understudy-site"]
+        ask(proxy, "sea")
+        run_cli("train", site, "--now", "--max-steps", "1", "--data-dir", str(isolated_data_dir), env=routing_env)
+        run_cli("promote", site, "v1", "--data-dir", str(isolated_data_dir))
+        # The same site, but a schema the local model cannot be forced to satisfy without a grammar:
+        # an enum the adapter never saw. Grammar-constrained decoding keeps it valid JSON, so break
+        # validity through max_tokens instead: one token cannot hold a complete object.
+        body = color_request("granite")
+        body["max_tokens"] = 1
+        response = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 200
+        assert response.headers["x-understudy-served-by"] == "upstream"
+        assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"color": "teal"}
+        metrics = httpx.get(proxy.url + "/metrics").text
+        assert "understudy_local_fallbacks_total 1.0" in metrics
+    finally:
+        proxy.stop()
+    con = duckdb.connect(str(isolated_data_dir / "understudy.duckdb"), read_only=True)
+    try:
+        errors = [row[0] for row in con.execute("SELECT error FROM calls WHERE site_id = ? AND error IS NOT NULL", [site]).fetchall()]
+    finally:
+        con.close()
+    assert any(error.startswith("local fallback: local answer is not JSON") for error in errors)

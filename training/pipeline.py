@@ -1,0 +1,78 @@
+"""One training job, start to finish: snapshot → LoRA → GGUF adapter → verify → evaluate.
+
+A plain function (the Huey task is a thin wrapper around it, and `understudy train --now`
+calls it directly). It reads only the immutable Parquet snapshot it is given and writes only
+under its output directory; the result (also saved as `result.json` there) reaches the store
+through the proxy's admin API, or the CLI when no proxy runs: the worker never opens the
+DuckDB file.
+
+The held-out set is evaluated twice, with the bare base model and with the new adapter, so
+a version's metrics say what training bought.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from training.config import TrainConfig
+from training.dataset import load_examples
+from training.evaluate import EvalReport, evaluate, local_generate_fn
+
+RESULT_FILENAME = "result.json"
+MAX_EVAL_EXAMPLES = 20  # held-out examples generated per evaluation (each is a full local generation)
+
+
+def run_training_job(site_id: str, snapshot: str, out_dir: str, config: dict[str, Any], *,
+                     validator: Callable[[str], bool] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train one version for one site; never raises (a failure is a result with `error`)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = TrainConfig.from_dict(config)
+    result: dict[str, Any] = {"site_id": site_id, "dataset_snapshot": snapshot, "config": cfg.to_dict(),
+                              "base_model": cfg.resolved_base_model(), "base_gguf": cfg.resolved_base_gguf(),
+                              "adapter_path": None, "verified": False, "metrics": {}, "error": None}
+    try:
+        _train_export_verify(cfg, snapshot, out, result, validator, progress)
+    except Exception as exc:  # the version is recorded as failed, with the reason
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc(limit=8)
+    (out / RESULT_FILENAME).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _train_export_verify(cfg: TrainConfig, snapshot: str, out: Path, result: dict[str, Any],
+                         validator: Callable[[str], bool] | None, progress: bool) -> None:
+    from training.gguf_adapter import export_gguf_adapter
+    from training.local_generate import LocalGenerator
+    from training.train import train
+    from training.verify import verify_adapter
+
+    train_examples, eval_examples = load_examples(snapshot)
+    if not eval_examples:  # tiny datasets: hold out the last training example rather than nothing
+        eval_examples = train_examples[-1:]
+    trained = train(cfg, train_examples, eval_examples, out / "peft", progress=progress)
+    result["metrics"]["train"] = {k: v for k, v in asdict(trained).items() if k not in ("loss_history", "sample_outputs")}
+    adapter = export_gguf_adapter(out / "peft", out / "adapter.gguf", cfg.resolved_base_gguf())
+    result["adapter_path"] = str(adapter)
+    result["metrics"]["adapter_bytes"] = adapter.stat().st_size
+    generator = LocalGenerator(cfg.resolved_base_gguf())
+    try:
+        verdict = verify_adapter(cfg.resolved_base_gguf(), adapter, eval_examples, trained.sample_outputs,
+                                 generator=generator, max_tokens=cfg.verify_max_tokens)
+        result["verified"] = verdict.ok
+        result["metrics"]["verify"] = {"n": verdict.n, "exact": verdict.exact, "near": verdict.near}
+        held_out = eval_examples[:MAX_EVAL_EXAMPLES]
+        result["metrics"]["base_heldout"] = _rates(evaluate(local_generate_fn(generator, None), held_out, validator))
+        result["metrics"]["heldout"] = _rates(evaluate(local_generate_fn(generator, str(adapter)), held_out, validator))
+    finally:
+        generator.close()
+
+
+def _rates(report: EvalReport) -> dict[str, Any]:
+    return {"n": report.n, "exact_match_rate": report.exact_match, "parse_valid_rate": report.parse_valid,
+            "validator_pass_rate": report.validator_pass}
