@@ -91,10 +91,14 @@ def training_job(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
 
 
 @post("/training/candidates", sync_to_thread=True, status_code=200)
-def training_candidates_route(request: Request) -> list[dict]:
-    """Jobs for the sites that should train now (enough new examples, quiet window open)."""
+def training_candidates_route(request: Request, data: dict[str, Any]) -> list[dict]:
+    """Jobs for the sites that should train now under the worker's rules (enough new examples,
+    quiet window open)."""
     proxy = _proxy(request)
-    site_ids, _ = training_candidates(proxy.store, proxy.settings)
+    try:
+        site_ids, _ = training_candidates(proxy.store, data)
+    except ValueError as exc:
+        raise ProxyError(400, str(exc), code="invalid_rules") from None
     jobs = []
     for site_id in site_ids:
         try:

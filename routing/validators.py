@@ -36,16 +36,25 @@ class ValidatorRegistry:
     def __init__(self) -> None:
         self._factories: dict[str, ValidatorFactory] = {}
         self._resolved: dict[str, Validator | None] = {}
+        # Schema names are per program: another program's `Level` is not the RPG `Level`.
+        # A validator may name the properties a schema must have for it to apply.
+        self._required: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
 
     def register(self, schema_name: str, validator: Validator) -> None:
         """Register a ready validator for `schema_name` (replacing any earlier one)."""
         self.register_factory(schema_name, lambda: validator)
 
-    def register_factory(self, schema_name: str, factory: ValidatorFactory) -> None:
-        """Register a factory called on first lookup; it may return None (not available)."""
+    def register_factory(self, schema_name: str, factory: ValidatorFactory,
+                         required_properties: frozenset[str] = frozenset()) -> None:
+        """Register a factory called on first lookup; it may return None (not available).
+
+        With `required_properties`, the validator applies only to schemas of that name whose
+        top-level properties include them all.
+        """
         with self._lock:
             self._factories[schema_name] = factory
+            self._required[schema_name] = frozenset(required_properties)
             self._resolved.pop(schema_name, None)
 
     def names(self) -> list[str]:
@@ -66,7 +75,13 @@ class ValidatorRegistry:
 
     def for_response_format(self, response_format: Mapping[str, Any] | None) -> Validator | None:
         """The validator for a request's `response_format` (json_schema sites only)."""
-        return self.get(schema_name(response_format))
+        name = schema_name(response_format)
+        required = self._required.get(name or "")
+        if required:
+            schema = (response_format.get("json_schema") or {}).get("schema") or {}
+            if not required <= set(schema.get("properties") or {}):
+                return None
+        return self.get(name)
 
 
 def schema_name(response_format: Mapping[str, Any] | None) -> str | None:
@@ -77,11 +92,15 @@ def schema_name(response_format: Mapping[str, Any] | None) -> str | None:
     return name if isinstance(name, str) else None
 
 
+RPG_LEVEL_PROPERTIES = frozenset({"width", "height", "num_wall", "num_enemies"})
+RPG_MAP_PROPERTIES = frozenset({"level", "walls", "enemies", "player_pos"})
+
+
 def default_registry() -> ValidatorRegistry:
     """A registry holding the validators this project ships."""
     registry = ValidatorRegistry()
-    registry.register_factory("Map", _rpg_map_validator)
-    registry.register_factory("Level", _rpg_level_validator)
+    registry.register_factory("Map", _rpg_map_validator, RPG_MAP_PROPERTIES)
+    registry.register_factory("Level", _rpg_level_validator, RPG_LEVEL_PROPERTIES)
     return registry
 
 

@@ -96,3 +96,26 @@ def proxy(fake_upstream, isolated_data_dir):
     running = start_proxy(isolated_data_dir, fake_upstream.url)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """(hf_dir, gguf_path) of the tiny random Llama (DESIGN.md), built once per session."""
+    from training.tiny_model import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def tiny_model_env(tiny_llama, monkeypatch):
+    """Environment for a proxy / CLI / worker that trains and serves the tiny model fast."""
+    hf_dir, gguf = (str(p) for p in tiny_llama)
+    monkeypatch.setenv("UNDERSTUDY_BASE_GGUF", gguf)
+    monkeypatch.setenv("UNDERSTUDY_LOCAL_THREADS", "2")
+    # Wilson lower bound of n perfect scores is n / (n + 3.84): 0.5 is cleared at n = 4.
+    monkeypatch.setenv("UNDERSTUDY_ROUTING_POLICY", json.dumps({
+        "min_samples": 3, "window": 10, "promote_threshold": 0.5, "demote_threshold": 0.3, "reject_threshold": 0.1}))
+    monkeypatch.setenv("UNDERSTUDY_TRAIN_CONFIG", json.dumps({
+        "base_model": hf_dir, "base_gguf": gguf, "lr": 1e-2, "max_steps": 40, "batch_size": 2, "grad_accum": 1,
+        "lora_dropout": 0.0, "device": "cpu", "verify_max_tokens": 32}))
+    return os.environ.copy()

@@ -138,7 +138,9 @@ class LocalGenerator:
 
     # --- generation -----------------------------------------------------------------
     def _grammar(self, schema: dict | str):
-        text = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
+        # Key order matters: the grammar writes properties in the order the schema lists them,
+        # which is the order the model was trained to write them in. Never sort keys here.
+        text = schema if isinstance(schema, str) else json.dumps(schema)
         grammar = self._grammars.get(text)
         if grammar is None:
             grammar = self._llama_cpp.LlamaGrammar.from_json_schema(text, verbose=False)

@@ -48,13 +48,14 @@ def train_site(job: dict[str, Any]) -> dict[str, Any]:
 @huey.periodic_task(crontab(minute=f"*/{max(1, settings.train_check_minutes)}"))
 def schedule_training() -> list[str]:
     from understudy.proxy_client import CommandError, StoreAccess
+    from understudy.training_jobs import scheduling_rules
 
     access = StoreAccess(settings)
     if not access.proxy:
         log.info("no proxy running on %s; nothing scheduled", settings.data_dir)
         return []
     try:
-        jobs = access.training_jobs_for_candidates()
+        jobs = access.training_jobs_for_candidates(scheduling_rules(settings))
     except CommandError as exc:
         log.warning("could not ask the proxy for training candidates: %s", exc)
         return []

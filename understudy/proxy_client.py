@@ -134,8 +134,8 @@ class StoreAccess:
         return self._with_store(lambda store: [v.to_dict() for v in list_versions(store, store.resolve_site(site).id)],
                                 read_only=True)
 
-    def training_jobs_for_candidates(self) -> list[dict[str, Any]]:
-        return self._admin("POST", "/training/candidates")
+    def training_jobs_for_candidates(self, rules: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._admin("POST", "/training/candidates", json=rules)
 
     def action(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         """pin / unpin / rollback / promote (routing.actions), applied by the running proxy at once."""

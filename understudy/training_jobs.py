@@ -66,10 +66,17 @@ def register_pending_results(store: Store, settings: Settings) -> list[dict[str,
     return registered
 
 
-def training_candidates(store: Store, settings: Settings, now: datetime | None = None) -> tuple[list[str], str]:
+def scheduling_rules(settings: Settings) -> dict[str, Any]:
+    """The worker's scheduling settings, sent with its request for candidates."""
+    return {"quiet_hours": settings.quiet_hours, "quiet_max_rpm": settings.quiet_max_rpm,
+            "quiet_rate_window_min": settings.quiet_rate_window_min, "min_examples": settings.train_min_examples}
+
+
+def training_candidates(store: Store, rules: dict[str, Any], now: datetime | None = None) -> tuple[list[str], str]:
     """Sites with enough new examples since their last version, if the proxy is quiet now."""
     now = now or datetime.now(timezone.utc)
-    window = QuietWindow.parse(settings.quiet_hours, settings.quiet_max_rpm, settings.quiet_rate_window_min)
+    window = QuietWindow.parse(rules.get("quiet_hours"), rules.get("quiet_max_rpm"), rules.get("quiet_rate_window_min") or 5)
+    min_examples = int(rules.get("min_examples") or 50)
     cur = store.cursor()
     recent = cur.execute("SELECT count(*) FROM calls WHERE ts >= ?",
                          [now - timedelta(minutes=window.rate_window_minutes)]).fetchone()[0]
@@ -87,6 +94,6 @@ def training_candidates(store: Store, settings: Settings, now: datetime | None =
             query += " AND ts > ?"
             params.append(since)
         tools = cur.execute("SELECT tool_names FROM sites WHERE id = ?", [site.id]).fetchone()[0]
-        if not tools and cur.execute(query, params).fetchone()[0] >= settings.train_min_examples:
+        if not tools and cur.execute(query, params).fetchone()[0] >= min_examples:
             candidates.append(site.id)
     return candidates, why

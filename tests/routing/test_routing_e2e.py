@@ -14,7 +14,6 @@ import time
 
 import duckdb
 import httpx
-import pytest
 
 from tests.conftest import run_cli, start_proxy
 
@@ -27,28 +26,6 @@ def color_request(thing: str) -> dict:
     return {"model": "gpt-4o-mini", "temperature": 0.7, "response_format": RESPONSE_FORMAT,
             "messages": [{"role": "system", "content": SYSTEM},
                          {"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, '')"}]}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from training.tiny_model import make_tiny_llama
-
-    hf_dir, gguf = make_tiny_llama(tmp_path_factory.mktemp("tiny"))
-    return str(hf_dir), str(gguf)
-
-
-@pytest.fixture
-def routing_env(tiny, monkeypatch):
-    hf_dir, gguf = tiny
-    monkeypatch.setenv("UNDERSTUDY_BASE_GGUF", gguf)
-    monkeypatch.setenv("UNDERSTUDY_LOCAL_THREADS", "2")
-    # Wilson lower bound of n perfect scores is n / (n + 3.84): 0.5 is cleared at n = 4.
-    monkeypatch.setenv("UNDERSTUDY_ROUTING_POLICY", json.dumps({
-        "min_samples": 3, "window": 10, "promote_threshold": 0.5, "demote_threshold": 0.3, "reject_threshold": 0.1}))
-    monkeypatch.setenv("UNDERSTUDY_TRAIN_CONFIG", json.dumps({
-        "base_model": hf_dir, "base_gguf": gguf, "lr": 1e-2, "max_steps": 40, "batch_size": 2, "grad_accum": 1,
-        "lora_dropout": 0.0, "device": "cpu", "verify_max_tokens": 32}))
-    return os.environ.copy()
 
 
 def ask(proxy, thing: str) -> httpx.Response:
@@ -71,15 +48,15 @@ def site_row(proxy, site_id):
     return next(row for row in json.loads(proxy.cli("sites", "--json").stdout) if row["id"] == site_id)
 
 
-def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_dir, routing_env):
+def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_dir, tiny_model_env):
     fake_upstream.reply = lambda body: '{"color": "teal"}'
-    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=routing_env)
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=tiny_model_env)
     try:
         site = ask(proxy, "sky").headers["x-understudy-site"]
         for thing in ["grass", "sea", "sun", "moon", "leaf", "rose"]:
             ask(proxy, thing)
 
-        trained = run_cli("train", site, "--now", "--data-dir", str(isolated_data_dir), env=routing_env)
+        trained = run_cli("train", site, "--now", "--data-dir", str(isolated_data_dir), env=tiny_model_env)
         version = json.loads(trained.stdout)
         assert version["version"] == 1 and version["status"] == "active", trained.stdout
         assert version["metrics"]["verify"]["n"] >= 1 and os.path.exists(version["adapter"])
@@ -140,14 +117,14 @@ def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_di
     assert served[f"local:{site}@v1"] >= 3
 
 
-def test_invalid_local_answer_falls_back_to_upstream(fake_upstream, isolated_data_dir, routing_env, tiny):
+def test_invalid_local_answer_falls_back_to_upstream(fake_upstream, isolated_data_dir, tiny_model_env):
     """A local answer failing its schema is never returned: the upstream answers and it is counted."""
     fake_upstream.reply = lambda body: '{"color": "teal"}'
-    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=routing_env)
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=tiny_model_env)
     try:
         site = ask(proxy, "sky").headers["x-understudy-site"]
         ask(proxy, "sea")
-        run_cli("train", site, "--now", "--max-steps", "1", "--data-dir", str(isolated_data_dir), env=routing_env)
+        run_cli("train", site, "--now", "--max-steps", "1", "--data-dir", str(isolated_data_dir), env=tiny_model_env)
         run_cli("promote", site, "v1", "--data-dir", str(isolated_data_dir))
         # The same site, but a schema the local model cannot be forced to satisfy without a grammar:
         # an enum the adapter never saw. Grammar-constrained decoding keeps it valid JSON, so break
@@ -168,3 +145,32 @@ def test_invalid_local_answer_falls_back_to_upstream(fake_upstream, isolated_dat
     finally:
         con.close()
     assert any(error.startswith("local fallback: local answer is not JSON") for error in errors)
+
+
+def test_byllm_accepts_local_answers(fake_upstream, isolated_data_dir, tiny_model_env, tmp_path):
+    """A real Jac program runs with one of its typed sites served by the local model."""
+    from tests.proxy.test_byllm_e2e import PROGRAM, run_jac
+
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=tiny_model_env)
+    jac_env = {"OPENAI_BASE_URL": proxy.url + "/v1", "OPENAI_API_KEY": "sk-e2e-key"}
+    try:
+        first = run_jac(PROGRAM, jac_env, tmp_path)
+        assert first.returncode == 0, first.stderr[-2000:]
+        level_site = next(r["id"] for r in json.loads(proxy.cli("sites", "--json").stdout) if r["returns"] == "Level")
+        run_cli("train", level_site, "--now", "--max-steps", "60", "--data-dir", str(isolated_data_dir), env=tiny_model_env)
+        run_cli("promote", level_site, "v1", "--data-dir", str(isolated_data_dir))
+        upstream_calls_before = len(fake_upstream.received)
+
+        second = run_jac(PROGRAM, jac_env, tmp_path)
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert second.stdout.count("LEVEL Level(name='text', difficulty=3)") == 2
+        # The other three sites twice each, plus any drift-check samples of the local site.
+        assert len(fake_upstream.received) - upstream_calls_before >= 6
+    finally:
+        proxy.stop()
+    con = duckdb.connect(str(isolated_data_dir / "understudy.duckdb"), read_only=True)
+    try:
+        served = con.execute("SELECT served_by, error FROM calls WHERE site_id = ? ORDER BY ts", [level_site]).fetchall()
+    finally:
+        con.close()
+    assert [s for s, _ in served].count(f"local:{level_site}@v1") == 2, served
