@@ -24,6 +24,7 @@ from proxy.recorder import Recorder
 from proxy.site_registry import SiteRegistry
 from proxy.state import ProxyState
 from proxy.upstream import Upstream
+from proxy.upstreams import UpstreamTable
 from routing.local_model import LocalModels
 from routing.router import Router
 from routing.similarity import cosine_similarity
@@ -57,19 +58,21 @@ async def list_models(request: Request) -> Response[bytes]:
 
 def build_state(settings: Settings) -> ProxyState:
     settings.ensure_data_dir()
+    table = UpstreamTable.from_config(settings.config, settings.data_dir, settings.upstream_url, settings.upstream_key)
     store = Store(settings.db_path)
-    upstream_key = settings.resolved_upstream_key()
+    # Every key the proxy could send: masked wherever it might appear in a recorded body.
+    keys = {settings.resolved_upstream_key()} | {route.key() for route in table.routes}
     recorder = Recorder(
         store, PriceTable.load(settings.prices_file), batch_rows=settings.recorder_batch_rows,
-        flush_ms=settings.recorder_flush_ms, secrets=(upstream_key,) if upstream_key else (),
+        flush_ms=settings.recorder_flush_ms, secrets=tuple(sorted(k for k in keys if k)),
         failed_path=settings.data_dir / "failed-writes.jsonl",
     )
-    sites = SiteRegistry(store.site_records())
+    sites = SiteRegistry(store.site_records(), store.site_tags())
     local = LocalModels(settings.resolved_base_gguf(), n_threads=settings.local_threads) if settings.local_models else None
     router = Router(store, local, policy_defaults=settings.routing_policy, current_site=sites.get,
                     on_site_change=sites.replace, record_shadow=recorder.add_shadow_result, similarity=cosine_similarity)
     state = ProxyState(
-        settings=settings, store=store, recorder=recorder, sites=sites, upstream=Upstream(settings),
+        settings=settings, store=store, recorder=recorder, sites=sites, upstream=Upstream(settings, table),
         metrics=ProxyMetrics(recorder), admin_token=settings.admin_token or secrets.token_urlsafe(24), router=router,
     )
     for version in register_pending_results(store, settings):  # results a worker left while we were down

@@ -41,6 +41,9 @@ class PendingCall:
     response_body: bytes | None = None  # the upstream body, or the concatenated SSE bytes
     error: str | None = None
     response_obj: dict[str, Any] | None = field(default=None)  # a completion the proxy built itself
+    provider: str | None = None  # openai | anthropic | gemini | openai-compatible | local
+    upstream_model: str | None = None  # the model the upstream was asked for (after aliases)
+    price: tuple[float, float] | None = None  # the route's own price, overriding the table
 
 
 def redact(value: Any, secrets: tuple[str, ...]) -> Any:
@@ -118,6 +121,11 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
     completion_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
     model = call.request.get("model")
     ok = 200 <= call.status < 300
+    priced_model = call.upstream_model or model
+    if call.price is not None and prompt_tokens is not None:
+        cost = (prompt_tokens * call.price[0] + (completion_tokens or 0) * call.price[1]) / 1_000_000
+    else:
+        cost = prices.cost(priced_model, prompt_tokens, completion_tokens)
     return (
         call_id,
         datetime.fromtimestamp(call.ts, timezone.utc),
@@ -135,6 +143,8 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
         call.latency_ms,
         prompt_tokens,
         completion_tokens,
-        prices.cost(model, prompt_tokens, completion_tokens) if ok and call.served_by == "upstream" else 0.0 if ok else None,
+        cost if ok and call.served_by == "upstream" else 0.0 if ok else None,
         typed_output_valid(call.request, completion) if ok else None,
+        call.provider,
+        call.upstream_model,
     )

@@ -45,7 +45,7 @@ _encoder = msgspec.json.Encoder(order="sorted")
 class Signature:
     """The static part of a request: equal signatures mean one call site."""
 
-    kind: str  # byllm | generic | explicit
+    kind: str  # byllm | generic (how the untagged part was read)
     system_text: str
     header: str | None
     arg_names: tuple[str, ...]
@@ -59,6 +59,11 @@ class Signature:
     def site_id(self) -> str:
         if self.tag is not None:
             return _digest("explicit", self.tag)
+        return self.untagged_site_id
+
+    @property
+    def untagged_site_id(self) -> str:
+        """The id the same request would get without its tag (for continuity with old calls)."""
         return _digest(
             self.kind, self.system_text, self.header or "", ",".join(self.arg_names),
             self.schema_digest or "", ",".join(self.tool_names), repr(self.temperature),
@@ -104,7 +109,7 @@ def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identific
     header, arg_names, kind = _split_prompt(first_user, system_text)
     schema_name, schema_digest = _schema_parts(body.get("response_format"))
     signature = Signature(
-        kind="explicit" if tag else kind,
+        kind=kind,
         system_text=system_text,
         header=header,
         arg_names=arg_names,

@@ -15,6 +15,7 @@ response is sent, as background tasks.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -29,7 +30,9 @@ from proxy.errors import ProxyError, error_body, is_openai_error
 from proxy.openapi import ChatCompletionsOperation
 from proxy.state import ProxyState
 from proxy.types import validation_error
+from proxy.providers import UnsupportedRequest, adjust_response, needs_adjustment
 from proxy.upstream import pass_back_headers
+from proxy.upstreams import MissingKey, Resolution
 from routing.local_model import completion_object, sse_body
 from routing.router import Plan
 from understudy.store import SiteRecord
@@ -55,6 +58,8 @@ async def chat_completions(request: Request) -> Response:
     payload = _decode(body, proxy)
     ident = identify(payload, request.headers.get(SITE_HEADER))
     site, new_site_row, name_update = proxy.sites.observe(ident)
+    if site.id != ident.site_id:  # a tag joined an existing site (continuity)
+        ident = dataclasses.replace(ident, site_id=site.id)
     if new_site_row is not None:
         proxy.recorder.add_site(new_site_row)
     if name_update is not None:
@@ -63,27 +68,42 @@ async def chat_completions(request: Request) -> Response:
     plan = proxy.router.plan(site, has_tools=bool(ident.signature.tool_names or payload.get("tools")))
     fallback_reason = None
     if plan.answer == "local":
-        answered, fallback_reason = await _answer_locally(proxy, ident, site, payload, plan, started)
+        answered, fallback_reason = await _answer_locally(proxy, ident, site, payload, plan, started,
+                                                          client_headers=dict(request.headers))
         if answered is not None:
             return answered
 
     call = _pending(proxy, ident, payload, "upstream")
     call.error = fallback_reason
-    forward_body = _without_understudy_fields(body, payload)
-    upstream_request = proxy.upstream.build_chat_request(forward_body, dict(request.headers))
     headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": "upstream"}
+    resolution = proxy.upstream.table.resolve(str(payload["model"]))
+    call.provider, call.upstream_model, call.price = resolution.provider, resolution.upstream_model, resolution.route.price
+    try:
+        route_headers = resolution.headers()
+        adjusted = resolution.prepare_body(payload)
+    except (MissingKey, UnsupportedRequest) as exc:
+        # Never forwarded, never sent to another provider: the error names provider and model.
+        proxy.metrics.rejected.labels(exc.code).inc()
+        call.status, call.error = exc.status, str(exc)
+        call.response_body = error_body(str(exc), type="invalid_request_error", code=exc.code)
+        _record(proxy, call, started)
+        return Response(call.response_body, status_code=exc.status, media_type="application/json", headers=headers)
+    forward_body = _without_understudy_fields(body, payload) if adjusted is None else \
+        _without_understudy_fields(_encoder.encode(adjusted), adjusted)
+    upstream_request = proxy.upstream.build_chat_request(forward_body, dict(request.headers), resolution, route_headers)
     try:
         upstream_response = await proxy.upstream.send(upstream_request, stream=call.stream)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         # Refused or never answered the connect: unreachable (502), not slow (504).
         return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
-                                       f"upstream unreachable: {exc}")
+                                       f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}")
     except httpx.TimeoutException as exc:
         return await _upstream_failure(proxy, call, site, started, headers, 504, "upstream_timeout",
-                                       f"upstream timed out: {type(exc).__name__}")
+                                       f"upstream {resolution.provider} timed out for {resolution.upstream_model}: "
+                                       f"{type(exc).__name__}")
     except httpx.HTTPError as exc:
         return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
-                                       f"upstream unreachable: {exc}")
+                                       f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}")
 
     headers.update(pass_back_headers(upstream_response))
     shadow = plan if plan.also_other and plan.answer == "upstream" else None
@@ -93,7 +113,7 @@ async def chat_completions(request: Request) -> Response:
     if call.stream:
         await upstream_response.aread()
         await upstream_response.aclose()
-    return _finish_plain(proxy, call, upstream_response, started, headers, shadow)
+    return _finish_plain(proxy, call, upstream_response, started, headers, shadow, resolution)
 
 
 def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
@@ -130,7 +150,8 @@ def _without_understudy_fields(body: bytes, payload: dict[str, Any]) -> bytes:
 
 
 async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRecord, payload: dict[str, Any],
-                          plan: Plan, started: float, note: str | None = None) -> tuple[Response | None, str | None]:
+                          plan: Plan, started: float, note: str | None = None,
+                          client_headers: dict[str, str] | None = None) -> tuple[Response | None, str | None]:
     """(response, None) when the local model's answer is usable; (None, why not) otherwise."""
     try:
         answer = await proxy.router.answer(payload, plan)
@@ -145,10 +166,10 @@ async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRe
     served_by = f"local:{site.id}@v{plan.version}"
     call = _pending(proxy, ident, payload, served_by)
     completion = completion_object(answer, str(payload.get("model")))
-    call.status, call.response_obj, call.error = 200, completion, note
+    call.status, call.response_obj, call.error, call.provider = 200, completion, note, "local"
     _record(proxy, call, started)
     if plan.also_other:  # drift check: ask the upstream too, after answering
-        proxy.spawn(_drift_check(proxy, call, plan, answer))
+        proxy.spawn(_drift_check(proxy, call, plan, answer, client_headers or {}))
     headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": served_by}
     if call.stream:
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
@@ -157,13 +178,17 @@ async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRe
     return Response(_encoder.encode(completion), status_code=200, media_type="application/json", headers=headers), None
 
 
-async def _drift_check(proxy: ProxyState, call: PendingCall, plan: Plan, local_answer) -> None:
+async def _drift_check(proxy: ProxyState, call: PendingCall, plan: Plan, local_answer,
+                       client_headers: dict[str, str]) -> None:
     """While local, a sample of calls also goes upstream so agreement keeps being measured."""
-    payload = {k: v for k, v in call.request.items() if k not in ("stream", "stream_options")}
+    payload = {k: v for k, v in call.request.items() if k not in ("stream", "stream_options", "metadata")}
+    resolution = proxy.upstream.table.resolve(str(payload.get("model")))
     started = time.perf_counter()
     try:
-        response = await proxy.upstream.send(proxy.upstream.build_chat_request(_encoder.encode(payload), {}), stream=False)
-    except httpx.HTTPError:
+        body = resolution.prepare_body(payload) or payload
+        request = proxy.upstream.build_chat_request(_encoder.encode(body), client_headers, resolution, resolution.headers())
+        response = await proxy.upstream.send(request, stream=False)
+    except (httpx.HTTPError, MissingKey, UnsupportedRequest):
         return
     if response.status_code != 200:
         return
@@ -176,10 +201,12 @@ async def _drift_check(proxy: ProxyState, call: PendingCall, plan: Plan, local_a
 
 
 def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float,
-                  headers: dict[str, str], shadow: Plan | None) -> Response:
+                  headers: dict[str, str], shadow: Plan | None, resolution: Resolution) -> Response:
     content = upstream.content
     status = upstream.status_code
     media_type = upstream.headers.get("content-type", "application/json")
+    if status < 400 and needs_adjustment(resolution.provider):
+        content = _adjusted_response(content, resolution, call.request)
     if status >= 400:
         proxy.metrics.upstream_errors.labels(f"http_{status}").inc()
         content, media_type = _as_openai_error(content, status), "application/json"
@@ -232,6 +259,16 @@ async def _upstream_failure(proxy: ProxyState, call: PendingCall, site: SiteReco
     call.status, call.error, call.response_body = status, message, body
     _record(proxy, call, started)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _adjusted_response(content: bytes, resolution: Resolution, request: dict[str, Any]) -> bytes:
+    """A provider's reply with its known OpenAI-compatibility gaps closed (proxy.providers)."""
+    try:
+        decoded = _decoder.decode(content)
+    except msgspec.DecodeError:
+        return content
+    adjusted = adjust_response(resolution.provider, decoded, request=request)
+    return content if adjusted is decoded else _encoder.encode(adjusted)
 
 
 def _as_openai_error(content: bytes, status: int) -> bytes:

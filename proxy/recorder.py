@@ -121,7 +121,10 @@ class Recorder:
         try:
             self.store.write_batch(sites, rows, shadows)
             for site_id, name, source in names:
-                self.store.set_site_name(site_id, name, source)
+                if source == "claim":
+                    self.store.claim_site(site_id, name)
+                else:
+                    self.store.set_site_name(site_id, name, source)
             self.recorded += len(rows)
             self.batches += 1
         except Exception:

@@ -3,6 +3,14 @@
 Loaded from the store at start-up; a site seen for the first time is added here at once
 and its row goes to the recorder's next group commit. Names improve as better evidence
 arrives (a `jac_caller_name` beats a docstring slug) but a name a user gave is kept.
+
+Explicit tags (the byLLM plugin's `<module>.<qualname>`, an `X-Understudy-Site` header)
+and continuity with calls recorded before the tags existed: the first request with a new
+tag whose untagged signature is an existing site that no tag has claimed yet joins that
+site (the tag names it from then on); otherwise the tag gets a site of its own. So a
+site's history stays with it when the plugin is installed, and twins (one signature, two
+tags) split from the first tagged call on: the first tag keeps the history, the second
+starts fresh.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ _NAME_RANK = {"system": 0, "docstring": 1, "function": 2, "caller": 3, "explicit
 
 
 class SiteRegistry:
-    def __init__(self, records: list[SiteRecord]):
+    def __init__(self, records: list[SiteRecord], tags: dict[str, str] | None = None):
         self._sites: dict[str, SiteRecord] = {record.id: record for record in records}
+        self._tags: dict[str, str] = dict(tags or {})  # tag -> site id
         self._lock = threading.Lock()
 
     def get(self, site_id: str) -> SiteRecord | None:
@@ -29,7 +38,28 @@ class SiteRegistry:
         return list(self._sites.values())
 
     def observe(self, ident: Identification) -> tuple[SiteRecord, tuple | None, tuple[str, str, str] | None]:
-        """The site for this request, plus a new `sites` row and/or a name update to persist."""
+        """The site for this request, plus a new `sites` row and/or a name update to persist.
+
+        For a tagged request the returned record's id may differ from `ident.site_id` (the tag
+        joined an existing site); a claim comes back as a name update with source "claim".
+        """
+        tag = ident.signature.tag
+        if tag is not None:
+            claimed = self._tags.get(tag)
+            if claimed is not None:
+                return self._sites[claimed], None, None
+            with self._lock:
+                claimed = self._tags.get(tag)
+                if claimed is not None:
+                    return self._sites[claimed], None, None
+                untagged = self._sites.get(ident.signature.untagged_site_id)
+                if untagged is not None and untagged.id not in self._tags.values():
+                    self._tags[tag] = untagged.id
+                    record = untagged if untagged.name_source == "user" else SiteRecord(
+                        untagged.id, tag, "explicit", untagged.state, untagged.pinned, untagged.active_version)
+                    self._sites[untagged.id] = record
+                    return record, None, (untagged.id, tag, "claim")
+                self._tags[tag] = ident.site_id
         record = self._sites.get(ident.site_id)
         if record is not None and (ident.caller_name is None or record.name_source == "caller"):
             return record, None, None  # the common case: known site, nothing to learn
@@ -54,6 +84,6 @@ class SiteRegistry:
 def _site_row(ident: Identification, name: str, source: str) -> tuple:
     sig = ident.signature
     return (
-        ident.site_id, name, source, sig.kind, sig.system_text, sig.header, list(sig.arg_names),
-        sig.schema_name, list(sig.tool_names), sig.temperature, datetime.now(timezone.utc),
+        ident.site_id, name, source, "explicit" if sig.tag else sig.kind, sig.system_text, sig.header,
+        list(sig.arg_names), sig.schema_name, list(sig.tool_names), sig.temperature, datetime.now(timezone.utc), sig.tag,
     )

@@ -1,10 +1,11 @@
-"""The upstream client: one pooled `httpx.AsyncClient` for the life of the proxy.
+"""The upstream client: one pooled `httpx.AsyncClient` for the life of the proxy, every route.
 
 The client is httpx's API on aiohttp's transport (`httpx-aiohttp`, the transport the
-OpenAI SDK offers for the same reason). The proxy forwards the client's body bytes as they came (no re-encoding on the hot
-path) and picks the credential: the configured upstream key when there is one, else
-the client's own `Authorization` header (so a client that already holds a key keeps
-working through the proxy with nothing configured).
+OpenAI SDK offers for the same reason). Which upstream a request goes to is decided by
+the route table (`proxy.upstreams`); this module builds and sends the request. The client's
+body bytes are forwarded as they came unless the route needs them changed (model alias,
+provider adjustments). The credential is the route's key when it has one, else the
+client's own `Authorization` header (so a client holding a key works with nothing set).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from proxy.upstreams import Resolution, UpstreamTable
 from understudy.settings import Settings
 
 # Headers from the client that describe the client's own connection or body encoding;
@@ -23,11 +25,10 @@ PASS_BACK_HEADERS = ("x-request-id", "openai-processing-ms", "openai-model", "x-
 
 
 class Upstream:
-    def __init__(self, settings: Settings):
-        self.base_url = settings.upstream_url
-        self.key = settings.resolved_upstream_key()
+    def __init__(self, settings: Settings, table: UpstreamTable):
+        self.table = table
+        self.settings = settings
         self.client = httpx.AsyncClient(
-            base_url=self.base_url + "/",
             timeout=httpx.Timeout(
                 connect=settings.upstream_connect_timeout_s,
                 read=settings.upstream_read_timeout_s,
@@ -38,30 +39,45 @@ class Upstream:
             # connection per request, which cost ~40 % of the proxy's CPU under load.
             transport=AiohttpTransport(limits=httpx.Limits(max_connections=512, max_keepalive_connections=128)),
         )
-        self._chat_url = httpx.URL(self.base_url + "/chat/completions")
-        self._extensions = {"timeout": self.client.timeout.as_dict()}
+        # Per route, computed once: the chat URL and the timeout extension httpx expects.
+        self._targets: dict[str, tuple[httpx.URL, dict]] = {}
 
-    def headers_for(self, client_headers: dict[str, str]) -> dict[str, str]:
-        headers = {k: v for k, v in client_headers.items() if k.lower() not in _HOP_BY_HOP and not k.lower().startswith("x-understudy")}
-        headers["content-type"] = "application/json"
-        headers["accept-encoding"] = "identity"  # SSE must arrive chunk by chunk, uncompressed
-        if self.key:
-            for name in [k for k in headers if k.lower() == "authorization"]:
-                del headers[name]
-            headers["authorization"] = f"Bearer {self.key}"
-        return headers
+    def _target(self, resolution: Resolution) -> tuple[httpx.URL, dict]:
+        route = resolution.route
+        target = self._targets.get(route.name)
+        if target is None:
+            timeout = self.client.timeout
+            if route.timeout_s is not None:
+                timeout = httpx.Timeout(timeout, read=route.timeout_s)
+            target = (httpx.URL(route.base_url.rstrip("/") + "/chat/completions"), {"timeout": timeout.as_dict()})
+            self._targets[route.name] = target
+        return target
 
-    def build_chat_request(self, body: bytes, client_headers: dict[str, str]) -> httpx.Request:
+    def build_chat_request(self, body: bytes, client_headers: dict[str, str], resolution: Resolution,
+                           route_headers: dict[str, str]) -> httpx.Request:
         # Built directly rather than by client.build_request: that merges URLs, cookies and
         # default headers per call, ~10 % of the proxy's CPU, for a result that never changes.
-        return httpx.Request("POST", self._chat_url, content=body, headers=self.headers_for(client_headers),
-                             extensions=self._extensions)
+        url, extensions = self._target(resolution)
+        headers = {k: v for k, v in client_headers.items() if k.lower() not in _HOP_BY_HOP and not k.lower().startswith("x-understudy")}
+        if "authorization" in route_headers:
+            for name in [k for k in headers if k.lower() == "authorization"]:
+                del headers[name]
+        headers.update(route_headers)
+        headers["content-type"] = "application/json"
+        headers["accept-encoding"] = "identity"  # SSE must arrive chunk by chunk, uncompressed
+        return httpx.Request("POST", url, content=body, headers=headers, extensions=extensions)
 
     async def send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
         return await self.client.send(request, stream=stream)
 
     async def get_models(self, client_headers: dict[str, str]) -> httpx.Response:
-        return await self.client.get("models", headers=self.headers_for(client_headers), timeout=10.0)
+        """The default route's model list."""
+        route = self.table.route_named("default")
+        headers = {k: v for k, v in client_headers.items() if k.lower() not in _HOP_BY_HOP}
+        key = route.key()  # the default route is keyless-ok: None forwards the client's header
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        return await self.client.get(route.base_url.rstrip("/") + "/models", headers=headers, timeout=10.0)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -52,9 +52,9 @@ def site_examples(cur: duckdb.DuckDBPyConnection, site_id: str, *, filtered: boo
         WHERE site_id = ? AND status = 200 AND served_by = 'upstream' AND response IS NOT NULL
     """
     params: list[Any] = [site_id]
-    if teacher_model:
-        query += " AND model = ?"
-        params.append(teacher_model)
+    if teacher_model:  # a model name (as asked or as served) or a provider: train on one teacher's answers
+        query += " AND (model = ? OR upstream_model = ? OR provider = ?)"
+        params += [teacher_model] * 3
     rows = cur.execute(query + " ORDER BY ts, id", params).fetchall()
     examples, seen = [], set()
     counts = ExportCounts(len(rows), 0, 0, 0, 0)

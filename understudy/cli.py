@@ -27,6 +27,8 @@ app.add_typer(levels_app, name="levels")
 app.command("teacher", help="Run the offline teacher: an OpenAI-compatible server answering the RPG call sites.")(teacher)
 
 console = Console()
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", envvar="UNDERSTUDY_CONFIG",
+                                                    help="Upstream routes and aliases (TOML) (default: <data-dir>/upstreams.toml).")]
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="UNDERSTUDY_DATA_DIR",
                                                  help="Data directory (default: ./understudy-data).")]
 
@@ -47,18 +49,70 @@ def serve(
     data_dir: DataDir = None,
     max_body_bytes: Annotated[Optional[int], typer.Option(envvar="UNDERSTUDY_MAX_BODY_BYTES",
                                                           help="Largest request body accepted (default: 8 MiB).")] = None,
+    config: ConfigFile = None,
 ) -> None:
-    """Run the proxy: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /schema."""
+    """Run the proxy: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /schema, /report."""
     from proxy.server import serve as run_server
+    from proxy.upstreams import UpstreamConfigError
 
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
-                             data_dir=data_dir, max_body_bytes=max_body_bytes)
+                             data_dir=data_dir, max_body_bytes=max_body_bytes, config=config)
     key_note = "set" if settings.resolved_upstream_key() else "not set (clients' own keys are forwarded)"
     typer.echo(f"understudy: upstream {settings.upstream_url} (key {key_note}); data in {settings.data_dir}", err=True)
     try:
         run_server(settings)
-    except OSError as exc:
+    except (OSError, UpstreamConfigError) as exc:
         fail(str(exc))
+
+
+@app.command()
+def upstreams(
+    check: Annotated[bool, typer.Option("--check", help="Send a one-token request to each route; report latency or error.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    upstream_url: Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_UPSTREAM_URL", help="Default upstream URL.")] = None,
+    upstream_key: Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_UPSTREAM_KEY", help="Default upstream key.")] = None,
+    config: ConfigFile = None,
+    data_dir: DataDir = None,
+) -> None:
+    """The upstream routes (config file, then built-ins) and whether each has its key set."""
+    import asyncio
+
+    import httpx
+
+    from proxy.upstream_check import check_routes
+    from proxy.upstreams import UpstreamConfigError, UpstreamTable
+
+    settings = load_settings(upstream_url=upstream_url, upstream_key=upstream_key, config=config, data_dir=data_dir)
+    try:
+        table = UpstreamTable.from_config(settings.config, settings.data_dir, settings.upstream_url, settings.upstream_key)
+    except UpstreamConfigError as exc:
+        fail(str(exc))
+    routes, aliases = table.describe(), table.describe_aliases()
+    results = []
+    if check:
+        async def run_checks():
+            async with httpx.AsyncClient() as client:
+                return await check_routes(table, client)
+
+        results = [r.as_dict() for r in asyncio.run(run_checks())]
+    if as_json:
+        typer.echo(json.dumps({"routes": routes, "aliases": aliases, "checks": results}, indent=2))
+    else:
+        listing = Table("route", "pattern", "provider", "base url", "key", "timeout", "$/M in/out")
+        for r in routes:
+            price = "-" if r["price_input"] is None and r["price_output"] is None else f"{r['price_input']}/{r['price_output']}"
+            listing.add_row(r["name"], r["pattern"], r["provider"], r["base_url"], r["auth"], str(r["timeout_s"] or "-"), price)
+        console.print(listing)
+        if aliases:
+            console.print("aliases: " + ", ".join(f"{a['alias']} -> {a['model']} ({a['route']})" for a in aliases))
+        if check:
+            checks = Table("route", "model", "result")
+            for r in results:
+                outcome = f"ok, {r['latency_ms']:.0f} ms" if r["ok"] else f"{r['error']}"
+                checks.add_row(r["route"], r["model"] or "-", outcome)
+            console.print(checks)
+    if check and any(not r["ok"] and r["contacted"] for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -174,7 +228,7 @@ def export(
     parquet: Annotated[Optional[Path], typer.Option(help="Write Parquet here.")] = None,
     filtered: Annotated[bool, typer.Option("--filtered/--unfiltered",
                                            help="Keep only parse-valid, validator-passing answers.")] = True,
-    teacher: Annotated[Optional[str], typer.Option(help="Only answers from this upstream model.")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="Only answers from this model or provider (e.g. anthropic).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Export one site's recorded calls as a training dataset."""

@@ -120,6 +120,19 @@ def m002_versions_shadow_audit(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE sites ADD COLUMN policy JSON")  # per-site overrides of routing thresholds
 
 
+@migration
+def m003_call_provider(con: duckdb.DuckDBPyConnection) -> None:
+    # `model` stays what the client asked for (maybe an alias); these say who really answered.
+    con.execute("ALTER TABLE calls ADD COLUMN provider VARCHAR")
+    con.execute("ALTER TABLE calls ADD COLUMN upstream_model VARCHAR")
+
+
+@migration
+def m004_site_tags(con: duckdb.DuckDBPyConnection) -> None:
+    # The explicit tag (plugin's `<module>.<qualname>`, X-Understudy-Site) that names a site.
+    con.execute("ALTER TABLE sites ADD COLUMN tag VARCHAR")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending steps; returns the names applied now."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")

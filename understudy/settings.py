@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     upstream_read_timeout_s: float = Field(600.0, description="Seconds to wait for upstream bytes; long generations need minutes.")
     admin_token: str | None = Field(None, description="Bearer token for /admin; generated per start and written to proxy.json when unset.")
     prices_file: Path | None = Field(None, description="TOML file overriding the built-in price table ($ per million tokens).")
+    config: Path | None = Field(None, description="Upstream routes and aliases (TOML); default: <data-dir>/upstreams.toml if present.")
     recorder_batch_rows: int = Field(500, description="Most rows the recorder commits in one transaction.")
     recorder_flush_ms: int = Field(50, description="Longest a recorded call waits before its group commit, milliseconds.")
     log_level: str = Field("warning", description="uvicorn log level.")

@@ -23,7 +23,7 @@ from understudy.migrations import migrate
 CALL_COLUMNS = (
     "id", "ts", "site_id", "model", "served_by", "stream", "turn", "conversation", "retry_of",
     "request", "response", "status", "error", "latency_ms", "prompt_tokens", "completion_tokens",
-    "cost_usd", "valid",
+    "cost_usd", "valid", "provider", "upstream_model",
 )
 SHADOW_COLUMNS = (
     "call_id", "site_id", "version", "ts", "score", "components", "comparable", "local_valid", "local_latency_ms",
@@ -31,7 +31,7 @@ SHADOW_COLUMNS = (
 )
 SITE_COLUMNS = (
     "id", "name", "name_source", "kind", "system_text", "header", "arg_names", "schema_name",
-    "tool_names", "temperature", "created_at",
+    "tool_names", "temperature", "created_at", "tag",
 )
 # Calls are inserted as one Arrow table per batch: building columns in C and one
 # INSERT ... SELECT costs a fraction of binding thousands of statement parameters.
@@ -41,6 +41,7 @@ CALLS_ARROW_SCHEMA = pa.schema([
     ("retry_of", pa.string()), ("request", pa.string()), ("response", pa.string()), ("status", pa.int32()),
     ("error", pa.string()), ("latency_ms", pa.float64()), ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("valid", pa.bool_()),
+    ("provider", pa.string()), ("upstream_model", pa.string()),
 ])
 assert tuple(CALLS_ARROW_SCHEMA.names) == CALL_COLUMNS
 # New sites and shadow results are rare next to calls; multi-row VALUES is plenty for them.
@@ -115,6 +116,16 @@ class Store:
 
     def set_site_name(self, site_id: str, name: str, source: str) -> None:
         self.cursor().execute("UPDATE sites SET name = ?, name_source = ? WHERE id = ?", [name, source, site_id])
+
+    def claim_site(self, site_id: str, tag: str) -> None:
+        """An explicit tag takes over an untagged site (continuity) and names it, unless a user named it."""
+        self.cursor().execute(
+            "UPDATE sites SET tag = ?, name = CASE WHEN name_source = 'user' THEN name ELSE ? END, "
+            "name_source = CASE WHEN name_source = 'user' THEN 'user' ELSE 'explicit' END WHERE id = ?",
+            [tag, tag, site_id])
+
+    def site_tags(self) -> dict[str, str]:
+        return dict(self.cursor().execute("SELECT tag, id FROM sites WHERE tag IS NOT NULL").fetchall())
 
     # ---- reads ----
 

@@ -204,3 +204,27 @@ def test_clean_shutdown_loses_nothing(fake_upstream, isolated_data_dir, sig):
     assert proxy.stop(sig) in (0, -sig, 128 + sig)
     assert len(stored_calls(isolated_data_dir)) == 300
     assert not (isolated_data_dir / "proxy.json").exists()
+
+
+def test_tagged_calls_continue_untagged_history_and_twins_split(fake_upstream, isolated_data_dir):
+    body = {"model": "m", "messages": [
+        {"role": "system", "content": "This is a task you must complete by returning only the output."},
+        {"role": "user", "content": "Describe.\n\nx = ('a', '')"}]}
+    tagged = lambda tag: {**body, "metadata": {"understudy_site": tag}}  # noqa: E731
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url)
+    try:
+        history = chat(proxy, body).headers["x-understudy-site"]
+        assert chat(proxy, tagged("quiz.A.describe")).headers["x-understudy-site"] == history
+        twin = chat(proxy, tagged("quiz.B.describe")).headers["x-understudy-site"]
+        assert twin != history
+        assert chat(proxy, body).headers["x-understudy-site"] == history  # untagged clients keep the history
+    finally:
+        proxy.stop()
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url)  # the claims survive a restart
+    try:
+        assert chat(proxy, tagged("quiz.B.describe")).headers["x-understudy-site"] == twin
+        assert chat(proxy, tagged("quiz.A.describe")).headers["x-understudy-site"] == history
+        names = {row["id"]: (row["name"], row["calls"]) for row in json.loads(proxy.cli("sites", "--json").stdout)}
+        assert names == {history: ("quiz.A.describe", 4), twin: ("quiz.B.describe", 2)}
+    finally:
+        proxy.stop()
