@@ -8,6 +8,8 @@ reloads the site).
 - `rollback SITE --to vN`: make an earlier, verified version the active one.
 - `rollback SITE`: withdraw the active version; the upstream answers until a new one.
 - `promote SITE vN`: make vN active and put the site in `local` now (manual promotion).
+- `policy SITE JSON`: per-site overrides of the promotion thresholds and scoring
+  (`{"promotion": {"min_samples": 50}, "scoring": {"creative_paths": ["walls"]}}`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,27 @@ def _usable_version(store: Store, site: SiteRecord, number: int) -> None:
 
 
 
+def set_policy(store: Store, site_ref: str, overrides: dict) -> SiteRecord:
+    """Validate and store a site's routing overrides (unknown keys are refused, not ignored)."""
+    from routing.policy import PromotionPolicy
+    from routing.scoring import ScoringPolicy
+
+    site = store.resolve_site(site_ref)
+    unknown = set(overrides) - {"promotion", "scoring"}
+    if unknown:
+        raise ActionError(f"policy keys must be 'promotion' and/or 'scoring', not {sorted(unknown)}")
+    try:
+        PromotionPolicy.from_dict(None, overrides.get("promotion"))
+        ScoringPolicy.from_dict(None, overrides.get("scoring"))
+    except (TypeError, ValueError) as exc:
+        raise ActionError(str(exc)) from None
+    import json
+
+    store.cursor().execute("UPDATE sites SET policy = ? WHERE id = ?", [json.dumps(overrides) if overrides else None, site.id])
+    audit(store, site.id, "policy", {"overrides": overrides}, "cli")
+    return store.resolve_site(site.id)
+
+
 def run_action(store: Store, site_ref: str, request: dict) -> SiteRecord:
     """One action from its wire form: {"action": "pin", "target": ...} etc. (admin API and CLI)."""
     action = request.get("action")
@@ -105,4 +128,6 @@ def run_action(store: Store, site_ref: str, request: dict) -> SiteRecord:
         return rollback(store, site_ref, request.get("to_version"))
     if action == "promote":
         return promote(store, site_ref, int(request["version"]))
+    if action == "policy":
+        return set_policy(store, site_ref, request.get("overrides") or {})
     raise ActionError(f"unknown action {action!r}")

@@ -368,6 +368,22 @@ def report(
     typer.echo(_run(lambda: access.report(site, fmt, color=sys.stdout.isatty(), width=console.width)), nl=False)
 
 
+@app.command()
+def policy(
+    site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
+    overrides: Annotated[str, typer.Argument(help='JSON, e.g. \'{"promotion": {"min_samples": 50}}\'; {} clears.')],
+    data_dir: DataDir = None,
+) -> None:
+    """Per-site routing overrides: promotion thresholds and sampling, scoring (creative paths, tolerances)."""
+    try:
+        parsed = json.loads(overrides)
+    except ValueError as exc:
+        fail(f"overrides must be JSON: {exc}")
+    if not isinstance(parsed, dict):
+        fail("overrides must be a JSON object")
+    _act(site, {"action": "policy", "overrides": parsed}, data_dir)
+
+
 def _act(site: str, request: dict, data_dir: Optional[Path]) -> None:
     record = _run(lambda: StoreAccess(load_settings(data_dir=data_dir)).action(site, request))
     version = f"v{record['active_version']}" if record["active_version"] else "none"

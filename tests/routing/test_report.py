@@ -46,7 +46,7 @@ def _quantile(values: list[float], q: float) -> float:
 def _call(call_id, site, ts, served_by, latency, *, status=200, error=None, cost=0.0, model="gpt-4o-mini",
           prompt_tokens=None, completion_tokens=None):
     return (call_id, ts, site, model, served_by, False, "first", call_id, None, "{}", "{}", status, error, latency,
-            prompt_tokens, completion_tokens, cost, True)
+            prompt_tokens, completion_tokens, cost, True, "openai" if served_by == "upstream" else "local", model)
 
 
 def _populate(store: Store) -> None:

@@ -175,3 +175,17 @@ def test_byllm_accepts_local_answers(fake_upstream, isolated_data_dir, tiny_mode
     finally:
         con.close()
     assert [s for s, _ in served].count(f"local:{level_site}@v1") == 2, served
+
+
+def test_per_site_policy_is_validated_and_applied(fake_upstream, isolated_data_dir):
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url)
+    try:
+        site = ask(proxy, "sky").headers["x-understudy-site"]
+        bad = run_cli("policy", site, '{"promotion": {"min_sampels": 5}}', "--data-dir", str(isolated_data_dir), check=False)
+        assert bad.returncode == 1 and "min_sampels" in bad.stderr
+        run_cli("policy", site, '{"promotion": {"min_samples": 5, "window": 5}, "scoring": {"number_tolerance": 0.2}}',
+                "--data-dir", str(isolated_data_dir))
+        [data] = json.loads(run_cli("report", site, "--json", "--data-dir", str(isolated_data_dir)).stdout)
+        assert data["policy"]["min_samples"] == 5
+    finally:
+        proxy.stop()
