@@ -2,7 +2,8 @@
 
 Every route needs `Authorization: Bearer <admin token>` (the token is in the data
 directory's proxy.json, readable by the user who started the proxy). Reads first flush
-the recorder, so a `understudy sites` right after a request sees it.
+the recorder, so a `understudy sites` right after a request sees it. A site that does not
+exist is a 404 (mapped once, in `proxy.errors`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from routing.registry import list_versions
 from understudy.exports import export_site
 from understudy.reports import render_report
 from understudy.training_jobs import NotEnoughData, prepare_job, register_result, training_candidates
-from understudy.store import SiteNotFound
 
 
 def require_admin_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -46,10 +46,7 @@ def list_sites(request: Request) -> list[dict]:
 
 @get("/sites/{site_ref:str}/calls", sync_to_thread=True)
 def site_calls(request: Request, site_ref: str, limit: int = 20) -> list[dict]:
-    try:
-        return _proxy(request).store.recent_calls(site_ref, limit)
-    except SiteNotFound as exc:
-        raise ProxyError(404, str(exc), code="site_not_found") from None
+    return _proxy(request).store.recent_calls(site_ref, limit)
 
 
 @post("/sites/{site_ref:str}/rename", sync_to_thread=True, status_code=200)
@@ -58,10 +55,7 @@ def rename_site(request: Request, site_ref: str, data: dict[str, str]) -> dict:
     if not name:
         raise ProxyError(400, "body must be {\"name\": \"<new name>\"}", code="invalid_name")
     proxy = _proxy(request)
-    try:
-        record = proxy.store.rename_site(site_ref, name)
-    except SiteNotFound as exc:
-        raise ProxyError(404, str(exc), code="site_not_found") from None
+    record = proxy.store.rename_site(site_ref, name)
     proxy.sites.replace(record)
     return {"id": record.id, "name": record.name}
 
@@ -69,13 +63,9 @@ def rename_site(request: Request, site_ref: str, data: dict[str, str]) -> dict:
 @post("/sites/{site_ref:str}/export", sync_to_thread=True, status_code=200)
 def export_dataset(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
     """Write the site's dataset (JSONL and/or Parquet) to the given paths; the proxy owns the store."""
-    proxy = _proxy(request)
-    try:
-        return export_site(proxy.store, site_ref, filtered=bool(data.get("filtered", True)),
-                           jsonl=_path_or_none(data.get("jsonl")), parquet=_path_or_none(data.get("parquet")),
-                           teacher_model=data.get("teacher_model"))
-    except SiteNotFound as exc:
-        raise ProxyError(404, str(exc), code="site_not_found") from None
+    return export_site(_proxy(request).store, site_ref, filtered=bool(data.get("filtered", True)),
+                       jsonl=_path_or_none(data.get("jsonl")), parquet=_path_or_none(data.get("parquet")),
+                       teacher_model=data.get("teacher_model"))
 
 
 @post("/sites/{site_ref:str}/training-job", sync_to_thread=True, status_code=200)
@@ -84,8 +74,6 @@ def training_job(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
     proxy = _proxy(request)
     try:
         return prepare_job(proxy.store, proxy.settings, site_ref, data.get("config") or {})
-    except SiteNotFound as exc:
-        raise ProxyError(404, str(exc), code="site_not_found") from None
     except (NotEnoughData, ValueError) as exc:
         raise ProxyError(409, str(exc), code="not_enough_data") from None
 
@@ -112,10 +100,7 @@ def training_candidates_route(request: Request, data: dict[str, Any]) -> list[di
 def register_version_route(request: Request, data: dict[str, Any]) -> dict:
     """A worker's training result becomes the site's next version (activated if it earned it)."""
     proxy = _proxy(request)
-    try:
-        version = register_result(proxy.store, data)
-    except SiteNotFound as exc:
-        raise ProxyError(404, str(exc), code="site_not_found") from None
+    version = register_result(proxy.store, data)
     proxy.refresh_site(data["site_id"])
     return version
 
@@ -123,10 +108,7 @@ def register_version_route(request: Request, data: dict[str, Any]) -> dict:
 @get("/sites/{site_ref:str}/versions", sync_to_thread=True)
 def site_versions(request: Request, site_ref: str) -> list[dict]:
     proxy = _proxy(request)
-    try:
-        return [v.to_dict() for v in list_versions(proxy.store, proxy.store.resolve_site(site_ref).id)]
-    except SiteNotFound as exc:
-        raise ProxyError(404, str(exc), code="site_not_found") from None
+    return [v.to_dict() for v in list_versions(proxy.store, proxy.store.resolve_site(site_ref).id)]
 
 
 @post("/sites/{site_ref:str}/action", sync_to_thread=True, status_code=200)
@@ -135,8 +117,6 @@ def site_action(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
     proxy = _proxy(request)
     try:
         record = run_action(proxy.store, site_ref, data)
-    except SiteNotFound as exc:
-        raise ProxyError(404, str(exc), code="site_not_found") from None
     except ActionError as exc:
         raise ProxyError(409, str(exc), code="action_refused") from None
     proxy.refresh_site(record.id)
@@ -148,8 +128,6 @@ def admin_report(request: Request, site: str = "", format: str = "text", color: 
     proxy = _proxy(request)
     try:
         text = render_report(proxy.store, proxy.settings, site or None, format, color=bool(color), width=width)
-    except SiteNotFound as exc:
-        raise ProxyError(404, str(exc), code="site_not_found") from None
     except ValueError as exc:
         raise ProxyError(400, str(exc), code="invalid_format") from None
     media = {"html": "text/html", "json": "application/json"}.get(format, "text/plain")
@@ -161,10 +139,7 @@ def public_report(request: Request, site: str = "") -> Response:
     """The HTML report, for a browser: aggregates only (no prompts), so no token is asked."""
     proxy: ProxyState = request.app.state.proxy
     proxy.recorder.flush()
-    try:
-        return Response(render_report(proxy.store, proxy.settings, site or None, "html"), media_type="text/html; charset=utf-8")
-    except SiteNotFound as exc:
-        raise ProxyError(404, str(exc), code="site_not_found") from None
+    return Response(render_report(proxy.store, proxy.settings, site or None, "html"), media_type="text/html; charset=utf-8")
 
 
 def _path_or_none(value: Any) -> Path | None:

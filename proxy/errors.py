@@ -11,6 +11,8 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
+from understudy.store import SiteNotFound
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -51,12 +53,17 @@ def handle_http_exception(_: Request, exc: HTTPException) -> Response[bytes]:
     return error_response(exc.status_code, str(exc.detail), type=kind, code=code)
 
 
+def handle_site_not_found(_: Request, exc: SiteNotFound) -> Response[bytes]:
+    return error_response(404, str(exc), type="invalid_request_error", code="site_not_found")
+
+
 def handle_unexpected(_: Request, exc: Exception) -> Response[bytes]:
     return error_response(500, f"internal proxy error: {type(exc).__name__}", type="server_error", code="internal_error")
 
 
 EXCEPTION_HANDLERS = {
     ProxyError: handle_proxy_error,
+    SiteNotFound: handle_site_not_found,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
