@@ -228,3 +228,14 @@ def test_tagged_calls_continue_untagged_history_and_twins_split(fake_upstream, i
         assert names == {history: ("quiz.A.describe", 4), twin: ("quiz.B.describe", 2)}
     finally:
         proxy.stop()
+
+
+def test_slow_upstream_is_a_504(fake_upstream, isolated_data_dir, monkeypatch):
+    monkeypatch.setenv("UNDERSTUDY_UPSTREAM_READ_TIMEOUT_S", "0.3")
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url)
+    try:
+        response = chat(proxy, {"model": "slow-2000", "messages": [{"role": "user", "content": "x"}]})
+        assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+        assert chat(proxy, {"model": "m", "messages": [{"role": "user", "content": "x"}]}).status_code == 200
+    finally:
+        proxy.stop()
