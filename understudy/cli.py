@@ -123,10 +123,11 @@ def up(
     teacher_seed: Annotated[int, typer.Option(help="Offline teacher's seed.")] = 0,
     teacher_flaw_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Offline teacher's flawed share.")] = 0.1,
 ) -> None:
-    """The main job with embedded defaults: the proxy over DuckDB in the data dir, and the offline
-    teacher as its upstream when no upstream key is set (UNDERSTUDY_UPSTREAM_KEY / OPENAI_API_KEY)."""
+    """The main job with embedded defaults: the proxy over DuckDB in the data dir, the training
+    worker (SqliteHuey) beside it, local models on the bundled Gemma 3 270M GGUF, and the offline
+    teacher as the upstream when no upstream key is set (UNDERSTUDY_UPSTREAM_KEY / OPENAI_API_KEY)."""
     from proxy.server import serve as run_server
-    from understudy.processes import start_teacher
+    from understudy.processes import start_teacher, start_worker
 
     settings = load_settings(host=host, port=port, data_dir=data_dir)
     settings.ensure_data_dir()
@@ -135,13 +136,15 @@ def up(
         teacher = start_teacher(seed=teacher_seed, flaw_share=teacher_flaw_share)
         settings = settings.model_copy(update={"upstream_url": teacher.url})
         typer.echo(f"understudy: no upstream key set; the offline teacher answers at {teacher.url}", err=True)
+    worker = start_worker(settings)
     typer.echo(f"understudy: proxy on http://{settings.host}:{settings.port}/v1 -> {settings.upstream_url}; "
-               f"data in {settings.data_dir}", err=True)
+               f"worker log {settings.data_dir / 'worker.log'}; data in {settings.data_dir}", err=True)
     try:
         run_server(settings)
     except OSError as exc:
         fail(str(exc))
     finally:
+        worker.stop()
         if teacher is not None:
             teacher.stop()
 

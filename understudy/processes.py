@@ -91,3 +91,13 @@ def start_proxy(settings: Settings, upstream_url: str) -> Child:
             time.sleep(0.05)
     process.kill()
     raise RuntimeError("the proxy did not start within 60 s")
+
+
+def start_worker(settings: Settings) -> Child:
+    """`understudy worker` for the data directory, logging to <data-dir>/worker.log."""
+    settings.ensure_data_dir()
+    log = open(settings.data_dir / "worker.log", "a")
+    process = subprocess.Popen([understudy_executable(), "worker", "--data-dir", str(settings.data_dir)],
+                               stdout=log, stderr=log)
+    log.close()
+    return Child(process, str(settings.huey_path))
