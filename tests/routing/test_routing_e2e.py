@@ -189,3 +189,22 @@ def test_per_site_policy_is_validated_and_applied(fake_upstream, isolated_data_d
         assert data["policy"]["min_samples"] == 5
     finally:
         proxy.stop()
+
+
+def test_upstream_down_the_local_version_answers(fake_upstream, isolated_data_dir, tiny_model_env):
+    fake_upstream.reply = lambda body: '{"color": "teal"}'
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=tiny_model_env)
+    try:
+        site = ask(proxy, "sky").headers["x-understudy-site"]
+        for thing in ["sea", "sun", "moon"]:
+            ask(proxy, thing)
+        run_cli("train", site, "--now", "--data-dir", str(isolated_data_dir), env=tiny_model_env)
+        assert site_row(proxy, site)["state"] == "shadow"
+        fake_upstream.__exit__(None, None, None)  # the upstream goes away
+        response = ask(proxy, "rain")
+        assert response.headers["x-understudy-served-by"] == f"local:{site}@v1"
+        assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"color": "teal"}
+        [call] = json.loads(run_cli("calls", site, "--limit", "1", "--json", "--data-dir", str(isolated_data_dir)).stdout)
+        assert call["error"].startswith("upstream down (upstream") and call["served_by"] == f"local:{site}@v1"
+    finally:
+        proxy.stop()

@@ -1,0 +1,52 @@
+"""The version registry: a verified version activates; a worse or failed one is kept, never activated."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from routing.actions import ActionError, pin, rollback
+from routing.registry import list_versions, register_version
+from understudy.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(tmp_path / "u.duckdb")
+    store.write_batch([("s1", "site", "function", "byllm", "", "site", [], "Level", [], None,
+                        datetime.now(timezone.utc), None)], [])
+    yield store
+    store.close()
+
+
+def result(validator_rate, *, verified=True, error=None):
+    return {"verified": verified, "error": error, "adapter_path": "/a.gguf", "base_gguf": "/b.gguf", "config": {},
+            "metrics": {"heldout": {"validator_pass_rate": validator_rate, "parse_valid_rate": 1.0}}}
+
+
+def test_versions_activate_only_when_verified_and_not_worse(store):
+    v1 = register_version(store, "s1", result(0.6))
+    assert v1.status == "active" and store.resolve_site("s1").state == "shadow"
+    v2 = register_version(store, "s1", result(0.4))
+    assert v2.status == "rejected" and "validator_pass_rate 0.40 < current 0.60" in v2.note
+    v3 = register_version(store, "s1", result(0.9, verified=False))
+    assert v3.status == "failed"
+    v4 = register_version(store, "s1", result(None, error="RuntimeError: out of memory"))
+    assert v4.status == "failed" and v4.note == "RuntimeError: out of memory"
+    assert store.resolve_site("s1").active_version == 1
+    v5 = register_version(store, "s1", result(0.8))
+    assert v5.status == "active" and store.resolve_site("s1").active_version == 5
+    assert [v.status for v in list_versions(store, "s1")] == ["retired", "rejected", "failed", "failed", "active"]
+
+
+def test_rejected_and_failed_versions_are_never_served(store):
+    register_version(store, "s1", result(0.6))
+    register_version(store, "s1", result(0.1))
+    with pytest.raises(ActionError, match="rejected"):
+        pin(store, "s1", "local@v2")
+    with pytest.raises(ActionError, match="rejected"):
+        rollback(store, "s1", to_version=2)
+    assert pin(store, "s1", "local@v1").pinned == "local@v1"
+    with pytest.raises(ActionError, match="pin target"):
+        pin(store, "s1", "upstream@v1")
