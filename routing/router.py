@@ -31,10 +31,10 @@ from typing import Any
 
 import anyio
 
-from routing.local_model import LocalAnswer, LocalModels, json_schema_of
+from routing.local_model import LocalAnswer, LocalModels
 from routing.policy import PromotionPolicy, SiteState, decide
 from routing.registry import apply_decision
-from routing.scoring import ScoringPolicy, score_pair
+from routing.scoring import ScoringPolicy, score_pair, unusable_reason
 from routing.validators import ValidatorRegistry, default_registry
 from understudy.store import SiteRecord, Store
 
@@ -165,20 +165,9 @@ class Router:
 
     def usable(self, request: dict[str, Any], text: str) -> tuple[bool, str]:
         """May this local answer be returned? (parses, fits its schema, passes its validator)"""
-        schema = json_schema_of(request.get("response_format"))
-        if schema is not None:
-            try:
-                value = json.loads(text)
-            except ValueError:
-                return False, "local answer is not JSON"
-            import jsonschema
-
-            error = jsonschema.validators.validator_for(schema)(schema).iter_errors(value)
-            first = next(error, None)
-            if first is not None:
-                return False, f"local answer does not fit the schema: {first.message[:120]}"
-        elif not text.strip():
-            return False, "local answer is empty"
+        reason = unusable_reason(text, request.get("response_format"))
+        if reason is not None:
+            return False, f"local answer unusable: {reason}"
         validator = self.validators.for_response_format(request.get("response_format"))
         if validator is not None:
             passed, detail = validator(text)

@@ -187,6 +187,12 @@ def _expected_output(response_format: Mapping[str, Any] | None) -> tuple[bool, d
     return False, None
 
 
+def unusable_reason(text: str, response_format: Mapping[str, Any] | None) -> str | None:
+    """Why a local answer cannot stand as this request's answer (empty, not JSON, off-schema), or None."""
+    is_json, schema = _expected_output(response_format)
+    return _parse_local(text, is_json, schema)[1]
+
+
 def _parse_local(text: str, is_json: bool, schema: dict | None) -> tuple[Any, str | None]:
     """The parsed local answer and None, or (None, why it is unusable)."""
     if not text.strip():

@@ -127,9 +127,8 @@ def test_invalid_local_answer_falls_back_to_upstream(fake_upstream, isolated_dat
         ask(proxy, "sea")
         run_cli("train", site, "--now", "--max-steps", "1", "--data-dir", str(isolated_data_dir), env=tiny_model_env)
         run_cli("promote", site, "v1", "--data-dir", str(isolated_data_dir))
-        # The same site, but a schema the local model cannot be forced to satisfy without a grammar:
-        # an enum the adapter never saw. Grammar-constrained decoding keeps it valid JSON, so break
-        # validity through max_tokens instead: one token cannot hold a complete object.
+        # Grammar-constrained decoding keeps local answers valid JSON, so make one invalid the
+        # way a real client can: one token (max_tokens) cannot hold a complete object.
         body = color_request("granite")
         body["max_tokens"] = 1
         response = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=60)
@@ -145,7 +144,7 @@ def test_invalid_local_answer_falls_back_to_upstream(fake_upstream, isolated_dat
         errors = [row[0] for row in con.execute("SELECT error FROM calls WHERE site_id = ? AND error IS NOT NULL", [site]).fetchall()]
     finally:
         con.close()
-    assert any(error.startswith("local fallback: local answer is not JSON") for error in errors)
+    assert any(error.startswith("local fallback: local answer unusable: invalid JSON") for error in errors)
 
 
 def test_byllm_accepts_local_answers(fake_upstream, isolated_data_dir, tiny_model_env, tmp_path):
