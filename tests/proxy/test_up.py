@@ -14,7 +14,8 @@ from tests.support.fake_upstream import free_port
 
 
 def children_of(pid: int) -> list[str]:
-    out = subprocess.run(["ps", "-o", "args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    # `-ww`: full command lines; without it ps cuts them to the terminal's width (80 in CI).
+    out = subprocess.run(["ps", "-ww", "-o", "args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if line.strip()]
 
 
