@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 
 import uvicorn
 
@@ -18,10 +19,12 @@ from understudy.settings import Settings
 
 
 class _AnnouncingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, settings: Settings, admin_token: str):
+    def __init__(self, config: uvicorn.Config, settings: Settings, admin_token: str,
+                 on_stop: Sequence[Callable[[], object]] = ()):
         super().__init__(config)
         self.settings = settings
         self.admin_token = admin_token
+        self.on_stop = on_stop
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
@@ -35,6 +38,10 @@ class _AnnouncingServer(uvicorn.Server):
             await super().shutdown(sockets)
         finally:
             remove_discovery(self.settings)
+            # Here and not after run(): uvicorn re-raises the captured SIGTERM/SIGINT once
+            # run() returns, which kills the process before a caller's `finally` could run.
+            for stop in self.on_stop:
+                stop()
 
 
 def _url_host(host: str) -> str:
@@ -59,7 +66,9 @@ def remove_discovery(settings: Settings) -> None:
         pass
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, on_stop: Sequence[Callable[[], object]] = ()) -> None:
+    """Serve until SIGTERM/SIGINT; `on_stop` callables run once the proxy has drained
+    (`understudy up` stops its worker and teacher there)."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -71,4 +80,4 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=30,  # seconds an in-flight generation may take to finish on stop
         access_log=False,  # every call is recorded in the store; a per-request log line costs latency
     )
-    _AnnouncingServer(config, settings, app.state.proxy.admin_token).run()
+    _AnnouncingServer(config, settings, app.state.proxy.admin_token, on_stop).run()

@@ -139,14 +139,14 @@ def up(
     worker = start_worker(settings)
     typer.echo(f"understudy: proxy on http://{settings.host}:{settings.port}/v1 -> {settings.upstream_url}; "
                f"worker log {settings.data_dir / 'worker.log'}; data in {settings.data_dir}", err=True)
+    children = [worker] if teacher is None else [worker, teacher]
     try:
-        run_server(settings)
+        run_server(settings, on_stop=[child.stop for child in children])
     except OSError as exc:
         fail(str(exc))
     finally:
-        worker.stop()
-        if teacher is not None:
-            teacher.stop()
+        for child in children:  # when the server never started; stopping twice is harmless
+            child.stop()
 
 
 @sites_app.callback()
