@@ -20,11 +20,11 @@ import statistics
 from pathlib import Path
 
 from jac_examples.corpus import generate_corpus
-from routing.policy import PromotionPolicy
 from routing.actions import set_policy
+from routing.policy import PromotionPolicy
 from routing.report import build_report
-from routing.router import DEFAULT_SCORING_BY_SCHEMA
-from routing.scoring import ScoringPolicy, score_pair
+from routing.router import site_scoring
+from routing.scoring import score_pair
 from routing.similarity import cosine_similarity
 from routing.validators import default_registry, schema_name
 from understudy.settings import load_settings
@@ -93,8 +93,7 @@ def teacher_self_agreement(store: Store, site_id: str, overrides: dict, max_pair
         response_format = request.get("response_format")
         answer = json.loads(response_json)["choices"][0]["message"]["content"]
         by_request.setdefault(json.dumps(request["messages"], sort_keys=True), []).append(answer)
-    scoring = ScoringPolicy.from_dict({**DEFAULT_SCORING_BY_SCHEMA.get(schema_name(response_format) or "", {}),
-                                       **overrides.get("scoring", {})})
+    scoring = site_scoring(schema_name(response_format), overrides)
     validator = default_registry().for_response_format(response_format)
     pairs = itertools.islice(
         (pair for answers in by_request.values() for pair in itertools.combinations(answers, 2)), max_pairs)

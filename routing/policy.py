@@ -65,6 +65,23 @@ class SiteState(str, Enum):
 _PIN_STATES = {s.value: s for s in SiteState} | {"upstream": SiteState.LEARNING}
 
 
+def merge_layers(cls: type, what: str, layers: Sequence[Mapping[str, Any] | None],
+                 merge_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Settings layers (global, then per site) merged in order: later layers win, and keys in
+    `merge_keys` merge their own dicts key by key. Keys that are not fields of the dataclass
+    `cls` raise ValueError: a misspelt setting silently ignored would change routing unseen."""
+    known = {f.name for f in fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        layer = layer or {}
+        unknown = set(layer) - known
+        if unknown:
+            raise ValueError(f"unknown {what} setting(s): {sorted(unknown)}")
+        for key, value in layer.items():
+            merged[key] = {**merged.get(key, {}), **value} if key in merge_keys else value
+    return merged
+
+
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a success rate; `successes` may be a sum of [0, 1] scores.
 
@@ -114,14 +131,7 @@ class PromotionPolicy:
         Unknown keys raise ValueError: a misspelt threshold silently ignored would change
         routing without anyone noticing.
         """
-        known = {f.name for f in fields(cls)}
-        merged: dict[str, Any] = {}
-        for layer in (data or {}), (overrides or {}):
-            unknown = set(layer) - known
-            if unknown:
-                raise ValueError(f"unknown promotion setting(s): {sorted(unknown)}")
-            merged.update(layer)
-        return cls(**merged)
+        return cls(**merge_layers(cls, "promotion", (data, overrides)))
 
     def sample_rate(self, state: SiteState) -> float:
         """Share of calls on which both models run (and a score is produced) in `state`."""

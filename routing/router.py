@@ -24,7 +24,7 @@ import json
 import logging
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -48,6 +48,11 @@ DEFAULT_SCORING_BY_SCHEMA: dict[str, dict[str, Any]] = {
     "Map": {"creative_paths": ["walls", "small_obstacles", "enemies", "player_pos", "level.name"]},
     "Level": {"creative_paths": ["name"]},
 }
+
+
+def site_scoring(schema_name: str | None, overrides: Mapping[str, Any]) -> ScoringPolicy:
+    """A site's scoring: the defaults for its response schema, then the site's own overrides."""
+    return ScoringPolicy.from_dict(DEFAULT_SCORING_BY_SCHEMA.get(schema_name or ""), overrides.get("scoring"))
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,8 @@ class Router:
             return
         schema_name, policy_json = row
         overrides = json.loads(policy_json) if policy_json else {}
-        scoring = {**DEFAULT_SCORING_BY_SCHEMA.get(schema_name or "", {}), **overrides.get("scoring", {})}
         promotion = PromotionPolicy.from_dict(self.policy_defaults, overrides.get("promotion"))
-        self._sites[site_id] = SiteRouting(schema_name, promotion, ScoringPolicy.from_dict(scoring))
+        self._sites[site_id] = SiteRouting(schema_name, promotion, site_scoring(schema_name, overrides))
         for version, adapter in cur.execute(
             "SELECT version, adapter_path FROM model_versions WHERE site_id = ? AND adapter_path IS NOT NULL "
             "AND status IN ('ready', 'active', 'retired')", [site_id]

@@ -54,12 +54,13 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import jsonschema
 
+from routing.policy import merge_layers
 from routing.validators import Validator
 
 Similarity = Callable[[str, str], float]
@@ -101,19 +102,7 @@ class ScoringPolicy:
         Unknown keys raise ValueError: a misspelt setting silently ignored would change
         routing without anyone noticing.
         """
-        merged: dict[str, Any] = {}
-        weights: dict[str, float] = {}
-        known = {f.name for f in fields(cls)}
-        for layer in (data or {}), (overrides or {}):
-            unknown = set(layer) - known
-            if unknown:
-                raise ValueError(f"unknown scoring setting(s): {sorted(unknown)}")
-            for key, value in layer.items():
-                if key == "weights":
-                    weights.update(value)
-                else:
-                    merged[key] = value
-        return cls(**merged, weights=weights)
+        return cls(**merge_layers(cls, "scoring", (data, overrides), merge_keys=frozenset({"weights"})))
 
     def is_creative(self, path: tuple[str, ...]) -> bool:
         return any(_path_matches(pattern, path) for pattern in self.creative_paths)

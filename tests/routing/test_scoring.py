@@ -433,11 +433,11 @@ def test_shared_embedder_is_one_per_process_and_loads_once(monkeypatch):
 
 
 def test_a_levels_title_is_creative_by_default_its_numbers_are_not():
-    from routing.router import DEFAULT_SCORING_BY_SCHEMA
+    from routing.router import site_scoring
 
     level = {"name": "Level 1: The Gilded Mines", "difficulty": 1, "width": 16, "height": 10, "num_wall": 3,
              "num_enemies": 2, "time_countdown": 290, "n_retries_allowed": 4}
-    policy = ScoringPolicy.from_dict(DEFAULT_SCORING_BY_SCHEMA["Level"])
+    policy = site_scoring("Level", {})
     renamed = score_json(level, {**level, "name": "Level 1: The Frozen Bastion"}, policy=policy)
     assert renamed.components["structural"] == 1.0 and renamed.components["creative"] == 1.0
     assert renamed.score == 1.0
