@@ -193,6 +193,15 @@ def _dims_check(width: int | None, height: int | None, expected_width: int | Non
     return Check("dimensions", True, f"{width}x{height}"), True
 
 
+def _count_check(name: str, items: str, found: int | None, level_field: str, stated: int | None) -> Check:
+    """The map holds as many `items` as the level's `level_field` says."""
+    if found is None or stated is None:
+        return Check(name, False, f"not checked: {items} or level.{level_field} unreadable")
+    if found != stated:
+        return Check(name, False, f"{found} {items}, level.{level_field} says {stated}")
+    return Check(name, True, f"{found} {items}")
+
+
 def _map_checks(pm: _ParsedMap, dims: Check, grid_ok: bool) -> list[Check]:
     w, h = pm.width or 0, pm.height or 0
     no_grid = "not checked: no usable width/height"
@@ -217,13 +226,7 @@ def _map_checks(pm: _ParsedMap, dims: Check, grid_ok: bool) -> list[Check]:
     else:
         checks.append(Check("player_spawn", True, f"player at {pm.player}"))
 
-    # wall_count
-    if pm.wall_entries is None or pm.num_wall is None:
-        checks.append(Check("wall_count", False, "not checked: walls or level.num_wall unreadable"))
-    elif pm.wall_entries != pm.num_wall:
-        checks.append(Check("wall_count", False, f"{pm.wall_entries} walls, level.num_wall says {pm.num_wall}"))
-    else:
-        checks.append(Check("wall_count", True, f"{pm.wall_entries} walls"))
+    checks.append(_count_check("wall_count", "walls", pm.wall_entries, "num_wall", pm.num_wall))
 
     # wall_geometry
     if pm.wall_entries is None:
@@ -256,13 +259,7 @@ def _map_checks(pm: _ParsedMap, dims: Check, grid_ok: bool) -> list[Check]:
             else Check("obstacle_placement", True, f"{len(pm.obstacles)} obstacles in bounds")
         )
 
-    # enemy_count
-    if pm.enemy_entries is None or pm.num_enemies is None:
-        checks.append(Check("enemy_count", False, "not checked: enemies or level.num_enemies unreadable"))
-    elif pm.enemy_entries != pm.num_enemies:
-        checks.append(Check("enemy_count", False, f"{pm.enemy_entries} enemies, level.num_enemies says {pm.num_enemies}"))
-    else:
-        checks.append(Check("enemy_count", True, f"{pm.enemy_entries} enemies"))
+    checks.append(_count_check("enemy_count", "enemies", pm.enemy_entries, "num_enemies", pm.num_enemies))
 
     # enemy_placement
     if pm.enemies is None:
