@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import httpx
 import pytest
 
@@ -20,6 +21,15 @@ VENV_BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # CI lays shared/ beside the repository; the captures are read-only fixtures.
 FIXTURES_DIR = REPO_ROOT.parent / "shared" / "fixtures" / "byllm"
+
+
+def query_store(data_dir: Path, sql: str, params: list | None = None) -> list[tuple]:
+    """Rows from the data dir's DuckDB file, opened read-only (run it after the proxy stops)."""
+    con = duckdb.connect(str(data_dir / "understudy.duckdb"), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
 
 
 @pytest.fixture(autouse=True)

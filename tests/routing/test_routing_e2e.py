@@ -12,10 +12,9 @@ import json
 import os
 import time
 
-import duckdb
 import httpx
 
-from tests.conftest import run_cli, start_proxy
+from tests.conftest import query_store, run_cli, start_proxy
 
 SCHEMA = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "Color", "schema": SCHEMA}}
@@ -105,13 +104,11 @@ def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_di
     finally:
         proxy.stop()
 
-    con = duckdb.connect(str(isolated_data_dir / "understudy.duckdb"), read_only=True)
-    try:
-        shadows = con.execute("SELECT score, local_valid FROM shadow_results WHERE site_id = ?", [site]).fetchall()
-        actions = [row[0] for row in con.execute("SELECT action FROM audit WHERE site_id = ? ORDER BY ts", [site]).fetchall()]
-        served = dict(con.execute("SELECT served_by, count(*) FROM calls WHERE site_id = ? GROUP BY ALL", [site]).fetchall())
-    finally:
-        con.close()
+    shadows = query_store(isolated_data_dir, "SELECT score, local_valid FROM shadow_results WHERE site_id = ?", [site])
+    audit = query_store(isolated_data_dir, "SELECT action FROM audit WHERE site_id = ? ORDER BY ts", [site])
+    actions = [action for (action,) in audit]
+    served = dict(query_store(isolated_data_dir,
+                              "SELECT served_by, count(*) FROM calls WHERE site_id = ? GROUP BY ALL", [site]))
     assert len(shadows) >= 3 and all(valid for _, valid in shadows)
     assert sum(score for score, _ in shadows) / len(shadows) > 0.9
     assert actions[:2] == ["version", "state"] and {"pin", "unpin", "rollback"} <= set(actions)
@@ -139,11 +136,8 @@ def test_invalid_local_answer_falls_back_to_upstream(fake_upstream, isolated_dat
         assert "understudy_local_fallbacks_total 1.0" in metrics
     finally:
         proxy.stop()
-    con = duckdb.connect(str(isolated_data_dir / "understudy.duckdb"), read_only=True)
-    try:
-        errors = [row[0] for row in con.execute("SELECT error FROM calls WHERE site_id = ? AND error IS NOT NULL", [site]).fetchall()]
-    finally:
-        con.close()
+    errors = [error for (error,) in query_store(
+        isolated_data_dir, "SELECT error FROM calls WHERE site_id = ? AND error IS NOT NULL", [site])]
     assert any(error.startswith("local fallback: local answer unusable: invalid JSON") for error in errors)
 
 
@@ -168,11 +162,7 @@ def test_byllm_accepts_local_answers(fake_upstream, isolated_data_dir, tiny_mode
         assert len(fake_upstream.received) - upstream_calls_before >= 6
     finally:
         proxy.stop()
-    con = duckdb.connect(str(isolated_data_dir / "understudy.duckdb"), read_only=True)
-    try:
-        served = con.execute("SELECT served_by, error FROM calls WHERE site_id = ? ORDER BY ts", [level_site]).fetchall()
-    finally:
-        con.close()
+    served = query_store(isolated_data_dir, "SELECT served_by, error FROM calls WHERE site_id = ? ORDER BY ts", [level_site])
     assert [s for s, _ in served].count(f"local:{level_site}@v1") == 2, served
 
 
