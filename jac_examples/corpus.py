@@ -78,11 +78,11 @@ def _proxy_for(settings: Settings, seed: int, flaw_share: float, started: list[C
     if running:
         return running["url"], "the running proxy's upstream"
     if settings.resolved_upstream_key():
-        upstream = settings.upstream_url
+        upstream, free = settings.upstream_url, settings.upstream_free
     else:
         teacher = start_teacher(seed=seed, flaw_share=flaw_share)
         started.append(teacher)
-        upstream = teacher.url
-    proxy = start_proxy(settings, upstream)
+        upstream, free = teacher.url, True  # the offline teacher costs nothing
+    proxy = start_proxy(settings, upstream, upstream_free=free)
     started.append(proxy)
     return proxy.url, upstream

@@ -19,6 +19,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from proxy.errors import ProxyError
 from proxy.state import ProxyState
+from proxy.types import validation_error
 from routing.actions import ActionError, run_action
 from routing.registry import list_versions
 from understudy.exports import export_site
@@ -63,9 +64,10 @@ def rename_site(request: Request, site_ref: str, data: dict[str, str]) -> dict:
 @post("/sites/{site_ref:str}/export", sync_to_thread=True, status_code=200)
 def export_dataset(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
     """Write the site's dataset (JSONL and/or Parquet) to the given paths; the proxy owns the store."""
-    return export_site(_proxy(request).store, site_ref, filtered=bool(data.get("filtered", True)),
+    proxy = _proxy(request)
+    return export_site(proxy.store, site_ref, filtered=bool(data.get("filtered", True)),
                        jsonl=_path_or_none(data.get("jsonl")), parquet=_path_or_none(data.get("parquet")),
-                       teacher_model=data.get("teacher_model"))
+                       teacher_model=data.get("teacher_model"), validators=proxy.router.validators)
 
 
 @post("/sites/{site_ref:str}/training-job", sync_to_thread=True, status_code=200)
@@ -73,7 +75,7 @@ def training_job(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
     """Snapshot the site's dataset and return the job a worker runs."""
     proxy = _proxy(request)
     try:
-        return prepare_job(proxy.store, proxy.settings, site_ref, data.get("config") or {})
+        return prepare_job(proxy.store, proxy.settings, site_ref, data.get("config") or {}, data.get("control"))
     except (NotEnoughData, ValueError) as exc:
         raise ProxyError(409, str(exc), code="not_enough_data") from None
 
@@ -123,6 +125,21 @@ def site_action(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
     return record.__dict__
 
 
+@post("/score", sync_to_thread=True, status_code=200)
+def score_pair_route(request: Request, data: dict[str, Any]) -> dict:
+    """One (upstream, local) pair scored exactly as this proxy's shadow mode would (`understudy score`)."""
+    from understudy.pair_scoring import score_request
+
+    chat_request, upstream, local = data.get("request"), data.get("upstream"), data.get("local")
+    if not isinstance(chat_request, dict) or not isinstance(upstream, str) or not isinstance(local, str):
+        raise ProxyError(400, 'body must be {"request": {...}, "upstream": "...", "local": "..."}', code="invalid_score")
+    problem = validation_error(chat_request)
+    if problem is not None:
+        raise ProxyError(400, f"invalid chat completion request: {problem}", code="invalid_request")
+    proxy = _proxy(request)
+    return score_request(proxy.router, proxy.store, chat_request, upstream, local)
+
+
 @get("/report", sync_to_thread=True, media_type="text/plain")
 def admin_report(request: Request, site: str = "", format: str = "text", color: int = 0, width: int = 120) -> Response:
     proxy = _proxy(request)
@@ -148,5 +165,5 @@ def _path_or_none(value: Any) -> Path | None:
 
 admin_router = Router(path="/admin", route_handlers=[list_sites, site_calls, rename_site, export_dataset, training_job,
                                       training_candidates_route, register_version_route, site_versions, site_action,
-                                      admin_report],
+                                      score_pair_route, admin_report],
                       guards=[require_admin_token], include_in_schema=False)

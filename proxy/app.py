@@ -31,6 +31,7 @@ from routing.similarity import cosine_similarity
 from understudy.training_jobs import register_pending_results
 from understudy.settings import Settings
 from understudy.store import Store
+from understudy.validators import ValidatorRegistry
 
 
 @get("/healthz", tags=["Operations"], summary="Liveness and recorder backlog")
@@ -58,7 +59,8 @@ async def list_models(request: Request) -> Response[bytes]:
 
 def build_state(settings: Settings) -> ProxyState:
     settings.ensure_data_dir()
-    table = UpstreamTable.from_config(settings.config, settings.data_dir, settings.upstream_url, settings.upstream_key)
+    table = UpstreamTable.from_config(settings.config, settings.data_dir, settings.upstream_url, settings.upstream_key,
+                                      settings.upstream_free)
     store = Store(settings.db_path)
     # Every key the proxy could send: masked wherever it might appear in a recorded body.
     keys = {settings.resolved_upstream_key()} | {route.key() for route in table.routes}
@@ -69,8 +71,11 @@ def build_state(settings: Settings) -> ProxyState:
     )
     sites = SiteRegistry(store.site_records(), store.site_tags())
     local = LocalModels(settings.resolved_base_gguf(), n_threads=settings.local_threads) if settings.local_models else None
-    router = Router(store, local, policy_defaults=settings.routing_policy, current_site=sites.get,
-                    on_site_change=sites.replace, record_shadow=recorder.add_shadow_result, similarity=cosine_similarity)
+    router = Router(store, local, validators=ValidatorRegistry(settings.validators),
+                    policy_defaults=settings.routing_policy, current_site=sites.get, on_site_change=sites.replace,
+                    record_shadow=recorder.add_shadow_result, record_self_agreement=recorder.add_self_agreement,
+                    similarity=cosine_similarity, max_extra_upstream=settings.extra_upstream_concurrency)
+    recorder.on_upstream_answer = router.remember_answer
     state = ProxyState(
         settings=settings, store=store, recorder=recorder, sites=sites, upstream=Upstream(settings, table),
         metrics=ProxyMetrics(recorder), admin_token=settings.admin_token or secrets.token_urlsafe(24), router=router,

@@ -44,6 +44,7 @@ class PendingCall:
     provider: str | None = None  # openai | anthropic | gemini | openai-compatible | local
     upstream_model: str | None = None  # the model the upstream was asked for (after aliases)
     price: tuple[float, float] | None = None  # the route's own price, overriding the table
+    purpose: str = "client"  # client | drift | self_check (upstream calls the proxy makes itself)
 
 
 def redact(value: Any, secrets: tuple[str, ...]) -> Any:
@@ -113,9 +114,10 @@ def _validator_for(schema_json: str) -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceTable, secrets: tuple[str, ...]) -> tuple:
-    """The `calls` row, in `store.CALL_COLUMNS` order."""
-    completion = completion_of(call)
+def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceTable, secrets: tuple[str, ...],
+           completion: dict[str, Any] | None = None) -> tuple:
+    """The `calls` row, in `store.CALL_COLUMNS` order (`completion`: `completion_of(call)`, if already built)."""
+    completion = completion if completion is not None else completion_of(call)
     usage = (completion or {}).get("usage") or {}
     prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     completion_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
@@ -147,4 +149,5 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
         typed_output_valid(call.request, completion) if ok else None,
         call.provider,
         call.upstream_model,
+        call.purpose,
     )

@@ -31,11 +31,11 @@ from typing import Any
 
 import msgspec
 
-BYLLM_SYSTEM_MARKER = "This is a task you must complete by returning only the output."
-RETRY_MARKER = "Your previous response could not be used"
-SCHEMA_PART_MARKER = "Schema requirements:"
-_ARG_LINE = re.compile(r"^([A-Za-z_]\w*) = \(", re.MULTILINE)
-_ARGS_BLOCK_START = re.compile(r"\n\n(?=[A-Za-z_]\w* = \()")
+from understudy.byllm_prompt import (
+    BYLLM_SYSTEM_MARKER, RETRY_MARKER, argument_lines, first_user_index, first_user_text, message_text, split_prompt,
+    system_text as system_text_of,
+)
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 _SLUG_NOISE = re.compile(r"[^a-z0-9]+")
 _encoder = msgspec.json.Encoder(order="sorted")
@@ -98,9 +98,9 @@ class RequestShapeError(ValueError):
 
 def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identification:
     messages = body["messages"]
-    system_text = "\n".join(_text_of(m) for m in messages if m.get("role") in ("system", "developer"))
-    first_user_index = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
-    first_user = _first_user_text(messages[first_user_index]) if first_user_index is not None else ""
+    system_text = system_text_of(messages)
+    user_index = first_user_index(messages)
+    first_user = first_user_text(messages[user_index]) if user_index is not None else ""
 
     metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
     tag = explicit_tag or metadata.get("understudy_site") or None
@@ -119,7 +119,7 @@ def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identific
         temperature=_number_or_none(body.get("temperature")),
         tag=str(tag) if tag else None,
     )
-    later = messages[first_user_index + 1 :] if first_user_index is not None else []
+    later = messages[user_index + 1 :] if user_index is not None else []
     site_id = signature.site_id
     return Identification(
         site_id=site_id,
@@ -132,34 +132,13 @@ def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identific
 
 def _split_prompt(text: str, system_text: str) -> tuple[str | None, tuple[str, ...], str]:
     """(header, argument names, kind) from byLLM's first user message."""
-    match = _ARGS_BLOCK_START.search(text)
-    if match:
-        header = text[: match.start()].strip()
-        return header, tuple(_ARG_LINE.findall(text[match.end() :])), "byllm"
+    header, block = split_prompt(text)
+    if block is not None:
+        return header, tuple(name for name, _ in argument_lines(block)), "byllm"
     if BYLLM_SYSTEM_MARKER in system_text:
         # A byLLM function without arguments: the whole message is the header.
         return text.strip(), (), "byllm"
     return None, (), "generic"
-
-
-def _first_user_text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, list):
-        parts = [
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-            and not str(part.get("text", "")).startswith(SCHEMA_PART_MARKER)
-        ]
-        return "\n".join(parts)
-    return content if isinstance(content, str) else ""
-
-
-def _text_of(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return content if isinstance(content, str) else ""
 
 
 def _turn_of(later_messages: list[dict[str, Any]]) -> str:
@@ -167,7 +146,7 @@ def _turn_of(later_messages: list[dict[str, Any]]) -> str:
         return "first"
     if any(m.get("role") == "tool" or m.get("tool_calls") for m in later_messages):
         return "tool_step"
-    if any(m.get("role") == "user" and _text_of(m).startswith(RETRY_MARKER) for m in later_messages):
+    if any(m.get("role") == "user" and message_text(m).startswith(RETRY_MARKER) for m in later_messages):
         return "retry"
     return "followup"
 

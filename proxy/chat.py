@@ -33,7 +33,7 @@ from proxy.types import validation_error
 from proxy.providers import UnsupportedRequest, adjust_response, needs_adjustment
 from proxy.upstream import pass_back_headers
 from proxy.upstreams import MissingKey, Resolution
-from routing.local_model import completion_object, sse_body
+from routing.local_model import LocalAnswer, completion_object, sse_body
 from routing.router import Plan
 from understudy.store import SiteRecord
 
@@ -62,27 +62,37 @@ async def chat_completions(request: Request) -> Response:
         ident = dataclasses.replace(ident, site_id=site.id)
     if new_site_row is not None:
         proxy.recorder.add_site(new_site_row)
+        proxy.router.add_site(site.id, ident.signature.schema_name)
     if name_update is not None:
         proxy.recorder.rename_site(name_update)
 
-    plan = proxy.router.plan(site, has_tools=bool(ident.signature.tool_names or payload.get("tools")))
-    fallback_reason = None
+    client_headers = dict(request.headers)
+    resolution = proxy.upstream.table.resolve(str(payload["model"]))
+    plan = proxy.router.plan(site, has_tools=bool(ident.signature.tool_names or payload.get("tools")),
+                             free_upstream=resolution.route.price == (0.0, 0.0))
+    fallback_reason = unserved = None
     if plan.answer == "local":
-        answered, fallback_reason = await _answer_locally(proxy, ident, site, payload, plan, started,
-                                                          client_headers=dict(request.headers))
+        answered, fallback_reason, unserved = await _answer_locally(proxy, ident, site, payload, plan, started,
+                                                                    client_headers=client_headers)
         if answered is not None:
             return answered
+        # The upstream answers instead. A sampled drift check scores the unserved local answer
+        # against it (no second upstream call is needed, so its slot is freed).
+        if plan.also_other:
+            proxy.router.release_extra()
+        plan = dataclasses.replace(plan, also_other=plan.also_other and unserved is not None)
 
     call = _pending(proxy, ident, payload, "upstream")
     call.error = fallback_reason
+    after = _Afterwards(plan, unserved, client_headers)
     headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": "upstream"}
-    resolution = proxy.upstream.table.resolve(str(payload["model"]))
     call.provider, call.upstream_model, call.price = resolution.provider, resolution.upstream_model, resolution.route.price
     try:
         route_headers = resolution.headers()
         adjusted = resolution.prepare_body(payload)
     except (MissingKey, UnsupportedRequest) as exc:
         # Never forwarded, never sent to another provider: the error names provider and model.
+        after.cancel(proxy)
         proxy.metrics.rejected.labels(exc.code).inc()
         call.status, call.error = exc.status, str(exc)
         call.response_body = error_body(str(exc), type="invalid_request_error", code=exc.code)
@@ -90,30 +100,58 @@ async def chat_completions(request: Request) -> Response:
         return Response(call.response_body, status_code=exc.status, media_type="application/json", headers=headers)
     forward_body = _without_understudy_fields(body, payload) if adjusted is None else \
         _without_understudy_fields(_encoder.encode(adjusted), adjusted)
-    upstream_request = proxy.upstream.build_chat_request(forward_body, dict(request.headers), resolution, route_headers)
+    upstream_request = proxy.upstream.build_chat_request(forward_body, client_headers, resolution, route_headers)
     try:
         upstream_response = await proxy.upstream.send(upstream_request, stream=call.stream)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         # Refused or never answered the connect: unreachable (502), not slow (504).
+        after.cancel(proxy)
         return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
                                        f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}")
     except httpx.TimeoutException as exc:
+        after.cancel(proxy)
         return await _upstream_failure(proxy, call, site, started, headers, 504, "upstream_timeout",
                                        f"upstream {resolution.provider} timed out for {resolution.upstream_model}: "
                                        f"{type(exc).__name__}")
     except httpx.HTTPError as exc:
+        after.cancel(proxy)
         return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
                                        f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}")
 
     headers.update(pass_back_headers(upstream_response))
-    shadow = plan if plan.also_other and plan.answer == "upstream" else None
     if call.stream and upstream_response.status_code == 200:
-        return Stream(_relay(proxy, call, upstream_response, started, shadow), status_code=200,
+        return Stream(_relay(proxy, call, upstream_response, started, after), status_code=200,
                       media_type=upstream_response.headers.get("content-type", "text/event-stream"), headers=headers)
     if call.stream:
         await upstream_response.aread()
         await upstream_response.aclose()
-    return _finish_plain(proxy, call, upstream_response, started, headers, shadow, resolution)
+    return _finish_plain(proxy, call, upstream_response, started, headers, after, resolution)
+
+
+@dataclasses.dataclass
+class _Afterwards:
+    """What runs once the upstream's answer is complete: a shadow comparison, a second answer."""
+
+    plan: Plan
+    local: LocalAnswer | None  # a local answer already made (and not served) for this call
+    client_headers: dict[str, str]
+
+    def run(self, proxy: ProxyState, call: PendingCall) -> None:
+        if call.status != 200 or (call.error is not None and not call.error.startswith("local fallback")):
+            self.cancel(proxy)
+            return
+        upstream_text = first_content(completion_of(call))
+        if self.plan.also_other:
+            proxy.spawn(proxy.router.observe_pair(call.identification.site_id, self.plan, call.id,
+                                                  call.identification.conversation, call.request, upstream_text,
+                                                  call.latency_ms, self.local))
+        if self.plan.second_opinion:
+            proxy.spawn(_second_opinion(proxy, call, upstream_text, self.client_headers))
+
+    def cancel(self, proxy: ProxyState) -> None:
+        """The answer failed: nothing to compare; free the reserved extra-upstream slot."""
+        if self.plan.second_opinion:
+            proxy.router.release_extra()
 
 
 def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
@@ -151,18 +189,19 @@ def _without_understudy_fields(body: bytes, payload: dict[str, Any]) -> bytes:
 
 async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRecord, payload: dict[str, Any],
                           plan: Plan, started: float, note: str | None = None,
-                          client_headers: dict[str, str] | None = None) -> tuple[Response | None, str | None]:
-    """(response, None) when the local model's answer is usable; (None, why not) otherwise."""
+                          client_headers: dict[str, str] | None = None
+                          ) -> tuple[Response | None, str | None, LocalAnswer | None]:
+    """(response, None, answer) when the local answer is served; (None, why not, the answer if any) otherwise."""
     try:
         answer = await proxy.router.answer(payload, plan)
     except Exception as exc:  # a broken adapter or model must not fail the request
         reason = f"local fallback: local model failed: {type(exc).__name__}: {exc}"
         proxy.metrics.local_fallbacks.inc()
-        return None, reason
-    usable, why = proxy.router.usable(payload, answer.text)
+        return None, reason, None
+    usable, why = proxy.router.usable(site, payload, answer)
     if not usable:
         proxy.metrics.local_fallbacks.inc()
-        return None, f"local fallback: {why}"
+        return None, f"local fallback: {why}", answer
     served_by = f"local:{site.id}@v{plan.version}"
     call = _pending(proxy, ident, payload, served_by)
     completion = completion_object(answer, str(payload.get("model")))
@@ -174,34 +213,66 @@ async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRe
     if call.stream:
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         return Stream(iter([sse_body(completion, include_usage)]), status_code=200, media_type="text/event-stream",
-                      headers=headers), None
-    return Response(_encoder.encode(completion), status_code=200, media_type="application/json", headers=headers), None
+                      headers=headers), None, answer
+    return (Response(_encoder.encode(completion), status_code=200, media_type="application/json", headers=headers),
+            None, answer)
 
 
-async def _drift_check(proxy: ProxyState, call: PendingCall, plan: Plan, local_answer,
-                       client_headers: dict[str, str]) -> None:
-    """While local, a sample of calls also goes upstream so agreement keeps being measured."""
-    payload = {k: v for k, v in call.request.items() if k not in ("stream", "stream_options", "metadata")}
+async def _extra_upstream_call(proxy: ProxyState, call: PendingCall, purpose: str,
+                               client_headers: dict[str, str]) -> tuple[PendingCall, str | None]:
+    """The upstream asked once more for `call`'s request (not streamed), recorded as a call of its own."""
+    payload = {k: v for k, v in call.request.items() if k not in ("stream", "stream_options")}
+    extra = _pending(proxy, call.identification, payload, "upstream")
+    extra.stream, extra.purpose = False, purpose
     resolution = proxy.upstream.table.resolve(str(payload.get("model")))
+    extra.provider, extra.upstream_model, extra.price = resolution.provider, resolution.upstream_model, resolution.route.price
     started = time.perf_counter()
     try:
-        body = resolution.prepare_body(payload) or payload
-        request = proxy.upstream.build_chat_request(_encoder.encode(body), client_headers, resolution, resolution.headers())
+        adjusted = resolution.prepare_body(payload)
+        body = _without_understudy_fields(_encoder.encode(adjusted or payload), adjusted or payload)
+        request = proxy.upstream.build_chat_request(body, client_headers, resolution, resolution.headers())
         response = await proxy.upstream.send(request, stream=False)
-    except (httpx.HTTPError, MissingKey, UnsupportedRequest):
-        return
-    if response.status_code != 200:
-        return
-    upstream_text = first_content(_decoder.decode(response.content))
-    await proxy.router.observe_pair(call.identification.site_id, plan.version, call.id, call.request, upstream_text,
-                                    (time.perf_counter() - started) * 1000, local_answer)
+    except (httpx.HTTPError, MissingKey, UnsupportedRequest) as exc:
+        extra.status, extra.error = 502, f"{purpose} call failed: {type(exc).__name__}: {exc}"
+        _record(proxy, extra, started)
+        return extra, None
+    content = response.content
+    if response.status_code < 400 and needs_adjustment(resolution.provider):
+        content = _adjusted_response(content, resolution, payload)
+    extra.status, extra.response_body = response.status_code, content
+    if response.status_code >= 400:
+        extra.error = f"upstream answered {response.status_code}"
+    _record(proxy, extra, started)
+    return extra, first_content(completion_of(extra)) if response.status_code == 200 else None
+
+
+async def _drift_check(proxy: ProxyState, call: PendingCall, plan: Plan, local_answer: LocalAnswer,
+                       client_headers: dict[str, str]) -> None:
+    """While local, a sample of calls also goes upstream so the version keeps being judged."""
+    try:
+        extra, upstream_text = await _extra_upstream_call(proxy, call, "drift", client_headers)
+    finally:
+        proxy.router.release_extra()
+    await proxy.router.observe_pair(call.identification.site_id, plan, call.id, call.identification.conversation,
+                                    call.request, upstream_text, extra.latency_ms, local_answer)
+
+
+async def _second_opinion(proxy: ProxyState, call: PendingCall, first_text: str | None,
+                          client_headers: dict[str, str]) -> None:
+    """The upstream's second answer to a request it just answered: one self-agreement sample."""
+    try:
+        extra, second_text = await _extra_upstream_call(proxy, call, "self_check", client_headers)
+    finally:
+        proxy.router.release_extra()
+    await proxy.router.observe_second_opinion(call.identification.site_id, call.id, extra.id,
+                                              call.identification.conversation, call.request, first_text, second_text)
 
 
 # ---- upstream answers ----
 
 
 def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float,
-                  headers: dict[str, str], shadow: Plan | None, resolution: Resolution) -> Response:
+                  headers: dict[str, str], after: _Afterwards, resolution: Resolution) -> Response:
     content = upstream.content
     status = upstream.status_code
     media_type = upstream.headers.get("content-type", "application/json")
@@ -214,12 +285,11 @@ def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response
     call.status = status
     call.response_body = content
     _record(proxy, call, started)
-    if shadow is not None and status == 200:
-        _spawn_shadow(proxy, call, shadow)
+    after.run(proxy, call)
     return Response(content, status_code=status, media_type=media_type, headers=headers)
 
 
-async def _relay(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float, shadow: Plan | None):
+async def _relay(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float, after: _Afterwards):
     chunks: list[bytes] = []
     call.status = 200
     try:
@@ -236,14 +306,7 @@ async def _relay(proxy: ProxyState, call: PendingCall, upstream: httpx.Response,
         await upstream.aclose()
         call.response_body = b"".join(chunks)
         _record(proxy, call, started)
-        if shadow is not None and call.error is None:
-            _spawn_shadow(proxy, call, shadow)
-
-
-def _spawn_shadow(proxy: ProxyState, call: PendingCall, plan: Plan) -> None:
-    upstream_text = first_content(completion_of(call))
-    proxy.spawn(proxy.router.observe_pair(call.identification.site_id, plan.version, call.id, call.request,
-                                          upstream_text, call.latency_ms))
+        after.run(proxy, call)
 
 
 async def _upstream_failure(proxy: ProxyState, call: PendingCall, site: SiteRecord, started: float,
@@ -251,8 +314,8 @@ async def _upstream_failure(proxy: ProxyState, call: PendingCall, site: SiteReco
     proxy.metrics.upstream_errors.labels(code).inc()
     fallback = proxy.router.fallback_plan(site) if proxy.settings.local_when_upstream_down else None
     if fallback is not None:
-        answered, _ = await _answer_locally(proxy, call.identification, site, call.request, fallback, started,
-                                            note=f"upstream down ({message}); local answered")
+        answered, _, _ = await _answer_locally(proxy, call.identification, site, call.request, fallback, started,
+                                               note=f"upstream down ({message}); local answered")
         if answered is not None:
             return answered
     body = error_body(message, type="upstream_error", code=code)

@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from proxy.call_record import PendingCall, to_row
+from proxy.call_record import PendingCall, completion_of, first_content, to_row
 from proxy.pricing import PriceTable
 from understudy.store import Store
 
@@ -50,6 +50,9 @@ class Recorder:
         self.recorded = 0
         self.batches = 0
         self.failed = 0
+        # Called (site id, conversation, answer text) for each recorded upstream answer, on this
+        # thread: the router keeps recent answers as decoys for its chance correction.
+        self.on_upstream_answer = None
 
     def start(self) -> None:
         self._thread.start()
@@ -65,6 +68,9 @@ class Recorder:
 
     def add_shadow_result(self, row: tuple) -> None:
         self._queue.put(("shadow", row))
+
+    def add_self_agreement(self, row: tuple) -> None:
+        self._queue.put(("self_agreement", row))
 
     def new_call_id(self) -> str:
         """Unique, time-ordered, and cheap (no syscall): start time + random bits + a counter."""
@@ -105,21 +111,27 @@ class Recorder:
     def _commit(self, items: list) -> None:
         if not items:
             return
-        sites, names, rows, shadows = [], [], [], []
+        sites, names, rows = [], [], []
+        results: dict[str, list[tuple]] = {"shadow": [], "self_agreement": []}
         for item in items:
             if isinstance(item, tuple) and item[0] == "site":
                 sites.append(item[1])
             elif isinstance(item, tuple) and item[0] == "name":
                 names.append(item[1])
-            elif isinstance(item, tuple) and item[0] == "shadow":
-                shadows.append(item[1])
+            elif isinstance(item, tuple) and item[0] in results:
+                results[item[0]].append(item[1])
             else:
                 try:
-                    rows.append(to_row(item, item.id, self._retry_of(item, item.id), self.prices, self.secrets))
+                    completion = completion_of(item)
+                    rows.append(to_row(item, item.id, self._retry_of(item, item.id), self.prices, self.secrets,
+                                       completion))
                 except Exception:  # a row we cannot build must not take the batch down
                     log.exception("could not build a row for call %s", item.id)
+                    continue
+                if self.on_upstream_answer is not None and item.served_by == "upstream" and item.status == 200:
+                    self._notify(item, completion)
         try:
-            self.store.write_batch(sites, rows, shadows)
+            self.store.write_batch(sites, rows, results["shadow"], results["self_agreement"])
             for site_id, name, source in names:
                 if source == "claim":
                     self.store.claim_site(site_id, name)
@@ -131,6 +143,14 @@ class Recorder:
             log.exception("group commit of %d calls failed; appending them to failed-writes.jsonl", len(rows))
             self.failed += len(rows)
             self._spill(sites, rows)
+
+    def _notify(self, call: PendingCall, completion: dict | None) -> None:
+        text = first_content(completion)
+        if isinstance(text, str) and text:
+            try:
+                self.on_upstream_answer(call.identification.site_id, call.identification.conversation, text)
+            except Exception:  # the hook is an observer: it must never cost a record
+                log.exception("upstream-answer hook failed for call %s", call.id)
 
     def _retry_of(self, call: PendingCall, call_id: str) -> str | None:
         """A retry or tool step points at the previous call of its conversation."""

@@ -195,14 +195,15 @@ class UpstreamTable:
         self._cache: dict[str, Resolution] = {}
 
     @classmethod
-    def load(cls, config_path: Path | None, default_url: str, default_key: str | None = None) -> "UpstreamTable":
+    def load(cls, config_path: Path | None, default_url: str, default_key: str | None = None,
+             default_free: bool = False) -> "UpstreamTable":
         """Routes from `config_path` (skipped when None or, for the default path, absent),
         then the built-in routes. `default_key` is the explicitly configured upstream key."""
         routes: list[Route] = []
         aliases: dict[str, Alias] = {}
         if config_path is not None and Path(config_path).exists():
             routes, aliases = _parse_file(Path(config_path))
-        routes = routes + built_in_routes(default_url, default_key)
+        routes = routes + built_in_routes(default_url, default_key, default_free)
         names = {route.name for route in routes}
         for alias in aliases.values():
             if alias.route is not None and alias.route not in names:
@@ -212,11 +213,12 @@ class UpstreamTable:
 
     @classmethod
     def from_config(cls, explicit: Path | None, data_dir: Path, default_url: str,
-                    default_key: str | None = None) -> "UpstreamTable":
+                    default_key: str | None = None, default_free: bool = False) -> "UpstreamTable":
         """`--config PATH` (must exist), else `<data-dir>/upstreams.toml` (optional)."""
         if explicit is not None and not Path(explicit).exists():
             raise UpstreamConfigError(f"{explicit}: upstreams configuration file not found")
-        return cls.load(explicit if explicit is not None else Path(data_dir) / CONFIG_FILE_NAME, default_url, default_key)
+        return cls.load(explicit if explicit is not None else Path(data_dir) / CONFIG_FILE_NAME, default_url, default_key,
+                        default_free)
 
     def route_named(self, name: str) -> Route | None:
         return self._by_name.get(name)
@@ -275,16 +277,20 @@ def _auth_label(route: Route, key_set: bool) -> str:
     return "client's Authorization forwarded" if route.keyless_ok else "MISSING: set " + (route.key_env_label() or "a key")
 
 
-def built_in_routes(default_url: str, default_key: str | None = None) -> list[Route]:
+def built_in_routes(default_url: str, default_key: str | None = None, default_free: bool = False) -> list[Route]:
+    """Anthropic, Gemini, then the default route; `default_free`: the default upstream charges
+    nothing (the offline teacher, a model server of one's own), so its calls cost 0."""
     default_url = default_url.rstrip("/")
     default_provider = "openai" if default_url == OPENAI_URL else "openai-compatible"
+    free = {"price_input": 0.0, "price_output": 0.0} if default_free else {}
     return [
         Route(name="anthropic", pattern="claude-*", provider="anthropic", base_url=ANTHROPIC_URL,
               key_env="ANTHROPIC_API_KEY", check_model="claude-3-5-haiku-latest"),
         Route(name="gemini", pattern="gemini-*", provider="gemini", base_url=GEMINI_URL,
               key_env="GEMINI_API_KEY", key_env_fallbacks=("GOOGLE_API_KEY",), check_model="gemini-2.0-flash"),
         Route(name="default", pattern="*", provider=default_provider, base_url=default_url,
-              key_env="OPENAI_API_KEY", keyless_ok=True, check_model="gpt-4o-mini", explicit_key=default_key or None),
+              key_env="OPENAI_API_KEY", keyless_ok=True, check_model="gpt-4o-mini", explicit_key=default_key or None,
+              **free),
     ]
 
 

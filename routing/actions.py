@@ -8,8 +8,9 @@ reloads the site).
 - `rollback SITE --to vN`: make an earlier, verified version the active one.
 - `rollback SITE`: withdraw the active version; the upstream answers until a new one.
 - `promote SITE vN`: make vN active and put the site in `local` now (manual promotion).
-- `policy SITE JSON`: per-site overrides of the promotion thresholds and scoring
-  (`{"promotion": {"min_samples": 50}, "scoring": {"creative_paths": ["walls"]}}`).
+- `policy SITE JSON`: per-site overrides of the promotion policy, scoring and validator
+  (`{"promotion": {"min_samples": 50}, "scoring": {"creative_paths": ["walls"]},
+  "validator": "myapp.checks:quiz"}`).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def rollback(store: Store, site_ref: str, to_version: int | None = None) -> Site
         if site.active_version is not None:
             set_version_status(store, site.id, site.active_version, "retired")
         decision = on_rollback(site.state)
-        store.cursor().execute("UPDATE sites SET state = ?, active_version = NULL WHERE id = ?",
+        store.cursor().execute("UPDATE sites SET state = ?, active_version = NULL, state_since = now() WHERE id = ?",
                                [decision.new_state.value, site.id])
         audit(store, site.id, "rollback", {"from_version": site.active_version, "to": "upstream",
                                            "reason": decision.reason}, "cli")
@@ -83,7 +84,8 @@ def _activate(store: Store, site: SiteRecord, version: int) -> None:
         set_version_status(store, site.id, site.active_version, "retired")
     set_version_status(store, site.id, version, "active")
     state = site.state if site.state != SiteState.LEARNING.value else SiteState.SHADOW.value
-    store.cursor().execute("UPDATE sites SET active_version = ?, state = ? WHERE id = ?", [version, state, site.id])
+    store.cursor().execute("UPDATE sites SET active_version = ?, state = ?, state_since = now() WHERE id = ?",
+                           [version, state, site.id])
 
 
 def _usable_version(store: Store, site: SiteRecord, number: int) -> None:
@@ -101,14 +103,21 @@ def set_policy(store: Store, site_ref: str, overrides: dict) -> SiteRecord:
     from routing.policy import PromotionPolicy
     from routing.scoring import ScoringPolicy
 
+    from understudy.validators import DISABLED, ValidatorError, load_validator
+
     site = store.resolve_site(site_ref)
-    unknown = set(overrides) - {"promotion", "scoring"}
+    unknown = set(overrides) - {"promotion", "scoring", "validator"}
     if unknown:
-        raise ActionError(f"policy keys must be 'promotion' and/or 'scoring', not {sorted(unknown)}")
+        raise ActionError(f"policy keys must be 'promotion', 'scoring' and/or 'validator', not {sorted(unknown)}")
     try:
         PromotionPolicy.from_dict(None, overrides.get("promotion"))
         ScoringPolicy.from_dict(None, overrides.get("scoring"))
-    except (TypeError, ValueError) as exc:
+        validator = overrides.get("validator")
+        if validator is not None and not isinstance(validator, str):
+            raise ValueError(f"validator must be a 'module:function' string or {DISABLED!r}, not {validator!r}")
+        if validator not in (None, DISABLED):
+            load_validator(validator)
+    except (TypeError, ValueError, ValidatorError) as exc:
         raise ActionError(str(exc)) from None
     import json
 

@@ -34,6 +34,7 @@ class LocalAnswer:
     latency_ms: float
     prompt_tokens: int
     completion_tokens: int
+    confidence: float | None = None  # the model's own (training.local_generate.Generation)
 
 
 def json_schema_of(response_format: Any) -> dict | None:
@@ -70,12 +71,10 @@ class LocalModels:
         prompt = render_prompt(request["messages"], request.get("response_format"), request.get("tools") or None)
         max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or DEFAULT_MAX_TOKENS
         started = time.perf_counter()
-        text = generator.generate(prompt, adapter_path=adapter_path, max_tokens=int(max_tokens),
-                                  grammar_schema=json_schema_of(request.get("response_format")), temperature=0.0)
+        out = generator.complete(prompt, adapter_path=adapter_path, max_tokens=int(max_tokens),
+                                 grammar_schema=json_schema_of(request.get("response_format")), temperature=0.0)
         latency_ms = (time.perf_counter() - started) * 1000
-        llm = generator.llm
-        return LocalAnswer(text, latency_ms, len(llm.tokenize(prompt.encode(), special=True)),
-                           len(llm.tokenize(text.encode(), add_bos=False)))
+        return LocalAnswer(out.text, latency_ms, out.prompt_tokens, out.completion_tokens, out.confidence)
 
     async def complete(self, request: dict[str, Any], adapter_path: str | None) -> LocalAnswer:
         return await anyio.to_thread.run_sync(self.complete_sync, request, adapter_path, limiter=self._limiter)

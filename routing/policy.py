@@ -2,42 +2,48 @@
 
 A site is in one of three states:
 
-    learning ──new version──► shadow ──lower bound ≥ promote──► local
-        ▲                       │  ▲                               │
-        └─ upper bound < reject─┘  └──── upper bound < demote ─────┘
+    learning ──new version──► shadow ──non-inferior to the teacher──► local
+        ▲                       │  ▲                                   │
+        └──── inferior ─────────┘  └────────── inferior ───────────────┘
         (and any state ──rollback──► learning)
 
 - `learning`: the upstream answers; calls are recorded for training. Nothing to evaluate.
 - `shadow`: the upstream answers; the site's newest local version runs beside it on a
   `shadow_sample_rate` share of calls and each pair is scored (`routing.scoring`).
-- `local`: the local version answers; a `drift_sample_rate` share of calls still goes to the
-  upstream too, so agreement keeps being measured after promotion.
+- `local`: the local version answers; a `drift_sample_rate` share of calls is also sent
+  upstream, so the version keeps being judged after promotion.
 
-Everything here is pure: `decide` looks at the agreement scores of the site's active version
-(oldest first; the caller restarts the list when a new version enters shadow) and returns the
-next state with a reason a report can show. Only the last `window` scores count, so old
-evidence ages out. Storage and the version registry are the caller's business.
+The bar is the teacher, not perfection
+-------------------------------------
+A stochastic upstream does not agree with itself, and it sometimes fails its own validator.
+So a version is compared with the upstream on two measures, each with `margin`:
 
-Evidence: the Wilson score interval
-----------------------------------
-Scores are fractions in [0, 1], not pass/fail, so `wilson_interval` takes their *sum* as the
-number of successes: n scores with mean p̂ are treated like n trials with p̂·n successes. For a
-quantity bounded in [0, 1] the variance is at most p(1 − p), the Bernoulli variance, so the
-interval is conservative (never narrower than the scores justify). It stays sensible at small
-n and near 0 or 1, where the normal approximation does not.
+- validity: on each shadowed call, local answer valid (1/0) minus upstream answer valid (1/0),
+  the paired difference of their pass rates (parse, schema, task validator with the request's
+  arguments);
+- agreement, where both answers are valid and there is something to compare: the version's
+  scores against the upstream's *self-agreement* (a second upstream answer to the same request
+  scored against the first, both valid; see `routing.router` for its budget). With no such
+  samples the reference is 1 (perfection). A site whose answers leave nothing to compare (every
+  field checked by its validator, like the RPG `Map`) is judged on validity alone once
+  `min_samples` valid pairs have shown there is nothing to compare.
 
-Rules (two thresholds give hysteresis, so a site near the line does not flap):
-- shadow → local: at least `min_samples` scores in the window and the Wilson *lower* bound
-  ≥ `promote_threshold` (we are confident agreement is at least that good).
-- local → shadow: the Wilson *upper* bound < `demote_threshold` (we are confident agreement
-  has fallen below it). No minimum count: the upper bound only drops that low once there is
-  enough evidence (three straight zeros at the defaults), and served traffic is at stake.
-  The upper bound rather than the mean: a few unlucky samples move the mean, not the bound.
-- shadow → learning ("rejected"): after a fair trial of `min_samples`, the upper bound
-  < `reject_threshold`: agreement has collapsed, this version will not make it, so stop
-  paying for shadow runs and wait for the next one. The reject threshold sits below the
-  demote one so that a demoted version stays in shadow, where it can recover from a passing
-  drift, unless it keeps getting worse.
+Each mean gets a confidence sequence (`routing.sequential`): bounds that hold at every sample
+size at once, so the decision may be re-checked after every sample. Agreement uses one for the
+version's scores and one for the reference (alpha / 2 each); validity one at alpha.
+
+- shadow → local ("promoted"): at least `min_samples` samples, and non-inferior on both:
+  lower(validity difference) >= -margin and lower(agreement) - upper(reference) >= -margin.
+- shadow → learning ("rejected"), after the same `min_samples`: inferior on either:
+  upper(agreement) - lower(reference) < -margin, or upper(validity difference) < -margin.
+- local → shadow ("demoted"): inferior on either, judged on the last `window` drift samples.
+
+False promotion: if the version is worse than the teacher by more than the margin on either
+measure, the chance that it is ever promoted, however long it is watched, is at most alpha
+(5% at the defaults). The same bound holds for rejecting or demoting a version that is in fact
+non-inferior. Shadow evidence runs from the moment the version entered shadow; demotion
+evidence is a sliding window, so its guarantee restarts with the window.
+
 - any → learning on rollback (`on_rollback`); learning/shadow/local → shadow when a new
   version arrives (`on_new_version`): a new version must earn the traffic itself, so a site
   that was local goes back to the upstream until it does.
@@ -48,11 +54,12 @@ Rules (two thresholds give hysteresis, so a site near the line does not flap):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
+
+from routing.sequential import ConfidenceSequence
 
 
 class SiteState(str, Enum):
@@ -82,45 +89,46 @@ def merge_layers(cls: type, what: str, layers: Sequence[Mapping[str, Any] | None
     return merged
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a success rate; `successes` may be a sum of [0, 1] scores.
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "tuple[str, ...]": (tuple, list)}
 
-    With no samples the interval is the whole of [0, 1]. z = 1.96 gives 95% confidence.
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    p = min(1.0, max(0.0, successes / n))
-    z2 = z * z
-    denominator = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denominator
-    half_width = z * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n)) / denominator
-    return max(0.0, centre - half_width), min(1.0, centre + half_width)
+
+def check_field_types(settings: Any) -> None:
+    """A settings dataclass's values have their declared types (JSON settings arrive unchecked)."""
+    for f in fields(settings):
+        value, expected = getattr(settings, f.name), _FIELD_TYPES.get(str(f.type))
+        if expected is None:
+            continue
+        wrong = not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
+        if wrong or (isinstance(value, (tuple, list)) and not all(isinstance(v, str) for v in value)):
+            raise ValueError(f"{f.name} must be {str(f.type).replace('tuple[str, ...]', 'a list of strings')}, "
+                             f"not {value!r}")
 
 
 @dataclass(frozen=True)
 class PromotionPolicy:
-    """Thresholds and sampling for one site; `from_dict` layers per-site overrides on global."""
+    """Margins, evidence and sampling for one site; `from_dict` layers per-site overrides on global."""
 
-    min_samples: int = 20  # scores needed before a shadow version can be promoted or rejected
-    promote_threshold: float = 0.8  # Wilson lower bound needed for shadow → local
-    demote_threshold: float = 0.6  # Wilson upper bound below this: local → shadow
-    reject_threshold: float = 0.4  # Wilson upper bound below this: shadow → learning
-    window: int = 50  # most recent scores considered; older ones age out
+    min_samples: int = 20  # shadow samples before a version can be promoted or rejected
+    margin: float = 0.10  # non-inferiority margin on agreement and on validity (absolute, in [0, 1])
+    alpha: float = 0.05  # error rate of each decision: the chance of ever promoting a worse version
+    window: int = 100  # drift samples a local version is judged on (most recent)
     shadow_sample_rate: float = 1.0  # share of calls run on the local model in shadow
     drift_sample_rate: float = 0.1  # share of calls also sent upstream once local
-    z: float = 1.96  # Wilson z: 1.96 is 95% two-sided confidence
+    self_agreement_rate: float = 0.1  # share of upstream-answered calls asked a second time; 0 disables
+    reference_window: int = 200  # most recent self-agreement samples forming the teacher's reference
+    cascade: bool = True  # in local, send answers below the calibrated confidence to the upstream
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.reject_threshold <= self.demote_threshold <= self.promote_threshold <= 1.0:
-            raise ValueError("need 0 <= reject_threshold <= demote_threshold <= promote_threshold <= 1")
-        if self.min_samples < 1 or self.window < self.min_samples:
-            # A window smaller than min_samples could never hold enough scores to promote.
-            raise ValueError("need 1 <= min_samples <= window")
-        for name in ("shadow_sample_rate", "drift_sample_rate"):
+        check_field_types(self)
+        if self.min_samples < 1 or self.window < 1 or self.reference_window < 1:
+            raise ValueError("min_samples, window and reference_window must be >= 1")
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError("margin must be in [0, 1)")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError("alpha must be in (0, 1)")
+        for name in ("shadow_sample_rate", "drift_sample_rate", "self_agreement_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
-        if self.z <= 0:
-            raise ValueError("z must be > 0")
 
     @classmethod
     def from_dict(
@@ -128,7 +136,7 @@ class PromotionPolicy:
     ) -> PromotionPolicy:
         """Global settings, then per-site `overrides` on top (a site sets only what differs).
 
-        Unknown keys raise ValueError: a misspelt threshold silently ignored would change
+        Unknown keys raise ValueError: a misspelt setting silently ignored would change
         routing without anyone noticing.
         """
         return cls(**merge_layers(cls, "promotion", (data, overrides)))
@@ -141,66 +149,136 @@ class PromotionPolicy:
             SiteState.LOCAL: self.drift_sample_rate,
         }[SiteState(state)]
 
+    def new_evidence(self) -> Evidence:
+        return Evidence(ConfidenceSequence(self.alpha / 2), ConfidenceSequence(self.alpha, low=-1.0, high=1.0))
+
+    def new_reference(self) -> ConfidenceSequence:
+        return ConfidenceSequence(self.alpha / 2)
+
+
+@dataclass
+class Evidence:
+    """What one version has shown: agreement scores and paired validity differences, as CSs."""
+
+    agreement: ConfidenceSequence  # scores of pairs of valid answers with something to compare, in [0, 1]
+    validity: ConfidenceSequence  # local valid - upstream valid, in [-1, 1]
+    valid_pairs: int = 0  # samples where both answers were valid (with or without anything to compare)
+
+    def add(self, agreement: float | None, local_valid: bool, upstream_valid: bool | None) -> None:
+        """One sample: `agreement` is `AgreementScore.agreement` (None: nothing to weigh)."""
+        if agreement is not None:
+            self.agreement.add(agreement)
+        if upstream_valid is not None:
+            self.validity.add(float(local_valid) - float(upstream_valid))
+            self.valid_pairs += bool(local_valid and upstream_valid)
+
 
 @dataclass(frozen=True)
-class AgreementStats:
-    """Summary of the scores a decision was based on."""
-
+class Bounds:
     n: int
-    mean: float
+    mean: float | None
     low: float
     high: float
 
     @classmethod
-    def of(cls, scores: Sequence[float], z: float = 1.96) -> AgreementStats:
-        total = float(sum(scores))
-        low, high = wilson_interval(total, len(scores), z)
-        return cls(len(scores), total / len(scores) if scores else 0.0, low, high)
+    def of(cls, cs: ConfidenceSequence) -> Bounds:
+        return cls(cs.n, cs.mean, *cs.bounds)
 
     def __str__(self) -> str:
-        return f"{self.n} samples, agreement {self.mean:.2f} [{self.low:.2f}, {self.high:.2f}]"
+        if not self.n:
+            return "no samples"
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] over {self.n}" if self.low < 0 else \
+            f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}] over {self.n}"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The comparison a decision rests on (shown in reports)."""
+
+    agreement: Bounds
+    reference: Bounds | None  # None: no self-agreement samples, the reference is 1
+    validity: Bounds
+    margin: float
+    valid_pairs: int = 0
+    min_pairs: int = 1  # valid pairs needed before "nothing to compare" is believed
+
+    @property
+    def nothing_to_compare(self) -> bool:
+        """Enough valid pairs seen, none with anything left to compare: agreement is the validator's."""
+        return self.agreement.n == 0 and self.valid_pairs >= self.min_pairs
+
+    @property
+    def reference_low(self) -> float:
+        return 1.0 if self.reference is None else self.reference.low
+
+    @property
+    def reference_high(self) -> float:
+        return 1.0 if self.reference is None else self.reference.high
+
+    def agreement_non_inferior(self) -> bool:
+        if self.nothing_to_compare:
+            return True
+        return self.agreement.n > 0 and self.agreement.low - self.reference_high >= -self.margin
+
+    def agreement_inferior(self) -> bool:
+        return self.agreement.n > 0 and self.agreement.high - self.reference_low < -self.margin
+
+    def validity_non_inferior(self) -> bool:
+        return self.validity.n > 0 and self.validity.low >= -self.margin
+
+    def validity_inferior(self) -> bool:
+        return self.validity.n > 0 and self.validity.high < -self.margin
+
+    def __str__(self) -> str:
+        reference = "1 (no self-agreement samples)" if self.reference is None else str(self.reference)
+        agreement = (f"nothing to compare beyond the validator in {self.valid_pairs} valid pairs"
+                     if self.nothing_to_compare else f"agreement {self.agreement} vs teacher {reference}")
+        return f"validity local - teacher {self.validity}; {agreement}; margin {self.margin:.2f}"
+
+
+def judge(evidence: Evidence, reference: ConfidenceSequence | None, policy: PromotionPolicy) -> Judgement:
+    ref = Bounds.of(reference) if reference is not None and reference.n else None
+    return Judgement(Bounds.of(evidence.agreement), ref, Bounds.of(evidence.validity), policy.margin,
+                     evidence.valid_pairs, policy.min_samples)
 
 
 @dataclass(frozen=True)
 class Decision:
     new_state: SiteState
     reason: str  # one line for reports and logs
-    stats: AgreementStats | None = None
+    judgement: Judgement | None = None
 
 
 def decide(
     state: SiteState | str,
-    scores: Sequence[float],
+    evidence: Evidence | None,
+    reference: ConfidenceSequence | None,
     policy: PromotionPolicy,
     pinned: str | None = None,
 ) -> Decision:
-    """The state a site should be in, given its active version's scores (oldest first)."""
+    """The state a site should be in, given its active version's evidence and the teacher's reference."""
     state = SiteState(state)
     if pinned:
         return _pinned(state, pinned)
-    if state is SiteState.LEARNING:
+    if state is SiteState.LEARNING or evidence is None:
         return Decision(state, "learning: waiting for a trained version to shadow")
 
-    stats = AgreementStats.of(list(scores)[-policy.window :], policy.z)
+    j = judge(evidence, reference, policy)
+    inferior = [what for what, bad in (("agreement", j.agreement_inferior()), ("validity", j.validity_inferior())) if bad]
     if state is SiteState.SHADOW:
-        if stats.n < policy.min_samples:
-            return Decision(state, f"shadow: {stats}; {policy.min_samples} samples needed", stats)
-        if stats.low >= policy.promote_threshold:
-            return Decision(SiteState.LOCAL, f"promoted: {stats} ≥ {policy.promote_threshold:.2f}", stats)
-        if stats.high < policy.reject_threshold:
-            return Decision(
-                SiteState.LEARNING,
-                f"rejected: {stats}, upper bound {stats.high:.3f} < {policy.reject_threshold:.2f}; "
-                "back to learning for a new version",
-                stats,
-            )
-        return Decision(state, f"shadow: {stats}; lower bound below {policy.promote_threshold:.2f}", stats)
+        if j.validity.n < policy.min_samples:
+            return Decision(state, f"shadow: {j.validity.n} of {policy.min_samples} samples; {j}", j)
+        if j.agreement_non_inferior() and j.validity_non_inferior():
+            return Decision(SiteState.LOCAL, f"promoted: non-inferior to the teacher; {j}", j)
+        if inferior:
+            return Decision(SiteState.LEARNING, f"rejected: {' and '.join(inferior)} inferior to the teacher; {j}; "
+                                                "back to learning for a new version", j)
+        return Decision(state, f"shadow: not yet decided; {j}", j)
 
     # LOCAL
-    if stats.n and stats.high < policy.demote_threshold:
-        reason = f"demoted: {stats}, upper bound {stats.high:.3f} < {policy.demote_threshold:.2f}"
-        return Decision(SiteState.SHADOW, reason, stats)
-    return Decision(state, f"local: {stats}", stats)
+    if inferior:
+        return Decision(SiteState.SHADOW, f"demoted: {' and '.join(inferior)} inferior to the teacher; {j}", j)
+    return Decision(state, f"local: {j}", j)
 
 
 def on_new_version(state: SiteState | str, pinned: str | None = None) -> Decision:

@@ -22,6 +22,11 @@ from typing import Any
 from routing.policy import Decision, on_new_version
 from understudy.store import SiteRecord, Store
 
+# Negative controls a user can shadow to see the policy reject them (`understudy train --control`).
+CONTROLS = {
+    "base": "the bare base model, no adapter",
+    "shuffled": "trained on answers to other requests of the site",
+}
 # Held-out metrics compared between a new version and the current one, in order of trust:
 # the task validator's verdict beats schema validity beats exact match.
 _COMPARED_METRICS = ("validator_pass_rate", "parse_valid_rate", "exact_match_rate")
@@ -40,6 +45,7 @@ class VersionRecord:
     metrics: dict[str, Any]
     note: str | None
     created_at: str
+    control: str | None = None  # base | shuffled: a negative control, not a candidate
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -48,7 +54,7 @@ class VersionRecord:
 def list_versions(store: Store, site_id: str) -> list[VersionRecord]:
     rows = store.cursor().execute(
         """SELECT site_id, version, status, base_model, base_gguf, adapter_path, dataset_snapshot, config, metrics,
-                  note, created_at FROM model_versions WHERE site_id = ? ORDER BY version""",
+                  note, created_at, control FROM model_versions WHERE site_id = ? ORDER BY version""",
         [site_id],
     ).fetchall()
     return [_record(row) for row in rows]
@@ -65,17 +71,23 @@ def register_version(store: Store, site_ref: str, result: dict[str, Any], *, act
     number = max((v.version for v in versions), default=0) + 1
     metrics = result.get("metrics") or {}
     current = next((v for v in versions if v.version == site.active_version), None)
+    control = result.get("control")
     if result.get("error") or not result.get("verified"):
         status, note = "failed", result.get("error") or "GGUF adapter did not reproduce the trained output"
+    elif control:
+        # A negative control always enters shadow: it exists to show the policy rejects it.
+        status, note = "ready", f"{control} control: {CONTROLS.get(control, 'a negative control')}"
     else:
         worse = _worse_than(metrics, current.metrics if current else None)
         status, note = ("rejected", worse) if worse else ("ready", None)
     cur = store.cursor()
     cur.execute(
         """INSERT INTO model_versions (site_id, version, status, base_model, base_gguf, adapter_path, dataset_snapshot,
-                                       config, metrics, note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                       config, metrics, note, created_at, control)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [site.id, number, status, result.get("base_model"), result.get("base_gguf"), result.get("adapter_path"),
-         result.get("dataset_snapshot"), json.dumps(result.get("config") or {}), json.dumps(metrics), note, _now()],
+         result.get("dataset_snapshot"), json.dumps(result.get("config") or {}), json.dumps(metrics), note, _now(),
+         control],
     )
     audit(store, site.id, "version", {"version": number, "status": status, "note": note}, actor)
     if status == "ready":
@@ -93,7 +105,8 @@ def apply_decision(store: Store, site: SiteRecord, decision: Decision, *, active
     new_state = decision.new_state.value
     if new_state == site.state and version == site.active_version:
         return site
-    store.cursor().execute("UPDATE sites SET state = ?, active_version = ? WHERE id = ?", [new_state, version, site.id])
+    store.cursor().execute("UPDATE sites SET state = ?, active_version = ?, state_since = ? WHERE id = ?",
+                           [new_state, version, _now(), site.id])
     audit(store, site.id, "state", {"from": site.state, "to": new_state, "version": version, "reason": decision.reason}, actor)
     return store.resolve_site(site.id)
 
@@ -120,10 +133,10 @@ def _worse_than(new: dict[str, Any], current: dict[str, Any] | None) -> str | No
 
 
 def _record(row: tuple) -> VersionRecord:
-    site_id, version, status, base_model, base_gguf, adapter, snapshot, config, metrics, note, created = row
+    site_id, version, status, base_model, base_gguf, adapter, snapshot, config, metrics, note, created, control = row
     return VersionRecord(site_id, version, status, base_model, base_gguf, adapter, snapshot,
                          json.loads(config) if config else {}, json.loads(metrics) if metrics else {}, note,
-                         created.isoformat() if isinstance(created, datetime) else str(created))
+                         created.isoformat() if isinstance(created, datetime) else str(created), control)
 
 
 def _now() -> datetime:

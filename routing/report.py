@@ -9,12 +9,18 @@ What the numbers mean
 ---------------------
 - Reported version: the site's `active_version` (the one the policy judges, in shadow or in
   local); without one, the newest version that has shadow results, else the newest version.
-- Agreement: mean shadow score of that version with a Wilson 95% interval
-  (`routing.policy.wilson_interval`, scores summed as successes). Only *comparable* results
+- Agreement: mean shadow score of that version over all its comparable samples, with the
+  policy's confidence sequence (`routing.sequential`, alpha / 2). Only *comparable* results
   count (`comparable` is false when the upstream answer itself was unusable, so there was
-  nothing to agree with); the others are reported as `incomparable`. `recent` is the same over
-  the last `window` scores: exactly what `routing.policy.decide` looks at.
-- Local share: calls whose `served_by` starts with `local:` over all calls of the site.
+  nothing to agree with); the others are reported as `incomparable`.
+- Judgement: exactly what `routing.policy.decide` weighs now (`routing.evidence`): the
+  version's agreement and validity difference in its current state, against the teacher's
+  self-agreement (`teacher`), with the margin; `bar` is the teacher's mean minus the margin.
+- Cascade: the confidence threshold calibrated on the version's shadow samples
+  (`routing.cascade`), with the local share and agreement with and without it.
+- Calls and local share count the clients' calls only; the proxy's own extra upstream calls
+  (drift checks, second answers for the teacher's self-agreement) are `extra_calls`, and their
+  cost is part of the upstream spend.
 - Latency: p50/p95 (linear interpolation, `quantile_cont`) of `calls.latency_ms` over
   successful (2xx) calls, split by who served them; failed calls are left out because an error
   returned in a few milliseconds says nothing about serving speed. Shadow runs add the local
@@ -26,15 +32,15 @@ What the numbers mean
   recorded without a cost (their model was missing from the price table then) are priced now
   when a `prices` table is given.
 - Fallbacks: upstream-served calls whose error starts with `local fallback:` (the local answer
-  was invalid and the upstream answered instead).
+  was invalid, or below the cascade's confidence threshold, and the upstream answered instead).
 - Why: the newest audit entry that explains the routing: one with a recorded `detail.reason`
   (state changes from the policy) or a manual pin / unpin / rollback; with none, what the
   promotion policy would say now (`assessment`).
 
 Time series (for plots) share one bucket width per site, picked so a site's whole history
 fits in about `MAX_BUCKETS` buckets; times are Unix seconds (UTC). Agreement over time is the
-rolling mean of the last `window` comparable scores per version (what the policy saw at that
-moment) with its Wilson band, thinned to at most `MAX_AGREEMENT_POINTS` points per version.
+running mean of each version's comparable scores with its confidence sequence, thinned to at
+most `MAX_AGREEMENT_POINTS` points per version.
 """
 
 from __future__ import annotations
@@ -51,7 +57,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from routing.policy import PromotionPolicy, decide, wilson_interval
+from routing.cascade import calibrate
+from routing.evidence import bar, calibration_samples, evidence_of, evidence_samples, reference_scores
+from routing.policy import Bounds, Judgement, PromotionPolicy, SiteState, decide, judge
+from routing.sequential import ConfidenceSequence
 from understudy.store import SiteNotFound
 
 FALLBACK_PREFIX = "local fallback:"
@@ -66,6 +75,7 @@ _BUCKET_WIDTHS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400
 _LOCAL = "served_by LIKE 'local:%'"
 _UPSTREAM = "served_by NOT LIKE 'local:%'"
 _OK = "status BETWEEN 200 AND 299"
+_CLIENT = "coalesce(purpose, 'client') = 'client'"  # not the proxy's own drift / second-answer calls
 
 
 class Prices(Protocol):
@@ -79,15 +89,16 @@ class Prices(Protocol):
 
 @dataclass(frozen=True)
 class AgreementSummary:
-    """Shadow scores of one version: count, mean and Wilson 95% interval."""
+    """Shadow scores of one version: count, mean and confidence-sequence bounds."""
 
     version: int
     samples: int  # comparable shadow results: what the policy counts
     incomparable: int  # upstream answer unusable: nothing to agree with, not scored
     mean: float | None
-    low: float  # Wilson bounds; [0, 1] with no samples
+    low: float  # confidence-sequence bounds; [0, 1] with no samples
     high: float
     local_valid_rate: float | None  # share of local answers that passed the gate (all results)
+    upstream_valid_rate: float | None = None  # the upstream's answers on the same calls
 
     def format(self) -> str:
         """`0.91 [0.84, 0.95]`, or a dash with no samples."""
@@ -192,13 +203,39 @@ class TimeSeries:
 
 @dataclass(frozen=True)
 class PolicySummary:
-    """The thresholds the report's plots and `assessment` use (global settings + site overrides)."""
+    """The promotion policy the report's judgement uses (global settings + site overrides)."""
 
-    promote_threshold: float
-    demote_threshold: float
-    reject_threshold: float
     min_samples: int
+    margin: float
+    alpha: float
     window: int
+    shadow_sample_rate: float
+    drift_sample_rate: float
+    self_agreement_rate: float
+    cascade: bool
+
+
+@dataclass(frozen=True)
+class JudgementSummary:
+    """What the policy weighs now: the active version in its current state, against the teacher."""
+
+    phase: str  # shadow (samples since the version entered shadow) | drift (last `window`, while local)
+    agreement: Bounds
+    reference: Bounds | None  # the teacher's self-agreement; None: no samples (reference 1)
+    validity: Bounds  # local valid - upstream valid, paired per call, in [-1, 1]
+    margin: float
+    bar: float  # the teacher's mean self-agreement minus the margin
+
+
+@dataclass(frozen=True)
+class CascadeSummary:
+    threshold: float | None  # confidence below which a local answer goes upstream; None: no cascade
+    bar: float
+    samples: int
+    local_share_without: float  # of the version's shadow answers: all would be local
+    local_share_with: float
+    agreement_without: float | None
+    agreement_with: float | None
 
 
 @dataclass(frozen=True)
@@ -214,8 +251,11 @@ class SiteReport:
     local_calls: int
     local_share: float | None  # None with no calls
     fallbacks: int
+    extra_calls: dict[str, int]  # the proxy's own upstream calls: drift checks, self-agreement second answers
     agreement: AgreementSummary | None
-    recent: AgreementSummary | None  # last `policy.window` scores: what the policy decides on
+    teacher: Bounds | None  # the upstream's self-agreement over the reference window
+    judgement: JudgementSummary | None  # what the policy decides on now
+    cascade: CascadeSummary | None
     versions: list[VersionInfo]
     latency: LatencySummary
     cost: CostSummary
@@ -290,14 +330,15 @@ def _site_report(
     versions = _versions(cur, site_id, policy)
     reported = _reported_version(cur, site_id, active_version, versions)
     agreement = _agreement(cur, site_id, reported, policy) if reported is not None else None
-    recent_scores = _recent_scores(cur, site_id, reported, policy.window) if reported is not None else []
-    recent = None
-    if reported is not None:
-        total = sum(recent_scores)
-        low, high = wilson_interval(total, len(recent_scores), policy.z)
-        recent = AgreementSummary(
-            reported, len(recent_scores), 0, total / len(recent_scores) if recent_scores else None, low, high, None
-        )
+    reference = reference_scores(cur, site_id, policy.reference_window)
+    reference_cs = policy.new_reference().extend(reference)
+    evidence = None
+    if active_version is not None and state != SiteState.LEARNING.value:
+        evidence = evidence_of(evidence_samples(cur, site_id, active_version, state, policy.window), policy)
+    judgement = judge(evidence, reference_cs, policy) if evidence is not None else None
+    extra_calls = dict(cur.execute(
+        "SELECT purpose, count(*) FROM calls WHERE site_id = ? AND NOT " + _CLIENT + " GROUP BY ALL", [site_id]
+    ).fetchall())
 
     totals = cur.execute(
         f"""
@@ -307,9 +348,9 @@ def _site_report(
                count(*) FILTER (WHERE served_by = 'upstream' AND starts_with(error, ?)),
                coalesce(sum(cost_usd) FILTER (WHERE {_UPSTREAM}), 0),
                count(cost_usd) FILTER (WHERE {_UPSTREAM}),
-               count(*) FILTER (WHERE {_UPSTREAM} AND {_OK}),
-               quantile_cont(latency_ms, 0.5) FILTER (WHERE {_UPSTREAM} AND {_OK}),
-               quantile_cont(latency_ms, 0.95) FILTER (WHERE {_UPSTREAM} AND {_OK}),
+               count(*) FILTER (WHERE {_UPSTREAM} AND {_OK} AND {_CLIENT}),
+               quantile_cont(latency_ms, 0.5) FILTER (WHERE {_UPSTREAM} AND {_OK} AND {_CLIENT}),
+               quantile_cont(latency_ms, 0.95) FILTER (WHERE {_UPSTREAM} AND {_OK} AND {_CLIENT}),
                count(*) FILTER (WHERE {_LOCAL} AND {_OK}),
                quantile_cont(latency_ms, 0.5) FILTER (WHERE {_LOCAL} AND {_OK}),
                quantile_cont(latency_ms, 0.95) FILTER (WHERE {_LOCAL} AND {_OK})
@@ -318,6 +359,8 @@ def _site_report(
         [FALLBACK_PREFIX, site_id],
     ).fetchone()
     (n_calls, n_upstream, n_local, fallbacks, spent, priced, up_n, up_p50, up_p95, lo_n, lo_p50, lo_p95) = totals
+    n_extra = sum(extra_calls.values())
+    n_calls, n_upstream = n_calls - n_extra, n_upstream - n_extra  # the clients' calls
 
     estimates = _estimated_costs(cur, site_id, prices, bucket_s=None)
     estimated_usd = sum(cost for _, cost, _ in estimates)
@@ -343,7 +386,7 @@ def _site_report(
     )
     audit = _audit(cur, site_id, audit_limit)
     try:
-        assessment = decide(state, recent_scores, policy, pinned).reason
+        assessment = decide(state, evidence, reference_cs, policy, pinned).reason
     except ValueError:  # a state this version of the policy does not know: report, don't crash
         assessment = f"unknown state {state!r}"
     return SiteReport(
@@ -358,19 +401,32 @@ def _site_report(
         local_calls=n_local,
         local_share=n_local / n_calls if n_calls else None,
         fallbacks=fallbacks,
+        extra_calls=extra_calls,
         agreement=agreement,
-        recent=recent,
+        teacher=Bounds.of(reference_cs) if reference else None,
+        judgement=_judgement_summary(judgement, state, reference, policy) if judgement is not None else None,
+        cascade=_cascade(cur, site_id, reported, reference, policy) if reported is not None else None,
         versions=versions,
         latency=latency,
         cost=cost,
         audit=audit,
         assessment=assessment,
         why=_why(cur, site_id, assessment),
-        policy=PolicySummary(
-            policy.promote_threshold, policy.demote_threshold, policy.reject_threshold, policy.min_samples, policy.window
-        ),
+        policy=PolicySummary(policy.min_samples, policy.margin, policy.alpha, policy.window, policy.shadow_sample_rate,
+                             policy.drift_sample_rate, policy.self_agreement_rate, policy.cascade),
         series=_series(cur, site_id, policy, prices, mean_cost),
     )
+
+
+def _judgement_summary(j: Judgement, state: str, reference: list[float], policy: PromotionPolicy) -> JudgementSummary:
+    phase = "drift" if state == SiteState.LOCAL.value else "shadow"
+    return JudgementSummary(phase, j.agreement, j.reference, j.validity, j.margin, bar(reference, policy))
+
+
+def _cascade(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, reference: list[float],
+             policy: PromotionPolicy) -> CascadeSummary:
+    c = calibrate(calibration_samples(cur, site_id, version), bar(reference, policy), policy.min_samples)
+    return CascadeSummary(c.threshold, c.bar, c.n, 1.0, c.local_share, c.agreement_without, c.agreement_with)
 
 
 def _versions(cur: duckdb.DuckDBPyConnection, site_id: str, policy: PromotionPolicy) -> list[VersionInfo]:
@@ -416,40 +472,27 @@ def _agreement_by_version(
     rows = cur.execute(
         """
         SELECT version,
-               count(*) FILTER (WHERE comparable),
+               list(score ORDER BY ts, call_id) FILTER (WHERE comparable),
                count(*) FILTER (WHERE NOT comparable),
-               coalesce(sum(score) FILTER (WHERE comparable), 0),
-               avg(CASE WHEN local_valid THEN 1.0 ELSE 0.0 END)
+               avg(CASE WHEN local_valid THEN 1.0 ELSE 0.0 END),
+               avg(CASE WHEN upstream_valid THEN 1.0 WHEN NOT upstream_valid THEN 0.0 END)
         FROM shadow_results WHERE site_id = ? AND (? IS NULL OR version = ?)
         GROUP BY version ORDER BY version
         """,
         [site_id, version, version],
     ).fetchall()
     out = []
-    for ver, n, incomparable, total, valid_rate in rows:
-        low, high = wilson_interval(float(total), n, policy.z)
-        out.append(AgreementSummary(ver, n, incomparable, float(total) / n if n else None, low, high, valid_rate))
+    for ver, scores, incomparable, valid_rate, upstream_valid_rate in rows:
+        scores = [float(x) for x in scores or ()]
+        cs = ConfidenceSequence(policy.alpha / 2).extend(scores)
+        low, high = cs.bounds
+        out.append(AgreementSummary(ver, len(scores), incomparable, cs.mean, low, high, valid_rate, upstream_valid_rate))
     return out
 
 
 def _agreement(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, policy: PromotionPolicy) -> AgreementSummary:
     found = _agreement_by_version(cur, site_id, policy, version)
     return found[0] if found else AgreementSummary(version, 0, 0, None, 0.0, 1.0, None)
-
-
-def _recent_scores(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, window: int) -> list[float]:
-    """The last `window` comparable scores, oldest first: the input `decide` expects."""
-    rows = cur.execute(
-        """
-        SELECT score FROM (
-            SELECT score, ts, call_id FROM shadow_results
-            WHERE site_id = ? AND version = ? AND comparable
-            ORDER BY ts DESC, call_id DESC LIMIT ?
-        ) ORDER BY ts, call_id
-        """,
-        [site_id, version, window],
-    ).fetchall()
-    return [float(score) for (score,) in rows]
 
 
 def _shadow_latency(cur: duckdb.DuckDBPyConnection, site_id: str, version: int | None) -> tuple[LatencyStats, LatencyStats]:
@@ -567,10 +610,10 @@ def _series(
     rows = cur.execute(
         f"""
         SELECT {bucket} AS b,
-               count(*) FILTER (WHERE {_UPSTREAM}),
+               count(*) FILTER (WHERE {_UPSTREAM} AND {_CLIENT}),
                count(*) FILTER (WHERE {_LOCAL}),
-               quantile_cont(latency_ms, 0.5) FILTER (WHERE {_UPSTREAM} AND {_OK}),
-               quantile_cont(latency_ms, 0.95) FILTER (WHERE {_UPSTREAM} AND {_OK}),
+               quantile_cont(latency_ms, 0.5) FILTER (WHERE {_UPSTREAM} AND {_OK} AND {_CLIENT}),
+               quantile_cont(latency_ms, 0.95) FILTER (WHERE {_UPSTREAM} AND {_OK} AND {_CLIENT}),
                quantile_cont(latency_ms, 0.5) FILTER (WHERE {_LOCAL} AND {_OK}),
                quantile_cont(latency_ms, 0.95) FILTER (WHERE {_LOCAL} AND {_OK}),
                coalesce(sum(cost_usd) FILTER (WHERE {_UPSTREAM}), 0)
@@ -596,7 +639,7 @@ def _series(
     seen = set()
     for b, n_up, n_local, up50, up95, lo50, lo95, spent in rows:
         seen.add(b)
-        traffic.append(TrafficPoint(b, n_up, n_local, n_local / (n_up + n_local)))
+        traffic.append(TrafficPoint(b, n_up, n_local, n_local / (n_up + n_local) if n_up + n_local else 0.0))
         latency.append(LatencyPoint(b, up50, up95, lo50, lo95, shadow_p50.get(b)))
         spent_total += float(spent) + estimated.get(b, 0.0)
         # The same per-call mean as the totals, so the curve ends exactly at the reported saving.
@@ -610,29 +653,25 @@ def _series(
 
 
 def _agreement_series(cur: duckdb.DuckDBPyConnection, site_id: str, policy: PromotionPolicy) -> list[AgreementSeries]:
-    # The rolling window is spelled into the SQL: DuckDB frames take no parameters. Both values
-    # are ints from a validated policy / a constant, so nothing user-typed reaches the text.
-    window = int(policy.window)
+    """Per version, the running mean of its comparable scores with its confidence sequence."""
     rows = cur.execute(
-        f"""
-        SELECT version, t, n, s FROM (
-            SELECT version, epoch(ts) AS t,
-                   count(*) OVER w AS n, sum(score) OVER w AS s,
-                   row_number() OVER (PARTITION BY version ORDER BY ts, call_id) AS i,
-                   count(*) OVER (PARTITION BY version) AS total
-            FROM shadow_results WHERE site_id = ? AND comparable
-            WINDOW w AS (PARTITION BY version ORDER BY ts, call_id ROWS BETWEEN {window - 1} PRECEDING AND CURRENT ROW)
-        )
-        WHERE i = 1 OR i = total OR i % CAST(ceil(total / {float(MAX_AGREEMENT_POINTS)}) AS BIGINT) = 0
-        ORDER BY version, t
-        """,
+        "SELECT version, epoch(ts), score FROM shadow_results WHERE site_id = ? AND comparable ORDER BY version, ts, call_id",
         [site_id],
     ).fetchall()
-    series: dict[int, list[AgreementPoint]] = {}
-    for version, t, n, s in rows:
-        low, high = wilson_interval(float(s), n, policy.z)
-        series.setdefault(version, []).append(AgreementPoint(t, n, float(s) / n, low, high))
-    return [AgreementSeries(version, points) for version, points in series.items()]
+    by_version: dict[int, list[tuple[float, float]]] = {}
+    for version, t, score in rows:
+        by_version.setdefault(version, []).append((t, float(score)))
+    series = []
+    for version, samples in by_version.items():
+        cs = ConfidenceSequence(policy.alpha / 2)
+        every = max(1, -(-len(samples) // MAX_AGREEMENT_POINTS))
+        points = []
+        for i, (t, score) in enumerate(samples, start=1):
+            cs.add(score)
+            if i == 1 or i == len(samples) or i % every == 0:
+                points.append(AgreementPoint(t, cs.n, cs.mean, *cs.bounds))
+        series.append(AgreementSeries(version, points))
+    return series
 
 
 # ---- small helpers -------------------------------------------------------------------------
@@ -708,11 +747,38 @@ def samples_line(report: SiteReport) -> str:
 def agreement_line(report: SiteReport) -> str:
     if report.agreement is None or not report.agreement.samples:
         return "no shadow samples yet"
-    line = report.agreement.format()
-    recent = report.recent
-    if recent is not None and recent.samples < report.agreement.samples:
-        line += f"  (last {recent.samples}: {recent.format()})"
-    return line
+    return report.agreement.format()
+
+
+def teacher_line(report: SiteReport) -> str:
+    if report.teacher is None:
+        return "no self-agreement samples yet (the bar is 1)"
+    return f"self-agreement {report.teacher}"
+
+
+def judgement_line(report: SiteReport) -> str:
+    j = report.judgement
+    if j is None:
+        return "nothing to judge (no active version in shadow or local)"
+    reference = "1 (no samples)" if j.reference is None else str(j.reference)
+    return (f"{j.phase}: agreement {j.agreement} vs teacher {reference}, bar {j.bar:.2f}; "
+            f"validity local - teacher {j.validity}; margin {j.margin:.2f}")
+
+
+def cascade_line(report: SiteReport) -> str:
+    c = report.cascade
+    if c is None or not c.samples:
+        return "no calibration samples yet"
+    if c.threshold is None:
+        return f"no threshold (all {c.samples} calibration answers are served locally)"
+    return (f"threshold {c.threshold:.3f}: local share {format_share(c.local_share_with)} (without "
+            f"{format_share(c.local_share_without)}), agreement {c.agreement_with:.2f} (without {c.agreement_without:.2f})")
+
+
+def policy_line(policy: PolicySummary) -> str:
+    return (f"promote when non-inferior to the teacher within {policy.margin:.2f} (alpha {policy.alpha:g}, "
+            f"{policy.min_samples} samples at least); demote on the last {policy.window} drift samples; "
+            f"self-agreement rate {policy.self_agreement_rate:g}")
 
 
 # ---- terminal ------------------------------------------------------------------------------
@@ -738,10 +804,15 @@ def render_terminal(reports: Sequence[SiteReport], console: Console) -> None:
         grid.add_row("version", Text(version_label(report) + (f"  [{versions}]" if versions else "")))
         grid.add_row("shadow samples", Text(samples_line(report)))
         grid.add_row("agreement", Text(agreement_line(report)))
+        grid.add_row("teacher", Text(teacher_line(report)))
+        grid.add_row("judgement", Text(judgement_line(report)))
+        grid.add_row("cascade", Text(cascade_line(report)))
         grid.add_row("local share", Text(f"{format_share(report.local_share)} ({report.local_calls} of {report.calls} calls)"))
         grid.add_row("latency", Text(latency_line(report.latency)))
         grid.add_row("cost", Text(cost_line(report.cost)))
         grid.add_row("fallbacks", Text(str(report.fallbacks)))
+        grid.add_row("extra calls", Text(", ".join(f"{k} {v}" for k, v in sorted(report.extra_calls.items())) or "none"))
+        grid.add_row("policy", Text(policy_line(report.policy)))
         grid.add_row("why", Text(report.why))
         title = Text(report.name, style="bold")
         title.append(f" ({report.id})", style="dim")

@@ -28,12 +28,16 @@ from datetime import UTC, datetime
 from routing.report import (
     SiteReport,
     agreement_line,
+    cascade_line,
     cost_line,
     format_ms,
     format_share,
     format_usd,
+    judgement_line,
     latency_line,
+    policy_line,
     samples_line,
+    teacher_line,
     version_label,
 )
 
@@ -261,14 +265,17 @@ def agreement_plot(report: SiteReport) -> str:
         return _empty("agreement", report.id, "no shadow samples yet")
     chart = Chart(
         "agreement", report.id, f"Agreement over time per version, {report.name}",
-        f"agreement (rolling {report.policy.window})", lambda v: f"{v:.1f}", y_range=(0.0, 1.0),
+        "agreement (running mean, confidence sequence)", lambda v: f"{v:.1f}", y_range=(0.0, 1.0),
     )
     for index, s in enumerate(series):
         color = VERSION_COLORS[index % len(VERSION_COLORS)]
         chart.bands.append(Band(None, color, [(p.t, p.low, p.high) for p in s.points], opacity=0.14))
         chart.lines.append(Line(f"v{s.version}", color, [(p.t, p.mean) for p in s.points]))
-    chart.rules.append(Rule(report.policy.promote_threshold, f"promote {report.policy.promote_threshold:.2f}", PROMOTE_COLOR))
-    chart.rules.append(Rule(report.policy.demote_threshold, f"demote {report.policy.demote_threshold:.2f}", DEMOTE_COLOR))
+    if report.teacher is not None and report.teacher.mean is not None:
+        chart.rules.append(Rule(report.teacher.mean, f"teacher {report.teacher.mean:.2f}", PROMOTE_COLOR))
+    bar = report.judgement.bar if report.judgement is not None else None
+    if bar is not None:
+        chart.rules.append(Rule(bar, f"bar {bar:.2f} (teacher - margin)", DEMOTE_COLOR))
     return chart.render()
 
 
@@ -420,9 +427,12 @@ def _site_section(index: int, r: SiteReport) -> str:
         ("local share", _e(f"{format_share(r.local_share)} ({r.local_calls} of {r.calls} calls)")),
         ("latency", _e(latency_line(r.latency))),
         ("cost", _e(cost_line(r.cost))),
+        ("teacher", _e(teacher_line(r))),
+        ("judgement", _e(judgement_line(r))),
+        ("cascade", _e(cascade_line(r))),
         ("fallbacks", str(r.fallbacks)),
-        ("policy", _e(f"promote at lower bound ≥ {r.policy.promote_threshold:.2f}, demote at upper bound < "
-                      f"{r.policy.demote_threshold:.2f}, {r.policy.min_samples} samples, window {r.policy.window}")),
+        ("extra calls", _e(", ".join(f"{k} {v}" for k, v in sorted(r.extra_calls.items())) or "none")),
+        ("policy", _e(policy_line(r.policy))),
         ("assessment", _e(r.assessment)),
     ]
     summary = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in summary_rows)

@@ -1,4 +1,4 @@
-"""Per-request routing: who answers, whether the other side runs too, and what that teaches.
+"""Per-request routing: who answers, what else runs beside it, and what that teaches.
 
 `Router.plan(site)` decides from the site's state and pin (no I/O):
 
@@ -6,16 +6,23 @@
 - state `shadow`: the upstream answers; on a `shadow_sample_rate` share of calls the active
   local version answers too, off the request path, and the pair is scored;
 - state `local` (or pinned `local[@vN]`): the local version answers; on a `drift_sample_rate`
-  share the upstream is called too, off the request path, and the pair is scored.
+  share the upstream is called too (a drift check, recorded as a call), and the pair is scored;
+- in `learning` and `shadow`, on a `self_agreement_rate` share of upstream-answered calls the
+  upstream is asked a second time (recorded as a call) and its two answers are scored against
+  each other: the teacher's self-agreement, the reference a version is judged against
+  (`routing.policy`). The share is a budget on paid upstreams; a route that charges nothing
+  (price 0: the offline teacher, a model server of one's own) is asked on every call. Once a
+  site's reference window is full the rate drops to a tenth. 0 disables it.
 
-Sites whose requests carry tools are never answered locally (the local models learn typed
-and text answers, not tool loops).
+Extra upstream calls (drift checks, second answers) are bounded: at most
+`max_extra_upstream` in flight; beyond that a sample is skipped. Sites whose requests carry
+tools are never answered locally (the local models learn typed and text answers, not tool loops).
 
-`Router.observe_pair` scores one (upstream, local) pair (`routing.scoring`), hands the
-`shadow_results` row to the recorder, adds the score to the version's window and asks
-`routing.policy.decide` whether the site should move; a move is written through the
-registry (with its reason in the audit table) and pushed to the proxy's in-memory view.
-Scoring and store writes run in worker threads; the event loop only awaits them.
+Every judgement uses the site's validator bound to the request's arguments
+(`understudy.validators`) and, for the chance correction, decoys: recent upstream answers to
+*other* requests of the site (`remember_answer`, fed by the recorder). Scoring, store writes
+and decisions run in worker threads; the event loop only awaits them. A decision is written
+through the registry (with its reason in the audit table) and pushed to the proxy's view.
 """
 
 from __future__ import annotations
@@ -23,31 +30,35 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import anyio
 
+from routing.cascade import Calibration, calibrate
+from routing.evidence import bar, calibration_samples, evidence_of, evidence_samples, reference_scores
 from routing.local_model import LocalAnswer, LocalModels
-from routing.policy import PromotionPolicy, SiteState, decide
+from routing.policy import Evidence, PromotionPolicy, SiteState, decide
 from routing.registry import apply_decision
-from routing.scoring import ScoringPolicy, score_pair, unusable_reason
-from routing.validators import ValidatorRegistry, default_registry
+from routing.scoring import AgreementScore, ScoringPolicy, local_verdict, score_pair
+from routing.sequential import ConfidenceSequence
 from understudy.store import SiteRecord, Store
+from understudy.validators import BoundValidator, ValidatorRegistry
 
 log = logging.getLogger("understudy.router")
 
-# Per-site scoring defaults by response schema: a map's layout and a level's title are
-# creative (many right answers), so they are judged by the validator and their shape, not
-# by equality with upstream. Measured on the RPG corpus: two teacher answers to one Level
-# request agree 0.75 with `name` compared, 0.87 without; a student cannot beat that.
+# Per-site scoring defaults by response schema: a map's layout and a level's title have many
+# right answers, so they are left to the validator (which checks them against the request)
+# instead of being compared with the upstream's.
 DEFAULT_SCORING_BY_SCHEMA: dict[str, dict[str, Any]] = {
     "Map": {"creative_paths": ["walls", "small_obstacles", "enemies", "player_pos", "level.name"]},
     "Level": {"creative_paths": ["name"]},
 }
+DECOY_POOL = 64  # recent upstream answers kept per site for the chance correction
 
 
 def site_scoring(schema_name: str | None, overrides: Mapping[str, Any]) -> ScoringPolicy:
@@ -59,8 +70,10 @@ def site_scoring(schema_name: str | None, overrides: Mapping[str, Any]) -> Scori
 class Plan:
     answer: str  # upstream | local
     version: int | None = None
-    adapter_path: str | None = None
-    also_other: bool = False  # run the other side too and score the pair
+    adapter_path: str | None = None  # None with a version: the bare base model (a control)
+    also_other: bool = False  # run the other side too and score the pair (shadow, or a drift check)
+    second_opinion: bool = False  # ask the upstream again: a self-agreement sample
+    phase: str = "shadow"  # shadow | drift: which evidence a scored pair belongs to
 
 
 UPSTREAM_ONLY = Plan("upstream")
@@ -68,33 +81,47 @@ UPSTREAM_ONLY = Plan("upstream")
 
 @dataclass
 class SiteRouting:
-    """What the router caches per site: its schema and configuration."""
+    """What the router keeps per site: its configuration, evidence and references."""
 
     schema_name: str | None
     promotion: PromotionPolicy
     scoring: ScoringPolicy
+    validator: str | None  # the site policy's validator reference (None: by response type)
+    reference: deque[float]  # the teacher's self-agreement scores, most recent last
+    decoys: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=DECOY_POOL))
+    evidence: Evidence | None = None  # the active version's, in its current state
+    drift: deque | None = None  # local: the last `window` (score, local_valid, upstream_valid)
+    calibration: Calibration | None = None  # the active version's cascade
+    evidence_key: tuple[int | None, str] | None = None  # (version, state) the evidence belongs to
+
+    def reference_cs(self) -> ConfidenceSequence:
+        return self.promotion.new_reference().extend(list(self.reference))
 
 
 class Router:
-    def __init__(self, store: Store, local: LocalModels | None, *, policy_defaults: dict[str, Any] | None = None,
+    def __init__(self, store: Store, local: LocalModels | None, *, validators: ValidatorRegistry,
+                 policy_defaults: dict[str, Any] | None = None,
                  current_site: Callable[[str], SiteRecord | None], on_site_change: Callable[[SiteRecord], None],
-                 record_shadow: Callable[[tuple], None], validators: ValidatorRegistry | None = None,
+                 record_shadow: Callable[[tuple], None], record_self_agreement: Callable[[tuple], None],
                  similarity: Callable[[str, str], float] | None = None, rng: random.Random | None = None,
-                 max_background: int = 8):
+                 max_background: int = 8, max_extra_upstream: int = 2):
         self.store = store
         self.local = local
+        self.validators = validators
         self.policy_defaults = policy_defaults or {}
         self.current_site = current_site
         self.on_site_change = on_site_change
         self.record_shadow = record_shadow
-        self.validators = validators or default_registry()
+        self.record_self_agreement = record_self_agreement
         self.similarity = similarity
         self.rng = rng or random.Random()
         self.max_background = max_background  # shadow work in flight; beyond it, samples are skipped
         self.background = 0
+        self.max_extra_upstream = max_extra_upstream
+        self.extra_upstream = 0  # drift checks and second answers in flight
         self._sites: dict[str, SiteRouting] = {}
-        self._adapters: dict[tuple[str, int], str] = {}
-        self._scores: dict[tuple[str, int], deque[float]] = {}
+        self._adapters: dict[tuple[str, int], str | None] = {}  # verified versions; None: base-only control
+        self._lock = threading.RLock()  # evidence and decisions are touched from worker threads
         self.fallbacks = 0
 
     # ---- configuration, loaded at start and refreshed after every registry change ----
@@ -102,6 +129,14 @@ class Router:
     def load(self) -> None:
         for record in self.store.site_records():
             self.refresh(record.id)
+
+    def add_site(self, site_id: str, schema_name: str | None) -> None:
+        """A site first seen now: default configuration, in memory only (no store read)."""
+        with self._lock:
+            if site_id not in self._sites:
+                promotion = PromotionPolicy.from_dict(self.policy_defaults)
+                self._sites[site_id] = SiteRouting(schema_name, promotion, site_scoring(schema_name, {}), None,
+                                                   deque(maxlen=promotion.reference_window))
 
     def refresh(self, site_id: str) -> None:
         cur = self.store.cursor()
@@ -111,120 +146,247 @@ class Router:
         schema_name, policy_json = row
         overrides = json.loads(policy_json) if policy_json else {}
         promotion = PromotionPolicy.from_dict(self.policy_defaults, overrides.get("promotion"))
-        self._sites[site_id] = SiteRouting(schema_name, promotion, site_scoring(schema_name, overrides))
-        for version, adapter in cur.execute(
-            "SELECT version, adapter_path FROM model_versions WHERE site_id = ? AND adapter_path IS NOT NULL "
-            "AND status IN ('ready', 'active', 'retired')", [site_id]
+        reference = deque(reference_scores(cur, site_id, promotion.reference_window), maxlen=promotion.reference_window)
+        decoys = deque(reversed(cur.execute(
+            """SELECT conversation, json_extract_string(response, '$.choices[0].message.content') AS text FROM calls
+               WHERE site_id = ? AND served_by = 'upstream' AND status = 200 AND text IS NOT NULL AND text <> ''
+               ORDER BY ts DESC LIMIT ?""", [site_id, DECOY_POOL]).fetchall()), maxlen=DECOY_POOL)
+        config = SiteRouting(schema_name, promotion, site_scoring(schema_name, overrides), overrides.get("validator"),
+                             reference, decoys)
+        for version, adapter, control in cur.execute(
+            "SELECT version, adapter_path, control FROM model_versions WHERE site_id = ? "
+            "AND (adapter_path IS NOT NULL OR control = 'base') AND status IN ('ready', 'active', 'retired')",
+            [site_id]
         ).fetchall():
             self._adapters[(site_id, version)] = adapter
-        record = self.current_site(site_id)
-        if record is not None and record.active_version is not None:
-            key = (site_id, record.active_version)
-            if key not in self._scores:
-                window = self._sites[site_id].promotion.window
-                rows = cur.execute(
-                    "SELECT score FROM shadow_results WHERE site_id = ? AND version = ? AND comparable "
-                    "ORDER BY ts DESC LIMIT ?", [site_id, record.active_version, window]).fetchall()
-                self._scores[key] = deque((r[0] for r in reversed(rows)), maxlen=window)
+        with self._lock:
+            previous = self._sites.get(site_id)
+            self._sites[site_id] = config
+            record = self.current_site(site_id)
+            if record is None:
+                return
+            if (previous is not None and previous.promotion == promotion
+                    and previous.evidence_key == (record.active_version, record.state)):
+                # Same version, state and policy: keep what is in memory (it includes samples the
+                # recorder has not committed yet).
+                config.evidence_key, config.evidence = previous.evidence_key, previous.evidence
+                config.drift, config.calibration = previous.drift, previous.calibration
+            else:
+                self._load_evidence(config, record)
 
-    def scores(self, site_id: str, version: int) -> list[float]:
-        return list(self._scores.get((site_id, version), ()))
+    def _load_evidence(self, config: SiteRouting, site: SiteRecord) -> None:
+        """The active version's evidence in its current state, from the store (since the state began)."""
+        config.evidence_key = (site.active_version, site.state)
+        config.evidence, config.drift, config.calibration = None, None, None
+        if site.active_version is None or site.state == SiteState.LEARNING.value:
+            return
+        cur = self.store.cursor()
+        samples = evidence_samples(cur, site.id, site.active_version, site.state, config.promotion.window)
+        if site.state == SiteState.LOCAL.value:
+            config.drift = deque(samples, maxlen=config.promotion.window)
+        else:
+            config.evidence = evidence_of(samples, config.promotion)
+        config.calibration = calibrate(calibration_samples(cur, site.id, site.active_version),
+                                       bar(list(config.reference), config.promotion), config.promotion.min_samples)
+
+    def config(self, site_id: str) -> SiteRouting | None:
+        return self._sites.get(site_id)
 
     # ---- the per-request decision ----
 
-    def plan(self, site: SiteRecord, has_tools: bool) -> Plan:
-        if self.local is None or has_tools or site.pinned == "upstream":
-            return UPSTREAM_ONLY
+    def plan(self, site: SiteRecord, has_tools: bool, free_upstream: bool = False) -> Plan:
+        """Who answers this call and what runs beside it. `free_upstream`: the route charges nothing,
+        so the teacher's self-agreement is sampled on every call, not on a budgeted share."""
         config = self._sites.get(site.id)
-        if config is None:
+        if has_tools or config is None:
             return UPSTREAM_ONLY
-        if site.pinned and site.pinned.startswith("local"):
+        if self.local is not None and site.pinned and site.pinned.startswith("local"):
             version = _pinned_version(site.pinned) or site.active_version
-            adapter = self._adapters.get((site.id, version)) if version else None
-            if adapter is None:
+            if version is None or (site.id, version) not in self._adapters:
                 return UPSTREAM_ONLY
-            return Plan("local", version, adapter, self._sample(config.promotion.drift_sample_rate))
-        if site.active_version is None or site.state == SiteState.LEARNING.value:
-            return UPSTREAM_ONLY
-        adapter = self._adapters.get((site.id, site.active_version))
-        if adapter is None:
-            return UPSTREAM_ONLY
-        rate = config.promotion.sample_rate(SiteState(site.state))
-        answer = "local" if site.state == SiteState.LOCAL.value else "upstream"
-        return Plan(answer, site.active_version, adapter, self._sample(rate))
+            return Plan("local", version, self._adapters[(site.id, version)],
+                        self._sample_extra(config.promotion.drift_sample_rate), phase="drift")
+        usable = (self.local is not None and site.pinned != "upstream" and site.active_version is not None
+                  and (site.id, site.active_version) in self._adapters)
+        if usable and site.state == SiteState.LOCAL.value:
+            return Plan("local", site.active_version, self._adapters[(site.id, site.active_version)],
+                        self._sample_extra(config.promotion.drift_sample_rate), phase="drift")
+        second = self._sample_second_opinion(config, free_upstream)
+        if usable and site.state == SiteState.SHADOW.value:
+            return Plan("upstream", site.active_version, self._adapters[(site.id, site.active_version)],
+                        self._sample_shadow(config.promotion.shadow_sample_rate), second, phase="shadow")
+        return Plan("upstream", second_opinion=second) if second else UPSTREAM_ONLY
 
     def fallback_plan(self, site: SiteRecord) -> Plan | None:
         """The local version to answer with when the upstream is down, if the site has one."""
         version = _pinned_version(site.pinned or "") or site.active_version
-        adapter = self._adapters.get((site.id, version)) if version else None
-        return Plan("local", version, adapter) if adapter and self.local is not None else None
+        if version is None or self.local is None or (site.id, version) not in self._adapters:
+            return None
+        return Plan("local", version, self._adapters[(site.id, version)])
 
-    def _sample(self, rate: float) -> bool:
+    def _sample_shadow(self, rate: float) -> bool:
         if self.background >= self.max_background:
             return False  # the local model is behind; skip rather than queue without bound
         return rate > 0 and self.rng.random() < rate
 
+    def _sample_extra(self, rate: float) -> bool:
+        """Reserve a slot for an extra upstream call (release with `release_extra`)."""
+        with self._lock:
+            if rate <= 0 or self.extra_upstream >= self.max_extra_upstream or self.rng.random() >= rate:
+                return False
+            self.extra_upstream += 1
+            return True
+
+    def _sample_second_opinion(self, config: SiteRouting, free_upstream: bool) -> bool:
+        rate = config.promotion.self_agreement_rate
+        if rate > 0 and free_upstream:
+            rate = 1.0  # a second answer costs nothing: the budget is for paid upstreams
+        if len(config.reference) >= config.promotion.reference_window:
+            rate /= 10  # the reference is full: refresh it slowly
+        return self._sample_extra(rate)
+
+    def release_extra(self) -> None:
+        with self._lock:
+            self.extra_upstream = max(0, self.extra_upstream - 1)
+
     # ---- answering locally ----
 
     async def answer(self, request: dict[str, Any], plan: Plan) -> LocalAnswer:
-        assert self.local is not None and plan.adapter_path is not None
+        assert self.local is not None
         return await self.local.complete(request, plan.adapter_path)
 
-    def usable(self, request: dict[str, Any], text: str) -> tuple[bool, str]:
-        """May this local answer be returned? (parses, fits its schema, passes its validator)"""
-        reason = unusable_reason(text, request.get("response_format"))
-        if reason is not None:
-            return False, f"local answer unusable: {reason}"
-        validator = self.validators.for_response_format(request.get("response_format"))
-        if validator is not None:
-            passed, detail = validator(text)
-            if not passed:
-                failed = [c["name"] for c in detail.get("checks", []) if not c.get("passed")]
-                return False, f"local answer fails its validator ({', '.join(failed) or 'invalid'})"
+    def validator_for(self, site_id: str, request: Mapping[str, Any]) -> BoundValidator | None:
+        config = self._sites.get(site_id)
+        return self.validators.for_request(request, config.validator if config else None)
+
+    def usable(self, site: SiteRecord, request: dict[str, Any], answer: LocalAnswer) -> tuple[bool, str]:
+        """May this local answer be returned? (parses, fits its schema, passes its validator, confident enough)"""
+        ok, why = local_verdict(answer.text, request.get("response_format"), self.validator_for(site.id, request))
+        if not ok:
+            return False, f"local answer {why}"
+        config = self._sites.get(site.id)
+        calibration = config.calibration if config is not None and config.promotion.cascade else None
+        if (site.state == SiteState.LOCAL.value and calibration is not None and calibration.threshold is not None
+                and answer.confidence is not None and answer.confidence < calibration.threshold):
+            return False, f"local answer below the site's confidence threshold ({answer.confidence:.3f} < " \
+                          f"{calibration.threshold:.3f}, cascade)"
         return True, "ok"
+
+    # ---- decoys: upstream answers to other requests, for the chance correction ----
+
+    def remember_answer(self, site_id: str, conversation: str, text: str) -> None:
+        config = self._sites.get(site_id)
+        if config is not None:
+            config.decoys.append((conversation, text))
+
+    def decoys_for(self, site_id: str, conversation: str, k: int) -> list[str]:
+        """The k most recent upstream answers of the site to other requests (distinct texts)."""
+        config = self._sites.get(site_id)
+        out: list[str] = []
+        for other, text in reversed(list(config.decoys if config else ())):
+            if other != conversation and text not in out:
+                out.append(text)
+                if len(out) == k:
+                    break
+        return out
+
+    def score(self, site_id: str, request: dict[str, Any], conversation: str, upstream_text: str,
+              local_text: str) -> AgreementScore:
+        """One pair scored exactly as shadow mode scores it (also `understudy score`)."""
+        config = self._sites.get(site_id)
+        scoring = config.scoring if config else ScoringPolicy()
+        return score_pair(upstream_text, local_text, response_format=request.get("response_format"), policy=scoring,
+                          validator=self.validator_for(site_id, request), similarity=self.similarity,
+                          decoys=self.decoys_for(site_id, conversation, scoring.decoys))
 
     # ---- scoring a pair and what follows from it ----
 
-    async def observe_pair(self, site_id: str, version: int, call_id: str, request: dict[str, Any],
+    async def observe_pair(self, site_id: str, plan: Plan, call_id: str, conversation: str, request: dict[str, Any],
                            upstream_text: str | None, upstream_latency_ms: float | None,
                            local: LocalAnswer | None = None) -> None:
         """Score one pair (running the local side first if it has not run) and act on the result."""
         self.background += 1
         try:
-            adapter = self._adapters.get((site_id, version))
-            if local is None and adapter is not None and self.local is not None:
-                local = await self.local.complete(request, adapter)
+            if local is None and self.local is not None:
+                local = await self.local.complete(request, plan.adapter_path)
             if local is None or upstream_text is None:
                 return
-            await anyio.to_thread.run_sync(self._score_and_decide, site_id, version, call_id, request,
+            await anyio.to_thread.run_sync(self._score_and_decide, site_id, plan, call_id, conversation, request,
                                            upstream_text, upstream_latency_ms, local)
         except Exception:  # shadow work must never disturb serving
-            log.exception("shadow scoring failed for site %s v%s", site_id, version)
+            log.exception("shadow scoring failed for site %s v%s", site_id, plan.version)
         finally:
             self.background -= 1
 
-    def _score_and_decide(self, site_id: str, version: int, call_id: str, request: dict[str, Any],
+    def _score_and_decide(self, site_id: str, plan: Plan, call_id: str, conversation: str, request: dict[str, Any],
                           upstream_text: str, upstream_latency_ms: float | None, local: LocalAnswer) -> None:
-        config = self._sites[site_id]
-        result = score_pair(upstream_text, local.text, response_format=request.get("response_format"),
-                            policy=config.scoring,
-                            validator=self.validators.for_response_format(request.get("response_format")),
-                            similarity=self.similarity)
-        self.record_shadow((call_id, site_id, version, datetime.now(timezone.utc), result.score,
+        result = self.score(site_id, request, conversation, upstream_text, local.text)
+        self.record_shadow((call_id, site_id, plan.version, _now(), result.score,
                             json.dumps(result.components, default=str), result.comparable, result.local_valid,
-                            local.latency_ms, upstream_latency_ms, local.text))
-        if not result.comparable:
+                            local.latency_ms, upstream_latency_ms, local.text, result.upstream_valid, plan.phase,
+                            local.confidence))
+        with self._lock:
+            config, site = self._sites.get(site_id), self.current_site(site_id)
+            if config is None or site is None or site.active_version != plan.version:
+                return
+            expected = SiteState.LOCAL.value if plan.phase == "drift" else SiteState.SHADOW.value
+            if site.state != expected and not (site.pinned and site.pinned.startswith("local")):
+                return  # the site moved on since this sample was planned
+            self._current_evidence(config, site)
+            if plan.phase == "drift":
+                config.drift.append((result.agreement, result.local_valid, result.upstream_valid))
+            else:
+                config.evidence.add(result.agreement, result.local_valid, result.upstream_valid)
+            self._decide(config, site)
+
+    async def observe_second_opinion(self, site_id: str, call_id: str, second_call_id: str, conversation: str,
+                                     request: dict[str, Any], first_text: str | None, second_text: str | None) -> None:
+        """Score the upstream's second answer against its first: one sample of the teacher's self-agreement."""
+        if first_text is None or second_text is None:
             return
-        window = self._scores.setdefault((site_id, version), deque(maxlen=config.promotion.window))
-        window.append(result.score)
-        site = self.current_site(site_id)
-        if site is None or site.active_version != version:
+        try:
+            await anyio.to_thread.run_sync(self._reference_sample, site_id, call_id, second_call_id, conversation,
+                                           request, first_text, second_text)
+        except Exception:
+            log.exception("self-agreement scoring failed for site %s", site_id)
+
+    def _reference_sample(self, site_id: str, call_id: str, second_call_id: str, conversation: str,
+                          request: dict[str, Any], first_text: str, second_text: str) -> None:
+        result = self.score(site_id, request, conversation, first_text, second_text)
+        self.record_self_agreement((call_id, second_call_id, site_id, _now(), result.score,
+                                    json.dumps(result.components, default=str), result.comparable,
+                                    result.upstream_valid, result.local_valid))
+        if result.agreement is None:
+            return  # an invalid answer, or nothing to compare: not a sample of agreement
+        with self._lock:
+            config, site = self._sites.get(site_id), self.current_site(site_id)
+            if config is None:
+                return
+            config.reference.append(result.agreement)
+            if site is not None and site.active_version is not None and site.state != SiteState.LEARNING.value:
+                self._current_evidence(config, site)
+                self._decide(config, site)
+
+    def _current_evidence(self, config: SiteRouting, site: SiteRecord) -> None:
+        if config.evidence_key != (site.active_version, site.state):
+            self._load_evidence(config, site)
+        if site.state == SiteState.LOCAL.value and config.drift is None:
+            config.drift = deque(maxlen=config.promotion.window)
+        if site.state == SiteState.SHADOW.value and config.evidence is None:
+            config.evidence = config.promotion.new_evidence()
+
+    def _decide(self, config: SiteRouting, site: SiteRecord) -> None:
+        if site.state == SiteState.LOCAL.value:
+            evidence = evidence_of(config.drift or (), config.promotion)
+        else:
+            evidence = config.evidence
+        decision = decide(site.state, evidence, config.reference_cs(), config.promotion, site.pinned)
+        if decision.new_state.value == site.state:
             return
-        decision = decide(site.state, list(window), config.promotion, site.pinned)
-        if decision.new_state.value != site.state:
-            updated = apply_decision(self.store, site, decision, actor="policy")
-            self.on_site_change(updated)
-            log.warning("site %s: %s", site.name, decision.reason)
+        updated = apply_decision(self.store, site, decision, actor="policy")
+        self.on_site_change(updated)
+        self._load_evidence(config, updated)
+        log.warning("site %s: %s", site.name, decision.reason)
 
 
 def _pinned_version(pinned: str) -> int | None:
@@ -235,3 +397,6 @@ def _pinned_version(pinned: str) -> int | None:
             return None
     return None
 
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

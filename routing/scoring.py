@@ -1,49 +1,51 @@
-"""Agreement scoring: how closely a local answer matches the upstream answer for one call.
+"""Agreement scoring: how well a local answer answers *its* request, next to the upstream's.
 
 Shadow mode runs the local model beside the upstream; this module turns one pair of answers
 into an `AgreementScore` that the promotion policy (`routing.policy`) aggregates. It is pure:
 no I/O, no model loading. Sentence embeddings come in through the `similarity` callable
-(normally `routing.similarity.cosine_similarity`) and task validators through `validator`
-(normally from `routing.validators`), so tests and callers choose what to plug in.
+(normally `routing.similarity.cosine_similarity`) and the task validator already bound to
+the request's arguments (`understudy.validators.BoundValidator`).
 
-The formula
------------
-1. Gate. The local answer must be usable before agreement matters:
-   - `parse_valid`: non-empty; for JSON sites (`response_format` of type `json_schema` or
-     `json_object`) it must be strict JSON (byLLM rejects code fences and prose prefixes) and
-     validate against the request's json_schema (jsonschema, the draft the schema declares).
-   - `validator`: when a task validator is given, it must pass.
-   If either fails the score is 0, whatever the similarity: an answer the program cannot use
-   is worthless however close it looks. `local_valid` is the gate's verdict.
-2. Quality components, each in [0, 1]:
-   - `structural` (JSON sites): field-by-field agreement, `agreement(u, l)` =
-       bool, null, enum/const strings or numbers ........ 1 if equal else 0
-       number ....... 1 if |u - l| <= max(abs_tol, number_tolerance * |u|) else 0
-                      (relative to the upstream value, the reference)
-       string ....... 1 if equal after normalisation (casefold, collapsed whitespace), else
-                      clip(similarity(u, l), 0, 1) when a similarity function is given, else 0
-       list ......... multiset Jaccard of the items' canonical JSON, |U ∩ L| / |U ∪ L|
-                      (order-free; two empty lists agree: 1)
-       object ....... mean of agreement over the union of keys; a key on one side only is 0
-       type mismatch  0
-     Creative paths are left out of this mean.
-   - `creative` (JSON sites whose policy names `creative_paths`): fields where many answers are
-     right (a map's walls, enemy positions) are judged by shape, not equality: the same JSON
-     type, lists of similar length (|len_u - len_l| <= list_length_tolerance * max length),
-     objects by the mean over the union of their keys. Their correctness is the validator's
-     job (the gate). `creative` is the mean over the creative fields found.
-   - `semantic` (plain-text sites): clip(cosine(embed(u), embed(l)), 0, 1) through the
-     similarity callable; without one, normalised equality (1 or 0), which is deliberately
-     strict: a text site should not be promoted on a measure that cannot see paraphrase.
-3. score = gate × Σ_c w_c·x_c / Σ_c w_c over the components present (`ScoringPolicy.weights`);
-   a valid answer with no comparable content at all (e.g. both `{}`) scores 1.
+Every point an answer earns comes from a check a wrong answer would fail:
 
-When the upstream answer itself is unusable (empty, or not JSON on a JSON site) there is
-nothing to agree with: the score is 0 and `comparable` is False, so the caller can keep the
-sample out of the promotion window while still recording `local_valid`.
+1. Gate. The local answer must be usable for this request, else the score is 0:
+   - `parse_valid`: non-empty; on JSON sites strict JSON that validates against the
+     request's json_schema;
+   - `validator`: when the site has a task validator, it passes *with the request's
+     arguments* (a map of the wrong size, a level of the wrong difficulty fail here).
+   `local_valid` is the gate's verdict. The upstream answer goes through the same gate
+   (`upstream_valid`): a pair whose upstream answer fails it is not `comparable` (there is
+   nothing right to agree with), though `local_valid` still counts.
+2. Raw agreement with the upstream answer, in [0, 1]:
+   - JSON sites, field by field (`structural`):
+       bool, null, enum/const .... 1 if equal else 0
+       number .................... 1 if |u - l| <= max(abs_tol, number_tolerance * |u|)
+       string .................... 1 if equal after normalisation, else clip(similarity, 0, 1)
+                                   when a similarity function is given, else 0
+       list ...................... multiset Jaccard of the items' canonical JSON
+       object .................... mean over the union of keys; a key on one side only is 0
+     Two kinds of field are left out, because the validator already checked them:
+     `constrained` paths the validator reports (fields the request fixed, such as a level's
+     requested width), and the site's `creative_paths` (fields with many right answers, such
+     as a map's walls) — the latter only when a validator ran and passed: without one a
+     creative field is compared like any other, so it never earns credit for free. When
+     nothing is left to compare the validator's verdict is the whole judgement (1).
+   - text sites (`semantic`): clip(cosine(embed(u), embed(l)), 0, 1) with a similarity
+     function, else normalised equality.
+3. Chance correction. An answer to a *different* request of the same site often looks a lot
+   like this one's (same fields, similar numbers, the same kind of prose). `decoys` are
+   upstream answers to other requests of the site; `chance` is the local answer's mean raw
+   agreement with them, and
 
-Paths, for `creative_paths`, are object keys joined by dots from the top of the answer
-("walls", "level.name"); list items do not add a segment, and a `*` segment matches any key.
+       score = clip((raw - chance) / (1 - chance), 0, 1)
+
+   (Cohen's kappa in spirit): an answer that matches other requests as well as its own scores
+   0, one that matches its own request exactly scores 1. Without decoys, or when the decoys
+   match as perfectly as the answer (a site whose answers never vary), score = raw.
+
+Paths, for `creative_paths` and `constrained`, are object keys joined by dots from the top of
+the answer ("walls", "level.name"); list items do not add a segment, `*` matches any key, and
+a path names its whole subtree.
 """
 
 from __future__ import annotations
@@ -53,23 +55,21 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import jsonschema
 
-from routing.policy import merge_layers
-from routing.validators import Validator
+from routing.policy import check_field_types, merge_layers
+from understudy.validators import BoundValidator, Verdict
 
 Similarity = Callable[[str, str], float]
-Component = float | bool | str
+Component = float | bool | str | int | None
 
-# Stored with every shadow result, so keep a failing validator's detail readable but bounded.
-_MAX_DETAIL_CHARS = 2000
-
-_DEFAULT_WEIGHTS = {"structural": 1.0, "creative": 1.0, "semantic": 1.0}
+# Settings older versions accepted; stored site policies may still carry them.
+_RETIRED_SETTINGS = frozenset({"weights", "list_length_tolerance"})
 
 
 @dataclass(frozen=True)
@@ -78,34 +78,29 @@ class ScoringPolicy:
 
     number_tolerance: float = 0.10  # relative to upstream: 100 vs 110 agree, 100 vs 111 do not
     number_abs_tolerance: float = 1e-9  # so values at or near zero can still agree
-    list_length_tolerance: float = 0.5  # creative lists: relative length difference allowed
-    creative_paths: tuple[str, ...] = ()  # judged by shape + validator, never by equality
-    weights: Mapping[str, float] = field(default_factory=lambda: dict(_DEFAULT_WEIGHTS))
+    creative_paths: tuple[str, ...] = ()  # many right answers: left to the validator, never compared
+    decoys: int = 5  # upstream answers to other requests used for the chance correction; 0: none
 
     def __post_init__(self) -> None:
         # Accept any iterable of paths from config but store a tuple (hashable, immutable).
+        check_field_types(self)
         object.__setattr__(self, "creative_paths", tuple(self.creative_paths))
-        # Weights given in part keep the defaults for the rest.
-        object.__setattr__(self, "weights", {**_DEFAULT_WEIGHTS, **self.weights})
-        unknown = set(self.weights) - set(_DEFAULT_WEIGHTS)
-        if unknown:
-            raise ValueError(f"unknown scoring weight(s): {sorted(unknown)}")
-        if any(w < 0 for w in self.weights.values()):
-            raise ValueError("scoring weights must be >= 0")
+        if self.number_tolerance < 0 or self.number_abs_tolerance < 0:
+            raise ValueError("number tolerances must be >= 0")
+        if self.decoys < 0:
+            raise ValueError("decoys must be >= 0")
 
     @classmethod
     def from_dict(
         cls, data: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None
     ) -> ScoringPolicy:
-        """Global settings, then per-site `overrides` on top; `weights` merge key by key.
+        """Global settings, then per-site `overrides` on top.
 
         Unknown keys raise ValueError: a misspelt setting silently ignored would change
         routing without anyone noticing.
         """
-        return cls(**merge_layers(cls, "scoring", (data, overrides), merge_keys=frozenset({"weights"})))
-
-    def is_creative(self, path: tuple[str, ...]) -> bool:
-        return any(_path_matches(pattern, path) for pattern in self.creative_paths)
+        layers = [{k: v for k, v in (layer or {}).items() if k not in _RETIRED_SETTINGS} for layer in (data, overrides)]
+        return cls(**merge_layers(cls, "scoring", layers))
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,19 @@ class AgreementScore:
     score: float
     components: dict[str, Component]
     local_valid: bool
-    comparable: bool = True  # False when the upstream answer gave nothing to compare against
+    comparable: bool = True  # False when the upstream answer gave nothing right to compare against
+    upstream_valid: bool | None = None  # the upstream answer through the same gate
+
+    @property
+    def agreement(self) -> float | None:
+        """The agreement of two valid answers where there was something to compare, else None.
+
+        What the policy's agreement test weighs; validity is judged on its own. A pair with
+        nothing left to compare (every field constrained or creative) says nothing here.
+        """
+        if not (self.comparable and self.local_valid) or self.components.get("compared_fields") == 0:
+            return None
+        return self.score
 
 
 def score_pair(
@@ -124,40 +131,71 @@ def score_pair(
     *,
     response_format: Mapping[str, Any] | None,
     policy: ScoringPolicy,
-    validator: Validator | None = None,
+    validator: BoundValidator | None = None,
     similarity: Similarity | None = None,
+    decoys: Sequence[str] = (),
 ) -> AgreementScore:
-    """Score a local answer against the upstream one (see the module docstring)."""
+    """Score a local answer against the upstream one for the same request (module docstring)."""
     is_json, schema = _expected_output(response_format)
     components: dict[str, Component] = {}
 
-    local_value, error = _parse_local(local_text, is_json, schema)
+    upstream_value, upstream_error = _parse(upstream_text, is_json, schema)
+    upstream_verdict = validator(upstream_text) if validator is not None and upstream_error is None else None
+    upstream_valid = upstream_error is None and (upstream_verdict is None or upstream_verdict.passed)
+    components["upstream_valid"] = upstream_valid
+
+    local_value, error = _parse(local_text, is_json, schema)
     components["parse_valid"] = error is None
     if error is not None:
         components["error"] = error
-        return AgreementScore(0.0, components, local_valid=False)
+        return AgreementScore(0.0, components, local_valid=False, comparable=upstream_valid,
+                              upstream_valid=upstream_valid)
+    verdict = validator(local_text) if validator is not None else None
+    if verdict is not None:
+        components["validator"] = verdict.passed
+        if not verdict.passed:
+            components["validator_detail"] = verdict.bounded_detail()
+            return AgreementScore(0.0, components, local_valid=False, comparable=upstream_valid,
+                                  upstream_valid=upstream_valid)
+    if not upstream_valid:
+        components["upstream_error"] = upstream_error or f"upstream answer fails its validator ({upstream_verdict.summary()})"
+        return AgreementScore(0.0, components, local_valid=True, comparable=False, upstream_valid=False)
 
-    if validator is not None:
-        passed, detail = _run_validator(validator, local_text)
-        components["validator"] = passed
-        if not passed:
-            components["validator_detail"] = _bounded_json(detail)
-            return AgreementScore(0.0, components, local_valid=False)
-
+    measure = _Measure(is_json, schema, policy, similarity, verdict)
+    raw = measure(upstream_value, local_value)
+    components["structural" if is_json else "semantic"] = raw
     if is_json:
-        try:
-            upstream_value = json.loads(upstream_text)
-        except ValueError:
-            components["upstream_parse_valid"] = False
-            return AgreementScore(0.0, components, local_valid=True, comparable=False)
-        _add_json_components(components, upstream_value, local_value, schema, policy, similarity)
-    else:
-        if not upstream_text.strip():
-            components["upstream_parse_valid"] = False
-            return AgreementScore(0.0, components, local_valid=True, comparable=False)
-        components["semantic"] = _text_agreement(upstream_text, local_text, similarity)
+        components["compared_fields"] = measure.fields
+    decoy_values = [v for v, e in (_parse(d, is_json, schema) for d in decoys[: policy.decoys]) if e is None]
+    chance = _mean(measure(d, local_value) for d in decoy_values) if decoy_values else None
+    components["decoys"] = len(decoy_values)
+    components["chance"] = chance
+    score = _beyond_chance(raw, chance)
+    components["agreement"] = score
+    return AgreementScore(score, components, local_valid=True, comparable=True, upstream_valid=True)
 
-    return AgreementScore(_combine(components, policy.weights), components, local_valid=True)
+
+def local_verdict(text: str, response_format: Mapping[str, Any] | None,
+                  validator: BoundValidator | None) -> tuple[bool, str]:
+    """May this answer stand as the request's answer? (parses, fits the schema, passes the validator)
+
+    The serving gate; `score_pair` applies the same checks to both answers of a pair.
+    """
+    is_json, schema = _expected_output(response_format)
+    error = _parse(text, is_json, schema)[1]
+    if error is not None:
+        return False, f"unusable: {error}"
+    if validator is not None:
+        verdict = validator(text)
+        if not verdict.passed:
+            return False, f"fails its validator ({verdict.summary()})"
+    return True, "ok"
+
+
+def _beyond_chance(raw: float, chance: float | None) -> float:
+    if chance is None or chance >= 1.0 - 1e-9:
+        return _clip01(raw)  # no decoys, or every answer alike: nothing to correct for
+    return _clip01((raw - chance) / (1.0 - chance))
 
 
 # --- gate ---------------------------------------------------------------------------------
@@ -176,28 +214,22 @@ def _expected_output(response_format: Mapping[str, Any] | None) -> tuple[bool, d
     return False, None
 
 
-def unusable_reason(text: str, response_format: Mapping[str, Any] | None) -> str | None:
-    """Why a local answer cannot stand as this request's answer (empty, not JSON, off-schema), or None."""
-    is_json, schema = _expected_output(response_format)
-    return _parse_local(text, is_json, schema)[1]
-
-
-def _parse_local(text: str, is_json: bool, schema: dict | None) -> tuple[Any, str | None]:
-    """The parsed local answer and None, or (None, why it is unusable)."""
-    if not text.strip():
+def _parse(text: str | None, is_json: bool, schema: dict | None) -> tuple[Any, str | None]:
+    """The parsed answer and None, or (None, why it is unusable)."""
+    if text is None or not text.strip():
         return None, "empty output"
     if not is_json:
         return text, None
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         return None, f"invalid JSON: {exc}"
     if schema is not None:
         try:
             error = jsonschema.exceptions.best_match(_schema_validator(_canonical(schema)).iter_errors(value))
         except jsonschema.exceptions.SchemaError:
             # The upstream accepted this schema, so a schema jsonschema rejects is our
-            # limitation, not the local model's fault: fall back to "parses as JSON".
+            # limitation, not the answer's fault: fall back to "parses as JSON".
             return value, None
         if error is not None:
             return None, f"schema: {error.message} at /{'/'.join(map(str, error.absolute_path))}"
@@ -213,37 +245,31 @@ def _schema_validator(schema_json: str) -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def _run_validator(validator: Validator, text: str) -> tuple[bool, Mapping[str, Any]]:
-    try:
-        passed, detail = validator(text)
-    except Exception as exc:  # noqa: BLE001 - a crashing validator must not stop shadowing
-        # Fail closed: an output we could not check is not one we may serve.
-        return False, {"error": f"validator raised {type(exc).__name__}: {exc}"}
-    return bool(passed), detail or {}
+# --- raw agreement ------------------------------------------------------------------------
 
 
-def _bounded_json(detail: Mapping[str, Any]) -> str:
-    text = json.dumps(detail, default=str, ensure_ascii=False)
-    return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 1] + "…"
+class _Measure:
+    """Raw agreement of one answer with a reference, with the site's exclusions applied."""
 
+    def __init__(self, is_json: bool, schema: dict | None, policy: ScoringPolicy, similarity: Similarity | None,
+                 verdict: Verdict | None):
+        self.is_json = is_json
+        self.schema = schema or {}
+        self.policy = policy
+        self.similarity = similarity
+        excluded = tuple(verdict.constrained) if verdict is not None else ()
+        if verdict is not None and verdict.passed:
+            excluded += policy.creative_paths  # vouched for by the validator
+        self.excluded = excluded
+        self.fields = 0  # leaf fields compared in the last JSON comparison
 
-# --- quality components -------------------------------------------------------------------
-
-
-def _add_json_components(
-    components: dict[str, Component],
-    upstream: Any,
-    local: Any,
-    schema: dict | None,
-    policy: ScoringPolicy,
-    similarity: Similarity | None,
-) -> None:
-    comparer = _JsonComparer(policy, similarity, root_schema=schema or {})
-    structural = comparer.agreement(upstream, local, schema or {}, ())
-    if structural is not None:
-        components["structural"] = structural
-    if comparer.creative_scores:
-        components["creative"] = _mean(comparer.creative_scores)
+    def __call__(self, reference: Any, answer: Any) -> float:
+        if not self.is_json:
+            return _text_agreement(str(reference), str(answer), self.similarity)
+        comparer = _JsonComparer(self.policy, self.similarity, self.schema, self.excluded)
+        value = comparer.agreement(reference, answer, self.schema, ())
+        self.fields = comparer.leaves
+        return 1.0 if value is None else value  # nothing left to compare: the validator decided
 
 
 def _text_agreement(upstream: str, local: str, similarity: Similarity | None) -> float:
@@ -254,35 +280,32 @@ def _text_agreement(upstream: str, local: str, similarity: Similarity | None) ->
     return _clip01(similarity(upstream, local))
 
 
-def _combine(components: Mapping[str, Component], weights: Mapping[str, float]) -> float:
-    present = [(weights[name], components[name]) for name in _DEFAULT_WEIGHTS if name in components]
-    total = sum(w for w, _ in present)
-    if total == 0:
-        return 1.0  # valid, and nothing that could disagree
-    return _clip01(sum(w * float(x) for w, x in present) / total)
-
-
 class _JsonComparer:
-    """Walks the upstream and local values side by side, with the schema alongside.
+    """Walks the reference and the answer side by side, with the schema alongside.
 
     The schema is followed only to learn which strings and numbers are enums (compared
     exactly); the values themselves drive the walk, so a missing or partial schema still works.
     """
 
-    def __init__(self, policy: ScoringPolicy, similarity: Similarity | None, root_schema: dict):
+    def __init__(self, policy: ScoringPolicy, similarity: Similarity | None, root_schema: dict,
+                 excluded: tuple[str, ...]):
         self.policy = policy
         self.similarity = similarity
         self.root = root_schema
-        self.creative_scores: list[float] = []
+        self.excluded = excluded
+        self.leaves = 0
+
+    def is_excluded(self, path: tuple[str, ...]) -> bool:
+        return any(_path_matches(pattern, path) for pattern in self.excluded)
 
     def agreement(self, up: Any, lo: Any, schema: dict, path: tuple[str, ...]) -> float | None:
-        """Agreement in [0, 1], or None when the subtree is entirely creative."""
-        if path and self.policy.is_creative(path):
-            self.creative_scores.append(self._shape_agreement(up, lo))
+        """Agreement in [0, 1], or None when the whole subtree is excluded."""
+        if path and self.is_excluded(path):
             return None
         schema = self._resolve(schema)
         if isinstance(up, dict) and isinstance(lo, dict):
             return self._object_agreement(up, lo, schema, path)
+        self.leaves += 1
         if isinstance(up, list) and isinstance(lo, list):
             return _list_agreement(up, lo)
         if isinstance(up, bool) or isinstance(lo, bool) or up is None or lo is None:
@@ -299,31 +322,21 @@ class _JsonComparer:
 
     def _object_agreement(self, up: dict, lo: dict, schema: dict, path: tuple[str, ...]) -> float | None:
         if not up and not lo:
+            self.leaves += 1
             return 1.0
         scores = []
         for key in list(up) + [k for k in lo if k not in up]:
             child_path = path + (key,)
+            if self.is_excluded(child_path):
+                continue
             if key not in up or key not in lo:
-                if self.policy.is_creative(child_path):
-                    self.creative_scores.append(0.0)
-                else:
-                    scores.append(0.0)
+                self.leaves += 1
+                scores.append(0.0)
                 continue
             score = self.agreement(up[key], lo[key], self._property_schema(schema, key), child_path)
             if score is not None:
                 scores.append(score)
         return _mean(scores) if scores else None
-
-    def _shape_agreement(self, up: Any, lo: Any) -> float:
-        if isinstance(up, dict) and isinstance(lo, dict):
-            keys = set(up) | set(lo)
-            if not keys:
-                return 1.0
-            return _mean(self._shape_agreement(up[k], lo[k]) if k in up and k in lo else 0.0 for k in keys)
-        if isinstance(up, list) and isinstance(lo, list):
-            longest = max(len(up), len(lo))
-            return float(abs(len(up) - len(lo)) <= self.policy.list_length_tolerance * longest)
-        return float(_json_type(up) == _json_type(lo))
 
     def _numbers_agree(self, up: float, lo: float) -> bool:
         if not (math.isfinite(up) and math.isfinite(lo)):
@@ -383,18 +396,6 @@ def _canonical(value: Any) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if _is_number(value):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
 
 
 def _path_matches(pattern: str, path: tuple[str, ...]) -> bool:

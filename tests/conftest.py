@@ -19,8 +19,8 @@ from tests.support.fake_upstream import FakeUpstream
 
 VENV_BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# CI lays shared/ beside the repository; the captures are read-only fixtures.
-FIXTURES_DIR = REPO_ROOT.parent / "shared" / "fixtures" / "byllm"
+# Real byLLM wire captures (copied from the project's shared fixtures; read-only).
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures" / "byllm"
 
 
 def query_store(data_dir: Path, sql: str, params: list | None = None) -> list[tuple]:
@@ -122,9 +122,7 @@ def tiny_model_env(tiny_llama, monkeypatch):
     hf_dir, gguf = (str(p) for p in tiny_llama)
     monkeypatch.setenv("UNDERSTUDY_BASE_GGUF", gguf)
     monkeypatch.setenv("UNDERSTUDY_LOCAL_THREADS", "2")
-    # Wilson lower bound of n perfect scores is n / (n + 3.84): 0.5 is cleared at n = 4.
-    monkeypatch.setenv("UNDERSTUDY_ROUTING_POLICY", json.dumps({
-        "min_samples": 3, "window": 10, "promote_threshold": 0.5, "demote_threshold": 0.3, "reject_threshold": 0.1}))
+    # No routing policy here: every test of a decision runs at the shipped defaults.
     monkeypatch.setenv("UNDERSTUDY_TRAIN_CONFIG", json.dumps({
         "base_model": hf_dir, "base_gguf": gguf, "lr": 1e-2, "max_steps": 40, "batch_size": 2, "grad_accum": 1,
         "lora_dropout": 0.0, "device": "cpu", "verify_max_tokens": 32}))

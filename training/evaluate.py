@@ -7,8 +7,9 @@ an adapter, the HF model, the upstream). For each held-out example we record:
   parses to the same value (key order and whitespace do not matter to a typed caller);
 - parse_valid: for json_schema / json_object sites, the answer parses as JSON and (for
   json_schema) validates against the schema with `jsonschema`; None for free-text sites;
-- validator: an optional site-specific check `validator(text) -> bool` (e.g. the RPG level
-  validator) whose pass rate is reported when given.
+- validator: the site's task validator (a `module:function` reference, e.g. the RPG level
+  validator), bound to each example's own request so it checks the answer against that
+  request's arguments; its pass rate is reported when given.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Callable
 import jsonschema
 
 from training.prompt_format import json_schema_of
+from understudy.validators import bind
 
 
 @dataclass
@@ -75,7 +77,7 @@ def parse_valid(answer: str, response_format: dict | None) -> bool | None:
 def evaluate(
     generate_fn: Callable[[dict], str],
     examples: list[dict],
-    validator: Callable[[str], bool] | None = None,
+    validator: str | None = None,
 ) -> EvalReport:
     exact = 0
     parsed: list[bool] = []
@@ -90,10 +92,8 @@ def evaluate(
             parsed.append(valid)
         exact += is_exact(answer, ex["completion"], valid is not None)
         if validator is not None:
-            try:
-                passed.append(bool(validator(answer)))
-            except Exception:  # a crashing validator is a failed check
-                passed.append(False)
+            bound = bind(validator, {"messages": ex["messages"], "response_format": rf})
+            passed.append(bound(answer).passed)  # a crashing validator fails closed
     n = len(examples)
     return EvalReport(
         n=n,

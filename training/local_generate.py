@@ -20,6 +20,13 @@ machines (AMX_INT8 CPUs, llama-cpp-python 0.3.36 built natively) llama.cpp's AMX
 segfaults on the Q4_K_M Gemma base in the first decode. llama-cpp-python does not expose
 `use_extra_bufts`, so it is set through the default-params hook while the model loads.
 
+Confidence: `complete` also returns the model's own confidence in its answer, the geometric
+mean of its chosen tokens' probabilities. llama-cpp-python returns log-probabilities only for a
+context that keeps the logits of every position (`logits_all`, 4 GB for Gemma's 262k vocabulary
+at 4k context), so a logits processor reads each step's logits as they pass (before the
+grammar) and scores the token chosen at that step when the next step shows it; the last token
+of an answer is not counted.
+
 Thread safety: one llama context cannot run two generations at once; a lock serialises
 `generate` calls (the proxy runs it in a worker thread, off the event loop).
 """
@@ -28,10 +35,14 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from training.prompt_format import STOP_SEQUENCES
 
@@ -56,6 +67,37 @@ def _load_llama(llama_cpp, use_extra_bufts: bool, **kwargs):
             return llama_cpp.Llama(**kwargs)
         finally:
             low.llama_model_default_params = original
+
+
+@dataclass
+class Generation:
+    text: str
+    confidence: float | None  # geometric mean probability of the chosen tokens; None when not measured
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _ConfidenceMeter:
+    """A logits processor that sums the log-probability of each chosen token (see module doc)."""
+
+    def __init__(self) -> None:
+        self._previous: np.ndarray | None = None  # the last step's logits (copied: llama.cpp reuses the buffer)
+        self._previous_lse = 0.0
+        self.total = 0.0
+        self.count = 0
+
+    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        if self._previous is not None:
+            self.total += float(self._previous[int(input_ids[-1])]) - self._previous_lse
+            self.count += 1
+        top = float(logits.max())
+        self._previous_lse = top + math.log(float(np.exp(logits - top).sum()))
+        self._previous = np.array(logits, copy=True)
+        return logits
+
+    @property
+    def confidence(self) -> float | None:
+        return math.exp(self.total / self.count) if self.count else None
 
 
 class LocalGenerator:
@@ -157,6 +199,21 @@ class LocalGenerator:
         stop: list[str] | None = None,
     ) -> str:
         """Complete `prompt` (rendered by training.prompt_format) with the given adapter."""
+        return self.complete(prompt, adapter_path, max_tokens, grammar_schema, temperature, stop,
+                             with_confidence=False).text
+
+    def complete(
+        self,
+        prompt: str,
+        adapter_path: str | Path | None = None,
+        max_tokens: int = 512,
+        grammar_schema: dict | str | None = None,
+        temperature: float = 0.0,
+        stop: list[str] | None = None,
+        with_confidence: bool = True,
+    ) -> Generation:
+        """`generate`, with the answer's confidence and token counts."""
+        meter = _ConfidenceMeter() if with_confidence else None
         with self._lock:
             self._activate(adapter_path)
             out = self.llm.create_completion(
@@ -167,8 +224,11 @@ class LocalGenerator:
                 repeat_penalty=1.0,  # the answers are exact copies of structured text
                 stop=STOP_SEQUENCES if stop is None else stop,
                 grammar=None if grammar_schema is None else self._grammar(grammar_schema),
+                logits_processor=None if meter is None else self._llama_cpp.LogitsProcessorList([meter]),
             )
-            return out["choices"][0]["text"]
+        usage = out.get("usage") or {}
+        return Generation(out["choices"][0]["text"], meter.confidence if meter else None,
+                          int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
     def close(self) -> None:
         with self._lock:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,19 @@ MAX_EVAL_EXAMPLES = 20  # held-out examples generated per evaluation (each is a 
 
 
 def run_training_job(site_id: str, snapshot: str, out_dir: str, config: dict[str, Any], *,
-                     validator: Callable[[str], bool] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train one version for one site; never raises (a failure is a result with `error`)."""
+                     validator: str | None = None, progress: bool = True, control: str | None = None) -> dict[str, Any]:
+    """Train one version for one site; never raises (a failure is a result with `error`).
+
+    `validator` is the site's validator reference (`module:function`); the held-out sets are
+    checked with it, bound to each example's own request.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig.from_dict(config)
     result: dict[str, Any] = {"site_id": site_id, "dataset_snapshot": snapshot, "config": cfg.to_dict(),
                               "base_model": cfg.resolved_base_model(), "base_gguf": cfg.resolved_base_gguf(),
-                              "adapter_path": None, "verified": False, "metrics": {}, "error": None}
+                              "adapter_path": None, "verified": False, "metrics": {}, "error": None,
+                              "control": control}
     try:
         _train_export_verify(cfg, snapshot, out, result, validator, progress)
     except Exception as exc:  # the version is recorded as failed, with the reason
@@ -46,7 +50,7 @@ def run_training_job(site_id: str, snapshot: str, out_dir: str, config: dict[str
 
 
 def _train_export_verify(cfg: TrainConfig, snapshot: str, out: Path, result: dict[str, Any],
-                         validator: Callable[[str], bool] | None, progress: bool) -> None:
+                         validator: str | None, progress: bool) -> None:
     from training.gguf_adapter import export_gguf_adapter
     from training.local_generate import LocalGenerator
     from training.train import train

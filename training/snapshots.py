@@ -2,8 +2,9 @@
 
 An example is one successful upstream call: the request's messages (and response
 schema and tools) and the exact assistant content the upstream returned. Filtering keeps
-calls whose typed output parsed against its schema and, where a task validator is
-given (the RPG `Map` and `Level` validators), passed it. Identical (prompt, completion)
+calls whose typed output parsed against its schema and, where the site has a task validator
+(the RPG `Map` and `Level` validators), passed it *for its own request's arguments* (a map
+of the wrong size is not learned from). Identical (prompt, completion)
 pairs are kept once. The split is by a hash of the prompt, so an example never moves
 between train and eval as the dataset grows.
 
@@ -24,7 +25,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-Validator = Callable[[str], tuple[bool, dict[str, Any]]]
+from understudy.validators import BoundValidator
+
+# request -> the site's validator bound to that request's arguments (None: no validator)
+ValidatorFor = Callable[[dict[str, Any]], BoundValidator | None]
 EVAL_SHARE = 0.1  # share of distinct prompts held out for evaluation
 # Columns of an exported / snapshot Parquet file (training.dataset reads these).
 COLUMNS = ("call_id", "site_id", "provider_model", "messages", "response_format", "tools", "completion",
@@ -44,7 +48,7 @@ class ExportCounts:
 
 
 def site_examples(cur: duckdb.DuckDBPyConnection, site_id: str, *, filtered: bool,
-                  validator_for: Callable[[dict | None], Validator | None] | None = None,
+                  validator_for: ValidatorFor | None = None,
                   teacher_model: str | None = None) -> tuple[list[dict[str, Any]], ExportCounts]:
     """Successful upstream calls of one site as examples, optionally filtered."""
     query = """
@@ -64,8 +68,8 @@ def site_examples(cur: duckdb.DuckDBPyConnection, site_id: str, *, filtered: boo
         if completion is None:  # a tool call, not text: nothing to imitate here
             counts.dropped_invalid += 1
             continue
-        validator = validator_for(request.get("response_format")) if validator_for else None
-        validator_passed = validator(completion)[0] if validator else None
+        validator = validator_for(request) if validator_for else None
+        validator_passed = validator(completion).passed if validator else None
         if filtered and valid is False:
             counts.dropped_invalid += 1
             continue

@@ -35,12 +35,10 @@ huey = make_huey(settings)
 
 @huey.task()
 def train_site(job: dict[str, Any]) -> dict[str, Any]:
-    from routing.validators import default_registry
     from training.pipeline import run_training_job
 
-    validator = default_registry().for_response_format(job.get("response_format"))
     result = run_training_job(job["site_id"], job["snapshot"], job["out_dir"], job["config"],
-                              validator=(lambda text: validator(text)[0]) if validator else None, progress=False)
+                              validator=job.get("validator"), progress=False, control=job.get("control"))
     _report(result)
     return {k: v for k, v in result.items() if k != "traceback"}
 

@@ -50,13 +50,17 @@ def serve(
     max_body_bytes: Annotated[Optional[int], typer.Option(envvar="UNDERSTUDY_MAX_BODY_BYTES",
                                                           help="Largest request body accepted (default: 8 MiB).")] = None,
     config: ConfigFile = None,
+    upstream_free: Annotated[Optional[bool], typer.Option(
+        "--upstream-free", envvar="UNDERSTUDY_UPSTREAM_FREE",
+        help="The default upstream charges nothing (the offline teacher, your own model server): its calls cost 0 "
+             "and the teacher's self-agreement is sampled on every call.")] = None,
 ) -> None:
     """Run the proxy: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /schema, /report."""
     from proxy.server import serve as run_server
     from proxy.upstreams import UpstreamConfigError
 
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
-                             data_dir=data_dir, max_body_bytes=max_body_bytes, config=config)
+                             data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free)
     key_note = "set" if settings.resolved_upstream_key() else "not set (clients' own keys are forwarded)"
     typer.echo(f"understudy: upstream {settings.upstream_url} (key {key_note}); data in {settings.data_dir}", err=True)
     try:
@@ -134,7 +138,7 @@ def up(
     teacher = None
     if settings.resolved_upstream_key() is None and "UNDERSTUDY_UPSTREAM_URL" not in os.environ:
         teacher = start_teacher(seed=teacher_seed, flaw_share=teacher_flaw_share)
-        settings = settings.model_copy(update={"upstream_url": teacher.url})
+        settings = settings.model_copy(update={"upstream_url": teacher.url, "upstream_free": True})
         typer.echo(f"understudy: no upstream key set; the offline teacher answers at {teacher.url}", err=True)
     worker = start_worker(settings)
     typer.echo(f"understudy: proxy on http://{settings.host}:{settings.port}/v1 -> {settings.upstream_url}; "
@@ -254,6 +258,9 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
     lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank.")] = None,
     qlora: Annotated[Optional[bool], typer.Option("--qlora/--no-qlora", help="4-bit NF4 base (bitsandbytes).")] = None,
+    control: Annotated[Optional[str], typer.Option(
+        help="Register a negative control instead of a candidate: 'base' (the bare base model, no adapter) or "
+             "'shuffled' (trained on answers to other requests). The policy should reject either.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Train a new version for SITE from its recorded calls (snapshot -> LoRA -> GGUF adapter -> verify)."""
@@ -262,7 +269,14 @@ def train(
                  if v is not None}
     settings = load_settings(data_dir=data_dir)
     access = StoreAccess(settings)
-    job = _run(lambda: access.training_job(site, overrides))
+    job = _run(lambda: access.training_job(site, overrides, control))
+    if control == "base":
+        from understudy.training_jobs import base_control_result
+
+        version = _run(lambda: access.register(base_control_result(job)))
+        typer.echo(json.dumps({"version": version["version"], "status": version["status"], "note": version["note"],
+                               "adapter": None, "metrics": version["metrics"]}, indent=2, default=str))
+        return
     typer.echo(f"snapshot {job['snapshot']} ({job['examples']['kept']} examples)", err=True)
     if not now:
         from training.tasks import train_site
@@ -270,12 +284,10 @@ def train(
         train_site(job)
         typer.echo(f"queued training for {job['site_name']}; `understudy worker` runs it")
         return
-    from routing.validators import default_registry
     from training.pipeline import run_training_job
 
-    validator = default_registry().for_response_format(job.get("response_format"))
     result = run_training_job(job["site_id"], job["snapshot"], job["out_dir"], job["config"],
-                              validator=(lambda text: validator(text)[0]) if validator else None)
+                              validator=job.get("validator"), control=job.get("control"))
     version = _run(lambda: StoreAccess(settings).register(result))
     typer.echo(json.dumps({"version": version["version"], "status": version["status"], "note": version["note"],
                            "adapter": version["adapter_path"], "metrics": version["metrics"]}, indent=2, default=str))
@@ -385,6 +397,49 @@ def policy(
     if not isinstance(parsed, dict):
         fail("overrides must be a JSON object")
     _act(site, {"action": "policy", "overrides": parsed}, data_dir)
+
+
+@app.command()
+def score(
+    request: Annotated[str, typer.Option("--request", help="A chat-completions request body (JSON file, or - for stdin).")],
+    upstream: Annotated[str, typer.Option("--upstream", help="The upstream's answer: the assistant message text (file or -).")],
+    local: Annotated[str, typer.Option("--local", help="The local model's answer (file or -).")],
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"score", "local_valid", "components"}.')] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Score one pair of answers to REQUEST exactly as shadow mode would: why a site is (not) promoted."""
+    from proxy.types import validation_error
+
+    if [request, upstream, local].count("-") > 1:
+        fail("only one of --request, --upstream and --local can be - (stdin)", 2)
+    body_text = _read_input(request, "--request")
+    try:
+        body = json.loads(body_text)
+    except ValueError as exc:
+        fail(f"--request {request}: not JSON ({exc})", 2)
+    problem = validation_error(body) if isinstance(body, dict) else "the body is not a JSON object"
+    if problem is not None:
+        fail(f"--request {request}: not a chat-completions request: {problem}", 2)
+    result = _run(lambda: StoreAccess(load_settings(data_dir=data_dir)).score(
+        body, _read_input(upstream, "--upstream"), _read_input(local, "--local")))
+    site, known = result.pop("_site", None), result.pop("_known_site", False)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    where = f"site {site}" + ("" if known else " (not in the store: default scoring, no decoys)")
+    typer.echo(f"score {result['score']:.3f}  local answer {'valid' if result['local_valid'] else 'INVALID'}  ({where})")
+    for name, value in result["components"].items():
+        typer.echo(f"  {name}: {value:.3f}" if isinstance(value, float) else f"  {name}: {value}")
+
+
+def _read_input(source: str, option: str) -> str:
+    """A file's text, or stdin's for '-'; exit 2 with one line when it cannot be read."""
+    try:
+        if source == "-":
+            return sys.stdin.read()
+        return Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{option} {source}: cannot read it ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})", 2)
 
 
 def _act(site: str, request: dict, data_dir: Optional[Path]) -> None:

@@ -133,6 +133,36 @@ def m004_site_tags(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE sites ADD COLUMN tag VARCHAR")
 
 
+@migration
+def m005_judging_against_the_teacher(con: duckdb.DuckDBPyConnection) -> None:
+    # Extra upstream calls the proxy makes itself are calls too (cost, tokens, training data).
+    con.execute("ALTER TABLE calls ADD COLUMN purpose VARCHAR DEFAULT 'client'")  # client | drift | self_check
+    # Shadow results carry the pair's other half of the validity comparison, the phase they
+    # were taken in (shadow, or drift checks while local) and the local model's confidence.
+    con.execute("ALTER TABLE shadow_results ADD COLUMN upstream_valid BOOLEAN")
+    con.execute("ALTER TABLE shadow_results ADD COLUMN phase VARCHAR DEFAULT 'shadow'")  # shadow | drift
+    con.execute("ALTER TABLE shadow_results ADD COLUMN local_confidence DOUBLE")
+    # The teacher's self-agreement: a second upstream answer to a request scored against the first.
+    con.execute(
+        """
+        CREATE TABLE self_agreement (
+            call_id VARCHAR NOT NULL,        -- the client's call (the first answer)
+            second_call_id VARCHAR NOT NULL, -- the proxy's second upstream call for the same request
+            site_id VARCHAR NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            score DOUBLE NOT NULL,           -- agreement of the second answer with the first, in [0, 1]
+            components JSON NOT NULL,
+            comparable BOOLEAN NOT NULL,     -- false when the first answer was itself unusable
+            first_valid BOOLEAN,
+            second_valid BOOLEAN
+        )
+        """
+    )
+    con.execute("CREATE INDEX self_agreement_site_ts ON self_agreement (site_id, ts)")
+    con.execute("ALTER TABLE sites ADD COLUMN state_since TIMESTAMPTZ")  # evidence counts from here
+    con.execute("ALTER TABLE model_versions ADD COLUMN control VARCHAR")  # NULL | base | shuffled
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending steps; returns the names applied now."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")

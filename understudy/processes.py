@@ -71,12 +71,13 @@ def start_teacher(seed: int = 0, flaw_share: float = 0.1, port: int | None = Non
     return Child(process, url + "/v1")
 
 
-def start_proxy(settings: Settings, upstream_url: str) -> Child:
+def start_proxy(settings: Settings, upstream_url: str, *, upstream_free: bool = False) -> Child:
     """`understudy serve` on a free port; its URL comes from the discovery file it writes."""
     settings.ensure_data_dir()
     settings.discovery_path.unlink(missing_ok=True)
     process = subprocess.Popen(
-        [understudy_executable(), "serve", "--port", "0", "--upstream-url", upstream_url, "--data-dir", str(settings.data_dir)],
+        [understudy_executable(), "serve", "--port", "0", "--upstream-url", upstream_url, "--data-dir", str(settings.data_dir),
+         *(["--upstream-free"] if upstream_free else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60

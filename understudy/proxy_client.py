@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from understudy.exports import export_site
+from understudy.validators import ValidatorRegistry
 from understudy.training_jobs import NotEnoughData, prepare_job, register_result
 from understudy.settings import Settings
 from understudy.store import SiteNotFound, Store
@@ -98,7 +99,8 @@ class StoreAccess:
         store = self._open(read_only=True)
         try:
             return export_site(store, site, filtered=filtered, jsonl=jsonl and Path(jsonl),
-                               parquet=parquet and Path(parquet), teacher_model=teacher_model)
+                               parquet=parquet and Path(parquet), teacher_model=teacher_model,
+                               validators=ValidatorRegistry(self.settings.validators))
         except SiteNotFound as exc:
             raise CommandError(str(exc)) from None
         finally:
@@ -115,11 +117,12 @@ class StoreAccess:
         finally:
             store.close()
 
-    def training_job(self, site: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    def training_job(self, site: str, overrides: dict[str, Any] | None = None, control: str | None = None) -> dict[str, Any]:
         if self.proxy:
-            return self._admin("POST", f"/sites/{site}/training-job", json={"config": overrides or {}})
+            return self._admin("POST", f"/sites/{site}/training-job", json={"config": overrides or {}, "control": control})
         self.settings.ensure_data_dir()
-        return self._with_store(lambda store: prepare_job(store, self.settings, site, overrides), read_only=True)
+        return self._with_store(lambda store: prepare_job(store, self.settings, site, overrides, control),
+                                read_only=True)
 
     def register(self, result: dict[str, Any]) -> dict[str, Any]:
         if self.proxy:
@@ -150,6 +153,19 @@ class StoreAccess:
                 raise CommandError(str(exc)) from None
 
         return self._with_store(act, read_only=False)
+
+    def score(self, request: dict[str, Any], upstream: str, local: str) -> dict[str, Any]:
+        """A pair scored as shadow mode scores it (understudy.pair_scoring)."""
+        if self.proxy:
+            return self._admin("POST", "/score", json={"request": request, "upstream": upstream, "local": local})
+        from understudy.pair_scoring import offline_router, score_request
+
+        store = Store(self.settings.db_path, read_only=True) if self.settings.db_path.exists() else None
+        try:
+            return score_request(offline_router(store, self.settings), store, request, upstream, local)
+        finally:
+            if store is not None:
+                store.close()
 
     def report(self, site: str | None, fmt: str, *, color: bool = False, width: int = 120) -> str:
         from understudy.reports import render_report

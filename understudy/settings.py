@@ -27,6 +27,8 @@ class Settings(BaseSettings):
         None,
         description="Key sent to the upstream; falls back to OPENAI_API_KEY, then to the client's own Authorization header.",
     )
+    upstream_free: bool = Field(False, description="The default upstream charges nothing (the offline teacher, a model "
+                                "server of your own): its calls cost 0, and second answers are asked on every call.")
     data_dir: Path = Field(Path("./understudy-data"), description="Directory holding the DuckDB file, queue, snapshots and adapters.")
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest accepted request body, bytes; larger bodies get 413.")
     upstream_connect_timeout_s: float = Field(10.0, description="Seconds to open a connection to the upstream.")
@@ -44,6 +46,10 @@ class Settings(BaseSettings):
     local_threads: int | None = Field(None, description="llama.cpp threads for local inference (default: all cores).")
     local_when_upstream_down: bool = Field(True, description="Answer locally when the upstream fails and the site has a version.")
     routing_policy: dict = Field(default_factory=dict, description="Global promotion settings (JSON), e.g. {\"min_samples\": 20}.")
+    validators: dict[str, str] = Field(default_factory=dict, description="Validators by response type (JSON), e.g. "
+                                       "{\"Recipe\": \"myapp.checks:recipe\"}; over the `understudy.validators` entry points.")
+    extra_upstream_concurrency: int = Field(2, description="Drift checks and second upstream answers in flight at once; "
+                                            "beyond it a sample is skipped.")
 
     # ---- training ----
     redis_url: str | None = Field(None, description="Use RedisHuey at this URL instead of SqliteHuey in the data dir.")

@@ -8,6 +8,7 @@ pending migrations, so every code path sees the current schema.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,11 +24,14 @@ from understudy.migrations import migrate
 CALL_COLUMNS = (
     "id", "ts", "site_id", "model", "served_by", "stream", "turn", "conversation", "retry_of",
     "request", "response", "status", "error", "latency_ms", "prompt_tokens", "completion_tokens",
-    "cost_usd", "valid", "provider", "upstream_model",
+    "cost_usd", "valid", "provider", "upstream_model", "purpose",
 )
 SHADOW_COLUMNS = (
     "call_id", "site_id", "version", "ts", "score", "components", "comparable", "local_valid", "local_latency_ms",
-    "upstream_latency_ms", "local_output",
+    "upstream_latency_ms", "local_output", "upstream_valid", "phase", "local_confidence",
+)
+SELF_AGREEMENT_COLUMNS = (
+    "call_id", "second_call_id", "site_id", "ts", "score", "components", "comparable", "first_valid", "second_valid",
 )
 SITE_COLUMNS = (
     "id", "name", "name_source", "kind", "system_text", "header", "arg_names", "schema_name",
@@ -41,7 +45,7 @@ CALLS_ARROW_SCHEMA = pa.schema([
     ("retry_of", pa.string()), ("request", pa.string()), ("response", pa.string()), ("status", pa.int32()),
     ("error", pa.string()), ("latency_ms", pa.float64()), ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("valid", pa.bool_()),
-    ("provider", pa.string()), ("upstream_model", pa.string()),
+    ("provider", pa.string()), ("upstream_model", pa.string()), ("purpose", pa.string()),
 ])
 assert tuple(CALLS_ARROW_SCHEMA.names) == CALL_COLUMNS
 # New sites and shadow results are rare next to calls; multi-row VALUES is plenty for them.
@@ -87,8 +91,9 @@ class Store:
 
     # ---- writes (the recorder's thread) ----
 
-    def write_batch(self, sites: Sequence[tuple], calls: Sequence[tuple], shadows: Sequence[tuple] = ()) -> None:
-        """New sites, calls and shadow results in one transaction: the group commit."""
+    def write_batch(self, sites: Sequence[tuple], calls: Sequence[tuple], shadows: Sequence[tuple] = (),
+                    self_agreement: Sequence[tuple] = ()) -> None:
+        """New sites, calls, shadow and self-agreement results in one transaction: the group commit."""
         cur = self.cursor()
         cur.execute("BEGIN")
         try:
@@ -104,6 +109,8 @@ class Store:
                 cur.unregister("_calls_batch")
             for chunk in _chunks(shadows, _ROWS_PER_STATEMENT):
                 cur.execute(_insert_sql("shadow_results", SHADOW_COLUMNS, len(chunk)), _flatten(chunk))
+            for chunk in _chunks(self_agreement, _ROWS_PER_STATEMENT):
+                cur.execute(_insert_sql("self_agreement", SELF_AGREEMENT_COLUMNS, len(chunk)), _flatten(chunk))
             cur.execute("COMMIT")
         except Exception:
             cur.execute("ROLLBACK")
@@ -128,6 +135,11 @@ class Store:
         return dict(self.cursor().execute("SELECT tag, id FROM sites WHERE tag IS NOT NULL").fetchall())
 
     # ---- reads ----
+
+    def site_policy(self, site_id: str) -> dict[str, Any]:
+        """The site's policy overrides (`understudy policy`), {} when it has none."""
+        row = self.cursor().execute("SELECT policy FROM sites WHERE id = ?", [site_id]).fetchone()
+        return json.loads(row[0]) if row and row[0] else {}
 
     def site_records(self) -> list[SiteRecord]:
         rows = self.cursor().execute(

@@ -12,13 +12,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from routing.registry import list_versions, register_version
-from routing.validators import default_registry
+from routing.registry import CONTROLS, list_versions, register_version
 from training.pipeline import RESULT_FILENAME
 from training.quiet import QuietWindow
 from training.snapshots import site_examples, write_snapshot
 from understudy.settings import Settings
 from understudy.store import Store
+from understudy.validators import ValidatorRegistry, site_validator_for, site_validator_reference
 
 REGISTERED_MARKER = "registered"  # written beside result.json once the store has it
 MIN_EXAMPLES = 2  # a job needs something to train on and something to verify against
@@ -28,22 +28,60 @@ class NotEnoughData(ValueError):
     pass
 
 
-def prepare_job(store: Store, settings: Settings, site_ref: str, config_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Snapshot the site's filtered examples and describe the job that trains on them."""
+def prepare_job(store: Store, settings: Settings, site_ref: str, config_overrides: dict[str, Any] | None = None,
+                control: str | None = None) -> dict[str, Any]:
+    """Snapshot the site's filtered examples and describe the job that trains on them.
+
+    `control="shuffled"` pairs every prompt with the answer to another request of the site: a
+    negative control whose answers are valid but answer the wrong request.
+    """
+    if control is not None and control not in CONTROLS:
+        raise ValueError(f"control must be one of {sorted(CONTROLS)}, not {control!r}")
     site = store.resolve_site(site_ref)
     row = store.cursor().execute("SELECT tool_names FROM sites WHERE id = ?", [site.id]).fetchone()
     if row and row[0]:
         raise NotEnoughData(f"site {site.name} uses tools; local models do not learn tool loops")
-    examples, counts = site_examples(store.cursor(), site.id, filtered=True, validator_for=default_registry().for_response_format)
+    registry = ValidatorRegistry(settings.validators)
+    examples, counts = site_examples(store.cursor(), site.id, filtered=True,
+                                     validator_for=site_validator_for(store, site.id, registry))
     if len(examples) < MIN_EXAMPLES:
         raise NotEnoughData(f"site {site.name} has {len(examples)} usable examples; at least {MIN_EXAMPLES} are needed")
-    snapshot = write_snapshot(examples, settings.snapshots_dir, site.id)
+    if control == "shuffled":
+        examples = answers_to_other_requests(examples)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     response_format = examples[0]["response_format"]
-    config = {"base_gguf": settings.resolved_base_gguf(), **settings.train_config, **(config_overrides or {})}
-    return {"site_id": site.id, "site_name": site.name, "snapshot": str(snapshot),
-            "out_dir": str(settings.adapters_dir / site.id / f"job-{stamp}"), "config": config,
-            "response_format": response_format, "examples": counts.to_dict()}
+    job = {"site_id": site.id, "site_name": site.name, "out_dir": str(settings.adapters_dir / site.id / f"job-{stamp}"),
+           "config": {"base_gguf": settings.resolved_base_gguf(), **settings.train_config, **(config_overrides or {})},
+           "response_format": response_format, "examples": counts.to_dict(), "control": control,
+           "validator": site_validator_reference(store, site.id, response_format, registry)}
+    if control != "base":
+        job["snapshot"] = str(write_snapshot(examples, settings.snapshots_dir, site.id))
+    return job
+
+
+def answers_to_other_requests(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each example's completion replaced by one given to a different prompt (a derangement).
+
+    Rotating by one over the examples in order gives every prompt another prompt's answer;
+    where two neighbours had the same answer the rotation goes on to the next different one.
+    """
+    answers = [e["completion"] for e in examples]
+    out = []
+    for i, example in enumerate(examples):
+        other = next((answers[(i + k) % len(answers)] for k in range(1, len(answers))
+                      if answers[(i + k) % len(answers)] != example["completion"]), None)
+        if other is not None:
+            out.append({**example, "completion": other})
+    if len(out) < MIN_EXAMPLES:
+        raise NotEnoughData("the site's answers are all alike: no answer to another request to train on")
+    return out
+
+
+def base_control_result(job: dict[str, Any]) -> dict[str, Any]:
+    """The result that registers the bare base model (no adapter) as a version: the base control."""
+    return {"site_id": job["site_id"], "control": "base", "verified": True, "adapter_path": None,
+            "base_model": job["config"].get("base_gguf"), "base_gguf": job["config"].get("base_gguf"),
+            "config": job["config"], "metrics": {}, "error": None, "dataset_snapshot": None}
 
 
 def register_result(store: Store, result: dict[str, Any]) -> dict[str, Any]:

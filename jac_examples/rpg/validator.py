@@ -17,10 +17,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from jac_examples.rpg.mapmodel import MAX_SIDE, Cell, as_cell, as_int, in_bounds, load_map_like, reachable, wall_cells
+from jac_examples.rpg.mapmodel import (
+    MAX_SIDE, Cell, as_cell, as_int, in_bounds, load_map_like, reachable, to_plain, wall_cells,
+)
 
 MAP_CHECKS = (
     "parse",
+    "level_echo",
     "dimensions",
     "player_spawn",
     "wall_count",
@@ -31,7 +34,7 @@ MAP_CHECKS = (
     "no_overlap",
     "reachability",
 )
-LEVEL_CHECKS = ("parse", "dimensions", "counts", "difficulty")
+LEVEL_CHECKS = ("parse", "dimensions", "counts", "difficulty", "novelty")
 
 LEVEL_INT_FIELDS = ("difficulty", "width", "height", "num_wall", "num_enemies")
 # Fields the Jac Level has beyond the ones the validator reasons about; checked when present.
@@ -326,15 +329,37 @@ def _reachability_check(
     return Check("reachability", True, f"all {open_cells} open cells and every enemy reachable")
 
 
+def _echo_check(level: Any, expected: dict[str, Any] | None) -> Check:
+    """The map's `level` is the level it was asked to lay out."""
+    if expected is None:
+        return Check("level_echo", True, "no level was given to compare with")
+    if not isinstance(level, dict):
+        return Check("level_echo", False, "level is missing or not an object")
+    differ = [k for k in sorted(set(expected) | set(level)) if level.get(k) != expected.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}={level.get(k)!r} (asked {expected.get(k)!r})" for k in differ[:_MAX_LISTED])
+        return Check("level_echo", False, f"the map's level differs from the requested one: {shown}")
+    return Check("level_echo", True, "the requested level, field for field")
+
+
 def _not_checked(names: tuple[str, ...], reason: str) -> list[Check]:
     return [Check(n, False, f"not checked: {reason}") for n in names]
 
 
 def validate_map(
-    data: Any, *, expected_width: int | None = None, expected_height: int | None = None
+    data: Any, *, expected_width: int | None = None, expected_height: int | None = None,
+    expected_level: dict[str, Any] | None = None,
 ) -> ValidationReport:
-    """Validate one `Map` (dict, JSON str/bytes, or a live Jac object); never raises."""
+    """Validate one `Map` (dict, JSON str/bytes, or a live Jac object); never raises.
+
+    `expected_level` is the `Level` the map was asked for: the map must echo it field for
+    field (so its size and counts are the requested ones), and its size is then expected too.
+    """
     try:
+        if expected_level is not None:
+            expected_level = to_plain(expected_level)
+            expected_width = expected_width if expected_width is not None else as_int(expected_level.get("width"))
+            expected_height = expected_height if expected_height is not None else as_int(expected_level.get("height"))
         decoded, error = _load(data)
         if error is None and not isinstance(decoded, dict):
             error = f"expected a JSON object, got {type(decoded).__name__}"
@@ -344,8 +369,9 @@ def validate_map(
             )
         pm = _parse_map(decoded)
         parse = Check("parse", not pm.problems, _listed(pm.problems) if pm.problems else "well-formed Map")
+        echo = _echo_check(decoded.get("level"), expected_level)
         dims, grid_ok = _dims_check(pm.width, pm.height, expected_width, expected_height)
-        return ValidationReport.from_checks([parse] + _map_checks(pm, dims, grid_ok))
+        return ValidationReport.from_checks([parse, echo] + _map_checks(pm, dims, grid_ok))
     except Exception as exc:  # a validator that raises would take the request path down with it
         return ValidationReport.from_checks(
             [Check("parse", False, f"validator could not read the input: {exc!r}")]
@@ -362,8 +388,13 @@ def validate_level(
     expected_width: int | None = None,
     expected_height: int | None = None,
     expected_difficulty: int | None = None,
+    previous_levels: list[Any] | None = None,
 ) -> ValidationReport:
-    """Validate one bare `Level` (what `create_next_level` returns); never raises."""
+    """Validate one bare `Level` (what `create_next_level` returns); never raises.
+
+    The expected size and difficulty are what the request fixed; `previous_levels` are the
+    levels it was given, which the new one must not copy (checked by name).
+    """
     try:
         decoded, error = _load(data)
         if error is None and not isinstance(decoded, dict):
@@ -372,7 +403,8 @@ def validate_level(
             return ValidationReport.from_checks(
                 [Check("parse", False, error)] + _not_checked(LEVEL_CHECKS[1:], "the level could not be parsed")
             )
-        return ValidationReport.from_checks(_level_checks(decoded, expected_width, expected_height, expected_difficulty))
+        checks = _level_checks(decoded, expected_width, expected_height, expected_difficulty)
+        return ValidationReport.from_checks(checks + [_novelty_check(decoded, previous_levels)])
     except Exception as exc:  # see validate_map
         return ValidationReport.from_checks(
             [Check("parse", False, f"validator could not read the input: {exc!r}")]
@@ -415,3 +447,14 @@ def _level_checks(level: dict[str, Any], exp_w: int | None, exp_h: int | None, e
     else:
         checks.append(Check("difficulty", True, f"difficulty {d}"))
     return checks
+
+
+def _novelty_check(level: dict[str, Any], previous: list[Any] | None) -> Check:
+    """A new level is not a copy of one it was given (the call site's docstring asks for that)."""
+    names = [str(to_plain(p).get("name")) for p in previous or () if isinstance(to_plain(p), dict)]
+    name = level.get("name")
+    if isinstance(name, str) and name.strip().casefold() in {n.strip().casefold() for n in names}:
+        return Check("novelty", False, f"{name!r} repeats a level it was given")
+    if isinstance(name, str) and not name.strip():
+        return Check("novelty", False, "the name is empty")
+    return Check("novelty", True, f"new name among {len(names)} given levels")

@@ -17,14 +17,12 @@ from jac_examples.rpg.validator import validate_level, validate_map
 from jac_examples.teacher.prompt import parse_request
 from jac_examples.teacher.sites import Site, identify
 from jac_examples.teacher.teacher import Teacher
+from tests.conftest import FIXTURES_DIR
 
-# byLLM wire captures live beside the repository (../shared); reading them is enough.
-CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "byllm" / "captures"
+CAPTURES = FIXTURES_DIR / "captures"
 
 
 def _captured_requests() -> list[tuple[str, dict]]:
-    if not CAPTURES.is_dir():
-        pytest.skip(f"byLLM captures not found at {CAPTURES}")
     out = []
     for path in sorted(CAPTURES.glob("*.jsonl")):
         for n, line in enumerate(path.read_text().splitlines()):

@@ -1,4 +1,4 @@
-"""Loading the shared byLLM wire captures (../shared/fixtures/byllm/captures)."""
+"""Loading the byLLM wire captures (tests/fixtures/byllm/captures)."""
 
 from __future__ import annotations
 

@@ -1,138 +1,73 @@
-"""Promotion policy: Wilson intervals, the site state machine, pins and per-site settings."""
+"""Promotion policy: confidence sequences, non-inferiority to the teacher, the state machine, pins,
+per-site settings, and the false-promotion rate under a check after every sample."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from routing.policy import (
-    Decision,
+    Evidence,
     PromotionPolicy,
     SiteState,
     decide,
     on_new_version,
     on_rollback,
-    wilson_interval,
 )
+from routing.sequential import ConfidenceSequence, confidence_sequence
 
 POLICY = PromotionPolicy()
 
 
-# --- Wilson score interval ----------------------------------------------------------------
+def evidence(scores, validity=None, policy: PromotionPolicy = POLICY) -> Evidence:
+    """Evidence from agreement scores and (local valid, upstream valid) pairs (default: both valid)."""
+    e = policy.new_evidence()
+    pairs = validity if validity is not None else [(True, True)] * len(scores)
+    for i, (local_valid, upstream_valid) in enumerate(pairs):
+        e.add(scores[i] if i < len(scores) else None, local_valid, upstream_valid)
+    return e
 
 
-@pytest.mark.parametrize(
-    ("successes", "n", "expected"),
-    [
-        (8, 10, (0.4902, 0.9433)),  # the textbook example
-        (0, 10, (0.0, 0.2775)),
-        (10, 10, (0.7225, 1.0)),
-        (50, 100, (0.4038, 0.5962)),
-        (20, 20, (0.8389, 1.0)),
-    ],
-)
-def test_wilson_interval_known_values(successes, n, expected):
-    low, high = wilson_interval(successes, n)
-    assert low == pytest.approx(expected[0], abs=1e-4)
-    assert high == pytest.approx(expected[1], abs=1e-4)
+def reference(scores, policy: PromotionPolicy = POLICY) -> ConfidenceSequence:
+    return policy.new_reference().extend(scores)
 
 
-def test_wilson_interval_without_samples_is_everything():
-    assert wilson_interval(0, 0) == (0.0, 1.0)
+# --- confidence sequences -----------------------------------------------------------------
 
 
-def test_wilson_interval_takes_fractional_successes():
-    # Twenty scores of 0.9 are treated like 18 successes in 20 trials.
-    assert wilson_interval(20 * 0.9, 20) == pytest.approx(wilson_interval(18, 20))
-    low, high = wilson_interval(9.5, 10)
-    assert wilson_interval(9, 10)[0] < low < wilson_interval(10, 10)[0]
+def test_a_confidence_sequence_covers_the_mean_at_every_look():
+    # 200 streams of 300 Bernoulli(0.7) samples; a stream "misses" if the running CS ever
+    # excludes 0.7. Time-uniform coverage: the miss rate stays at or below alpha = 0.05.
+    rng = np.random.default_rng(0)
+    misses = 0
+    for _ in range(200):
+        cs = ConfidenceSequence(0.05)
+        cs.extend(rng.binomial(1, 0.7, 300))
+        low, high = cs.bounds  # the running intersection: excluded at some look means excluded now
+        misses += not low <= 0.7 <= high
+    assert misses / 200 <= 0.05
 
 
-def test_wilson_interval_narrows_with_evidence_and_honours_z():
-    narrow = wilson_interval(90, 100)
-    wide = wilson_interval(9, 10)
-    assert narrow[1] - narrow[0] < wide[1] - wide[0]
-    strict = wilson_interval(9, 10, z=2.576)  # 99%
-    assert strict[0] < wide[0] and strict[1] > wide[1]
+def test_bounds_narrow_with_evidence_and_are_the_same_one_at_a_time():
+    rng = np.random.default_rng(1)
+    xs = rng.uniform(0.5, 1.0, 200)
+    one_by_one = ConfidenceSequence()
+    for x in xs:
+        one_by_one.add(x)
+    assert one_by_one.bounds == confidence_sequence(xs)
+    assert one_by_one.n == 200 and one_by_one.mean == pytest.approx(xs.mean())
+    w10, w200 = np.diff(confidence_sequence(xs[:10]))[0], np.diff(confidence_sequence(xs))[0]
+    assert w200 < w10 / 2
+    assert confidence_sequence([]) == (0.0, 1.0)
+    low, high = confidence_sequence([0.0, 0.0, 1.0] * 20, low=-1.0, high=1.0)
+    assert -1.0 < low < 1 / 3 < high < 1.0
 
 
 # --- the state machine --------------------------------------------------------------------
 
 
-def test_full_walk_learning_shadow_local_shadow_learning():
-    transitions: list[tuple[str, str, str]] = []
-
-    def step(state: SiteState, decision: Decision) -> SiteState:
-        if decision.new_state is not state:
-            transitions.append((state.value, decision.new_state.value, decision.reason))
-        return decision.new_state
-
-    state = SiteState.LEARNING
-    assert decide(state, [0.9] * 100, POLICY).new_state is SiteState.LEARNING  # nothing to shadow yet
-    state = step(state, on_new_version(state))
-    assert state is SiteState.SHADOW
-
-    # Shadow: perfect agreement, but promotion waits for min_samples (20).
-    scores: list[float] = []
-    for i in range(1, 21):
-        scores.append(1.0)
-        state = step(state, decide(state, scores, POLICY))
-        assert state is (SiteState.LOCAL if i == 20 else SiteState.SHADOW), i
-
-    # Local: drift sampling starts returning zeros; the upper bound falls below 0.60.
-    zeros_to_demote = 0
-    while state is SiteState.LOCAL:
-        scores.append(0.0)
-        zeros_to_demote += 1
-        state = step(state, decide(state, scores, POLICY))
-    assert zeros_to_demote == 24  # 20/44: mean 0.45, upper bound 0.599
-
-    # Shadow again: still bad; once the upper bound falls below 0.40 the version is rejected.
-    assert decide(state, scores + [0.0], POLICY).new_state is SiteState.SHADOW
-    while state is SiteState.SHADOW:
-        scores.append(0.0)
-        state = step(state, decide(state, scores, POLICY))
-    assert state is SiteState.LEARNING
-    assert len(scores) == 57  # the window keeps the last 50: 13 ones, 37 zeros
-
-    assert [(a, b) for a, b, _ in transitions] == [
-        ("learning", "shadow"),
-        ("shadow", "local"),
-        ("local", "shadow"),
-        ("shadow", "learning"),
-    ]
-    reasons = [r for _, _, r in transitions]
-    assert reasons[1] == "promoted: 20 samples, agreement 1.00 [0.84, 1.00] ≥ 0.80"
-    assert reasons[2].startswith("demoted: 44 samples, agreement 0.45 [0.32, 0.60], upper bound 0.599 < 0.60")
-    assert reasons[3].startswith("rejected: 50 samples, agreement 0.26")
-
-
-def test_shadow_in_between_stays_in_shadow():
-    decision = decide(SiteState.SHADOW, [0.7] * 40, POLICY)
-    assert decision.new_state is SiteState.SHADOW
-    assert "lower bound below 0.80" in decision.reason
-    assert decision.stats is not None and decision.stats.n == 40
-
-
-def test_fractional_scores_promote_when_confidently_high():
-    assert decide(SiteState.SHADOW, [0.95] * 24, POLICY).new_state is SiteState.SHADOW  # lower 0.79
-    assert decide(SiteState.SHADOW, [0.95] * 40, POLICY).new_state is SiteState.LOCAL
-
-
-def test_a_few_bad_samples_do_not_demote_a_local_site():
-    assert decide(SiteState.LOCAL, [0.0, 0.0], POLICY).new_state is SiteState.LOCAL
-    assert decide(SiteState.LOCAL, [0.0, 0.0, 0.0], POLICY).new_state is SiteState.SHADOW
-    assert decide(SiteState.LOCAL, [1.0] * 30 + [0.0] * 3, POLICY).new_state is SiteState.LOCAL
-    assert decide(SiteState.LOCAL, [], POLICY).new_state is SiteState.LOCAL
-
-
-def test_only_the_window_counts():
-    old_good_new_bad = [1.0] * 100 + [0.2] * 20
-    small_window = PromotionPolicy(window=20)
-    assert decide(SiteState.LOCAL, old_good_new_bad, POLICY).new_state is SiteState.LOCAL
-    assert decide(SiteState.LOCAL, old_good_new_bad, small_window).new_state is SiteState.SHADOW
-
-
-def test_new_version_and_rollback_events():
+def test_learning_waits_for_a_version_and_a_new_version_enters_shadow():
+    assert decide(SiteState.LEARNING, evidence([1.0] * 100), reference([1.0] * 50), POLICY).new_state is SiteState.LEARNING
     assert on_new_version(SiteState.LEARNING).new_state is SiteState.SHADOW
     assert on_new_version(SiteState.SHADOW).new_state is SiteState.SHADOW
     assert on_new_version(SiteState.LOCAL).new_state is SiteState.SHADOW
@@ -141,22 +76,95 @@ def test_new_version_and_rollback_events():
         assert decision.new_state is SiteState.LEARNING and decision.reason.startswith("rolled back")
 
 
+def test_a_version_as_good_as_a_consistent_teacher_is_promoted_after_min_samples():
+    teacher = reference([1.0] * 30)
+    waited = decide(SiteState.SHADOW, evidence([1.0] * 19), teacher, POLICY)
+    assert waited.new_state is SiteState.SHADOW and "19 of 20 samples" in waited.reason
+    promoted = next(n for n in range(20, 200) if decide(SiteState.SHADOW, evidence([1.0] * n), teacher, POLICY)
+                    .new_state is SiteState.LOCAL)
+    decision = decide(SiteState.SHADOW, evidence([1.0] * promoted), teacher, POLICY)
+    assert decision.reason.startswith("promoted: non-inferior to the teacher")
+    assert decision.judgement.agreement.low >= 1.0 - POLICY.margin
+    assert promoted <= 60
+
+
+def test_the_bar_is_the_teachers_self_agreement_not_perfection():
+    # A student at 0.75 cannot be promoted against perfection, but is against a teacher at 0.75.
+    rng = np.random.default_rng(2)
+    student = list(np.clip(rng.normal(0.75, 0.1, 200), 0, 1))
+    against_perfection = decide(SiteState.SHADOW, evidence(student), None, POLICY)
+    assert against_perfection.new_state is not SiteState.LOCAL
+    teacher = reference(list(np.clip(rng.normal(0.75, 0.1, 150), 0, 1)))
+    assert decide(SiteState.SHADOW, evidence(student), teacher, POLICY).new_state is SiteState.LOCAL
+
+
+def test_an_inferior_version_is_rejected_and_its_reason_says_why():
+    teacher = reference([0.9] * 60)
+    decision = decide(SiteState.SHADOW, evidence([0.3] * 40), teacher, POLICY)
+    assert decision.new_state is SiteState.LEARNING
+    assert decision.reason.startswith("rejected: agreement inferior to the teacher")
+
+
+def test_validity_is_judged_too_paired_with_the_upstream():
+    # Perfect agreement where it answered, but invalid on a third of the calls the teacher got right.
+    validity = [(i % 3 != 0, True) for i in range(90)]
+    scores = [1.0 if ok else 0.0 for ok, _ in validity]
+    decision = decide(SiteState.SHADOW, evidence(scores, validity), reference([1.0] * 60), POLICY)
+    assert decision.new_state is SiteState.LEARNING and "validity" in decision.reason
+    # As valid as a teacher that itself fails now and then: no penalty.
+    both = [(i % 10 != 0, i % 10 != 0) for i in range(80)]
+    decision = decide(SiteState.SHADOW, evidence([1.0] * 72, both), reference([1.0] * 60), POLICY)
+    assert decision.new_state is SiteState.LOCAL
+
+
+def test_a_local_version_that_goes_bad_is_demoted_but_a_few_misses_do_not():
+    teacher = reference([0.95] * 80)
+    assert decide(SiteState.LOCAL, evidence([0.0, 0.0]), teacher, POLICY).new_state is SiteState.LOCAL
+    assert decide(SiteState.LOCAL, evidence([1.0] * 30 + [0.0] * 3), teacher, POLICY).new_state is SiteState.LOCAL
+    assert decide(SiteState.LOCAL, evidence([0.0] * 15), teacher, POLICY).new_state is SiteState.SHADOW
+    assert decide(SiteState.LOCAL, evidence([]), teacher, POLICY).new_state is SiteState.LOCAL
+
+
+def test_in_between_stays_in_shadow():
+    decision = decide(SiteState.SHADOW, evidence([0.8] * 30), reference([0.9] * 30), POLICY)
+    assert decision.new_state is SiteState.SHADOW and decision.reason.startswith("shadow: not yet decided")
+
+
+@pytest.mark.parametrize("true_gap", [0.12, 0.2])
+def test_false_promotion_rate_stays_below_alpha_when_checked_after_every_sample(true_gap):
+    """An inferior version (its agreement `true_gap` below the teacher's, margin 0.10) watched for
+    up to 400 shadow samples, the decision taken after every one, with the teacher's reference
+    growing beside it: the share of runs ever promoted stays at or below alpha (5%)."""
+    rng = np.random.default_rng(int(true_gap * 100))
+    runs, promoted = 120, 0
+    for _ in range(runs):
+        e, ref = POLICY.new_evidence(), POLICY.new_reference()
+        for n in range(400):
+            e.add(float(rng.uniform(0.8 - true_gap - 0.2, 0.8 - true_gap + 0.2)), True, True)
+            if n % 4 == 0:
+                ref.add(float(rng.uniform(0.6, 1.0)))  # teacher mean 0.8, one sample per four calls
+            if decide(SiteState.SHADOW, e, ref, POLICY).new_state is SiteState.LOCAL:
+                promoted += 1
+                break
+    assert promoted / runs <= POLICY.alpha
+
+
 # --- pins ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("state", list(SiteState))
 def test_a_pinned_site_never_moves_on_its_own(state):
     for scores in ([], [1.0] * 50, [0.0] * 50):
-        assert decide(state, scores, POLICY, pinned="v3").new_state is state
+        assert decide(state, evidence(scores), reference([1.0] * 10), POLICY, pinned="v3").new_state is state
     assert on_new_version(state, pinned="v3").new_state is state
     assert on_rollback(state, pinned="v3").new_state is state
-    assert "pinned (v3)" in decide(state, [], POLICY, pinned="v3").reason
+    assert "pinned (v3)" in decide(state, evidence([]), None, POLICY, pinned="v3").reason
 
 
 def test_a_pin_naming_a_state_holds_the_site_there():
-    assert decide(SiteState.SHADOW, [1.0] * 50, POLICY, pinned="shadow").new_state is SiteState.SHADOW
-    assert decide(SiteState.SHADOW, [0.0] * 50, POLICY, pinned="local").new_state is SiteState.LOCAL
-    upstream = decide(SiteState.LOCAL, [1.0] * 50, POLICY, pinned="upstream")
+    assert decide(SiteState.SHADOW, evidence([1.0] * 50), None, POLICY, pinned="shadow").new_state is SiteState.SHADOW
+    assert decide(SiteState.SHADOW, evidence([0.0] * 50), None, POLICY, pinned="local").new_state is SiteState.LOCAL
+    upstream = decide(SiteState.LOCAL, evidence([1.0] * 50), None, POLICY, pinned="upstream")
     assert upstream.new_state is SiteState.LEARNING and upstream.reason == "pinned to upstream"
 
 
@@ -164,30 +172,33 @@ def test_a_pin_naming_a_state_holds_the_site_there():
 
 
 def test_per_site_overrides_merge_over_global_settings():
-    global_cfg = {"min_samples": 30, "promote_threshold": 0.85, "drift_sample_rate": 0.05}
-    site_cfg = {"promote_threshold": 0.7, "window": 100}
+    global_cfg = {"min_samples": 30, "margin": 0.05, "drift_sample_rate": 0.05}
+    site_cfg = {"margin": 0.2, "window": 60}
     policy = PromotionPolicy.from_dict(global_cfg, site_cfg)
     assert policy.min_samples == 30  # global
-    assert policy.promote_threshold == 0.7  # site wins
-    assert policy.window == 100
-    assert policy.drift_sample_rate == 0.05
-    assert policy.demote_threshold == 0.6  # default
+    assert policy.margin == 0.2  # site wins
+    assert policy.window == 60 and policy.drift_sample_rate == 0.05
+    assert policy.alpha == 0.05  # default
     assert PromotionPolicy.from_dict(None) == PromotionPolicy()
 
-    # The looser site threshold promotes where the global one would not.
-    scores = [0.9] * 30
-    assert decide(SiteState.SHADOW, scores, PromotionPolicy.from_dict(global_cfg)).new_state is SiteState.SHADOW
-    assert decide(SiteState.SHADOW, scores, policy).new_state is SiteState.LOCAL
+    # The wider site margin promotes where the global one would not.
+    scores, teacher = [0.85] * 150, reference([0.95] * 150)
+    assert decide(SiteState.SHADOW, evidence(scores, policy=policy), teacher, policy).new_state is SiteState.LOCAL
+    strict = PromotionPolicy.from_dict(global_cfg)
+    assert decide(SiteState.SHADOW, evidence(scores, policy=strict), teacher, strict).new_state is not SiteState.LOCAL
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        {"promote_treshold": 0.9},  # misspelt
-        {"promote_threshold": 0.5},  # below the demote threshold
-        {"reject_threshold": 0.7},  # above the demote threshold
-        {"window": 10},  # smaller than min_samples
+        {"margn": 0.1},  # misspelt
+        {"margin": 1.5},
+        {"alpha": 0.0},
+        {"min_samples": "x"},  # wrong type
+        {"window": 0},
         {"shadow_sample_rate": 1.5},
+        {"self_agreement_rate": -0.1},
+        {"cascade": "yes"},
     ],
 )
 def test_invalid_settings_are_rejected(bad):

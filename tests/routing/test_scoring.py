@@ -1,18 +1,24 @@
-"""Shadow scoring: each component on its own, then the gate, creative paths and real embeddings."""
+"""Shadow scoring: each component on its own, the gate, no free points (creative and constrained fields,
+chance), the RPG validators with request arguments, and real embeddings."""
 
 from __future__ import annotations
 
 import json
 import math
 import socket
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from jac_examples.teacher.teacher import Teacher
+from routing.router import site_scoring
 from routing.scoring import AgreementScore, ScoringPolicy, score_pair
 from routing.similarity import Embedder, default_model_path, shared_embedder
-from routing.validators import ValidatorRegistry, default_registry, schema_name
+from tests.support.showcase import level_request, showcase_rounds
+from understudy.byllm_prompt import CallArguments
+from understudy.validators import BoundValidator, ValidatorRegistry, schema_name
 
 POLICY = ScoringPolicy()
 
@@ -169,33 +175,35 @@ def test_unusable_local_output_scores_zero(local_text):
     json.dumps(result.components)  # stored as JSON by the caller
 
 
+def bound(fn, arguments: dict | None = None) -> BoundValidator:
+    """A validator bound to a request's arguments, as the router builds one."""
+    return BoundValidator("tests:validator", fn, CallArguments(arguments or {}))
+
+
 def test_validator_failure_scores_zero_whatever_the_similarity():
     text = '{"name": "Cave", "difficulty": 3}'
-
-    def reject(_text: str) -> tuple[bool, dict]:
-        return False, {"why": "no exit"}
-
     result = score_pair(
         text,
-        text,
+        '{"name": "Cave", "difficulty": 4}',
         response_format=json_format(LEVEL_SCHEMA),
         policy=POLICY,
-        validator=reject,
+        validator=bound(lambda answer, args: (json.loads(answer)["difficulty"] == args["difficulty"], {"why": "asked 3"}),
+                        {"difficulty": 3}),
         similarity=lambda a, b: 1.0,
     )
     assert result.score == 0.0
-    assert result.local_valid is False
+    assert result.local_valid is False and result.upstream_valid is True
     assert result.components["parse_valid"] is True
     assert result.components["validator"] is False
-    assert json.loads(result.components["validator_detail"]) == {"why": "no exit"}
+    assert json.loads(result.components["validator_detail"]) == {"why": "asked 3"}
 
 
 def test_a_crashing_validator_fails_closed():
-    def boom(_text: str) -> tuple[bool, dict]:
+    def boom(_answer: str, _arguments) -> bool:
         raise RuntimeError("bug")
 
     text = '{"name": "Cave", "difficulty": 3}'
-    result = score_pair(text, text, response_format=json_format(LEVEL_SCHEMA), policy=POLICY, validator=boom)
+    result = score_pair(text, text, response_format=json_format(LEVEL_SCHEMA), policy=POLICY, validator=bound(boom))
     assert result.score == 0.0 and result.local_valid is False
     assert "bug" in result.components["validator_detail"]
 
@@ -203,7 +211,7 @@ def test_a_crashing_validator_fails_closed():
 def test_passing_validator_is_recorded_and_does_not_change_the_score():
     text = '{"name": "Cave", "difficulty": 3}'
     result = score_pair(
-        text, text, response_format=json_format(LEVEL_SCHEMA), policy=POLICY, validator=lambda t: (True, {})
+        text, text, response_format=json_format(LEVEL_SCHEMA), policy=POLICY, validator=bound(lambda a, args: True)
     )
     assert result.components["validator"] is True
     assert result.score == 1.0 and result.local_valid is True
@@ -216,16 +224,170 @@ def test_unusable_upstream_answer_is_not_comparable():
     assert text_result.comparable is False and text_result.local_valid is True
 
 
+def test_an_upstream_answer_that_fails_the_validator_is_no_reference():
+    # Nothing right to agree with: the pair is not comparable, but the local answer's validity counts.
+    check = bound(lambda answer, args: json.loads(answer)["difficulty"] == 3)
+    result = score_pair('{"name": "Cave", "difficulty": 5}', '{"name": "Cave", "difficulty": 3}',
+                        response_format=json_format(LEVEL_SCHEMA), policy=POLICY, validator=check)
+    assert result.comparable is False and result.upstream_valid is False
+    assert result.local_valid is True and "fails its validator" in result.components["upstream_error"]
+
+
 def test_plain_text_sites_are_valid_unless_empty():
     assert score_pair("Hi there", "hi  there", response_format=None, policy=POLICY).score == 1.0
     assert score_pair("Hi", "", response_format={"type": "text"}, policy=POLICY).local_valid is False
 
 
-# --- creative paths with the real RPG map validator ---------------------------------------
+# --- no free points: creative fields, constrained fields, chance -------------------------
+
+
+def test_creative_fields_earn_nothing_without_a_validator():
+    # Without a check that could fail, a creative field is compared like any other field.
+    policy = ScoringPolicy(creative_paths=("title",))
+    result = score_json({"title": "Dawn", "n": 3}, {"title": "Dusk", "n": 3}, policy=policy)
+    assert result.components["compared_fields"] == 2 and result.score == pytest.approx(0.5)
+
+
+def test_creative_fields_are_left_to_a_passing_validator():
+    policy = ScoringPolicy(creative_paths=("title",))
+    check = bound(lambda answer, args: bool(json.loads(answer)["title"]))
+    result = score_json({"title": "Dawn", "n": 3}, {"title": "Dusk", "n": 3}, policy=policy, validator=check)
+    assert result.components["compared_fields"] == 1 and result.score == 1.0
+    empty = score_json({"title": "Dawn", "n": 3}, {"title": "", "n": 3}, policy=policy, validator=check)
+    assert empty.score == 0.0 and empty.local_valid is False  # the credit came from a check that can fail
+
+
+def test_fields_the_request_fixed_are_the_validators_not_agreement():
+    # A validator that checked `size` against the request reports it constrained: agreement on it
+    # is guaranteed by the gate, so it would be a free point.
+    def check(answer, args):
+        return json.loads(answer)["size"] == args["size"], {"constrained": ["size"]}
+
+    result = score_json({"size": 4, "n": 1}, {"size": 4, "n": 2}, validator=bound(check, {"size": 4}))
+    assert result.components["compared_fields"] == 1 and result.score == 0.0
+    wrong_size = score_json({"size": 4, "n": 1}, {"size": 5, "n": 1}, validator=bound(check, {"size": 4}))
+    assert wrong_size.score == 0.0 and wrong_size.local_valid is False
+
+
+def test_nothing_left_to_compare_leaves_the_judgement_to_the_validator():
+    policy = ScoringPolicy(creative_paths=("layout",))
+    check = bound(lambda answer, args: len(json.loads(answer)["layout"]) == args["cells"], {"cells": 2})
+    fits = score_json({"layout": [1, 2]}, {"layout": [7, 8]}, policy=policy, validator=check)
+    misfits = score_json({"layout": [1, 2]}, {"layout": [7]}, policy=policy, validator=check)
+    assert (fits.score, misfits.score) == (1.0, 0.0)
+
+
+def test_chance_correction_takes_away_what_an_answer_to_another_request_would_get():
+    # Answers of this site always share `kind`; only `value` depends on the request.
+    upstream = {"kind": "reading", "value": 10}
+    decoys = [json.dumps({"kind": "reading", "value": v}) for v in (20, 30, 40, 50)]
+    own = score_json(upstream, {"kind": "reading", "value": 10}, decoys=decoys)
+    other = score_json(upstream, {"kind": "reading", "value": 30}, decoys=decoys)
+    assert own.score == 1.0
+    assert other.components["structural"] == 0.5  # `kind` matches: half the raw agreement for free
+    assert other.components["chance"] == pytest.approx(0.5 + 0.5 / 4) and other.score == 0.0
+    uncorrected = score_json(upstream, {"kind": "reading", "value": 30})
+    assert uncorrected.score == 0.5 and uncorrected.components["chance"] is None
+
+
+def test_a_site_whose_answers_never_vary_keeps_its_raw_agreement():
+    same = json.dumps({"ok": True})
+    assert score_pair(same, same, response_format={"type": "json_object"}, policy=POLICY, decoys=[same] * 3).score == 1.0
+
+
+# --- the RPG validators with the request's arguments --------------------------------------
 
 LEVEL_INT_FIELDS = (
     "difficulty", "width", "height", "num_wall", "num_enemies", "time_countdown", "n_retries_allowed"
 )
+
+
+def pos(x: int, y: int) -> dict:
+    return {"x": x, "y": y}
+
+
+def test_a_map_for_another_level_scores_zero(teacher_corpus):
+    registry, teacher = ValidatorRegistry(), Teacher(seed=1, flaw_share=0.0)
+    # Requests whose level is buildable (the teacher's levels include flawed ones), with good maps.
+    good = [(r, a) for r in teacher_corpus["Map"] for a in [teacher.respond(r).content]
+            if registry.for_request(r)(a).passed]
+    (map_request, upstream), (other_request, other_map) = good[0], good[1]
+    check = registry.for_request(map_request)
+    assert check.reference.endswith(":check_map") and other_request["messages"] != map_request["messages"]
+    result = score_pair(upstream, other_map, response_format=map_request["response_format"],
+                        policy=site_scoring("Map", {}), validator=check)
+    assert result.score == 0.0 and result.local_valid is False
+    assert "level_echo" in result.components["validator_detail"]
+    assert score_pair(upstream, upstream, response_format=map_request["response_format"],
+                      policy=site_scoring("Map", {}), validator=check).score == 1.0
+
+
+@pytest.fixture(scope="module")
+def teacher_corpus():
+    """Level and Map requests as the showcase sends them over 8 games of 5 levels."""
+    rounds = showcase_rounds(8, 5, Teacher(seed=7, flaw_share=0.1))
+    return {"Level": [level for level, _ in rounds], "Map": [game_map for _, game_map in rounds]}
+
+
+@pytest.mark.parametrize("kind", ["Level", "Map"])
+def test_no_free_points_for_answers_to_other_requests(teacher_corpus, kind):
+    """Teacher answers scored at the shipped defaults against valid answers to *other* requests
+    of the same site: they must score below the old default demote threshold (0.6) on average,
+    while a second teacher answer to the same request keeps its agreement."""
+    requests = teacher_corpus[kind]
+    teacher, registry, policy = Teacher(seed=11, flaw_share=0.1), ValidatorRegistry(), site_scoring(kind, {})
+    first = [teacher.respond(r).content for r in requests]
+    second = [teacher.respond(r).content for r in requests]
+    checks = [registry.for_request(r) for r in requests]
+    valid = [c(a).passed for c, a in zip(checks, first)]
+
+    def decoys(i: int) -> list[str]:
+        return [first[j] for j in range(len(first)) if j != i][-5:]
+
+    others = [score_pair(first[i], first[j], response_format=requests[i]["response_format"], policy=policy,
+                         validator=checks[i], decoys=decoys(i))
+              for i in range(len(requests)) for j in range(len(requests)) if i != j and valid[j]]
+    others = [r.score for r in others if r.comparable]
+    selves = [score_pair(a, b, response_format=r["response_format"], policy=policy, validator=c, decoys=decoys(i))
+              for i, (a, b, r, c) in enumerate(zip(first, second, requests, checks))]
+    self_scores = [r.score for r in selves if r.comparable]
+    assert len(others) > 500 and len(self_scores) > 20
+    assert statistics.mean(others) < 0.3 and sum(x >= 0.6 for x in others) / len(others) < 0.15
+    assert statistics.mean(self_scores) > statistics.mean(others) + 0.3
+
+
+def test_a_level_must_keep_the_requested_size_and_difficulty():
+    request = level_request(3, 20, 12)
+    check = ValidatorRegistry().for_request(request)
+    level = {"name": "Level 3: The Hollow Keep", "difficulty": 3, "width": 20, "height": 12, "num_wall": 5,
+             "num_enemies": 3, "time_countdown": 240, "n_retries_allowed": 3}
+    assert check(json.dumps(level)).passed
+    assert check(json.dumps(level)).constrained == ("width", "height", "difficulty")
+    for wrong in ({"width": 21}, {"height": 10}, {"difficulty": 4}):
+        assert not check(json.dumps({**level, **wrong})).passed, wrong
+    copy_request = level_request(3, 20, 12, last_levels=[level])
+    assert not ValidatorRegistry().for_request(copy_request)(json.dumps(level)).passed  # not a copy of a given level
+
+
+def test_validators_apply_by_response_type_and_shape_only():
+    registry = ValidatorRegistry()
+    assert schema_name(MAP_FORMAT) == "Map"
+    assert registry.reference_for(MAP_FORMAT) == "jac_examples.rpg.request_checks:check_map"
+    # Another program's `Map` (no level/walls/enemies) is not the showcase's.
+    assert registry.reference_for(json_format({"type": "object", "properties": {"x": {}}}, name="Map")) is None
+    assert registry.reference_for({"type": "json_object"}) is None
+    # A site policy's validator wins; "none" switches the type's off.
+    assert registry.reference_for(MAP_FORMAT, "tests.routing.test_scoring:always") == "tests.routing.test_scoring:always"
+    assert registry.reference_for(MAP_FORMAT, "none") is None
+    assert ValidatorRegistry({"Thing": "tests.routing.test_scoring:always"}).reference_for(json_format({})) == \
+        "tests.routing.test_scoring:always"
+
+
+def always(answer: str, arguments) -> bool:
+    """A validator for the registry tests (module:function)."""
+    return True
+
+
 MAP_SCHEMA = {
     "type": "object",
     "properties": {
@@ -241,104 +403,6 @@ MAP_SCHEMA = {
     "required": ["level", "walls", "small_obstacles", "enemies", "player_pos"],
 }
 MAP_FORMAT = json_format(MAP_SCHEMA, name="Map")
-RPG_POLICY = ScoringPolicy(creative_paths=("walls", "small_obstacles", "enemies", "player_pos"))
-
-
-def pos(x: int, y: int) -> dict:
-    return {"x": x, "y": y}
-
-
-def rpg_map(walls: list, obstacles: list, enemies: list, player: dict, **level) -> dict:
-    fields = {
-        "name": "Crypt",
-        "difficulty": 3,
-        "width": 10,
-        "height": 10,
-        "num_wall": len(walls),
-        "num_enemies": len(enemies),
-        "time_countdown": 200,
-        "n_retries_allowed": 3,
-    }
-    return {
-        "level": fields | level,
-        "walls": walls,
-        "small_obstacles": obstacles,
-        "enemies": enemies,
-        "player_pos": player,
-    }
-
-
-UPSTREAM_MAP = rpg_map(
-    walls=[{"start_pos": pos(2, 2), "end_pos": pos(2, 5)}, {"start_pos": pos(5, 1), "end_pos": pos(8, 1)}],
-    obstacles=[pos(5, 5)],
-    enemies=[pos(7, 7), pos(8, 3)],
-    player=pos(0, 0),
-)
-# Just as playable, laid out differently.
-OTHER_VALID_MAP = rpg_map(
-    walls=[{"start_pos": pos(4, 3), "end_pos": pos(4, 6)}, {"start_pos": pos(6, 8), "end_pos": pos(9, 8)}],
-    obstacles=[pos(1, 7), pos(6, 2)],
-    enemies=[pos(8, 5), pos(3, 9)],
-    player=pos(9, 0),
-)
-
-
-@pytest.fixture(scope="module")
-def map_validator():
-    validator = default_registry().for_response_format(MAP_FORMAT)
-    assert validator is not None
-    return validator
-
-
-def score_maps(upstream: dict, local: dict, policy: ScoringPolicy, validator) -> AgreementScore:
-    return score_pair(
-        json.dumps(upstream), json.dumps(local), response_format=MAP_FORMAT, policy=policy, validator=validator
-    )
-
-
-def test_creative_paths_are_judged_by_shape_not_equality(map_validator):
-    result = score_maps(UPSTREAM_MAP, OTHER_VALID_MAP, RPG_POLICY, map_validator)
-    assert result.components["validator"] is True
-    assert result.components["structural"] == 1.0  # only `level` counts, and it matches
-    assert result.components["creative"] == 1.0  # same types, list lengths within tolerance
-    assert result.score == 1.0
-
-    without_creative = score_maps(UPSTREAM_MAP, OTHER_VALID_MAP, ScoringPolicy(), map_validator)
-    assert "creative" not in without_creative.components
-    assert without_creative.score < 0.5
-
-
-def test_creative_lists_need_similar_lengths(map_validator):
-    crowded = rpg_map(
-        walls=OTHER_VALID_MAP["walls"],
-        obstacles=[pos(1, 7), pos(6, 2), pos(1, 1), pos(3, 3), pos(9, 9)],  # 5 vs upstream's 1
-        enemies=OTHER_VALID_MAP["enemies"],
-        player=pos(9, 0),
-    )
-    result = score_maps(UPSTREAM_MAP, crowded, RPG_POLICY, map_validator)
-    assert result.components["validator"] is True
-    assert result.components["creative"] == pytest.approx(3 / 4)
-
-
-def test_an_unplayable_map_scores_zero_even_when_identical(map_validator):
-    # The enemy sits inside a wall: the upstream's mistake copied exactly is still a mistake.
-    wall = {"start_pos": pos(2, 2), "end_pos": pos(2, 5)}
-    broken = rpg_map(walls=[wall], obstacles=[], enemies=[pos(2, 3)], player=pos(0, 0))
-    result = score_maps(broken, broken, RPG_POLICY, map_validator)
-    assert result.score == 0.0 and result.local_valid is False
-    checks = json.loads(result.components["validator_detail"])["checks"]
-    assert any(c["name"] == "enemy_placement" and not c["passed"] for c in checks)
-
-
-def test_registry_matches_sites_by_schema_name():
-    assert schema_name(MAP_FORMAT) == "Map"
-    assert schema_name({"type": "json_object"}) is None
-    registry = ValidatorRegistry()
-    assert registry.get("Map") is None
-    registry.register_factory("Map", lambda: None)  # e.g. the validator's package is missing
-    assert registry.for_response_format(MAP_FORMAT) is None
-    registry.register("Map", lambda text: (True, {}))
-    assert registry.for_response_format(MAP_FORMAT)("{}") == (True, {})
 
 
 # --- policy from configuration ------------------------------------------------------------
@@ -346,24 +410,15 @@ def test_registry_matches_sites_by_schema_name():
 
 def test_scoring_policy_from_dict_merges_site_overrides():
     policy = ScoringPolicy.from_dict(
-        {"number_tolerance": 0.2, "weights": {"semantic": 2.0}},
-        {"creative_paths": ["walls", "level.*"], "weights": {"creative": 0.5}},
+        {"number_tolerance": 0.2, "weights": {"semantic": 2.0}},  # a retired key is accepted and ignored
+        {"creative_paths": ["walls", "level.*"], "decoys": 3},
     )
-    assert policy.number_tolerance == 0.2
+    assert policy.number_tolerance == 0.2 and policy.decoys == 3
     assert policy.creative_paths == ("walls", "level.*")
-    assert policy.weights == {"structural": 1.0, "creative": 0.5, "semantic": 2.0}
-    assert policy.is_creative(("level", "name")) and not policy.is_creative(("level",))
     with pytest.raises(ValueError, match="number_tolerence"):
         ScoringPolicy.from_dict({"number_tolerence": 0.2})
-
-
-def test_weights_combine_components(map_validator):
-    crowded = json.loads(json.dumps(OTHER_VALID_MAP))
-    crowded["small_obstacles"] += [pos(1, 1), pos(3, 3), pos(9, 9)]  # creative 3/4, structural 1
-    heavy_creative = ScoringPolicy(creative_paths=RPG_POLICY.creative_paths, weights={"creative": 3.0})
-    assert heavy_creative.weights == {"structural": 1.0, "creative": 3.0, "semantic": 1.0}
-    result = score_maps(UPSTREAM_MAP, crowded, heavy_creative, map_validator)
-    assert result.score == pytest.approx((1.0 * 1 + 3.0 * 0.75) / 4)
+    with pytest.raises(ValueError, match="decoys must be int"):
+        ScoringPolicy.from_dict({"decoys": "many"})
 
 
 # --- semantic similarity with the real MiniLM model ---------------------------------------
@@ -432,14 +487,16 @@ def test_shared_embedder_is_one_per_process_and_loads_once(monkeypatch):
     assert len(loads) == 1 and loads[0]["local_files_only"] is True
 
 
-def test_a_levels_title_is_creative_by_default_its_numbers_are_not():
+def test_a_levels_title_is_left_to_its_validator_its_numbers_are_not():
     from routing.router import site_scoring
 
+    request = level_request(1, 16, 10)
+    check = ValidatorRegistry().for_request(request)
     level = {"name": "Level 1: The Gilded Mines", "difficulty": 1, "width": 16, "height": 10, "num_wall": 3,
              "num_enemies": 2, "time_countdown": 290, "n_retries_allowed": 4}
     policy = site_scoring("Level", {})
-    renamed = score_json(level, {**level, "name": "Level 1: The Frozen Bastion"}, policy=policy)
-    assert renamed.components["structural"] == 1.0 and renamed.components["creative"] == 1.0
-    assert renamed.score == 1.0
-    more_enemies = score_json(level, {**level, "num_enemies": 4}, policy=policy)
-    assert more_enemies.components["structural"] < 1.0 and more_enemies.score < 1.0
+    renamed = score_json(level, {**level, "name": "Level 1: The Frozen Bastion"}, policy=policy, validator=check)
+    assert renamed.components["structural"] == 1.0 and renamed.score == 1.0
+    assert renamed.components["compared_fields"] == 4  # num_wall, num_enemies, time_countdown, n_retries_allowed
+    more_enemies = score_json(level, {**level, "num_enemies": 4}, policy=policy, validator=check)
+    assert more_enemies.components["structural"] == 0.75 and more_enemies.score == 0.75

@@ -1,0 +1,70 @@
+"""What the promotion policy judges a site on, read from the store (the router and reports share it).
+
+- A version's evidence in its current state: in `shadow`, every shadow sample since the site
+  entered that state (`sites.state_since`); in `local`, the last `window` drift samples since
+  then. Each sample is (agreement, local valid, upstream valid), the agreement being the score
+  of a pair of valid answers with something to compare (`AgreementScore.agreement`), else None.
+- The teacher's reference: the agreement of the site's last `reference_window` self-agreement
+  pairs where both upstream answers were valid and something was compared.
+- The cascade's calibration samples: (confidence, agreement) of the version's valid shadow
+  answers with something compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import duckdb
+
+from routing.policy import Evidence, PromotionPolicy, SiteState
+
+Sample = tuple[float | None, bool, bool | None]  # (agreement, local valid, upstream valid)
+# SQL for `AgreementScore.agreement` of a stored row: valid pair, something compared.
+_AGREEMENT = ("CASE WHEN comparable AND {valid} AND coalesce(json_extract(components, '$.compared_fields')::INT, 1) <> 0 "
+              "THEN score END")
+
+
+def evidence_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, state: str,
+                     window: int) -> list[Sample]:
+    """The samples `decide` weighs for this version in this state, oldest first."""
+    phase = "drift" if state == SiteState.LOCAL.value else "shadow"
+    since = cur.execute("SELECT coalesce(state_since, TIMESTAMPTZ '1970-01-01') FROM sites WHERE id = ?",
+                        [site_id]).fetchone()
+    rows = cur.execute(
+        f"SELECT {_AGREEMENT.format(valid='local_valid')}, local_valid, upstream_valid FROM shadow_results "
+        "WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = ? AND ts >= ? ORDER BY ts, call_id",
+        [site_id, version, phase, since[0] if since else None]).fetchall()
+    samples = [(agreement, local_valid, upstream_valid) for agreement, local_valid, upstream_valid in rows]
+    return samples[-window:] if phase == "drift" else samples
+
+
+def evidence_of(samples: Iterable[Sample], policy: PromotionPolicy) -> Evidence:
+    evidence = policy.new_evidence()
+    for score, local_valid, upstream_valid in samples:
+        evidence.add(score, local_valid, upstream_valid)
+    return evidence
+
+
+def reference_scores(cur: duckdb.DuckDBPyConnection, site_id: str, window: int) -> list[float]:
+    """The site's most recent self-agreement scores (valid pairs, something compared), oldest first."""
+    rows = cur.execute(f"SELECT a FROM (SELECT ts, {_AGREEMENT.format(valid='second_valid')} AS a FROM self_agreement "
+                       "WHERE site_id = ?) WHERE a IS NOT NULL ORDER BY ts DESC LIMIT ?", [site_id, window]).fetchall()
+    return [float(score) for (score,) in reversed(rows)]
+
+
+def calibration_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: int) -> list[tuple[float, float]]:
+    """(confidence, agreement) of the version's valid shadow answers with something compared.
+
+    Invalid answers never reach the cascade (the serving gate stops them), so it is calibrated
+    on what it decides about: valid answers that may still disagree with the teacher.
+    """
+    return cur.execute(
+        f"SELECT local_confidence, a FROM (SELECT local_confidence, {_AGREEMENT.format(valid='local_valid')} AS a "
+        "FROM shadow_results WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = 'shadow') "
+        "WHERE a IS NOT NULL AND local_confidence IS NOT NULL", [site_id, version]).fetchall()
+
+
+def bar(reference: list[float], policy: PromotionPolicy) -> float:
+    """The agreement a local answer must reach: the teacher's self-agreement minus the margin."""
+    level = sum(reference) / len(reference) if reference else 1.0
+    return max(0.0, level - policy.margin)
