@@ -16,11 +16,11 @@ import json
 import time
 from pathlib import Path
 
-from routing.validators import default_registry
 from training.pipeline import run_training_job
 from training.snapshots import site_examples, write_snapshot
 from understudy.settings import load_settings
 from understudy.store import Store
+from understudy.validators import ValidatorRegistry, site_validator_for, site_validator_reference
 
 
 def main() -> None:
@@ -37,21 +37,20 @@ def main() -> None:
     store = Store(settings.db_path, read_only=True)
     try:
         site = next(s for s in store.site_summaries() if s["returns"] == args.returns)
-        registry = default_registry()
+        registry = ValidatorRegistry(settings.validators)
         examples, counts = site_examples(store.cursor(), site["id"], filtered=True,
-                                         validator_for=registry.for_response_format)
+                                         validator_for=site_validator_for(store, site["id"], registry))
+        validator = site_validator_reference(store, site["id"], examples[0]["response_format"], registry)
     finally:
         store.close()
     train = [e for e in examples if e["split"] == "train"][: args.examples]
     held = [e for e in examples if e["split"] == "eval"][: args.eval]
     snapshot = write_snapshot(train + held, args.data_dir / "snapshots", site["id"])
-    validator = registry.for_response_format(train[0]["response_format"])
     config = {"epochs": args.epochs, "max_steps": args.max_steps, "lora_r": 16, "lora_alpha": 32,
               "batch_size": 1, "grad_accum": 4, "max_length": 1024, "verify_examples": 2, "verify_max_tokens": 256}
     out = args.data_dir / "bench-adapters" / f"{site['id']}-{int(time.time())}"
     started = time.monotonic()
-    result = run_training_job(site["id"], str(snapshot), str(out), config,
-                              validator=(lambda text: validator(text)[0]) if validator else None)
+    result = run_training_job(site["id"], str(snapshot), str(out), config, validator=validator)
     wall = time.monotonic() - started
     if result.get("error"):
         raise SystemExit(f"training failed: {result['error']}\n{result.get('traceback', '')}")

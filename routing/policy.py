@@ -114,7 +114,7 @@ class PromotionPolicy:
     window: int = 100  # drift samples a local version is judged on (most recent)
     shadow_sample_rate: float = 1.0  # share of calls run on the local model in shadow
     drift_sample_rate: float = 0.1  # share of calls also sent upstream once local
-    self_agreement_rate: float = 0.1  # share of upstream-answered calls asked a second time; 0 disables
+    self_agreement_rate: float = 0.1  # share of shadowed calls asked a second time (paid upstreams); 0 disables
     reference_window: int = 200  # most recent self-agreement samples forming the teacher's reference
     cascade: bool = True  # in local, send answers below the calibrated confidence to the upstream
 

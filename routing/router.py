@@ -7,12 +7,12 @@
   local version answers too, off the request path, and the pair is scored;
 - state `local` (or pinned `local[@vN]`): the local version answers; on a `drift_sample_rate`
   share the upstream is called too (a drift check, recorded as a call), and the pair is scored;
-- in `learning` and `shadow`, on a `self_agreement_rate` share of upstream-answered calls the
-  upstream is asked a second time (recorded as a call) and its two answers are scored against
-  each other: the teacher's self-agreement, the reference a version is judged against
-  (`routing.policy`). The share is a budget on paid upstreams; a route that charges nothing
-  (price 0: the offline teacher, a model server of one's own) is asked on every call. Once a
-  site's reference window is full the rate drops to a tenth. 0 disables it.
+- in `shadow`, on a `self_agreement_rate` share of calls the upstream is asked a second time
+  (recorded as a call) and its two answers are scored against each other: the teacher's
+  self-agreement, the reference a version is judged against (`routing.policy`). It is kept per
+  site, across versions. The share is a budget on paid upstreams; a route that charges nothing
+  (price 0: the offline teacher, a model server of one's own) is asked on every shadowed call.
+  Once a site's reference window is full the rate drops to a tenth. 0 disables it.
 
 Extra upstream calls (drift checks, second answers) are bounded: at most
 `max_extra_upstream` in flight; beyond that a sample is skipped. Sites whose requests carry
@@ -211,11 +211,11 @@ class Router:
         if usable and site.state == SiteState.LOCAL.value:
             return Plan("local", site.active_version, self._adapters[(site.id, site.active_version)],
                         self._sample_extra(config.promotion.drift_sample_rate), phase="drift")
-        second = self._sample_second_opinion(config, free_upstream)
         if usable and site.state == SiteState.SHADOW.value:
             return Plan("upstream", site.active_version, self._adapters[(site.id, site.active_version)],
-                        self._sample_shadow(config.promotion.shadow_sample_rate), second, phase="shadow")
-        return Plan("upstream", second_opinion=second) if second else UPSTREAM_ONLY
+                        self._sample_shadow(config.promotion.shadow_sample_rate),
+                        self._sample_second_opinion(config, free_upstream), phase="shadow")
+        return UPSTREAM_ONLY
 
     def fallback_plan(self, site: SiteRecord) -> Plan | None:
         """The local version to answer with when the upstream is down, if the site has one."""

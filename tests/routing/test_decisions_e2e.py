@@ -64,6 +64,12 @@ class ColorTeacher:
         return json.dumps({"color": self.table[thing]})
 
 
+def tiny_env_for_colors(tiny_model_env: dict) -> dict:
+    """The tiny model's environment with LoRA on the MLP too (see TINY_MODULES)."""
+    train_config = {**json.loads(tiny_model_env["UNDERSTUDY_TRAIN_CONFIG"]), "target_modules": TINY_MODULES}
+    return {**tiny_model_env, "UNDERSTUDY_TRAIN_CONFIG": json.dumps(train_config)}
+
+
 def ask(proxy, thing: str) -> httpx.Response:
     response = httpx.post(proxy.url + "/v1/chat/completions", json=color_request(thing), timeout=60)
     assert response.status_code == 200, response.text
@@ -98,8 +104,7 @@ def test_default_policy_rejects_controls_promotes_a_trained_version_and_demotes_
     teacher = ColorTeacher()
     fake_upstream.reply = teacher
     assert "UNDERSTUDY_ROUTING_POLICY" not in tiny_model_env  # the shipped defaults
-    train_config = {**json.loads(tiny_model_env["UNDERSTUDY_TRAIN_CONFIG"]), "target_modules": TINY_MODULES}
-    env = {**tiny_model_env, "UNDERSTUDY_TRAIN_CONFIG": json.dumps(train_config)}
+    env = tiny_env_for_colors(tiny_model_env)
     data_dir = str(isolated_data_dir)
     proxy = start_proxy(isolated_data_dir, fake_upstream.url, "--upstream-free", env=env)
     try:

@@ -15,8 +15,9 @@ import pytest
 from rich.console import Console
 
 from proxy.pricing import PriceTable
-from routing.policy import wilson_interval
+from routing.policy import PromotionPolicy
 from routing.report import build_report, render_terminal
+from routing.sequential import confidence_sequence
 from routing.report_html import VERSION_COLORS, render_html
 from understudy.store import SiteNotFound, Store
 
@@ -31,7 +32,10 @@ UPSTREAM_LATENCIES = [500.0 + 10 * i for i in range(61)]  # successful upstream 
 LOCAL_LATENCIES = [50.0 + i for i in range(20)]
 SHADOW_LOCAL_LATENCIES = [80.0 + i for i in range(40)]
 COST_PER_CALL = 0.002
-PROMOTE_REASON = "promoted: 20 samples, agreement 0.95 [0.84, 0.99] ≥ 0.80"
+PROMOTE_REASON = "promoted: non-inferior to the teacher; validity local - teacher +0.00 [-0.09, +0.09] over 40"
+DRIFT_SCORES = [1.0, 0.75] * 5  # drift checks since the site went local
+TEACHER_SCORES = [1.0, 0.75, 1.0] * 10  # the upstream's self-agreement
+ALPHA = PromotionPolicy().alpha
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -46,7 +50,8 @@ def _quantile(values: list[float], q: float) -> float:
 def _call(call_id, site, ts, served_by, latency, *, status=200, error=None, cost=0.0, model="gpt-4o-mini",
           prompt_tokens=None, completion_tokens=None):
     return (call_id, ts, site, model, served_by, False, "first", call_id, None, "{}", "{}", status, error, latency,
-            prompt_tokens, completion_tokens, cost, True, "openai" if served_by == "upstream" else "local", model)
+            prompt_tokens, completion_tokens, cost, True, "openai" if served_by == "upstream" else "local", model,
+            "client")
 
 
 def _populate(store: Store) -> None:
@@ -80,9 +85,20 @@ def _populate(store: Store) -> None:
         shadow.append((f"s2-x{i}", A, 2, T0 + timedelta(hours=3, minutes=i), 0.0, "{}", False, True, None, None))
     cur.executemany(
         "INSERT INTO shadow_results (call_id, site_id, version, ts, score, components, comparable, local_valid, "
-        "local_latency_ms, upstream_latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "local_latency_ms, upstream_latency_ms, upstream_valid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
         shadow,
     )
+    cur.executemany(
+        "INSERT INTO shadow_results (call_id, site_id, version, ts, score, components, comparable, local_valid, "
+        "upstream_valid, phase) VALUES (?, ?, 2, ?, ?, '{}', true, true, true, 'drift')",
+        [(f"d{i}", A, T0 + timedelta(hours=4, minutes=10 + 5 * i), score) for i, score in enumerate(DRIFT_SCORES)],
+    )
+    cur.executemany(
+        "INSERT INTO self_agreement (call_id, second_call_id, site_id, ts, score, components, comparable, first_valid, "
+        "second_valid) VALUES (?, ?, ?, ?, ?, '{}', true, true, true)",
+        [(f"u{i}", f"x{i}", A, T0 + timedelta(minutes=5 * i + 1), score) for i, score in enumerate(TEACHER_SCORES)],
+    )
+    cur.execute("UPDATE sites SET state_since = ? WHERE id = ?", [T0 + timedelta(hours=4), A])
     calls = []
     for i, latency in enumerate(UPSTREAM_LATENCIES):  # hours 0-5
         error = "local fallback: invalid JSON from local:a1b2c3d4e5f6@v2" if i in (10, 20) else None
@@ -133,15 +149,27 @@ def test_sites_in_creation_order(store):
 def test_agreement_of_the_active_version(reports):
     a = reports[A]
     assert (a.state, a.active_version, a.reported_version) == ("local", 2, 2)
-    assert a.agreement.samples == 40 and a.agreement.incomparable == 3
-    assert a.agreement.mean == pytest.approx(sum(V2_SCORES) / 40)
-    assert (a.agreement.low, a.agreement.high) == pytest.approx(wilson_interval(sum(V2_SCORES), 40))
-    assert a.agreement.format() == "0.94 [0.82, 0.98]"
+    # Every comparable sample of the version: shadow, then drift checks while local.
+    scores = V2_SCORES + DRIFT_SCORES
+    assert a.agreement.samples == 50 and a.agreement.incomparable == 3
+    assert a.agreement.mean == pytest.approx(sum(scores) / 50)
+    assert (a.agreement.low, a.agreement.high) == pytest.approx(confidence_sequence(scores, ALPHA / 2))
+    assert a.agreement.format() == f"0.93 [{a.agreement.low:.2f}, {a.agreement.high:.2f}]"
+    assert a.agreement.upstream_valid_rate == 1.0
     # The site's own overrides (under "promotion", as the router reads them) apply.
-    assert a.policy.window == 30 and a.policy.min_samples == 10 and a.policy.promote_threshold == 0.8
-    recent = V2_SCORES[-30:]
-    assert a.recent.samples == 30
-    assert (a.recent.low, a.recent.high) == pytest.approx(wilson_interval(sum(recent), 30))
+    assert a.policy.window == 30 and a.policy.min_samples == 10 and a.policy.margin == 0.1
+
+
+def test_judgement_is_what_the_policy_weighs_now(reports):
+    a = reports[A]
+    # Local: the drift samples since the site went local (not the shadow samples before it).
+    assert a.judgement.phase == "drift" and a.judgement.agreement.n == len(DRIFT_SCORES)
+    assert a.judgement.agreement.mean == pytest.approx(sum(DRIFT_SCORES) / len(DRIFT_SCORES))
+    assert a.teacher.n == len(TEACHER_SCORES) and a.teacher.mean == pytest.approx(sum(TEACHER_SCORES) / 30)
+    assert (a.teacher.low, a.teacher.high) == pytest.approx(confidence_sequence(TEACHER_SCORES, ALPHA / 2))
+    assert a.judgement.bar == pytest.approx(a.teacher.mean - 0.1)
+    assert a.assessment.startswith("local: validity")
+    assert reports[B].judgement is None and reports[B].teacher is None
 
 
 def test_versions_carry_status_metrics_and_their_own_agreement(reports):
@@ -211,9 +239,11 @@ def test_time_series(reports):
     assert spent == sorted(spent)
     by_version = {s.version: s.points for s in series.agreement}
     assert set(by_version) == {1, 2}
-    # The last point of a version is the policy's view at that moment: its last `window` scores.
+    # A version's points are its running mean with the confidence sequence so far.
     last = by_version[2][-1]
-    assert last.samples == 30 and last.mean == pytest.approx(sum(V2_SCORES[-30:]) / 30)
+    all_v2 = V2_SCORES + DRIFT_SCORES
+    assert last.samples == len(all_v2) and last.mean == pytest.approx(sum(all_v2) / len(all_v2))
+    assert (last.low, last.high) == pytest.approx(confidence_sequence(all_v2, ALPHA / 2))
     assert by_version[1][0].samples == 1
     assert any(p.shadow_local_p50 is not None for p in series.latency)
 
@@ -238,7 +268,7 @@ def test_site_ref_by_name_prefix_and_unknown(store):
 def test_to_dict_is_json(reports):
     data = json.loads(json.dumps([r.to_dict() for r in reports.values()]))
     a = next(d for d in data if d["id"] == A)
-    assert a["agreement"]["samples"] == 40
+    assert a["agreement"]["samples"] == 50
     assert a["versions"][1]["metrics"] == {"eval_loss": 0.4, "exact": 0.8}
     assert a["series"]["traffic"][0].keys() == {"t", "upstream", "local", "local_share"}
 
@@ -254,8 +284,8 @@ def test_terminal_output(reports):
     a = reports[A]
     assert "classify_ticket" in text and A in text
     assert "local" in text and "v2" in text and "v1 retired, v2 active" in text
-    assert "40 (+3 incomparable)" in text
-    assert "0.94 [0.82, 0.98]" in text and f"(last 30: {a.recent.format()})" in text
+    assert "50 (+3 incomparable)" in text
+    assert a.agreement.format() in text and "self-agreement 0.92" in text and "drift: agreement 0.88" in text
     assert "24.4% (20 of 82 calls)" in text
     assert "upstream p50 800 ms / p95 1.07 s" in text and "local p50 60 ms / p95 68 ms" in text
     assert "spent $0.1200 · saved $0.0400 (20 local calls × $0.0020)" in text
@@ -337,7 +367,7 @@ def test_html_is_self_contained_and_escaped(page):
     assert page.count("://") == page.count('xmlns="http://www.w3.org/2000/svg"')
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; [bold]co" in page
     assert 'data-site="b0000000beef"' in page
-    assert "promote 0.80" in page and "0.94 [0.82, 0.98]" in page
+    assert "teacher 0.92" in page and "bar 0.82 (teacher - margin)" in page
     _check_plots(page)
 
 

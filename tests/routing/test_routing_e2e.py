@@ -1,5 +1,6 @@
-"""The whole loop on the tiny model, against a running proxy: record -> train -> shadow -> promote,
-then the operator's pin / unpin / rollback / promote, and the fallback on an invalid local answer.
+"""The whole loop on the tiny model, against a running proxy: record -> train -> shadow, the
+operator's promote / pin / unpin / rollback, the fallback on an invalid local answer, and local
+answers a real byLLM program accepts.
 
 Real parts throughout: `understudy serve` and `understudy train --now` as subprocesses, the
 fake OpenAI upstream on 127.0.0.1, DuckDB, peft training of the tiny Llama, a GGUF adapter,
@@ -10,37 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import httpx
 
 from tests.conftest import query_store, run_cli, start_proxy
-
-SCHEMA = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
-RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "Color", "schema": SCHEMA}}
-SYSTEM = "This is a task you must complete by returning only the output."
-
-
-def color_request(thing: str) -> dict:
-    return {"model": "gpt-4o-mini", "temperature": 0.7, "response_format": RESPONSE_FORMAT,
-            "messages": [{"role": "system", "content": SYSTEM},
-                         {"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, '')"}]}
-
-
-def ask(proxy, thing: str) -> httpx.Response:
-    response = httpx.post(proxy.url + "/v1/chat/completions", json=color_request(thing), timeout=60)
-    assert response.status_code == 200, response.text
-    return response
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.routing.test_decisions_e2e import (COLORS, TRAIN_STEPS, ColorTeacher, ask, color_request,
+                                              tiny_env_for_colors)
 
 
 def site_row(proxy, site_id):
@@ -48,14 +24,18 @@ def site_row(proxy, site_id):
 
 
 def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_dir, tiny_model_env):
-    fake_upstream.reply = lambda body: '{"color": "teal"}'
-    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=tiny_model_env)
+    """Record, train, shadow, then the operator's promote / pin / unpin / rollback, streaming and reports.
+    (The policy's own decisions, with controls, are tests/routing/test_decisions_e2e.py.)"""
+    fake_upstream.reply = ColorTeacher()
+    env = tiny_env_for_colors(tiny_model_env)
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=env)
     try:
         site = ask(proxy, "sky").headers["x-understudy-site"]
-        for thing in ["grass", "sea", "sun", "moon", "leaf", "rose"]:
+        for thing in list(COLORS) * 2:
             ask(proxy, thing)
 
-        trained = run_cli("train", site, "--now", "--data-dir", str(isolated_data_dir), env=tiny_model_env)
+        trained = run_cli("train", site, "--now", "--max-steps", TRAIN_STEPS, "--data-dir", str(isolated_data_dir),
+                          env=env)
         version = json.loads(trained.stdout)
         assert version["version"] == 1 and version["status"] == "active", trained.stdout
         assert version["metrics"]["verify"]["n"] >= 1 and os.path.exists(version["adapter"])
@@ -63,32 +43,31 @@ def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_di
         assert site_row(proxy, site)["state"] == "shadow"
 
         # Shadow: the upstream answers, the local model runs beside it and is scored.
-        assert ask(proxy, "cloud").headers["x-understudy-served-by"] == "upstream"
-        for thing in ["tree", "snow", "fire", "gold"]:  # promotion may land between these
-            ask(proxy, thing)
-        wait_for(lambda: site_row(proxy, site)["state"] == "local", what=f"promotion; proxy log: {proxy.log()[-3000:]}")
+        for thing in COLORS:
+            assert ask(proxy, thing).headers["x-understudy-served-by"] == "upstream"
 
-        # Local: the local model answers, and byLLM-shaped clients get a normal completion.
-        response = ask(proxy, "stone")
+        # The operator promotes by hand; the local model answers, with the trained colors.
+        run_cli("promote", site, "v1", "--data-dir", str(isolated_data_dir))
+        response = ask(proxy, "rose")
         assert response.headers["x-understudy-served-by"] == f"local:{site}@v1"
-        assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"color": "teal"}
+        assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"color": COLORS["rose"]}
 
         # Operator actions take effect at once in the running proxy.
         run_cli("pin", site, "upstream", "--data-dir", str(isolated_data_dir))
-        assert ask(proxy, "ash").headers["x-understudy-served-by"] == "upstream"
+        assert ask(proxy, "snow").headers["x-understudy-served-by"] == "upstream"
         run_cli("unpin", site, "--data-dir", str(isolated_data_dir))
-        assert ask(proxy, "ash").headers["x-understudy-served-by"] == f"local:{site}@v1"
+        assert ask(proxy, "snow").headers["x-understudy-served-by"] == f"local:{site}@v1"
         run_cli("rollback", site, "--data-dir", str(isolated_data_dir))
         assert site_row(proxy, site)["state"] == "learning"
-        assert ask(proxy, "ash").headers["x-understudy-served-by"] == "upstream"
+        assert ask(proxy, "snow").headers["x-understudy-served-by"] == "upstream"
         refused = run_cli("promote", site, "v7", "--data-dir", str(isolated_data_dir), check=False)
         assert refused.returncode == 1 and "has no v7" in refused.stderr
         run_cli("promote", site, "v1", "--data-dir", str(isolated_data_dir))
-        assert ask(proxy, "ash").headers["x-understudy-served-by"] == f"local:{site}@v1"
+        assert ask(proxy, "snow").headers["x-understudy-served-by"] == f"local:{site}@v1"
         assert json.loads(run_cli("versions", site, "--json", "--data-dir", str(isolated_data_dir)).stdout)[0]["status"] == "active"
 
         # Streaming from the local model is OpenAI-shaped SSE.
-        with httpx.stream("POST", proxy.url + "/v1/chat/completions", json={**color_request("iron"), "stream": True},
+        with httpx.stream("POST", proxy.url + "/v1/chat/completions", json={**color_request("sea"), "stream": True},
                           timeout=60) as streamed:
             assert streamed.headers["x-understudy-served-by"] == f"local:{site}@v1"
             text = "".join(streamed.iter_text())
@@ -98,7 +77,7 @@ def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_di
         terminal = run_cli("report", site, "--data-dir", str(isolated_data_dir)).stdout
         assert "local" in terminal and "v1" in terminal
         [data] = json.loads(run_cli("report", site, "--json", "--data-dir", str(isolated_data_dir)).stdout)
-        assert data["agreement"]["samples"] >= 3 and data["local_calls"] >= 3
+        assert data["agreement"]["samples"] >= 6 and data["local_calls"] >= 3
         page = httpx.get(proxy.url + "/report").text
         assert 'data-plot="agreement"' in page
     finally:
@@ -109,7 +88,7 @@ def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_di
     actions = [action for (action,) in audit]
     served = dict(query_store(isolated_data_dir,
                               "SELECT served_by, count(*) FROM calls WHERE site_id = ? GROUP BY ALL", [site]))
-    assert len(shadows) >= 3 and all(valid for _, valid in shadows)
+    assert len(shadows) >= 6 and all(valid for _, valid in shadows)
     assert sum(score for score, _ in shadows) / len(shadows) > 0.9
     assert actions[:2] == ["version", "state"] and {"pin", "unpin", "rollback"} <= set(actions)
     assert served[f"local:{site}@v1"] >= 3

@@ -35,11 +35,16 @@ def test_parse_valid_and_exact():
     assert not is_exact("a", "b", json_typed=False)
 
 
+def wants_the_asked_color(answer: str, arguments) -> bool:
+    """A validator that reads the request: the answer's color is the one the question names."""
+    return json.loads(answer).get("color") in arguments.request["messages"][-1]["content"]
+
+
 def test_evaluate_rates_and_validator():
-    exs = [make_example("a", '{"color": "red"}', COLOR_SCHEMA),
-           make_example("b", '{"color": "blue"}', COLOR_SCHEMA)]
-    answers = {"a": '{"color":"red"}', "b": '{"oops": 1}'}
+    exs = [make_example("red?", '{"color": "red"}', COLOR_SCHEMA),
+           make_example("blue?", '{"color": "blue"}', COLOR_SCHEMA)]
+    answers = {"red?": '{"color":"red"}', "blue?": '{"color": "green"}'}
     report = evaluate(lambda ex: answers[ex["messages"][-1]["content"]], exs,
-                      validator=lambda text: json.loads(text).get("color") == "red")
+                      validator="tests.training.test_config_dataset:wants_the_asked_color")
     assert report.n == 2 and report.exact_match == 0.5
-    assert report.parse_valid == 0.5 and report.validator_pass == 0.5
+    assert report.parse_valid == 1.0 and report.validator_pass == 0.5
