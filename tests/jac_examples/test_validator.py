@@ -189,3 +189,29 @@ def test_level_expected_size_and_difficulty(good_map):
 def test_level_garbage(garbage):
     report = validate_level(garbage)
     assert not report.passed and [c.name for c in report.checks] == list(LEVEL_CHECKS)
+
+
+# --- checked against the request ------------------------------------------------------------
+
+
+def test_a_map_must_be_for_the_level_it_was_asked_for():
+    game_map = {"level": {"name": "L", "difficulty": 1, "width": 6, "height": 5, "num_wall": 1, "num_enemies": 1,
+                          "time_countdown": 100, "n_retries_allowed": 3},
+                "walls": [{"start_pos": {"x": 2, "y": 0}, "end_pos": {"x": 2, "y": 1}}], "small_obstacles": [],
+                "enemies": [{"x": 5, "y": 4}], "player_pos": {"x": 0, "y": 0}}
+    assert validate_map(game_map, expected_level=game_map["level"]).passed
+    bigger = {**game_map["level"], "width": 8}
+    report = validate_map(game_map, expected_level=bigger)
+    assert not report.passed and report.failed == ["level_echo", "dimensions"]
+    assert "width is 6, 8 was requested" in report.check("dimensions").detail
+    more_enemies = {**game_map["level"], "num_enemies": 2}
+    assert validate_map(game_map, expected_level=more_enemies).failed == ["level_echo"]
+    assert validate_map(game_map).check("level_echo").passed  # nothing asked, nothing to compare
+
+
+def test_a_new_level_is_not_a_copy_of_one_it_was_given():
+    level = {"name": "Level 2: Keep", "difficulty": 2, "width": 6, "height": 5, "num_wall": 1, "num_enemies": 1}
+    assert validate_level(level, previous_levels=[{**level, "name": "Level 1: Cellar"}]).passed
+    copy = validate_level(level, previous_levels=[{**level, "name": "level 2: keep "}])
+    assert not copy.passed and copy.failed == ["novelty"]
+    assert validate_level({**level, "name": "  "}).failed == ["novelty"]
