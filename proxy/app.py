@@ -95,6 +95,8 @@ def create_app(settings: Settings) -> Litestar:
         state.recorder.start()
 
     async def stop(app: Litestar) -> None:
+        if state.router.local is not None:
+            state.router.local.queue.drop_background()  # queued shadow samples are not owed to anyone
         for task in list(state.background):  # shadow scoring in flight: let it finish and be recorded
             await asyncio.wait([task], timeout=30)
         await state.upstream.aclose()

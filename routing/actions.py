@@ -8,9 +8,9 @@ reloads the site).
 - `rollback SITE --to vN`: make an earlier, verified version the active one.
 - `rollback SITE`: withdraw the active version; the upstream answers until a new one.
 - `promote SITE vN`: make vN active and put the site in `local` now (manual promotion).
-- `policy SITE JSON`: per-site overrides of the promotion policy, scoring and validator
-  (`{"promotion": {"min_samples": 50}, "scoring": {"creative_paths": ["walls"]},
-  "validator": "myapp.checks:quiz"}`).
+- `policy SITE JSON`: per-site overrides of the promotion policy, scoring, validator and prompt
+  rendering (`{"promotion": {"min_samples": 50}, "scoring": {"creative_paths": ["walls"]},
+  "validator": "myapp.checks:quiz", "prompt": "full"}`).
 """
 
 from __future__ import annotations
@@ -106,9 +106,12 @@ def set_policy(store: Store, site_ref: str, overrides: dict) -> SiteRecord:
     from understudy.validators import DISABLED, ValidatorError, load_validator
 
     site = store.resolve_site(site_ref)
-    unknown = set(overrides) - {"promotion", "scoring", "validator"}
+    unknown = set(overrides) - {"promotion", "scoring", "validator", "prompt"}
     if unknown:
-        raise ActionError(f"policy keys must be 'promotion', 'scoring' and/or 'validator', not {sorted(unknown)}")
+        raise ActionError(f"policy keys must be 'promotion', 'scoring', 'validator' and/or 'prompt', not {sorted(unknown)}")
+    if overrides.get("prompt") not in (None, "compact", "full"):
+        raise ActionError(f"prompt must be 'compact' or 'full' (the rendering the next version trains on), "
+                          f"not {overrides['prompt']!r}")
     try:
         PromotionPolicy.from_dict(None, overrides.get("promotion"))
         ScoringPolicy.from_dict(None, overrides.get("scoring"))

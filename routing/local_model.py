@@ -2,10 +2,13 @@
 
 `LocalModels` owns the single `training.local_generate.LocalGenerator` (loaded lazily on
 first use, so a proxy with no trained site never pays for it) and runs generations in a
-worker thread behind a capacity limiter: a llama.cpp context runs one generation at a time,
-and the event loop must keep serving upstream traffic meanwhile. Prompts are rendered with
-`training.prompt_format`, the same rendering the adapters were trained on; typed outputs
-are decoded under the request's JSON schema (llama.cpp grammar), so they always parse.
+worker thread, one at a time (a llama.cpp context runs one generation at a time, and the event
+loop must keep serving upstream traffic meanwhile), in the order `routing.local_queue` gives:
+served answers first, shadow work as a fair bounded sample. Prompts are rendered with
+`training.site_prompt.render_request` in the version's site prompt (compact or full), the
+same rendering its adapter was trained on, and the prompt's fixed prefix is reused per adapter;
+typed outputs are decoded under the request's JSON schema (llama.cpp grammar; compact JSON for
+lean versions), so they always parse.
 
 Answers come back OpenAI-shaped (`chat.completion`, or SSE chunks for `stream: true`;
 the local text is produced whole and then sent as chunks).
@@ -22,10 +25,23 @@ from typing import Any
 
 import anyio
 
-from training.prompt_format import render_prompt
+from routing.local_queue import LocalQueue
+from training.site_prompt import SitePrompt, render_with_prefix
 
 DEFAULT_MAX_TOKENS = 1024  # a generous cap for a typed answer from a small model
 SSE_PIECE_CHARS = 24  # characters per streamed content chunk
+
+
+class PromptMismatch(ValueError):
+    """The request's static part is not the one the version was trained on: it cannot answer it."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What answers locally for one version: its adapter (None: the bare base) and site prompt."""
+
+    adapter_path: str | None
+    prompt: SitePrompt = SitePrompt()
 
 
 @dataclass
@@ -47,12 +63,12 @@ def json_schema_of(response_format: Any) -> dict | None:
 
 
 class LocalModels:
-    def __init__(self, base_gguf: str, *, n_threads: int | None = None, concurrency: int = 1):
+    def __init__(self, base_gguf: str, *, n_threads: int | None = None, max_background: int = 256):
         self.base_gguf = base_gguf
         self.n_threads = n_threads
         self._generator = None
         self._load_lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        self.queue = LocalQueue(max_background)
 
     @property
     def loaded(self) -> bool:
@@ -66,18 +82,28 @@ class LocalModels:
                 self._generator = LocalGenerator(self.base_gguf, n_threads=self.n_threads)
             return self._generator
 
-    def complete_sync(self, request: dict[str, Any], adapter_path: str | None) -> LocalAnswer:
+    def complete_sync(self, request: dict[str, Any], variant: Variant) -> LocalAnswer:
+        rendered = render_with_prefix(request, variant.prompt)
+        if rendered is None:
+            raise PromptMismatch("the request's static part (system text, docstring, schema, tools) is not the one "
+                                 "this version was trained on")
+        prompt, prefix = rendered
         generator = self.generator()
-        prompt = render_prompt(request["messages"], request.get("response_format"), request.get("tools") or None)
         max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or DEFAULT_MAX_TOKENS
         started = time.perf_counter()
-        out = generator.complete(prompt, adapter_path=adapter_path, max_tokens=int(max_tokens),
-                                 grammar_schema=json_schema_of(request.get("response_format")), temperature=0.0)
+        out = generator.complete(prompt, adapter_path=variant.adapter_path, max_tokens=int(max_tokens),
+                                 grammar_schema=json_schema_of(request.get("response_format")), lean=variant.prompt.lean,
+                                 prefix=prefix)
         latency_ms = (time.perf_counter() - started) * 1000
         return LocalAnswer(out.text, latency_ms, out.prompt_tokens, out.completion_tokens, out.confidence)
 
-    async def complete(self, request: dict[str, Any], adapter_path: str | None) -> LocalAnswer:
-        return await anyio.to_thread.run_sync(self.complete_sync, request, adapter_path, limiter=self._limiter)
+    async def complete(self, request: dict[str, Any], variant: Variant, *, background: bool = False) -> LocalAnswer:
+        """A local answer; `background` (shadow work) waits behind served answers and may be `Skipped`."""
+        await self.queue.acquire(background=background)
+        try:
+            return await anyio.to_thread.run_sync(self.complete_sync, request, variant)
+        finally:
+            self.queue.release()
 
     def close(self) -> None:
         with self._load_lock:

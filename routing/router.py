@@ -41,11 +41,13 @@ import anyio
 
 from routing.cascade import Calibration, calibrate
 from routing.evidence import bar, calibration_samples, evidence_of, evidence_samples, reference_scores
-from routing.local_model import LocalAnswer, LocalModels
+from routing.local_model import LocalAnswer, LocalModels, Variant
+from routing.local_queue import Skipped
 from routing.policy import Evidence, PromotionPolicy, SiteState, decide
 from routing.registry import apply_decision
 from routing.scoring import AgreementScore, ScoringPolicy, local_verdict, score_pair
 from routing.sequential import ConfidenceSequence
+from training.site_prompt import SitePrompt
 from understudy.store import SiteRecord, Store
 from understudy.validators import BoundValidator, ValidatorRegistry
 
@@ -70,7 +72,7 @@ def site_scoring(schema_name: str | None, overrides: Mapping[str, Any]) -> Scori
 class Plan:
     answer: str  # upstream | local
     version: int | None = None
-    adapter_path: str | None = None  # None with a version: the bare base model (a control)
+    variant: Variant | None = None  # the version's adapter (None inside: the bare base, a control) and prompt
     also_other: bool = False  # run the other side too and score the pair (shadow, or a drift check)
     second_opinion: bool = False  # ask the upstream again: a self-agreement sample
     phase: str = "shadow"  # shadow | drift: which evidence a scored pair belongs to
@@ -104,7 +106,7 @@ class Router:
                  current_site: Callable[[str], SiteRecord | None], on_site_change: Callable[[SiteRecord], None],
                  record_shadow: Callable[[tuple], None], record_self_agreement: Callable[[tuple], None],
                  similarity: Callable[[str, str], float] | None = None, rng: random.Random | None = None,
-                 max_background: int = 8, max_extra_upstream: int = 2):
+                 max_extra_upstream: int = 2):
         self.store = store
         self.local = local
         self.validators = validators
@@ -115,12 +117,11 @@ class Router:
         self.record_self_agreement = record_self_agreement
         self.similarity = similarity
         self.rng = rng or random.Random()
-        self.max_background = max_background  # shadow work in flight; beyond it, samples are skipped
-        self.background = 0
+        self.background = 0  # shadow comparisons in flight (waiting for the model or being scored)
         self.max_extra_upstream = max_extra_upstream
         self.extra_upstream = 0  # drift checks and second answers in flight
         self._sites: dict[str, SiteRouting] = {}
-        self._adapters: dict[tuple[str, int], str | None] = {}  # verified versions; None: base-only control
+        self._adapters: dict[tuple[str, int], Variant] = {}  # verified versions
         self._lock = threading.RLock()  # evidence and decisions are touched from worker threads
         self.fallbacks = 0
 
@@ -153,12 +154,13 @@ class Router:
                ORDER BY ts DESC LIMIT ?""", [site_id, DECOY_POOL]).fetchall()), maxlen=DECOY_POOL)
         config = SiteRouting(schema_name, promotion, site_scoring(schema_name, overrides), overrides.get("validator"),
                              reference, decoys)
-        for version, adapter, control in cur.execute(
-            "SELECT version, adapter_path, control FROM model_versions WHERE site_id = ? "
+        for version, adapter, version_config in cur.execute(
+            "SELECT version, adapter_path, config FROM model_versions WHERE site_id = ? "
             "AND (adapter_path IS NOT NULL OR control = 'base') AND status IN ('ready', 'active', 'retired')",
             [site_id]
         ).fetchall():
-            self._adapters[(site_id, version)] = adapter
+            prompt = SitePrompt.from_dict((json.loads(version_config) if version_config else {}).get("prompt"))
+            self._adapters[(site_id, version)] = Variant(adapter, prompt if adapter is not None else SitePrompt())
         with self._lock:
             previous = self._sites.get(site_id)
             self._sites[site_id] = config
@@ -225,8 +227,8 @@ class Router:
         return Plan("local", version, self._adapters[(site.id, version)])
 
     def _sample_shadow(self, rate: float) -> bool:
-        if self.background >= self.max_background:
-            return False  # the local model is behind; skip rather than queue without bound
+        # Not skipped when the model is busy: shadow work waits in a bounded, fair pool
+        # (routing.local_queue) behind served answers.
         return rate > 0 and self.rng.random() < rate
 
     def _sample_extra(self, rate: float) -> bool:
@@ -252,8 +254,8 @@ class Router:
     # ---- answering locally ----
 
     async def answer(self, request: dict[str, Any], plan: Plan) -> LocalAnswer:
-        assert self.local is not None
-        return await self.local.complete(request, plan.adapter_path)
+        assert self.local is not None and plan.variant is not None
+        return await self.local.complete(request, plan.variant)
 
     def validator_for(self, site_id: str, request: Mapping[str, Any]) -> BoundValidator | None:
         config = self._sites.get(site_id)
@@ -307,8 +309,11 @@ class Router:
         """Score one pair (running the local side first if it has not run) and act on the result."""
         self.background += 1
         try:
-            if local is None and self.local is not None:
-                local = await self.local.complete(request, plan.adapter_path)
+            if local is None and self.local is not None and plan.variant is not None:
+                try:
+                    local = await self.local.complete(request, plan.variant, background=True)
+                except Skipped:
+                    return  # the pool kept a fair sample without this one
             if local is None or upstream_text is None:
                 return
             await anyio.to_thread.run_sync(self._score_and_decide, site_id, plan, call_id, conversation, request,

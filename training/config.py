@@ -55,8 +55,9 @@ class TrainConfig:
     lr: float = 2e-4  # AdamW peak learning rate (LoRA typical: 1e-4 .. 5e-4)
     weight_decay: float = 0.0
     warmup_steps: int = 0  # linear warmup, then linear decay to 0
-    batch_size: int = 1  # examples per micro-batch (padded to the longest)
-    grad_accum: int = 4  # micro-batches per optimizer step; effective batch = 4
+    batch_size: int = 4  # examples per micro-batch (length-bucketed, so little padding)
+    grad_accum: int = 1  # micro-batches per optimizer step; effective batch = 4
+    cuda_batch_size: int = 16  # examples per micro-batch on CUDA (more memory, same code path); 0: batch_size
     max_length: int = 1024  # tokens; longer examples are cut from the left of the prompt
     max_grad_norm: float = 1.0  # gradient clipping
 
@@ -64,7 +65,14 @@ class TrainConfig:
     seed: int = 0  # torch/python/numpy seed: data order, LoRA init, dropout
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
     eval_every: int = 0  # optimizer steps between eval-loss passes; 0 = only at the end
-    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    num_threads: int = 0  # torch CPU threads; 0 = every core
+    precision: str = "auto"  # auto (bf16 where the CPU/GPU has it), bfloat16 or float32
+    checkpoint_above_tokens: int = 8192  # gradient checkpointing when a micro-batch holds more tokens
+
+    # --- prompts ------------------------------------------------------------------------
+    # training.site_prompt.SitePrompt as a dict: compact or full rendering, the site marker and
+    # static-part digest, lean answers. Empty: the full rendering, answers as the upstream wrote them.
+    prompt: dict = field(default_factory=dict)
 
     # --- verification -------------------------------------------------------------------
     # held-out examples greedily answered by the trained HF model after training; the GGUF

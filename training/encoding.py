@@ -1,6 +1,6 @@
 """Turn examples into token ids and loss labels (loss on the response tokens only).
 
-Each example is rendered with `training.prompt_format` into (prompt, target). The model
+Each example is rendered with `training.site_prompt` into (prompt, target). The model
 sees prompt + target; the labels are -100 (ignored by the loss) on every prompt token, so
 the loss only teaches the answer, never the request.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.prompt_format import render_example
+from training.site_prompt import SitePrompt, render_training_pair
 
 IGNORE_INDEX = -100  # label value torch's cross-entropy ignores
 
@@ -66,19 +66,45 @@ def encode_pair(tokenizer, prompt: str, target: str, max_length: int) -> Encoded
     )
 
 
-def encode_examples(tokenizer, examples: list[dict], max_length: int) -> list[Encoded]:
-    return [encode_pair(tokenizer, *render_example(ex), max_length) for ex in examples]
+def encode_examples(tokenizer, examples: list[dict], max_length: int,
+                    site_prompt: SitePrompt | None = None) -> list[Encoded]:
+    """Encoded examples; one the site prompt cannot render (another static part) is left out."""
+    pairs = (render_training_pair(ex, site_prompt) for ex in examples)
+    return [encode_pair(tokenizer, prompt, target, max_length) for prompt, target in (p for p in pairs if p)]
 
 
-def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch; padded positions are masked out of attention and loss."""
+@dataclass
+class Batch:
+    """A left-padded micro-batch: every sequence ends in the last column, so its target tokens
+    are among the last `keep` positions, and logits are computed for those positions only
+    (`logits_to_keep`): on a 262k-token vocabulary the output layer is most of the work."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor  # the last `keep - 1` columns' next tokens; -100 where no loss
+    keep: int
+
+    def to(self, device: str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+                     self.labels.to(device), self.keep)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def collate(batch: list[Encoded], pad_id: int) -> Batch:
     width = max(len(e.input_ids) for e in batch)
+    targets = max(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in batch)
+    keep = min(width, targets + 1)  # the position before the first target predicts it
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, e in enumerate(batch):
         n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        labels[row, :n] = torch.tensor(e.labels)
-        mask[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        ids[row, width - n:] = torch.tensor(e.input_ids)
+        labels[row, width - n:] = torch.tensor(e.labels)
+        mask[row, width - n:] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return Batch(ids, mask, positions, labels[:, width - keep + 1:], keep)

@@ -104,13 +104,14 @@ def evaluate(
     )
 
 
-def local_generate_fn(generator, adapter_path, max_tokens: int = 512) -> Callable[[dict], str]:
-    """A generate_fn for `evaluate` from a training.local_generate.LocalGenerator."""
-    from training.prompt_format import render_prompt
+def local_generate_fn(generator, adapter_path, max_tokens: int = 512, site_prompt=None) -> Callable[[dict], str]:
+    """A generate_fn for `evaluate` from a training.local_generate.LocalGenerator, in the site's prompt."""
+    from training.site_prompt import SitePrompt, render_request
+
+    site_prompt = site_prompt or SitePrompt()
 
     def generate(ex: dict) -> str:
-        prompt = render_prompt(ex["messages"], ex.get("response_format"), ex.get("tools"))
-        return generator.generate(prompt, adapter_path=adapter_path, max_tokens=max_tokens,
-                                  grammar_schema=json_schema_of(ex.get("response_format")))
+        return generator.generate(render_request(ex, site_prompt), adapter_path=adapter_path, max_tokens=max_tokens,
+                                  grammar_schema=json_schema_of(ex.get("response_format")), lean=site_prompt.lean)
 
     return generate

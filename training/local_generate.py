@@ -12,20 +12,28 @@ llama-cpp-python reuses the KV cache of a previous prompt's common prefix; that 
 computed under whichever adapter was active then, so the prompt state is reset whenever the
 active adapter changes.
 
+Reused prefixes: every call of a site begins with the same text (the site prompt's fixed
+prefix, `training.site_prompt.render_with_prefix`). The first time a prefix is evaluated under
+an adapter, the evaluated state of that sequence (its KV cells only: `llama_state_seq_get_data`)
+is kept, keyed by (adapter, prefix tokens); a later call under the same adapter restores it and
+evaluates only its new tokens, even after other sites' calls ran in between. A state is never
+restored under another adapter (a LoRA on q/k/v changes the keys and values). The output is
+token-identical to a cold evaluation (tests/training/test_prefix_reuse.py). At most
+`MAX_PREFIX_STATES` are kept (LRU).
+
 JSON-schema answers are decoded under a llama.cpp grammar built from the schema
-(`LlamaGrammar.from_json_schema`, cached per schema), so a local typed answer always parses.
+(`json_schema_to_gbnf`, cached per schema), so a local typed answer always parses.
 
 CPU extra buffer types (weight repacking, Intel AMX) are off by default: on this project's
 machines (AMX_INT8 CPUs, llama-cpp-python 0.3.36 built natively) llama.cpp's AMX matmul
 segfaults on the Q4_K_M Gemma base in the first decode. llama-cpp-python does not expose
 `use_extra_bufts`, so it is set through the default-params hook while the model loads.
 
-Confidence: `complete` also returns the model's own confidence in its answer, the geometric
-mean of its chosen tokens' probabilities. llama-cpp-python returns log-probabilities only for a
-context that keeps the logits of every position (`logits_all`, 4 GB for Gemma's 262k vocabulary
-at 4k context), so a logits processor reads each step's logits as they pass (before the
-grammar) and scores the token chosen at that step when the next step shows it; the last token
-of an answer is not counted.
+Decoding is greedy, with the grammar checked on the chosen token first (`training.decoding`):
+as fast as unconstrained generation when the model's choice is allowed. `complete` also returns
+the model's own confidence in its answer, the geometric mean of its chosen tokens'
+probabilities (read from the raw logits at each step; llama-cpp-python itself returns
+log-probabilities only when it keeps every position's logits, 4 GB for Gemma's vocabulary).
 
 Thread safety: one llama context cannot run two generations at once; a lock serialises
 `generate` calls (the proxy runs it in a worker thread, off the event loop).
@@ -35,19 +43,20 @@ from __future__ import annotations
 
 import ctypes
 import json
-import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from training.decoding import GreedyDecoder
 from training.prompt_format import STOP_SEQUENCES
 
 DEFAULT_N_CTX = 4096  # tokens; enough for byLLM prompts plus their answers
 MAX_LOADED_ADAPTERS = 32  # adapters kept in memory (LRU); each is a few MB
+MAX_PREFIX_STATES = 64  # evaluated prefixes kept (LRU); ~18 KB per token on the Gemma base
+LEAN_SPACE = 'space ::= ""'  # the JSON grammar's optional whitespace, taken away for lean answers
 _LOAD_LOCK = threading.Lock()  # guards the temporary default-params hook below
 
 
@@ -77,29 +86,6 @@ class Generation:
     completion_tokens: int
 
 
-class _ConfidenceMeter:
-    """A logits processor that sums the log-probability of each chosen token (see module doc)."""
-
-    def __init__(self) -> None:
-        self._previous: np.ndarray | None = None  # the last step's logits (copied: llama.cpp reuses the buffer)
-        self._previous_lse = 0.0
-        self.total = 0.0
-        self.count = 0
-
-    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        if self._previous is not None:
-            self.total += float(self._previous[int(input_ids[-1])]) - self._previous_lse
-            self.count += 1
-        top = float(logits.max())
-        self._previous_lse = top + math.log(float(np.exp(logits - top).sum()))
-        self._previous = np.array(logits, copy=True)
-        return logits
-
-    @property
-    def confidence(self) -> float | None:
-        return math.exp(self.total / self.count) if self.count else None
-
-
 class LocalGenerator:
     def __init__(
         self,
@@ -127,8 +113,12 @@ class LocalGenerator:
         self._lock = threading.Lock()
         self._adapters: OrderedDict[tuple[str, float], object] = OrderedDict()
         self._active: tuple[str, float] | None = None
-        self._grammars: dict[str, object] = {}
+        self._grammars: dict[tuple[str, bool], str] = {}
         self._max_adapters = max_adapters
+        # (adapter key, prefix tokens) -> the sequence's evaluated state (KV cells)
+        self._prefix_states: OrderedDict[tuple, bytes] = OrderedDict()
+        self.prefix_hits = 0
+        self._decoder = GreedyDecoder(self.llm, llama_cpp)
 
     # --- adapters -------------------------------------------------------------------
     def _adapter_key(self, path: str | Path) -> tuple[str, float]:
@@ -177,17 +167,59 @@ class LocalGenerator:
                 if key == self._active:
                     self._activate(None)
                 self._llama_cpp.llama_adapter_lora_free(self._adapters.pop(key))
+                for state_key in [k for k in self._prefix_states if k[0] == key]:
+                    del self._prefix_states[state_key]
 
     # --- generation -----------------------------------------------------------------
-    def _grammar(self, schema: dict | str):
-        # Key order matters: the grammar writes properties in the order the schema lists them,
-        # which is the order the model was trained to write them in. Never sort keys here.
+    def _grammar(self, schema: dict | str, lean: bool = False) -> str:
+        """The GBNF grammar for a JSON schema (cached). Key order matters: the grammar writes
+        properties in the order the schema lists them, which is the order the model was trained
+        to write them in. Never sort keys here."""
         text = schema if isinstance(schema, str) else json.dumps(schema)
-        grammar = self._grammars.get(text)
+        grammar = self._grammars.get((text, lean))
         if grammar is None:
-            grammar = self._llama_cpp.LlamaGrammar.from_json_schema(text, verbose=False)
-            self._grammars[text] = grammar
+            from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+            grammar = json_schema_to_gbnf(text)
+            if lean:  # compact JSON only: no optional whitespace between tokens
+                grammar = re.sub(r"^space ::= .*$", LEAN_SPACE, grammar, flags=re.MULTILINE)
+            self._grammars[(text, lean)] = grammar
         return grammar
+
+    # --- reused prefixes --------------------------------------------------------------
+    def _restore_prefix(self, prompt: str, prefix: str | None) -> None:
+        """Put the evaluated state of `prefix` under the active adapter in place (see module doc)."""
+        if not prefix or not prompt.startswith(prefix):
+            return
+        llm, lc = self.llm, self._llama_cpp
+        tokens = llm.tokenize(prompt.encode(), special=True)
+        head = llm.tokenize(prefix.encode(), special=True)
+        if len(head) >= len(tokens) or tokens[: len(head)] != head:
+            return  # the prefix does not end on a token boundary of this prompt: evaluate it whole
+        key = (self._active, tuple(head))
+        if llm.n_tokens >= len(head) and list(llm.input_ids[: len(head)]) == head:
+            return  # already in the context (the last call shared it)
+        state = self._prefix_states.get(key)
+        if state is None:
+            llm.reset()
+            llm.eval(head)
+            size = lc.llama_state_seq_get_size(llm.ctx, 0)
+            buffer = (ctypes.c_uint8 * size)()
+            written = lc.llama_state_seq_get_data(llm.ctx, buffer, size, 0)
+            self._prefix_states[key] = bytes(buffer[:written])
+            while len(self._prefix_states) > MAX_PREFIX_STATES:
+                self._prefix_states.popitem(last=False)
+            return
+        self._prefix_states.move_to_end(key)
+        memory = lc.llama_get_memory(llm.ctx)
+        lc.llama_memory_clear(memory, True)
+        data = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if lc.llama_state_seq_set_data(llm.ctx, data, len(state), 0) == 0:
+            llm.reset()  # could not restore: evaluate from scratch
+            return
+        llm.input_ids[: len(head)] = head
+        llm.n_tokens = len(head)
+        self.prefix_hits += 1
 
     def generate(
         self,
@@ -197,10 +229,11 @@ class LocalGenerator:
         grammar_schema: dict | str | None = None,
         temperature: float = 0.0,
         stop: list[str] | None = None,
+        lean: bool = False,
     ) -> str:
-        """Complete `prompt` (rendered by training.prompt_format) with the given adapter."""
+        """Complete `prompt` (rendered by training.site_prompt) with the given adapter."""
         return self.complete(prompt, adapter_path, max_tokens, grammar_schema, temperature, stop,
-                             with_confidence=False).text
+                             with_confidence=False, lean=lean).text
 
     def complete(
         self,
@@ -211,24 +244,23 @@ class LocalGenerator:
         temperature: float = 0.0,
         stop: list[str] | None = None,
         with_confidence: bool = True,
+        lean: bool = False,
+        prefix: str | None = None,
     ) -> Generation:
-        """`generate`, with the answer's confidence and token counts."""
-        meter = _ConfidenceMeter() if with_confidence else None
+        """`generate`, with the answer's confidence and token counts.
+
+        `lean`: typed answers as compact JSON (no optional whitespace in the grammar).
+        `prefix`: the fixed start of `prompt` whose evaluated state is kept and reused per adapter.
+        """
+        if temperature != 0.0:
+            raise ValueError("local answers are decoded greedily (temperature 0)")
         with self._lock:
             self._activate(adapter_path)
-            out = self.llm.create_completion(
-                prompt,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_k=1 if temperature == 0.0 else 40,
-                repeat_penalty=1.0,  # the answers are exact copies of structured text
-                stop=STOP_SEQUENCES if stop is None else stop,
-                grammar=None if grammar_schema is None else self._grammar(grammar_schema),
-                logits_processor=None if meter is None else self._llama_cpp.LogitsProcessorList([meter]),
-            )
-        usage = out.get("usage") or {}
-        return Generation(out["choices"][0]["text"], meter.confidence if meter else None,
-                          int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            self._restore_prefix(prompt, prefix)
+            tokens = self.llm.tokenize(prompt.encode(), special=True)
+            grammar = None if grammar_schema is None else self._grammar(grammar_schema, lean)
+            out = self._decoder.decode(tokens, max_tokens, grammar, STOP_SEQUENCES if stop is None else stop)
+        return Generation(out.text, out.confidence if with_confidence else None, out.prompt_tokens, out.tokens)
 
     def close(self) -> None:
         with self._lock:

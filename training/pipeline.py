@@ -21,6 +21,7 @@ from typing import Any
 from training.config import TrainConfig
 from training.dataset import load_examples
 from training.evaluate import EvalReport, evaluate, local_generate_fn
+from training.site_prompt import SitePrompt, render_request
 
 RESULT_FILENAME = "result.json"
 MAX_EVAL_EXAMPLES = 20  # held-out examples generated per evaluation (each is a full local generation)
@@ -56,7 +57,10 @@ def _train_export_verify(cfg: TrainConfig, snapshot: str, out: Path, result: dic
     from training.train import train
     from training.verify import verify_adapter
 
-    train_examples, eval_examples = load_examples(snapshot)
+    site_prompt = SitePrompt.from_dict(cfg.prompt)
+    # Examples whose static part is not the site's cannot be rendered compactly: not learned from.
+    train_examples, eval_examples = ([e for e in split if render_request(e, site_prompt) is not None]
+                                     for split in load_examples(snapshot))
     if not eval_examples:  # tiny datasets: hold out the last training example rather than nothing
         eval_examples = train_examples[-1:]
     trained = train(cfg, train_examples, eval_examples, out / "peft", progress=progress)
@@ -67,12 +71,14 @@ def _train_export_verify(cfg: TrainConfig, snapshot: str, out: Path, result: dic
     generator = LocalGenerator(cfg.resolved_base_gguf())
     try:
         verdict = verify_adapter(cfg.resolved_base_gguf(), adapter, eval_examples, trained.sample_outputs,
-                                 generator=generator, max_tokens=cfg.verify_max_tokens)
+                                 generator=generator, max_tokens=cfg.verify_max_tokens, site_prompt=site_prompt)
         result["verified"] = verdict.ok
         result["metrics"]["verify"] = {"n": verdict.n, "exact": verdict.exact, "near": verdict.near}
         held_out = eval_examples[:MAX_EVAL_EXAMPLES]
+        # The bare base reads the full prompt (it never learned a site's compact one).
         result["metrics"]["base_heldout"] = _rates(evaluate(local_generate_fn(generator, None), held_out, validator))
-        result["metrics"]["heldout"] = _rates(evaluate(local_generate_fn(generator, str(adapter)), held_out, validator))
+        result["metrics"]["heldout"] = _rates(evaluate(local_generate_fn(generator, str(adapter), site_prompt=site_prompt),
+                                                       held_out, validator))
     finally:
         generator.close()
 

@@ -1,4 +1,7 @@
-"""One plain prompt format shared by training and serving.
+"""One plain prompt format shared by training and serving (the full rendering of a request).
+
+A site's adapter may read the shorter site-compact rendering instead (`training.site_prompt`,
+whose `render_request` is what training and serving call); both are built from the blocks here.
 
 The local base models (the bundled Gemma 3 270M, a tiny test Llama, or a hub base such as
 TinyLlama) are used *without* their own chat template: the project owns the format, so the
@@ -149,14 +152,6 @@ def render_prompt(
 def render_target(completion: str) -> str:
     """The training target: the exact upstream completion, then the end marker."""
     return completion + END_MARKER
-
-
-def render_example(example: dict) -> tuple[str, str]:
-    """(prompt, target) for an example dict as produced by training.dataset."""
-    prompt = render_prompt(
-        example["messages"], example.get("response_format"), example.get("tools")
-    )
-    return prompt, render_target(example["completion"])
 
 
 def json_schema_of(response_format: dict | None) -> dict | None:

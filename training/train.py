@@ -2,10 +2,20 @@
 
 Reads top to bottom like nanoGPT's train.py:
 
-    seed -> load base + tokenizer -> wrap with LoRA -> encode examples (loss on the
-    response tokens only) -> AdamW with linear warmup/decay, gradient accumulation and
-    clipping -> eval loss -> greedy answers on a few held-out examples (for the GGUF
-    check in training.verify) -> save the peft adapter, config.json and metrics.json.
+    seed -> load base + tokenizer -> wrap with LoRA -> encode examples in the site's prompt
+    rendering (loss on the response tokens only) -> length-bucketed micro-batches -> AdamW
+    with linear warmup/decay, gradient accumulation and clipping -> eval loss -> greedy
+    answers on a few held-out examples (for the GGUF check in training.verify) -> save the
+    peft adapter, config.json and metrics.json.
+
+Throughput (the same code on CPU and CUDA):
+- micro-batches group examples of similar length (no padding to the longest of a random
+  batch), and their sequences are left-padded so the output layer runs on the target
+  positions only (`training.encoding.Batch`): with a 262k vocabulary it is most of the work;
+- torch uses every core (`num_threads` 0) and bf16 autocast where the hardware has it
+  (`precision` "auto": CUDA with bf16, or a CPU with AVX512-BF16/AMX), float32 otherwise;
+- gradient checkpointing only when a micro-batch is long enough to need it
+  (`checkpoint_above_tokens`); CUDA takes a larger `cuda_batch_size`.
 
 A plain loop rather than transformers.Trainer: the datasets are small (tens to thousands
 of examples), the loop is easy to follow, and it keeps the rich progress bar and the
@@ -18,8 +28,10 @@ adapter_model.safetensors), our `config.json` (TrainConfig) and `metrics.json`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import resource
 import time
@@ -29,10 +41,10 @@ from pathlib import Path
 import torch
 
 from training.config import CONFIG_FILENAME, TrainConfig
-from training.encoding import Encoded, collate, encode_examples
+from training.encoding import IGNORE_INDEX, Encoded, collate, encode_examples
 from training.hf_generate import greedy_generate
 from training.model_loading import add_lora, load_model, load_tokenizer
-from training.prompt_format import render_prompt
+from training.site_prompt import SitePrompt, render_request
 
 METRICS_FILENAME = "metrics.json"
 
@@ -55,6 +67,10 @@ class TrainResult:
     train_tokens: int  # target (loss) tokens in the train split
     trainable_params: int
     device: str
+    tokens_per_example: float = 0.0  # prompt + target tokens, mean over the train split
+    precision: str = "float32"  # bfloat16 when autocast ran in bf16
+    batch_size: int = 1  # sequences per micro-batch actually used
+    gradient_checkpointing: bool = False
     loss_history: list[float] = field(default_factory=list)  # per optimizer step
     # greedy answers of the trained HF model on the first eval examples: (index, text)
     sample_outputs: list[tuple[int, str]] = field(default_factory=list)
@@ -87,31 +103,60 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
     return config.lr * max(0.0, 1.0 - done / remaining)
 
 
+BUCKET_BATCHES = 16  # micro-batches sorted by length together: similar lengths, still shuffled
+
+
 def micro_batches(data: list[Encoded], batch_size: int, rng: random.Random):
-    """An endless stream of shuffled micro-batches (reshuffled every epoch)."""
+    """An endless stream of length-bucketed micro-batches (reshuffled every epoch): each window of
+    `BUCKET_BATCHES` batches is sorted by length before it is cut, and the batches are shuffled."""
     order = list(range(len(data)))
+    window = batch_size * BUCKET_BATCHES
     while True:
         rng.shuffle(order)
-        for i in range(0, len(order), batch_size):
-            yield [data[j] for j in order[i:i + batch_size]]
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda j: len(data[j].input_ids))
+            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        for batch in batches:
+            yield [data[j] for j in batch]
 
 
-def batch_loss(model, batch: list[Encoded], pad_id: int, device: str) -> tuple[torch.Tensor, int]:
+def use_bf16(config: TrainConfig, device: str) -> bool:
+    """bf16 autocast where the hardware computes in bf16 natively (`precision` "auto")."""
+    if config.precision != "auto":
+        return config.precision == "bfloat16"
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def batch_loss(model, batch: list[Encoded], pad_id: int, device: str, bf16: bool = False) -> tuple[torch.Tensor, int]:
     """(mean loss over the batch's target tokens, number of those tokens)."""
-    tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-    out = model(**tensors)
-    n_tokens = int((tensors["labels"][:, 1:] != -100).sum())
-    return out.loss, n_tokens
+    b = collate(batch, pad_id).to(device)
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                       logits_to_keep=b.keep).logits
+    logits = logits[:, :-1].float()
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b.labels.reshape(-1),
+                                             ignore_index=IGNORE_INDEX)
+    return loss, int((b.labels != IGNORE_INDEX).sum())
 
 
 @torch.no_grad()
-def eval_loss(model, data: list[Encoded], pad_id: int, device: str, batch_size: int) -> float | None:
+def eval_loss(model, data: list[Encoded], pad_id: int, device: str, batch_size: int, bf16: bool = False) -> float | None:
     if not data:
         return None
     model.eval()
     total, count = 0.0, 0
-    for i in range(0, len(data), batch_size):
-        loss, n = batch_loss(model, data[i:i + batch_size], pad_id, device)
+    ordered = sorted(data, key=lambda e: len(e.input_ids))
+    for i in range(0, len(ordered), batch_size):
+        loss, n = batch_loss(model, ordered[i:i + batch_size], pad_id, device, bf16)
         total += float(loss) * n
         count += n
     model.train()
@@ -145,9 +190,11 @@ def train(
     if not train_examples:
         raise ValueError("no training examples")
     seed_everything(config.seed)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
     device = config.resolved_device()
+    bf16 = use_bf16(config, device)
+    batch_size = config.cuda_batch_size if device.startswith("cuda") and config.cuda_batch_size else config.batch_size
+    site_prompt = SitePrompt.from_dict(config.prompt)
 
     # --- model ----------------------------------------------------------------------
     base = config.resolved_base_model()
@@ -158,12 +205,18 @@ def train(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     # --- data -----------------------------------------------------------------------
-    train_data = encode_examples(tokenizer, train_examples, config.max_length)
-    eval_data = encode_examples(tokenizer, eval_examples, config.max_length)
+    train_data = encode_examples(tokenizer, train_examples, config.max_length, site_prompt)
+    eval_data = encode_examples(tokenizer, eval_examples, config.max_length, site_prompt)
+    if not train_data:
+        raise ValueError("no training example renders in the site's prompt")
     pad_id = tokenizer.pad_token_id
-    steps_per_epoch = math.ceil(len(train_data) / (config.batch_size * config.grad_accum))
+    steps_per_epoch = math.ceil(len(train_data) / (batch_size * config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
-    batches = micro_batches(train_data, config.batch_size, random.Random(config.seed))
+    batches = micro_batches(train_data, batch_size, random.Random(config.seed))
+    checkpointing = batch_size * max(len(e.input_ids) for e in train_data) > config.checkpoint_above_tokens
+    if checkpointing:  # activations would not fit comfortably: recompute them in the backward pass
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
 
     # --- optimisation ---------------------------------------------------------------
     params = [p for p in model.parameters() if p.requires_grad]
@@ -178,7 +231,7 @@ def train(
                 group["lr"] = lr_at(step, total_steps, config)
             step_loss = 0.0
             for _ in range(config.grad_accum):
-                loss, _n = batch_loss(model, next(batches), pad_id, device)
+                loss, _n = batch_loss(model, next(batches), pad_id, device, bf16)
                 (loss / config.grad_accum).backward()
                 step_loss += loss.item() / config.grad_accum
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -186,18 +239,21 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
             if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
-                last_eval = eval_loss(model, eval_data, pad_id, device, config.batch_size)
+                last_eval = eval_loss(model, eval_data, pad_id, device, batch_size, bf16)
             bar.update(task, advance=1, loss=f"{step_loss:.4f}",
                        eval="-" if last_eval is None else f"{last_eval:.4f}")
         train_seconds = time.perf_counter() - t_train
-        last_eval = eval_loss(model, eval_data, pad_id, device, config.batch_size)
+        last_eval = eval_loss(model, eval_data, pad_id, device, batch_size, bf16)
         bar.update(task, eval="-" if last_eval is None else f"{last_eval:.4f}")
 
     # --- greedy answers on held-out examples, for the GGUF check ----------------------
     samples = []
+    if checkpointing:
+        model.gradient_checkpointing_disable()
     for i, ex in enumerate(eval_examples[:config.verify_examples]):
-        prompt = render_prompt(ex["messages"], ex.get("response_format"), ex.get("tools"))
-        samples.append((i, greedy_generate(model, tokenizer, prompt, config.verify_max_tokens)))
+        prompt = render_request(ex, site_prompt)
+        if prompt is not None:
+            samples.append((i, greedy_generate(model, tokenizer, prompt, config.verify_max_tokens)))
 
     # --- save -----------------------------------------------------------------------
     model.save_pretrained(out_dir)
@@ -205,7 +261,7 @@ def train(
     result = TrainResult(
         out_dir=str(out_dir),
         steps=total_steps,
-        epochs=total_steps * config.batch_size * config.grad_accum / len(train_data),
+        epochs=total_steps * batch_size * config.grad_accum / len(train_data),
         wall_seconds=time.perf_counter() - t_start,
         train_seconds=train_seconds,
         seconds_per_step=train_seconds / total_steps,
@@ -219,6 +275,10 @@ def train(
         train_tokens=sum(sum(1 for t in e.labels if t != -100) for e in train_data),
         trainable_params=trainable,
         device=device,
+        tokens_per_example=sum(len(e.input_ids) for e in train_data) / len(train_data),
+        precision="bfloat16" if bf16 else "float32",
+        batch_size=batch_size,
+        gradient_checkpointing=checkpointing,
         loss_history=losses,
         sample_outputs=samples,
     )

@@ -23,7 +23,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.prompt_format import render_prompt
+from training.site_prompt import SitePrompt, render_request
 
 NEAR_RATIO = 0.95  # difflib similarity counted as "near-exact" (1.0 = identical)
 MAX_TOKENS = 256  # cap on each local answer (tokens)
@@ -63,6 +63,7 @@ def verify_adapter(
     generator=None,
     near_ratio: float = NEAR_RATIO,
     max_tokens: int = MAX_TOKENS,
+    site_prompt: SitePrompt | None = None,
 ) -> VerifyResult:
     """Load `adapter_gguf` beside `base_gguf` (or on `generator`) and compare answers."""
     if trained_outputs is None:
@@ -78,7 +79,7 @@ def verify_adapter(
     try:
         for index, reference in refs:
             ex = examples[index]
-            prompt = render_prompt(ex["messages"], ex.get("response_format"), ex.get("tools"))
+            prompt = render_request(ex, site_prompt)
             # no grammar: the HF reference was decoded without one
             local = generator.generate(prompt, adapter_path=adapter_gguf, max_tokens=max_tokens)
             ratio = similarity(reference, local)

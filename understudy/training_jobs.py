@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from routing.registry import CONTROLS, list_versions, register_version
+from training import site_prompt
 from training.pipeline import RESULT_FILENAME
 from training.quiet import QuietWindow
 from training.snapshots import site_examples, write_snapshot
@@ -50,8 +51,12 @@ def prepare_job(store: Store, settings: Settings, site_ref: str, config_override
         examples = answers_to_other_requests(examples)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     response_format = examples[0]["response_format"]
+    # Compact prompts unless the site's policy asks for the full rendering or its examples do not
+    # share one static part (training.site_prompt).
+    prompt = site_prompt.choose(examples, marker=site.id, mode=store.site_policy(site.id).get("prompt", site_prompt.COMPACT))
     job = {"site_id": site.id, "site_name": site.name, "out_dir": str(settings.adapters_dir / site.id / f"job-{stamp}"),
-           "config": {"base_gguf": settings.resolved_base_gguf(), **settings.train_config, **(config_overrides or {})},
+           "config": {"base_gguf": settings.resolved_base_gguf(), **settings.train_config, "prompt": prompt.to_dict(),
+                      **(config_overrides or {})},
            "response_format": response_format, "examples": counts.to_dict(), "control": control,
            "validator": site_validator_reference(store, site.id, response_format, registry)}
     if control != "base":

@@ -101,7 +101,7 @@ def test_invalid_local_answer_falls_back_to_upstream(fake_upstream, isolated_dat
     try:
         site = ask(proxy, "sky").headers["x-understudy-site"]
         ask(proxy, "sea")
-        run_cli("train", site, "--now", "--max-steps", "1", "--data-dir", str(isolated_data_dir), env=tiny_model_env)
+        run_cli("train", site, "--now", "--data-dir", str(isolated_data_dir), env=tiny_model_env)
         run_cli("promote", site, "v1", "--data-dir", str(isolated_data_dir))
         # Grammar-constrained decoding keeps local answers valid JSON, so make one invalid the
         # way a real client can: one token (max_tokens) cannot hold a complete object.

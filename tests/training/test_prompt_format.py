@@ -1,5 +1,5 @@
-from training.prompt_format import (END_MARKER, STOP_SEQUENCES, json_schema_of, render_example,
-                                    render_prompt, render_target)
+from training.prompt_format import END_MARKER, STOP_SEQUENCES, json_schema_of, render_prompt, render_target
+from training.site_prompt import render_training_pair
 
 SCHEMA_RF = {"type": "json_schema", "json_schema": {"name": "P", "strict": True, "schema": {
     "type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}}}
@@ -56,5 +56,5 @@ def test_target_and_stops():
     assert render_target('{"a":1}') == '{"a":1}' + END_MARKER
     assert END_MARKER in STOP_SEQUENCES
     ex = {"messages": [{"role": "user", "content": "q"}], "completion": "a"}
-    prompt, target = render_example(ex)
+    prompt, target = render_training_pair(ex)
     assert prompt.endswith("<|assistant|>\n") and target == "a<|end|>"
