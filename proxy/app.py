@@ -37,7 +37,8 @@ from understudy.validators import ValidatorRegistry
 @get("/healthz", tags=["Operations"], summary="Liveness and recorder backlog")
 async def healthz(request: Request) -> dict:
     proxy: ProxyState = request.app.state.proxy
-    return {"status": "ok", "sites": len(proxy.sites.all()), "recorder_queue": proxy.recorder.pending()}
+    return {"status": "ok", "sites": len(proxy.sites.all()), "recorder_queue": proxy.recorder.pending(),
+            "shadow_pending": proxy.router.background}
 
 
 @get("/metrics", tags=["Operations"], summary="Prometheus metrics", media_type="text/plain; version=0.0.4")

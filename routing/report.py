@@ -116,6 +116,7 @@ class VersionInfo:
     note: str | None
     metrics: dict[str, Any]
     shadow: AgreementSummary
+    control: str | None = None  # base | shuffled: a negative control
 
 
 @dataclass(frozen=True)
@@ -432,14 +433,14 @@ def _cascade(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, referen
 def _versions(cur: duckdb.DuckDBPyConnection, site_id: str, policy: PromotionPolicy) -> list[VersionInfo]:
     rows = cur.execute(
         """
-        SELECT version, status, base_model, epoch(created_at), note, metrics
+        SELECT version, status, base_model, epoch(created_at), note, metrics, control
         FROM model_versions WHERE site_id = ? ORDER BY version
         """,
         [site_id],
     ).fetchall()
     shadow = {s.version: s for s in _agreement_by_version(cur, site_id, policy)}
     out = []
-    for version, status, base_model, created, note, metrics in rows:
+    for version, status, base_model, created, note, metrics, control in rows:
         parsed = _json(metrics)
         out.append(
             VersionInfo(
@@ -450,6 +451,7 @@ def _versions(cur: duckdb.DuckDBPyConnection, site_id: str, policy: PromotionPol
                 note=note,
                 metrics=parsed if isinstance(parsed, dict) else {},
                 shadow=shadow.get(version) or AgreementSummary(version, 0, 0, None, 0.0, 1.0, None),
+                control=control,
             )
         )
     return out

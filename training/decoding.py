@@ -98,6 +98,17 @@ class GreedyDecoder:
                 lc.llama_sampler_free(sampler)
         return Decoded(text, len(out), len(prompt_tokens), logprob, counted)
 
+    def forced_gap(self, prompt_tokens: list[int], tokens: list[int]) -> float:
+        """With `tokens` forced after the prompt, the largest gap (nats) between each one's logit and
+        the best logit at its position: how far the reference is from this model's greedy path."""
+        self.evaluate_prompt(prompt_tokens)
+        worst = 0.0
+        for token in tokens:
+            logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.n_vocab,))
+            worst = max(worst, float(logits.max() - logits[token]))
+            self.llm.eval([token])
+        return worst
+
     def _allowed(self, sampler, token: int, logit: float) -> bool:
         self._one[0].id, self._one[0].logit, self._one[0].p = token, logit, 0.0
         array = self.lc.llama_token_data_array(self._one, 1, -1, False)

@@ -94,10 +94,21 @@ class Batch:
         return int(self.attention_mask.sum())
 
 
+# Widths and kept positions are rounded up to these multiples: oneDNN compiles (and caches, with
+# packed weights) a kernel per matmul shape, so every distinct length costs memory; rounding keeps
+# the number of shapes small for a few padding tokens.
+WIDTH_STEP = 32
+KEEP_STEP = 16
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
 def collate(batch: list[Encoded], pad_id: int) -> Batch:
-    width = max(len(e.input_ids) for e in batch)
+    width = _round_up(max(len(e.input_ids) for e in batch), WIDTH_STEP)
     targets = max(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in batch)
-    keep = min(width, targets + 1)  # the position before the first target predicts it
+    keep = min(width, _round_up(targets + 1, KEEP_STEP))  # the position before the first target predicts it
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -262,6 +262,14 @@ class LocalGenerator:
             out = self._decoder.decode(tokens, max_tokens, grammar, STOP_SEQUENCES if stop is None else stop)
         return Generation(out.text, out.confidence if with_confidence else None, out.prompt_tokens, out.tokens)
 
+    def forced_gap(self, prompt: str, reference: str, adapter_path: str | Path | None = None) -> float:
+        """The reference answer forced after `prompt`: its worst logit gap to the best token (training.verify)."""
+        with self._lock:
+            self._activate(adapter_path)
+            tokens = self.llm.tokenize(prompt.encode(), special=True)
+            answer = self.llm.tokenize(reference.encode(), add_bos=False, special=True)
+            return self._decoder.forced_gap(tokens, answer)
+
     def close(self) -> None:
         with self._lock:
             if self.llm is None:

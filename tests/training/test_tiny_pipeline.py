@@ -129,6 +129,16 @@ def test_adapters_switch_on_one_model(blue_green, generator, tiny_llama, tmp_pat
     assert generator.generate(sky, adapter_path=red, max_tokens=32) == '{"color": "red"}'
 
 
+def test_verify_rejects_an_adapter_that_is_not_the_trained_one(blue_green, generator, tiny_llama, tmp_path):
+    # control for the near-tie allowance: the red adapter standing in for a broken blue export
+    # must fail, its forced reference tokens far behind its own best ones
+    result, _ = blue_green
+    _, red = _train_and_export(tiny_llama, RED_YELLOW, tmp_path)
+    verdict = verify_adapter(tiny_llama[1], red, BLUE_GREEN, result.sample_outputs, generator=generator)
+    assert not verdict.ok and verdict.exact == 0, verdict.summary()
+    assert all(case.max_gap is not None and case.max_gap > 2.0 for case in verdict.cases)
+
+
 def test_export_checks_the_base(blue_green, tmp_path):
     from training.config import default_gemma_gguf
 
