@@ -11,6 +11,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY understudy ./understudy
+# these four install as understudy.proxy, understudy.training, ... (pyproject's package-dir)
 COPY proxy ./proxy
 COPY training ./training
 COPY routing ./routing

@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx
 
-from jac_examples.corpus import generate_corpus
-from training.pipeline import run_training_job
+from understudy.corpus import generate_corpus
+from understudy.training.pipeline import run_training_job
 from understudy.processes import start_proxy, start_teacher
 from understudy.proxy_client import StoreAccess
 from understudy.settings import load_settings
@@ -256,7 +256,7 @@ def summarize(curve: list[dict[str, Any]], sites: list[str], args) -> dict[str, 
 
 def configure_smoke(args) -> None:
     """The tiny random Llama as the local base, a couple of small batches: the benchmark end to end in minutes."""
-    from training.tiny_model import make_tiny_llama
+    from understudy.training.tiny_model import make_tiny_llama
 
     hf_dir, gguf = make_tiny_llama(args.data_dir.parent / f"{args.data_dir.name}-tiny")
     os.environ["UNDERSTUDY_BASE_GGUF"] = str(gguf)

@@ -7,6 +7,12 @@ and prefix reuse) and through a running proxy over HTTP (the version registered 
 directory and pinned `local@v1`, so the figure includes identification, routing, the validator
 and recording). Latency is the wall time of one answer; tokens/s = completion tokens / that time.
 
+Shadow sampling: the version registered in another fresh data directory (so the site is in
+shadow), the offline teacher as the upstream, and the same requests sent back to back as fast
+as the teacher answers them, much faster than the local model can shadow them; then, once the
+proxy's shadow backlog has drained (`/healthz` `shadow_pending`), the share of those calls that
+got a shadow sample at the default rate (`shadow_sampled`).
+
     .venv/bin/python benchmarks/local_serving.py --data-dir /tmp/rpg-corpus \\
         --result /tmp/rpg-corpus/bench-adapters/<level site>-compact-<t>/result.json \\
         --result /tmp/rpg-corpus/bench-adapters/<map site>-compact-<t>/result.json [--requests 10] [--json]
@@ -27,10 +33,10 @@ from pathlib import Path
 
 import httpx
 
-from routing.local_model import LocalModels, Variant
-from routing.registry import register_version
-from training.site_prompt import SitePrompt
-from understudy.processes import free_port, wait_until_healthy
+from understudy.routing.local_model import LocalModels, Variant
+from understudy.routing.registry import register_version
+from understudy.training.site_prompt import SitePrompt
+from understudy.processes import free_port, start_teacher, wait_until_healthy
 from understudy.settings import load_settings
 from understudy.store import Store
 
@@ -57,21 +63,27 @@ def raw_latencies(models: LocalModels, variant: Variant, requests: list[dict]) -
     return latencies, tokens
 
 
-def proxy_latencies(result: dict, requests: list[dict], threads: int | None) -> list[float]:
-    data_dir = Path(tempfile.mkdtemp(prefix="understudy-local-bench-"))
-    settings = load_settings(data_dir=data_dir)
-    store = Store(settings.db_path)
-    try:
-        from proxy.callsite import identify
-        from proxy.site_registry import SiteRegistry
+def _registered(result: dict, request: dict, pinned: str | None) -> tuple[Path, str]:
+    """A fresh data directory holding the site of `request` with `result` as its version 1."""
+    from understudy.proxy.callsite import identify
+    from understudy.proxy.site_registry import SiteRegistry
 
-        ident = identify(requests[0])
+    data_dir = Path(tempfile.mkdtemp(prefix="understudy-local-bench-"))
+    store = Store(load_settings(data_dir=data_dir).db_path)
+    try:
+        ident = identify(request)
         _, row, _ = SiteRegistry([]).observe(ident)
         store.write_batch([row], [])
         register_version(store, ident.site_id, {**result, "site_id": ident.site_id})
-        store.cursor().execute("UPDATE sites SET pinned = 'local@v1' WHERE id = ?", [ident.site_id])
+        if pinned:
+            store.cursor().execute("UPDATE sites SET pinned = ? WHERE id = ?", [pinned, ident.site_id])
     finally:
         store.close()
+    return data_dir, ident.site_id
+
+
+def proxy_latencies(result: dict, requests: list[dict], threads: int | None) -> list[float]:
+    data_dir, _ = _registered(result, requests[0], pinned="local@v1")
     port = free_port()
     env = {**os.environ, "UNDERSTUDY_BASE_GGUF": result["base_gguf"],
            **({"UNDERSTUDY_LOCAL_THREADS": str(threads)} if threads else {})}
@@ -96,6 +108,41 @@ def proxy_latencies(result: dict, requests: list[dict], threads: int | None) -> 
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def shadow_sampling(result: dict, requests: list[dict], threads: int | None) -> dict:
+    data_dir, site_id = _registered(result, requests[0], pinned=None)
+    env = {**os.environ, "UNDERSTUDY_BASE_GGUF": result["base_gguf"],
+           **({"UNDERSTUDY_LOCAL_THREADS": str(threads)} if threads else {})}
+    teacher = start_teacher()
+    port = free_port()
+    proxy = subprocess.Popen([str(Path(sys.executable).parent / "understudy"), "serve", "--port", str(port),
+                              "--upstream-url", teacher.url, "--upstream-free", "--data-dir", str(data_dir)],
+                             env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, proxy)
+        started = time.perf_counter()
+        for request in requests:
+            httpx.post(url + "/v1/chat/completions", json=request, timeout=600)
+        sent_s = time.perf_counter() - started
+        deadline = time.monotonic() + 60 * len(requests)
+        while httpx.get(url + "/healthz", timeout=10).json().get("shadow_pending", 0) and time.monotonic() < deadline:
+            time.sleep(1)
+        drained_s = time.perf_counter() - started
+    finally:
+        proxy.terminate()
+        proxy.wait(60)
+        teacher.stop()
+    store = Store(load_settings(data_dir=data_dir).db_path, read_only=True)
+    try:
+        sampled = store.cursor().execute("SELECT count(DISTINCT call_id) FROM shadow_results WHERE site_id = ?",
+                                         [site_id]).fetchone()[0]
+    finally:
+        store.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return {"shadow_calls": len(requests), "shadow_sampled": sampled / len(requests),
+            "shadow_sent_s": sent_s, "shadow_drained_s": drained_s}
+
+
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -106,6 +153,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="The corpus the versions were trained on.")
     parser.add_argument("--result", type=Path, action="append", required=True, help="A training job's result.json.")
     parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--shadow-calls", type=int, default=40, help="Calls sent back to back for the shadow figure.")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -122,19 +170,21 @@ def main() -> None:
         finally:
             models.close()
         through = proxy_latencies(result, requests, args.threads)
+        shadow = shadow_sampling(result, site_requests(args.data_dir, result["site_id"], args.shadow_calls), args.threads)
         schema = ((requests[0].get("response_format") or {}).get("json_schema") or {}).get("name")
         figures.append({"site": result["site_id"], "returns": schema, "prompt": prompt.mode, "lean": prompt.lean,
                         "requests": len(requests), "raw_p50_s": statistics.median(raw), "raw_p90_s": quantile(raw, 0.9),
                         "proxy_p50_s": statistics.median(through), "proxy_p90_s": quantile(through, 0.9),
                         "completion_tokens_p50": statistics.median(tokens),
-                        "tokens_per_s": sum(tokens) / sum(raw), "prefix_hits": hits})
+                        "tokens_per_s": sum(tokens) / sum(raw), "prefix_hits": hits, **shadow})
     if args.json:
         print(json.dumps(figures))
         return
     for f in figures:
         print(f"{f['returns']} ({f['prompt']} prompt{', lean' if f['lean'] else ''}): local answer p50 "
               f"{f['raw_p50_s']:.2f} s raw, {f['proxy_p50_s']:.2f} s through the proxy (p90 {f['proxy_p90_s']:.2f} s); "
-              f"{f['completion_tokens_p50']:.0f} tokens, {f['tokens_per_s']:.1f} tokens/s; prefix reused {f['prefix_hits']}x")
+              f"{f['completion_tokens_p50']:.0f} tokens, {f['tokens_per_s']:.1f} tokens/s; prefix reused {f['prefix_hits']}x; "
+              f"shadow sampled {f['shadow_sampled']:.0%} of {f['shadow_calls']} calls sent in {f['shadow_sent_s']:.0f} s")
     print(json.dumps(figures))
 
 

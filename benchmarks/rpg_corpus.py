@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from jac_examples.corpus import generate_corpus
+from understudy.corpus import generate_corpus
 from understudy.exports import export_site
 from understudy.settings import load_settings
 from understudy.store import Store

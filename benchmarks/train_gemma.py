@@ -23,9 +23,9 @@ import resource
 import time
 from pathlib import Path
 
-from training import site_prompt
-from training.pipeline import run_training_job
-from training.snapshots import site_examples, write_snapshot
+from understudy.training import site_prompt
+from understudy.training.pipeline import run_training_job
+from understudy.training.snapshots import site_examples, write_snapshot
 from understudy.settings import load_settings
 from understudy.store import Store
 from understudy.validators import ValidatorRegistry, site_validator_for, site_validator_reference

@@ -19,8 +19,6 @@ from typing import Annotated, Any
 
 import typer
 
-from jac_examples.rpg.render import ascii_grid, render_png
-from jac_examples.rpg.validator import validate_level, validate_map
 
 levels_app = typer.Typer(help="Validate and render RPG level maps.", no_args_is_help=True, add_completion=False)
 
@@ -55,6 +53,8 @@ def validate(
     level: Annotated[bool, typer.Option("--level", help="FILE holds a bare Level, not a Map.")] = False,
 ) -> None:
     """Check a Map (or, with --level, a Level) and print the per-check report as JSON."""
+    from understudy.jac_examples.rpg.validator import validate_level, validate_map
+
     data = _read_json(file)
     check = validate_level if level else validate_map
     report = check(data, expected_width=width, expected_height=height)
@@ -69,6 +69,8 @@ def render(
     cell: Annotated[int, typer.Option(min=2, help="PNG pixels per grid cell.")] = 16,
 ) -> None:
     """Print a Map as an ASCII grid (# wall, o obstacle, E enemy, P player, . open)."""
+    from understudy.jac_examples.rpg.render import ascii_grid, render_png  # Pillow: only when drawing
+
     data = _read_json(file)
     try:
         typer.echo(ascii_grid(data))
@@ -86,7 +88,7 @@ def teacher(
     flaw_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of deliberately flawed answers.")] = 0.1,
 ) -> None:
     """Serve the offline teacher: an OpenAI-compatible stand-in for the upstream model."""
-    from jac_examples.teacher.server import serve_teacher  # keeps litestar/uvicorn off `levels` start-up
+    from understudy.jac_examples.teacher.server import serve_teacher  # keeps litestar/uvicorn off `levels` start-up
 
     typer.echo(f"teacher on http://{host}:{port}/v1 (seed={seed}, flaw_share={flaw_share})", err=True)
     serve_teacher(host=host, port=port, seed=seed, flaw_share=flaw_share)

@@ -17,11 +17,11 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
-from proxy.errors import ProxyError
-from proxy.state import ProxyState
-from proxy.types import validation_error
-from routing.actions import ActionError, run_action
-from routing.registry import list_versions
+from understudy.proxy.errors import ProxyError
+from understudy.proxy.state import ProxyState
+from understudy.proxy.types import validation_error
+from understudy.routing.actions import ActionError, run_action
+from understudy.routing.registry import list_versions
 from understudy.exports import export_site
 from understudy.reports import render_report
 from understudy.training_jobs import NotEnoughData, prepare_job, register_result, training_candidates

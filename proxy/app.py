@@ -15,19 +15,19 @@ import httpx
 from litestar import Litestar, Request, Response, get
 from litestar.openapi import OpenAPIConfig
 
-from proxy.admin import admin_router, public_report
-from proxy.chat import chat_completions
-from proxy.errors import EXCEPTION_HANDLERS, error_response
-from proxy.metrics import ProxyMetrics
-from proxy.pricing import PriceTable
-from proxy.recorder import Recorder
-from proxy.site_registry import SiteRegistry
-from proxy.state import ProxyState
-from proxy.upstream import Upstream
-from proxy.upstreams import UpstreamTable
-from routing.local_model import LocalModels
-from routing.router import Router
-from routing.similarity import cosine_similarity
+from understudy.proxy.admin import admin_router, public_report
+from understudy.proxy.chat import chat_completions
+from understudy.proxy.errors import EXCEPTION_HANDLERS, error_response
+from understudy.proxy.metrics import ProxyMetrics
+from understudy.proxy.pricing import PriceTable
+from understudy.proxy.recorder import Recorder
+from understudy.proxy.site_registry import CONVERSATION_MEMORY, SiteRegistry
+from understudy.proxy.state import ProxyState
+from understudy.proxy.upstream import Upstream
+from understudy.proxy.upstreams import UpstreamTable
+from understudy.routing.local_model import LocalModels
+from understudy.routing.router import Router
+from understudy.routing.similarity import cosine_similarity
 from understudy.training_jobs import register_pending_results
 from understudy.settings import Settings
 from understudy.store import Store
@@ -70,7 +70,7 @@ def build_state(settings: Settings) -> ProxyState:
         flush_ms=settings.recorder_flush_ms, secrets=tuple(sorted(k for k in keys if k)),
         failed_path=settings.data_dir / "failed-writes.jsonl",
     )
-    sites = SiteRegistry(store.site_records(), store.site_tags())
+    sites = SiteRegistry(store.site_records(), store.site_tags(), store.recent_conversations(CONVERSATION_MEMORY))
     local = LocalModels(settings.resolved_base_gguf(), n_threads=settings.local_threads) if settings.local_models else None
     router = Router(store, local, validators=ValidatorRegistry(settings.validators),
                     policy_defaults=settings.routing_policy, current_site=sites.get, on_site_change=sites.replace,

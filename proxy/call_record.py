@@ -16,9 +16,9 @@ from typing import Any
 import jsonschema
 import msgspec
 
-from proxy.callsite import Identification
-from proxy.pricing import PriceTable
-from proxy.stream_assembly import assemble_completion
+from understudy.proxy.callsite import Identification
+from understudy.proxy.pricing import PriceTable
+from understudy.proxy.stream_assembly import assemble_completion
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()

@@ -15,10 +15,13 @@ ordered argument names, the response schema, tool names and temperature. The
 schema (already hashed) and byLLM drops it from retries and 0.4 never sends it.
 
 Retries ("Your previous response could not be used ...") and tool-loop steps re-send
-the first user turn, so identifying from the first user message alone puts them on
-their site; they are classified by `turn` and share a `conversation` key with the
-first turn. Requests that do not look like byLLM (generic OpenAI clients) are keyed
-by system text + response schema + tool names. An explicit tag (header
+the first user turn; they are classified by `turn` and share a `conversation` key with the
+first turn. The key leaves out the offered tools (byLLM narrows them to `finish_tool` on
+the last step of a tool loop), so the proxy's site registry gives a later turn the site its
+first turn got, whatever the later request offers (proxy/site_registry.py). Requests that
+do not carry byLLM's system text are generic OpenAI clients: keyed by system text +
+response schema + tool names, their user text is never read as argument lines (a line
+`name = value` in a user's message is content, not structure). An explicit tag (header
 `X-Understudy-Site` or `metadata.understudy_site`) overrides all of this.
 """
 
@@ -125,20 +128,22 @@ def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identific
         site_id=site_id,
         signature=signature,
         turn=_turn_of(later),
-        conversation=_digest(site_id, first_user),
+        # no tool names: a later step may offer fewer tools than the first turn did
+        conversation=_digest(signature.tag or "", signature.kind, system_text, first_user,
+                             signature.schema_digest or "", repr(signature.temperature)),
         caller_name=caller_name,
     )
 
 
 def _split_prompt(text: str, system_text: str) -> tuple[str | None, tuple[str, ...], str]:
-    """(header, argument names, kind) from byLLM's first user message."""
+    """(header, argument names, kind) from byLLM's first user message; generic without byLLM's system text."""
+    if BYLLM_SYSTEM_MARKER not in system_text:
+        return None, (), "generic"
     header, block = split_prompt(text)
     if block is not None:
         return header, tuple(name for name, _ in argument_lines(block)), "byllm"
-    if BYLLM_SYSTEM_MARKER in system_text:
-        # A byLLM function without arguments: the whole message is the header.
-        return text.strip(), (), "byllm"
-    return None, (), "generic"
+    # A byLLM function without arguments: the whole message is the header.
+    return text.strip(), (), "byllm"
 
 
 def _turn_of(later_messages: list[dict[str, Any]]) -> str:

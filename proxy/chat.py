@@ -24,17 +24,18 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from proxy.call_record import PendingCall, completion_of, first_content
-from proxy.callsite import Identification, identify
-from proxy.errors import ProxyError, error_body, is_openai_error
-from proxy.openapi import ChatCompletionsOperation
-from proxy.state import ProxyState
-from proxy.types import validation_error
-from proxy.providers import UnsupportedRequest, adjust_response, needs_adjustment
-from proxy.upstream import pass_back_headers
-from proxy.upstreams import MissingKey, Resolution
-from routing.local_model import LocalAnswer, completion_object, sse_body
-from routing.router import Plan
+from understudy.proxy.call_record import PendingCall, completion_of, first_content
+from understudy.proxy.callsite import Identification, identify
+from understudy.proxy.errors import ProxyError, error_body, is_openai_error
+from understudy.proxy.openapi import ChatCompletionsOperation
+from understudy.proxy.state import ProxyState
+from understudy.proxy.types import validation_error
+from understudy.proxy.providers import UnsupportedRequest, adjust_response, needs_adjustment
+from understudy.proxy.stream_adjust import StreamAdjuster
+from understudy.proxy.upstream import pass_back_headers
+from understudy.proxy.upstreams import MissingKey, Resolution
+from understudy.routing.local_model import LocalAnswer, completion_object, sse_body
+from understudy.routing.router import Plan
 from understudy.store import SiteRecord
 
 _decoder = msgspec.json.Decoder()
@@ -120,7 +121,8 @@ async def chat_completions(request: Request) -> Response:
 
     headers.update(pass_back_headers(upstream_response))
     if call.stream and upstream_response.status_code == 200:
-        return Stream(_relay(proxy, call, upstream_response, started, after), status_code=200,
+        adjuster = StreamAdjuster.for_route(resolution.provider, payload)
+        return Stream(_relay(proxy, call, upstream_response, started, after, adjuster), status_code=200,
                       media_type=upstream_response.headers.get("content-type", "text/event-stream"), headers=headers)
     if call.stream:
         await upstream_response.aread()
@@ -289,13 +291,23 @@ def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response
     return Response(content, status_code=status, media_type=media_type, headers=headers)
 
 
-async def _relay(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float, after: _Afterwards):
+async def _relay(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float, after: _Afterwards,
+                 adjuster: StreamAdjuster | None = None):
+    """The upstream's stream to the client as it arrives (through the provider's adjuster, if
+    any); what the client got is what is recorded."""
     chunks: list[bytes] = []
     call.status = 200
     try:
         async for chunk in upstream.aiter_bytes():
+            if adjuster is not None:
+                chunk = adjuster.feed(chunk)
+                if not chunk:
+                    continue
             chunks.append(chunk)
             yield chunk
+        if adjuster is not None and (rest := adjuster.close()):
+            chunks.append(rest)
+            yield rest
     except httpx.HTTPError as exc:
         call.error = f"upstream stream broke: {type(exc).__name__}"
         proxy.metrics.upstream_errors.labels("stream_broken").inc()

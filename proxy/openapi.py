@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from litestar.openapi.spec import Operation
 
-from proxy.types import ChatCompletionRequest
+from understudy.proxy.types import ChatCompletionRequest
 
 
 def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:

@@ -16,7 +16,7 @@ fields at https://docs.anthropic.com/en/api/openai-sdk):
   messages are hoisted and concatenated by Anthropic anyway (same page). `json_object`
   gets the same instruction without a schema, `text` is simply dropped. Since nothing
   enforces the schema, `adjust_response` takes ```json fences off the reply of such a
-  call (non-streamed replies only).
+  call (and proxy/stream_adjust.py off a streamed one).
 - `n` "must be exactly 1": `n > 1` raises `UnsupportedRequest` (400) naming provider and
   model, instead of an upstream error.
 - `temperature` is accepted "between 0 and 1 (inclusive); values greater than 1 are capped
@@ -35,7 +35,7 @@ with `400 Invalid JSON payload received. Unknown name "<field>": Cannot find fie
   of `"tool_calls"`, and streamed `tool_calls` deltas without an `index`
   (discuss.ai.google.dev thread "OpenAI Compatibility with NodeJS - Error"). Clients that
   branch on `finish_reason == "tool_calls"` or assemble deltas by index break, so
-  `adjust_response` / `adjust_chunk` fill them in.
+  `adjust_response` and, for streams, proxy/stream_adjust.py fill them in.
 
 Both non-OpenAI providers: top-level `null` values (byLLM sends `"tools": null`,
 `"max_tokens": null`) are dropped. In OpenAI's API `null` means "not set", so dropping them
@@ -91,19 +91,12 @@ def adjust_response(provider: str, body: dict[str, Any], request: dict[str, Any]
     `request` is the client's request (for Anthropic: whether JSON output was asked for).
     """
     if provider == "anthropic":
-        if request is not None and _wants_json(request):
+        if request is not None and wants_json(request):
             return _map_choices(body, _strip_fences)
         return body
     if provider == "gemini":
         return _map_choices(body, _gemini_finish_reason)
     return body
-
-
-def adjust_chunk(provider: str, chunk: dict[str, Any]) -> dict[str, Any]:
-    """One decoded SSE `chat.completion.chunk`; `chunk` itself when nothing changes."""
-    if provider != "gemini":
-        return chunk
-    return _map_choices(chunk, _gemini_chunk_choice)
 
 
 # --- Anthropic -----------------------------------------------------------------------------
@@ -155,7 +148,7 @@ def _with_system_instruction(messages: list[Any], instruction: str) -> list[Any]
     return messages
 
 
-def _wants_json(request: dict[str, Any]) -> bool:
+def wants_json(request: dict[str, Any]) -> bool:
     response_format = request.get("response_format")
     return isinstance(response_format, dict) and response_format.get("type") in ("json_schema", "json_object")
 
@@ -210,21 +203,6 @@ def _gemini_finish_reason(choice: dict[str, Any]) -> dict[str, Any]:
     if isinstance(message, dict) and message.get("tool_calls") and choice.get("finish_reason") == "stop":
         return {**choice, "finish_reason": "tool_calls"}
     return choice
-
-
-def _gemini_chunk_choice(choice: dict[str, Any]) -> dict[str, Any]:
-    delta = choice.get("delta")
-    calls = delta.get("tool_calls") if isinstance(delta, dict) else None
-    if not isinstance(calls, list) or not calls:
-        return choice
-    out = choice
-    if any(isinstance(call, dict) and "index" not in call for call in calls):
-        fixed = [{**call, "index": position} if isinstance(call, dict) and "index" not in call else call
-                 for position, call in enumerate(calls)]
-        out = {**choice, "delta": {**delta, "tool_calls": fixed}}
-    if out.get("finish_reason") == "stop":
-        out = {**out, "finish_reason": "tool_calls"}
-    return out
 
 
 # --- helpers -------------------------------------------------------------------------------

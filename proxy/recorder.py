@@ -22,8 +22,8 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from proxy.call_record import PendingCall, completion_of, first_content, to_row
-from proxy.pricing import PriceTable
+from understudy.proxy.call_record import PendingCall, completion_of, first_content, to_row
+from understudy.proxy.pricing import PriceTable
 from understudy.store import Store
 
 log = logging.getLogger("understudy.recorder")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import uvicorn
 
-from proxy.app import create_app
+from understudy.proxy.app import create_app
 from understudy.settings import Settings
 
 

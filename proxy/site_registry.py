@@ -11,24 +11,33 @@ site (the tag names it from then on); otherwise the tag gets a site of its own. 
 site's history stays with it when the plugin is installed, and twins (one signature, two
 tags) split from the first tagged call on: the first tag keeps the history, the second
 starts fresh.
+
+Conversations: a retry or tool step takes the site its conversation's first turn got
+(`Identification.conversation` leaves out the offered tools), remembered for the last
+`CONVERSATION_MEMORY` conversations and reloaded from the store's recent first turns at
+start-up, so a tool loop whose last step offers only `finish_tool` stays on its site.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from datetime import datetime, timezone
 
-from proxy.callsite import Identification
+from understudy.proxy.callsite import Identification
 from understudy.store import SiteRecord
 
 # Higher wins when a site's name is re-derived; "user" (a rename) is never replaced.
 _NAME_RANK = {"system": 0, "docstring": 1, "function": 2, "caller": 3, "explicit": 4, "user": 5}
+CONVERSATION_MEMORY = 10_000  # conversations whose site a later turn can inherit
 
 
 class SiteRegistry:
-    def __init__(self, records: list[SiteRecord], tags: dict[str, str] | None = None):
+    def __init__(self, records: list[SiteRecord], tags: dict[str, str] | None = None,
+                 conversations: list[tuple[str, str]] | None = None):
         self._sites: dict[str, SiteRecord] = {record.id: record for record in records}
         self._tags: dict[str, str] = dict(tags or {})  # tag -> site id
+        self._conversations: OrderedDict[str, str] = OrderedDict(conversations or [])  # conversation -> site id
         self._lock = threading.Lock()
 
     def get(self, site_id: str) -> SiteRecord | None:
@@ -41,8 +50,22 @@ class SiteRegistry:
         """The site for this request, plus a new `sites` row and/or a name update to persist.
 
         For a tagged request the returned record's id may differ from `ident.site_id` (the tag
-        joined an existing site); a claim comes back as a name update with source "claim".
+        joined an existing site); a claim comes back as a name update with source "claim". A
+        later turn of a known conversation gets its first turn's site.
         """
+        if ident.turn != "first":
+            inherited = self._conversations.get(ident.conversation)
+            if inherited is not None and inherited in self._sites:
+                return self._sites[inherited], None, None
+        record, row, name_update = self._observe(ident)
+        with self._lock:
+            self._conversations[ident.conversation] = record.id
+            self._conversations.move_to_end(ident.conversation)
+            if len(self._conversations) > CONVERSATION_MEMORY:
+                self._conversations.popitem(last=False)
+        return record, row, name_update
+
+    def _observe(self, ident: Identification) -> tuple[SiteRecord, tuple | None, tuple[str, str, str] | None]:
         tag = ident.signature.tag
         if tag is not None:
             claimed = self._tags.get(tag)

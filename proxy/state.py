@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from proxy.metrics import ProxyMetrics
-from proxy.recorder import Recorder
-from proxy.site_registry import SiteRegistry
-from proxy.upstream import Upstream
-from routing.router import Router
+from understudy.proxy.metrics import ProxyMetrics
+from understudy.proxy.recorder import Recorder
+from understudy.proxy.site_registry import SiteRegistry
+from understudy.proxy.upstream import Upstream
+from understudy.routing.router import Router
 from understudy.settings import Settings
 from understudy.store import Store
 

@@ -49,15 +49,16 @@ def assemble_completion(raw: bytes) -> dict[str, Any] | None:
 
 def _merge_choice(choices: dict[int, dict[str, Any]], delta_choice: dict[str, Any]) -> None:
     index = delta_choice.get("index", 0)
-    choice = choices.setdefault(index, {"role": "assistant", "content": [], "tool_calls": {}, "finish_reason": None})
+    choice = choices.setdefault(index, {"role": "assistant", "content": [], "tool_calls": {}, "finish_reason": None,
+                                        "last_call": None})
     delta = delta_choice.get("delta") or {}
     if delta.get("role"):
         choice["role"] = delta["role"]
     if delta.get("content"):
         choice["content"].append(delta["content"])
-    for call in delta.get("tool_calls") or []:
-        slot = choice["tool_calls"].setdefault(call.get("index", 0), {"id": None, "type": "function",
-                                                                      "function": {"name": "", "arguments": ""}})
+    for position, call in enumerate(delta.get("tool_calls") or []):
+        slot = choice["tool_calls"].setdefault(_call_index(choice, call, position), {"id": None, "type": "function",
+                                                                           "function": {"name": "", "arguments": ""}})
         if call.get("id"):
             slot["id"] = call["id"]
         function = call.get("function") or {}
@@ -67,6 +68,27 @@ def _merge_choice(choices: dict[int, dict[str, Any]], delta_choice: dict[str, An
             slot["function"]["arguments"] += function["arguments"]
     if delta_choice.get("finish_reason"):
         choice["finish_reason"] = delta_choice["finish_reason"]
+
+
+def opens_a_call(call: dict[str, Any], position: int) -> bool:
+    """Whether an index-less tool-call delta starts a new call (Gemini omits `index` and sends
+    each call whole, with an empty id): it has an id or a name, or is not the first in its
+    delta's list; a bare arguments fragment continues the call before it."""
+    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    return bool(call.get("id") or function.get("name") or position > 0)
+
+
+def _call_index(choice: dict[str, Any], call: dict[str, Any], position: int) -> int:
+    """A delta's tool-call slot: its `index`, or for an index-less one (`opens_a_call`) the next
+    slot or the last one."""
+    if isinstance(call.get("index"), int):
+        index = call["index"]
+    elif opens_a_call(call, position) or choice["last_call"] is None:
+        index = max(choice["tool_calls"], default=-1) + 1
+    else:
+        index = choice["last_call"]
+    choice["last_call"] = index
+    return index
 
 
 def _finish_choice(index: int, choice: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from proxy.upstreams import Resolution, UpstreamTable
+from understudy.proxy.upstreams import Resolution, UpstreamTable
 from understudy.settings import Settings
 
 # Headers from the client that describe the client's own connection or body encoding;

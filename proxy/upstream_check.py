@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from proxy.providers import UnsupportedRequest, adjust_request
-from proxy.upstreams import MissingKey, Resolution, Route, UpstreamTable, is_glob
+from understudy.proxy.providers import UnsupportedRequest, adjust_request
+from understudy.proxy.upstreams import MissingKey, Resolution, Route, UpstreamTable, is_glob
 
 DEFAULT_CHECK_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "gemini": "gemini-2.0-flash",
                         "openai-compatible": "gpt-4o-mini"}

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.providers import adjust_request
+from understudy.proxy.providers import adjust_request
 
 PROVIDERS = ("openai", "anthropic", "gemini", "openai-compatible")
 OPENAI_URL = "https://api.openai.com/v1"

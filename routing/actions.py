@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 
-from routing.policy import Decision, SiteState, on_rollback
-from routing.registry import apply_decision, audit, get_version, list_versions, set_version_status
+from understudy.routing.policy import Decision, SiteState, on_rollback
+from understudy.routing.registry import apply_decision, audit, get_version, list_versions, set_version_status
 from understudy.store import SiteRecord, Store
 
 USABLE_STATUSES = ("ready", "active", "retired")  # verified versions; failed/rejected are never served
@@ -100,8 +100,8 @@ def _usable_version(store: Store, site: SiteRecord, number: int) -> None:
 
 def set_policy(store: Store, site_ref: str, overrides: dict) -> SiteRecord:
     """Validate and store a site's routing overrides (unknown keys are refused, not ignored)."""
-    from routing.policy import PromotionPolicy
-    from routing.scoring import ScoringPolicy
+    from understudy.routing.policy import PromotionPolicy
+    from understudy.routing.scoring import ScoringPolicy
 
     from understudy.validators import DISABLED, ValidatorError, load_validator
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import duckdb
 
-from routing.policy import Evidence, PromotionPolicy, SiteState
+from understudy.routing.policy import Evidence, PromotionPolicy, SiteState
 
 Sample = tuple[float | None, bool, bool | None]  # (agreement, local valid, upstream valid)
 # SQL for `AgreementScore.agreement` of a stored row: valid pair, something compared.

@@ -25,8 +25,8 @@ from typing import Any
 
 import anyio
 
-from routing.local_queue import LocalQueue
-from training.site_prompt import SitePrompt, render_with_prefix
+from understudy.routing.local_queue import LocalQueue
+from understudy.training.site_prompt import SitePrompt, render_with_prefix
 
 DEFAULT_MAX_TOKENS = 1024  # a generous cap for a typed answer from a small model
 SSE_PIECE_CHARS = 24  # characters per streamed content chunk
@@ -77,7 +77,7 @@ class LocalModels:
     def generator(self):
         with self._load_lock:
             if self._generator is None:
-                from training.local_generate import LocalGenerator
+                from understudy.training.local_generate import LocalGenerator
 
                 self._generator = LocalGenerator(self.base_gguf, n_threads=self.n_threads)
             return self._generator

@@ -59,7 +59,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
-from routing.sequential import ConfidenceSequence
+from understudy.routing.sequential import ConfidenceSequence
 
 
 class SiteState(str, Enum):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from routing.policy import Decision, on_new_version
+from understudy.routing.policy import Decision, on_new_version
 from understudy.store import SiteRecord, Store
 
 # Negative controls a user can shadow to see the policy reject them (`understudy train --control`).

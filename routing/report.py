@@ -57,10 +57,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from routing.cascade import calibrate
-from routing.evidence import bar, calibration_samples, evidence_of, evidence_samples, reference_scores
-from routing.policy import Bounds, Judgement, PromotionPolicy, SiteState, decide, judge
-from routing.sequential import ConfidenceSequence
+from understudy.routing.cascade import calibrate
+from understudy.routing.evidence import bar, calibration_samples, evidence_of, evidence_samples, reference_scores
+from understudy.routing.policy import Bounds, Judgement, PromotionPolicy, SiteState, decide, judge
+from understudy.routing.sequential import ConfidenceSequence
 from understudy.store import SiteNotFound
 
 FALLBACK_PREFIX = "local fallback:"

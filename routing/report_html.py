@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from routing.report import (
+from understudy.routing.report import (
     SiteReport,
     agreement_line,
     cascade_line,

@@ -39,15 +39,15 @@ from typing import Any
 
 import anyio
 
-from routing.cascade import Calibration, calibrate
-from routing.evidence import bar, calibration_samples, evidence_of, evidence_samples, reference_scores
-from routing.local_model import LocalAnswer, LocalModels, Variant
-from routing.local_queue import Skipped
-from routing.policy import Evidence, PromotionPolicy, SiteState, decide
-from routing.registry import apply_decision
-from routing.scoring import AgreementScore, ScoringPolicy, local_verdict, score_pair
-from routing.sequential import ConfidenceSequence
-from training.site_prompt import SitePrompt
+from understudy.routing.cascade import Calibration, calibrate
+from understudy.routing.evidence import bar, calibration_samples, evidence_of, evidence_samples, reference_scores
+from understudy.routing.local_model import LocalAnswer, LocalModels, Variant
+from understudy.routing.local_queue import Skipped
+from understudy.routing.policy import Evidence, PromotionPolicy, SiteState, decide
+from understudy.routing.registry import apply_decision
+from understudy.routing.scoring import AgreementScore, ScoringPolicy, local_verdict, score_pair
+from understudy.routing.sequential import ConfidenceSequence
+from understudy.training.site_prompt import SitePrompt
 from understudy.store import SiteRecord, Store
 from understudy.validators import BoundValidator, ValidatorRegistry
 

@@ -62,7 +62,7 @@ from typing import Any
 
 import jsonschema
 
-from routing.policy import check_field_types, merge_layers
+from understudy.routing.policy import check_field_types, merge_layers
 from understudy.validators import BoundValidator, Verdict
 
 Similarity = Callable[[str, str], float]

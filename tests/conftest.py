@@ -111,7 +111,7 @@ def proxy(fake_upstream, isolated_data_dir):
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     """(hf_dir, gguf_path) of the tiny random Llama (DESIGN.md), built once per session."""
-    from training.tiny_model import make_tiny_llama
+    from understudy.training.tiny_model import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 

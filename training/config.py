@@ -67,7 +67,7 @@ class TrainConfig:
     eval_every: int = 0  # optimizer steps between eval-loss passes; 0 = only at the end
     num_threads: int = 0  # torch CPU threads; 0 = every core
     precision: str = "auto"  # auto (bf16 where the CPU/GPU has it), bfloat16 or float32
-    checkpoint_above_tokens: int = 8192  # gradient checkpointing when a micro-batch holds more tokens
+    checkpoint_above_tokens: int = 1024  # gradient checkpointing for a micro-batch of more (padded) tokens
 
     # --- prompts ------------------------------------------------------------------------
     # training.site_prompt.SitePrompt as a dict: compact or full rendering, the site marker and

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.site_prompt import SitePrompt, render_training_pair
+from understudy.training.site_prompt import SitePrompt, render_training_pair
 
 IGNORE_INDEX = -100  # label value torch's cross-entropy ignores
 

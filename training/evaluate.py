@@ -20,7 +20,7 @@ from typing import Callable
 
 import jsonschema
 
-from training.prompt_format import json_schema_of
+from understudy.training.prompt_format import json_schema_of
 from understudy.validators import bind
 
 
@@ -106,7 +106,7 @@ def evaluate(
 
 def local_generate_fn(generator, adapter_path, max_tokens: int = 512, site_prompt=None) -> Callable[[dict], str]:
     """A generate_fn for `evaluate` from a training.local_generate.LocalGenerator, in the site's prompt."""
-    from training.site_prompt import SitePrompt, render_request
+    from understudy.training.site_prompt import SitePrompt, render_request
 
     site_prompt = site_prompt or SitePrompt()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from training.prompt_format import STOP_SEQUENCES
+from understudy.training.prompt_format import STOP_SEQUENCES
 
 
 def cut_at_stop(text: str, stops: list[str] = STOP_SEQUENCES) -> str:

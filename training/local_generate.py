@@ -50,8 +50,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.decoding import GreedyDecoder
-from training.prompt_format import STOP_SEQUENCES
+from understudy.training.decoding import GreedyDecoder
+from understudy.training.prompt_format import STOP_SEQUENCES
 
 DEFAULT_N_CTX = 4096  # tokens; enough for byLLM prompts plus their answers
 MAX_LOADED_ADAPTERS = 32  # adapters kept in memory (LRU); each is a few MB

@@ -18,10 +18,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig
-from training.dataset import load_examples
-from training.evaluate import EvalReport, evaluate, local_generate_fn
-from training.site_prompt import SitePrompt, render_request
+from understudy.training.config import TrainConfig
+from understudy.training.dataset import load_examples
+from understudy.training.evaluate import EvalReport, evaluate, local_generate_fn
+from understudy.training.site_prompt import SitePrompt, render_request
 
 RESULT_FILENAME = "result.json"
 MAX_EVAL_EXAMPLES = 20  # held-out examples generated per evaluation (each is a full local generation)
@@ -52,10 +52,10 @@ def run_training_job(site_id: str, snapshot: str, out_dir: str, config: dict[str
 
 def _train_export_verify(cfg: TrainConfig, snapshot: str, out: Path, result: dict[str, Any],
                          validator: str | None, progress: bool) -> None:
-    from training.gguf_adapter import export_gguf_adapter
-    from training.local_generate import LocalGenerator
-    from training.train import train
-    from training.verify import verify_adapter
+    from understudy.training.gguf_adapter import export_gguf_adapter
+    from understudy.training.local_generate import LocalGenerator
+    from understudy.training.train import train
+    from understudy.training.verify import verify_adapter
 
     site_prompt = SitePrompt.from_dict(cfg.prompt)
     # Examples whose static part is not the site's cannot be rendered compactly: not learned from.

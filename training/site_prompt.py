@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.prompt_format import ASSISTANT_TAG, END_MARKER, _render_message, render_prompt, render_target
+from understudy.training.prompt_format import ASSISTANT_TAG, END_MARKER, _render_message, render_prompt, render_target
 from understudy.byllm_prompt import (
     ARGS_BLOCK_START, SCHEMA_PART_MARKER, argument_lines, first_user_index, is_byllm, system_text,
 )

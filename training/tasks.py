@@ -35,7 +35,7 @@ huey = make_huey(settings)
 
 @huey.task()
 def train_site(job: dict[str, Any]) -> dict[str, Any]:
-    from training.pipeline import run_training_job
+    from understudy.training.pipeline import run_training_job
 
     result = run_training_job(job["site_id"], job["snapshot"], job["out_dir"], job["config"],
                               validator=job.get("validator"), progress=False, control=job.get("control"))
@@ -45,10 +45,10 @@ def train_site(job: dict[str, Any]) -> dict[str, Any]:
 
 @huey.periodic_task(crontab(minute=f"*/{max(1, settings.train_check_minutes)}"))
 def schedule_training() -> list[str]:
-    from understudy.proxy_client import CommandError, StoreAccess
+    from understudy.admin_client import AdminClient, CommandError
     from understudy.training_jobs import scheduling_rules
 
-    access = StoreAccess(settings)
+    access = AdminClient(settings)
     if not access.proxy:
         log.info("no proxy running on %s; nothing scheduled", settings.data_dir)
         return []
@@ -63,13 +63,13 @@ def schedule_training() -> list[str]:
 
 
 def _report(result: dict[str, Any]) -> None:
-    from understudy.proxy_client import CommandError, StoreAccess
+    from understudy.admin_client import AdminClient, CommandError
 
-    access = StoreAccess(settings)
+    access = AdminClient(settings)
     if not access.proxy:
         log.warning("no proxy running; %s stays in %s for the next start", result.get("adapter_path"), "result.json")
         return
     try:
-        access.register(result)
+        access.register_with_proxy(result)
     except CommandError as exc:
         log.warning("the proxy did not take the result (%s); it stays in result.json", exc)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.gguf_adapter import permute_qk
+from understudy.training.gguf_adapter import permute_qk
 
 # Model size: as small as possible while still able to memorise a few short examples.
 HIDDEN = 64

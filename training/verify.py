@@ -31,7 +31,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.site_prompt import SitePrompt, render_request
+from understudy.training.site_prompt import SitePrompt, render_request
 
 NEAR_RATIO = 0.95  # difflib similarity counted as "near-exact" (1.0 = identical)
 MAX_TOKENS = 256  # cap on each local answer (tokens)
@@ -86,7 +86,7 @@ def verify_adapter(
         refs = [r if isinstance(r, tuple) else (i, r) for i, r in enumerate(trained_outputs)]
     own = generator is None
     if own:
-        from training.local_generate import LocalGenerator
+        from understudy.training.local_generate import LocalGenerator
 
         generator = LocalGenerator(base_gguf)
     cases = []

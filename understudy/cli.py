@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
-from jac_examples.cli import levels_app, teacher
+from understudy.jac_examples.cli import levels_app, teacher
 from understudy.proxy_client import CommandError, StoreAccess
 from understudy.settings import load_settings
 
@@ -27,6 +27,12 @@ app.add_typer(levels_app, name="levels")
 app.command("teacher", help="Run the offline teacher: an OpenAI-compatible server answering the RPG call sites.")(teacher)
 
 console = Console()
+
+
+def _table(*headers: str) -> Table:
+    """A table whose cells wrap, long words folded, at any terminal width: never cut off."""
+    return Table(*(Column(header, overflow="fold") for header in headers))
+
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", envvar="UNDERSTUDY_CONFIG",
                                                     help="Upstream routes and aliases (TOML) (default: <data-dir>/upstreams.toml).")]
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="UNDERSTUDY_DATA_DIR",
@@ -56,8 +62,8 @@ def serve(
              "and the teacher's self-agreement is sampled on every call.")] = None,
 ) -> None:
     """Run the proxy: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /schema, /report."""
-    from proxy.server import serve as run_server
-    from proxy.upstreams import UpstreamConfigError
+    from understudy.proxy.server import serve as run_server
+    from understudy.proxy.upstreams import UpstreamConfigError
 
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
                              data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free)
@@ -83,8 +89,8 @@ def upstreams(
 
     import httpx
 
-    from proxy.upstream_check import check_routes
-    from proxy.upstreams import UpstreamConfigError, UpstreamTable
+    from understudy.proxy.upstream_check import check_routes
+    from understudy.proxy.upstreams import UpstreamConfigError, UpstreamTable
 
     settings = load_settings(upstream_url=upstream_url, upstream_key=upstream_key, config=config, data_dir=data_dir)
     try:
@@ -102,7 +108,7 @@ def upstreams(
     if as_json:
         typer.echo(json.dumps({"routes": routes, "aliases": aliases, "checks": results}, indent=2))
     else:
-        listing = Table("route", "pattern", "provider", "base url", "key", "timeout", "$/M in/out")
+        listing = _table("route", "pattern", "provider", "base url", "key", "timeout", "$/M in/out")
         for r in routes:
             price = "-" if r["price_input"] is None and r["price_output"] is None else f"{r['price_input']}/{r['price_output']}"
             listing.add_row(r["name"], r["pattern"], r["provider"], r["base_url"], r["auth"], str(r["timeout_s"] or "-"), price)
@@ -110,7 +116,7 @@ def upstreams(
         if aliases:
             console.print("aliases: " + ", ".join(f"{a['alias']} -> {a['model']} ({a['route']})" for a in aliases))
         if check:
-            checks = Table("route", "model", "result")
+            checks = _table("route", "model", "result")
             for r in results:
                 outcome = f"ok, {r['latency_ms']:.0f} ms" if r["ok"] else f"{r['error']}"
                 checks.add_row(r["route"], r["model"] or "-", outcome)
@@ -130,7 +136,7 @@ def up(
     """The main job with embedded defaults: the proxy over DuckDB in the data dir, the training
     worker (SqliteHuey) beside it, local models on the bundled Gemma 3 270M GGUF, and the offline
     teacher as the upstream when no upstream key is set (UNDERSTUDY_UPSTREAM_KEY / OPENAI_API_KEY)."""
-    from proxy.server import serve as run_server
+    from understudy.proxy.server import serve as run_server
     from understudy.processes import start_teacher, start_worker
 
     settings = load_settings(host=host, port=port, data_dir=data_dir)
@@ -167,10 +173,15 @@ def sites(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("id", "name", "returns", "calls", "parse-valid", "state", "served-by")
+    # At 80 columns names wrap (folded, never cut) and ids shrink to a prefix every command accepts.
+    narrow = console.width < 110
+    table = Table(Column("id", no_wrap=True), Column("name", overflow="fold", min_width=16, ratio=1),
+                  Column("returns", overflow="fold"), Column("calls", no_wrap=True, justify="right"),
+                  Column("valid", no_wrap=True), Column("state", no_wrap=True), Column("served-by", overflow="fold"))
     for row in rows:
         rate = "-" if row["valid_rate"] is None else f"{row['valid_rate']:.0%}"
-        table.add_row(row["id"], row["name"], row["returns"], str(row["calls"]), rate, row["state"], row["served_by"])
+        table.add_row(row["id"][:8] if narrow else row["id"], row["name"], row["returns"], str(row["calls"]), rate,
+                      row["state"], row["served_by"])
     console.print(table)
 
 
@@ -194,7 +205,7 @@ def calls(
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    table = Table("time", "turn", "served-by", "status", "ms", "tokens in/out", "valid", "answer")
+    table = _table("time", "turn", "served-by", "status", "ms", "tokens in/out", "valid", "answer")
     for row in rows:
         answer = _answer_preview(row.get("response"))
         valid = "-" if row["valid"] is None else ("yes" if row["valid"] else "no")
@@ -214,7 +225,7 @@ def corpus(
     data_dir: DataDir = None,
 ) -> None:
     """Fill the store: run the Jac RPG generator through the proxy (offline teacher unless an upstream key is set)."""
-    from jac_examples.corpus import generate_corpus
+    from understudy.corpus import generate_corpus
 
     if runs < 1 or levels < 1 or parallel < 1:
         fail("--runs, --levels and --parallel must be at least 1")
@@ -279,12 +290,15 @@ def train(
         return
     typer.echo(f"snapshot {job['snapshot']} ({job['examples']['kept']} examples)", err=True)
     if not now:
-        from training.tasks import train_site
+        # the queue is built from the environment when training.tasks is imported: point it at this data dir
+        os.environ["UNDERSTUDY_DATA_DIR"] = str(settings.data_dir)
+        from understudy.training.tasks import huey, train_site
 
         train_site(job)
-        typer.echo(f"queued training for {job['site_name']}; `understudy worker` runs it")
+        where = "Redis" if settings.redis_url else huey.storage.filename
+        typer.echo(f"queued training for {job['site_name']} in {where}; `understudy worker` runs it")
         return
-    from training.pipeline import run_training_job
+    from understudy.training.pipeline import run_training_job
 
     result = run_training_job(job["site_id"], job["snapshot"], job["out_dir"], job["config"],
                               validator=job.get("validator"), control=job.get("control"))
@@ -306,7 +320,7 @@ def versions(
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    table = Table("version", "status", "created", "examples", "steps", "s/step", "held-out exact / parse / validator",
+    table = _table("version", "status", "created", "examples", "steps", "s/step", "held-out exact / parse / validator",
                   "note")
     for row in rows:
         metrics = row["metrics"] or {}
@@ -324,7 +338,7 @@ def worker(data_dir: DataDir = None) -> None:
     """Run the Huey consumer: training jobs, and the periodic scheduler (quiet hours)."""
     if data_dir is not None:
         os.environ["UNDERSTUDY_DATA_DIR"] = str(data_dir)
-    from training.tasks import huey
+    from understudy.training.tasks import huey
 
     typer.echo(f"understudy worker: queue {huey.storage.__class__.__name__} in {load_settings().data_dir}", err=True)
     huey.create_consumer(workers=1, periodic=True, check_worker_health=True).run()
@@ -408,7 +422,7 @@ def score(
     data_dir: DataDir = None,
 ) -> None:
     """Score one pair of answers to REQUEST exactly as shadow mode would: why a site is (not) promoted."""
-    from proxy.types import validation_error
+    from understudy.proxy.types import validation_error
 
     if [request, upstream, local].count("-") > 1:
         fail("only one of --request, --upstream and --local can be - (stdin)", 2)

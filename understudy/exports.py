@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.snapshots import site_examples, write_jsonl, write_parquet
+from understudy.training.snapshots import site_examples, write_jsonl, write_parquet
 from understudy.store import Store
 from understudy.validators import ValidatorRegistry, site_validator_for
 

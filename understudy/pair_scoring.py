@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.callsite import identify
-from routing.router import Router
+from understudy.proxy.callsite import identify
+from understudy.routing.router import Router
 from understudy.settings import Settings
 from understudy.store import SiteNotFound, Store
 from understudy.validators import ValidatorRegistry

@@ -7,52 +7,17 @@ opens the file itself (read-only for reads).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from understudy.exports import export_site
-from understudy.validators import ValidatorRegistry
-from understudy.training_jobs import NotEnoughData, prepare_job, register_result
-from understudy.settings import Settings
+from understudy.admin_client import AdminClient, CommandError, running_proxy  # noqa: F401 (re-exported)
 from understudy.store import SiteNotFound, Store
 
 
-class CommandError(Exception):
-    """A failure the CLI reports as one line and a non-zero exit."""
-
-
-def running_proxy(settings: Settings) -> dict[str, Any] | None:
-    try:
-        info = json.loads(settings.discovery_path.read_text())
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return info
-
-
-class StoreAccess:
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.proxy = running_proxy(settings)
-
-    def _admin(self, method: str, path: str, **kwargs) -> Any:
-        assert self.proxy is not None
-        try:
-            response = httpx.request(method, self.proxy["url"] + "/admin" + path, timeout=30.0,
-                                     headers={"authorization": f"Bearer {self.proxy['admin_token']}"}, **kwargs)
-        except httpx.HTTPError as exc:
-            raise CommandError(f"the proxy at {self.proxy['url']} did not answer: {exc}") from None
-        if response.status_code >= 400:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text[:200]
-            raise CommandError(message)
-        return response.json()
+class StoreAccess(AdminClient):
+    """Every CLI read and change: the running proxy's admin API, else the store file itself."""
 
     def _open(self, read_only: bool) -> Store:
         if not self.settings.db_path.exists():
@@ -96,6 +61,9 @@ class StoreAccess:
         if self.proxy:
             return self._admin("POST", f"/sites/{site}/export", json={
                 "filtered": filtered, "jsonl": jsonl, "parquet": parquet, "teacher_model": teacher_model})
+        from understudy.exports import export_site  # the subsystems load only for the command that needs them
+        from understudy.validators import ValidatorRegistry
+
         store = self._open(read_only=True)
         try:
             return export_site(store, site, filtered=filtered, jsonl=jsonl and Path(jsonl),
@@ -112,7 +80,7 @@ class StoreAccess:
         store = self._open(read_only=read_only)
         try:
             return action(store)
-        except (SiteNotFound, NotEnoughData, ValueError) as exc:
+        except (SiteNotFound, ValueError) as exc:  # training_jobs.NotEnoughData is a ValueError
             raise CommandError(str(exc)) from None
         finally:
             store.close()
@@ -120,6 +88,8 @@ class StoreAccess:
     def training_job(self, site: str, overrides: dict[str, Any] | None = None, control: str | None = None) -> dict[str, Any]:
         if self.proxy:
             return self._admin("POST", f"/sites/{site}/training-job", json={"config": overrides or {}, "control": control})
+        from understudy.training_jobs import prepare_job
+
         self.settings.ensure_data_dir()
         return self._with_store(lambda store: prepare_job(store, self.settings, site, overrides, control),
                                 read_only=True)
@@ -127,24 +97,23 @@ class StoreAccess:
     def register(self, result: dict[str, Any]) -> dict[str, Any]:
         if self.proxy:
             return self._admin("POST", "/versions", json=result)
+        from understudy.training_jobs import register_result
+
         return self._with_store(lambda store: register_result(store, result), read_only=False)
 
     def versions(self, site: str) -> list[dict[str, Any]]:
         if self.proxy:
             return self._admin("GET", f"/sites/{site}/versions")
-        from routing.registry import list_versions
+        from understudy.routing.registry import list_versions
 
         return self._with_store(lambda store: [v.to_dict() for v in list_versions(store, store.resolve_site(site).id)],
                                 read_only=True)
-
-    def training_jobs_for_candidates(self, rules: dict[str, Any]) -> list[dict[str, Any]]:
-        return self._admin("POST", "/training/candidates", json=rules)
 
     def action(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         """pin / unpin / rollback / promote (routing.actions), applied by the running proxy at once."""
         if self.proxy:
             return self._admin("POST", f"/sites/{site}/action", json=request)
-        from routing.actions import ActionError, run_action
+        from understudy.routing.actions import ActionError, run_action
 
         def act(store):
             try:

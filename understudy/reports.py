@@ -8,10 +8,10 @@ import json
 
 from rich.console import Console
 
-from proxy.pricing import PriceTable
-from routing.policy import PromotionPolicy
-from routing.report import build_report, render_terminal
-from routing.report_html import render_html
+from understudy.proxy.pricing import PriceTable
+from understudy.routing.policy import PromotionPolicy
+from understudy.routing.report import build_report, render_terminal
+from understudy.routing.report_html import render_html
 from understudy.settings import Settings
 from understudy.store import Store
 

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     def resolved_base_gguf(self) -> str:
         if self.base_gguf:
             return self.base_gguf
-        from training.config import default_gemma_gguf
+        from understudy.training.config import default_gemma_gguf
 
         return default_gemma_gguf()
 

@@ -134,6 +134,13 @@ class Store:
     def site_tags(self) -> dict[str, str]:
         return dict(self.cursor().execute("SELECT tag, id FROM sites WHERE tag IS NOT NULL").fetchall())
 
+    def recent_conversations(self, limit: int) -> list[tuple[str, str]]:
+        """(conversation, site id) of the latest `limit` first turns, oldest first."""
+        rows = self.cursor().execute(
+            "SELECT conversation, site_id FROM (SELECT conversation, site_id, ts FROM calls WHERE turn = 'first' "
+            "ORDER BY ts DESC LIMIT ?) ORDER BY ts", [limit]).fetchall()
+        return [(conversation, site_id) for conversation, site_id in rows]
+
     # ---- reads ----
 
     def site_policy(self, site_id: str) -> dict[str, Any]:

@@ -12,11 +12,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from routing.registry import CONTROLS, list_versions, register_version
-from training import site_prompt
-from training.pipeline import RESULT_FILENAME
-from training.quiet import QuietWindow
-from training.snapshots import site_examples, write_snapshot
+from understudy.routing.registry import CONTROLS, list_versions, register_version
+from understudy.training import site_prompt
+from understudy.training.pipeline import RESULT_FILENAME
+from understudy.training.quiet import QuietWindow
+from understudy.training.snapshots import site_examples, write_snapshot
 from understudy.settings import Settings
 from understudy.store import Store
 from understudy.validators import ValidatorRegistry, site_validator_for, site_validator_reference

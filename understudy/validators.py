@@ -106,11 +106,18 @@ def _as_verdict(result: Any) -> Verdict:
     return Verdict(bool(passed), detail, tuple(str(p) for p in constrained))
 
 
+# Versions recorded before the components installed as understudy.<name> name validators by
+# the old top-level packages.
+_RENAMED_PACKAGES = frozenset({"proxy", "routing", "training", "jac_examples"})
+
+
 def load_validator(reference: str) -> ValidatorFn:
     """The function a `module:function` reference names."""
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise ValidatorError(f"validator must be given as module:function, not {reference!r}")
+    if module_name.split(".")[0] in _RENAMED_PACKAGES:  # recorded before the components moved under understudy.
+        module_name = "understudy." + module_name
     try:
         target: Any = importlib.import_module(module_name)
         for part in attribute.split("."):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jac_examples.rpg.mapmodel import Cell, Layout, layout_from
+from understudy.jac_examples.rpg.mapmodel import Cell, Layout, layout_from
 
 WALL, OBSTACLE, ENEMY, PLAYER, OPEN = "#", "o", "E", "P", "."
 LEGEND = {WALL: "wall", OBSTACLE: "obstacle", ENEMY: "enemy", PLAYER: "player", OPEN: "open"}

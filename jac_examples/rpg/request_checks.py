@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jac_examples.rpg.mapmodel import as_int
-from jac_examples.rpg.validator import validate_level, validate_map
+from understudy.jac_examples.rpg.mapmodel import as_int
+from understudy.jac_examples.rpg.validator import validate_level, validate_map
 
 LEVEL_PROPERTIES = frozenset({"width", "height", "num_wall", "num_enemies"})
 MAP_PROPERTIES = frozenset({"level", "walls", "enemies", "player_pos"})

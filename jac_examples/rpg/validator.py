@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from jac_examples.rpg.mapmodel import (
+from understudy.jac_examples.rpg.mapmodel import (
     MAX_SIDE, Cell, as_cell, as_int, in_bounds, load_map_like, reachable, to_plain, wall_cells,
 )
 

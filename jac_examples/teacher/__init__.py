@@ -5,7 +5,7 @@ Modules, in request order: `server` (HTTP) -> `teacher` (orchestration) -> `prom
 `schema_fill` (the answer) -> `flaws` (deliberate mistakes) -> `wire` (OpenAI format).
 """
 
-from jac_examples.teacher.server import create_teacher_app, serve_teacher
-from jac_examples.teacher.teacher import Teacher
+from understudy.jac_examples.teacher.server import create_teacher_app, serve_teacher
+from understudy.jac_examples.teacher.teacher import Teacher
 
 __all__ = ["Teacher", "create_teacher_app", "serve_teacher"]

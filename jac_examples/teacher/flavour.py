@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from jac_examples.rpg.mapmodel import as_int, layout_from, reachable
+from understudy.jac_examples.rpg.mapmodel import as_int, layout_from, reachable
 
 _MOODS = ("damp", "echoing", "moonlit", "smoke-filled", "overgrown", "ice-cold", "cramped", "vast")
 _SETTINGS = ("stone halls", "twisting corridors", "ruined chambers", "collapsed galleries", "flooded tunnels")

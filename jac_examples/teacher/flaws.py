@@ -23,7 +23,7 @@ import json
 import random
 from typing import Any
 
-from jac_examples.rpg.mapmodel import as_int, layout_from, neighbours
+from understudy.jac_examples.rpg.mapmodel import as_int, layout_from, neighbours
 
 
 def is_flawed(seed: int, counter: int, share: float) -> bool:

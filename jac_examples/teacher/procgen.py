@@ -17,8 +17,8 @@ import random
 import re
 from typing import Any
 
-from jac_examples.rpg.mapmodel import MAX_SIDE, Cell, as_int, reachable, wall_cells
-from jac_examples.rpg.validator import validate_map
+from understudy.jac_examples.rpg.mapmodel import MAX_SIDE, Cell, as_int, reachable, wall_cells
+from understudy.jac_examples.rpg.validator import validate_map
 
 _ADJECTIVES = ("Sunken", "Frozen", "Burning", "Whispering", "Forgotten", "Crimson", "Hollow", "Gilded", "Drowned", "Shattered")
 _PLACES = ("Catacombs", "Keep", "Mines", "Sanctum", "Bastion", "Grotto", "Labyrinth", "Citadel", "Marsh", "Observatory")

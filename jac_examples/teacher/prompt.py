@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from jac_examples.teacher.pyrepr import parse_arg_tuple
+from understudy.jac_examples.teacher.pyrepr import parse_arg_tuple
 
 RETRY_MARKER = "Your previous response could not be used"
 _ARG_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*) = (\(.*\))$")

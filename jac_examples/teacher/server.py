@@ -17,8 +17,8 @@ from typing import Any
 from litestar import Litestar, Request, Response, get, post
 from litestar.response import Stream
 
-from jac_examples.teacher.teacher import Teacher
-from jac_examples.teacher.wire import completion, stream_chunks
+from understudy.jac_examples.teacher.teacher import Teacher
+from understudy.jac_examples.teacher.wire import completion, stream_chunks
 
 TEACHER_MODEL_ID = "understudy-teacher"
 

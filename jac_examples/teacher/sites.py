@@ -13,8 +13,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from jac_examples.teacher.prompt import ParsedRequest
-from jac_examples.teacher.schema_fill import WRAPPER_KEYS
+from understudy.jac_examples.teacher.prompt import ParsedRequest
+from understudy.jac_examples.teacher.schema_fill import WRAPPER_KEYS
 
 
 class Site(StrEnum):

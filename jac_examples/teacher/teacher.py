@@ -25,14 +25,14 @@ import threading
 import uuid
 from typing import Any
 
-from jac_examples.teacher import flaws
-from jac_examples.teacher.flavour import describe_level, generic_text, pick_enemies, rate_map
-from jac_examples.teacher.procgen import make_level, make_map
-from jac_examples.teacher.prompt import ParsedRequest, parse_request
-from jac_examples.teacher.pyrepr import strip_type
-from jac_examples.teacher.schema_fill import conform, enum_members, fill
-from jac_examples.teacher.sites import Site, identify
-from jac_examples.teacher.wire import Reply
+from understudy.jac_examples.teacher import flaws
+from understudy.jac_examples.teacher.flavour import describe_level, generic_text, pick_enemies, rate_map
+from understudy.jac_examples.teacher.procgen import make_level, make_map
+from understudy.jac_examples.teacher.prompt import ParsedRequest, parse_request
+from understudy.jac_examples.teacher.pyrepr import strip_type
+from understudy.jac_examples.teacher.schema_fill import conform, enum_members, fill
+from understudy.jac_examples.teacher.sites import Site, identify
+from understudy.jac_examples.teacher.wire import Reply
 
 FINISH_TOOL = "finish_tool"
 DEFAULT_ENEMY_KINDS = ["goblin", "skeleton", "slime", "archer", "ogre", "wraith", "dragon"]

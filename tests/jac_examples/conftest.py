@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
-from jac_examples.teacher.server import create_teacher_app
+from understudy.jac_examples.teacher.server import create_teacher_app
 
 # 6x5, player top-left. Picture (y down):
 #   P . # . . E

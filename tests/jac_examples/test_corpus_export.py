@@ -6,8 +6,8 @@ import json
 
 import duckdb
 
-from jac_examples.corpus import generate_corpus
-from jac_examples.rpg.validator import validate_map
+from understudy.corpus import generate_corpus
+from understudy.jac_examples.rpg.validator import validate_map
 from tests.conftest import run_cli
 from understudy.settings import load_settings
 

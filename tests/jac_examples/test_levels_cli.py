@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from jac_examples.cli import levels_app
+from understudy.jac_examples.cli import levels_app
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from PIL import Image
 
-from jac_examples.rpg.render import COLOURS, ENEMY, OBSTACLE, OPEN, PLAYER, WALL, ascii_grid, render_png
+from understudy.jac_examples.rpg.render import COLOURS, ENEMY, OBSTACLE, OPEN, PLAYER, WALL, ascii_grid, render_png
 
 GOOD_GRID = "\n".join(["P.#..E", "..#...", "..#...", "o...##", ".E...."])
 

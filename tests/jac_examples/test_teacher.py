@@ -12,11 +12,11 @@ import httpx
 import jsonschema
 import pytest
 
-from jac_examples.rpg.runner import run_level_generator
-from jac_examples.rpg.validator import validate_level, validate_map
-from jac_examples.teacher.prompt import parse_request
-from jac_examples.teacher.sites import Site, identify
-from jac_examples.teacher.teacher import Teacher
+from understudy.jac_examples.rpg.runner import run_level_generator
+from understudy.jac_examples.rpg.validator import validate_level, validate_map
+from understudy.jac_examples.teacher.prompt import parse_request
+from understudy.jac_examples.teacher.sites import Site, identify
+from understudy.jac_examples.teacher.teacher import Teacher
 from tests.conftest import FIXTURES_DIR
 
 CAPTURES = FIXTURES_DIR / "captures"

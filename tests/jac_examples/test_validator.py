@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from jac_examples.rpg.validator import LEVEL_CHECKS, MAP_CHECKS, validate_level, validate_map
+from understudy.jac_examples.rpg.validator import LEVEL_CHECKS, MAP_CHECKS, validate_level, validate_map
 
 
 def pos(x: int, y: int) -> dict:

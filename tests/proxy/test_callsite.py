@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import pytest
 
-from proxy.callsite import identify
+from understudy.proxy.callsite import identify
 from tests.proxy.captures import TWINS, capture_files, load_capture
 
 ALL_CAPTURES = [line for path in capture_files() for line in load_capture(path)]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import httpx
 import pytest
 
-from tests.conftest import start_proxy
+from tests.conftest import VENV_BIN, start_proxy
 
 CHAT = "/v1/chat/completions"
 
@@ -239,3 +241,19 @@ def test_slow_upstream_is_a_504(fake_upstream, isolated_data_dir, monkeypatch):
         assert chat(proxy, {"model": "m", "messages": [{"role": "user", "content": "x"}]}).status_code == 200
     finally:
         proxy.stop()
+
+
+def test_sites_table_keeps_whole_names_at_80_columns(proxy):
+    body = typed_body()
+    body["messages"][1]["content"] = "Create the next level of the game, a bit harder than the last.\n\ndifficulty = (4, '')"
+    chat(proxy, body)
+    [row] = json.loads(proxy.cli("sites", "--json").stdout)
+    assert len(row["name"]) > 30
+    env = {**os.environ, "COLUMNS": "80"}
+    out = subprocess.run([str(VENV_BIN / "understudy"), "sites", "--data-dir", str(proxy.data_dir)], env=env,
+                         capture_output=True, text=True, timeout=60).stdout
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in out
+    # the name column, folded over several lines, reads back as the whole name
+    names = "".join(line.split("│")[2].strip() for line in lines if line.count("│") > 2)
+    assert row["name"] in names and row["id"][:8] in out

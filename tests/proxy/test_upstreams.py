@@ -12,9 +12,9 @@ import textwrap
 import httpx
 import pytest
 
-from proxy.providers import UnsupportedRequest, adjust_chunk, adjust_request, adjust_response
-from proxy.upstream_check import check_model_for, check_routes
-from proxy.upstreams import (ANTHROPIC_URL, GEMINI_URL, OPENAI_URL, MissingKey, UpstreamConfigError, UpstreamTable)
+from understudy.proxy.providers import UnsupportedRequest, adjust_request, adjust_response
+from understudy.proxy.upstream_check import check_model_for, check_routes
+from understudy.proxy.upstreams import (ANTHROPIC_URL, GEMINI_URL, OPENAI_URL, MissingKey, UpstreamConfigError, UpstreamTable)
 from tests.support.fake_upstream import FakeUpstream, free_port
 
 KEY_VARS = ("ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY", "LOCAL_KEY", "TEAM_KEY")
@@ -300,19 +300,13 @@ def test_gemini_drops_unknown_fields_and_schema_key():
     assert tools[0]["function"]["parameters"]["$schema"] == "x"
 
 
-def test_gemini_response_tool_calls_finish_reason_and_chunk_index():
+def test_gemini_response_tool_calls_finish_reason():
     call = {"id": "", "type": "function", "function": {"name": "roll", "arguments": "{}"}}
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "tool_calls": [call]}, "finish_reason": "stop"}]}
     assert adjust_response("gemini", body)["choices"][0]["finish_reason"] == "tool_calls"
     assert body["choices"][0]["finish_reason"] == "stop"
     text = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
     assert adjust_response("gemini", text) is text
-    chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [call, call]}, "finish_reason": "stop"}]}
-    fixed = adjust_chunk("gemini", chunk)
-    assert [c["index"] for c in fixed["choices"][0]["delta"]["tool_calls"]] == [0, 1]
-    assert fixed["choices"][0]["finish_reason"] == "tool_calls"
-    plain_chunk = {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
-    assert adjust_chunk("gemini", plain_chunk) is plain_chunk and adjust_chunk("anthropic", chunk) is chunk
 
 
 # --- --check against real servers ------------------------------------------------------------

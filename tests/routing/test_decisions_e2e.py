@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import query_store, run_cli, start_proxy
-from training.snapshots import _split_of
+from understudy.training.snapshots import _split_of
 
 SCHEMA = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "Color", "schema": SCHEMA}}

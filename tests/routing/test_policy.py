@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from routing.policy import (
+from understudy.routing.policy import (
     Evidence,
     PromotionPolicy,
     SiteState,
@@ -14,7 +14,7 @@ from routing.policy import (
     on_new_version,
     on_rollback,
 )
-from routing.sequential import ConfidenceSequence, confidence_sequence
+from understudy.routing.sequential import ConfidenceSequence, confidence_sequence
 
 POLICY = PromotionPolicy()
 

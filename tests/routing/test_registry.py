@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from routing.actions import ActionError, pin, rollback
-from routing.registry import list_versions, register_version
+from understudy.routing.actions import ActionError, pin, rollback
+from understudy.routing.registry import list_versions, register_version
 from understudy.store import Store
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from proxy.pricing import PriceTable
-from routing.policy import PromotionPolicy
-from routing.report import build_report, render_terminal
-from routing.sequential import confidence_sequence
-from routing.report_html import VERSION_COLORS, render_html
+from understudy.proxy.pricing import PriceTable
+from understudy.routing.policy import PromotionPolicy
+from understudy.routing.report import build_report, render_terminal
+from understudy.routing.sequential import confidence_sequence
+from understudy.routing.report_html import VERSION_COLORS, render_html
 from understudy.store import SiteNotFound, Store
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from jac_examples.teacher.teacher import Teacher
-from routing.router import site_scoring
-from routing.scoring import AgreementScore, ScoringPolicy, score_pair
-from routing.similarity import Embedder, default_model_path, shared_embedder
+from understudy.jac_examples.teacher.teacher import Teacher
+from understudy.routing.router import site_scoring
+from understudy.routing.scoring import AgreementScore, ScoringPolicy, score_pair
+from understudy.routing.similarity import Embedder, default_model_path, shared_embedder
 from tests.support.showcase import level_request, showcase_rounds
 from understudy.byllm_prompt import CallArguments
 from understudy.validators import BoundValidator, ValidatorRegistry, schema_name
@@ -372,7 +372,7 @@ def test_a_level_must_keep_the_requested_size_and_difficulty():
 def test_validators_apply_by_response_type_and_shape_only():
     registry = ValidatorRegistry()
     assert schema_name(MAP_FORMAT) == "Map"
-    assert registry.reference_for(MAP_FORMAT) == "jac_examples.rpg.request_checks:check_map"
+    assert registry.reference_for(MAP_FORMAT) == "understudy.jac_examples.rpg.request_checks:check_map"
     # Another program's `Map` (no level/walls/enemies) is not the showcase's.
     assert registry.reference_for(json_format({"type": "object", "properties": {"x": {}}}, name="Map")) is None
     assert registry.reference_for({"type": "json_object"}) is None
@@ -488,7 +488,7 @@ def test_shared_embedder_is_one_per_process_and_loads_once(monkeypatch):
 
 
 def test_a_levels_title_is_left_to_its_validator_its_numbers_are_not():
-    from routing.router import site_scoring
+    from understudy.routing.router import site_scoring
 
     request = level_request(1, 16, 10)
     check = ValidatorRegistry().for_request(request)

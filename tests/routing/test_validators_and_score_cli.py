@@ -14,9 +14,9 @@ import re
 import httpx
 import pytest
 
-from routing.cascade import calibrate
-from routing.local_model import LocalAnswer
-from routing.router import Router
+from understudy.routing.cascade import calibrate
+from understudy.routing.local_model import LocalAnswer
+from understudy.routing.router import Router
 from tests.conftest import REPO_ROOT, run_cli, start_proxy
 from tests.support.showcase import level_repr, map_request
 from understudy.settings import load_settings

@@ -54,9 +54,11 @@ def free_port() -> int:
 
 
 class FakeUpstream:
-    def __init__(self, reply: Callable[[dict[str, Any]], str] | None = None):
+    def __init__(self, reply: Callable[[dict[str, Any]], str] | None = None,
+                 stream_chunks: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None):
         self.received: list[dict[str, Any]] = []
         self.reply = reply or default_reply
+        self.stream_chunks = stream_chunks  # streamed requests get exactly these chunks (a provider's own shapes)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error",
@@ -103,6 +105,10 @@ class FakeUpstream:
             return
         content = self.reply(payload)
         usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+        if payload.get("stream") and self.stream_chunks is not None:
+            await _send_raw(send, 200, "".join(f"data: {json.dumps(c)}\n\n" for c in self.stream_chunks(payload)).encode()
+                            + b"data: [DONE]\n\n", b"text/event-stream")
+            return
         if payload.get("stream"):
             await self._stream(send, model, content, usage if (payload.get("stream_options") or {}).get("include_usage") else None)
             return

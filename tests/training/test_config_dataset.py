@@ -1,8 +1,8 @@
 import json
 
-from training.config import TrainConfig
-from training.dataset import load_examples, write_examples
-from training.evaluate import evaluate, is_exact, parse_valid
+from understudy.training.config import TrainConfig
+from understudy.training.dataset import load_examples, write_examples
+from understudy.training.evaluate import evaluate, is_exact, parse_valid
 
 from tests.training.examples import COLOR_SCHEMA, make_example
 

@@ -11,12 +11,12 @@ import json
 import pytest
 
 from tests.training.examples import make_example
-from training.config import TrainConfig, default_gemma_gguf
-from training.gguf_adapter import export_gguf_adapter
-from training.local_generate import LocalGenerator
-from training.prompt_format import render_prompt
-from training.train import train
-from training.verify import verify_adapter
+from understudy.training.config import TrainConfig, default_gemma_gguf
+from understudy.training.gguf_adapter import export_gguf_adapter
+from understudy.training.local_generate import LocalGenerator
+from understudy.training.prompt_format import render_prompt
+from understudy.training.train import train
+from understudy.training.verify import verify_adapter
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "Monster", "schema": {
     "type": "object", "properties": {"name": {"type": "string"}, "hp": {"type": "integer"}},

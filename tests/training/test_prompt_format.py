@@ -1,5 +1,5 @@
-from training.prompt_format import END_MARKER, STOP_SEQUENCES, json_schema_of, render_prompt, render_target
-from training.site_prompt import render_training_pair
+from understudy.training.prompt_format import END_MARKER, STOP_SEQUENCES, json_schema_of, render_prompt, render_target
+from understudy.training.site_prompt import render_training_pair
 
 SCHEMA_RF = {"type": "json_schema", "json_schema": {"name": "P", "strict": True, "schema": {
     "type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}}}

@@ -4,11 +4,11 @@ adapter, and reproduced by llama.cpp on the full-precision base."""
 from __future__ import annotations
 
 from tests.training.examples import COLOR_SCHEMA, make_example
-from training.config import TrainConfig
-from training.gguf_adapter import export_gguf_adapter
-from training.local_generate import LocalGenerator
-from training.prompt_format import render_prompt
-from training.train import train
+from understudy.training.config import TrainConfig
+from understudy.training.gguf_adapter import export_gguf_adapter
+from understudy.training.local_generate import LocalGenerator
+from understudy.training.prompt_format import render_prompt
+from understudy.training.train import train
 
 EXAMPLES = [
     make_example("color of sky?", '{"color": "blue"}', COLOR_SCHEMA),

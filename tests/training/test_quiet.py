@@ -2,7 +2,7 @@ from datetime import datetime
 
 import pytest
 
-from training.quiet import QuietWindow
+from understudy.training.quiet import QuietWindow
 
 
 def at(hour, minute=0):

@@ -8,15 +8,15 @@ import json
 
 import pytest
 
-from routing.local_model import LocalModels, PromptMismatch, Variant
+from understudy.routing.local_model import LocalModels, PromptMismatch, Variant
 from tests.proxy.captures import capture_files, load_capture
-from training.local_generate import LocalGenerator
-from training.prompt_format import render_prompt
-from training.site_prompt import (
+from understudy.training.local_generate import LocalGenerator
+from understudy.training.prompt_format import render_prompt
+from understudy.training.site_prompt import (
     COMPACT, FULL, SitePrompt, choose, compact_prompt, expand, lean_json, render_request, render_training_pair,
     render_with_prefix, split_request,
 )
-from proxy.callsite import identify
+from understudy.proxy.callsite import identify
 
 
 def all_captured_requests() -> list[tuple[str, dict]]:
@@ -136,9 +136,9 @@ def test_a_restored_prefix_gives_token_identical_output(generator, tiny_llama):
 
 
 def test_a_prefix_state_is_never_reused_under_another_adapter(generator, tiny_llama, tmp_path):
-    from training.config import TrainConfig
-    from training.gguf_adapter import export_gguf_adapter
-    from training.train import train
+    from understudy.training.config import TrainConfig
+    from understudy.training.gguf_adapter import export_gguf_adapter
+    from understudy.training.train import train
 
     hf_dir, gguf = tiny_llama
     example = {"messages": [{"role": "user", "content": "color?"}], "response_format": None, "tools": None,

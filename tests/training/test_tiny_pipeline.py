@@ -12,13 +12,13 @@ import json
 import pytest
 
 from tests.training.examples import COLOR_SCHEMA, make_example
-from training.config import TrainConfig
-from training.evaluate import evaluate, local_generate_fn
-from training.gguf_adapter import export_gguf_adapter, read_base_info
-from training.local_generate import LocalGenerator
-from training.prompt_format import json_schema_of, render_prompt
-from training.train import train
-from training.verify import verify_adapter
+from understudy.training.config import TrainConfig
+from understudy.training.evaluate import evaluate, local_generate_fn
+from understudy.training.gguf_adapter import export_gguf_adapter, read_base_info
+from understudy.training.local_generate import LocalGenerator
+from understudy.training.prompt_format import json_schema_of, render_prompt
+from understudy.training.train import train
+from understudy.training.verify import verify_adapter
 
 BLUE_GREEN = [
     make_example("color of sky?", '{"color": "blue"}', COLOR_SCHEMA),
@@ -140,7 +140,7 @@ def test_verify_rejects_an_adapter_that_is_not_the_trained_one(blue_green, gener
 
 
 def test_export_checks_the_base(blue_green, tmp_path):
-    from training.config import default_gemma_gguf
+    from understudy.training.config import default_gemma_gguf
 
     _, adapter = blue_green
     info = read_base_info(default_gemma_gguf())

@@ -13,7 +13,7 @@ import httpx
 
 from tests.conftest import VENV_BIN, run_cli, start_proxy
 
-SCHEDULE = "from training.tasks import schedule_training; import json; print(json.dumps(schedule_training.call_local()))"
+SCHEDULE = "from understudy.training.tasks import schedule_training; import json; print(json.dumps(schedule_training.call_local()))"
 
 
 def schedule(env: dict) -> list[str]:
@@ -59,4 +59,25 @@ def test_scheduler_and_worker_train_a_version(fake_upstream, isolated_data_dir, 
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
+        proxy.stop()
+
+
+def test_train_without_now_enqueues_in_the_data_dir_it_was_given(fake_upstream, isolated_data_dir, tmp_path):
+    from huey import SqliteHuey
+
+    proxy = start_proxy(isolated_data_dir, fake_upstream.url)
+    try:
+        for thing in ("sky", "sea"):  # a job needs two usable examples
+            body = {"model": "m", "messages": [{"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, '')"}]}
+            site = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=30).headers["x-understudy-site"]
+        elsewhere = tmp_path / "elsewhere"  # the default data dir a stray queue would land in
+        elsewhere.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "UNDERSTUDY_DATA_DIR"}
+        out = subprocess.run([str(VENV_BIN / "understudy"), "train", site, "--data-dir", str(isolated_data_dir)],
+                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert str(isolated_data_dir) in out.stdout
+        assert SqliteHuey("understudy", filename=str(isolated_data_dir / "huey.db")).pending_count() == 1
+        assert not (elsewhere / "understudy-data").exists()
+    finally:
         proxy.stop()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jac_examples.rpg.runner import run_level_generator
+from understudy.jac_examples.rpg.runner import run_level_generator
 from understudy.processes import Child, start_proxy, start_teacher
 from understudy.proxy_client import running_proxy
 from understudy.settings import Settings

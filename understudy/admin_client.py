@@ -1,0 +1,58 @@
+"""The running proxy's admin API, found through the data directory's proxy.json.
+
+Kept apart from the CLI's StoreAccess (understudy/proxy_client.py, which falls back to the
+store file and loads subsystems for some commands) so the training worker can talk to the
+proxy without importing anything of the proxy or routing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import httpx
+
+from understudy.settings import Settings
+
+
+class CommandError(Exception):
+    """A failure the CLI reports as one line and a non-zero exit."""
+
+
+def running_proxy(settings: Settings) -> dict[str, Any] | None:
+    try:
+        info = json.loads(settings.discovery_path.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info
+
+
+class AdminClient:
+    """The running proxy's admin API (`proxy` is None when none runs for the data directory)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.proxy = running_proxy(settings)
+
+    def _admin(self, method: str, path: str, **kwargs) -> Any:
+        assert self.proxy is not None
+        try:
+            response = httpx.request(method, self.proxy["url"] + "/admin" + path, timeout=30.0,
+                                     headers={"authorization": f"Bearer {self.proxy['admin_token']}"}, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CommandError(f"the proxy at {self.proxy['url']} did not answer: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            raise CommandError(message)
+        return response.json()
+
+    def training_jobs_for_candidates(self, rules: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._admin("POST", "/training/candidates", json=rules)
+
+    def register_with_proxy(self, result: dict[str, Any]) -> dict[str, Any]:
+        return self._admin("POST", "/versions", json=result)
