@@ -24,9 +24,8 @@ from typing import Any
 import msgspec
 
 from understudy.proxy.providers import needs_adjustment, wants_json
-from understudy.proxy.stream_assembly import opens_a_call
+from understudy.proxy.stream_assembly import opens_a_call, sse_data
 
-_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 _OPENING_FENCE = re.compile(r"^\s*```[A-Za-z0-9_-]*[ \t]*\r?\n\s*")
@@ -77,14 +76,8 @@ class StreamAdjuster:
         lines = event.splitlines(keepends=True)
         changed = False
         for i, line in enumerate(lines):
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if not data or data == b"[DONE]":
-                continue
-            try:
-                chunk = _decoder.decode(data)
-            except msgspec.DecodeError:
+            chunk = sse_data(line)
+            if chunk is None:
                 continue
             adjusted = self._chunk(chunk) if isinstance(chunk, dict) else chunk
             if adjusted is not chunk:

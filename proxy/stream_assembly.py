@@ -13,18 +13,26 @@ import msgspec
 _decoder = msgspec.json.Decoder()
 
 
+def sse_data(line: bytes) -> Any:
+    """The JSON payload of one SSE `data:` line; None for `[DONE]`, comments, other fields and
+    payloads that do not parse (or are JSON null: no chunk either way)."""
+    if not line.startswith(b"data:"):
+        return None
+    data = line[5:].strip()
+    if not data or data == b"[DONE]":
+        return None
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
 def iter_sse_events(raw: bytes):
     """JSON payloads of the `data:` lines, in order; `[DONE]` and comments skipped."""
     for line in raw.splitlines():
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if not data or data == b"[DONE]":
-            continue
-        try:
-            yield _decoder.decode(data)
-        except msgspec.DecodeError:
-            continue
+        payload = sse_data(line)
+        if payload is not None:
+            yield payload
 
 
 def assemble_completion(raw: bytes) -> dict[str, Any] | None:
