@@ -200,3 +200,13 @@ def test_settings_take_validators_from_the_environment(monkeypatch):
     monkeypatch.setenv("UNDERSTUDY_VALIDATORS", json.dumps({"Paint": VALIDATOR}))
     assert load_settings().validators == {"Paint": VALIDATOR}
     assert "Level(" in level_repr(LEVEL)
+
+
+def test_validator_references_recorded_before_the_rename_still_load():
+    from understudy.jac_examples.rpg.request_checks import check_map
+    from understudy.validators import ValidatorError, load_validator
+
+    assert load_validator("jac_examples.rpg.request_checks:check_map") is check_map
+    assert load_validator("understudy.jac_examples.rpg.request_checks:check_map") is check_map
+    with pytest.raises(ValidatorError):  # only the four old component names are mapped
+        load_validator("rpg.request_checks:check_map")
