@@ -20,9 +20,10 @@ from litestar.handlers.base import BaseRouteHandler
 from understudy.proxy.errors import ProxyError
 from understudy.proxy.state import ProxyState
 from understudy.proxy.types import validation_error
-from understudy.routing.actions import ActionError, run_action
+from understudy.routing.actions import ActionError, policy_view, run_action
 from understudy.routing.registry import list_versions
 from understudy.exports import export_site
+from understudy.store import SiteNameTaken
 from understudy.reports import render_report
 from understudy.training_jobs import NotEnoughData, prepare_job, register_result, training_candidates
 
@@ -47,16 +48,21 @@ def list_sites(request: Request) -> list[dict]:
 
 @get("/sites/{site_ref:str}/calls", sync_to_thread=True)
 def site_calls(request: Request, site_ref: str, limit: int = 20) -> list[dict]:
+    if limit < 1:
+        raise ProxyError(400, f"limit must be at least 1, not {limit}", code="invalid_limit", param="limit")
     return _proxy(request).store.recent_calls(site_ref, limit)
 
 
 @post("/sites/{site_ref:str}/rename", sync_to_thread=True, status_code=200)
 def rename_site(request: Request, site_ref: str, data: dict[str, str]) -> dict:
-    name = (data.get("name") or "").strip()
-    if not name:
-        raise ProxyError(400, "body must be {\"name\": \"<new name>\"}", code="invalid_name")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ProxyError(400, "the new name must not be empty", code="invalid_name", param="name")
     proxy = _proxy(request)
-    record = proxy.store.rename_site(site_ref, name)
+    try:
+        record = proxy.store.rename_site(site_ref, name)
+    except SiteNameTaken as exc:
+        raise ProxyError(409, str(exc), code="name_taken", param="name") from None
     proxy.sites.replace(record)
     return {"id": record.id, "name": record.name}
 
@@ -122,7 +128,17 @@ def site_action(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
     except ActionError as exc:
         raise ProxyError(409, str(exc), code="action_refused") from None
     proxy.refresh_site(record.id)
+    if data.get("action") == "policy":  # what the site's policy is now, to print
+        return {**record.__dict__, "policy": policy_view(proxy.store, record.id, proxy.settings.routing_policy)}
     return record.__dict__
+
+
+@get("/sites/{site_ref:str}/policy", sync_to_thread=True)
+def site_policy(request: Request, site_ref: str) -> dict:
+    """The site's own overrides and the settings in effect."""
+    proxy = _proxy(request)
+    site = proxy.store.resolve_site(site_ref)
+    return {"id": site.id, "name": site.name, "policy": policy_view(proxy.store, site.id, proxy.settings.routing_policy)}
 
 
 @post("/score", sync_to_thread=True, status_code=200)
@@ -138,6 +154,15 @@ def score_pair_route(request: Request, data: dict[str, Any]) -> dict:
         raise ProxyError(400, f"invalid chat completion request: {problem}", code="invalid_request")
     proxy = _proxy(request)
     return score_request(proxy.router, proxy.store, chat_request, upstream, local)
+
+
+@get("/upstreams")
+async def upstream_routes(request: Request, check: bool = False) -> dict:
+    """The routes this proxy forwards by (its own settings and config), checked from here with `check`."""
+    from understudy.proxy.upstream_check import describe_upstreams
+
+    proxy: ProxyState = request.app.state.proxy
+    return await describe_upstreams(proxy.upstream.table, check)
 
 
 @get("/report", sync_to_thread=True, media_type="text/plain")
@@ -164,6 +189,6 @@ def _path_or_none(value: Any) -> Path | None:
 
 
 admin_router = Router(path="/admin", route_handlers=[list_sites, site_calls, rename_site, export_dataset, training_job,
-                                      training_candidates_route, register_version_route, site_versions, site_action,
-                                      score_pair_route, admin_report],
+                                      training_candidates_route, register_version_route, site_versions, site_action, site_policy,
+                                      score_pair_route, upstream_routes, admin_report],
                       guards=[require_admin_token], include_in_schema=False)

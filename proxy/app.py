@@ -16,6 +16,7 @@ from litestar import Litestar, Request, Response, get
 from litestar.openapi import OpenAPIConfig
 
 from understudy.proxy.admin import admin_router, public_report
+from understudy.proxy.api_docs import render_plugins
 from understudy.proxy.chat import chat_completions
 from understudy.proxy.errors import EXCEPTION_HANDLERS, error_response
 from understudy.proxy.metrics import ProxyMetrics
@@ -112,7 +113,8 @@ def create_app(settings: Settings) -> Litestar:
         on_shutdown=[stop],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="Understudy", version="0.1.0", path="/schema"),
+        # /schema is a self-contained page (no CDN script: blank offline otherwise), /schema/openapi.json the document
+        openapi_config=OpenAPIConfig(title="Understudy", version="0.1.0", path="/schema", render_plugins=render_plugins()),
     )
     app.state.proxy = state
     return app

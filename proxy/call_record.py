@@ -124,7 +124,9 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
     model = call.request.get("model")
     ok = 200 <= call.status < 300
     priced_model = call.upstream_model or model
-    if call.price is not None and prompt_tokens is not None:
+    if call.price == (0.0, 0.0):
+        cost = 0.0  # a free upstream costs nothing, tokens counted or not
+    elif call.price is not None and prompt_tokens is not None:
         cost = (prompt_tokens * call.price[0] + (completion_tokens or 0) * call.price[1]) / 1_000_000
     else:
         cost = prices.cost(priced_model, prompt_tokens, completion_tokens)

@@ -22,7 +22,9 @@ first turn got, whatever the later request offers (proxy/site_registry.py). Requ
 do not carry byLLM's system text are generic OpenAI clients: keyed by system text +
 response schema + tool names, their user text is never read as argument lines (a line
 `name = value` in a user's message is content, not structure). An explicit tag (header
-`X-Understudy-Site` or `metadata.understudy_site`) overrides all of this.
+`X-Understudy-Site` or `metadata.understudy_site`) overrides all of this; the byLLM plugin marks
+its own tags (`metadata.understudy_site_source = "plugin"`), which alone may take over the
+history of the untagged site they replace (proxy/site_registry.py).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from typing import Any
 import msgspec
 
 from understudy.byllm_prompt import (
-    BYLLM_SYSTEM_MARKER, RETRY_MARKER, argument_lines, first_user_index, first_user_text, message_text, split_prompt,
+    BYLLM_SYSTEM_MARKER, PLUGIN_TAG_SOURCE, RETRY_MARKER, argument_lines, first_user_index, first_user_text, message_text, split_prompt,
     system_text as system_text_of,
 )
 
+UNDERSTUDY_METADATA = ("understudy_site", "understudy_site_source")  # removed before forwarding
 _IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 _SLUG_NOISE = re.compile(r"[^a-z0-9]+")
 _encoder = msgspec.json.Encoder(order="sorted")
@@ -57,6 +60,9 @@ class Signature:
     tool_names: tuple[str, ...]
     temperature: float | None
     tag: str | None = None
+    # The tag is the byLLM plugin's exact `<module>.<qualname>`: it may take over the untagged
+    # site of the same signature (continuity). A tag a person set names a site of its own.
+    tag_from_plugin: bool = False
 
     @property
     def site_id(self) -> str:
@@ -107,6 +113,8 @@ def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identific
 
     metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
     tag = explicit_tag or metadata.get("understudy_site") or None
+    from_plugin = bool(tag) and metadata.get("understudy_site_source") == PLUGIN_TAG_SOURCE \
+        and str(tag) == str(metadata.get("understudy_site"))
     caller_name = metadata.get("jac_caller_name") or None
 
     header, arg_names, kind = _split_prompt(first_user, system_text)
@@ -121,6 +129,7 @@ def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identific
         tool_names=_tool_names(body.get("tools")),
         temperature=_number_or_none(body.get("temperature")),
         tag=str(tag) if tag else None,
+        tag_from_plugin=from_plugin,
     )
     later = messages[user_index + 1 :] if user_index is not None else []
     site_id = signature.site_id

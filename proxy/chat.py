@@ -25,9 +25,10 @@ from litestar import Request, Response, post
 from litestar.response import Stream
 
 from understudy.proxy.call_record import PendingCall, completion_of, first_content
-from understudy.proxy.callsite import Identification, identify
+from understudy.proxy.callsite import UNDERSTUDY_METADATA, Identification, identify
 from understudy.proxy.errors import ProxyError, error_body, is_openai_error
 from understudy.proxy.openapi import ChatCompletionsOperation
+from understudy.proxy.pricing import answer_price
 from understudy.proxy.state import ProxyState
 from understudy.proxy.types import validation_error
 from understudy.proxy.providers import UnsupportedRequest, adjust_response, needs_adjustment
@@ -119,6 +120,7 @@ async def chat_completions(request: Request) -> Response:
         return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
                                        f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}")
 
+    call.price = answer_price(upstream_response.headers, call.price)
     headers.update(pass_back_headers(upstream_response))
     if call.stream and upstream_response.status_code == 200:
         adjuster = StreamAdjuster.for_route(resolution.provider, payload)
@@ -175,11 +177,12 @@ def _pending(proxy: ProxyState, ident: Identification, payload: dict[str, Any], 
 
 
 def _without_understudy_fields(body: bytes, payload: dict[str, Any]) -> bytes:
-    """The client's bytes, unless `metadata.understudy_site` must be removed for the upstream."""
+    """The client's bytes, unless Understudy's own metadata (`understudy_site`, its source) must be
+    removed for the upstream."""
     metadata = payload.get("metadata")
-    if not isinstance(metadata, dict) or "understudy_site" not in metadata:
+    if not isinstance(metadata, dict) or not any(key in metadata for key in UNDERSTUDY_METADATA):
         return body
-    rest = {k: v for k, v in metadata.items() if k != "understudy_site"}
+    rest = {k: v for k, v in metadata.items() if k not in UNDERSTUDY_METADATA}
     forwarded = {k: v for k, v in payload.items() if k != "metadata"}
     if rest:
         forwarded["metadata"] = rest
@@ -238,6 +241,7 @@ async def _extra_upstream_call(proxy: ProxyState, call: PendingCall, purpose: st
         extra.status, extra.error = 502, f"{purpose} call failed: {type(exc).__name__}: {exc}"
         _record(proxy, extra, started)
         return extra, None
+    extra.price = answer_price(response.headers, extra.price)
     content = response.content
     if response.status_code < 400 and needs_adjustment(resolution.provider):
         content = _adjusted_response(content, resolution, payload)

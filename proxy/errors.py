@@ -46,10 +46,13 @@ def handle_proxy_error(_: Request, exc: ProxyError) -> Response[bytes]:
     return error_response(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param)
 
 
-def handle_http_exception(_: Request, exc: HTTPException) -> Response[bytes]:
+def handle_http_exception(request: Request, exc: HTTPException) -> Response[bytes]:
     """Litestar's own 4xx (413 body too large, 404, 405 ...) in OpenAI's shape."""
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
     code = {413: "request_too_large", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code)
+    proxy = getattr(request.app.state, "proxy", None)
+    if exc.status_code == 413 and proxy is not None:  # refused before forwarding, like any other rejection
+        proxy.metrics.rejected.labels(code).inc()
     return error_response(exc.status_code, str(exc.detail), type=kind, code=code)
 
 

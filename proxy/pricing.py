@@ -9,12 +9,25 @@ The built-in table holds list prices at the time of writing; a TOML file (settin
 
 A model matches the longest table key that its name starts with, so dated snapshots
 (`gpt-4o-mini-2024-07-18`) and provider prefixes (`openai/gpt-4o`) price like their family.
+
+An upstream that charges nothing can say so on each answer: the response header
+`X-Understudy-Cost: 0` (the offline teacher sends it) makes that call cost $0 whatever the
+requested model's list price, so reports never show spend that never happened.
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+
+COST_HEADER = "x-understudy-cost"
+FREE = (0.0, 0.0)
+
+
+def answer_price(headers, route_price: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The price of one upstream answer: free when the upstream says so, else its route's."""
+    return FREE if headers.get(COST_HEADER, "").strip() in ("0", "0.0") else route_price
+
 
 # (input, output) in $ per million tokens.
 BUILT_IN_PRICES: dict[str, tuple[float, float]] = {

@@ -135,6 +135,8 @@ class Recorder:
             for site_id, name, source in names:
                 if source == "claim":
                     self.store.claim_site(site_id, name)
+                elif source == "tag":
+                    self.store.tag_site(site_id, name)
                 else:
                     self.store.set_site_name(site_id, name, source)
             self.recorded += len(rows)

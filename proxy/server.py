@@ -1,8 +1,9 @@
 """Run the proxy under uvicorn and announce it in the data directory.
 
-Once the socket is bound, `proxy.json` (URL, pid, admin token; mode 0600) tells the
-CLI that a proxy owns the DuckDB file and how to reach its admin API; it is removed on
-shutdown. uvicorn turns SIGTERM/SIGINT into a graceful stop: in-flight requests finish,
+Once the socket is bound, the address it really got is printed (`--port 0` picks one) and
+`proxy.json` (mode 0600) tells the CLI that a proxy owns the DuckDB file and how to reach
+it: `url` is the OpenAI base URL (ends in /v1, what a client is given), `root` the server
+(admin API, /healthz), plus pid and admin token; it is removed on shutdown. uvicorn turns SIGTERM/SIGINT into a graceful stop: in-flight requests finish,
 then the app's shutdown hook drains the recorder.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import uvicorn
@@ -31,7 +33,9 @@ class _AnnouncingServer(uvicorn.Server):
         if self.should_exit or not self.servers:
             return
         host, port = self.servers[0].sockets[0].getsockname()[:2]
-        write_discovery(self.settings, f"http://{_url_host(host)}:{port}", self.admin_token)
+        root = f"http://{_url_host(host)}:{port}"
+        write_discovery(self.settings, root, self.admin_token)
+        print(f"understudy: proxy on {root}/v1 (data in {self.settings.data_dir})", file=sys.stderr, flush=True)
 
     async def shutdown(self, sockets=None) -> None:
         try:
@@ -50,11 +54,11 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def write_discovery(settings: Settings, url: str, admin_token: str) -> None:
+def write_discovery(settings: Settings, root: str, admin_token: str) -> None:
     path = settings.discovery_path
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump({"url": url, "pid": os.getpid(), "admin_token": admin_token}, handle)
+        json.dump({"url": root + "/v1", "root": root, "pid": os.getpid(), "admin_token": admin_token}, handle)
 
 
 def remove_discovery(settings: Settings) -> None:
@@ -69,7 +73,7 @@ def remove_discovery(settings: Settings) -> None:
 def serve(settings: Settings, on_stop: Sequence[Callable[[], object]] = ()) -> None:
     """Serve until SIGTERM/SIGINT; `on_stop` callables run once the proxy has drained
     (`understudy up` stops its worker and teacher there)."""
-    app = create_app(settings)
+    app = create_app(settings)  # StoreBusy (an OSError) when another process holds the store
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -4,13 +4,15 @@ Loaded from the store at start-up; a site seen for the first time is added here 
 and its row goes to the recorder's next group commit. Names improve as better evidence
 arrives (a `jac_caller_name` beats a docstring slug) but a name a user gave is kept.
 
-Explicit tags (the byLLM plugin's `<module>.<qualname>`, an `X-Understudy-Site` header)
-and continuity with calls recorded before the tags existed: the first request with a new
-tag whose untagged signature is an existing site that no tag has claimed yet joins that
-site (the tag names it from then on); otherwise the tag gets a site of its own. So a
+Explicit tags. The byLLM plugin's `<module>.<qualname>` (marked as the plugin's) keeps
+continuity with calls recorded before the plugin was installed: the first request with a new
+plugin tag whose untagged signature is an existing site that no tag has claimed yet joins
+that site (the tag names it from then on); otherwise the tag gets a site of its own. So a
 site's history stays with it when the plugin is installed, and twins (one signature, two
 tags) split from the first tagged call on: the first tag keeps the history, the second
-starts fresh.
+starts fresh. A tag a person sets by hand (`X-Understudy-Site: my-site`) never takes over
+history: it joins the site already called by that name, else gets a new site of its own,
+and untagged calls of the same signature stay where they were.
 
 Conversations: a retry or tool step takes the site its conversation's first turn got
 (`Identification.conversation` leaves out the offered tools), remembered for the last
@@ -75,8 +77,13 @@ class SiteRegistry:
                 claimed = self._tags.get(tag)
                 if claimed is not None:
                     return self._sites[claimed], None, None
+                if not ident.signature.tag_from_plugin:
+                    named = [r for r in self._sites.values() if r.name == tag]
+                    if len(named) == 1:  # the site a person already gave this name (a rename)
+                        self._tags[tag] = named[0].id
+                        return named[0], None, (named[0].id, tag, "tag")
                 untagged = self._sites.get(ident.signature.untagged_site_id)
-                if untagged is not None and untagged.id not in self._tags.values():
+                if ident.signature.tag_from_plugin and untagged is not None and untagged.id not in self._tags.values():
                     self._tags[tag] = untagged.id
                     record = untagged if untagged.name_source == "user" else SiteRecord(
                         untagged.id, tag, "explicit", untagged.state, untagged.pinned, untagged.active_version)

@@ -289,7 +289,9 @@ def built_in_routes(default_url: str, default_key: str | None = None, default_fr
         Route(name="gemini", pattern="gemini-*", provider="gemini", base_url=GEMINI_URL,
               key_env="GEMINI_API_KEY", key_env_fallbacks=("GOOGLE_API_KEY",), check_model="gemini-2.0-flash"),
         Route(name="default", pattern="*", provider=default_provider, base_url=default_url,
-              key_env="OPENAI_API_KEY", keyless_ok=True, check_model="gpt-4o-mini", explicit_key=default_key or None,
+              key_env="OPENAI_API_KEY", keyless_ok=True, explicit_key=default_key or None,
+              # OpenAI's own is checked with gpt-4o-mini; a server of one's own with a model it lists
+              check_model="gpt-4o-mini" if default_provider == "openai" else None,
               **free),
     ]
 

@@ -10,12 +10,17 @@ reloads the site).
 - `promote SITE vN`: make vN active and put the site in `local` now (manual promotion).
 - `policy SITE JSON`: per-site overrides of the promotion policy, scoring, validator and prompt
   rendering (`{"promotion": {"min_samples": 50}, "scoring": {"creative_paths": ["walls"]},
-  "validator": "myapp.checks:quiz", "prompt": "full"}`).
+  "validator": "myapp.checks:quiz", "prompt": "full"}`), merged into the site's current ones as
+  a JSON merge patch (RFC 7386: objects merge key by key, `null` removes a key); with
+  `replace` they replace them (`{}` then clears).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import asdict
+from typing import Any
 
 from understudy.routing.policy import Decision, SiteState, on_rollback
 from understudy.routing.registry import apply_decision, audit, get_version, list_versions, set_version_status
@@ -54,8 +59,12 @@ def unpin(store: Store, site_ref: str) -> SiteRecord:
 def rollback(store: Store, site_ref: str, to_version: int | None = None) -> SiteRecord:
     site = store.resolve_site(site_ref)
     if to_version is None:
-        if site.active_version is not None:
-            set_version_status(store, site.id, site.active_version, "retired")
+        if site.active_version is None:
+            known = ", ".join(f"v{v.version} {v.status}" for v in list_versions(store, site.id))
+            raise ActionError(f"site {site.name} has no active version to roll back: the upstream already answers it"
+                              + (f" (versions: {known}; `rollback {site.name} --to vN` activates one)" if known else
+                                 " (it has never had a version)"))
+        set_version_status(store, site.id, site.active_version, "retired")
         decision = on_rollback(site.state)
         store.cursor().execute("UPDATE sites SET state = ?, active_version = NULL, state_since = now() WHERE id = ?",
                                [decision.new_state.value, site.id])
@@ -98,17 +107,50 @@ def _usable_version(store: Store, site: SiteRecord, number: int) -> None:
 
 
 
-def set_policy(store: Store, site_ref: str, overrides: dict) -> SiteRecord:
-    """Validate and store a site's routing overrides (unknown keys are refused, not ignored)."""
+POLICY_KEYS = ("promotion", "scoring", "validator", "prompt")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, `null` removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def set_policy(store: Store, site_ref: str, patch: dict, *, replace: bool = False) -> SiteRecord:
+    """Merge `patch` into the site's routing overrides (or replace them), validate the result and
+    store it; unknown keys and wrong types are refused, not ignored, and nothing is written then."""
+    site = store.resolve_site(site_ref)
+    if not isinstance(patch, dict):
+        raise ActionError("policy overrides must be a JSON object")
+    before = store.site_policy(site.id)
+    overrides = {k: v for k, v in patch.items() if v is not None} if replace else merge_patch(before, patch)
+    overrides = {k: v for k, v in overrides.items() if v not in ({},)}  # an emptied section is no override
+    validate_policy(overrides)
+    store.cursor().execute("UPDATE sites SET policy = ? WHERE id = ?", [json.dumps(overrides) if overrides else None, site.id])
+    audit(store, site.id, "policy", {"overrides": overrides, "was": before, "patch": patch, "replace": replace}, "cli")
+    return store.resolve_site(site.id)
+
+
+def validate_policy(overrides: dict) -> None:
+    """ActionError naming the first problem of a site's overrides (the rules `set_policy` applies)."""
     from understudy.routing.policy import PromotionPolicy
     from understudy.routing.scoring import ScoringPolicy
 
     from understudy.validators import DISABLED, ValidatorError, load_validator
 
-    site = store.resolve_site(site_ref)
     unknown = set(overrides) - {"promotion", "scoring", "validator", "prompt"}
     if unknown:
         raise ActionError(f"policy keys must be 'promotion', 'scoring', 'validator' and/or 'prompt', not {sorted(unknown)}")
+    for section in ("promotion", "scoring"):
+        if section in overrides and not isinstance(overrides[section], dict):
+            raise ActionError(f"{section} must be a JSON object of settings, not {overrides[section]!r}")
     if overrides.get("prompt") not in (None, "compact", "full"):
         raise ActionError(f"prompt must be 'compact' or 'full' (the rendering the next version trains on), "
                           f"not {overrides['prompt']!r}")
@@ -122,11 +164,27 @@ def set_policy(store: Store, site_ref: str, overrides: dict) -> SiteRecord:
             load_validator(validator)
     except (TypeError, ValueError, ValidatorError) as exc:
         raise ActionError(str(exc)) from None
-    import json
 
-    store.cursor().execute("UPDATE sites SET policy = ? WHERE id = ?", [json.dumps(overrides) if overrides else None, site.id])
-    audit(store, site.id, "policy", {"overrides": overrides}, "cli")
-    return store.resolve_site(site.id)
+
+def policy_view(store: Store, site_id: str, global_promotion: dict | None = None) -> dict[str, Any]:
+    """The site's own overrides and the settings in effect (global settings and the response
+    type's scoring defaults, overrides on top), as the router applies them."""
+    from understudy.routing.policy import PromotionPolicy
+    from understudy.routing.router import DEFAULT_SCORING_BY_SCHEMA
+    from understudy.routing.scoring import ScoringPolicy
+
+    overrides = store.site_policy(site_id)
+    row = store.cursor().execute("SELECT schema_name FROM sites WHERE id = ?", [site_id]).fetchone()
+    global_scoring = DEFAULT_SCORING_BY_SCHEMA.get((row[0] if row else None) or "")
+    try:
+        promotion = asdict(PromotionPolicy.from_dict(global_promotion, overrides.get("promotion")))
+        scoring = asdict(ScoringPolicy.from_dict(global_scoring, overrides.get("scoring")))
+    except (TypeError, ValueError) as exc:  # stored before validation existed: show, don't crash
+        return {"overrides": overrides, "effective": None, "problem": str(exc)}
+    return {"overrides": overrides, "effective": {
+        "promotion": promotion, "scoring": {k: list(v) if isinstance(v, tuple) else v for k, v in scoring.items()},
+        "validator": overrides.get("validator", "by response type (settings, entry points)"),
+        "prompt": overrides.get("prompt", "compact where the site's static part separates, else full")}}
 
 
 def run_action(store: Store, site_ref: str, request: dict) -> SiteRecord:
@@ -141,5 +199,6 @@ def run_action(store: Store, site_ref: str, request: dict) -> SiteRecord:
     if action == "promote":
         return promote(store, site_ref, int(request["version"]))
     if action == "policy":
-        return set_policy(store, site_ref, request.get("overrides") or {})
+        return set_policy(store, site_ref, request.get("overrides") if request.get("overrides") is not None else {},
+                          replace=bool(request.get("replace")))
     raise ActionError(f"unknown action {action!r}")

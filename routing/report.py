@@ -214,6 +214,7 @@ class PolicySummary:
     drift_sample_rate: float
     self_agreement_rate: float
     cascade: bool
+    overrides: dict = field(default_factory=dict)  # the site's own `understudy policy` settings
 
 
 @dataclass(frozen=True)
@@ -295,8 +296,8 @@ def build_report(
 
 
 def _site_rows(cur: duckdb.DuckDBPyConnection, site_ref: str | None) -> list[tuple]:
-    # Same resolution rules as `Store.resolve_site` (id or exact name, then unique id prefix);
-    # repeated here because reports get a cursor, not the Store.
+    # An id or exact name, then a unique id prefix (render_report passes the id `Store.resolve_site`
+    # found, which also knows a site's former names and lists candidates on a miss).
     select = "SELECT id, name, state, pinned, active_version, policy FROM sites"
     if site_ref is None:
         return cur.execute(f"{select} ORDER BY created_at, id").fetchall()
@@ -414,7 +415,8 @@ def _site_report(
         assessment=assessment,
         why=_why(cur, site_id, assessment),
         policy=PolicySummary(policy.min_samples, policy.margin, policy.alpha, policy.window, policy.shadow_sample_rate,
-                             policy.drift_sample_rate, policy.self_agreement_rate, policy.cascade),
+                             policy.drift_sample_rate, policy.self_agreement_rate, policy.cascade,
+                             overrides=overrides if isinstance(overrides := _json(row[5]), dict) else {}),
         series=_series(cur, site_id, policy, prices, mean_cost),
     )
 
@@ -778,9 +780,12 @@ def cascade_line(report: SiteReport) -> str:
 
 
 def policy_line(policy: PolicySummary) -> str:
+    overrides = json.dumps(policy.overrides, sort_keys=True) if policy.overrides else "none (global settings only)"
     return (f"promote when non-inferior to the teacher within {policy.margin:.2f} (alpha {policy.alpha:g}, "
             f"{policy.min_samples} samples at least); demote on the last {policy.window} drift samples; "
-            f"self-agreement rate {policy.self_agreement_rate:g}")
+            f"shadow rate {policy.shadow_sample_rate:g}, drift rate {policy.drift_sample_rate:g}, "
+            f"self-agreement rate {policy.self_agreement_rate:g}; cascade {'on' if policy.cascade else 'off'}; "
+            f"site overrides: {overrides}")
 
 
 # ---- terminal ------------------------------------------------------------------------------

@@ -92,8 +92,9 @@ def start_proxy(data_dir: Path, upstream_url: str, *extra: str, env: dict | None
         if discovery.exists():
             try:
                 info = json.loads(discovery.read_text())
-                httpx.get(info["url"] + "/healthz", timeout=2).raise_for_status()
-                return RunningProxy(process, info["url"], data_dir, info["admin_token"])
+                assert info["url"] == info["root"] + "/v1"  # `url` is what an OpenAI client is given
+                httpx.get(info["root"] + "/healthz", timeout=2).raise_for_status()
+                return RunningProxy(process, info["root"], data_dir, info["admin_token"])
             except (ValueError, httpx.HTTPError):
                 pass
         time.sleep(0.05)

@@ -21,10 +21,13 @@ class CommandError(Exception):
 
 
 def running_proxy(settings: Settings) -> dict[str, Any] | None:
+    """The live proxy that owns the data directory: `url` (its OpenAI base URL, ends in /v1),
+    `root` (the server: /admin, /healthz), `pid`, `admin_token`; None when none runs."""
     try:
         info = json.loads(settings.discovery_path.read_text())
         os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
+        info.setdefault("root", str(info["url"]).removesuffix("/v1"))  # proxy.json of a proxy before `root`
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return info
 
@@ -39,10 +42,11 @@ class AdminClient:
     def _admin(self, method: str, path: str, **kwargs) -> Any:
         assert self.proxy is not None
         try:
-            response = httpx.request(method, self.proxy["url"] + "/admin" + path, timeout=30.0,
+            kwargs.setdefault("timeout", 30.0)
+            response = httpx.request(method, self.proxy["root"] + "/admin" + path,
                                      headers={"authorization": f"Bearer {self.proxy['admin_token']}"}, **kwargs)
         except httpx.HTTPError as exc:
-            raise CommandError(f"the proxy at {self.proxy['url']} did not answer: {exc}") from None
+            raise CommandError(f"the proxy at {self.proxy['root']} did not answer: {exc}") from None
         if response.status_code >= 400:
             try:
                 message = response.json()["error"]["message"]

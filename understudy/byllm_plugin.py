@@ -89,10 +89,13 @@ from typing import Any
 
 from jaclang.jac0core.runtime import hookimpl, plugin_manager
 
+from understudy.byllm_prompt import PLUGIN_TAG_SOURCE
+
 __all__ = ["UnderstudyPlugin", "attach", "site_name", "SUPPORTED_BYLLM"]
 
 SUPPORTED_BYLLM = "0.6."  # version prefix; tested with 0.6.19
 SITE_HEADER = "X-Understudy-Site"
+
 PLACEHOLDER_KEY = "sk-understudy-placeholder"  # litellm only, when the program has no OpenAI key
 _WRAPPED = (
     "make_model_params",
@@ -210,6 +213,7 @@ def _for_transport(params: dict, transport: str, url: str) -> dict:
             extra_body = dict(new.get("extra_body") or {})
             metadata = dict(extra_body.get("metadata") or {})
             metadata["understudy_site"] = site
+            metadata["understudy_site_source"] = PLUGIN_TAG_SOURCE
             extra_body["metadata"] = metadata
             new["extra_body"] = extra_body
     return new
@@ -250,6 +254,7 @@ def _wrap_make_model_params(original):
             site = _site_of(mt_run)
             if site:
                 metadata["understudy_site"] = site
+                metadata["understudy_site_source"] = PLUGIN_TAG_SOURCE  # an exact tag: may claim history
             new["metadata"] = metadata
             new["api_base"] = f"{url}/chat/completions" if getattr(self, "http_client", False) else url
             return new

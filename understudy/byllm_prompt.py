@@ -33,6 +33,9 @@ BYLLM_SYSTEM_MARKER = "This is a task you must complete by returning only the ou
 RETRY_MARKER = "Your previous response could not be used"
 SCHEMA_PART_MARKER = "Schema requirements:"
 TYPE_KEY = "__type__"
+# The byLLM plugin marks its exact tags with metadata.understudy_site_source = this: only such a
+# tag may take over the history of the untagged site it replaces (proxy/site_registry.py).
+PLUGIN_TAG_SOURCE = "plugin"
 
 ARG_LINE = re.compile(r"^([A-Za-z_]\w*) = \(", re.MULTILINE)
 ARGS_BLOCK_START = re.compile(r"\n\n(?=[A-Za-z_]\w* = \()")

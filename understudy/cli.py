@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from understudy.jac_examples.cli import levels_app, teacher
-from understudy.proxy_client import CommandError, StoreAccess
+from understudy.proxy_client import CommandError, StoreAccess, running_proxy
 from understudy.settings import load_settings
 
 app = typer.Typer(help="Understudy: an OpenAI-compatible proxy that learns to replace a large model, one call site at a time.",
@@ -44,35 +44,60 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+HostOption = Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_HOST", help="Interface to listen on (default: 127.0.0.1).")]
+PortOption = Annotated[Optional[int], typer.Option(envvar="UNDERSTUDY_PORT", help="Port (default: 8000); 0 picks a free one.")]
+UpstreamUrl = Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_UPSTREAM_URL",
+                                                    help="Upstream base URL (default: https://api.openai.com/v1).")]
+UpstreamKey = Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_UPSTREAM_KEY",
+                                                    help="Upstream API key (default: $OPENAI_API_KEY).")]
+MaxBodyBytes = Annotated[Optional[int], typer.Option(envvar="UNDERSTUDY_MAX_BODY_BYTES",
+                                                     help="Largest request body accepted (default: 8 MiB).")]
+UpstreamFree = Annotated[Optional[bool], typer.Option(
+    "--upstream-free", envvar="UNDERSTUDY_UPSTREAM_FREE",
+    help="The default upstream charges nothing (the offline teacher, your own model server): its calls cost 0 "
+         "and the teacher's self-agreement is sampled on every call.")]
+
+
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_HOST", help="Interface to listen on (default: 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option(envvar="UNDERSTUDY_PORT", help="Port (default: 8000); 0 picks a free one.")] = None,
-    upstream_url: Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_UPSTREAM_URL",
-                                                        help="Upstream base URL (default: https://api.openai.com/v1).")] = None,
-    upstream_key: Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_UPSTREAM_KEY",
-                                                        help="Upstream API key (default: $OPENAI_API_KEY).")] = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    upstream_url: UpstreamUrl = None,
+    upstream_key: UpstreamKey = None,
     data_dir: DataDir = None,
-    max_body_bytes: Annotated[Optional[int], typer.Option(envvar="UNDERSTUDY_MAX_BODY_BYTES",
-                                                          help="Largest request body accepted (default: 8 MiB).")] = None,
+    max_body_bytes: MaxBodyBytes = None,
     config: ConfigFile = None,
-    upstream_free: Annotated[Optional[bool], typer.Option(
-        "--upstream-free", envvar="UNDERSTUDY_UPSTREAM_FREE",
-        help="The default upstream charges nothing (the offline teacher, your own model server): its calls cost 0 "
-             "and the teacher's self-agreement is sampled on every call.")] = None,
+    upstream_free: UpstreamFree = None,
 ) -> None:
-    """Run the proxy: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /schema, /report."""
+    """Run the proxy: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /schema, /report.
+    It prints the address it listens on once the port is bound."""
     from understudy.proxy.server import serve as run_server
     from understudy.proxy.upstreams import UpstreamConfigError
 
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
                              data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free)
+    _refuse_busy_data_dir(settings)
     key_note = "set" if settings.resolved_upstream_key() else "not set (clients' own keys are forwarded)"
     typer.echo(f"understudy: upstream {settings.upstream_url} (key {key_note}); data in {settings.data_dir}", err=True)
     try:
         run_server(settings)
     except (OSError, UpstreamConfigError) as exc:
         fail(str(exc))
+
+
+def _refuse_busy_data_dir(settings) -> None:
+    """One line and exit 1 when another proxy, or any process, holds the data directory's store."""
+    from understudy.store import Store
+
+    running = running_proxy(settings)
+    if running is not None:
+        fail(f"a proxy (pid {running['pid']}) already serves {settings.data_dir} at {running['url']}; "
+             f"stop it or use another --data-dir")
+    if settings.db_path.exists():
+        try:
+            Store(settings.db_path, read_only=True).close()
+        except OSError as exc:  # store.StoreBusy
+            fail(str(exc))
 
 
 @app.command()
@@ -84,30 +109,17 @@ def upstreams(
     config: ConfigFile = None,
     data_dir: DataDir = None,
 ) -> None:
-    """The upstream routes (config file, then built-ins) and whether each has its key set."""
-    import asyncio
-
-    import httpx
-
-    from understudy.proxy.upstream_check import check_routes
-    from understudy.proxy.upstreams import UpstreamConfigError, UpstreamTable
-
+    """The upstream routes and whether each has its key set: the running proxy's own (asked through
+    its admin API) when one serves the data dir, else those this configuration would start with."""
     settings = load_settings(upstream_url=upstream_url, upstream_key=upstream_key, config=config, data_dir=data_dir)
-    try:
-        table = UpstreamTable.from_config(settings.config, settings.data_dir, settings.upstream_url, settings.upstream_key)
-    except UpstreamConfigError as exc:
-        fail(str(exc))
-    routes, aliases = table.describe(), table.describe_aliases()
-    results = []
-    if check:
-        async def run_checks():
-            async with httpx.AsyncClient() as client:
-                return await check_routes(table, client)
-
-        results = [r.as_dict() for r in asyncio.run(run_checks())]
+    access = StoreAccess(settings)
+    described = _run(lambda: access.upstreams(check))
+    routes, aliases, results = described["routes"], described["aliases"], described["checks"]
     if as_json:
-        typer.echo(json.dumps({"routes": routes, "aliases": aliases, "checks": results}, indent=2))
+        typer.echo(json.dumps(described, indent=2))
     else:
+        if access.proxy is not None:  # its own routes; --upstream-url/--config describe a proxy yet to start
+            typer.echo(f"routes of the running proxy at {access.proxy['url']} (pid {access.proxy['pid']})")
         listing = _table("route", "pattern", "provider", "base url", "key", "timeout", "$/M in/out")
         for r in routes:
             price = "-" if r["price_input"] is None and r["price_output"] is None else f"{r['price_input']}/{r['price_output']}"
@@ -127,32 +139,45 @@ def upstreams(
 
 @app.command()
 def up(
-    host: Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_HOST", help="Interface to listen on (default: 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option(envvar="UNDERSTUDY_PORT", help="Port (default: 8000).")] = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    upstream_url: UpstreamUrl = None,
+    upstream_key: UpstreamKey = None,
     data_dir: DataDir = None,
+    max_body_bytes: MaxBodyBytes = None,
+    config: ConfigFile = None,
+    upstream_free: UpstreamFree = None,
     teacher_seed: Annotated[int, typer.Option(help="Offline teacher's seed.")] = 0,
     teacher_flaw_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Offline teacher's flawed share.")] = 0.1,
 ) -> None:
     """The main job with embedded defaults: the proxy over DuckDB in the data dir, the training
     worker (SqliteHuey) beside it, local models on the bundled Gemma 3 270M GGUF, and the offline
-    teacher as the upstream when no upstream key is set (UNDERSTUDY_UPSTREAM_KEY / OPENAI_API_KEY)."""
+    teacher as the upstream when neither an upstream key (--upstream-key, UNDERSTUDY_UPSTREAM_KEY,
+    OPENAI_API_KEY) nor an upstream URL (--upstream-url, UNDERSTUDY_UPSTREAM_URL) is given: with a
+    URL and no key the proxy forwards there with the clients' own keys (your own model server).
+    It prints the address it listens on once the port is bound."""
     from understudy.proxy.server import serve as run_server
+    from understudy.proxy.upstreams import UpstreamConfigError
     from understudy.processes import start_teacher, start_worker
 
-    settings = load_settings(host=host, port=port, data_dir=data_dir)
+    settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
+                             data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free)
+    _refuse_busy_data_dir(settings)  # before any child starts: nothing to undo, nothing printed as if it ran
     settings.ensure_data_dir()
     teacher = None
-    if settings.resolved_upstream_key() is None and "UNDERSTUDY_UPSTREAM_URL" not in os.environ:
+    if settings.resolved_upstream_key() is None and "upstream_url" not in settings.model_fields_set:
         teacher = start_teacher(seed=teacher_seed, flaw_share=teacher_flaw_share)
         settings = settings.model_copy(update={"upstream_url": teacher.url, "upstream_free": True})
-        typer.echo(f"understudy: no upstream key set; the offline teacher answers at {teacher.url}", err=True)
+        typer.echo(f"understudy: no upstream key or URL given; the offline teacher answers at {teacher.url}", err=True)
+    else:
+        key_note = "set" if settings.resolved_upstream_key() else "not set (clients' own keys are forwarded)"
+        typer.echo(f"understudy: upstream {settings.upstream_url} (key {key_note})", err=True)
     worker = start_worker(settings)
-    typer.echo(f"understudy: proxy on http://{settings.host}:{settings.port}/v1 -> {settings.upstream_url}; "
-               f"worker log {settings.data_dir / 'worker.log'}; data in {settings.data_dir}", err=True)
+    typer.echo(f"understudy: training worker beside it, log {settings.data_dir / 'worker.log'}", err=True)
     children = [worker] if teacher is None else [worker, teacher]
     try:
         run_server(settings, on_stop=[child.stop for child in children])
-    except OSError as exc:
+    except (OSError, UpstreamConfigError) as exc:
         fail(str(exc))
     finally:
         for child in children:  # when the server never started; stopping twice is harmless
@@ -187,7 +212,7 @@ def sites(
 
 @sites_app.command("rename")
 def sites_rename(ctx: typer.Context, site: str, name: str, data_dir: DataDir = None) -> None:
-    """Give SITE (id, name or id prefix) a new readable NAME."""
+    """Give SITE (id, name or id prefix) a new readable NAME (one no other site has)."""
     settings = load_settings(data_dir=data_dir) if data_dir else ctx.obj
     result = _run(lambda: StoreAccess(settings).rename(site, name))
     typer.echo(f"{result['id']} is now {result['name']!r}")
@@ -201,6 +226,8 @@ def calls(
     data_dir: DataDir = None,
 ) -> None:
     """Recent calls of one site."""
+    if limit < 1:
+        fail(f"--limit must be at least 1, not {limit}", 2)
     rows = _run(lambda: StoreAccess(load_settings(data_dir=data_dir)).calls(site, limit))
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
@@ -400,17 +427,39 @@ def report(
 @app.command()
 def policy(
     site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
-    overrides: Annotated[str, typer.Argument(help='JSON, e.g. \'{"promotion": {"min_samples": 50}}\'; {} clears.')],
+    overrides: Annotated[Optional[str], typer.Argument(
+        help='JSON merged into the site\'s overrides, e.g. \'{"promotion": {"min_samples": 50}}\'; null removes a '
+             'key. Without it: print the policy.')] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace the site's overrides instead of merging ('{}' clears).")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Per-site routing overrides: promotion thresholds and sampling, scoring (creative paths, tolerances)."""
+    """Per-site routing overrides: promotion thresholds and sampling, scoring (creative paths, tolerances),
+    validator, prompt rendering. Prints the overrides and the settings in effect afterwards."""
+    access = StoreAccess(load_settings(data_dir=data_dir))
+    if overrides is None:
+        if replace:
+            fail("--replace needs the JSON to replace the overrides with ('{}' clears them)", 2)
+        _print_policy(_run(lambda: access.policy(site)))
+        return
     try:
         parsed = json.loads(overrides)
     except ValueError as exc:
-        fail(f"overrides must be JSON: {exc}")
+        fail(f"overrides must be JSON: {exc}", 2)
     if not isinstance(parsed, dict):
-        fail("overrides must be a JSON object")
-    _act(site, {"action": "policy", "overrides": parsed}, data_dir)
+        fail("overrides must be a JSON object", 2)
+    _print_policy(_run(lambda: access.action(site, {"action": "policy", "overrides": parsed, "replace": replace})))
+
+
+def _print_policy(record: dict) -> None:
+    view = record["policy"]
+    own = json.dumps(view["overrides"], sort_keys=True) if view["overrides"] else "none (global settings only)"
+    typer.echo(f"{record['name']} ({record['id']}): site overrides {own}")
+    if view.get("effective") is None:
+        typer.echo(f"warning: the stored overrides are not valid ({view.get('problem')}); the global settings apply",
+                   err=True)
+        return
+    typer.echo("in effect:")
+    typer.echo(json.dumps(view["effective"], indent=2, sort_keys=True))
 
 
 @app.command()
@@ -487,9 +536,23 @@ def _run(action):
         fail(str(exc))
 
 
-def main() -> None:  # pragma: no cover - console entry point convenience
-    app(prog_name="understudy")
+def main() -> None:
+    """The console entry point: the app, with a usage mistake (a missing argument, an unknown
+    command or option, a value of the wrong type) as one `error:` line and exit 2 instead of
+    Click's boxed usage text. (Typer's Click exceptions all derive from TyperException.)"""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="understudy", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -76,7 +76,7 @@ def generate_corpus(settings: Settings, *, runs: int, levels: int, parallel: int
 def _proxy_for(settings: Settings, seed: int, flaw_share: float, started: list[Child]) -> tuple[str, str]:
     running = running_proxy(settings)
     if running:
-        return running["url"], "the running proxy's upstream"
+        return running["root"], "the running proxy's upstream"
     if settings.resolved_upstream_key():
         upstream, free = settings.upstream_url, settings.upstream_free
     else:

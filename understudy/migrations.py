@@ -163,6 +163,26 @@ def m005_judging_against_the_teacher(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE model_versions ADD COLUMN control VARCHAR")  # NULL | base | shuffled
 
 
+@migration
+def m007_site_names(con: duckdb.DuckDBPyConnection) -> None:
+    # Every name a site has been known by (docstring slug, function or caller name, tag, renames):
+    # a site's name depends on how its first calls arrived, so any of them finds it.
+    con.execute(
+        """
+        CREATE TABLE site_names (
+            site_id VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,         -- as sites.name_source, or tag
+            first_seen TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (site_id, name)
+        )
+        """
+    )
+    con.execute("INSERT INTO site_names (site_id, name, source) SELECT id, name, name_source FROM sites")
+    con.execute("INSERT INTO site_names (site_id, name, source) SELECT id, tag, 'tag' FROM sites "
+                "WHERE tag IS NOT NULL AND tag <> name")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending steps; returns the names applied now."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")

@@ -85,9 +85,9 @@ def start_proxy(settings: Settings, upstream_url: str, *, upstream_free: bool = 
         if process.poll() is not None:
             raise RuntimeError(f"the proxy exited with status {process.returncode} on start")
         try:
-            url = json.loads(settings.discovery_path.read_text())["url"]
-            wait_until_healthy(url, process, timeout=10)
-            return Child(process, url)
+            info = json.loads(settings.discovery_path.read_text())
+            wait_until_healthy(info["root"], process, timeout=10)
+            return Child(process, info["root"])
         except (OSError, ValueError, KeyError):
             time.sleep(0.05)
     process.kill()

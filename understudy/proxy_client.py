@@ -10,10 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from urllib.parse import quote
+
 import httpx
 
 from understudy.admin_client import AdminClient, CommandError, running_proxy  # noqa: F401 (re-exported)
 from understudy.store import SiteNotFound, Store
+
+
+def _site_path(site: str) -> str:
+    """A site reference as one URL path segment (names hold ':' and may hold '/')."""
+    if not site.strip():
+        raise CommandError("give a site id, name or id prefix (`understudy sites` lists them)")
+    return quote(site, safe="")
 
 
 class StoreAccess(AdminClient):
@@ -22,7 +31,10 @@ class StoreAccess(AdminClient):
     def _open(self, read_only: bool) -> Store:
         if not self.settings.db_path.exists():
             raise CommandError(f"no Understudy store at {self.settings.db_path} (has the proxy run with this --data-dir?)")
-        return Store(self.settings.db_path, read_only=read_only)
+        try:
+            return Store(self.settings.db_path, read_only=read_only)
+        except OSError as exc:  # store.StoreBusy: another process holds the file
+            raise CommandError(str(exc)) from None
 
     def sites(self) -> list[dict[str, Any]]:
         if self.proxy:
@@ -35,7 +47,7 @@ class StoreAccess(AdminClient):
 
     def calls(self, site: str, limit: int) -> list[dict[str, Any]]:
         if self.proxy:
-            return self._admin("GET", f"/sites/{site}/calls", params={"limit": limit})
+            return self._admin("GET", f"/sites/{_site_path(site)}/calls", params={"limit": limit})
         store = self._open(read_only=True)
         try:
             return store.recent_calls(site, limit)
@@ -45,13 +57,15 @@ class StoreAccess(AdminClient):
             store.close()
 
     def rename(self, site: str, name: str) -> dict[str, Any]:
+        if not name.strip():
+            raise CommandError("the new name must not be empty")
         if self.proxy:
-            return self._admin("POST", f"/sites/{site}/rename", json={"name": name})
+            return self._admin("POST", f"/sites/{_site_path(site)}/rename", json={"name": name})
         store = self._open(read_only=False)
         try:
             record = store.rename_site(site, name)
             return {"id": record.id, "name": record.name}
-        except SiteNotFound as exc:
+        except (SiteNotFound, ValueError) as exc:
             raise CommandError(str(exc)) from None
         finally:
             store.close()
@@ -59,7 +73,7 @@ class StoreAccess(AdminClient):
     def export(self, site: str, *, filtered: bool, jsonl: str | None, parquet: str | None,
                teacher_model: str | None = None) -> dict[str, Any]:
         if self.proxy:
-            return self._admin("POST", f"/sites/{site}/export", json={
+            return self._admin("POST", f"/sites/{_site_path(site)}/export", json={
                 "filtered": filtered, "jsonl": jsonl, "parquet": parquet, "teacher_model": teacher_model})
         from understudy.exports import export_site  # the subsystems load only for the command that needs them
         from understudy.validators import ValidatorRegistry
@@ -87,7 +101,7 @@ class StoreAccess(AdminClient):
 
     def training_job(self, site: str, overrides: dict[str, Any] | None = None, control: str | None = None) -> dict[str, Any]:
         if self.proxy:
-            return self._admin("POST", f"/sites/{site}/training-job", json={"config": overrides or {}, "control": control})
+            return self._admin("POST", f"/sites/{_site_path(site)}/training-job", json={"config": overrides or {}, "control": control})
         from understudy.training_jobs import prepare_job
 
         self.settings.ensure_data_dir()
@@ -103,7 +117,7 @@ class StoreAccess(AdminClient):
 
     def versions(self, site: str) -> list[dict[str, Any]]:
         if self.proxy:
-            return self._admin("GET", f"/sites/{site}/versions")
+            return self._admin("GET", f"/sites/{_site_path(site)}/versions")
         from understudy.routing.registry import list_versions
 
         return self._with_store(lambda store: [v.to_dict() for v in list_versions(store, store.resolve_site(site).id)],
@@ -112,16 +126,34 @@ class StoreAccess(AdminClient):
     def action(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         """pin / unpin / rollback / promote (routing.actions), applied by the running proxy at once."""
         if self.proxy:
-            return self._admin("POST", f"/sites/{site}/action", json=request)
+            return self._admin("POST", f"/sites/{_site_path(site)}/action", json=request)
         from understudy.routing.actions import ActionError, run_action
 
         def act(store):
             try:
-                return run_action(store, site, request).__dict__
+                record = run_action(store, site, request).__dict__
             except ActionError as exc:
                 raise CommandError(str(exc)) from None
+            if request.get("action") == "policy":
+                from understudy.routing.actions import policy_view
+
+                record["policy"] = policy_view(store, record["id"], self.settings.routing_policy)
+            return record
 
         return self._with_store(act, read_only=False)
+
+    def policy(self, site: str) -> dict[str, Any]:
+        """The site's own policy overrides and the settings in effect."""
+        if self.proxy:
+            return self._admin("GET", f"/sites/{_site_path(site)}/policy")
+        from understudy.routing.actions import policy_view
+
+        def view(store):
+            record = store.resolve_site(site)
+            return {"id": record.id, "name": record.name,
+                    "policy": policy_view(store, record.id, self.settings.routing_policy)}
+
+        return self._with_store(view, read_only=True)
 
     def score(self, request: dict[str, Any], upstream: str, local: str) -> dict[str, Any]:
         """A pair scored as shadow mode scores it (understudy.pair_scoring)."""
@@ -129,12 +161,28 @@ class StoreAccess(AdminClient):
             return self._admin("POST", "/score", json={"request": request, "upstream": upstream, "local": local})
         from understudy.pair_scoring import offline_router, score_request
 
-        store = Store(self.settings.db_path, read_only=True) if self.settings.db_path.exists() else None
+        store = self._open(read_only=True) if self.settings.db_path.exists() else None
         try:
             return score_request(offline_router(store, self.settings), store, request, upstream, local)
         finally:
             if store is not None:
                 store.close()
+
+    def upstreams(self, check: bool) -> dict[str, Any]:
+        """The running proxy's routes (and checks made from it), else those these settings give."""
+        if self.proxy:
+            return self._admin("GET", "/upstreams", params={"check": str(check).lower()}, timeout=120.0)
+        import asyncio
+
+        from understudy.proxy.upstream_check import describe_upstreams
+        from understudy.proxy.upstreams import UpstreamConfigError, UpstreamTable
+
+        try:
+            table = UpstreamTable.from_config(self.settings.config, self.settings.data_dir, self.settings.upstream_url,
+                                              self.settings.upstream_key, self.settings.upstream_free)
+        except UpstreamConfigError as exc:
+            raise CommandError(str(exc)) from None
+        return asyncio.run(describe_upstreams(table, check))
 
     def report(self, site: str | None, fmt: str, *, color: bool = False, width: int = 120) -> str:
         from understudy.reports import render_report
@@ -142,11 +190,11 @@ class StoreAccess(AdminClient):
         if self.proxy:
             assert self.proxy is not None
             try:
-                response = httpx.get(self.proxy["url"] + "/admin/report", timeout=60,
+                response = httpx.get(self.proxy["root"] + "/admin/report", timeout=60,
                                      params={"site": site or "", "format": fmt, "color": int(color), "width": width},
                                      headers={"authorization": f"Bearer {self.proxy['admin_token']}"})
             except httpx.HTTPError as exc:
-                raise CommandError(f"the proxy at {self.proxy['url']} did not answer: {exc}") from None
+                raise CommandError(f"the proxy at {self.proxy['root']} did not answer: {exc}") from None
             if response.status_code >= 400:
                 raise CommandError(response.json()["error"]["message"])
             return response.text

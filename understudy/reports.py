@@ -22,7 +22,8 @@ def render_report(store: Store, settings: Settings, site: str | None, fmt: str, 
                   width: int = 120) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"report format must be one of {', '.join(FORMATS)}")
-    reports = build_report(store.cursor(), site, prices=PriceTable.load(settings.prices_file),
+    site_id = store.resolve_site(site).id if site is not None else None  # any of its names; misses list candidates
+    reports = build_report(store.cursor(), site_id, prices=PriceTable.load(settings.prices_file),
                            policy=PromotionPolicy.from_dict(settings.routing_policy))
     if fmt == "html":
         return render_html(reports)

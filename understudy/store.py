@@ -9,6 +9,7 @@ pending migrations, so every code path sees the current schema.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,14 @@ class SiteNotFound(LookupError):
     pass
 
 
+class SiteNameTaken(ValueError):
+    """A rename to a name another site already has (it would make the name unusable)."""
+
+
+class StoreBusy(OSError):
+    """Another process holds the store file (DuckDB admits one writing process): one line, not DuckDB's text."""
+
+
 @dataclass(frozen=True)
 class SiteRecord:
     """What the proxy keeps in memory about a site between requests."""
@@ -74,7 +83,14 @@ class Store:
         self.read_only = read_only
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(self.path), read_only=read_only)
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            holder = re.search(r"PID (\d+)", str(exc))
+            who = f"process {holder.group(1)}" if holder else "another process"
+            raise StoreBusy(f"the store {self.path} is in use by {who}; stop it or use another --data-dir") from None
         self._local = threading.local()
         if not read_only:
             migrate(self._con)
@@ -99,6 +115,8 @@ class Store:
         try:
             for chunk in _chunks(sites, _ROWS_PER_STATEMENT):
                 cur.execute(_insert_sql("sites", SITE_COLUMNS, len(chunk), on_conflict=True), _flatten(chunk))
+                cur.execute(_insert_sql("site_names", ("site_id", "name", "source"), len(chunk), on_conflict=True),
+                            _flatten([(row[0], row[1], row[2]) for row in chunk]))
             if calls:
                 batch = pa.Table.from_arrays(
                     [pa.array(column, type=field.type) for column, field in zip(zip(*calls), CALLS_ARROW_SCHEMA)],
@@ -117,12 +135,21 @@ class Store:
             raise
 
     def rename_site(self, ref: str, name: str) -> SiteRecord:
+        """Give a site a new name; refused when empty or when another site is called that."""
+        name = name.strip()
+        if not name:
+            raise ValueError("the new name must not be empty")
         site = self.resolve_site(ref)
+        other = self.cursor().execute("SELECT id FROM sites WHERE name = ? AND id <> ?", [name, site.id]).fetchone()
+        if other is not None:
+            raise SiteNameTaken(f"site {other[0]} is already called {name!r}; pick another name")
         self.cursor().execute("UPDATE sites SET name = ?, name_source = 'user' WHERE id = ?", [name, site.id])
+        self._remember_name(site.id, name, "user")
         return self.resolve_site(site.id)
 
     def set_site_name(self, site_id: str, name: str, source: str) -> None:
         self.cursor().execute("UPDATE sites SET name = ?, name_source = ? WHERE id = ?", [name, source, site_id])
+        self._remember_name(site_id, name, source)
 
     def claim_site(self, site_id: str, tag: str) -> None:
         """An explicit tag takes over an untagged site (continuity) and names it, unless a user named it."""
@@ -130,9 +157,28 @@ class Store:
             "UPDATE sites SET tag = ?, name = CASE WHEN name_source = 'user' THEN name ELSE ? END, "
             "name_source = CASE WHEN name_source = 'user' THEN 'user' ELSE 'explicit' END WHERE id = ?",
             [tag, tag, site_id])
+        self._remember_name(site_id, tag, "tag")
+
+    def tag_site(self, site_id: str, tag: str) -> None:
+        """A hand-set tag joins the site already called by it: the tag is kept, the name stays."""
+        self.cursor().execute("UPDATE sites SET tag = coalesce(tag, ?) WHERE id = ?", [tag, site_id])
+        self._remember_name(site_id, tag, "tag")
+
+    def _remember_name(self, site_id: str, name: str, source: str) -> None:
+        self.cursor().execute("INSERT INTO site_names (site_id, name, source) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                              [site_id, name, source])
+
+    def site_names(self, site_id: str) -> list[str]:
+        """Every name the site has been known by, oldest first."""
+        rows = self.cursor().execute("SELECT name FROM site_names WHERE site_id = ? ORDER BY first_seen, name",
+                                     [site_id]).fetchall()
+        return [row[0] for row in rows]
 
     def site_tags(self) -> dict[str, str]:
-        return dict(self.cursor().execute("SELECT tag, id FROM sites WHERE tag IS NOT NULL").fetchall())
+        """tag -> site id: each site's own tag and the hand-set tags that joined it later."""
+        return dict(self.cursor().execute(
+            "SELECT name, site_id FROM site_names WHERE source = 'tag' "
+            "UNION ALL SELECT tag, id FROM sites WHERE tag IS NOT NULL").fetchall())
 
     def recent_conversations(self, limit: int) -> list[tuple[str, str]]:
         """(conversation, site id) of the latest `limit` first turns, oldest first."""
@@ -155,20 +201,42 @@ class Store:
         return [SiteRecord(*row) for row in rows]
 
     def resolve_site(self, ref: str) -> SiteRecord:
-        """A site by id, by exact name, or by a unique id prefix."""
+        """A site by id, by its name, by any name it has been known by (site_names), or by a
+        unique id prefix; a miss names the likely candidates."""
+        ref = ref.strip() if isinstance(ref, str) else ""
+        if not ref:
+            raise SiteNotFound("give a site id, name or id prefix (`understudy sites` lists them)")
         cur = self.cursor()
-        rows = cur.execute(
-            "SELECT id, name, name_source, state, pinned, active_version FROM sites WHERE id = ? OR name = ?",
-            [ref, ref],
-        ).fetchall()
-        if not rows:
-            rows = cur.execute(
-                "SELECT id, name, name_source, state, pinned, active_version FROM sites WHERE starts_with(id, ?)",
-                [ref],
-            ).fetchall()
-        if len(rows) != 1:
-            raise SiteNotFound(f"no site matches {ref!r}" if not rows else f"{ref!r} matches {len(rows)} sites; use the id")
-        return SiteRecord(*rows[0])
+        columns = "s.id, s.name, s.name_source, s.state, s.pinned, s.active_version"
+        for sql in (f"SELECT {columns} FROM sites s WHERE s.id = ?",
+                    f"SELECT {columns} FROM sites s WHERE s.name = ?",
+                    f"SELECT DISTINCT {columns} FROM sites s JOIN site_names n ON n.site_id = s.id WHERE n.name = ?",
+                    f"SELECT {columns} FROM sites s WHERE starts_with(s.id, ?)"):
+            rows = cur.execute(sql, [ref]).fetchall()
+            if len(rows) == 1:
+                return SiteRecord(*rows[0])
+            if rows:
+                listed = ", ".join(f"{row[0]} ({row[1]})" for row in rows[:6])
+                raise SiteNotFound(f"{ref!r} matches {len(rows)} sites: {listed}; use the id")
+        raise SiteNotFound(self._miss_message(ref))
+
+    def _miss_message(self, ref: str) -> str:
+        import difflib
+
+        names = self.cursor().execute(
+            "SELECT n.name, s.id, s.name FROM site_names n JOIN sites s ON s.id = n.site_id").fetchall()
+        if not names:
+            return f"no site matches {ref!r}: the store has no sites yet"
+        by_name = {}
+        for alias, site_id, current in names:
+            by_name.setdefault(alias, (site_id, current))
+        close = difflib.get_close_matches(ref, list(by_name), n=6, cutoff=0.5)
+        close += [alias for alias in by_name if ref.lower() in alias.lower() and alias not in close]
+        picked = {by_name[alias] for alias in close[:6]}
+        if not picked:
+            return f"no site matches {ref!r} (`understudy sites` lists them)"
+        listed = ", ".join(f"{name} ({site_id})" for site_id, name in sorted(picked, key=lambda p: p[1]))
+        return f"no site matches {ref!r}; did you mean: {listed}?"
 
     def site_summaries(self) -> list[dict[str, Any]]:
         """One row per site for `understudy sites`: counts, parse-valid rate, state, who serves it."""

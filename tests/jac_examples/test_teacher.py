@@ -250,3 +250,28 @@ def test_jac_level_generator_against_teacher(start_teacher, tmp_path, transport)
     assert len(rows) == sum(h for _, h in sizes)
     assert sum(line.startswith("rating: ") for line in lines) == 2
     assert sum(line.startswith("enemies: ") for line in lines) == 2
+
+
+def test_jac_level_generator_fails_a_level_that_ignores_its_requested_difficulty(start_teacher, tmp_path):
+    """The showcase checks each level against what was asked (not only the map against the level):
+    a teacher whose levels come back at difficulty 15 must print FAILED, never `passed`."""
+    from tests.support.fake_upstream import FakeUpstream
+
+    teacher = start_teacher(seed=8, flaw_share=0.0)
+
+    def too_hard(body: dict) -> str:
+        answer = httpx.post(f"{teacher.base_url}/v1/chat/completions", json=body, timeout=30).json()
+        content = answer["choices"][0]["message"]["content"]
+        if (body.get("response_format") or {}).get("json_schema", {}).get("name") == "Level":
+            content = json.dumps({**json.loads(content), "difficulty": 15})
+        return content
+
+    with FakeUpstream(reply=too_hard) as upstream:
+        result = run_level_generator(1, {"OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": "sk-test"},
+                                     timeout=120, workdir=tmp_path / "run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "validator: passed" not in lines
+    [verdict] = [line for line in lines if line.startswith("validator: ")]
+    assert verdict.startswith("validator: FAILED") and "level.difficulty" in verdict
+    assert "map." not in verdict  # the map was laid out for the level it was given

@@ -109,7 +109,9 @@ def test_litellm_transport_every_request_goes_to_the_proxy_tagged(tmp_path, jac_
     streamed = [r["body"].get("metadata", {}).get("understudy_site") for r in received if r["body"].get("stream")]
     assert streamed == ["sites.narrate", "sites.narrate_async"]
     # litellm's own `metadata` (byLLM's jac_* fields) stays out of the body; the model is plain
-    assert all(set(r["body"]["metadata"]) == {"understudy_site"} for r in received)
+    # the plugin's tag, marked as the plugin's (only such a tag may claim an untagged site's history)
+    assert all(set(r["body"]["metadata"]) == {"understudy_site", "understudy_site_source"} for r in received)
+    assert {r["body"]["metadata"]["understudy_site_source"] for r in received} == {"plugin"}
     assert {r["body"]["model"] for r in received} == {"gpt-4o-mini"}
     assert {r["headers"]["authorization"] for r in received} == {"Bearer sk-plugin-test"}
 
@@ -262,12 +264,12 @@ def test_wrappers_tag_and_redirect_per_transport(plugin):
     site = f"{__name__}.test_wrappers_tag_and_redirect_per_transport.<locals>.caller"
     model = Model()
     params = model.make_model_params(mt_run)
-    assert params["metadata"] == {"jac_caller_name": "f", "understudy_site": site}
+    assert params["metadata"] == {"jac_caller_name": "f", "understudy_site": site, "understudy_site_source": "plugin"}
     assert params["api_base"] == "http://127.0.0.1:1/v1"
     sent = model.model_call_no_stream(params)
     assert sent["api_base"] == "http://127.0.0.1:1/v1" and sent["custom_llm_provider"] == "openai"
     assert sent["model"] == "claude-x"
-    assert sent["extra_body"] == {"metadata": {"understudy_site": site}}
+    assert sent["extra_body"] == {"metadata": {"understudy_site": site, "understudy_site_source": "plugin"}}
     assert sent["extra_headers"] == {"X-Understudy-Site": site}
 
     model.http_client = True

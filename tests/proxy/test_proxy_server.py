@@ -212,7 +212,8 @@ def test_tagged_calls_continue_untagged_history_and_twins_split(fake_upstream, i
     body = {"model": "m", "messages": [
         {"role": "system", "content": "This is a task you must complete by returning only the output."},
         {"role": "user", "content": "Describe.\n\nx = ('a', '')"}]}
-    tagged = lambda tag: {**body, "metadata": {"understudy_site": tag}}  # noqa: E731
+    # the byLLM plugin's tags (marked as the plugin's): only they take over an untagged site's history
+    tagged = lambda tag: {**body, "metadata": {"understudy_site": tag, "understudy_site_source": "plugin"}}  # noqa: E731
     proxy = start_proxy(isolated_data_dir, fake_upstream.url)
     try:
         history = chat(proxy, body).headers["x-understudy-site"]
