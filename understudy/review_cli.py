@@ -125,7 +125,7 @@ def results_lines(result: dict[str, Any]) -> list[Any]:
     table = Table(Column("criterion", overflow="fold"), Column("upstream", overflow="fold"), Column("local", overflow="fold"),
                   Column("local − upstream", overflow="fold"), Column("alpha", overflow="fold"))
     for name, c in result["criteria"].items():
-        table.add_row(c["label"], fmt_interval(c["upstream"]), fmt_interval(c["local"]), fmt_interval(c["difference"], signed=True),
+        table.add_row(name, fmt_interval(c["upstream"]), fmt_interval(c["local"]), fmt_interval(c["difference"], signed=True),
                       fmt_alpha(c["alpha"]))
     out.append(table)
     p = result["preference"]
