@@ -219,7 +219,7 @@ def eval_table(result: dict[str, Any]) -> Table:
     def pct(x):
         return "—" if x is None else f"{x:.0%}"
 
-    table = Table(Column("answers"), Column("parse-valid", justify="right"), Column("validator", justify="right"),
+    table = Table(Column("answers", no_wrap=True), Column("parse-valid", justify="right"), Column("validator", justify="right"),
                   Column("checks", overflow="fold"), Column("agreement", justify="right"), Column("p50 ms", justify="right"),
                   Column("$/call", justify="right"))
     for row in result["rows"]:
