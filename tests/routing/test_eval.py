@@ -6,10 +6,11 @@ The bare base is the negative control: it must not pass the validator the traine
 from __future__ import annotations
 
 import json
+import subprocess
 
 import httpx
 
-from tests.conftest import REPO_ROOT, run_cli, start_proxy
+from tests.conftest import REPO_ROOT, VENV_BIN, run_cli, start_proxy
 from tests.routing.test_decisions_e2e import RESPONSE_FORMAT, SYSTEM, tiny_env_for_colors
 from tests.support.color_checks import PALETTE
 from understudy.training.snapshots import _split_of
@@ -40,7 +41,11 @@ def test_eval_compares_upstream_base_and_versions(fake_upstream, isolated_data_d
             site = response.headers["x-understudy-site"]
         before = run_cli("eval", site, *data, env=env, check=False)
         assert before.returncode == 1 and before.stderr.startswith("error: site ") and "understudy train" in before.stderr
-        version = json.loads(run_cli("train", site, "--now", "--max-steps", "200", *data, env=env).stdout)
+        # Training gets its own time limit: on a loaded 2-core machine it can take longer than run_cli's 120 s.
+        trained = subprocess.run([str(VENV_BIN / "understudy"), "train", site, "--now", "--max-steps", "80", *data],
+                                 env=env, capture_output=True, text=True, timeout=900)
+        assert trained.returncode == 0, trained.stderr[-2000:]
+        version = json.loads(trained.stdout)
         assert version["version"] == 1, version
         # Through the running proxy (admin API for the inputs and to store the run).
         via_proxy = json.loads(run_cli("eval", site, "--json", "--max-tokens", "48", *data, env=env).stdout)
