@@ -16,6 +16,8 @@ got a shadow sample at the default rate (`shadow_sampled`).
     .venv/bin/python benchmarks/local_serving.py --data-dir /tmp/rpg-corpus \\
         --result /tmp/rpg-corpus/bench-adapters/<level site>-compact-<t>/result.json \\
         --result /tmp/rpg-corpus/bench-adapters/<map site>-compact-<t>/result.json [--requests 10] [--json]
+    .venv/bin/python benchmarks/local_serving.py --smoke --data-dir /tmp/rpg-smoke [--result R]
+        # 2 requests, 4 shadow calls; without --result it trains the tiny model first (train_gemma.py --smoke)
 """
 
 from __future__ import annotations
@@ -151,12 +153,21 @@ def quantile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="The corpus the versions were trained on.")
-    parser.add_argument("--result", type=Path, action="append", required=True, help="A training job's result.json.")
+    parser.add_argument("--result", type=Path, action="append", help="A training job's result.json.")
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--shadow-calls", type=int, default=40, help="Calls sent back to back for the shadow figure.")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="2 requests and 4 shadow calls (the tiny model unless --result).")
     args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.shadow_calls = 2, 4
+        if not args.result:
+            trained = subprocess.run([sys.executable, str(Path(__file__).with_name("train_gemma.py")), "--smoke", "--json",
+                                      "--data-dir", str(args.data_dir)], capture_output=True, text=True, check=True)
+            args.result = [Path(json.loads(trained.stdout.strip().splitlines()[-1])["result"])]
+    if not args.result:
+        parser.error("give --result RESULT_JSON (a training job's result.json), or --smoke")
     figures = []
     for path in args.result:
         result = json.loads(path.read_text())

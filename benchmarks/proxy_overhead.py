@@ -6,6 +6,11 @@ CPU 1, recording on (every request reaches DuckDB; the script checks the count).
 Needs Debian's nginx and hey: `apt-get install nginx-light hey`.
 
     .venv/bin/python benchmarks/proxy_overhead.py [--requests 5000] [--concurrency 1 64]
+    .venv/bin/python benchmarks/proxy_overhead.py --smoke   # no nginx/hey: a Python upstream and client, 200 requests
+
+`--smoke` checks the harness end to end (proxy, recording, the figures) where nginx and hey are
+not installed; its numbers measure the Python upstream and client too, so they are not the
+reference figures.
 """
 
 from __future__ import annotations
@@ -87,25 +92,81 @@ def hey(url: str, requests: int, concurrency: int) -> dict[str, float]:
     return {"rps": rps, "p50": latencies[50], "p99": latencies[99], "sent": sum(int(n) for n in codes.values())}
 
 
+def python_load(url: str, requests: int, concurrency: int) -> dict[str, float]:
+    """hey's figures from an httpx client in threads (the --smoke stand-in for hey)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = BODY.read_bytes()
+    per_worker = max(1, requests // concurrency)
+
+    def worker(_: int) -> list[float]:
+        out = []
+        with httpx.Client(timeout=30) as client:
+            for _ in range(per_worker):
+                started = time.perf_counter()
+                response = client.post(url, content=body, headers={"content-type": "application/json",
+                                                                   "authorization": "Bearer sk-bench"})
+                if response.status_code != 200:
+                    raise RuntimeError(f"non-200 answer: {response.status_code} {response.text[:200]}")
+                out.append((time.perf_counter() - started) * 1000)
+        return out
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = sorted(v for chunk in pool.map(worker, range(concurrency)) for v in chunk)
+    seconds = time.perf_counter() - started
+    return {"rps": len(latencies) / seconds, "p50": latencies[len(latencies) // 2],
+            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "sent": len(latencies)}
+
+
+def python_upstream(port: int) -> subprocess.Popen:
+    """The canned completion from Python's http.server (the --smoke stand-in for nginx)."""
+    code = (
+        "import http.server, sys\n"
+        f"body = open({str(UPSTREAM_RESPONSE)!r}, 'rb').read()\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    protocol_version = 'HTTP/1.1'\n"
+        "    def log_message(self, *a): pass\n"
+        "    def _answer(self):\n"
+        "        self.rfile.read(int(self.headers.get('content-length') or 0))\n"
+        # one write per answer: headers and body in separate segments meet delayed ACKs (40 ms stalls)
+        "        self.wfile.write(b'HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: '\n"
+        "                         + str(len(body)).encode() + b'\\r\\n\\r\\n' + body)\n"
+        "    do_GET = do_POST = _answer\n"
+        f"http.server.ThreadingHTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--smoke", action="store_true", help="200 requests at concurrency 1 and 4, no nginx or hey needed.")
     args = parser.parse_args()
-    for tool in ("nginx", "hey", "taskset"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            sys.exit(f"error: {tool} not found (apt-get install nginx-light hey)")
+    if args.smoke:
+        args.requests, args.concurrency = 200, [1, 4]
+    else:
+        for tool in ("nginx", "hey", "taskset"):
+            if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+                sys.exit(f"error: {tool} not found (apt-get install nginx-light hey), or run with --smoke")
+    load = python_load if args.smoke else hey
+    # CPU pinning only where there is a second CPU and taskset (the smoke run may have neither).
+    pin = (lambda cpu: ["taskset", "-c", cpu]) if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else (lambda cpu: [])
 
     tmp = Path(tempfile.mkdtemp(prefix="understudy-bench-"))
     nginx_port, proxy_port = free_port(), free_port()
-    response = UPSTREAM_RESPONSE.read_text().replace("'", "\\'")
-    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, response=response))
-    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
-    nginx = subprocess.Popen(["taskset", "-c", "0", nginx_bin, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
+    if args.smoke:
+        nginx = python_upstream(nginx_port)
+    else:
+        response = UPSTREAM_RESPONSE.read_text().replace("'", "\\'")
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, response=response))
+        nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+        nginx = subprocess.Popen([*pin("0"), nginx_bin, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
     data_dir = tmp / "data"
     venv_bin = Path(sys.executable).parent
     proxy = subprocess.Popen(
-        ["taskset", "-c", "1", str(venv_bin / "understudy"), "serve", "--port", str(proxy_port),
+        [*pin("1"), str(venv_bin / "understudy"), "serve", "--port", str(proxy_port),
          "--upstream-url", f"http://127.0.0.1:{nginx_port}/v1", "--data-dir", str(data_dir)],
         stderr=subprocess.DEVNULL,
     )
@@ -117,10 +178,10 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{nginx_port}/")
         wait_http(f"http://127.0.0.1:{proxy_port}/healthz")
         # warm-up: connections, caches, the first DuckDB commits
-        sent_through_proxy += hey(proxy_url, 500, 8)["sent"]
+        sent_through_proxy += load(proxy_url, 50 if args.smoke else 500, 8 if not args.smoke else 2)["sent"]
         for concurrency in args.concurrency:
-            direct = hey(direct_url, args.requests, concurrency)
-            through = hey(proxy_url, args.requests, concurrency)
+            direct = load(direct_url, args.requests, concurrency)
+            through = load(proxy_url, args.requests, concurrency)
             sent_through_proxy += through["sent"]
             results.append((concurrency, direct, through))
     finally:
@@ -135,7 +196,8 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
     body_kb = BODY.stat().st_size / 1024
-    print(f"Proxy overhead, {body_kb:.2f} KB byLLM body, nginx upstream + hey on CPU 0, proxy on CPU 1, recording on")
+    setup = "Python upstream and client (--smoke)" if args.smoke else "nginx upstream + hey on CPU 0, proxy on CPU 1"
+    print(f"Proxy overhead, {body_kb:.2f} KB byLLM body, {setup}, recording on")
     print(f"{'conc':>4} {'direct rps':>11} {'proxy rps':>10} {'ratio':>6} {'direct p50':>11} {'proxy p50':>10} "
           f"{'added p50':>10} {'direct p99':>11} {'proxy p99':>10} {'added p99':>10}")
     for concurrency, direct, through in results:

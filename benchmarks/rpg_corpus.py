@@ -2,6 +2,7 @@
 validator pass rate of the teacher's maps at the given flaw share, and export sizes per site.
 
     .venv/bin/python benchmarks/rpg_corpus.py --levels 500 --data-dir /tmp/rpg-corpus
+    .venv/bin/python benchmarks/rpg_corpus.py --smoke --data-dir /tmp/rpg-smoke   # 4 levels, one run at a time
 
 The data directory is kept, so `benchmarks/train_gemma.py` can train on it afterwards.
 """
@@ -26,7 +27,10 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--flaw-share", type=float, default=0.1)
     parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true", help="4 levels in 2 runs, one at a time (about a minute).")
     args = parser.parse_args()
+    if args.smoke:
+        args.levels, args.levels_per_run, args.parallel = 4, 2, 1
 
     settings = load_settings(data_dir=args.data_dir)
     runs = math.ceil(args.levels / args.levels_per_run)

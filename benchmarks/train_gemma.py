@@ -9,6 +9,8 @@ adapter size, and held-out parse-valid / validator-pass / exact rates before and
     .venv/bin/python benchmarks/train_gemma.py --data-dir /tmp/rpg-corpus --returns Level --examples 200 --epochs 2
     ... --full-prompt   # the full rendering of every request instead of the site-compact one
     ... --json          # one JSON object (seconds_total, seconds_per_example, tokens_per_example, peak_rss_mb, ...)
+    .venv/bin/python benchmarks/train_gemma.py --smoke --data-dir /tmp/rpg-smoke   # the tiny random model, 20 steps;
+                        # makes a 4-level corpus first when the data directory has none
 
 The training settings are the shipped defaults (`training.config.TrainConfig`): LoRA r=16 on
 q/k/v/o, length-bucketed micro-batches of 4, logits on the target tokens only, bf16 where the
@@ -41,10 +43,12 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--full-prompt", action="store_true", help="Train on the full rendering (today's default).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+    parser.add_argument("--smoke", action="store_true", help="The tiny random model, 16 examples, 20 steps (seconds).")
     args = parser.parse_args()
 
     started = time.monotonic()
     settings = load_settings(data_dir=args.data_dir)
+    smoke_config = configure_smoke(args, settings) if args.smoke else {}
     store = Store(settings.db_path, read_only=True)
     try:
         site = next(s for s in store.site_summaries() if s["returns"] == args.returns)
@@ -59,7 +63,7 @@ def main() -> None:
     snapshot = write_snapshot(train + held, args.data_dir / "snapshots", site["id"])
     prompt = site_prompt.choose(train + held, marker=site["id"],
                                 mode=site_prompt.FULL if args.full_prompt else site_prompt.COMPACT)
-    config = {"epochs": args.epochs, "max_steps": args.max_steps, "prompt": prompt.to_dict()}
+    config = {"epochs": args.epochs, "max_steps": args.max_steps, "prompt": prompt.to_dict(), **smoke_config}
     out = args.data_dir / "bench-adapters" / f"{site['id']}-{prompt.mode}-{int(time.time())}"
     result = run_training_job(site["id"], str(snapshot), str(out), config, validator=validator,
                               progress=not args.json)
@@ -95,6 +99,19 @@ def main() -> None:
         print(f"held-out {label:10}: parse-valid {h['parse_valid_rate']}, validator-pass {h['validator_pass_rate']}, "
               f"exact {h['exact_match_rate']:.2f} (n={h['n']})")
     print(json.dumps(figures, default=str))
+
+
+def configure_smoke(args, settings) -> dict:
+    """The tiny random Llama instead of Gemma, a few examples and steps; a 4-level corpus when there is none."""
+    from understudy.training.tiny_model import make_tiny_llama
+
+    if not settings.db_path.exists():
+        from understudy.corpus import generate_corpus
+
+        generate_corpus(settings, runs=2, levels=2, parallel=1, progress=False)
+    hf_dir, gguf = make_tiny_llama(args.data_dir / "tiny-model")
+    args.examples, args.eval, args.max_steps = 16, 4, 20
+    return {"base_model": str(hf_dir), "base_gguf": str(gguf), "lr": 1e-2, "device": "cpu", "verify_max_tokens": 32}
 
 
 if __name__ == "__main__":

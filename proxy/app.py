@@ -22,6 +22,7 @@ from understudy.proxy.errors import EXCEPTION_HANDLERS, error_response
 from understudy.proxy.metrics import ProxyMetrics
 from understudy.proxy.pricing import PriceTable
 from understudy.proxy.recorder import Recorder
+from understudy.proxy.review import review_routes
 from understudy.proxy.site_registry import CONVERSATION_MEMORY, SiteRegistry
 from understudy.proxy.state import ProxyState
 from understudy.proxy.upstream import Upstream
@@ -108,7 +109,7 @@ def create_app(settings: Settings) -> Litestar:
         state.store.close()
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, healthz, metrics, public_report, admin_router],
+        route_handlers=[chat_completions, list_models, healthz, metrics, public_report, admin_router, *review_routes],
         on_startup=[start],
         on_shutdown=[stop],
         exception_handlers=EXCEPTION_HANDLERS,

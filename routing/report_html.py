@@ -21,7 +21,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -369,8 +369,9 @@ code { font-size: 0.85em; }
 
 
 def render_html(reports: Sequence[SiteReport], *, generated_at: datetime | None = None,
-                title: str = "Understudy shadow-mode report") -> str:
-    """The whole report as one self-contained HTML document."""
+                title: str = "Understudy shadow-mode report", sections: Mapping[str, str] | None = None) -> str:
+    """The whole report as one self-contained HTML document; `sections` (site id -> HTML, already
+    escaped: human review and eval results, `routing.report_sections`) close each site's section."""
     generated = (generated_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     body = [
         f"<header><h1>{_e(title)}</h1>",
@@ -380,7 +381,7 @@ def render_html(reports: Sequence[SiteReport], *, generated_at: datetime | None 
         body.append('<p class="plot-empty">no sites recorded yet</p>')
     else:
         body.append(_overview(reports))
-        body.extend(_site_section(index, report) for index, report in enumerate(reports))
+        body.extend(_site_section(index, report, (sections or {}).get(report.id, "")) for index, report in enumerate(reports))
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -417,7 +418,7 @@ def _overview(reports: Sequence[SiteReport]) -> str:
     )
 
 
-def _site_section(index: int, r: SiteReport) -> str:
+def _site_section(index: int, r: SiteReport, extra: str = "") -> str:
     state = _e(r.state) + (f" · pinned {_e(r.pinned)}" if r.pinned else "")
     summary_rows = [
         ("state", state),
@@ -451,6 +452,7 @@ def _site_section(index: int, r: SiteReport) -> str:
         f'<div class="plots">{figures}</div>'
         + _versions_table(r)
         + _audit_table(r)
+        + extra
         + "</section>"
     )
 

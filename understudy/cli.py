@@ -17,6 +17,7 @@ from rich.table import Column, Table
 
 from understudy.jac_examples.cli import levels_app, teacher
 from understudy.proxy_client import CommandError, StoreAccess, running_proxy
+from understudy.review_cli import eval_command, review_app
 from understudy.settings import load_settings
 
 app = typer.Typer(help="Understudy: an OpenAI-compatible proxy that learns to replace a large model, one call site at a time.",
@@ -25,6 +26,8 @@ sites_app = typer.Typer(help="Call sites seen by the proxy.", invoke_without_com
 app.add_typer(sites_app, name="sites")
 app.add_typer(levels_app, name="levels")
 app.command("teacher", help="Run the offline teacher: an OpenAI-compatible server answering the RPG call sites.")(teacher)
+app.add_typer(review_app, name="review")
+app.command("eval")(eval_command)
 
 console = Console()
 

@@ -164,6 +164,58 @@ def m005_judging_against_the_teacher(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
+def m006_reviews_and_evals(con: duckdb.DuckDBPyConnection) -> None:
+    # Blind human review (routing.reviews): the pairs drawn by a plan, each side's place fixed
+    # at draw time so every reviewer sees the same blind order and the store knows which was which.
+    con.execute(
+        """
+        CREATE TABLE review_items (
+            id VARCHAR PRIMARY KEY,
+            site_id VARCHAR NOT NULL,
+            plan_id VARCHAR NOT NULL,
+            call_id VARCHAR NOT NULL,        -- the upstream call whose input both answers share
+            version INTEGER NOT NULL,        -- the local version beside it
+            stratum VARCHAR NOT NULL,        -- what the plan stratified by, e.g. "version=2" or "difficulty=3"
+            local_side VARCHAR NOT NULL,     -- A | B, drawn at random; never sent to the page
+            shared BOOLEAN NOT NULL,         -- in the subset every reviewer judges (inter-rater agreement)
+            request JSON NOT NULL,
+            upstream_output VARCHAR NOT NULL,
+            local_output VARCHAR NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE review_judgments (
+            item_id VARCHAR NOT NULL,
+            site_id VARCHAR NOT NULL,
+            reviewer VARCHAR NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            scores JSON NOT NULL,            -- {criterion: {"A": 1-5, "B": 1-5}} as the reviewer saw the sides
+            preference VARCHAR NOT NULL,     -- A | B | tie
+            local_side VARCHAR NOT NULL,     -- which side was the local answer when this was judged
+            comment VARCHAR,
+            source VARCHAR NOT NULL,         -- page | import
+            PRIMARY KEY (item_id, reviewer)
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE reviewers (
+            name VARCHAR PRIMARY KEY,
+            token_sha256 VARCHAR NOT NULL,   -- only the hash: the token itself is shown once, in the invite URL
+            created_at TIMESTAMPTZ NOT NULL
+        )
+        """
+    )
+    con.execute("CREATE TABLE review_rubrics (site_id VARCHAR PRIMARY KEY, rubric JSON NOT NULL, updated_at TIMESTAMPTZ NOT NULL)")
+    # `understudy eval` runs (routing.evaluation), kept so the report shows the latest.
+    con.execute("CREATE TABLE eval_runs (id VARCHAR PRIMARY KEY, site_id VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL, result JSON NOT NULL)")
+
+
+@migration
 def m007_site_names(con: duckdb.DuckDBPyConnection) -> None:
     # Every name a site has been known by (docstring slug, function or caller name, tag, renames):
     # a site's name depends on how its first calls arrived, so any of them finds it.

@@ -26,7 +26,9 @@ def render_report(store: Store, settings: Settings, site: str | None, fmt: str, 
     reports = build_report(store.cursor(), site_id, prices=PriceTable.load(settings.prices_file),
                            policy=PromotionPolicy.from_dict(settings.routing_policy))
     if fmt == "html":
-        return render_html(reports)
+        from understudy.routing.report_sections import site_sections
+
+        return render_html(reports, sections=site_sections(store.cursor(), [r.id for r in reports]))
     if fmt == "json":
         return json.dumps([r.to_dict() for r in reports], indent=2, default=str) + "\n"
     buffer = io.StringIO()
