@@ -3,7 +3,9 @@
 Every route needs `Authorization: Bearer <admin token>` (the token is in the data
 directory's proxy.json, readable by the user who started the proxy). Reads first flush
 the recorder, so a `understudy sites` right after a request sees it. A site that does not
-exist is a 404 (mapped once, in `proxy.errors`).
+exist is a 404 (mapped once, in `proxy.errors`). Every change is a job on the recorder's writer
+thread (`Recorder.run`): the store has one writer, and an operator's action is applied to the
+state as it is when the action runs, after everything queued before it.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ from understudy.reports import render_report
 from understudy.training_jobs import NotEnoughData, prepare_job, register_result, training_candidates
 
 
+def same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison of bytes: compare_digest refuses non-ASCII text, which would turn
+    a stray header into a 500 instead of a 401."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+
+
 def require_admin_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     proxy: ProxyState = connection.app.state.proxy
     given = connection.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not given or not hmac.compare_digest(given, proxy.admin_token):
+    if not given or not same_token(given, proxy.admin_token):
         raise NotAuthorizedException("admin token missing or wrong")
 
 
@@ -60,7 +68,7 @@ def rename_site(request: Request, site_ref: str, data: dict[str, str]) -> dict:
         raise ProxyError(400, "the new name must not be empty", code="invalid_name", param="name")
     proxy = _proxy(request)
     try:
-        record = proxy.store.rename_site(site_ref, name)
+        record = proxy.recorder.run(lambda store: store.rename_site(site_ref, name))
     except SiteNameTaken as exc:
         raise ProxyError(409, str(exc), code="name_taken", param="name") from None
     proxy.sites.replace(record)
@@ -108,7 +116,7 @@ def training_candidates_route(request: Request, data: dict[str, Any]) -> list[di
 def register_version_route(request: Request, data: dict[str, Any]) -> dict:
     """A worker's training result becomes the site's next version (activated if it earned it)."""
     proxy = _proxy(request)
-    version = register_result(proxy.store, data)
+    version = proxy.recorder.run(lambda store: register_result(store, data))
     proxy.refresh_site(data["site_id"])
     return version
 
@@ -124,7 +132,7 @@ def site_action(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
     """pin / unpin / rollback / promote, effective for the next request."""
     proxy = _proxy(request)
     try:
-        record = run_action(proxy.store, site_ref, data)
+        record = proxy.recorder.run(lambda store: run_action(store, site_ref, data))
     except ActionError as exc:
         raise ProxyError(409, str(exc), code="action_refused") from None
     proxy.refresh_site(record.id)

@@ -72,12 +72,14 @@ def build_state(settings: Settings) -> ProxyState:
         flush_ms=settings.recorder_flush_ms, secrets=tuple(sorted(k for k in keys if k)),
         failed_path=settings.data_dir / "failed-writes.jsonl",
     )
+    recorder.replay_spilled()  # rows an earlier run could not store, before anything new
     sites = SiteRegistry(store.site_records(), store.site_tags(), store.recent_conversations(CONVERSATION_MEMORY))
     local = LocalModels(settings.resolved_base_gguf(), n_threads=settings.local_threads) if settings.local_models else None
     router = Router(store, local, validators=ValidatorRegistry(settings.validators),
                     policy_defaults=settings.routing_policy, current_site=sites.get, on_site_change=sites.replace,
                     record_shadow=recorder.add_shadow_result, record_self_agreement=recorder.add_self_agreement,
-                    similarity=cosine_similarity, max_extra_upstream=settings.extra_upstream_concurrency)
+                    similarity=cosine_similarity, max_extra_upstream=settings.extra_upstream_concurrency,
+                    write=recorder.run)
     recorder.on_upstream_answer = router.remember_answer
     state = ProxyState(
         settings=settings, store=store, recorder=recorder, sites=sites, upstream=Upstream(settings, table),

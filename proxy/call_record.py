@@ -60,6 +60,14 @@ def redact(value: Any, secrets: tuple[str, ...]) -> Any:
     return value
 
 
+def _token_count(value: Any) -> int | None:
+    """A usage count as the store keeps it: a non-negative int64, else unknown (an upstream's
+    `"prompt_tokens": 1e30` or `"many"` must not make the call's row unstorable)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        return None
+    return value
+
+
 def completion_of(call: PendingCall) -> dict[str, Any] | None:
     if call.response_obj is not None:
         return call.response_obj
@@ -119,8 +127,8 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
     """The `calls` row, in `store.CALL_COLUMNS` order (`completion`: `completion_of(call)`, if already built)."""
     completion = completion if completion is not None else completion_of(call)
     usage = (completion or {}).get("usage") or {}
-    prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    completion_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    prompt_tokens = _token_count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+    completion_tokens = _token_count(usage.get("completion_tokens")) if isinstance(usage, dict) else None
     model = call.request.get("model")
     ok = 200 <= call.status < 300
     priced_model = call.upstream_model or model

@@ -30,7 +30,7 @@ from understudy.proxy.errors import ProxyError, error_body, is_openai_error
 from understudy.proxy.openapi import ChatCompletionsOperation
 from understudy.proxy.pricing import answer_price
 from understudy.proxy.state import ProxyState
-from understudy.proxy.types import validation_error
+from understudy.proxy.types import MAX_DEPTH, validation_error
 from understudy.proxy.providers import UnsupportedRequest, adjust_response, needs_adjustment
 from understudy.proxy.stream_adjust import StreamAdjuster
 from understudy.proxy.upstream import pass_back_headers
@@ -164,6 +164,10 @@ def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
     except msgspec.DecodeError as exc:
         proxy.metrics.rejected.labels("malformed_json").inc()
         raise ProxyError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # the decoder's own limit: far past MAX_DEPTH
+        proxy.metrics.rejected.labels("invalid_request").inc()
+        raise ProxyError(400, f"invalid chat completion request: the body nests deeper than {MAX_DEPTH} levels",
+                         code="invalid_request") from None
     problem = validation_error(payload)
     if problem is not None:
         proxy.metrics.rejected.labels("invalid_request").inc()

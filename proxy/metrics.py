@@ -19,6 +19,10 @@ class _RecorderCollector:
         yield CounterMetricFamily("understudy_recorded_calls", "Calls committed to the store.", value=self.recorder.recorded)
         yield CounterMetricFamily("understudy_recorder_failed_calls", "Calls the store refused (spilled to failed-writes.jsonl).",
                                   value=self.recorder.failed)
+        yield CounterMetricFamily("understudy_recorder_spill_failures", "Spills to failed-writes.jsonl that failed too.",
+                                  value=self.recorder.spill_failures)
+        yield CounterMetricFamily("understudy_recorder_replayed_rows", "Spilled rows stored at this start.",
+                                  value=self.recorder.replayed)
 
 
 class ProxyMetrics:

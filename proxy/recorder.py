@@ -6,8 +6,13 @@ for more), builds the rows and commits them in one transaction: a group commit, 
 the disk cost is paid per batch, not per request. `flush()` waits until everything
 queued before it is committed (the admin API uses it so reads see recent calls);
 `close()` drains the queue and commits before returning, which is what makes a clean
-shutdown lose nothing. A batch the database refuses is appended to
-`failed-writes.jsonl` in the data directory rather than dropped.
+shutdown lose nothing.
+
+It is the store's only writer: other writes (site state, audit, versions, names, reviews) are
+jobs run on this thread in queue order (`run`). It never dies: a batch the database refuses is
+stored row by row, and only the rows it still refuses are appended to `failed-writes.jsonl` in
+the data directory (counted in /metrics); the next start replays that file
+(`replay_spilled`), keeping only what is still refused.
 """
 
 from __future__ import annotations
@@ -20,14 +25,19 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from understudy.proxy.call_record import PendingCall, completion_of, first_content, to_row
 from understudy.proxy.pricing import PriceTable
-from understudy.store import Store
+from understudy.store import CALL_COLUMNS, SELF_AGREEMENT_COLUMNS, SHADOW_COLUMNS, SITE_COLUMNS, Store
 
 log = logging.getLogger("understudy.recorder")
 _STOP = object()
+T = TypeVar("T")
 _RETRY_MEMORY = 10_000  # conversations remembered for linking retries to the call they correct
 
 
@@ -47,9 +57,12 @@ class Recorder:
         self._id_prefix = f"{int(time.time() * 1000):011x}{os.urandom(3).hex()}"
         self._id_counter = itertools.count()
         self._thread = threading.Thread(target=self._run, name="understudy-recorder", daemon=True)
+        self._inline_lock = threading.Lock()
         self.recorded = 0
         self.batches = 0
-        self.failed = 0
+        self.failed = 0  # calls the store refused (spilled) or that could not be turned into a row
+        self.spill_failures = 0  # spills that could not be written either
+        self.replayed = 0  # spilled rows stored on a later start
         # Called (site id, conversation, answer text) for each recorded upstream answer, on this
         # thread: the router keeps recent answers as decoys for its chance correction.
         self.on_upstream_answer = None
@@ -91,6 +104,21 @@ class Recorder:
 
     # ---- the writer thread ----
 
+    def run(self, job: Callable[[Store], T], timeout: float = 60.0) -> T:
+        """Run `job(store)` on the writer thread, in order with the calls queued before it, and
+        return its result (or raise its exception). Every write to the store that is not a
+        recorded call goes through here (site state, audit, versions, names, reviews), so the
+        store has one writer and a job sees everything queued before it. Before the writer
+        starts and after it stops the job runs here, under the same lock."""
+        if not self._thread.is_alive():
+            with self._inline_lock:
+                return job(self.store)
+        future: Future = Future()
+        self._queue.put(("job", job, future))
+        return future.result(timeout)
+
+    # ---- the writer thread ----
+
     def _run(self) -> None:
         stopping = False
         while not stopping:
@@ -103,10 +131,32 @@ class Recorder:
                 except queue.Empty:
                     break
             stopping = any(item is _STOP for item in items)
-            self._commit([i for i in items if not isinstance(i, threading.Event) and i is not _STOP])
+            pending: list = []
             for item in items:
-                if isinstance(item, threading.Event):
-                    item.set()
+                if isinstance(item, threading.Event) or (isinstance(item, tuple) and item[0] == "job"):
+                    self._commit_safely(pending)  # what was queued before a flush or a job comes first
+                    pending = []
+                    if isinstance(item, threading.Event):
+                        item.set()
+                    else:
+                        self._run_job(*item[1:])
+                elif item is not _STOP:
+                    pending.append(item)
+            self._commit_safely(pending)
+
+    def _run_job(self, job: Callable[[Store], object], future: Future) -> None:
+        try:
+            future.set_result(job(self.store))
+        except BaseException as exc:  # the caller gets it; the writer carries on
+            future.set_exception(exc)
+
+    def _commit_safely(self, items: list) -> None:
+        """The writer survives anything: an unexpected failure is logged and counted, never fatal."""
+        try:
+            self._commit(items)
+        except Exception:
+            log.exception("the writer could not commit %d items", len(items))
+            self.failed += sum(isinstance(item, PendingCall) for item in items)
 
     def _commit(self, items: list) -> None:
         if not items:
@@ -125,26 +175,75 @@ class Recorder:
                     completion = completion_of(item)
                     rows.append(to_row(item, item.id, self._retry_of(item, item.id), self.prices, self.secrets,
                                        completion))
-                except Exception:  # a row we cannot build must not take the batch down
+                except Exception as exc:  # a row we cannot build must not take the batch down
                     log.exception("could not build a row for call %s", item.id)
+                    self.failed += 1
+                    self._spill([("unbuildable", {"call_id": item.id, "site_id": item.identification.site_id,
+                                                  "error": f"{type(exc).__name__}: {exc}"})])
                     continue
                 if self.on_upstream_answer is not None and item.served_by == "upstream" and item.status == 200:
                     self._notify(item, completion)
         try:
             self.store.write_batch(sites, rows, results["shadow"], results["self_agreement"])
-            for site_id, name, source in names:
+            self.recorded += len(rows)
+        except Exception:
+            # One bad row must not cost the batch: store row by row, spill only what is refused.
+            log.exception("group commit of %d calls failed; storing them one by one", len(rows))
+            self._store_one_by_one(sites, rows, results["shadow"], results["self_agreement"])
+        self.batches += 1
+        for site_id, name, source in names:
+            try:
                 if source == "claim":
                     self.store.claim_site(site_id, name)
                 elif source == "tag":
                     self.store.tag_site(site_id, name)
                 else:
                     self.store.set_site_name(site_id, name, source)
-            self.recorded += len(rows)
-            self.batches += 1
-        except Exception:
-            log.exception("group commit of %d calls failed; appending them to failed-writes.jsonl", len(rows))
-            self.failed += len(rows)
-            self._spill(sites, rows)
+            except Exception:
+                log.exception("could not store the name %r of site %s", name, site_id)
+
+    def _store_one_by_one(self, sites: list[tuple], rows: list[tuple], shadows: list[tuple],
+                          agreements: list[tuple]) -> None:
+        for kind, batch in (("site", sites), ("call", rows), ("shadow", shadows), ("self_agreement", agreements)):
+            for row in batch:
+                try:
+                    self.store.write_batch(**{_BATCH_ARGUMENT[kind]: [row]})
+                    self.recorded += kind == "call"
+                except Exception as exc:
+                    log.warning("the store refused a %s row (%s: %s); spilled", kind, type(exc).__name__, exc)
+                    self.failed += kind == "call"
+                    self._spill([(kind, row)])
+
+    def replay_spilled(self) -> int:
+        """Store what earlier runs spilled (called at start-up, before the writer starts); rows the
+        store still refuses stay in the file. Returns the number of rows stored now."""
+        if self.failed_path is None or not self.failed_path.exists():
+            return 0
+        kept, stored = [], 0
+        for line in self.failed_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                kind, row = entry["kind"], entry["row"]
+            except (ValueError, KeyError, TypeError):
+                kept.append(line)  # unreadable: kept for a person to look at, never dropped
+                continue
+            if kind not in _BATCH_ARGUMENT:
+                kept.append(line)
+                continue
+            try:
+                self.store.write_batch(**{_BATCH_ARGUMENT[kind]: [_restored(kind, row)]})
+                stored += 1
+            except Exception:
+                kept.append(line)
+        tmp = self.failed_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.failed_path)
+        if not kept:
+            self.failed_path.unlink()
+        self.replayed += stored
+        if stored:
+            log.warning("replayed %d spilled rows from %s; %d still refused", stored, self.failed_path, len(kept))
+        return stored
 
     def _notify(self, call: PendingCall, completion: dict | None) -> None:
         text = first_content(completion)
@@ -164,10 +263,34 @@ class Recorder:
             self._last_call_of_conversation.popitem(last=False)
         return previous
 
-    def _spill(self, sites: list[tuple], rows: list[tuple]) -> None:
+    def _spill(self, entries: list[tuple[str, object]]) -> None:
+        """Append rows the store refused to failed-writes.jsonl; a spill that fails is counted, never fatal."""
         if self.failed_path is None:
             return
-        with open(self.failed_path, "a", encoding="utf-8") as handle:
-            for kind, batch in (("site", sites), ("call", rows)):
-                for row in batch:
-                    handle.write(json.dumps({"kind": kind, "row": row}, default=str) + "\n")
+        try:
+            with open(self.failed_path, "a", encoding="utf-8") as handle:
+                for kind, row in entries:
+                    handle.write(json.dumps({"kind": kind, "row": row}, default=_jsonable) + "\n")
+        except Exception:
+            self.spill_failures += 1
+            log.exception("could not spill %d rows to %s", len(entries), self.failed_path)
+
+
+_BATCH_ARGUMENT = {"site": "sites", "call": "calls", "shadow": "shadows", "self_agreement": "self_agreement"}
+# Where each spilled row kind keeps its timestamp (JSON holds it as ISO text).
+_TIMESTAMP_COLUMN = {"site": SITE_COLUMNS.index("created_at"), "call": CALL_COLUMNS.index("ts"),
+                     "shadow": SHADOW_COLUMNS.index("ts"), "self_agreement": SELF_AGREEMENT_COLUMNS.index("ts")}
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _restored(kind: str, row: list) -> tuple:
+    values = list(row)
+    index = _TIMESTAMP_COLUMN[kind]
+    if isinstance(values[index], str):
+        values[index] = datetime.fromisoformat(values[index])
+    return tuple(values)

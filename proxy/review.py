@@ -13,14 +13,13 @@ functions in the proxy, which owns the DuckDB file while it runs.
 
 from __future__ import annotations
 
-import hmac
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from litestar import Request, Response, Router, get, post
 
-from understudy.proxy.admin import require_admin_token
+from understudy.proxy.admin import require_admin_token, same_token
 from understudy.proxy.errors import ProxyError
 from understudy.proxy.state import ProxyState
 from understudy.routing import reviews
@@ -42,7 +41,7 @@ def _reviewer(request: Request) -> tuple[ProxyState, str]:
     """Who is reviewing: the bearer token (or ?token= for the page itself) names them."""
     proxy = _state(request)
     token = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.query_params.get("token", "")
-    if token and hmac.compare_digest(token, proxy.admin_token):
+    if token and same_token(token, proxy.admin_token):
         return proxy, "admin"
     name = reviews.reviewer_for_token(proxy.store.cursor(), token) if token else None
     if name is None:
@@ -71,7 +70,7 @@ def review_next(request: Request, site: str = "") -> dict:
 def review_judgment(request: Request, data: Any) -> dict:
     proxy, reviewer = _reviewer(request)
     try:
-        return reviews.record_judgment(proxy.store.cursor(), reviewer, data)
+        return proxy.recorder.run(lambda store: reviews.record_judgment(store.cursor(), reviewer, data))
     except ReviewError as exc:
         raise _refused(exc) from None
 
@@ -83,7 +82,7 @@ def review_judgment(request: Request, data: Any) -> dict:
 def admin_invite(request: Request, data: dict[str, Any]) -> dict:
     proxy = _state(request)
     try:
-        token = reviews.invite(proxy.store.cursor(), str(data.get("name") or ""))
+        token = proxy.recorder.run(lambda store: reviews.invite(store.cursor(), str(data.get("name") or "")))
     except ReviewError as exc:
         raise _refused(exc) from None
     return {"name": data["name"].strip(), "token": token, "url": f"{str(request.base_url).rstrip('/')}/review?token={token}"}
@@ -93,8 +92,9 @@ def admin_invite(request: Request, data: dict[str, Any]) -> dict:
 def admin_plan(request: Request, data: dict[str, Any]) -> dict:
     proxy = _state(request)
     try:
-        return reviews.draw_plan(proxy.store.cursor(), str(data.get("site")), int(data.get("pairs") or 0),
-                                 by=data.get("by") or "version", shared=data.get("shared"), seed=data.get("seed"))
+        return proxy.recorder.run(lambda store: reviews.draw_plan(
+            store.cursor(), str(data.get("site")), int(data.get("pairs") or 0),
+            by=data.get("by") or "version", shared=data.get("shared"), seed=data.get("seed")))
     except ReviewError as exc:
         raise _refused(exc) from None
 
@@ -103,7 +103,7 @@ def admin_plan(request: Request, data: dict[str, Any]) -> dict:
 def admin_set_rubric(request: Request, data: dict[str, Any]) -> dict:
     proxy = _state(request)
     try:
-        return reviews.set_rubric(proxy.store.cursor(), str(data.get("site")), data.get("rubric"))
+        return proxy.recorder.run(lambda store: reviews.set_rubric(store.cursor(), str(data.get("site")), data.get("rubric")))
     except ReviewError as exc:
         raise _refused(exc) from None
 
@@ -127,7 +127,7 @@ def admin_export(request: Request, site: str) -> dict:
 def admin_import(request: Request, data: dict[str, Any]) -> dict:
     proxy = _state(request)
     try:
-        return reviews.import_set(proxy.store.cursor(), data.get("set"), data.get("reviewer"))
+        return proxy.recorder.run(lambda store: reviews.import_set(store.cursor(), data.get("set"), data.get("reviewer")))
     except ReviewError as exc:
         raise _refused(exc) from None
 
@@ -148,7 +148,7 @@ def admin_eval_inputs(request: Request, site: str, versions: str = "", limit: in
 def admin_eval_run(request: Request, data: dict[str, Any]) -> dict:
     from understudy.routing.evaluation import store_run
 
-    return {"id": store_run(_state(request).store.cursor(), data)}
+    return {"id": _state(request).recorder.run(lambda store: store_run(store.cursor(), data))}
 
 
 def _versions(text: str) -> list[int] | None:

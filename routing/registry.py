@@ -98,11 +98,28 @@ def register_version(store: Store, site_ref: str, result: dict[str, Any], *, act
     return get_version(store, site.id, number)
 
 
+class StaleDecision(Exception):
+    """The site changed after the decision was computed (an operator acted meanwhile)."""
+
+    def __init__(self, current: SiteRecord):
+        super().__init__(f"now state {current.state}, version {current.active_version}, pinned {current.pinned}")
+        self.current = current
+
+
 def apply_decision(store: Store, site: SiteRecord, decision: Decision, *, active_version: int | None = None,
-                   actor: str = "policy") -> SiteRecord:
-    """Move a site to the decision's state (and version), with an audit row giving the reason."""
+                   actor: str = "policy", expected: SiteRecord | None = None) -> SiteRecord:
+    """Move a site to the decision's state (and version), with an audit row giving the reason.
+
+    With `expected` (the record the decision was computed from) the write is a compare-and-set:
+    when the stored state, version or pin differ, nothing is written and StaleDecision says what
+    the site is now."""
     version = site.active_version if active_version is None else active_version
     new_state = decision.new_state.value
+    if expected is not None:
+        current = store.resolve_site(site.id)
+        if (current.state, current.active_version, current.pinned) != (expected.state, expected.active_version,
+                                                                       expected.pinned):
+            raise StaleDecision(current)
     if new_state == site.state and version == site.active_version:
         return site
     store.cursor().execute("UPDATE sites SET state = ?, active_version = ?, state_since = ? WHERE id = ?",

@@ -44,7 +44,7 @@ from understudy.routing.evidence import bar, calibration_samples, evidence_of, e
 from understudy.routing.local_model import LocalAnswer, LocalModels, Variant
 from understudy.routing.local_queue import Skipped
 from understudy.routing.policy import Evidence, PromotionPolicy, SiteState, decide
-from understudy.routing.registry import apply_decision
+from understudy.routing.registry import StaleDecision, apply_decision
 from understudy.routing.scoring import AgreementScore, ScoringPolicy, local_verdict, score_pair
 from understudy.routing.sequential import ConfidenceSequence
 from understudy.training.site_prompt import SitePrompt
@@ -106,8 +106,11 @@ class Router:
                  current_site: Callable[[str], SiteRecord | None], on_site_change: Callable[[SiteRecord], None],
                  record_shadow: Callable[[tuple], None], record_self_agreement: Callable[[tuple], None],
                  similarity: Callable[[str, str], float] | None = None, rng: random.Random | None = None,
-                 max_extra_upstream: int = 2):
+                 max_extra_upstream: int = 2, write: Callable[[Callable[[Store], Any]], Any] | None = None):
         self.store = store
+        # How a decision reaches the store: the proxy's single writer (Recorder.run); directly
+        # when the router runs alone (tests, offline scoring).
+        self.write = write or (lambda job: job(store))
         self.local = local
         self.validators = validators
         self.policy_defaults = policy_defaults or {}
@@ -388,7 +391,15 @@ class Router:
         decision = decide(site.state, evidence, config.reference_cs(), config.promotion, site.pinned)
         if decision.new_state.value == site.state:
             return
-        updated = apply_decision(self.store, site, decision, actor="policy")
+        try:
+            # compare-and-set on the record the decision was computed from: an operator's pin,
+            # rollback or promotion written meanwhile wins, and this decision is dropped
+            updated = self.write(lambda store: apply_decision(store, site, decision, actor="policy", expected=site))
+        except StaleDecision as stale:
+            log.warning("site %s changed since the decision (%s); %r dropped", site.name, stale, decision.reason)
+            self.on_site_change(stale.current)
+            self._load_evidence(config, stale.current)
+            return
         self.on_site_change(updated)
         self._load_evidence(config, updated)
         log.warning("site %s: %s", site.name, decision.reason)

@@ -107,7 +107,7 @@ class Store:
 
     # ---- writes (the recorder's thread) ----
 
-    def write_batch(self, sites: Sequence[tuple], calls: Sequence[tuple], shadows: Sequence[tuple] = (),
+    def write_batch(self, sites: Sequence[tuple] = (), calls: Sequence[tuple] = (), shadows: Sequence[tuple] = (),
                     self_agreement: Sequence[tuple] = ()) -> None:
         """New sites, calls, shadow and self-agreement results in one transaction: the group commit."""
         cur = self.cursor()
