@@ -54,6 +54,14 @@ def _refused(exc: ReviewError) -> ProxyError:
     return ProxyError(400, str(exc), code="review_refused")
 
 
+def _write(proxy: ProxyState, job):
+    """`job(cursor)` on the store's single writer; a refused review is a 400."""
+    try:
+        return proxy.recorder.run(lambda store: job(store.cursor()))
+    except ReviewError as exc:
+        raise _refused(exc) from None
+
+
 @get("/review", sync_to_thread=True, include_in_schema=True, tags=["Review"], summary="Blind review page (token needed)")
 def review_page(request: Request) -> Response:
     _reviewer(request)
@@ -69,10 +77,7 @@ def review_next(request: Request, site: str = "") -> dict:
 @post("/review/api/judgments", sync_to_thread=True, include_in_schema=False, status_code=201)
 def review_judgment(request: Request, data: Any) -> dict:
     proxy, reviewer = _reviewer(request)
-    try:
-        return proxy.recorder.run(lambda store: reviews.record_judgment(store.cursor(), reviewer, data))
-    except ReviewError as exc:
-        raise _refused(exc) from None
+    return _write(proxy, lambda cur: reviews.record_judgment(cur, reviewer, data))
 
 
 # ---- admin (the CLI) -------------------------------------------------------------------------
@@ -81,31 +86,21 @@ def review_judgment(request: Request, data: Any) -> dict:
 @post("/invite", sync_to_thread=True, status_code=200)
 def admin_invite(request: Request, data: dict[str, Any]) -> dict:
     proxy = _state(request)
-    try:
-        token = proxy.recorder.run(lambda store: reviews.invite(store.cursor(), str(data.get("name") or "")))
-    except ReviewError as exc:
-        raise _refused(exc) from None
+    token = _write(proxy, lambda cur: reviews.invite(cur, str(data.get("name") or "")))
     return {"name": data["name"].strip(), "token": token, "url": f"{str(request.base_url).rstrip('/')}/review?token={token}"}
 
 
 @post("/plan", sync_to_thread=True, status_code=200)
 def admin_plan(request: Request, data: dict[str, Any]) -> dict:
-    proxy = _state(request)
-    try:
-        return proxy.recorder.run(lambda store: reviews.draw_plan(
-            store.cursor(), str(data.get("site")), int(data.get("pairs") or 0),
-            by=data.get("by") or "version", shared=data.get("shared"), seed=data.get("seed")))
-    except ReviewError as exc:
-        raise _refused(exc) from None
+    return _write(_state(request), lambda cur: reviews.draw_plan(
+        cur, str(data.get("site")), int(data.get("pairs") or 0),
+        by=data.get("by") or "version", shared=data.get("shared"), seed=data.get("seed")))
 
 
 @post("/rubric", sync_to_thread=True, status_code=200)
 def admin_set_rubric(request: Request, data: dict[str, Any]) -> dict:
     proxy = _state(request)
-    try:
-        return proxy.recorder.run(lambda store: reviews.set_rubric(store.cursor(), str(data.get("site")), data.get("rubric")))
-    except ReviewError as exc:
-        raise _refused(exc) from None
+    return _write(proxy, lambda cur: reviews.set_rubric(cur, str(data.get("site")), data.get("rubric")))
 
 
 @get("/rubric", sync_to_thread=True)
@@ -126,10 +121,7 @@ def admin_export(request: Request, site: str) -> dict:
 @post("/import", sync_to_thread=True, status_code=200)
 def admin_import(request: Request, data: dict[str, Any]) -> dict:
     proxy = _state(request)
-    try:
-        return proxy.recorder.run(lambda store: reviews.import_set(store.cursor(), data.get("set"), data.get("reviewer")))
-    except ReviewError as exc:
-        raise _refused(exc) from None
+    return _write(proxy, lambda cur: reviews.import_set(cur, data.get("set"), data.get("reviewer")))
 
 
 @get("/inputs", sync_to_thread=True)

@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 
 from understudy.routing.evaluation import latest_run
-from understudy.routing.reviews import results
+from understudy.routing.reviews import format_alpha, format_interval, format_share, results
 
 
 def _e(value: object) -> str:
@@ -35,32 +35,11 @@ def site_sections(cur: duckdb.DuckDBPyConnection, site_ids: Sequence[str]) -> di
     return out
 
 
-def _interval(m: dict[str, Any], signed: bool = False) -> str:
-    if m["mean"] is None:
-        return "—"
-    f = "+.2f" if signed else ".2f"
-    if m["low"] is None:
-        return f"{m['mean']:{f}} (n={m['n']})"
-    return f"{m['mean']:{f}} [{m['low']:{f}}, {m['high']:{f}}]"
-
-
-def _share(s: dict[str, Any]) -> str:
-    return "—" if s["share"] is None else f"{s['share']:.0%} [{s['low']:.0%}, {s['high']:.0%}]"
-
-
-def _alpha(a: dict[str, Any] | None) -> str:
-    if a is None:
-        return "— (no pair judged twice)"
-    if a["alpha"] is None:
-        return f"— ({a.get('note', 'undefined')})"
-    return f"{a['alpha']:.2f} ({a['pairs']} pairs)"
-
-
 def review_section(r: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><td>{_e(c['label'])}</td><td class=\"num\">{c['n']}</td><td>{_e(_interval(c['upstream']))}</td>"
-        f"<td>{_e(_interval(c['local']))}</td><td>{_e(_interval(c['difference'], signed=True))}</td>"
-        f"<td>{_e(_alpha(c['alpha']))}</td></tr>"
+        f"<tr><td>{_e(c['label'])}</td><td class=\"num\">{c['n']}</td><td>{_e(format_interval(c['upstream']))}</td>"
+        f"<td>{_e(format_interval(c['local']))}</td><td>{_e(format_interval(c['difference'], signed=True))}</td>"
+        f"<td>{_e(format_alpha(c['alpha']))}</td></tr>"
         for c in r["criteria"].values())
     p = r["preference"]
     reviewers = ", ".join(r["reviewers"]) or "none yet"
@@ -71,8 +50,8 @@ def review_section(r: dict[str, Any]) -> str:
         "agreement is Krippendorff's alpha on pairs judged by two or more reviewers</p>"
         "<table class=\"review\"><thead><tr><th>criterion</th><th>judgments</th><th>upstream</th><th>local</th>"
         "<th>local − upstream</th><th>alpha</th></tr></thead><tbody>" + rows + "</tbody></table>"
-        f"<p>preference: local {_e(_share(p['local']))} · upstream {_e(_share(p['upstream']))} · tie {_e(_share(p['tie']))}"
-        f" · agreement {_e(_alpha(p['alpha']))}</p></div>"
+        f"<p>preference: local {_e(format_share(p['local']))} · upstream {_e(format_share(p['upstream']))} · tie {_e(format_share(p['tie']))}"
+        f" · agreement {_e(format_alpha(p['alpha']))}</p></div>"
     )
 
 

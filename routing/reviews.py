@@ -589,3 +589,26 @@ def import_set(cur: duckdb.DuckDBPyConnection, data: Any, reviewer: str | None =
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# ---- one wording for the figures, in the CLI and the report ----
+
+def format_interval(m: dict[str, Any], signed: bool = False) -> str:
+    if m["mean"] is None:
+        return "—"
+    f = "+.2f" if signed else ".2f"
+    if m["low"] is None:
+        return f"{m['mean']:{f}} (n={m['n']})"
+    return f"{m['mean']:{f}} [{m['low']:{f}}, {m['high']:{f}}] (n={m['n']})"
+
+
+def format_share(s: dict[str, Any]) -> str:
+    return "—" if s["share"] is None else f"{s['share']:.0%} [{s['low']:.0%}, {s['high']:.0%}]"
+
+
+def format_alpha(a: dict[str, Any] | None) -> str:
+    if a is None:
+        return "— (no pair judged by two reviewers)"
+    if a["alpha"] is None:
+        return f"— ({a.get('note', 'undefined')}, {a['pairs']} pairs)"
+    return f"α {a['alpha']:.2f} over {a['pairs']} shared pairs"

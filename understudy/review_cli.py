@@ -120,39 +120,20 @@ def results(site: Site, as_json: AsJson = False, data_dir: DataDir = None) -> No
 
 
 def results_lines(result: dict[str, Any]) -> list[Any]:
+    from understudy.routing.reviews import format_alpha, format_interval, format_share
+
     out: list[Any] = [f"{result['site_name']}: {result['judgments']} judgments of {result['pairs']} pairs by "
                       f"{len(result['reviewers'])} reviewer(s) ({', '.join(result['reviewers']) or 'none yet'})"]
     table = Table(Column("criterion", overflow="fold"), Column("upstream", overflow="fold"), Column("local", overflow="fold"),
                   Column("local − upstream", overflow="fold"), Column("alpha", overflow="fold"))
     for name, c in result["criteria"].items():
-        table.add_row(name, fmt_interval(c["upstream"]), fmt_interval(c["local"]), fmt_interval(c["difference"], signed=True),
-                      fmt_alpha(c["alpha"]))
+        table.add_row(name, format_interval(c["upstream"]), format_interval(c["local"]),
+                      format_interval(c["difference"], signed=True), format_alpha(c["alpha"]))
     out.append(table)
     p = result["preference"]
-    out.append("preference: " + ", ".join(f"{k} {fmt_share(p[k])}" for k in ("local", "upstream", "tie"))
-               + f"; agreement {fmt_alpha(p['alpha'])}")
+    out.append("preference: " + ", ".join(f"{k} {format_share(p[k])}" for k in ("local", "upstream", "tie"))
+               + f"; agreement {format_alpha(p['alpha'])}")
     return out
-
-
-def fmt_interval(m: dict[str, Any], signed: bool = False) -> str:
-    if m["mean"] is None:
-        return "—"
-    f = "+.2f" if signed else ".2f"
-    if m["low"] is None:
-        return f"{m['mean']:{f}} (n={m['n']})"
-    return f"{m['mean']:{f}} [{m['low']:{f}}, {m['high']:{f}}] (n={m['n']})"
-
-
-def fmt_share(s: dict[str, Any]) -> str:
-    return "—" if s["share"] is None else f"{s['share']:.0%} [{s['low']:.0%}, {s['high']:.0%}]"
-
-
-def fmt_alpha(a: dict[str, Any] | None) -> str:
-    if a is None:
-        return "— (no pair judged by two reviewers)"
-    if a["alpha"] is None:
-        return f"— ({a.get('note', 'undefined')}, {a['pairs']} pairs)"
-    return f"α {a['alpha']:.2f} over {a['pairs']} shared pairs"
 
 
 @review_app.command("export")
