@@ -44,6 +44,8 @@ def pin(store: Store, site_ref: str, target: str) -> SiteRecord:
         if number is None:
             raise ActionError(f"site {site.name} has no active version to pin; name one: local@vN")
         _usable_version(store, site, number)
+    if site.pinned == target.strip():
+        raise ActionError(f"site {site.name} is already pinned to {site.pinned}: nothing changed")
     store.cursor().execute("UPDATE sites SET pinned = ? WHERE id = ?", [target.strip(), site.id])
     audit(store, site.id, "pin", {"target": target.strip(), "was": site.pinned}, "cli")
     return store.resolve_site(site.id)
@@ -51,6 +53,8 @@ def pin(store: Store, site_ref: str, target: str) -> SiteRecord:
 
 def unpin(store: Store, site_ref: str) -> SiteRecord:
     site = store.resolve_site(site_ref)
+    if site.pinned is None:
+        raise ActionError(f"site {site.name} is not pinned: nothing to unpin (it is routed by its state, {site.state})")
     store.cursor().execute("UPDATE sites SET pinned = NULL WHERE id = ?", [site.id])
     audit(store, site.id, "unpin", {"was": site.pinned}, "cli")
     return store.resolve_site(site.id)
@@ -133,6 +137,8 @@ def set_policy(store: Store, site_ref: str, patch: dict, *, replace: bool = Fals
     overrides = {k: v for k, v in patch.items() if v is not None} if replace else merge_patch(before, patch)
     overrides = {k: v for k, v in overrides.items() if v not in ({},)}  # an emptied section is no override
     validate_policy(overrides)
+    if overrides == before:
+        return site  # nothing changed: nothing written, nothing audited
     store.cursor().execute("UPDATE sites SET policy = ? WHERE id = ?", [json.dumps(overrides) if overrides else None, site.id])
     audit(store, site.id, "policy", {"overrides": overrides, "was": before, "patch": patch, "replace": replace}, "cli")
     return store.resolve_site(site.id)

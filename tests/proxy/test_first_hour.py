@@ -252,14 +252,18 @@ def test_calls_limit_must_be_positive_through_the_proxy_and_without(proxy):
     assert len(json.loads(proxy.cli("calls", site, "--limit", "1", "--json").stdout)) == 1  # the control
 
 
-def test_rollback_of_a_site_that_never_had_a_version_fails_and_writes_no_audit(proxy, isolated_data_dir):
+def test_actions_that_would_change_nothing_fail_and_write_no_audit(proxy, isolated_data_dir):
     site = post(proxy.url + "/v1", level_request(2, 20, 12)).headers["x-understudy-site"]
     line = one_line_error(proxy.cli("rollback", site, check=False))
     assert "no active version to roll back" in line and "never had a version" in line
     assert "no v3" in one_line_error(proxy.cli("rollback", site, "--to", "v3", check=False))
+    assert "not pinned: nothing to unpin" in one_line_error(proxy.cli("unpin", site, check=False))
     proxy.cli("pin", site, "upstream")  # the control: an action that applies is audited
+    assert "already pinned to upstream" in one_line_error(proxy.cli("pin", site, "upstream", check=False))
+    proxy.cli("unpin", site)
     proxy.stop()
-    assert query_store(isolated_data_dir, "SELECT action FROM audit WHERE site_id = ?", [site]) == [("pin",)]
+    assert query_store(isolated_data_dir, "SELECT action FROM audit WHERE site_id = ? ORDER BY ts",
+                       [site]) == [("pin",), ("unpin",)]
 
 
 def test_policy_merges_prints_the_result_and_refuses_wrong_types(proxy):

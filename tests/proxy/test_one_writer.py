@@ -132,15 +132,15 @@ def test_a_decision_on_an_unchanged_site_applies(store):
 
 
 def test_operator_actions_and_recording_at_once_all_land(fake_upstream, isolated_data_dir):
-    """Pins and unpins from many admin requests while calls are recorded: every action is
-    applied and audited, every call stored, none answered with a 5xx (one writer, no conflicts)."""
+    """Policy changes from many admin requests while calls are recorded: every action is applied
+    and audited, every call stored, none answered with a 5xx (one writer, no conflicts)."""
     proxy = start_proxy(isolated_data_dir, fake_upstream.url)
     try:
         site = httpx.post(proxy.url + "/v1/chat/completions", json=BODY, timeout=30).headers["x-understudy-site"]
         headers = {"authorization": f"Bearer {proxy.admin_token}"}
 
         def act(i: int) -> int:
-            body = {"action": "pin", "target": "upstream"} if i % 2 == 0 else {"action": "unpin"}
+            body = {"action": "policy", "overrides": {"promotion": {"min_samples": 21 + i}}}  # each one a change
             return httpx.post(f"{proxy.url}/admin/sites/{site}/action", json=body, headers=headers, timeout=60).status_code
 
         def call(i: int) -> int:
@@ -154,7 +154,7 @@ def test_operator_actions_and_recording_at_once_all_land(fake_upstream, isolated
     finally:
         proxy.stop()
     assert query_store(isolated_data_dir, "SELECT count(*) FROM calls") == [(121,)]
-    assert query_store(isolated_data_dir, "SELECT count(*) FROM audit WHERE action IN ('pin', 'unpin')") == [(40,)]
+    assert query_store(isolated_data_dir, "SELECT count(*) FROM audit WHERE action = 'policy'") == [(40,)]
 
 
 def test_the_proxy_replays_spilled_rows_on_start(fake_upstream, isolated_data_dir):
