@@ -92,8 +92,8 @@ def serve(
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
                              data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free,
                              client_keys_file=client_keys_file, public_report=public_report)
-    _check_access(settings)
     _refuse_busy_data_dir(settings)
+    _check_access(settings)
     key_note = "set" if settings.resolved_upstream_key() else "not set (clients' own keys are forwarded)"
     typer.echo(f"understudy: upstream {settings.upstream_url} (key {key_note}); data in {settings.data_dir}", err=True)
     try:
@@ -198,8 +198,8 @@ def up(
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
                              data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free,
                              client_keys_file=client_keys_file, public_report=public_report)
-    _check_access(settings)
     _refuse_busy_data_dir(settings)  # before any child starts: nothing to undo, nothing printed as if it ran
+    _check_access(settings)
     settings.ensure_data_dir()
     teacher = None
     if settings.resolved_upstream_key() is None and "upstream_url" not in settings.model_fields_set:

@@ -143,3 +143,22 @@ def test_planted_secrets_are_found_nowhere(isolated_data_dir, tmp_path):
     assert stored.count("[redacted]") >= 10 and CONTROL in stored
     [request] = [json.loads(r) for r, *_ in rows if '"tools"' in r][:1]
     assert set(request["response_format"]["json_schema"]["schema"]["properties"]) == {"password", "note"}
+
+
+def test_masking_takes_credentials_and_leaves_data():
+    from understudy.client_keys import KEY_PREFIX
+    from understudy.proxy.call_record import mask_text
+
+    client_key = KEY_PREFIX + "A" * 43
+    text = json.dumps({"messages": [{"content": f"use {UPSTREAM_KEY} and {client_key}, thanks"}],
+                       "metadata": {"Authorization": "Bearer whatever", "password": "hunter2", "key": "k1"},
+                       "schema": {"properties": {"authorization": {"type": "string"}}}})
+    masked = json.loads(mask_text(text, (UPSTREAM_KEY,)))
+    assert masked["messages"][0]["content"] == "use [redacted] and [redacted], thanks"
+    assert masked["metadata"] == {"Authorization": "[redacted]", "password": "hunter2", "key": "k1"}
+    assert masked["schema"] == {"properties": {"authorization": {"type": "string"}}}  # a schema property: data
+    # controls: text without a credential comes back as it was, words merely starting with us- included
+    plain = json.dumps({"content": "focus-group status-report us-east-1 " + "us-" + "A" * 44})
+    assert mask_text(plain, (UPSTREAM_KEY,)) == plain
+    quoted = 'a"secret'
+    assert quoted not in json.loads(mask_text(json.dumps({"x": f"<{quoted}>"}), (quoted,)))["x"]
