@@ -26,4 +26,9 @@ EXPOSE 8000
 HEALTHCHECK CMD python -c "import httpx; httpx.get('http://127.0.0.1:8000/healthz').raise_for_status()"
 # Set UNDERSTUDY_UPSTREAM_KEY (or OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY) to use real
 # upstreams; without a key the offline teacher answers.
+# Client keys are required: the proxy listens on 0.0.0.0 and refuses to start without them, since
+# anyone reaching the port would spend the upstream keys. Make one in the volume first (printed
+# once, stored hashed in /data/client-keys.json); clients send it as `Authorization: Bearer`:
+#   docker run --rm -v understudy-data:/data understudy understudy keys add my-app
+# or mount a keys file elsewhere and set UNDERSTUDY_CLIENT_KEYS_FILE to it.
 CMD ["understudy", "up"]

@@ -10,7 +10,6 @@ state as it is when the action runs, after everything queued before it.
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
+from understudy.proxy.access import has_admin_token, same_token
 from understudy.proxy.errors import ProxyError
 from understudy.proxy.state import ProxyState
 from understudy.proxy.types import validation_error
@@ -27,13 +27,8 @@ from understudy.routing.registry import list_versions
 from understudy.exports import export_site
 from understudy.store import SiteNameTaken
 from understudy.reports import render_report
-from understudy.training_jobs import NotEnoughData, prepare_job, register_result, training_candidates
-
-
-def same_token(given: str, expected: str) -> bool:
-    """Constant-time comparison of bytes: compare_digest refuses non-ASCII text, which would turn
-    a stray header into a 500 instead of a 401."""
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+from understudy.training_jobs import (NotEnoughData, PathOutsideDataDir, confine_result, prepare_job, register_result,
+                                     training_candidates)
 
 
 def require_admin_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -77,10 +72,16 @@ def rename_site(request: Request, site_ref: str, data: dict[str, str]) -> dict:
 
 @post("/sites/{site_ref:str}/export", sync_to_thread=True, status_code=200)
 def export_dataset(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
-    """Write the site's dataset (JSONL and/or Parquet) to the given paths; the proxy owns the store."""
+    """Write the site's dataset (JSONL and/or Parquet) to the given paths, which must lie inside the
+    data dir (the CLI stages files there and copies them out); the proxy owns the store."""
     proxy = _proxy(request)
-    return export_site(proxy.store, site_ref, filtered=bool(data.get("filtered", True)),
-                       jsonl=_path_or_none(data.get("jsonl")), parquet=_path_or_none(data.get("parquet")),
+    jsonl, parquet = _path_or_none(data.get("jsonl")), _path_or_none(data.get("parquet"))
+    for param, path in (("jsonl", jsonl), ("parquet", parquet)):
+        if path is not None and not proxy.settings.within_data_dir(path):
+            raise ProxyError(400, f"export path {path} is outside the data dir {proxy.settings.data_dir}: the proxy "
+                             "writes only there (`understudy export` copies the file where you asked)",
+                             code="path_outside_data_dir", param=param)
+    return export_site(proxy.store, site_ref, filtered=bool(data.get("filtered", True)), jsonl=jsonl, parquet=parquet,
                        teacher_model=data.get("teacher_model"), validators=proxy.router.validators)
 
 
@@ -114,8 +115,13 @@ def training_candidates_route(request: Request, data: dict[str, Any]) -> list[di
 
 @post("/versions", sync_to_thread=True, status_code=200)
 def register_version_route(request: Request, data: dict[str, Any]) -> dict:
-    """A worker's training result becomes the site's next version (activated if it earned it)."""
+    """A worker's training result becomes the site's next version (activated if it earned it); its
+    adapter and snapshot must lie inside the data dir (the local model would load any file named)."""
     proxy = _proxy(request)
+    try:
+        confine_result(data, proxy.settings)
+    except PathOutsideDataDir as exc:
+        raise ProxyError(400, str(exc), code="path_outside_data_dir", param=exc.field) from None
     version = proxy.recorder.run(lambda store: register_result(store, data))
     proxy.refresh_site(data["site_id"])
     return version
@@ -186,8 +192,14 @@ def admin_report(request: Request, site: str = "", format: str = "text", color: 
 
 @get("/report", sync_to_thread=True, include_in_schema=True, tags=["Operations"], summary="Shadow-mode report (HTML)")
 def public_report(request: Request, site: str = "") -> Response:
-    """The HTML report, for a browser: aggregates only (no prompts), so no token is asked."""
+    """The HTML report, for a browser: the admin token as a bearer header or `?token=`, unless the
+    proxy runs with `--public-report` (aggregates only, no prompts). Each hit flushes the recorder
+    and aggregates the whole store, so strangers must not be able to call it at will."""
     proxy: ProxyState = request.app.state.proxy
+    if not proxy.settings.public_report and not has_admin_token(request, proxy.admin_token):
+        raise ProxyError(401, "the report needs the admin token (proxy.json's admin_token) as a bearer header or "
+                         "?token=, or a proxy started with --public-report", type="authentication_error",
+                         code="admin_token_required")
     proxy.recorder.flush()
     return Response(render_report(proxy.store, proxy.settings, site or None, "html"), media_type="text/html; charset=utf-8")
 

@@ -12,18 +12,21 @@ import logging
 import secrets
 
 import httpx
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, Router as RouteGroup, get
 from litestar.openapi import OpenAPIConfig
 
+from understudy.client_keys import access_for
+from understudy.proxy.access import require_client_key
 from understudy.proxy.admin import admin_router, public_report
 from understudy.proxy.api_docs import render_plugins
+from understudy.proxy.call_record import mask_text
 from understudy.proxy.chat import chat_completions
 from understudy.proxy.errors import EXCEPTION_HANDLERS, error_response
 from understudy.proxy.metrics import ProxyMetrics
 from understudy.proxy.pricing import PriceTable
 from understudy.proxy.recorder import Recorder
 from understudy.proxy.review import review_routes
-from understudy.proxy.site_registry import CONVERSATION_MEMORY, SiteRegistry
+from understudy.proxy.site_registry import CONVERSATION_MEMORY, OVERFLOW_KIND, SiteRegistry
 from understudy.proxy.state import ProxyState
 from understudy.proxy.upstream import Upstream
 from understudy.proxy.upstreams import UpstreamTable
@@ -62,18 +65,24 @@ async def list_models(request: Request) -> Response[bytes]:
 
 def build_state(settings: Settings) -> ProxyState:
     settings.ensure_data_dir()
+    client_keys = access_for(settings)  # refuses a non-loopback bind without keys (ClientKeysError)
     table = UpstreamTable.from_config(settings.config, settings.data_dir, settings.upstream_url, settings.upstream_key,
                                       settings.upstream_free)
     store = Store(settings.db_path)
-    # Every key the proxy could send: masked wherever it might appear in a recorded body.
-    keys = {settings.resolved_upstream_key()} | {route.key() for route in table.routes}
+    admin_token = settings.admin_token or secrets.token_urlsafe(24)
+    # Every key the proxy could send, and its admin token: masked wherever they might appear in a
+    # recorded body or an error (client keys are masked by their shape: only their hashes are known).
+    keys = {settings.resolved_upstream_key(), admin_token} | {route.key() for route in table.routes}
     recorder = Recorder(
         store, PriceTable.load(settings.prices_file), batch_rows=settings.recorder_batch_rows,
         flush_ms=settings.recorder_flush_ms, secrets=tuple(sorted(k for k in keys if k)),
         failed_path=settings.data_dir / "failed-writes.jsonl",
     )
     recorder.replay_spilled()  # rows an earlier run could not store, before anything new
-    sites = SiteRegistry(store.site_records(), store.site_tags(), store.recent_conversations(CONVERSATION_MEMORY))
+    sites = SiteRegistry(store.site_records(), store.site_tags(), store.recent_conversations(CONVERSATION_MEMORY),
+                         max_generic_sites=settings.max_generic_sites, generic_sites=store.site_count("generic"),
+                         overflow_sites=store.site_count(OVERFLOW_KIND),
+                         mask=lambda text: mask_text(text, recorder.secrets))
     local = LocalModels(settings.resolved_base_gguf(), n_threads=settings.local_threads) if settings.local_models else None
     router = Router(store, local, validators=ValidatorRegistry(settings.validators),
                     policy_defaults=settings.routing_policy, current_site=sites.get, on_site_change=sites.replace,
@@ -82,8 +91,10 @@ def build_state(settings: Settings) -> ProxyState:
                     write=recorder.run)
     recorder.on_upstream_answer = router.remember_answer
     state = ProxyState(
-        settings=settings, store=store, recorder=recorder, sites=sites, upstream=Upstream(settings, table),
-        metrics=ProxyMetrics(recorder), admin_token=settings.admin_token or secrets.token_urlsafe(24), router=router,
+        settings=settings, store=store, recorder=recorder, sites=sites,
+        upstream=Upstream(settings, table, strip_client_auth=client_keys is not None),
+        metrics=ProxyMetrics(recorder, top_sites=settings.metrics_top_sites), admin_token=admin_token, router=router,
+        client_keys=client_keys,
     )
     for version in register_pending_results(store, settings):  # results a worker left while we were down
         state.refresh_site(version["site_id"])
@@ -111,7 +122,8 @@ def create_app(settings: Settings) -> Litestar:
         state.store.close()
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, healthz, metrics, public_report, admin_router, *review_routes],
+        route_handlers=[RouteGroup(path="/", route_handlers=[chat_completions, list_models], guards=[require_client_key]),
+                        healthz, metrics, public_report, admin_router, *review_routes],
         on_startup=[start],
         on_shutdown=[stop],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -8,6 +8,7 @@ bytes and the already-decoded request dict.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -16,14 +17,23 @@ from typing import Any
 import jsonschema
 import msgspec
 
+from understudy.client_keys import KEY_PREFIX
 from understudy.proxy.callsite import Identification
 from understudy.proxy.pricing import PriceTable
 from understudy.proxy.stream_assembly import assemble_completion
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
-# Keys that could carry a credential inside a body; removed before a write.
-_SECRET_KEYS = frozenset({"api_key", "apikey", "authorization", "api-key", "x-api-key", "key", "secret", "password"})
+MASK = "[redacted]"
+# Redaction is narrowed to credentials. A key called `password`, `key` or `token` in a body is
+# data (a JSON schema property, a tool argument): dropping it made training render a different
+# prompt than serving. What is masked: the known secret values (upstream keys, the admin token)
+# wherever they appear, anything shaped like an Understudy client key (the proxy keeps only their
+# hashes, so it cannot list them), and the string value of a header-named field (a client or an
+# upstream echoing request headers).
+_CLIENT_KEY = re.compile(rf"(?<![A-Za-z0-9_-]){re.escape(KEY_PREFIX)}[A-Za-z0-9_-]{{43}}(?![A-Za-z0-9_-])")
+_HEADER_FIELD = re.compile(r'"(authorization|proxy-authorization|x-api-key|api-key|x-goog-api-key)"(\s*:\s*)"(?:[^"\\]|\\.)*"',
+                           re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -45,19 +55,35 @@ class PendingCall:
     upstream_model: str | None = None  # the model the upstream was asked for (after aliases)
     price: tuple[float, float] | None = None  # the route's own price, overriding the table
     purpose: str = "client"  # client | drift | self_check (upstream calls the proxy makes itself)
+    client: str | None = None  # the client key's name (never the key); None when keys are off
+
+
+def mask_text(text: str, secrets: tuple[str, ...]) -> str:
+    """`text` (JSON or plain) with every credential masked; the same object when there was none."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, MASK)
+        escaped = json.dumps(secret)[1:-1] if secret else ""
+        if escaped != secret and escaped in text:  # the secret as it reads inside a JSON string
+            text = text.replace(escaped, MASK)
+    if KEY_PREFIX in text:
+        text = _CLIENT_KEY.sub(MASK, text)
+    if '"' in text and _HEADER_FIELD.search(text):
+        text = _HEADER_FIELD.sub(lambda m: f'"{m.group(1)}"{m.group(2)}"{MASK}"', text)
+    return text
+
+
+def mask_bytes(body: bytes, secrets: tuple[str, ...]) -> bytes:
+    text = body.decode("utf-8", "surrogateescape")
+    masked = mask_text(text, secrets)
+    return body if masked is text else masked.encode("utf-8", "surrogateescape")
 
 
 def redact(value: Any, secrets: tuple[str, ...]) -> Any:
-    """A copy without credential-named keys and with any known secret string masked."""
-    if isinstance(value, dict):
-        return {k: redact(v, secrets) for k, v in value.items() if str(k).lower() not in _SECRET_KEYS}
-    if isinstance(value, list):
-        return [redact(v, secrets) for v in value]
-    if isinstance(value, str) and secrets:
-        for secret in secrets:
-            if secret and secret in value:
-                value = value.replace(secret, "[redacted]")
-    return value
+    """A copy of a JSON value with every credential masked (keys and structure kept)."""
+    text = _encoder.encode(value).decode()
+    masked = mask_text(text, secrets)
+    return value if masked is text else json.loads(masked)
 
 
 def _token_count(value: Any) -> int | None:
@@ -148,10 +174,10 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
         call.identification.turn,
         call.identification.conversation,
         retry_of,
-        _encoder.encode(redact(call.request, secrets)).decode(),
-        _encoder.encode(completion).decode() if completion is not None else None,
+        mask_text(_encoder.encode(call.request).decode(), secrets),
+        mask_text(_encoder.encode(completion).decode(), secrets) if completion is not None else None,
         call.status,
-        call.error,
+        mask_text(call.error, secrets) if call.error else call.error,
         call.latency_ms,
         prompt_tokens,
         completion_tokens,
@@ -160,4 +186,5 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
         call.provider,
         call.upstream_model,
         call.purpose,
+        call.client,
     )

@@ -24,7 +24,8 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from understudy.proxy.call_record import PendingCall, completion_of, first_content
+from understudy.proxy.access import current_client
+from understudy.proxy.call_record import PendingCall, completion_of, first_content, mask_bytes
 from understudy.proxy.callsite import UNDERSTUDY_METADATA, Identification, identify
 from understudy.proxy.errors import ProxyError, error_body, is_openai_error
 from understudy.proxy.openapi import ChatCompletionsOperation
@@ -177,7 +178,8 @@ def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
 
 def _pending(proxy: ProxyState, ident: Identification, payload: dict[str, Any], served_by: str) -> PendingCall:
     return PendingCall(id=proxy.recorder.new_call_id(), ts=time.time(), identification=ident, request=payload,
-                       served_by=served_by, stream=payload.get("stream") is True, status=0, latency_ms=0.0)
+                       served_by=served_by, stream=payload.get("stream") is True, status=0, latency_ms=0.0,
+                       client=current_client.get())
 
 
 def _without_understudy_fields(body: bytes, payload: dict[str, Any]) -> bytes:
@@ -290,7 +292,8 @@ def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response
         content = _adjusted_response(content, resolution, call.request)
     if status >= 400:
         proxy.metrics.upstream_errors.labels(f"http_{status}").inc()
-        content, media_type = _as_openai_error(content, status), "application/json"
+        # An upstream may echo the credential it was sent (a 401 quoting the key): masked for the client too.
+        content, media_type = mask_bytes(_as_openai_error(content, status), proxy.recorder.secrets), "application/json"
         call.error = call.error or f"upstream answered {status}"
     call.status = status
     call.response_body = content
@@ -338,7 +341,7 @@ async def _upstream_failure(proxy: ProxyState, call: PendingCall, site: SiteReco
                                                note=f"upstream down ({message}); local answered")
         if answered is not None:
             return answered
-    body = error_body(message, type="upstream_error", code=code)
+    body = mask_bytes(error_body(message, type="upstream_error", code=code), proxy.recorder.secrets)
     call.status, call.error, call.response_body = status, message, body
     _record(proxy, call, started)
     return Response(body, status_code=status, media_type="application/json", headers=headers)

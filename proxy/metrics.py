@@ -1,6 +1,17 @@
-"""Prometheus metrics, one registry per app (so tests can run several proxies in one process)."""
+"""Prometheus metrics, one registry per app (so tests can run several proxies in one process).
+
+The `site` label is bounded: `understudy_requests_total` names the `top_sites` sites with the
+most requests so far and counts every other site as `other` (its `served_by` then reads `local`
+rather than `local:<site>@vN`), so a client that makes thousands of sites cannot grow the label
+set past top_sites + 1. The ranking is taken at each scrape; a site's own series is always its
+whole count, so when a site enters the top its requests leave `other` (read `other` as the rest,
+and sum over `site` for totals).
+"""
 
 from __future__ import annotations
+
+import heapq
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -25,11 +36,44 @@ class _RecorderCollector:
                                   value=self.recorder.replayed)
 
 
+class _RequestsBySite:
+    """understudy_requests_total{site, served_by, status} with at most `top` named sites."""
+
+    def __init__(self, top: int):
+        self.top = top
+        self._lock = threading.Lock()
+        self._counts: dict[str, dict[tuple[str, str], int]] = {}  # site -> (served_by, status) -> n
+        self._totals: dict[str, int] = {}  # one entry per site: bounded by the site registry's cap
+
+    def inc(self, site: str, served_by: str, status: str) -> None:
+        with self._lock:
+            by_outcome = self._counts.setdefault(site, {})
+            by_outcome[(served_by, status)] = by_outcome.get((served_by, status), 0) + 1
+            self._totals[site] = self._totals.get(site, 0) + 1
+
+    def collect(self):
+        with self._lock:
+            named = set(heapq.nlargest(self.top, self._totals, key=lambda site: (self._totals[site], site)))
+            series: dict[tuple[str, str, str], int] = {}
+            for site, by_outcome in self._counts.items():
+                for (served_by, status), n in by_outcome.items():
+                    if site in named:
+                        key = (site, served_by, status)
+                    else:
+                        key = ("other", "local" if served_by.startswith("local:") else served_by, status)
+                    series[key] = series.get(key, 0) + n
+        family = CounterMetricFamily("understudy_requests", "Chat completion requests answered (sites beyond the "
+                                     "top by traffic as `other`).", labels=["site", "served_by", "status"])
+        for labels, n in sorted(series.items()):
+            family.add_metric(list(labels), n)
+        yield family
+
+
 class ProxyMetrics:
-    def __init__(self, recorder):
+    def __init__(self, recorder, top_sites: int = 50):
         self.registry = CollectorRegistry()
-        self.requests = Counter("understudy_requests", "Chat completion requests answered.",
-                                ["site", "served_by", "status"], registry=self.registry)
+        self.requests = _RequestsBySite(top_sites)
+        self.registry.register(self.requests)
         self.latency = Histogram("understudy_request_latency_seconds", "Time to the full answer (streams: to the last chunk).",
                                  ["served_by"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.rejected = Counter("understudy_rejected_requests", "Requests refused before forwarding.", ["reason"],
@@ -41,7 +85,7 @@ class ProxyMetrics:
         self.registry.register(_RecorderCollector(recorder))
 
     def observe(self, site: str, served_by: str, status: int, seconds: float) -> None:
-        self.requests.labels(site, served_by, str(status)).inc()
+        self.requests.inc(site, served_by, str(status))
         self.latency.labels(served_by).observe(seconds)
 
     def render(self) -> bytes:

@@ -19,7 +19,8 @@ from typing import Any
 
 from litestar import Request, Response, Router, get, post
 
-from understudy.proxy.admin import require_admin_token, same_token
+from understudy.proxy.access import same_token
+from understudy.proxy.admin import require_admin_token
 from understudy.proxy.errors import ProxyError
 from understudy.proxy.state import ProxyState
 from understudy.routing import reviews

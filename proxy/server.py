@@ -73,6 +73,9 @@ def remove_discovery(settings: Settings) -> None:
 def serve(settings: Settings, on_stop: Sequence[Callable[[], object]] = ()) -> None:
     """Serve until SIGTERM/SIGINT; `on_stop` callables run once the proxy has drained
     (`understudy up` stops its worker and teacher there)."""
+    # Everything the proxy writes (the DuckDB file and the WAL DuckDB re-creates, snapshots,
+    # exports, spilled rows) holds recorded prompts: owner-only, whatever the shell's umask.
+    os.umask(0o077)
     app = create_app(settings)  # StoreBusy (an OSError) when another process holds the store
     config = uvicorn.Config(
         app,

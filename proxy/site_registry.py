@@ -18,26 +18,45 @@ Conversations: a retry or tool step takes the site its conversation's first turn
 (`Identification.conversation` leaves out the offered tools), remembered for the last
 `CONVERSATION_MEMORY` conversations and reloaded from the store's recent first turns at
 start-up, so a tool loop whose last step offers only `finish_tool` stays on its site.
+
+Bounded. A generic client whose system prompt changes per request (a date, a user's name, a
+retrieved document) makes a new signature per call; unbounded, every one is a site held here
+and a row in the store. So at most `max_generic_sites` generic sites are made; past that a new
+generic signature joins its shape's overflow site: one per response schema and tool names (a
+site the same task would get, whatever the prompt said), kind `overflow`, at most
+`MAX_OVERFLOW_SHAPES` of them, then one catch-all. Known sites keep their own calls: the cap
+only stops new ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timezone
 
-from understudy.proxy.callsite import Identification
+from understudy.proxy.callsite import Identification, Signature
 from understudy.store import SiteRecord
 
 # Higher wins when a site's name is re-derived; "user" (a rename) is never replaced.
 _NAME_RANK = {"system": 0, "docstring": 1, "function": 2, "caller": 3, "explicit": 4, "user": 5}
 CONVERSATION_MEMORY = 10_000  # conversations whose site a later turn can inherit
+MAX_OVERFLOW_SHAPES = 100  # overflow sites (one per schema + tools); beyond, one catch-all
+OVERFLOW_KIND = "overflow"
 
 
 class SiteRegistry:
     def __init__(self, records: list[SiteRecord], tags: dict[str, str] | None = None,
-                 conversations: list[tuple[str, str]] | None = None):
+                 conversations: list[tuple[str, str]] | None = None, *, max_generic_sites: int | None = None,
+                 generic_sites: int = 0, overflow_sites: int = 0, mask: Callable[[str], str] | None = None):
         self._sites: dict[str, SiteRecord] = {record.id: record for record in records}
+        self.max_generic_sites = max_generic_sites  # None: unbounded
+        self._generic = generic_sites  # generic sites made so far (the store's count at start-up)
+        self._overflow = overflow_sites
+        # Credentials masked out of what a site row keeps of its prompt (system text, header) and
+        # of the names derived from it, before a slug could keep part of a key (call_record.mask_text).
+        self._mask = mask or (lambda text: text)
         self._tags: dict[str, str] = dict(tags or {})  # tag -> site id
         self._conversations: OrderedDict[str, str] = OrderedDict(conversations or [])  # conversation -> site id
         self._lock = threading.Lock()
@@ -93,13 +112,17 @@ class SiteRegistry:
         record = self._sites.get(ident.site_id)
         if record is not None and (ident.caller_name is None or record.name_source == "caller"):
             return record, None, None  # the common case: known site, nothing to learn
-        name, source = ident.signature.default_name(ident.caller_name)
+        name, source = self._default_name(ident)
         with self._lock:
             record = self._sites.get(ident.site_id)
+            if record is None and ident.signature.kind == "generic" and ident.signature.tag is None:
+                if self.max_generic_sites is not None and self._generic >= self.max_generic_sites:
+                    return self._overflow_site(ident.signature)
+                self._generic += 1
             if record is None:
                 record = SiteRecord(ident.site_id, name, source, "learning", None, None)
                 self._sites[ident.site_id] = record
-                return record, _site_row(ident, name, source), None
+                return record, _site_row(ident, name, source, self._mask), None
             if _NAME_RANK[source] > _NAME_RANK.get(record.name_source, 0):
                 record = SiteRecord(record.id, name, source, record.state, record.pinned, record.active_version)
                 self._sites[ident.site_id] = record
@@ -110,10 +133,44 @@ class SiteRegistry:
         with self._lock:
             self._sites[record.id] = record
 
+    def _default_name(self, ident: Identification) -> tuple[str, str]:
+        sig = ident.signature
+        masked = dataclasses.replace(sig, system_text=self._mask(sig.system_text),
+                                     header=self._mask(sig.header) if sig.header else sig.header,
+                                     tag=self._mask(sig.tag) if sig.tag else sig.tag)
+        return masked.default_name(self._mask(ident.caller_name) if ident.caller_name else None)
 
-def _site_row(ident: Identification, name: str, source: str) -> tuple:
+    def _overflow_site(self, sig: Signature) -> tuple[SiteRecord, tuple | None, None]:
+        """The overflow site of this signature's shape (called holding the lock)."""
+        shape = Signature(kind=OVERFLOW_KIND, system_text="", header=None, arg_names=(), schema_name=sig.schema_name,
+                          schema_digest=sig.schema_digest, tool_names=sig.tool_names, temperature=None)
+        site_id = shape.untagged_site_id
+        if site_id not in self._sites and self._overflow >= MAX_OVERFLOW_SHAPES:
+            shape = Signature(kind=OVERFLOW_KIND, system_text="", header=None, arg_names=(), schema_name=None,
+                              schema_digest="*", tool_names=(), temperature=None)
+            site_id = shape.untagged_site_id
+        record = self._sites.get(site_id)
+        if record is not None:
+            return record, None, None
+        self._overflow += 1
+        if shape.schema_digest == "*":
+            name = "overflow:other"
+        else:
+            name = f"overflow:{sig.schema_name or 'str'}" + (f"+{','.join(sig.tool_names)}" if sig.tool_names else "")
+        record = SiteRecord(site_id, name, "system", "learning", None, None)
+        self._sites[site_id] = record
+        return record, _shape_row(site_id, name, shape), None
+
+
+def _shape_row(site_id: str, name: str, shape: Signature) -> tuple:
+    return (site_id, name, "system", OVERFLOW_KIND, "", None, [], shape.schema_name, list(shape.tool_names), None,
+            datetime.now(timezone.utc), None)
+
+
+def _site_row(ident: Identification, name: str, source: str, mask: Callable[[str], str]) -> tuple:
     sig = ident.signature
     return (
-        ident.site_id, name, source, "explicit" if sig.tag else sig.kind, sig.system_text, sig.header,
-        list(sig.arg_names), sig.schema_name, list(sig.tool_names), sig.temperature, datetime.now(timezone.utc), sig.tag,
+        ident.site_id, name, source, "explicit" if sig.tag else sig.kind, mask(sig.system_text),
+        mask(sig.header) if sig.header else sig.header, list(sig.arg_names), sig.schema_name, list(sig.tool_names),
+        sig.temperature, datetime.now(timezone.utc), mask(sig.tag) if sig.tag else sig.tag,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from understudy.client_keys import ClientKeys
 from understudy.proxy.metrics import ProxyMetrics
 from understudy.proxy.recorder import Recorder
 from understudy.proxy.site_registry import SiteRegistry
@@ -25,6 +26,7 @@ class ProxyState:
     admin_token: str
     router: Router
     background: set[asyncio.Task] = field(default_factory=set)  # shadow work, kept referenced until done
+    client_keys: ClientKeys | None = None  # None: /v1/* is open (loopback without a keys file)
 
     def refresh_site(self, site_id: str) -> None:
         """After a registry change (new version, pin, rollback ...): reload the site everywhere."""

@@ -5,7 +5,9 @@ OpenAI SDK offers for the same reason). Which upstream a request goes to is deci
 the route table (`proxy.upstreams`); this module builds and sends the request. The client's
 body bytes are forwarded as they came unless the route needs them changed (model alias,
 provider adjustments). The credential is the route's key when it has one, else the
-client's own `Authorization` header (so a client holding a key works with nothing set).
+client's own `Authorization` header (so a client holding a key works with nothing set). With
+client keys on (`strip_client_auth`), the client's `Authorization` is its Understudy client key
+and is never forwarded: a keyless route then sends no key at all (a server of one's own).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ PASS_BACK_HEADERS = ("x-request-id", "openai-processing-ms", "openai-model", "x-
 
 
 class Upstream:
-    def __init__(self, settings: Settings, table: UpstreamTable):
+    def __init__(self, settings: Settings, table: UpstreamTable, *, strip_client_auth: bool = False):
         self.table = table
         self.settings = settings
+        self.strip_client_auth = strip_client_auth
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=settings.upstream_connect_timeout_s,
@@ -59,7 +62,7 @@ class Upstream:
         # default headers per call, ~10 % of the proxy's CPU, for a result that never changes.
         url, extensions = self._target(resolution)
         headers = {k: v for k, v in client_headers.items() if k.lower() not in _HOP_BY_HOP and not k.lower().startswith("x-understudy")}
-        if "authorization" in route_headers:
+        if "authorization" in route_headers or self.strip_client_auth:
             for name in [k for k in headers if k.lower() == "authorization"]:
                 del headers[name]
         headers.update(route_headers)
@@ -73,7 +76,8 @@ class Upstream:
     async def get_models(self, client_headers: dict[str, str]) -> httpx.Response:
         """The default route's model list."""
         route = self.table.route_named("default")
-        headers = {k: v for k, v in client_headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers = {k: v for k, v in client_headers.items() if k.lower() not in _HOP_BY_HOP
+                   and not (self.strip_client_auth and k.lower() == "authorization")}
         key = route.key()  # the default route is keyless-ok: None forwards the client's header
         if key:
             headers["authorization"] = f"Bearer {key}"

@@ -20,7 +20,8 @@ import pytest
 from tests.conftest import REPO_ROOT, VENV_BIN
 
 SUBSYSTEMS = ("proxy", "routing", "training", "jac_examples")
-KERNEL_CORE = ("settings", "store", "validators", "byllm_prompt", "migrations", "processes", "admin_client", "proxy_client")
+KERNEL_CORE = ("settings", "store", "validators", "byllm_prompt", "migrations", "processes", "admin_client", "proxy_client",
+               "client_keys")
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ app = typer.Typer(help="Understudy: an OpenAI-compatible proxy that learns to re
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 sites_app = typer.Typer(help="Call sites seen by the proxy.", invoke_without_command=True)
 app.add_typer(sites_app, name="sites")
+keys_app = typer.Typer(help="Client keys: who may call the proxy's /v1/* (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 app.add_typer(levels_app, name="levels")
 app.command("teacher", help="Run the offline teacher: an OpenAI-compatible server answering the RPG call sites.")(teacher)
 app.add_typer(review_app, name="review")
@@ -59,6 +61,13 @@ UpstreamFree = Annotated[Optional[bool], typer.Option(
     "--upstream-free", envvar="UNDERSTUDY_UPSTREAM_FREE",
     help="The default upstream charges nothing (the offline teacher, your own model server): its calls cost 0 "
          "and the teacher's self-agreement is sampled on every call.")]
+ClientKeysFile = Annotated[Optional[Path], typer.Option(
+    "--client-keys-file", envvar="UNDERSTUDY_CLIENT_KEYS_FILE",
+    help="Client keys clients must send as `Authorization: Bearer` (`understudy keys add` makes them; default: "
+         "<data-dir>/client-keys.json if present). Required unless the proxy listens on loopback.")]
+PublicReport = Annotated[Optional[bool], typer.Option(
+    "--public-report", envvar="UNDERSTUDY_PUBLIC_REPORT",
+    help="Serve GET /report without the admin token.")]
 
 
 @app.command()
@@ -71,21 +80,42 @@ def serve(
     max_body_bytes: MaxBodyBytes = None,
     config: ConfigFile = None,
     upstream_free: UpstreamFree = None,
+    client_keys_file: ClientKeysFile = None,
+    public_report: PublicReport = None,
 ) -> None:
     """Run the proxy: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /schema, /report.
-    It prints the address it listens on once the port is bound."""
+    It prints the address it listens on once the port is bound. On any address but loopback it
+    needs client keys (`understudy keys add NAME`)."""
     from understudy.proxy.server import serve as run_server
     from understudy.proxy.upstreams import UpstreamConfigError
 
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
-                             data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free)
+                             data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free,
+                             client_keys_file=client_keys_file, public_report=public_report)
     _refuse_busy_data_dir(settings)
+    _check_access(settings)
     key_note = "set" if settings.resolved_upstream_key() else "not set (clients' own keys are forwarded)"
     typer.echo(f"understudy: upstream {settings.upstream_url} (key {key_note}); data in {settings.data_dir}", err=True)
     try:
         run_server(settings)
     except (OSError, UpstreamConfigError) as exc:
         fail(str(exc))
+
+
+def _check_access(settings) -> None:
+    """Before anything starts: a non-loopback bind without client keys (or an unusable keys file)
+    is one line and exit 1; otherwise say whether clients need keys."""
+    from understudy.client_keys import ClientKeysError, access_for
+
+    try:
+        keys = access_for(settings)
+    except ClientKeysError as exc:
+        fail(str(exc))
+    os.umask(0o077)  # the data dir's files (store, snapshots, adapters, logs) are the owner's only
+    if keys is None:
+        typer.echo("understudy: no client keys: /v1/* is open to this machine (loopback only)", err=True)
+    else:
+        typer.echo(f"understudy: {len(keys)} client key(s) from {keys.path}; /v1/* needs one", err=True)
 
 
 def _refuse_busy_data_dir(settings) -> None:
@@ -150,6 +180,8 @@ def up(
     max_body_bytes: MaxBodyBytes = None,
     config: ConfigFile = None,
     upstream_free: UpstreamFree = None,
+    client_keys_file: ClientKeysFile = None,
+    public_report: PublicReport = None,
     teacher_seed: Annotated[int, typer.Option(help="Offline teacher's seed.")] = 0,
     teacher_flaw_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Offline teacher's flawed share.")] = 0.1,
 ) -> None:
@@ -164,8 +196,10 @@ def up(
     from understudy.processes import start_teacher, start_worker
 
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
-                             data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free)
+                             data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free,
+                             client_keys_file=client_keys_file, public_report=public_report)
     _refuse_busy_data_dir(settings)  # before any child starts: nothing to undo, nothing printed as if it ran
+    _check_access(settings)
     settings.ensure_data_dir()
     teacher = None
     if settings.resolved_upstream_key() is None and "upstream_url" not in settings.model_fields_set:
@@ -185,6 +219,69 @@ def up(
     finally:
         for child in children:  # when the server never started; stopping twice is harmless
             child.stop()
+
+
+KeysFile = Annotated[Optional[Path], typer.Option(
+    "--file", envvar="UNDERSTUDY_CLIENT_KEYS_FILE", help="Keys file (default: <data-dir>/client-keys.json).")]
+
+
+def _keys_file(file: Optional[Path], data_dir: Optional[Path]) -> Path:
+    from understudy.client_keys import keys_file_of
+
+    settings = load_settings(data_dir=data_dir, client_keys_file=file)
+    if file is None:
+        settings.ensure_data_dir()
+    return keys_file_of(settings)
+
+
+@keys_app.command("add")
+def keys_add(name: Annotated[str, typer.Argument(help="Who the key is for (letters, digits, -_.@).")],
+             file: KeysFile = None, data_dir: DataDir = None) -> None:
+    """Make a client key named NAME: printed once here, stored only as its hash."""
+    from understudy.client_keys import ClientKeysError, add_key
+
+    path = _keys_file(file, data_dir)
+    try:
+        key = add_key(path, name)
+    except ClientKeysError as exc:
+        fail(str(exc))
+    typer.echo(f"client key {name!r} added to {path} (shown once; clients send it as `Authorization: Bearer`):",
+               err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(file: KeysFile = None, data_dir: DataDir = None,
+              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The client keys' names and when they were made (the keys themselves are not kept)."""
+    from understudy.client_keys import ClientKeysError, read_entries
+
+    path = _keys_file(file, data_dir)
+    try:
+        entries = read_entries(path)
+    except ClientKeysError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps([{"name": e.name, "created_at": e.created_at} for e in entries], indent=2))
+        return
+    table = _table("name", "created")
+    for entry in entries:
+        table.add_row(entry.name, entry.created_at)
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")], file: KeysFile = None,
+                data_dir: DataDir = None) -> None:
+    """Remove the client key NAME; a running proxy refuses it within seconds."""
+    from understudy.client_keys import ClientKeysError, revoke_key
+
+    path = _keys_file(file, data_dir)
+    try:
+        revoke_key(path, name)
+    except ClientKeysError as exc:
+        fail(str(exc))
+    typer.echo(f"client key {name!r} revoked in {path}")
 
 
 @sites_app.callback()

@@ -235,6 +235,13 @@ def m007_site_names(con: duckdb.DuckDBPyConnection) -> None:
                 "WHERE tag IS NOT NULL AND tag <> name")
 
 
+@migration
+def m008_call_client(con: duckdb.DuckDBPyConnection) -> None:
+    # Which client key made the call (the key's name from the keys file, never the key); NULL when
+    # client keys are off or the proxy made the call itself before any client.
+    con.execute("ALTER TABLE calls ADD COLUMN client VARCHAR")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending steps; returns the names applied now."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")

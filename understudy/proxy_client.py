@@ -7,6 +7,9 @@ opens the file itself (read-only for reads).
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,12 @@ def _site_path(site: str) -> str:
     if not site.strip():
         raise CommandError("give a site id, name or id prefix (`understudy sites` lists them)")
     return quote(site, safe="")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class StoreAccess(AdminClient):
@@ -73,8 +82,8 @@ class StoreAccess(AdminClient):
     def export(self, site: str, *, filtered: bool, jsonl: str | None, parquet: str | None,
                teacher_model: str | None = None) -> dict[str, Any]:
         if self.proxy:
-            return self._admin("POST", f"/sites/{_site_path(site)}/export", json={
-                "filtered": filtered, "jsonl": jsonl, "parquet": parquet, "teacher_model": teacher_model})
+            return self._export_through_proxy(site, filtered=filtered, targets={"jsonl": jsonl, "parquet": parquet},
+                                              teacher_model=teacher_model)
         from understudy.exports import export_site  # the subsystems load only for the command that needs them
         from understudy.validators import ValidatorRegistry
 
@@ -87,6 +96,34 @@ class StoreAccess(AdminClient):
             raise CommandError(str(exc)) from None
         finally:
             store.close()
+
+    def _export_through_proxy(self, site: str, *, filtered: bool, targets: dict[str, str | None],
+                              teacher_model: str | None) -> dict[str, Any]:
+        """The proxy writes only inside the data dir: a file wanted elsewhere is staged in
+        <data-dir>/exports/ and moved where it was asked for by this (the user's) process."""
+        staged: dict[str, tuple[Path, Path]] = {}  # kind -> (staging path, target)
+        sent: dict[str, str | None] = {}
+        for kind, target in targets.items():
+            if target is None or self.settings.within_data_dir(target):
+                sent[kind] = target
+                continue
+            stage_dir = self.settings.data_dir / "exports"
+            stage_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            stage = stage_dir / f".staging-{secrets.token_hex(6)}.{kind}"
+            staged[kind] = (stage, Path(target))
+            sent[kind] = str(stage.resolve())
+        try:
+            result = self._admin("POST", f"/sites/{_site_path(site)}/export", json={
+                "filtered": filtered, **sent, "teacher_model": teacher_model})
+            for kind, (stage, target) in staged.items():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(stage, target)
+                os.chmod(target, 0o666 & ~_umask())  # the user's file, made as their own tools would make it
+                result["files"][kind]["path"] = str(target)
+            return result
+        finally:
+            for stage, _ in staged.values():
+                stage.unlink(missing_ok=True)
 
     # ---- training and versions ----
 
@@ -111,8 +148,12 @@ class StoreAccess(AdminClient):
     def register(self, result: dict[str, Any]) -> dict[str, Any]:
         if self.proxy:
             return self._admin("POST", "/versions", json=result)
-        from understudy.training_jobs import register_result
+        from understudy.training_jobs import confine_result, register_result
 
+        try:
+            confine_result(result, self.settings)
+        except ValueError as exc:  # training_jobs.PathOutsideDataDir
+            raise CommandError(str(exc)) from None
         return self._with_store(lambda store: register_result(store, result), read_only=False)
 
     def versions(self, site: str) -> list[dict[str, Any]]:

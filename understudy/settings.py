@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     recorder_flush_ms: int = Field(50, description="Longest a recorded call waits before its group commit, milliseconds.")
     log_level: str = Field("warning", description="uvicorn log level.")
 
+    # ---- access ----
+    client_keys_file: Path | None = Field(None, description="Client keys (hashed; `understudy keys add`) required as "
+                                          "`Authorization: Bearer` on /v1/*; default: <data-dir>/client-keys.json if "
+                                          "present. Required on any bind but loopback.")
+    public_report: bool = Field(False, description="Serve GET /report without the admin token (aggregates only).")
+
+    # ---- bounded cardinality (a client with dynamic prompts must not grow memory without limit) ----
+    max_generic_sites: int = Field(1000, ge=1, description="Distinct generic-client sites; new signatures beyond it "
+                                   "share one overflow site per response schema and tools.")
+    metrics_top_sites: int = Field(50, ge=0, description="Sites with their own `site` label in /metrics (top by "
+                                   "traffic); the rest are counted as `other`.")
+
     # ---- local models and routing ----
     local_models: bool = Field(True, description="Serve and shadow trained sites with the local base model.")
     base_gguf: str | None = Field(None, description="GGUF the local adapters apply to (default: the bundled Gemma 3 270M).")
@@ -98,7 +110,23 @@ class Settings(BaseSettings):
         return default_gemma_gguf()
 
     def ensure_data_dir(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """The data dir, 0700: it holds recorded prompts and answers, the admin token and the keys file."""
+        ensure_private_dir(self.data_dir)
+
+    def within_data_dir(self, path: Path | str) -> bool:
+        """Does `path` (symlinks resolved, relative to the working directory) lie inside the data dir?"""
+        return Path(path).resolve().is_relative_to(self.data_dir.resolve())
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` (and parents) 0700; an existing one loses its group and other bits."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+    except OSError:  # not ours to change (a mounted volume): the files inside are still 0600
+        pass
 
 
 def load_settings(**overrides) -> Settings:

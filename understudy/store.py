@@ -25,7 +25,7 @@ from understudy.migrations import migrate
 CALL_COLUMNS = (
     "id", "ts", "site_id", "model", "served_by", "stream", "turn", "conversation", "retry_of",
     "request", "response", "status", "error", "latency_ms", "prompt_tokens", "completion_tokens",
-    "cost_usd", "valid", "provider", "upstream_model", "purpose",
+    "cost_usd", "valid", "provider", "upstream_model", "purpose", "client",
 )
 SHADOW_COLUMNS = (
     "call_id", "site_id", "version", "ts", "score", "components", "comparable", "local_valid", "local_latency_ms",
@@ -46,7 +46,7 @@ CALLS_ARROW_SCHEMA = pa.schema([
     ("retry_of", pa.string()), ("request", pa.string()), ("response", pa.string()), ("status", pa.int32()),
     ("error", pa.string()), ("latency_ms", pa.float64()), ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("valid", pa.bool_()),
-    ("provider", pa.string()), ("upstream_model", pa.string()), ("purpose", pa.string()),
+    ("provider", pa.string()), ("upstream_model", pa.string()), ("purpose", pa.string()), ("client", pa.string()),
 ])
 assert tuple(CALLS_ARROW_SCHEMA.names) == CALL_COLUMNS
 # New sites and shadow results are rare next to calls; multi-row VALUES is plenty for them.
@@ -82,7 +82,7 @@ class Store:
         self.path = Path(path)
         self.read_only = read_only
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # recorded prompts: the owner's only
         try:
             self._con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:
@@ -94,6 +94,16 @@ class Store:
         self._local = threading.local()
         if not read_only:
             migrate(self._con)
+            self.restrict_permissions()
+
+    def restrict_permissions(self) -> None:
+        """The database file and its WAL 0600: they hold every recorded prompt and answer.
+        (The proxy also runs under umask 077, so a WAL DuckDB creates later is born 0600.)"""
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                path.chmod(0o600)
+            except FileNotFoundError:
+                pass
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A per-thread cursor: DuckDB connections must not be shared across threads."""
@@ -284,6 +294,10 @@ class Store:
             record["ts"] = record["ts"].isoformat()
             out.append(record)
         return out
+
+    def site_count(self, kind: str) -> int:
+        """How many sites of one kind (byllm | generic | explicit | overflow) the store holds."""
+        return self.cursor().execute("SELECT count(*) FROM sites WHERE kind = ?", [kind]).fetchone()[0]
 
     def call_count(self) -> int:
         return self.cursor().execute("SELECT count(*) FROM calls").fetchone()[0]

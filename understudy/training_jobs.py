@@ -8,6 +8,7 @@ TrainConfig) and returns a result dict.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,34 @@ from understudy.settings import Settings
 from understudy.store import Store
 from understudy.validators import ValidatorRegistry, site_validator_for, site_validator_reference
 
+log = logging.getLogger("understudy.training_jobs")
 REGISTERED_MARKER = "registered"  # written beside result.json once the store has it
 MIN_EXAMPLES = 2  # a job needs something to train on and something to verify against
 
 
 class NotEnoughData(ValueError):
     pass
+
+
+class PathOutsideDataDir(ValueError):
+    """A training result names a file outside the data dir; refused, never registered."""
+
+    def __init__(self, field: str, path: str, data_dir: Path):
+        self.field = field
+        super().__init__(f"{field} {path} is outside the data dir {data_dir}: adapters and snapshots are "
+                         "registered only from inside it")
+
+
+# Result fields naming files the proxy later opens (the adapter is loaded into llama.cpp).
+CONFINED_RESULT_PATHS = ("adapter_path", "dataset_snapshot")
+
+
+def confine_result(result: dict[str, Any], settings: Settings) -> None:
+    """Raise PathOutsideDataDir unless every file the result names lies inside the data dir."""
+    for name in CONFINED_RESULT_PATHS:
+        value = result.get(name)
+        if value and not settings.within_data_dir(str(value)):
+            raise PathOutsideDataDir(name, str(value), settings.data_dir)
 
 
 def prepare_job(store: Store, settings: Settings, site_ref: str, config_overrides: dict[str, Any] | None = None,
@@ -104,6 +127,11 @@ def register_pending_results(store: Store, settings: Settings) -> list[dict[str,
         if (result_file.parent / REGISTERED_MARKER).exists():
             continue
         result = json.loads(result_file.read_text())
+        try:
+            confine_result(result, settings)
+        except PathOutsideDataDir as exc:  # left unregistered (and said so), like a failed job
+            log.warning("not registering %s: %s", result_file, exc)
+            continue
         registered.append(register_result(store, result))
         (result_file.parent / REGISTERED_MARKER).write_text("1")
     return registered

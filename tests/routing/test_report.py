@@ -51,7 +51,7 @@ def _call(call_id, site, ts, served_by, latency, *, status=200, error=None, cost
           prompt_tokens=None, completion_tokens=None):
     return (call_id, ts, site, model, served_by, False, "first", call_id, None, "{}", "{}", status, error, latency,
             prompt_tokens, completion_tokens, cost, True, "openai" if served_by == "upstream" else "local", model,
-            "client")
+            "client", None)  # purpose, client key name
 
 
 def _populate(store: Store) -> None:

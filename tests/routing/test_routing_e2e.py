@@ -78,7 +78,7 @@ def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_di
         assert "local" in terminal and "v1" in terminal
         [data] = json.loads(run_cli("report", site, "--json", "--data-dir", str(isolated_data_dir)).stdout)
         assert data["agreement"]["samples"] >= 6 and data["local_calls"] >= 3
-        page = httpx.get(proxy.url + "/report").text
+        page = httpx.get(proxy.url + "/report", headers={"authorization": f"Bearer {proxy.admin_token}"}).text
         assert 'data-plot="agreement"' in page
     finally:
         proxy.stop()

@@ -3,7 +3,9 @@
 Behaviour is chosen by the request's `model`:
 - anything else: a completion; typed requests (json_schema) get a valid instance of their
   schema, others an echo of how many messages arrived (or whatever `reply` returns);
-- `fail-500`: an OpenAI-shaped 500; `fail-text`: a plain-text 503; `slow-<ms>`: waits first.
+- `fail-500`: an OpenAI-shaped 500; `fail-text`: a plain-text 503; `slow-<ms>`: waits first;
+  `fail-401-echo`: a 401 quoting the Authorization header and the last message it got (as
+  careless servers do).
 `stream: true` is answered as SSE chunks (with a usage chunk when asked). Every request
 is kept in `received` (headers and decoded body) for assertions.
 """
@@ -95,6 +97,11 @@ class FakeUpstream:
         payload = json.loads(body) if body else {}
         self.received.append({"path": path, "headers": headers, "body": payload})
         model = payload.get("model", "")
+        if model == "fail-401-echo":
+            said = (payload.get("messages") or [{}])[-1].get("content")
+            await _send(send, 401, {"error": {"message": f"bad credentials: {headers.get('authorization', '')} for {said}",
+                                              "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
+            return
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
         if model == "fail-500":

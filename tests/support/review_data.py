@@ -45,7 +45,7 @@ def populate(store: Store, *, pairs_per_version: dict[int, int] | None = None, t
             ts = T0 + timedelta(minutes=i)
             calls.append((call_id, ts, MAP_SITE, "gpt-4o-mini", "upstream", False, "first", call_id, None,
                           json.dumps(map_request(lv)), completion(a_map(lv, 6)), 200, None, 900.0, 100, 80, 0.001, True,
-                          "openai", "gpt-4o-mini", "client"))
+                          "openai", "gpt-4o-mini", "client", None))
             shadows.append((call_id, MAP_SITE, version, ts, 0.8, "{}", True, True, 300.0, 900.0, a_map(lv, 4)))
             i += 1
     if text_pairs:
@@ -56,7 +56,7 @@ def populate(store: Store, *, pairs_per_version: dict[int, int] | None = None, t
             request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Summarise ticket {k}"}]}
             calls.append((call_id, T0 + timedelta(minutes=k), TEXT_SITE, "gpt-4o-mini", "upstream", False, "first", call_id,
                           None, json.dumps(request), completion(f"Ticket {k} is about billing."), 200, None, 500.0, 10, 10,
-                          0.0001, None, "openai", "gpt-4o-mini", "client"))
+                          0.0001, None, "openai", "gpt-4o-mini", "client", None))
             shadows.append((call_id, TEXT_SITE, 1, T0 + timedelta(minutes=k), 0.7, "{}", True, True, 100.0, 500.0,
                             f"Billing question, ticket {k}."))
     store.write_batch([], calls)
