@@ -104,12 +104,35 @@ def test_a_5xx_is_retried_and_one_that_persists_is_passed_on(start, fake_upstrea
     assert failed["error"] == "upstream answered 500 after 3 attempts (http 500; http 500)"
 
 
-def test_a_4xx_is_not_retried(start, fake_upstream):
+def test_a_4xx_is_not_retried_and_a_plain_text_503_is(start, fake_upstream):
     proxy = start()
-    response = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "reset", "messages": "nope"}, timeout=30)
-    assert response.status_code == 400 and fake_upstream.received == []  # refused by the proxy itself
-    response, _ = ask(proxy, "fail-text")  # a plain-text 503 is retried ...
-    assert response.status_code == 503 and len(fake_upstream.received) == 3
+    refused, _ = ask(proxy, "fail-400")
+    assert refused.status_code == 400 and openai_error(refused)["message"] == "bad request"
+    assert len(fake_upstream.received) == 1
+    unavailable, _ = ask(proxy, "fail-text")
+    assert unavailable.status_code == 503 and openai_error(unavailable)["code"] == "upstream_http_503"
+    assert len(fake_upstream.received) == 1 + 3
+    refused_row, unavailable_row = rows(proxy)
+    assert (refused_row["status"], refused_row["attempts"], refused_row["error"]) == (400, 1, "upstream answered 400")
+    assert (unavailable_row["status"], unavailable_row["attempts"]) == (503, 3)
+
+
+def test_an_upstream_refusing_the_added_stream_options_is_asked_as_the_client_asked(start, fake_upstream):
+    proxy = start()
+    for model in ("refuse-stream-options", "fail-400"):
+        with httpx.stream("POST", proxy.url + "/v1/chat/completions", timeout=30,
+                          json={"model": model, "messages": MESSAGES, "stream": True}) as response:
+            body = response.read()
+            assert response.status_code == (200 if model == "refuse-stream-options" else 400), body
+    # Each was asked with the usage option, then exactly as the client sent it.
+    assert [("stream_options" in r["body"], r["body"]["model"]) for r in fake_upstream.received] == [
+        (True, "refuse-stream-options"), (False, "refuse-stream-options"), (True, "fail-400"), (False, "fail-400")]
+    answered, refused = rows(proxy)
+    assert (answered["status"], answered["attempts"], answered["error"]) == (200, 2, None)
+    assert answered["retried_for"] == "http 400 with stream_options added; asked as sent"
+    assert (refused["status"], refused["attempts"]) == (400, 2)
+    stored = query_store(proxy.data_dir, "SELECT usage_estimated FROM calls WHERE status = 200")
+    assert stored == [(True,)]  # no usage came: counted from the text
 
 
 def test_a_reset_connection_is_retried_then_reported(start, fake_upstream):

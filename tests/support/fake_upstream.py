@@ -13,7 +13,9 @@ model and messages, so a request sent again continues the count):
 - `truncate-after-<n>`: a stream of n chunks, then a clean end without finish_reason or [DONE];
 - `stall-after-<n>`: a stream of n chunks, then nothing (until the server stops);
 - `no-usage`: a stream without usage even when asked (an upstream that ignores stream_options);
-- `finish-length`: the answer ends with finish_reason `length` (cut off by max_tokens).
+- `finish-length`: the answer ends with finish_reason `length` (cut off by max_tokens);
+- `fail-400`: an OpenAI-shaped 400; `refuse-stream-options`: a 400 for requests carrying
+  `stream_options` (a strict server), answered normally without.
 `stream: true` is answered as SSE chunks (with a usage chunk when asked). Every request
 is kept in `received` (headers and decoded body) for assertions.
 """
@@ -126,6 +128,10 @@ class FakeUpstream:
                 await _send(send, 429, {"error": {"message": "rate limited", "type": "requests", "param": None,
                                                   "code": "rate_limit_exceeded"}}, [(b"retry-after", (wait or "1").encode())])
                 return
+        if model == "fail-400" or (model == "refuse-stream-options" and "stream_options" in payload):
+            await _send(send, 400, {"error": {"message": "bad request", "type": "invalid_request_error", "param": None,
+                                              "code": None}})
+            return
         if model.startswith("flaky-500-") and attempt <= int(model.removeprefix("flaky-500-")):
             await _send(send, 500, {"error": {"message": "flaky", "type": "server_error", "param": None, "code": None}})
             return
