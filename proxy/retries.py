@@ -61,12 +61,6 @@ class Attempts:
     def retried_for(self) -> str | None:
         return "; ".join(self.causes) or None
 
-    def suffix(self) -> str:
-        """`" after 3 attempts (...)"` for an error message; empty after one attempt."""
-        if self.count <= 1:
-            return ""
-        return f" after {self.count} attempts ({self.retried_for()})"
-
 
 @dataclass
 class Opened:
