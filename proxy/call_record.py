@@ -56,6 +56,9 @@ class PendingCall:
     price: tuple[float, float] | None = None  # the route's own price, overriding the table
     purpose: str = "client"  # client | drift | self_check (upstream calls the proxy makes itself)
     client: str | None = None  # the client key's name (never the key); None when keys are off
+    sse: bool = False  # response_body holds the relayed SSE bytes (a stream that started, complete or not)
+    attempts: int = 0  # times the upstream was asked (retries + 1); 0: it was not asked
+    retried_for: str | None = None  # why the earlier attempts were retried ("http 429; ReadTimeout")
 
 
 def mask_text(text: str, secrets: tuple[str, ...]) -> str:
@@ -99,7 +102,7 @@ def completion_of(call: PendingCall) -> dict[str, Any] | None:
         return call.response_obj
     if not call.response_body:
         return None
-    if call.stream and call.status == 200:
+    if call.stream and (call.status == 200 or call.sse):
         return assemble_completion(call.response_body)
     try:
         decoded = _decoder.decode(call.response_body)
@@ -157,6 +160,12 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
     completion_tokens = _token_count(usage.get("completion_tokens")) if isinstance(usage, dict) else None
     model = call.request.get("model")
     ok = 200 <= call.status < 300
+    # A broken stream was still generated (and billed) up to where it broke: it is counted too.
+    billed = ok or (call.sse and call.served_by == "upstream")
+    estimated = None if prompt_tokens is None else False
+    if prompt_tokens is None and billed and call.served_by == "upstream" and completion is not None:
+        prompt_tokens, completion_tokens = estimate_usage(call.request, completion)
+        estimated = True
     priced_model = call.upstream_model or model
     if call.price == (0.0, 0.0):
         cost = 0.0  # a free upstream costs nothing, tokens counted or not
@@ -181,10 +190,54 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
         call.latency_ms,
         prompt_tokens,
         completion_tokens,
-        cost if ok and call.served_by == "upstream" else 0.0 if ok else None,
+        cost if billed and call.served_by == "upstream" else 0.0 if ok else None,
         typed_output_valid(call.request, completion) if ok else None,
         call.provider,
         call.upstream_model,
         call.purpose,
         call.client,
+        estimated,
+        call.attempts or None,
+        call.retried_for,
     )
+
+
+# Token estimate for answers that came without usage (an upstream that ignores
+# `stream_options.include_usage`, a stream cut before its usage chunk). The upstream's
+# tokenizer is not known here (and tiktoken's files are a download), so: about 4 characters
+# a token, OpenAI's rule of thumb for English, plus OpenAI's per-message overhead (3 tokens
+# a message, 3 to prime the reply). Rows counted this way have `usage_estimated` set.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 3
+
+
+def estimate_usage(request: dict[str, Any], completion: dict[str, Any]) -> tuple[int, int]:
+    """(prompt_tokens, completion_tokens) estimated from the text of the request and the answer."""
+    messages = request.get("messages") if isinstance(request.get("messages"), list) else []
+    prompt_chars = sum(_text_chars(message) for message in messages)
+    for extra in ("tools", "response_format"):
+        if request.get(extra):
+            prompt_chars += len(_encoder.encode(request[extra]))
+    answer_chars = 0
+    for choice in completion.get("choices") or []:
+        if isinstance(choice, dict):
+            answer_chars += _text_chars(choice.get("message"))
+    prompt = -(-prompt_chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * (len(messages) + 1)
+    return prompt, -(-answer_chars // CHARS_PER_TOKEN)
+
+
+def _text_chars(message: Any) -> int:
+    """Characters of a message's text: content (string or text parts), name, tool calls."""
+    if not isinstance(message, dict):
+        return 0
+    content = message.get("content")
+    chars = len(content) if isinstance(content, str) else 0
+    if isinstance(content, list):
+        chars += sum(len(part["text"]) for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
+    if isinstance(message.get("name"), str):
+        chars += len(message["name"])
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            chars += sum(len(function[k]) for k in ("name", "arguments") if isinstance(function.get(k), str))
+    return chars

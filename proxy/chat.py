@@ -4,7 +4,9 @@ The handler keeps the request path short: one JSON decode (needed to validate an
 identify the site), the client's bytes forwarded as they are (re-encoded only when
 Understudy's own metadata must be taken out), and the recording handed to the
 recorder's queue. Streams are relayed chunk by chunk as they arrive and recorded when
-they end, whether they finish, fail or the client goes away.
+they end, whether they finish, fail or the client goes away; a stream the upstream breaks
+ends with an error event, never a clean end (proxy.stream_relay). Upstream faults are
+retried with backoff only before the client has a byte (proxy.retries).
 
 Routing (`routing.router`) picks who answers. A local answer that fails parsing or its
 validator is never returned: the upstream answers instead and the call records why
@@ -19,6 +21,7 @@ import dataclasses
 import time
 from typing import Any
 
+import anyio
 import httpx
 import msgspec
 from litestar import Request, Response, post
@@ -33,7 +36,9 @@ from understudy.proxy.pricing import answer_price
 from understudy.proxy.state import ProxyState
 from understudy.proxy.types import MAX_DEPTH, validation_error
 from understudy.proxy.providers import UnsupportedRequest, adjust_response, needs_adjustment
+from understudy.proxy.retries import Attempts, Opened, RetryPolicy, send_with_retries, with_read_timeout
 from understudy.proxy.stream_adjust import StreamAdjuster
+from understudy.proxy.stream_relay import StreamWatch, error_event, usage_requested
 from understudy.proxy.upstream import pass_back_headers
 from understudy.proxy.upstreams import MissingKey, Resolution
 from understudy.routing.local_model import LocalAnswer, completion_object, sse_body
@@ -103,29 +108,36 @@ async def chat_completions(request: Request) -> Response:
         return Response(call.response_body, status_code=exc.status, media_type="application/json", headers=headers)
     forward_body = _without_understudy_fields(body, payload) if adjusted is None else \
         _without_understudy_fields(_encoder.encode(adjusted), adjusted)
-    upstream_request = proxy.upstream.build_chat_request(forward_body, client_headers, resolution, route_headers)
+    # Streams ask for the usage chunk even when the client did not (proxy.stream_relay), and
+    # ask again as the client did if the upstream refuses the field.
+    with_usage = usage_requested(adjusted or payload)
+    bodies = [forward_body] if with_usage is None else \
+        [_without_understudy_fields(_encoder.encode(with_usage), with_usage), forward_body]
     try:
-        upstream_response = await proxy.upstream.send(upstream_request, stream=call.stream)
+        opened = await _send_upstream(proxy, call, resolution, bodies, client_headers, route_headers)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         # Refused or never answered the connect: unreachable (502), not slow (504).
         after.cancel(proxy)
         return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
-                                       f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}")
+                                       f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: "
+                                       f"{exc}{_tries(call)}")
     except httpx.TimeoutException as exc:
         after.cancel(proxy)
         return await _upstream_failure(proxy, call, site, started, headers, 504, "upstream_timeout",
                                        f"upstream {resolution.provider} timed out for {resolution.upstream_model}: "
-                                       f"{type(exc).__name__}")
+                                       f"{type(exc).__name__}{_tries(call)}")
     except httpx.HTTPError as exc:
         after.cancel(proxy)
         return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
-                                       f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}")
+                                       f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: "
+                                       f"{exc}{_tries(call)}")
 
+    upstream_response = opened.response
     call.price = answer_price(upstream_response.headers, call.price)
     headers.update(pass_back_headers(upstream_response))
     if call.stream and upstream_response.status_code == 200:
-        adjuster = StreamAdjuster.for_route(resolution.provider, payload)
-        return Stream(_relay(proxy, call, upstream_response, started, after, adjuster), status_code=200,
+        watch = StreamWatch(StreamAdjuster.for_route(resolution.provider, payload), strip_usage=with_usage is not None)
+        return Stream(_relay(proxy, call, opened, started, after, watch), status_code=200,
                       media_type=upstream_response.headers.get("content-type", "text/event-stream"), headers=headers)
     if call.stream:
         await upstream_response.aread()
@@ -294,7 +306,7 @@ def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response
         proxy.metrics.upstream_errors.labels(f"http_{status}").inc()
         # An upstream may echo the credential it was sent (a 401 quoting the key): masked for the client too.
         content, media_type = mask_bytes(_as_openai_error(content, status), proxy.recorder.secrets), "application/json"
-        call.error = call.error or f"upstream answered {status}"
+        call.error = call.error or f"upstream answered {status}{_tries(call)}"
     call.status = status
     call.response_body = content
     _record(proxy, call, started)
@@ -302,34 +314,85 @@ def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response
     return Response(content, status_code=status, media_type=media_type, headers=headers)
 
 
-async def _relay(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float, after: _Afterwards,
-                 adjuster: StreamAdjuster | None = None):
-    """The upstream's stream to the client as it arrives (through the provider's adjuster, if
-    any); what the client got is what is recorded."""
-    chunks: list[bytes] = []
-    call.status = 200
+async def _send_upstream(proxy: ProxyState, call: PendingCall, resolution: Resolution, bodies: list[bytes],
+                         client_headers: dict[str, str], route_headers: dict[str, str]) -> Opened:
+    """The upstream's answer, retried before the first byte (proxy.retries). `bodies`: the body to
+    send and, after it, one to send instead if the upstream refuses the first with 400 / 422 (a
+    field the proxy added)."""
+    policy = RetryPolicy.from_settings(proxy.settings)
+    attempts = Attempts()
     try:
-        async for chunk in upstream.aiter_bytes():
-            if adjuster is not None:
-                chunk = adjuster.feed(chunk)
-                if not chunk:
-                    continue
-            chunks.append(chunk)
-            yield chunk
-        if adjuster is not None and (rest := adjuster.close()):
-            chunks.append(rest)
-            yield rest
+        for position, body in enumerate(bodies):
+            request = proxy.upstream.build_chat_request(body, client_headers, resolution, route_headers)
+            if call.stream:  # "no byte for N seconds" is the read timeout of every read of a stream
+                with_read_timeout(request, proxy.settings.upstream_stall_timeout_s)
+            opened = await send_with_retries(lambda: proxy.upstream.send(request, stream=call.stream), policy,
+                                             attempts, stream=call.stream)
+            refused = opened.response.status_code in (400, 422)
+            if not refused or position == len(bodies) - 1:
+                return opened
+            attempts.causes.append(f"http {opened.response.status_code} with stream_options added; asked as sent")
+            await opened.response.aclose()
+        raise AssertionError("unreachable: the last body always returns")
+    finally:
+        call.attempts, call.retried_for = attempts.count, attempts.retried_for()
+        if len(attempts.causes):
+            proxy.metrics.upstream_retries.inc(len(attempts.causes))
+
+
+def _tries(call: PendingCall) -> str:
+    """" after 3 attempts (...)" for an error message, when the upstream was asked more than once."""
+    return f" after {call.attempts} attempts ({call.retried_for})" if call.attempts > 1 else ""
+
+
+async def _relay(proxy: ProxyState, call: PendingCall, opened: Opened, started: float, after: _Afterwards,
+                 watch: StreamWatch):
+    """The upstream's stream to the client as it arrives, whole events at a time (proxy.stream_relay).
+
+    A stream that breaks, stalls or ends short reaches the client as an SSE error event and
+    no `[DONE]`, and is recorded as failed (502 broken or cut short, 504 stalled) with what
+    arrived; a client that goes away is recorded as 499. Nothing is retried here: the client
+    already has the first bytes.
+    """
+    call.status, call.sse = 200, True
+    failure: tuple[int, str, str] | None = None
+    try:
+        if out := watch.feed(opened.first_chunk or b""):
+            yield out
+        async for chunk in opened.rest:
+            if out := watch.feed(chunk):
+                yield out
+        rest = watch.finish()
+        if watch.complete():
+            if rest:
+                yield rest
+        else:  # a clean close mid-answer: the unterminated tail (recorded) is not passed on
+            failure = (502, "upstream_stream_truncated", "upstream stream ended before the answer was complete "
+                                                          "(no [DONE], no finish_reason)")
+    except httpx.TimeoutException as exc:
+        stall = opened.response.request.extensions.get("timeout", {}).get("read") or proxy.settings.upstream_stall_timeout_s
+        failure = (504, "upstream_stream_stalled", f"upstream stream stalled: no byte for {stall:g} s "
+                                                   f"({type(exc).__name__})")
     except httpx.HTTPError as exc:
-        call.error = f"upstream stream broke: {type(exc).__name__}"
-        proxy.metrics.upstream_errors.labels("stream_broken").inc()
-    except BaseException:  # the client went away (cancelled): still record what was relayed
-        call.error = "client disconnected during stream"
+        failure = (502, "upstream_stream_broken", f"upstream stream broke: {type(exc).__name__}: {exc}".rstrip(": "))
+    except Exception as exc:  # a fault of the proxy's own while relaying: still an honest end
+        failure = (502, "stream_relay_failed", f"proxy failed relaying the stream: {type(exc).__name__}: {exc}")
+    except BaseException:  # the client went away (cancelled, or the response closed): record what was relayed
+        call.status = 499
+        call.error = "client disconnected" if call.error is None else f"{call.error}; client disconnected"
         raise
     finally:
-        await upstream.aclose()
-        call.response_body = b"".join(chunks)
+        if failure is not None:
+            call.status = failure[0]
+            call.error = failure[2] if call.error is None else f"{call.error}; {failure[2]}"
+        call.response_body = watch.body()
         _record(proxy, call, started)
         after.run(proxy, call)
+        with anyio.CancelScope(shield=True):  # a cancelled request still hands its connection back
+            await opened.response.aclose()
+    if failure is not None:
+        proxy.metrics.upstream_errors.labels(failure[1]).inc()
+        yield error_event(failure[2], failure[1])
 
 
 async def _upstream_failure(proxy: ProxyState, call: PendingCall, site: SiteRecord, started: float,

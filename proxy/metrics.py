@@ -80,6 +80,8 @@ class ProxyMetrics:
                                 registry=self.registry)
         self.upstream_errors = Counter("understudy_upstream_errors", "Upstream failures by kind.", ["kind"],
                                        registry=self.registry)
+        self.upstream_retries = Counter("understudy_upstream_retries", "Upstream attempts retried (before the first "
+                                        "byte to the client).", registry=self.registry)
         self.local_fallbacks = Counter("understudy_local_fallbacks", "Local answers refused (invalid) and served upstream.",
                                        registry=self.registry)
         self.registry.register(_RecorderCollector(recorder))

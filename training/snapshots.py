@@ -1,7 +1,10 @@
 """Datasets from the store: per-site examples, filtering, train/eval split, JSONL and Parquet.
 
-An example is one successful upstream call: the request's messages (and response
-schema and tools) and the exact assistant content the upstream returned. Filtering keeps
+An example is one successful upstream call with a complete answer (`COMPLETE_ANSWER`:
+status 200 and a first choice that finished, not cut off by `length` or a content filter;
+a stream the upstream broke is stored as failed and never qualifies): the request's
+messages (and response schema and tools) and the exact assistant content the upstream
+returned. Filtering keeps
 calls whose typed output parsed against its schema and, where the site has a task validator
 (the RPG `Map` and `Level` validators), passed it *for its own request's arguments* (a map
 of the wrong size is not learned from). Identical (prompt, completion)
@@ -33,6 +36,12 @@ EVAL_SHARE = 0.1  # share of distinct prompts held out for evaluation
 # Columns of an exported / snapshot Parquet file (training.dataset reads these).
 COLUMNS = ("call_id", "site_id", "provider_model", "messages", "response_format", "tools", "completion",
            "parse_valid", "validator_passed", "split")
+# SQL over `calls`: the call is a whole upstream answer worth learning from. A stream cut
+# short, stalled or abandoned has a non-200 status; an answer stopped by max_tokens or a
+# filter is whole on the wire but not as an answer.
+COMPLETE_ANSWER = ("status = 200 AND served_by = 'upstream' AND response IS NOT NULL "
+                   "AND json_extract_string(response, '$.choices[0].finish_reason') IS NOT NULL "
+                   "AND json_extract_string(response, '$.choices[0].finish_reason') NOT IN ('length', 'content_filter')")
 
 
 @dataclass
@@ -51,10 +60,7 @@ def site_examples(cur: duckdb.DuckDBPyConnection, site_id: str, *, filtered: boo
                   validator_for: ValidatorFor | None = None,
                   teacher_model: str | None = None) -> tuple[list[dict[str, Any]], ExportCounts]:
     """Successful upstream calls of one site as examples, optionally filtered."""
-    query = """
-        SELECT id, model, request, response, valid FROM calls
-        WHERE site_id = ? AND status = 200 AND served_by = 'upstream' AND response IS NOT NULL
-    """
+    query = f"SELECT id, model, request, response, valid FROM calls WHERE site_id = ? AND {COMPLETE_ANSWER}"
     params: list[Any] = [site_id]
     if teacher_model:  # a model name (as asked or as served) or a provider: train on one teacher's answers
         query += " AND (model = ? OR upstream_model = ? OR provider = ?)"

@@ -242,6 +242,15 @@ def m008_call_client(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE calls ADD COLUMN client VARCHAR")
 
 
+@migration
+def m009_honest_streams(con: duckdb.DuckDBPyConnection) -> None:
+    # Tokens the proxy estimated because the upstream sent no usage (NULL: no tokens at all).
+    con.execute("ALTER TABLE calls ADD COLUMN usage_estimated BOOLEAN")
+    # Upstream faults (proxy.retries): how often the upstream was asked, why earlier attempts failed.
+    con.execute("ALTER TABLE calls ADD COLUMN attempts INTEGER")      # retries + 1; NULL when not asked
+    con.execute("ALTER TABLE calls ADD COLUMN retried_for VARCHAR")   # e.g. "http 429 (retry-after 1 s); ReadTimeout"
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending steps; returns the names applied now."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")

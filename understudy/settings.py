@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest accepted request body, bytes; larger bodies get 413.")
     upstream_connect_timeout_s: float = Field(10.0, description="Seconds to open a connection to the upstream.")
     upstream_read_timeout_s: float = Field(600.0, description="Seconds to wait for upstream bytes; long generations need minutes.")
+    # Upstream faults (proxy.retries): retried only before the client has received a byte.
+    upstream_max_retries: int = Field(2, ge=0, description="Retries of a failed upstream attempt (timeout, reset, 429, "
+                                      "5xx) before the client gets an error; 0 turns retrying off.")
+    upstream_backoff_s: float = Field(0.5, gt=0, description="First retry's backoff, seconds; doubled per retry (at most "
+                                      "8 s), with jitter.")
+    upstream_retry_after_cap_s: float = Field(30.0, ge=0, description="Longest Retry-After honoured, seconds; a 429/503 "
+                                              "asking for longer goes back to the client at once.")
+    upstream_stall_timeout_s: float = Field(120.0, gt=0, description="Seconds a stream may go without a byte from the "
+                                            "upstream before it counts as stalled (reasoning models can think for a while).")
     admin_token: str | None = Field(None, description="Bearer token for /admin; generated per start and written to proxy.json when unset.")
     prices_file: Path | None = Field(None, description="TOML file overriding the built-in price table ($ per million tokens).")
     config: Path | None = Field(None, description="Upstream routes and aliases (TOML); default: <data-dir>/upstreams.toml if present.")

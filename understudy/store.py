@@ -25,7 +25,7 @@ from understudy.migrations import migrate
 CALL_COLUMNS = (
     "id", "ts", "site_id", "model", "served_by", "stream", "turn", "conversation", "retry_of",
     "request", "response", "status", "error", "latency_ms", "prompt_tokens", "completion_tokens",
-    "cost_usd", "valid", "provider", "upstream_model", "purpose", "client",
+    "cost_usd", "valid", "provider", "upstream_model", "purpose", "client", "usage_estimated", "attempts", "retried_for",
 )
 SHADOW_COLUMNS = (
     "call_id", "site_id", "version", "ts", "score", "components", "comparable", "local_valid", "local_latency_ms",
@@ -47,6 +47,7 @@ CALLS_ARROW_SCHEMA = pa.schema([
     ("error", pa.string()), ("latency_ms", pa.float64()), ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("valid", pa.bool_()),
     ("provider", pa.string()), ("upstream_model", pa.string()), ("purpose", pa.string()), ("client", pa.string()),
+    ("usage_estimated", pa.bool_()), ("attempts", pa.int32()), ("retried_for", pa.string()),
 ])
 assert tuple(CALLS_ARROW_SCHEMA.names) == CALL_COLUMNS
 # New sites and shadow results are rare next to calls; multi-row VALUES is plenty for them.
@@ -128,8 +129,11 @@ class Store:
                 cur.execute(_insert_sql("site_names", ("site_id", "name", "source"), len(chunk), on_conflict=True),
                             _flatten([(row[0], row[1], row[2]) for row in chunk]))
             if calls:
+                columns = list(zip(*calls))
+                # Rows built for an older column list: the columns added since are NULL (their default).
+                columns += [(None,) * len(calls)] * (len(CALL_COLUMNS) - len(columns))
                 batch = pa.Table.from_arrays(
-                    [pa.array(column, type=field.type) for column, field in zip(zip(*calls), CALLS_ARROW_SCHEMA)],
+                    [pa.array(column, type=field.type) for column, field in zip(columns, CALLS_ARROW_SCHEMA)],
                     schema=CALLS_ARROW_SCHEMA,
                 )
                 cur.register("_calls_batch", batch)

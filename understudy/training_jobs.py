@@ -17,7 +17,7 @@ from understudy.routing.registry import CONTROLS, list_versions, register_versio
 from understudy.training import site_prompt
 from understudy.training.pipeline import RESULT_FILENAME
 from understudy.training.quiet import QuietWindow
-from understudy.training.snapshots import site_examples, write_snapshot
+from understudy.training.snapshots import COMPLETE_ANSWER, site_examples, write_snapshot
 from understudy.settings import Settings
 from understudy.store import Store
 from understudy.validators import ValidatorRegistry, site_validator_for, site_validator_reference
@@ -158,8 +158,7 @@ def training_candidates(store: Store, rules: dict[str, Any], now: datetime | Non
     for site in store.site_records():
         versions = list_versions(store, site.id)
         since = max((v.created_at for v in versions), default=None)
-        query = ("SELECT count(*) FROM calls WHERE site_id = ? AND status = 200 AND served_by = 'upstream' "
-                 "AND coalesce(valid, true)")
+        query = f"SELECT count(*) FROM calls WHERE site_id = ? AND {COMPLETE_ANSWER} AND coalesce(valid, true)"
         params: list[Any] = [site.id]
         if since:
             query += " AND ts > ?"

@@ -6,6 +6,18 @@ Behaviour is chosen by the request's `model`:
 - `fail-500`: an OpenAI-shaped 500; `fail-text`: a plain-text 503; `slow-<ms>`: waits first;
   `fail-401-echo`: a 401 quoting the Authorization header and the last message it got (as
   careless servers do).
+Faults, for the proxy's retries and honest streams (attempts are counted per distinct
+model and messages, so a request sent again continues the count):
+- `reset`: the connection is dropped (TCP reset) before any response;
+- `rate-limit-<k>[-<s>]`: 429 with `Retry-After: <s>` (default 1) for the first k attempts, then 200;
+- `flaky-500-<k>`: an OpenAI-shaped 500 for the first k attempts, then 200;
+- `break-after-<n>`: a stream of n chunks, then the connection is reset;
+- `truncate-after-<n>`: a stream of n chunks, then a clean end without finish_reason or [DONE];
+- `stall-after-<n>`: a stream of n chunks, then nothing (until the server stops);
+- `no-usage`: a stream without usage even when asked (an upstream that ignores stream_options);
+- `finish-length`: the answer ends with finish_reason `length` (cut off by max_tokens);
+- `fail-400`: an OpenAI-shaped 400; `refuse-stream-options`: a 400 for requests carrying
+  `stream_options` (a strict server), answered normally without.
 `stream: true` is answered as SSE chunks (with a usage chunk when asked). Every request
 is kept in `received` (headers and decoded body) for assertions.
 """
@@ -15,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +72,7 @@ class FakeUpstream:
     def __init__(self, reply: Callable[[dict[str, Any]], str] | None = None,
                  stream_chunks: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None):
         self.received: list[dict[str, Any]] = []
+        self.attempts: dict[str, int] = {}  # per model + messages: how many times it was asked
         self.reply = reply or default_reply
         self.stream_chunks = stream_chunks  # streamed requests get exactly these chunks (a provider's own shapes)
         self.port = free_port()
@@ -110,6 +124,24 @@ class FakeUpstream:
         if model == "fail-text":
             await _send_raw(send, 503, b"service unavailable", b"text/plain")
             return
+        key = model + json.dumps(payload.get("messages"), sort_keys=True)
+        attempt = self.attempts[key] = self.attempts.get(key, 0) + 1
+        if model == "reset":
+            _drop_connection(send)
+            return
+        if model.startswith("rate-limit-"):
+            k, _, wait = model.removeprefix("rate-limit-").partition("-")
+            if attempt <= int(k):
+                await _send(send, 429, {"error": {"message": "rate limited", "type": "requests", "param": None,
+                                                  "code": "rate_limit_exceeded"}}, [(b"retry-after", (wait or "1").encode())])
+                return
+        if model == "fail-400" or (model == "refuse-stream-options" and "stream_options" in payload):
+            await _send(send, 400, {"error": {"message": "bad request", "type": "invalid_request_error", "param": None,
+                                              "code": None}})
+            return
+        if model.startswith("flaky-500-") and attempt <= int(model.removeprefix("flaky-500-")):
+            await _send(send, 500, {"error": {"message": "flaky", "type": "server_error", "param": None, "code": None}})
+            return
         content = self.reply(payload)
         usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
         if payload.get("stream") and self.stream_chunks is not None:
@@ -117,17 +149,22 @@ class FakeUpstream:
                             + b"data: [DONE]\n\n", b"text/event-stream")
             return
         if payload.get("stream"):
-            await self._stream(send, model, content, usage if (payload.get("stream_options") or {}).get("include_usage") else None)
+            asked = (payload.get("stream_options") or {}).get("include_usage") and model != "no-usage"
+            await self._stream(send, model, content, usage if asked else None)
             return
         await _send(send, 200, {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "length" if model == "finish-length" else "stop"}],
             "usage": usage,
         })
 
     async def _stream(self, send, model: str, content: str, usage: dict | None) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         pieces = [content[i : i + 5] for i in range(0, len(content), 5)] or [""]
+        fault, _, n = model.rpartition("-after-")
+        if fault in ("break", "truncate", "stall"):
+            pieces = pieces[:int(n)]
         first = True
         for piece in pieces:
             delta = {"role": "assistant", "content": piece} if first else {"content": piece}
@@ -136,8 +173,20 @@ class FakeUpstream:
                      "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
             await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True})
             await asyncio.sleep(0.002)
+        if fault == "break":
+            await asyncio.sleep(0.05)  # the chunks reach the proxy before the reset
+            _drop_connection(send)
+            return
+        if fault == "truncate":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if fault == "stall":
+            deadline = time.monotonic() + 60
+            while not self._server.should_exit and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return
         final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "length" if model == "finish-length" else "stop"}]}
         tail = f"data: {json.dumps(final)}\n\n"
         if usage:
             tail += f"data: {json.dumps({'id': 'chatcmpl-fake', 'object': 'chat.completion.chunk', 'created': 1, 'model': model, 'choices': [], 'usage': usage})}\n\n"
@@ -145,11 +194,22 @@ class FakeUpstream:
         await send({"type": "http.response.body", "body": tail.encode(), "more_body": False})
 
 
-async def _send(send, status: int, payload: dict) -> None:
-    await _send_raw(send, status, json.dumps(payload).encode(), b"application/json")
+async def _send(send, status: int, payload: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    await _send_raw(send, status, json.dumps(payload).encode(), b"application/json", headers)
 
 
-async def _send_raw(send, status: int, body: bytes, content_type: bytes) -> None:
+async def _send_raw(send, status: int, body: bytes, content_type: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _drop_connection(send) -> None:
+    """Reset the TCP connection under this request (SO_LINGER 0, then abort: the peer sees a reset).
+
+    uvicorn's `send` is a method of the request cycle, which holds the connection's transport."""
+    transport = send.__self__.transport
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
