@@ -1,7 +1,8 @@
 """Bounded retries of an upstream call, and only before the client has received a byte.
 
 An attempt is retried when it failed in a way that usually passes (the OpenAI SDK's and
-LiteLLM's list): a timeout, a reset or refused connection, a stream that ends or stalls
+LiteLLM's list): a connect timeout, a reset or refused connection, a read timeout of a stream
+waiting for its first chunk (not of a plain call: that one was generating all along), a stream that ends or stalls
 before its first chunk, HTTP 408 / 429 / 500 / 502 / 503 / 504 / 529. The upstream's own
 `x-should-retry` header overrides the status rule either way. Once a byte has gone to the
 client nothing is retried: a stream that breaks later is reported to the client (see
@@ -89,7 +90,9 @@ async def send_with_retries(send: Callable[[], Awaitable[httpx.Response]], polic
         try:
             response = await send()
         except httpx.HTTPError as exc:
-            if not retries_left or not _transient(exc):
+            # A plain call that timed out reading was accepted and generating for the whole read
+            # timeout: asking again would multiply the wait (and the bill), so it is not retried.
+            if not retries_left or not _transient(exc) or (isinstance(exc, httpx.ReadTimeout) and not stream):
                 raise
             attempts.causes.append(_describe(exc))
             await asyncio.sleep(policy.backoff(attempts.count - 1))

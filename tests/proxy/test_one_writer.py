@@ -48,7 +48,7 @@ def test_the_writer_survives_a_row_the_store_refuses_and_the_next_start_replays_
     recorder.record(_call("call-a"))
     assert recorder.flush()
     # One batch: a duplicate of call-a (the store refuses it: primary key), a good call, and a
-    # call whose upstream sent absurd usage (stored, with unknown token counts).
+    # call whose upstream sent absurd usage (stored, its tokens estimated instead).
     recorder.record(_call("call-a", "again"))
     recorder.record(_call("call-b"))
     recorder.record(_call("call-c", usage={"prompt_tokens": 2**70, "completion_tokens": "many"}))
@@ -57,8 +57,10 @@ def test_the_writer_survives_a_row_the_store_refuses_and_the_next_start_replays_
     assert recorder.flush()
     assert recorder.run(lambda s: s.call_count()) == 4
     recorder.close()
-    rows = dict(store.cursor().execute("SELECT id, prompt_tokens FROM calls").fetchall())
-    assert rows == {"call-a": 3, "call-b": 3, "call-c": None, "call-d": 3}
+    rows = {r[0]: r[1:] for r in store.cursor().execute("SELECT id, prompt_tokens, usage_estimated FROM calls").fetchall()}
+    assert rows["call-a"] == rows["call-b"] == rows["call-d"] == (3, False)
+    # the absurd counts are dropped: the proxy's own estimate stands in, marked as one
+    assert rows["call-c"][1] is True and 0 < rows["call-c"][0] < 100
     assert recorder.failed == 1 and recorder.recorded == 4
     [spilled] = [json.loads(line) for line in spill.read_text().splitlines()]
     assert spilled["kind"] == "call" and spilled["row"][0] == "call-a"
