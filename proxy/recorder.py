@@ -235,10 +235,11 @@ class Recorder:
                 stored += 1
             except Exception:
                 kept.append(line)
-        tmp = self.failed_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.failed_path)
-        if not kept:
+        if kept:
+            tmp = self.failed_path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, self.failed_path)  # whole or not at all: a crash here keeps the old file
+        else:
             self.failed_path.unlink()
         self.replayed += stored
         if stored:

@@ -72,12 +72,11 @@ async def check_routes(table: UpstreamTable, client: httpx.AsyncClient,
                        timeout_s: float = CHECK_TIMEOUT_S) -> list[CheckResult]:
     """Check every route in table order (concurrently); never raises for a failing route."""
     async def check(route: Route) -> CheckResult:
-        if _skipped(route) is not None:
-            return await check_route(route, client, check_model_for(route, model_for_route), timeout_s)
-        listed = None
-        if route.provider == OWN_SERVER and check_model_for(route, model_for_route) in (None, DEFAULT_CHECK_MODELS[OWN_SERVER]):
-            listed = await _listed_models(route, client, timeout_s)
-        return await check_route(route, client, check_model_for(route, model_for_route, listed), timeout_s)
+        model = check_model_for(route, model_for_route)
+        # a server of one's own, with no model named for it: ask it what it serves (unless it is skipped)
+        if route.provider == OWN_SERVER and model in (None, DEFAULT_CHECK_MODELS[OWN_SERVER]) and _skipped(route) is None:
+            model = check_model_for(route, model_for_route, await _listed_models(route, client, timeout_s))
+        return await check_route(route, client, model, timeout_s)
 
     return list(await asyncio.gather(*(check(route) for route in table.routes)))
 

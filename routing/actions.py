@@ -135,7 +135,7 @@ def set_policy(store: Store, site_ref: str, patch: dict, *, replace: bool = Fals
         raise ActionError("policy overrides must be a JSON object")
     before = store.site_policy(site.id)
     overrides = {k: v for k, v in patch.items() if v is not None} if replace else merge_patch(before, patch)
-    overrides = {k: v for k, v in overrides.items() if v not in ({},)}  # an emptied section is no override
+    overrides = {k: v for k, v in overrides.items() if v != {}}  # an emptied section is no override
     validate_policy(overrides)
     if overrides == before:
         return site  # nothing changed: nothing written, nothing audited
@@ -176,15 +176,13 @@ def policy_view(store: Store, site_id: str, global_promotion: dict | None = None
     """The site's own overrides and the settings in effect (global settings and the response
     type's scoring defaults, overrides on top), as the router applies them."""
     from understudy.routing.policy import PromotionPolicy
-    from understudy.routing.router import DEFAULT_SCORING_BY_SCHEMA
-    from understudy.routing.scoring import ScoringPolicy
+    from understudy.routing.router import site_scoring
 
     overrides = store.site_policy(site_id)
     row = store.cursor().execute("SELECT schema_name FROM sites WHERE id = ?", [site_id]).fetchone()
-    global_scoring = DEFAULT_SCORING_BY_SCHEMA.get((row[0] if row else None) or "")
     try:
         promotion = asdict(PromotionPolicy.from_dict(global_promotion, overrides.get("promotion")))
-        scoring = asdict(ScoringPolicy.from_dict(global_scoring, overrides.get("scoring")))
+        scoring = asdict(site_scoring(row[0] if row else None, overrides))
     except (TypeError, ValueError) as exc:  # stored before validation existed: show, don't crash
         return {"overrides": overrides, "effective": None, "problem": str(exc)}
     return {"overrides": overrides, "effective": {

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 
-import duckdb
 import httpx
 import pytest
 
 from understudy.proxy.stream_adjust import StreamAdjuster
 from understudy.proxy.stream_assembly import assemble_completion
 from tests.conftest import start_proxy
+from tests.proxy.test_providers_e2e import CONFIG  # the Claude and Gemini stand-in routes
+from tests.proxy.test_proxy_server import stored_calls
 from tests.support.fake_upstream import FakeUpstream
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "Level", "schema": {"type": "object"}}}
@@ -89,35 +90,12 @@ def test_indexed_fragments_still_merge():
     assert call["function"] == {"name": "roll", "arguments": '{"d": 6}'}
 
 
-CONFIG = """
-[[routes]]
-name = "claude-stand-in"
-pattern = "claude-*"
-provider = "anthropic"
-base_url = "{claude}"
-key_env = "TEST_CLAUDE_KEY"
-
-[[routes]]
-name = "gemini-stand-in"
-pattern = "gemini-*"
-provider = "gemini"
-base_url = "{gemini}"
-key_env = "TEST_GEMINI_KEY"
-"""
 
 
 def _stored_responses(data_dir) -> dict[str, dict]:
     """Stored responses by model and delivery (a stream is stored as its reassembled completion)."""
-    con = duckdb.connect(str(data_dir / "understudy.duckdb"), read_only=True)
-    try:
-        rows = con.execute("SELECT request, response, stream FROM calls ORDER BY ts").fetchall()
-    finally:
-        con.close()
-    out = {}
-    for request, response, stream in rows:
-        body = json.loads(request)
-        out[f"{body['model']}:{'stream' if stream else 'plain'}"] = json.loads(response)  # streams: reassembled
-    return out
+    return {f"{json.loads(row['request'])['model']}:{'stream' if row['stream'] else 'plain'}": json.loads(row["response"])
+            for row in stored_calls(data_dir)}
 
 
 def test_relay_applies_the_adjustments(isolated_data_dir, tmp_path, monkeypatch):

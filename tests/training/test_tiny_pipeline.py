@@ -16,7 +16,7 @@ from understudy.training.config import TrainConfig
 from understudy.training.evaluate import evaluate, local_generate_fn
 from understudy.training.gguf_adapter import export_gguf_adapter, read_base_info
 from understudy.training.local_generate import LocalGenerator
-from understudy.training.prompt_format import json_schema_of, render_prompt
+from understudy.training.prompt_format import render_prompt
 from understudy.training.train import train
 from understudy.training.verify import verify_adapter
 
