@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 
 import httpx
@@ -27,10 +28,12 @@ from understudy.proxy.pricing import PriceTable
 from understudy.proxy.recorder import Recorder
 from understudy.proxy.review import review_routes
 from understudy.proxy.site_registry import CONVERSATION_MEMORY, OVERFLOW_KIND, SiteRegistry
+from understudy.proxy.site_sync import SiteSync
 from understudy.proxy.state import ProxyState
 from understudy.proxy.upstream import Upstream
-from understudy.proxy.upstreams import UpstreamTable
+from understudy.proxy.upstreams import UpstreamTable, local_server_config
 from understudy.routing.local_model import LocalModels
+from understudy.routing.model_server import ServedModels
 from understudy.routing.router import Router
 from understudy.routing.similarity import cosine_similarity
 from understudy.training_jobs import register_pending_results
@@ -42,7 +45,7 @@ from understudy.validators import ValidatorRegistry
 @get("/healthz", tags=["Operations"], summary="Liveness and recorder backlog")
 async def healthz(request: Request) -> dict:
     proxy: ProxyState = request.app.state.proxy
-    return {"status": "ok", "sites": len(proxy.sites.all()), "recorder_queue": proxy.recorder.pending(),
+    return {"status": "ok", "pid": os.getpid(), "sites": len(proxy.sites.all()), "recorder_queue": proxy.recorder.pending(),
             "shadow_pending": proxy.router.background}
 
 
@@ -63,12 +66,23 @@ async def list_models(request: Request) -> Response[bytes]:
         return error_response(502, f"upstream unreachable: {exc}", type="upstream_error", code="upstream_unreachable")
 
 
+def _local_models(settings: Settings) -> LocalModels | ServedModels | None:
+    """Who answers locally: a model server when the configuration has a [local_server], else the
+    base GGUF loaded in this process (lazily, on the first local answer)."""
+    if not settings.local_models:
+        return None
+    served = local_server_config(settings.config, settings.data_dir)
+    if served is not None:
+        return ServedModels(served)
+    return LocalModels(settings.resolved_base_gguf(), n_threads=settings.local_threads)
+
+
 def build_state(settings: Settings) -> ProxyState:
     settings.ensure_data_dir()
     client_keys = access_for(settings)  # refuses a non-loopback bind without keys (ClientKeysError)
     table = UpstreamTable.from_config(settings.config, settings.data_dir, settings.upstream_url, settings.upstream_key,
                                       settings.upstream_free)
-    store = Store(settings.db_path)
+    store = Store.open(settings)
     admin_token = settings.admin_token or secrets.token_urlsafe(24)
     # Every key the proxy could send, and its admin token: masked wherever they might appear in a
     # recorded body or an error (client keys are masked by their shape: only their hashes are known).
@@ -83,7 +97,7 @@ def build_state(settings: Settings) -> ProxyState:
                          max_generic_sites=settings.max_generic_sites, generic_sites=store.site_count("generic"),
                          overflow_sites=store.site_count(OVERFLOW_KIND),
                          mask=lambda text: mask_text(text, recorder.secrets))
-    local = LocalModels(settings.resolved_base_gguf(), n_threads=settings.local_threads) if settings.local_models else None
+    local = _local_models(settings)
     router = Router(store, local, validators=ValidatorRegistry(settings.validators),
                     policy_defaults=settings.routing_policy, current_site=sites.get, on_site_change=sites.replace,
                     record_shadow=recorder.add_shadow_result, record_self_agreement=recorder.add_self_agreement,
@@ -107,10 +121,19 @@ def create_app(settings: Settings) -> Litestar:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     state = build_state(settings)
 
-    def start(app: Litestar) -> None:
+    async def start(app: Litestar) -> None:
         state.recorder.start()
+        if settings.shared_store:  # other processes write this store too: pick up their changes
+            sync = SiteSync(state.store, current_site=state.sites.get, replace_site=state.sites.replace,
+                            refresh_routing=state.router.refresh)
+            sync.prime()
+            state.sync = sync
+            sync_task = asyncio.get_running_loop().create_task(sync.run(settings.sync_interval_s))
+            state.stopping.append(sync_task.cancel)
 
     async def stop(app: Litestar) -> None:
+        for cancel in state.stopping:
+            cancel()
         if state.router.local is not None:
             state.router.local.queue.drop_background()  # queued shadow samples are not owed to anyone
         for task in list(state.background):  # shadow scoring in flight: let it finish and be recorded

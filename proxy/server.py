@@ -5,19 +5,30 @@ Once the socket is bound, the address it really got is printed (`--port 0` picks
 it: `url` is the OpenAI base URL (ends in /v1, what a client is given), `root` the server
 (admin API, /healthz), plus pid and admin token; it is removed on shutdown. uvicorn turns SIGTERM/SIGINT into a graceful stop: in-flight requests finish,
 then the app's shutdown hook drains the recorder.
+
+Several processes (`--workers N`, PostgreSQL store only): the parent binds the socket, writes
+proxy.json and supervises N children (uvicorn's `Multiprocess`: a dead child is replaced, SIGTERM
+drains every child). Each child is a whole proxy, built from the parent's settings (passed in
+UNDERSTUDY_WORKER_SETTINGS, the admin token included, so one token reaches all of them): its own
+store connections and single writer, its own local model loaded once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 
 import uvicorn
+from litestar import Litestar
+from uvicorn.supervisors import Multiprocess
 
 from understudy.proxy.app import create_app
 from understudy.settings import Settings
+
+WORKER_SETTINGS_ENV = "UNDERSTUDY_WORKER_SETTINGS"
 
 
 class _AnnouncingServer(uvicorn.Server):
@@ -70,14 +81,8 @@ def remove_discovery(settings: Settings) -> None:
         pass
 
 
-def serve(settings: Settings, on_stop: Sequence[Callable[[], object]] = ()) -> None:
-    """Serve until SIGTERM/SIGINT; `on_stop` callables run once the proxy has drained
-    (`understudy up` stops its worker and teacher there)."""
-    # Everything the proxy writes (the DuckDB file and the WAL DuckDB re-creates, snapshots,
-    # exports, spilled rows) holds recorded prompts: owner-only, whatever the shell's umask.
-    os.umask(0o077)
-    app = create_app(settings)  # StoreBusy (an OSError) when another process holds the store
-    config = uvicorn.Config(
+def _uvicorn_config(app, settings: Settings, **extra) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -86,5 +91,50 @@ def serve(settings: Settings, on_stop: Sequence[Callable[[], object]] = ()) -> N
         http="httptools",
         timeout_graceful_shutdown=30,  # seconds an in-flight generation may take to finish on stop
         access_log=False,  # every call is recorded in the store; a per-request log line costs latency
+        **extra,
     )
-    _AnnouncingServer(config, settings, app.state.proxy.admin_token, on_stop).run()
+
+
+def serve(settings: Settings, on_stop: Sequence[Callable[[], object]] = (), workers: int = 1) -> None:
+    """Serve until SIGTERM/SIGINT; `on_stop` callables run once the proxy has drained
+    (`understudy up` stops its worker and teacher there)."""
+    # Everything the proxy writes (the DuckDB file and the WAL DuckDB re-creates, snapshots,
+    # exports, spilled rows) holds recorded prompts: owner-only, whatever the shell's umask.
+    os.umask(0o077)
+    if workers > 1:
+        serve_processes(settings, workers, on_stop)
+        return
+    app = create_app(settings)  # StoreBusy (an OSError) when another process holds the store
+    _AnnouncingServer(_uvicorn_config(app, settings), settings, app.state.proxy.admin_token, on_stop).run()
+
+
+def serve_processes(settings: Settings, workers: int, on_stop: Sequence[Callable[[], object]] = ()) -> None:
+    """N proxy processes on one socket, over a shared (PostgreSQL) store."""
+    if not settings.shared_store:
+        raise ValueError(f"--workers {workers} needs a shared store (--store postgresql://...): the DuckDB file "
+                         "admits one writing process")
+    from understudy.store import Store
+
+    settings.ensure_data_dir()
+    Store.open(settings).close()  # reachable, migrated once, before any child races to it
+    settings = settings.model_copy(update={"admin_token": settings.admin_token or secrets.token_urlsafe(24)})
+    os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
+    config = _uvicorn_config("understudy.proxy.server:worker_app", settings, factory=True, workers=workers)
+    socket = config.bind_socket()
+    host, port = socket.getsockname()[:2]
+    root = f"http://{_url_host(host)}:{port}"
+    write_discovery(settings, root, settings.admin_token)
+    print(f"understudy: proxy on {root}/v1 ({workers} processes; data in {settings.data_dir})", file=sys.stderr,
+          flush=True)
+    try:
+        Multiprocess(config, sockets=[socket]).run()
+    finally:
+        socket.close()
+        remove_discovery(settings)
+        for stop in on_stop:
+            stop()
+
+
+def worker_app() -> Litestar:
+    """One child of `serve_processes`: the proxy built from the parent's settings."""
+    return create_app(Settings(**json.loads(os.environ[WORKER_SETTINGS_ENV])))

@@ -30,6 +30,9 @@ logical name a client asks for to a concrete model, and optionally to a named ro
     [aliases]
     level-designer = "claude-3-5-haiku-latest"
     narrator = { model = "gpt-4o-mini", route = "default" }
+
+    [local_server]                        # optional: local answers from llama-server (routing.model_server)
+    url = "http://gpu-host:8080"
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from understudy.proxy.providers import adjust_request
+from understudy.routing.model_server import LocalServerConfig
 
 PROVIDERS = ("openai", "anthropic", "gemini", "openai-compatible")
 OPENAI_URL = "https://api.openai.com/v1"
@@ -302,18 +306,36 @@ def is_glob(pattern: str) -> bool:
 
 # --- parsing -------------------------------------------------------------------------------
 
-def _parse_file(path: Path) -> tuple[list[Route], dict[str, Alias]]:
+def local_server_config(explicit: Path | None, data_dir: Path) -> LocalServerConfig | None:
+    """The configuration's `[local_server]` (routing.model_server), or None: local answers in-process."""
+    path = explicit if explicit is not None else Path(data_dir) / CONFIG_FILE_NAME
+    if not Path(path).exists():
+        return None
+    data = _read_toml(Path(path))
+    if "local_server" not in data:
+        return None
+    try:
+        return LocalServerConfig.from_table(str(path), data["local_server"])
+    except ValueError as exc:
+        raise UpstreamConfigError(str(exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise UpstreamConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise UpstreamConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    unknown = set(data) - {"routes", "aliases"}
+
+
+def _parse_file(path: Path) -> tuple[list[Route], dict[str, Alias]]:
+    data = _read_toml(path)
+    unknown = set(data) - {"routes", "aliases", "local_server"}
     if unknown:
         raise UpstreamConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} "
-                                  "(expected [[routes]] and [aliases])")
+                                  "(expected [[routes]], [aliases] and [local_server])")
     raw_routes = data.get("routes", [])
     if not isinstance(raw_routes, list) or not all(isinstance(entry, dict) for entry in raw_routes):
         raise UpstreamConfigError(f"{path}: 'routes' must be an array of tables ([[routes]])")

@@ -65,7 +65,7 @@ def eval_inputs(store: Store, site_ref: str, versions: list[int] | None = None, 
     if not examples:
         raise EvalError(f"the snapshot {snapshot} has no held-out examples (its site has too few distinct prompts)")
     recorded = {row[0]: row[1:] for row in cur.execute(
-        "SELECT id, latency_ms, cost_usd, model FROM calls WHERE id IN (SELECT unnest(?))",
+        "SELECT id, latency_ms, cost_usd, model FROM calls WHERE id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
         [[e["call_id"] for e in examples]]).fetchall()}
     for e in examples:
         latency, cost, model = recorded.get(e["call_id"], (None, None, None))

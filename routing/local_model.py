@@ -82,6 +82,9 @@ class LocalModels:
                 self._generator = LocalGenerator(self.base_gguf, n_threads=self.n_threads)
             return self._generator
 
+    def prepare(self, variant: Variant) -> None:
+        """A version the router may answer with (in-process: its adapter loads on first use)."""
+
     def complete_sync(self, request: dict[str, Any], variant: Variant) -> LocalAnswer:
         rendered = render_with_prefix(request, variant.prompt)
         if rendered is None:

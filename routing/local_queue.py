@@ -1,6 +1,7 @@
 """Who gets the local model next: served answers first, shadow work as a fair bounded sample.
 
-One llama.cpp context generates one answer at a time. Two kinds of work want it:
+One llama.cpp context generates one answer at a time (a model server a few: `slots`). Two
+kinds of work want it:
 
 - a *served* local answer (the site is local): a client is waiting, so it goes first; it waits at
   most for the one generation already running;
@@ -27,10 +28,12 @@ class Skipped(Exception):
 
 
 class LocalQueue:
-    def __init__(self, max_background: int = 256, rng: random.Random | None = None):
+    def __init__(self, max_background: int = 256, rng: random.Random | None = None, slots: int = 1):
+        """`slots`: generations at once (1 for the in-process llama.cpp context; a model server more)."""
         self.max_background = max_background
         self.rng = rng or random.Random()
-        self._busy = False
+        self.slots = slots
+        self._running = 0
         self._served: list[asyncio.Future] = []
         self._background: list[asyncio.Future] = []
         self._arrivals = 0  # background arrivals since the pool was last empty (the reservoir's n)
@@ -44,8 +47,8 @@ class LocalQueue:
 
     async def acquire(self, *, background: bool) -> None:
         """Wait for the model; raises Skipped when a background job loses its place in the pool."""
-        if not self._busy and not self._served and not self._background:
-            self._busy = True
+        if self._running < self.slots and not self._served and not self._background:
+            self._running += 1
             return
         waiter = asyncio.get_running_loop().create_future()
         if not background:
@@ -98,4 +101,4 @@ class LocalQueue:
             if not waiter.done():
                 waiter.set_result(None)
                 return
-        self._busy = False
+        self._running = max(0, self._running - 1)

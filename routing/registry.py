@@ -115,17 +115,29 @@ def apply_decision(store: Store, site: SiteRecord, decision: Decision, *, active
     the site is now."""
     version = site.active_version if active_version is None else active_version
     new_state = decision.new_state.value
-    if expected is not None:
-        current = store.resolve_site(site.id)
-        if (current.state, current.active_version, current.pinned) != (expected.state, expected.active_version,
-                                                                       expected.pinned):
-            raise StaleDecision(current)
     if new_state == site.state and version == site.active_version:
+        if expected is not None and not _unchanged(store.resolve_site(site.id), expected):
+            raise StaleDecision(store.resolve_site(site.id))
         return site
-    store.cursor().execute("UPDATE sites SET state = ?, active_version = ?, state_since = ? WHERE id = ?",
-                           [new_state, version, _now(), site.id])
+    if expected is None:
+        store.cursor().execute("UPDATE sites SET state = ?, active_version = ?, state_since = ? WHERE id = ?",
+                               [new_state, version, _now(), site.id])
+    else:
+        # One conditional UPDATE, so the compare-and-set holds across processes sharing the store.
+        written = store.cursor().execute(
+            "UPDATE sites SET state = ?, active_version = ?, state_since = ? WHERE id = ? "
+            "AND state IS NOT DISTINCT FROM ? AND active_version IS NOT DISTINCT FROM ? "
+            "AND pinned IS NOT DISTINCT FROM ? RETURNING id",
+            [new_state, version, _now(), site.id, expected.state, expected.active_version, expected.pinned]).fetchall()
+        if not written:
+            raise StaleDecision(store.resolve_site(site.id))
     audit(store, site.id, "state", {"from": site.state, "to": new_state, "version": version, "reason": decision.reason}, actor)
     return store.resolve_site(site.id)
+
+
+def _unchanged(current: SiteRecord, expected: SiteRecord) -> bool:
+    return (current.state, current.active_version, current.pinned) == (expected.state, expected.active_version,
+                                                                       expected.pinned)
 
 
 def audit(store: Store, site_id: str, action: str, detail: dict[str, Any], actor: str) -> None:

@@ -339,7 +339,7 @@ def _site_report(
         evidence = evidence_of(evidence_samples(cur, site_id, active_version, state, policy.window), policy)
     judgement = judge(evidence, reference_cs, policy) if evidence is not None else None
     extra_calls = dict(cur.execute(
-        "SELECT purpose, count(*) FROM calls WHERE site_id = ? AND NOT " + _CLIENT + " GROUP BY ALL", [site_id]
+        "SELECT purpose, count(*) FROM calls WHERE site_id = ? AND NOT " + _CLIENT + " GROUP BY purpose", [site_id]
     ).fetchall())
 
     totals = cur.execute(
@@ -480,7 +480,7 @@ def _agreement_by_version(
                count(*) FILTER (WHERE NOT comparable),
                avg(CASE WHEN local_valid THEN 1.0 ELSE 0.0 END),
                avg(CASE WHEN upstream_valid THEN 1.0 WHEN NOT upstream_valid THEN 0.0 END)
-        FROM shadow_results WHERE site_id = ? AND (? IS NULL OR version = ?)
+        FROM shadow_results WHERE site_id = ? AND (CAST(? AS INTEGER) IS NULL OR version = ?)
         GROUP BY version ORDER BY version
         """,
         [site_id, version, version],
@@ -529,7 +529,7 @@ def _estimated_costs(
         SELECT {bucket} AS b, model, sum(prompt_tokens), sum(completion_tokens), count(*)
         FROM calls
         WHERE site_id = ? AND {_UPSTREAM} AND {_OK} AND cost_usd IS NULL AND prompt_tokens IS NOT NULL
-        GROUP BY ALL
+        GROUP BY 1, model
         """,
         [site_id],
     ).fetchall()

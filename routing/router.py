@@ -142,7 +142,9 @@ class Router:
                 self._sites[site_id] = SiteRouting(schema_name, promotion, site_scoring(schema_name, {}), None,
                                                    deque(maxlen=promotion.reference_window))
 
-    def refresh(self, site_id: str) -> None:
+    def refresh(self, site_id: str, reload_evidence: bool = False) -> None:
+        """Reload a site's configuration; its evidence too when the version, state or policy
+        changed, or when `reload_evidence` (other processes sharing the store added to it)."""
         cur = self.store.cursor()
         row = cur.execute("SELECT schema_name, policy FROM sites WHERE id = ?", [site_id]).fetchone()
         if row is None:
@@ -152,9 +154,11 @@ class Router:
         promotion = PromotionPolicy.from_dict(self.policy_defaults, overrides.get("promotion"))
         reference = deque(reference_scores(cur, site_id, promotion.reference_window), maxlen=promotion.reference_window)
         decoys = deque(reversed(cur.execute(
-            """SELECT conversation, json_extract_string(response, '$.choices[0].message.content') AS text FROM calls
-               WHERE site_id = ? AND served_by = 'upstream' AND status = 200 AND text IS NOT NULL AND text <> ''
-               ORDER BY ts DESC LIMIT ?""", [site_id, DECOY_POOL]).fetchall()), maxlen=DECOY_POOL)
+            """SELECT conversation, text FROM (
+                   SELECT conversation, ts, json_extract_string(response, '$.choices[0].message.content') AS text
+                   FROM calls WHERE site_id = ? AND served_by = 'upstream' AND status = 200) AS answers
+               WHERE text IS NOT NULL AND text <> '' ORDER BY ts DESC LIMIT ?""", [site_id, DECOY_POOL]).fetchall()),
+            maxlen=DECOY_POOL)
         config = SiteRouting(schema_name, promotion, site_scoring(schema_name, overrides), overrides.get("validator"),
                              reference, decoys)
         for version, adapter, version_config in cur.execute(
@@ -163,14 +167,19 @@ class Router:
             [site_id]
         ).fetchall():
             prompt = SitePrompt.from_dict((json.loads(version_config) if version_config else {}).get("prompt"))
-            self._adapters[(site_id, version)] = Variant(adapter, prompt if adapter is not None else SitePrompt())
+            variant = self._adapters[(site_id, version)] = Variant(adapter, prompt if adapter is not None else SitePrompt())
+            if self.local is not None:
+                try:
+                    self.local.prepare(variant)  # a model server's copy (routing.model_server)
+                except OSError:
+                    log.exception("could not publish the adapter of %s v%s", site_id, version)
         with self._lock:
             previous = self._sites.get(site_id)
             self._sites[site_id] = config
             record = self.current_site(site_id)
             if record is None:
                 return
-            if (previous is not None and previous.promotion == promotion
+            if (previous is not None and previous.promotion == promotion and not reload_evidence
                     and previous.evidence_key == (record.active_version, record.state)):
                 # Same version, state and policy: keep what is in memory (it includes samples the
                 # recorder has not committed yet).

@@ -24,12 +24,74 @@ FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures" / "byllm"
 
 
 def query_store(data_dir: Path, sql: str, params: list | None = None) -> list[tuple]:
-    """Rows from the data dir's DuckDB file, opened read-only (run it after the proxy stops)."""
+    """Rows from the test's store: the data dir's DuckDB file, opened read-only (run it after the
+    proxy stops), or the test's PostgreSQL database when it runs on one (`store_backend`)."""
+    url = os.environ.get("UNDERSTUDY_STORE")
+    if url:
+        from understudy.store import Store
+
+        store = Store(url, read_only=True)
+        try:
+            return store.cursor().execute(sql, params or []).fetchall()
+        finally:
+            store.close()
     con = duckdb.connect(str(data_dir / "understudy.duckdb"), read_only=True)
     try:
         return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
+
+
+def open_test_store(duckdb_path: Path, **kwargs):
+    """The test's store: the DuckDB file at `duckdb_path`, or its PostgreSQL database when it has one."""
+    from understudy.store import Store
+
+    return Store(os.environ.get("UNDERSTUDY_STORE") or duckdb_path, **kwargs)
+
+
+# ---- the store backends: DuckDB everywhere; PostgreSQL too where a module asks for both ----
+# A module sets `STORE_BACKENDS = ("duckdb", "postgresql")` to run each of its tests on both
+# (`UNDERSTUDY_TEST_STORE=postgresql` runs the whole suite on PostgreSQL). On PostgreSQL each
+# test gets a database of its own, named by UNDERSTUDY_STORE for the proxies and CLIs it starts.
+
+def pytest_generate_tests(metafunc):
+    if "store_backend" in metafunc.fixturenames:
+        forced = os.environ.get("UNDERSTUDY_TEST_STORE")
+        backends = (forced,) if forced else getattr(metafunc.module, "STORE_BACKENDS", None)
+        if backends:
+            metafunc.parametrize("store_backend", backends, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from tests.support.services import PostgresServer, services_missing
+
+    if "postgres" in services_missing():
+        pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    from tests.support.services import RedisServer, services_missing
+
+    if "redis-server" in services_missing():
+        pytest.fail("Redis is not installed (.ci/run installs Debian's redis-server)")
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def store_backend(request, monkeypatch):
+    """'duckdb' (the data dir's file) or 'postgresql' (a fresh database, in UNDERSTUDY_STORE)."""
+    backend = getattr(request, "param", "duckdb")
+    monkeypatch.delenv("UNDERSTUDY_STORE", raising=False)
+    if backend == "postgresql":
+        monkeypatch.setenv("UNDERSTUDY_STORE", request.getfixturevalue("postgres_server").new_database())
+    return backend
 
 
 @pytest.fixture(autouse=True)

@@ -89,3 +89,10 @@ def test_load_smoke(tmp_path):
     figures = _last_json(out)
     assert figures["ok"] and figures["errors"] == {} and figures["lost"] == 0 and figures["answered"] > 0
     assert figures["rss_mb"]["max"] > 0
+
+
+def test_scale_out_smoke():
+    figures = _last_json(_bench("scale_out.py", "--json"))
+    assert [(r["store"], r["workers"]) for r in figures["results"]] == [
+        ("duckdb", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4)]
+    assert figures["ok"] and all(r["recorded"] == r["sent"] > 0 and r["rps"] > 0 for r in figures["results"])

@@ -178,12 +178,7 @@ class LocalGenerator:
         text = schema if isinstance(schema, str) else json.dumps(schema)
         grammar = self._grammars.get((text, lean))
         if grammar is None:
-            from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-            grammar = json_schema_to_gbnf(text)
-            if lean:  # compact JSON only: no optional whitespace between tokens
-                grammar = re.sub(r"^space ::= .*$", LEAN_SPACE, grammar, flags=re.MULTILINE)
-            self._grammars[(text, lean)] = grammar
+            grammar = self._grammars[(text, lean)] = schema_grammar(text, lean)
         return grammar
 
     # --- reused prefixes --------------------------------------------------------------
@@ -287,3 +282,14 @@ class LocalGenerator:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def schema_grammar(schema: dict | str, lean: bool = False) -> str:
+    """The GBNF grammar for a JSON schema, properties in the schema's order; `lean`: compact JSON
+    only (no optional whitespace between tokens). Also sent to a model server (routing.model_server)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    grammar = json_schema_to_gbnf(schema if isinstance(schema, str) else json.dumps(schema))
+    if lean:
+        grammar = re.sub(r"^space ::= .*$", LEAN_SPACE, grammar, flags=re.MULTILINE)
+    return grammar

@@ -22,7 +22,11 @@ class CommandError(Exception):
 
 def running_proxy(settings: Settings) -> dict[str, Any] | None:
     """The live proxy that owns the data directory: `url` (its OpenAI base URL, ends in /v1),
-    `root` (the server: /admin, /healthz), `pid`, `admin_token`; None when none runs."""
+    `root` (the server: /admin, /healthz), `pid`, `admin_token`; None when none runs. A proxy on
+    another host is named instead by UNDERSTUDY_PROXY_URL (its root) and UNDERSTUDY_ADMIN_TOKEN."""
+    if settings.proxy_url:
+        root = settings.proxy_url.rstrip("/").removesuffix("/v1")
+        return {"url": root + "/v1", "root": root, "pid": None, "admin_token": settings.admin_token or ""}
     try:
         info = json.loads(settings.discovery_path.read_text())
         os.kill(int(info["pid"]), 0)

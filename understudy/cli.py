@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Column, Table
 
@@ -19,6 +20,7 @@ from understudy.jac_examples.cli import levels_app, teacher
 from understudy.proxy_client import CommandError, StoreAccess, running_proxy
 from understudy.review_cli import eval_command, review_app
 from understudy.settings import load_settings
+from understudy.store_postgres import redacted
 
 app = typer.Typer(help="Understudy: an OpenAI-compatible proxy that learns to replace a large model, one call site at a time.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -65,6 +67,19 @@ ClientKeysFile = Annotated[Optional[Path], typer.Option(
     "--client-keys-file", envvar="UNDERSTUDY_CLIENT_KEYS_FILE",
     help="Client keys clients must send as `Authorization: Bearer` (`understudy keys add` makes them; default: "
          "<data-dir>/client-keys.json if present). Required unless the proxy listens on loopback.")]
+StoreUrl = Annotated[Optional[str], typer.Option(
+    "--store", envvar="UNDERSTUDY_STORE",
+    help="A postgresql:// URL: the store shared by several proxy processes or hosts (default: the DuckDB file in "
+         "the data dir). Every command reads UNDERSTUDY_STORE.")]
+QueueUrl = Annotated[Optional[str], typer.Option(
+    "--queue", envvar="UNDERSTUDY_QUEUE",
+    help="A redis:// URL: training jobs on Redis, for a worker on another host (default: SqliteHuey in the data dir).")]
+SharedDir = Annotated[Optional[Path], typer.Option(
+    "--shared-dir", envvar="UNDERSTUDY_SHARED_DIR",
+    help="Where snapshots and adapters live, mounted at this path on every host (default: the data dir).")]
+Workers = Annotated[int, typer.Option(
+    "--workers", envvar="UNDERSTUDY_WORKERS", min=1,
+    help="Proxy processes on the one port (more than 1 needs --store postgresql://...).")]
 PublicReport = Annotated[Optional[bool], typer.Option(
     "--public-report", envvar="UNDERSTUDY_PUBLIC_REPORT",
     help="Serve GET /report without the admin token.")]
@@ -82,6 +97,10 @@ def serve(
     upstream_free: UpstreamFree = None,
     client_keys_file: ClientKeysFile = None,
     public_report: PublicReport = None,
+    store: StoreUrl = None,
+    queue: QueueUrl = None,
+    shared_dir: SharedDir = None,
+    workers: Workers = 1,
 ) -> None:
     """Run the proxy: POST /v1/chat/completions, GET /v1/models, /healthz, /metrics, /schema, /report.
     It prints the address it listens on once the port is bound. On any address but loopback it
@@ -91,14 +110,19 @@ def serve(
 
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
                              data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free,
-                             client_keys_file=client_keys_file, public_report=public_report)
+                             client_keys_file=client_keys_file, public_report=public_report, store=store,
+                             redis_url=queue, shared_dir=shared_dir)
     _refuse_busy_data_dir(settings)
+    _check_workers(settings, workers)
     _check_access(settings)
     key_note = "set" if settings.resolved_upstream_key() else "not set (clients' own keys are forwarded)"
     typer.echo(f"understudy: upstream {settings.upstream_url} (key {key_note}); data in {settings.data_dir}", err=True)
+    if settings.shared_store:
+        typer.echo(f"understudy: store {redacted(settings.store)} (shared; other processes' changes within "
+                   f"{settings.sync_interval_s:g} s)", err=True)
     try:
-        run_server(settings)
-    except (OSError, UpstreamConfigError) as exc:
+        run_server(settings, workers=workers)
+    except (OSError, UpstreamConfigError, ValueError) as exc:
         fail(str(exc))
 
 
@@ -118,6 +142,20 @@ def _check_access(settings) -> None:
         typer.echo(f"understudy: {len(keys)} client key(s) from {keys.path}; /v1/* needs one", err=True)
 
 
+def _check_workers(settings, workers: int) -> None:
+    """More than one proxy process needs a store more than one process can write."""
+    if workers > 1 and not settings.shared_store:
+        fail(f"--workers {workers} needs a shared store (--store postgresql://...): the DuckDB file admits one "
+             "writing process")
+    if settings.shared_store:
+        from understudy.store import Store
+
+        try:  # reachable, and migrated once here before any proxy process starts
+            Store.open(settings).close()
+        except Exception as exc:  # ConnectionError (no server), a server that refuses the login or the schema
+            fail(str(exc).strip().splitlines()[0])
+
+
 def _refuse_busy_data_dir(settings) -> None:
     """One line and exit 1 when another proxy, or any process, holds the data directory's store."""
     from understudy.store import Store
@@ -126,7 +164,7 @@ def _refuse_busy_data_dir(settings) -> None:
     if running is not None:
         fail(f"a proxy (pid {running['pid']}) already serves {settings.data_dir} at {running['url']}; "
              f"stop it or use another --data-dir")
-    if settings.db_path.exists():
+    if not settings.shared_store and settings.db_path.exists():  # PostgreSQL takes many writers
         try:
             Store(settings.db_path, read_only=True).close()
         except OSError as exc:  # store.StoreBusy
@@ -182,6 +220,10 @@ def up(
     upstream_free: UpstreamFree = None,
     client_keys_file: ClientKeysFile = None,
     public_report: PublicReport = None,
+    store: StoreUrl = None,
+    queue: QueueUrl = None,
+    shared_dir: SharedDir = None,
+    workers: Workers = 1,
     teacher_seed: Annotated[int, typer.Option(help="Offline teacher's seed.")] = 0,
     teacher_flaw_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Offline teacher's flawed share.")] = 0.1,
 ) -> None:
@@ -197,8 +239,10 @@ def up(
 
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
                              data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free,
-                             client_keys_file=client_keys_file, public_report=public_report)
+                             client_keys_file=client_keys_file, public_report=public_report, store=store,
+                             redis_url=queue, shared_dir=shared_dir)
     _refuse_busy_data_dir(settings)  # before any child starts: nothing to undo, nothing printed as if it ran
+    _check_workers(settings, workers)
     _check_access(settings)
     settings.ensure_data_dir()
     teacher = None
@@ -213,8 +257,8 @@ def up(
     typer.echo(f"understudy: training worker beside it, log {settings.data_dir / 'worker.log'}", err=True)
     children = [worker] if teacher is None else [worker, teacher]
     try:
-        run_server(settings, on_stop=[child.stop for child in children])
-    except (OSError, UpstreamConfigError) as exc:
+        run_server(settings, on_stop=[child.stop for child in children], workers=workers)
+    except (OSError, UpstreamConfigError, ValueError) as exc:
         fail(str(exc))
     finally:
         for child in children:  # when the server never started; stopping twice is harmless
@@ -422,7 +466,7 @@ def train(
         from understudy.training.tasks import huey, train_site
 
         train_site(job)
-        where = "Redis" if settings.redis_url else huey.storage.filename
+        where = f"Redis {redacted_queue(settings.redis_url)}" if settings.redis_url else huey.storage.filename
         typer.echo(f"queued training for {job['site_name']} in {where}; `understudy worker` runs it")
         return
     from understudy.training.pipeline import run_training_job
@@ -461,14 +505,37 @@ def versions(
 
 
 @app.command()
-def worker(data_dir: DataDir = None) -> None:
-    """Run the Huey consumer: training jobs, and the periodic scheduler (quiet hours)."""
-    if data_dir is not None:
-        os.environ["UNDERSTUDY_DATA_DIR"] = str(data_dir)
+def worker(
+    data_dir: DataDir = None,
+    queue: QueueUrl = None,
+    shared_dir: SharedDir = None,
+    proxy_url: Annotated[Optional[str], typer.Option(
+        "--proxy-url", envvar="UNDERSTUDY_PROXY_URL",
+        help="The proxy that takes results (its root URL), when it runs on another host; with "
+             "UNDERSTUDY_ADMIN_TOKEN (default: the data dir's proxy.json).")] = None,
+) -> None:
+    """Run the Huey consumer: training jobs, and the periodic scheduler (quiet hours). On a GPU
+    host: `--queue redis://...` takes the proxies' jobs, `--shared-dir` is where their snapshots are
+    read and adapters written, `--proxy-url` where results are registered."""
+    # the queue is built from the environment when training.tasks is imported
+    for name, value in (("UNDERSTUDY_DATA_DIR", data_dir), ("UNDERSTUDY_QUEUE", queue),
+                        ("UNDERSTUDY_SHARED_DIR", shared_dir), ("UNDERSTUDY_PROXY_URL", proxy_url)):
+        if value is not None:
+            os.environ[name] = str(value)
+    settings = load_settings()
     from understudy.training.tasks import huey
 
-    typer.echo(f"understudy worker: queue {huey.storage.__class__.__name__} in {load_settings().data_dir}", err=True)
+    where = redacted_queue(settings.redis_url) if settings.redis_url else f"in {settings.data_dir}"
+    typer.echo(f"understudy worker: queue {huey.storage.__class__.__name__} {where}", err=True)
     huey.create_consumer(workers=1, periodic=True, check_worker_health=True).run()
+
+
+def redacted_queue(url: str) -> str:
+    """A Redis URL without its password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
 
 
 @app.command()
@@ -646,6 +713,11 @@ def main() -> None:
     except typer.Abort:
         typer.echo("error: aborted", err=True)
         sys.exit(130)
+    except ValidationError as exc:  # a setting from a flag or UNDERSTUDY_* that does not validate
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "setting"
+        typer.echo(f"error: {where}: {first.get('msg', exc)}".replace("Value error, ", ""), err=True)
+        sys.exit(2)
     except typer.TyperException as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""

@@ -38,11 +38,12 @@ class StoreAccess(AdminClient):
     """Every CLI read and change: the running proxy's admin API, else the store file itself."""
 
     def _open(self, read_only: bool) -> Store:
-        if not self.settings.db_path.exists():
+        if not self.settings.shared_store and not self.settings.db_path.exists():
             raise CommandError(f"no Understudy store at {self.settings.db_path} (has the proxy run with this --data-dir?)")
         try:
-            return Store(self.settings.db_path, read_only=read_only)
-        except OSError as exc:  # store.StoreBusy: another process holds the file
+            # A PostgreSQL store is opened for writing even to read: the first open creates its tables.
+            return Store.open(self.settings, read_only=read_only and not self.settings.shared_store)
+        except OSError as exc:  # store.StoreBusy: another process holds the file; ConnectionError: no server
             raise CommandError(str(exc)) from None
 
     def sites(self) -> list[dict[str, Any]]:
@@ -202,7 +203,7 @@ class StoreAccess(AdminClient):
             return self._admin("POST", "/score", json={"request": request, "upstream": upstream, "local": local})
         from understudy.pair_scoring import offline_router, score_request
 
-        store = self._open(read_only=True) if self.settings.db_path.exists() else None
+        store = self._open(read_only=True) if self.settings.shared_store or self.settings.db_path.exists() else None
         try:
             return score_request(offline_router(store, self.settings), store, request, upstream, local)
         finally:

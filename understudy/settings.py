@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     upstream_free: bool = Field(False, description="The default upstream charges nothing (the offline teacher, a model "
                                 "server of your own): its calls cost 0, and second answers are asked on every call.")
     data_dir: Path = Field(Path("./understudy-data"), description="Directory holding the DuckDB file, queue, snapshots and adapters.")
+    store: str | None = Field(None, description="A postgresql:// URL: keep the store in PostgreSQL, shared by several "
+                              "proxy processes or hosts (default: the DuckDB file in the data dir).")
+    sync_interval_s: float = Field(2.0, gt=0, description="On a shared (PostgreSQL) store, how often a proxy process "
+                                   "reloads the sites another process changed (pins, versions, states), seconds.")
+    shared_dir: Path | None = Field(None, description="Where snapshots and adapters live (default: the data dir). "
+                                    "Several hosts (proxies, a GPU training worker) mount one directory at this path.")
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest accepted request body, bytes; larger bodies get 413.")
     upstream_connect_timeout_s: float = Field(10.0, description="Seconds to open a connection to the upstream.")
     upstream_read_timeout_s: float = Field(600.0, description="Seconds to wait for upstream bytes; long generations need minutes.")
@@ -73,13 +79,35 @@ class Settings(BaseSettings):
                                             "beyond it a sample is skipped.")
 
     # ---- training ----
-    redis_url: str | None = Field(None, description="Use RedisHuey at this URL instead of SqliteHuey in the data dir.")
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("redis_url", "UNDERSTUDY_REDIS_URL", "UNDERSTUDY_QUEUE"),
+                                  description="Use RedisHuey at this URL instead of SqliteHuey in the data dir "
+                                  "(`--queue redis://...`, UNDERSTUDY_QUEUE): a worker on another host takes the jobs.")
+    proxy_url: str | None = Field(None, description="A worker's proxy (its root URL) when the worker runs on another "
+                                  "host: results are registered through its admin API (with UNDERSTUDY_ADMIN_TOKEN).")
     train_config: dict = Field(default_factory=dict, description="TrainConfig overrides (JSON), e.g. {\"epochs\": 2}.")
     train_min_examples: int = Field(50, description="New filtered examples a site needs before the scheduler trains it.")
     train_check_minutes: int = Field(10, description="How often the worker looks for sites to train, minutes.")
     quiet_hours: str | None = Field(None, description="Local hours when training may start, e.g. 22:00-06:00 (default: any).")
     quiet_max_rpm: float | None = Field(None, description="Training starts only while requests/minute stay below this.")
     quiet_rate_window_min: int = Field(5, description="Minutes over which the request rate is measured.")
+
+    @field_validator("store")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"--store takes a postgresql:// URL (the default is the DuckDB file in the data dir), not {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_only(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--queue takes a redis:// URL (the default is SqliteHuey in the data dir), not {value!r}")
+        return value
 
     @field_validator("upstream_url")
     @classmethod
@@ -95,17 +123,31 @@ class Settings(BaseSettings):
         return self.data_dir / "understudy.duckdb"
 
     @property
+    def store_location(self) -> Path | str:
+        """What `Store` opens: the PostgreSQL URL, else the DuckDB file."""
+        return self.store or self.db_path
+
+    @property
+    def shared_store(self) -> bool:
+        """Several processes may write this store (PostgreSQL), so each syncs the others' changes."""
+        return self.store is not None
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.shared_dir or self.data_dir
+
+    @property
     def discovery_path(self) -> Path:
         """Written by a running proxy (URL, pid, admin token) so the CLI can find it."""
         return self.data_dir / "proxy.json"
 
     @property
     def snapshots_dir(self) -> Path:
-        return self.data_dir / "snapshots"
+        return self.artifacts_dir / "snapshots"
 
     @property
     def adapters_dir(self) -> Path:
-        return self.data_dir / "adapters"
+        return self.artifacts_dir / "adapters"
 
     @property
     def huey_path(self) -> Path:
@@ -123,8 +165,10 @@ class Settings(BaseSettings):
         ensure_private_dir(self.data_dir)
 
     def within_data_dir(self, path: Path | str) -> bool:
-        """Does `path` (symlinks resolved, relative to the working directory) lie inside the data dir?"""
-        return Path(path).resolve().is_relative_to(self.data_dir.resolve())
+        """Does `path` (symlinks resolved, relative to the working directory) lie inside the data dir
+        (or the shared dir, where snapshots and adapters live when one is set)?"""
+        resolved = Path(path).resolve()
+        return any(resolved.is_relative_to(root.resolve()) for root in {self.data_dir, self.artifacts_dir})
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -1,9 +1,17 @@
-"""The DuckDB store: the only module that opens the database file.
+"""The store: the only module that opens the database.
 
-One process (the proxy) owns the file for writing; DuckDB admits a single writing
-process. Writes arrive from the recorder's single writer thread in batches; reads
-(the admin API, the CLI when no proxy runs) use their own cursor. Opening runs the
-pending migrations, so every code path sees the current schema.
+Two backends behind one interface, both speaking the same SQL (DuckDB's dialect, translated
+for PostgreSQL by `store_postgres`):
+
+- the embedded DuckDB file (the default): one process (the proxy) owns it for writing, as
+  DuckDB admits a single writing process;
+- PostgreSQL (`--store postgresql://...`): several proxy processes and hosts share one
+  database; each still writes through its own single writer thread in group commits.
+
+Writes arrive from the recorder's single writer thread in batches; reads (the admin API, the
+CLI when no proxy runs) use their own cursor. Opening runs the pending migrations (on
+PostgreSQL under an advisory lock, so processes starting together apply each step once), so
+every code path sees the current schema.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from understudy.migrations import migrate
+from understudy.store_postgres import MIGRATION_LOCK_KEY, PostgresDatabase, is_postgres_url, redacted
 
 CALL_COLUMNS = (
     "id", "ts", "site_id", "model", "served_by", "stream", "turn", "conversation", "retry_of",
@@ -79,9 +88,22 @@ class SiteRecord:
 
 
 class Store:
-    def __init__(self, path: Path, *, read_only: bool = False):
-        self.path = Path(path)
+    def __init__(self, location: Path | str, *, read_only: bool = False):
+        """`location`: the DuckDB file's path, or a `postgresql://` URL."""
         self.read_only = read_only
+        self._local = threading.local()
+        self.is_postgres = is_postgres_url(location)
+        if self.is_postgres:
+            self.url = str(location)
+            self.path = None
+            self.description = redacted(self.url)
+            self._con = PostgresDatabase(self.url, read_only=read_only)
+            self.cursor()  # this thread's connection: fails here, at open, when the server is unreachable
+            if not read_only:
+                self._migrate_postgres()
+            return
+        self.path = Path(location)
+        self.description = str(self.path)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # recorded prompts: the owner's only
         try:
@@ -92,14 +114,28 @@ class Store:
             holder = re.search(r"PID (\d+)", str(exc))
             who = f"process {holder.group(1)}" if holder else "another process"
             raise StoreBusy(f"the store {self.path} is in use by {who}; stop it or use another --data-dir") from None
-        self._local = threading.local()
         if not read_only:
             migrate(self._con)
             self.restrict_permissions()
 
+    @classmethod
+    def open(cls, settings, *, read_only: bool = False) -> Store:
+        """The store a settings object names: its PostgreSQL URL, else the data dir's DuckDB file."""
+        return cls(settings.store_location, read_only=read_only)
+
+    def _migrate_postgres(self) -> None:
+        cur = self.cursor()
+        cur.raw("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
+        try:
+            migrate(cur)
+        finally:
+            cur.raw("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK_KEY])
+
     def restrict_permissions(self) -> None:
         """The database file and its WAL 0600: they hold every recorded prompt and answer.
         (The proxy also runs under umask 077, so a WAL DuckDB creates later is born 0600.)"""
+        if self.path is None:
+            return
         for path in (self.path, self.path.with_name(self.path.name + ".wal")):
             try:
                 path.chmod(0o600)
@@ -107,7 +143,8 @@ class Store:
                 pass
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A per-thread cursor: DuckDB connections must not be shared across threads."""
+        """A per-thread cursor: DuckDB connections must not be shared across threads (on
+        PostgreSQL, a connection per thread)."""
         cur = getattr(self._local, "cursor", None)
         if cur is None:
             cur = self._local.cursor = self._con.cursor()
@@ -128,7 +165,10 @@ class Store:
                 cur.execute(_insert_sql("sites", SITE_COLUMNS, len(chunk), on_conflict=True), _flatten(chunk))
                 cur.execute(_insert_sql("site_names", ("site_id", "name", "source"), len(chunk), on_conflict=True),
                             _flatten([(row[0], row[1], row[2]) for row in chunk]))
-            if calls:
+            if calls and self.is_postgres:
+                width = len(CALL_COLUMNS)
+                cur.copy_rows("calls", CALL_COLUMNS, [tuple(row) + (None,) * (width - len(row)) for row in calls])
+            elif calls:
                 columns = list(zip(*calls))
                 # Rows built for an older column list: the columns added since are NULL (their default).
                 columns += [(None,) * len(calls)] * (len(CALL_COLUMNS) - len(columns))
@@ -261,7 +301,8 @@ class Store:
                    avg(CASE WHEN c.valid IS NULL THEN NULL WHEN c.valid THEN 1.0 ELSE 0.0 END) AS valid_rate,
                    max(c.ts) AS last_call
             FROM sites s LEFT JOIN calls c ON c.site_id = s.id
-            GROUP BY ALL ORDER BY calls DESC, s.name
+            GROUP BY s.id, s.name, s.kind, s.schema_name, s.state, s.pinned, s.active_version
+            ORDER BY calls DESC, s.name
             """
         ).fetchall()
         out = []

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from tests.conftest import query_store, start_proxy
+from tests.conftest import query_store, start_proxy, open_test_store
 from understudy.proxy.call_record import PendingCall
 from understudy.proxy.callsite import identify
 from understudy.proxy.pricing import PriceTable
@@ -22,6 +22,8 @@ from understudy.routing.actions import pin
 from understudy.routing.policy import Decision, SiteState
 from understudy.routing.registry import StaleDecision, apply_decision, register_version
 from understudy.store import Store
+
+STORE_BACKENDS = ("duckdb", "postgresql")  # the single writer and its compare-and-set on both stores
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -36,7 +38,7 @@ def _call(call_id: str, text: str = "hi", usage: dict | None = None) -> PendingC
 
 @pytest.fixture
 def store(tmp_path):
-    store = Store(tmp_path / "u.duckdb")
+    store = open_test_store(tmp_path / "u.duckdb")
     yield store
     store.close()
 
@@ -167,14 +169,12 @@ def test_the_proxy_replays_spilled_rows_on_start(fake_upstream, isolated_data_di
     finally:
         proxy.stop()
     # As if the store had refused the newest call (a full disk, say): its row only in the spill file.
-    import duckdb
-
     from understudy.store import CALL_COLUMNS
 
-    con = duckdb.connect(str(isolated_data_dir / "understudy.duckdb"))
-    row = con.execute(f"SELECT {', '.join(CALL_COLUMNS)} FROM calls ORDER BY ts DESC LIMIT 1").fetchone()
-    con.execute("DELETE FROM calls WHERE id = ?", [row[0]])
-    con.close()
+    store = open_test_store(isolated_data_dir / "understudy.duckdb")
+    row = store.cursor().execute(f"SELECT {', '.join(CALL_COLUMNS)} FROM calls ORDER BY ts DESC LIMIT 1").fetchone()
+    store.cursor().execute("DELETE FROM calls WHERE id = ?", [row[0]])
+    store.close()
     spill = isolated_data_dir / "failed-writes.jsonl"
     values = [v.isoformat() if isinstance(v, datetime) else v for v in row]
     spill.write_text(json.dumps({"kind": "call", "row": values}) + "\n")

@@ -10,9 +10,8 @@ import shutil
 import httpx
 import pytest
 
-from tests.conftest import query_store, run_cli, start_proxy
+from tests.conftest import query_store, run_cli, start_proxy, open_test_store
 from tests.support.review_data import MAP_SITE, TEXT_SITE, populate
-from understudy.store import Store
 
 CHROMIUM = shutil.which("chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -21,7 +20,7 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", 
 
 @pytest.fixture
 def review_proxy(fake_upstream, isolated_data_dir):
-    store = Store(isolated_data_dir / "understudy.duckdb")
+    store = open_test_store(isolated_data_dir / "understudy.duckdb")
     populate(store, pairs_per_version={1: 3, 2: 5}, text_pairs=2)
     store.close()
     proxy = start_proxy(isolated_data_dir, fake_upstream.url)
@@ -132,7 +131,7 @@ def test_keyboard_review_is_stored_and_counted(review_proxy, tmp_path):
 
 
 def test_offline_export_import_and_rubric_without_a_proxy(fake_upstream, isolated_data_dir, tmp_path):
-    store = Store(isolated_data_dir / "understudy.duckdb")
+    store = open_test_store(isolated_data_dir / "understudy.duckdb")
     populate(store, pairs_per_version={1: 3}, text_pairs=3)
     store.close()
     data = ["--data-dir", str(isolated_data_dir)]

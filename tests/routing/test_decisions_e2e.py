@@ -27,6 +27,8 @@ import pytest
 from tests.conftest import query_store, run_cli, start_proxy
 from understudy.training.snapshots import _split_of
 
+STORE_BACKENDS = ("duckdb", "postgresql")  # the default policy's decisions on both stores
+
 SCHEMA = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "Color", "schema": SCHEMA}}
 SYSTEM = "This is a task you must complete by returning only the output."

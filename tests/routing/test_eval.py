@@ -15,6 +15,8 @@ from tests.routing.test_decisions_e2e import RESPONSE_FORMAT, SYSTEM, tiny_env_f
 from tests.support.color_checks import PALETTE
 from understudy.training.snapshots import _split_of
 
+STORE_BACKENDS = ("duckdb", "postgresql")  # eval runs stored and read back on both stores
+
 THINGS = {f"thing{k}": PALETTE[k % len(PALETTE)] for k in range(40)}
 
 

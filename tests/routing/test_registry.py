@@ -6,14 +6,15 @@ from datetime import datetime, timezone
 
 import pytest
 
+from tests.conftest import open_test_store
+
 from understudy.routing.actions import ActionError, pin, rollback
 from understudy.routing.registry import list_versions, register_version
-from understudy.store import Store
 
 
 @pytest.fixture
 def store(tmp_path):
-    store = Store(tmp_path / "u.duckdb")
+    store = open_test_store(tmp_path / "u.duckdb")
     store.write_batch([("s1", "site", "function", "byllm", "", "site", [], "Level", [], None,
                         datetime.now(timezone.utc), None)], [])
     yield store

@@ -11,20 +11,22 @@ import math
 import krippendorff
 import numpy as np
 import pytest
+
+from tests.conftest import open_test_store
 from PIL import Image
 from scipy import stats
 
 from tests.support.review_data import MAP_SITE, TEXT_SITE, populate
 from understudy.routing import reviews
 from understudy.routing.reviews import ReviewError
-from understudy.store import SiteNotFound, Store
+from understudy.store import SiteNotFound
 
 CRITERIA = ("gameplay", "structure", "constraints")
 
 
 @pytest.fixture
 def store(tmp_path):
-    store = Store(tmp_path / "understudy.duckdb")
+    store = open_test_store(tmp_path / "understudy.duckdb")
     populate(store, pairs_per_version={1: 10, 2: 30}, text_pairs=4)
     yield store
     store.close()
@@ -135,7 +137,7 @@ def test_blind_order_is_random_and_the_view_hides_it(store):
 def test_the_same_seed_draws_the_same_pairs_but_not_the_same_sides(tmp_path):
     draws = []
     for k in range(2):
-        store = Store(tmp_path / f"s{k}.duckdb")
+        store = open_test_store(tmp_path / f"s{k}.duckdb")
         populate(store, pairs_per_version={1: 20, 2: 20})
         reviews.draw_plan(store.cursor(), MAP_SITE, 30, seed=7)
         draws.append(store.cursor().execute("SELECT call_id, version, local_side FROM review_items ORDER BY 1, 2").fetchall())

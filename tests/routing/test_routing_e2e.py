@@ -18,6 +18,8 @@ from tests.conftest import query_store, run_cli, start_proxy
 from tests.routing.test_decisions_e2e import (COLORS, TRAIN_STEPS, ColorTeacher, ask, color_request,
                                               tiny_env_for_colors)
 
+STORE_BACKENDS = ("duckdb", "postgresql")  # the whole loop, CLI and reports on both stores
+
 
 def site_row(proxy, site_id):
     return next(row for row in json.loads(proxy.cli("sites", "--json").stdout) if row["id"] == site_id)

@@ -1,0 +1,194 @@
+"""Local answers from a model server: llama.cpp's `llama-server` holding the base and the adapters.
+
+On a GPU host the local model need not live in every proxy process. With a `[local_server]`
+table in the upstreams configuration, local answers (served, shadow, drift) go to one
+llama-server instead of the in-process llama-cpp-python model (still the default):
+
+    [local_server]
+    url = "http://gpu-host:8080"         # llama-server's root (it serves /completion, /lora-adapters)
+    publish_dir = "/shared/published"    # where adapters are copied for it to load (default: none)
+    slots = 4                            # answers in flight at once (llama-server --parallel)
+    timeout_s = 120
+
+The server must run the proxies' base GGUF with every adapter it may be asked for loaded but not
+applied: `llama-server -m base.gguf --lora-init-without-apply --lora a.gguf --lora b.gguf`.
+Each request names its adapter by id (`"lora": [{"id": N, "scale": 1}]`, llama-server's
+per-request selection), ids taken from `GET /lora-adapters` by file name; the bare base (a
+control) sends no adapter. When `publish_dir` is set, every adapter the proxy uses is copied
+there and listed in `adapters.txt` (one path per line), so a server restarted with
+`--lora $(paste -sd, adapters.txt)` loads them all. An adapter the server has not loaded is an
+error the router treats like any failed local answer (the upstream answers).
+
+The prompt is rendered here exactly as in-process (the version's site prompt, the same text
+its adapter was trained on) and typed answers are constrained by the same GBNF grammar; the
+answer's confidence is not available from the server (None: the cascade does not use it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from understudy.routing.local_model import DEFAULT_MAX_TOKENS, LocalAnswer, PromptMismatch, Variant, json_schema_of
+from understudy.routing.local_queue import LocalQueue
+from understudy.training.prompt_format import STOP_SEQUENCES
+from understudy.training.site_prompt import render_with_prefix
+
+ADAPTER_LIST = "adapters.txt"
+
+
+class ModelServerError(RuntimeError):
+    """The model server could not answer (unreachable, an error status, an adapter it lacks)."""
+
+
+@dataclass(frozen=True)
+class LocalServerConfig:
+    url: str
+    publish_dir: Path | None = None
+    slots: int = 4
+    timeout_s: float = 120.0
+
+    @classmethod
+    def from_table(cls, where: str, table: Any) -> LocalServerConfig:
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: [local_server] must be a table")
+        unknown = set(table) - {"url", "publish_dir", "slots", "timeout_s"}
+        if unknown:
+            raise ValueError(f"{where}: [local_server]: unknown key(s) {', '.join(sorted(unknown))} "
+                             "(expected url, publish_dir, slots, timeout_s)")
+        url = table.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"{where}: [local_server] needs url = \"http://host:port\" (llama-server's root)")
+        slots = table.get("slots", 4)
+        if not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"{where}: [local_server] slots must be a whole number >= 1")
+        timeout = table.get("timeout_s", 120.0)
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"{where}: [local_server] timeout_s must be a positive number")
+        publish = table.get("publish_dir")
+        return cls(url.rstrip("/").removesuffix("/v1"), Path(publish) if publish else None, slots, float(timeout))
+
+
+class ServedModels:
+    """The `LocalModels` interface (`complete`, `queue`, `close`) over a llama-server."""
+
+    def __init__(self, config: LocalServerConfig, *, max_background: int = 256):
+        self.config = config
+        self.queue = LocalQueue(max_background, slots=config.slots)
+        self._client = httpx.Client(base_url=config.url, timeout=httpx.Timeout(config.timeout_s, connect=10.0))
+        self._ids: dict[str, int] = {}  # adapter file name -> the server's id
+        self._lock = threading.Lock()
+        self._grammars: dict[tuple[str, bool], str] = {}
+
+    # ---- adapters ----
+
+    def publish(self, adapter_path: str) -> Path:
+        """Copy an adapter into the publish dir (once) and list it for the server's next start."""
+        assert self.config.publish_dir is not None
+        self.config.publish_dir.mkdir(parents=True, exist_ok=True)
+        source = Path(adapter_path)
+        target = self.config.publish_dir / _published_name(source)
+        with self._lock:
+            if not target.exists():
+                tmp = target.with_suffix(".tmp")
+                shutil.copyfile(source, tmp)
+                tmp.rename(target)
+            listing = self.config.publish_dir / ADAPTER_LIST
+            listed = listing.read_text().split() if listing.exists() else []
+            if str(target) not in listed:
+                listing.write_text("".join(f"{line}\n" for line in [*listed, str(target)]))
+        return target
+
+    def prepare(self, variant: Variant) -> None:
+        """A version the router may answer with: published at once, so the server can be restarted
+        with it before the first request needs it."""
+        if variant.adapter_path is not None and self.config.publish_dir is not None:
+            self.publish(variant.adapter_path)
+
+    def adapter_id(self, adapter_path: str) -> int:
+        name = _published_name(Path(adapter_path))
+        with self._lock:
+            if name not in self._ids:
+                self._ids = self._loaded_adapters()
+            if name not in self._ids:
+                raise ModelServerError(
+                    f"the model server at {self.config.url} has not loaded adapter {name}: restart it with "
+                    f"--lora-init-without-apply --lora for each adapter"
+                    + (f" listed in {self.config.publish_dir / ADAPTER_LIST}" if self.config.publish_dir else ""))
+            return self._ids[name]
+
+    def _loaded_adapters(self) -> dict[str, int]:
+        try:
+            response = self._client.get("/lora-adapters")
+            response.raise_for_status()
+            return {_published_name(Path(entry["path"])): int(entry["id"]) for entry in response.json()}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ModelServerError(f"the model server at {self.config.url} did not list its adapters: {exc}") from None
+
+    # ---- answering ----
+
+    def complete_sync(self, request: dict[str, Any], variant: Variant) -> LocalAnswer:
+        rendered = render_with_prefix(request, variant.prompt)
+        if rendered is None:
+            raise PromptMismatch("the request's static part (system text, docstring, schema, tools) is not the one "
+                                 "this version was trained on")
+        prompt, _prefix = rendered
+        body: dict[str, Any] = {
+            "prompt": prompt, "n_predict": int(request.get("max_completion_tokens") or request.get("max_tokens")
+                                               or DEFAULT_MAX_TOKENS),
+            "temperature": 0.0, "top_k": 1, "stop": STOP_SEQUENCES, "cache_prompt": True,
+            "lora": [],  # every adapter at scale 0 but this version's (none: the bare base)
+        }
+        if variant.adapter_path is not None:
+            body["lora"] = [{"id": self.adapter_id(variant.adapter_path), "scale": 1.0}]
+        schema = json_schema_of(request.get("response_format"))
+        if schema is not None:
+            body["grammar"] = self._grammar(schema, variant.prompt.lean)
+        started = time.perf_counter()
+        try:
+            response = self._client.post("/completion", json=body)
+        except httpx.HTTPError as exc:
+            raise ModelServerError(f"the model server at {self.config.url} did not answer: {exc}") from None
+        if response.status_code != 200:
+            raise ModelServerError(f"the model server at {self.config.url} answered {response.status_code}: "
+                                   f"{response.text[:200]}")
+        out = response.json()
+        latency_ms = (time.perf_counter() - started) * 1000
+        return LocalAnswer(out.get("content", ""), latency_ms, int(out.get("tokens_evaluated") or 0),
+                           int(out.get("tokens_predicted") or 0), None)
+
+    def _grammar(self, schema: dict, lean: bool) -> str:
+        import json
+
+        from understudy.training.local_generate import schema_grammar
+
+        key = (json.dumps(schema), lean)
+        if key not in self._grammars:
+            self._grammars[key] = schema_grammar(schema, lean)
+        return self._grammars[key]
+
+    async def complete(self, request: dict[str, Any], variant: Variant, *, background: bool = False) -> LocalAnswer:
+        import anyio
+
+        await self.queue.acquire(background=background)
+        try:
+            return await anyio.to_thread.run_sync(self.complete_sync, request, variant)
+        finally:
+            self.queue.release()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _published_name(adapter: Path) -> str:
+    """An adapter's name on the server. Training writes every one as `<site>/job-<stamp>/adapter.gguf`:
+    it is called `<site>-job-<stamp>.gguf` there (a published copy already has that name)."""
+    if adapter.name != "adapter.gguf":
+        return adapter.name
+    return f"{adapter.parent.parent.name}-{adapter.parent.name}.gguf"
