@@ -140,3 +140,4 @@ def test_translated_sql_is_postgres_sql():
     assert translate("SELECT a FROM (SELECT a FROM t) WHERE b = ? AND c LIKE 'x%'") == (
         "SELECT a FROM (SELECT a FROM t) AS _q1 WHERE b = %s AND CAST(c AS TEXT) LIKE 'x%%'")
     assert translate("SELECT kind, count(*) FROM sites GROUP BY ALL") == "SELECT kind, COUNT(*) FROM sites GROUP BY 1"
+

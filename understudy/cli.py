@@ -98,7 +98,6 @@ def serve(
     client_keys_file: ClientKeysFile = None,
     public_report: PublicReport = None,
     store: StoreUrl = None,
-    queue: QueueUrl = None,
     shared_dir: SharedDir = None,
     workers: Workers = 1,
 ) -> None:
@@ -111,7 +110,7 @@ def serve(
     settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
                              data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free,
                              client_keys_file=client_keys_file, public_report=public_report, store=store,
-                             redis_url=queue, shared_dir=shared_dir)
+                             shared_dir=shared_dir)
     _refuse_busy_data_dir(settings)
     _check_workers(settings, workers)
     _check_access(settings)

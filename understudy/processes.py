@@ -7,6 +7,7 @@ teacher for the length of a run when none is running) and the tests.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -98,7 +99,11 @@ def start_worker(settings: Settings) -> Child:
     """`understudy worker` for the data directory, logging to <data-dir>/worker.log."""
     settings.ensure_data_dir()
     log = open(settings.data_dir / "worker.log", "a")
+    # The queue and shared dir `up` was given (flags or environment) are the worker's too; in its
+    # environment, not its arguments, where `ps` would show a Redis password.
+    env = {**os.environ, **({"UNDERSTUDY_QUEUE": settings.redis_url} if settings.redis_url else {}),
+           **({"UNDERSTUDY_SHARED_DIR": str(settings.shared_dir)} if settings.shared_dir else {})}
     process = subprocess.Popen([understudy_executable(), "worker", "--data-dir", str(settings.data_dir)],
-                               stdout=log, stderr=log)
+                               stdout=log, stderr=log, env=env)
     log.close()
     return Child(process, str(settings.huey_path))

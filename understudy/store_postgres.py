@@ -104,28 +104,39 @@ def _replace_on_conflict(insert: exp.Insert) -> exp.OnConflict:
 
 
 class PostgresCursor:
-    """One thread's connection, with the methods the store's callers use on a DuckDB cursor."""
+    """One thread's connection, with the methods the store's callers use on a DuckDB cursor.
 
-    def __init__(self, connection: psycopg.Connection):
-        self.connection = connection
-        self._cursor = connection.cursor()
+    A connection the server dropped (a restart, a failover) fails the statement running on it;
+    the next statement opens a new one, so a proxy outlives its database's restart (the
+    recorder keeps what it could not commit meanwhile: proxy.recorder)."""
+
+    def __init__(self, database: PostgresDatabase):
+        self.database = database
+        self.connection = database.connect()
+        self._cursor = self.connection.cursor()
+
+    def _usable(self) -> psycopg.Cursor:
+        if self.connection.closed or self.connection.broken:
+            self.connection = self.database.connect()
+            self._cursor = self.connection.cursor()
+        return self._cursor
 
     def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> PostgresCursor:
-        self._cursor.execute(translate(sql), list(parameters) if parameters else None, prepare=False)
+        self._usable().execute(translate(sql), list(parameters) if parameters else None, prepare=False)
         return self
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PostgresCursor:
-        self._cursor.executemany(translate(sql), [list(row) for row in rows])
+        self._usable().executemany(translate(sql), [list(row) for row in rows])
         return self
 
     def raw(self, sql: str, parameters: Sequence[Any] | None = None) -> PostgresCursor:
         """PostgreSQL's own SQL, untranslated (locks, COPY)."""
-        self._cursor.execute(sql, parameters)
+        self._usable().execute(sql, parameters)
         return self
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Bulk insert through COPY: the group commit's calls, thousands of rows in one round trip."""
-        with self._cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        with self._usable().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
 
@@ -156,9 +167,9 @@ class PostgresDatabase:
         self._lock = threading.Lock()
         self._cursors: list[PostgresCursor] = []
 
-    def cursor(self) -> PostgresCursor:
+    def connect(self) -> psycopg.Connection:
         try:
-            connection = psycopg.connect(self.url, autocommit=True, application_name="understudy")
+            connection = psycopg.connect(self.url, autocommit=True, application_name="understudy", connect_timeout=10)
         except psycopg.OperationalError as exc:
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise ConnectionError(f"cannot reach the store {redacted(self.url)}: {detail}") from None
@@ -168,7 +179,10 @@ class PostgresDatabase:
         connection.adapters.register_loader("numeric", FloatLoader)
         if self.read_only:
             connection.execute("SET default_transaction_read_only = on")
-        cursor = PostgresCursor(connection)
+        return connection
+
+    def cursor(self) -> PostgresCursor:
+        cursor = PostgresCursor(self)
         with self._lock:
             self._cursors.append(cursor)
         return cursor

@@ -13,6 +13,8 @@ import pytest
 from tests.conftest import query_store, run_cli, start_proxy, open_test_store
 from tests.support.review_data import MAP_SITE, TEXT_SITE, populate
 
+STORE_BACKENDS = ("duckdb", "postgresql")  # blind review: invites, the page, judgments, results on both stores
+
 CHROMIUM = shutil.which("chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from tests.conftest import VENV_BIN, query_store, run_cli, start_proxy
+from tests.test_store_backends import call_row as stored_call_row
+from understudy.store import Store
 
 COLOR = {"type": "json_schema", "json_schema": {"name": "Color", "schema": {
     "type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}}}
@@ -237,3 +240,18 @@ def test_a_worker_on_the_redis_queue_trains_and_the_version_appears_on_both_prox
             worker.wait(60)
         a.stop()
         b.stop()
+
+
+def test_a_store_outlives_its_servers_restart(postgres_server):
+    """The statement running when PostgreSQL drops the connection fails (the recorder keeps its
+    rows); the next one reconnects."""
+    store = Store(postgres_server.new_database())
+    try:
+        store.write_batch(calls=[stored_call_row("c1", "s1")])
+        postgres_server.restart()
+        with pytest.raises(psycopg.OperationalError):
+            store.write_batch(calls=[stored_call_row("c2", "s1")])
+        store.write_batch(calls=[stored_call_row("c3", "s1")])
+        assert sorted(row[0] for row in store.cursor().execute("SELECT id FROM calls").fetchall()) == ["c1", "c3"]
+    finally:
+        store.close()

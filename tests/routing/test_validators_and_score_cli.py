@@ -22,6 +22,8 @@ from tests.support.showcase import level_repr, map_request
 from understudy.settings import load_settings
 from understudy.store import SiteRecord
 
+STORE_BACKENDS = ("duckdb", "postgresql")  # validators, policies and exports on both stores
+
 SCHEMA = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
 PAINT_FORMAT = {"type": "json_schema", "json_schema": {"name": "Paint", "schema": SCHEMA}}
 VALIDATOR = "tests.routing.test_validators_and_score_cli:color_named_in_request"

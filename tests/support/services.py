@@ -12,6 +12,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -52,7 +53,18 @@ class PostgresServer:
         """`durable`: PostgreSQL's own defaults (fsync on), for benchmarks; tests turn fsync off."""
         subprocess.run([_postgres_bin("initdb"), "-D", str(self.data), "-U", "understudy", "--auth=trust", "-E", "UTF8",
                         "--no-sync"], check=True, capture_output=True, cwd=self.root, **self._run_as())
-        self.log = open(self.root / "server.log", "wb")
+        self.durable = durable
+        return self._run()
+
+    def restart(self) -> None:
+        """Stop the server (every connection dropped) and start it again on the same port and data."""
+        self.process.send_signal(signal.SIGINT)  # "fast" shutdown: clients are disconnected, not waited for
+        self.process.wait(30)
+        self._run()
+
+    def _run(self) -> PostgresServer:
+        durable = self.durable
+        self.log = open(self.root / "server.log", "ab")
         # fsync off: a test server's durability is not under test, and every test makes a database.
         fast = [] if durable else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         self.process = subprocess.Popen(
@@ -81,7 +93,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
