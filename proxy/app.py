@@ -127,7 +127,6 @@ def create_app(settings: Settings) -> Litestar:
             sync = SiteSync(state.store, current_site=state.sites.get, replace_site=state.sites.replace,
                             refresh_routing=state.router.refresh)
             sync.prime()
-            state.sync = sync
             sync_task = asyncio.get_running_loop().create_task(sync.run(settings.sync_interval_s))
             state.stopping.append(sync_task.cancel)
 

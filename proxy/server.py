@@ -113,10 +113,7 @@ def serve_processes(settings: Settings, workers: int, on_stop: Sequence[Callable
     if not settings.shared_store:
         raise ValueError(f"--workers {workers} needs a shared store (--store postgresql://...): the DuckDB file "
                          "admits one writing process")
-    from understudy.store import Store
-
-    settings.ensure_data_dir()
-    Store.open(settings).close()  # reachable, migrated once, before any child races to it
+    settings.ensure_data_dir()  # the store was opened (reachable, migrated) by the CLI before this
     settings = settings.model_copy(update={"admin_token": settings.admin_token or secrets.token_urlsafe(24)})
     os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
     config = _uvicorn_config("understudy.proxy.server:worker_app", settings, factory=True, workers=workers)

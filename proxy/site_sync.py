@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -34,6 +34,14 @@ FROM sites s
 """
 
 
+class Fingerprint(NamedTuple):
+    """What FINGERPRINT_SQL reads of a site beside its record."""
+
+    policy: Any
+    versions: str | None
+    shadows: int
+
+
 class SiteSync:
     def __init__(self, store: Store, *, current_site: Callable[[str], SiteRecord | None],
                  replace_site: Callable[[SiteRecord], None], refresh_routing: Callable[[str, bool], None]):
@@ -41,30 +49,24 @@ class SiteSync:
         self.current_site = current_site
         self.replace_site = replace_site
         self.refresh_routing = refresh_routing
-        self._seen: dict[str, tuple[Any, ...]] = {}
-        self.reloads = 0  # sites reloaded because another process changed them
+        self._seen: dict[str, Fingerprint] = {}
 
     def prime(self) -> None:
         """Remember the store as this process loaded it, so the first tick reloads nothing."""
         for row in self.store.cursor().execute(FINGERPRINT_SQL).fetchall():
-            self._seen[row[0]] = tuple(row[6:])
+            self._seen[row[0]] = Fingerprint(*row[6:])
 
-    def tick(self) -> list[str]:
-        """One pass (a worker thread): reload every site that changed since the last; their ids."""
-        changed = []
+    def tick(self) -> None:
+        """One pass (a worker thread): reload every site that changed since the last."""
         for row in self.store.cursor().execute(FINGERPRINT_SQL).fetchall():
-            record = SiteRecord(*row[:6])
-            extra = tuple(row[6:])
+            record, seen = SiteRecord(*row[:6]), Fingerprint(*row[6:])
             previous = self._seen.get(record.id)
-            if self.current_site(record.id) == record and previous == extra:
+            if self.current_site(record.id) == record and previous == seen:
                 continue
-            self._seen[record.id] = extra
+            self._seen[record.id] = seen
             self.replace_site(record)
             # New evidence from other processes (more shadow rows): reload it from the store.
-            self.refresh_routing(record.id, previous is None or previous[2] != extra[2])
-            changed.append(record.id)
-        self.reloads += len(changed)
-        return changed
+            self.refresh_routing(record.id, previous is None or previous.shadows != seen.shadows)
 
     async def run(self, interval_s: float) -> None:
         while True:

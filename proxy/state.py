@@ -9,7 +9,6 @@ from understudy.client_keys import ClientKeys
 from understudy.proxy.metrics import ProxyMetrics
 from understudy.proxy.recorder import Recorder
 from understudy.proxy.site_registry import SiteRegistry
-from understudy.proxy.site_sync import SiteSync
 from understudy.proxy.upstream import Upstream
 from understudy.routing.router import Router
 from understudy.settings import Settings
@@ -28,7 +27,6 @@ class ProxyState:
     router: Router
     background: set[asyncio.Task] = field(default_factory=set)  # shadow work, kept referenced until done
     client_keys: ClientKeys | None = None  # None: /v1/* is open (loopback without a keys file)
-    sync: SiteSync | None = None  # on a shared (PostgreSQL) store: reloads what other processes changed
     stopping: list = field(default_factory=list)  # called first on shutdown (the sync loop's cancel)
 
     def refresh_site(self, site_id: str) -> None:

@@ -62,7 +62,42 @@ def json_schema_of(response_format: Any) -> dict | None:
     return None
 
 
-class LocalModels:
+def render(request: dict[str, Any], variant: Variant) -> tuple[str, str | None]:
+    """(prompt, its fixed prefix) in the version's site prompt; PromptMismatch when it cannot answer."""
+    rendered = render_with_prefix(request, variant.prompt)
+    if rendered is None:
+        raise PromptMismatch("the request's static part (system text, docstring, schema, tools) is not the one "
+                             "this version was trained on")
+    return rendered
+
+
+def max_tokens_of(request: dict[str, Any]) -> int:
+    return int(request.get("max_completion_tokens") or request.get("max_tokens") or DEFAULT_MAX_TOKENS)
+
+
+class QueuedModels:
+    """What the router calls for a local answer; `complete_sync` runs in a worker thread, in the
+    order `queue` (routing.local_queue) gives. In-process (`LocalModels`) or a model server
+    (routing.model_server.ServedModels)."""
+
+    queue: LocalQueue
+
+    def prepare(self, variant: Variant) -> None:
+        """A version the router may answer with (in-process: its adapter loads on first use)."""
+
+    def complete_sync(self, request: dict[str, Any], variant: Variant) -> LocalAnswer:
+        raise NotImplementedError
+
+    async def complete(self, request: dict[str, Any], variant: Variant, *, background: bool = False) -> LocalAnswer:
+        """A local answer; `background` (shadow work) waits behind served answers and may be `Skipped`."""
+        await self.queue.acquire(background=background)
+        try:
+            return await anyio.to_thread.run_sync(self.complete_sync, request, variant)
+        finally:
+            self.queue.release()
+
+
+class LocalModels(QueuedModels):
     def __init__(self, base_gguf: str, *, n_threads: int | None = None, max_background: int = 256):
         self.base_gguf = base_gguf
         self.n_threads = n_threads
@@ -82,31 +117,15 @@ class LocalModels:
                 self._generator = LocalGenerator(self.base_gguf, n_threads=self.n_threads)
             return self._generator
 
-    def prepare(self, variant: Variant) -> None:
-        """A version the router may answer with (in-process: its adapter loads on first use)."""
-
     def complete_sync(self, request: dict[str, Any], variant: Variant) -> LocalAnswer:
-        rendered = render_with_prefix(request, variant.prompt)
-        if rendered is None:
-            raise PromptMismatch("the request's static part (system text, docstring, schema, tools) is not the one "
-                                 "this version was trained on")
-        prompt, prefix = rendered
+        prompt, prefix = render(request, variant)
         generator = self.generator()
-        max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or DEFAULT_MAX_TOKENS
         started = time.perf_counter()
-        out = generator.complete(prompt, adapter_path=variant.adapter_path, max_tokens=int(max_tokens),
+        out = generator.complete(prompt, adapter_path=variant.adapter_path, max_tokens=max_tokens_of(request),
                                  grammar_schema=json_schema_of(request.get("response_format")), lean=variant.prompt.lean,
                                  prefix=prefix)
         latency_ms = (time.perf_counter() - started) * 1000
         return LocalAnswer(out.text, latency_ms, out.prompt_tokens, out.completion_tokens, out.confidence)
-
-    async def complete(self, request: dict[str, Any], variant: Variant, *, background: bool = False) -> LocalAnswer:
-        """A local answer; `background` (shadow work) waits behind served answers and may be `Skipped`."""
-        await self.queue.acquire(background=background)
-        try:
-            return await anyio.to_thread.run_sync(self.complete_sync, request, variant)
-        finally:
-            self.queue.release()
 
     def close(self) -> None:
         with self._load_lock:

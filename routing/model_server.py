@@ -26,6 +26,7 @@ answer's confidence is not available from the server (None: the cascade does not
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -35,10 +36,11 @@ from typing import Any
 
 import httpx
 
-from understudy.routing.local_model import DEFAULT_MAX_TOKENS, LocalAnswer, PromptMismatch, Variant, json_schema_of
+from understudy.routing.local_model import (LocalAnswer, QueuedModels, Variant, json_schema_of, max_tokens_of,
+                                            render)
 from understudy.routing.local_queue import LocalQueue
+from understudy.training.local_generate import schema_grammar
 from understudy.training.prompt_format import STOP_SEQUENCES
-from understudy.training.site_prompt import render_with_prefix
 
 ADAPTER_LIST = "adapters.txt"
 
@@ -75,8 +77,8 @@ class LocalServerConfig:
         return cls(url.rstrip("/").removesuffix("/v1"), Path(publish) if publish else None, slots, float(timeout))
 
 
-class ServedModels:
-    """The `LocalModels` interface (`complete`, `queue`, `close`) over a llama-server."""
+class ServedModels(QueuedModels):
+    """The local-model interface (`complete`, `prepare`, `queue`, `close`) over a llama-server."""
 
     def __init__(self, config: LocalServerConfig, *, max_background: int = 256):
         self.config = config
@@ -84,7 +86,6 @@ class ServedModels:
         self._client = httpx.Client(base_url=config.url, timeout=httpx.Timeout(config.timeout_s, connect=10.0))
         self._ids: dict[str, int] = {}  # adapter file name -> the server's id
         self._lock = threading.Lock()
-        self._grammars: dict[tuple[str, bool], str] = {}
 
     # ---- adapters ----
 
@@ -134,14 +135,9 @@ class ServedModels:
     # ---- answering ----
 
     def complete_sync(self, request: dict[str, Any], variant: Variant) -> LocalAnswer:
-        rendered = render_with_prefix(request, variant.prompt)
-        if rendered is None:
-            raise PromptMismatch("the request's static part (system text, docstring, schema, tools) is not the one "
-                                 "this version was trained on")
-        prompt, _prefix = rendered
+        prompt, _prefix = render(request, variant)
         body: dict[str, Any] = {
-            "prompt": prompt, "n_predict": int(request.get("max_completion_tokens") or request.get("max_tokens")
-                                               or DEFAULT_MAX_TOKENS),
+            "prompt": prompt, "n_predict": max_tokens_of(request),
             "temperature": 0.0, "top_k": 1, "stop": STOP_SEQUENCES, "cache_prompt": True,
             "lora": [],  # every adapter at scale 0 but this version's (none: the bare base)
         }
@@ -149,7 +145,7 @@ class ServedModels:
             body["lora"] = [{"id": self.adapter_id(variant.adapter_path), "scale": 1.0}]
         schema = json_schema_of(request.get("response_format"))
         if schema is not None:
-            body["grammar"] = self._grammar(schema, variant.prompt.lean)
+            body["grammar"] = schema_grammar(json.dumps(schema), variant.prompt.lean)
         started = time.perf_counter()
         try:
             response = self._client.post("/completion", json=body)
@@ -162,25 +158,6 @@ class ServedModels:
         latency_ms = (time.perf_counter() - started) * 1000
         return LocalAnswer(out.get("content", ""), latency_ms, int(out.get("tokens_evaluated") or 0),
                            int(out.get("tokens_predicted") or 0), None)
-
-    def _grammar(self, schema: dict, lean: bool) -> str:
-        import json
-
-        from understudy.training.local_generate import schema_grammar
-
-        key = (json.dumps(schema), lean)
-        if key not in self._grammars:
-            self._grammars[key] = schema_grammar(schema, lean)
-        return self._grammars[key]
-
-    async def complete(self, request: dict[str, Any], variant: Variant, *, background: bool = False) -> LocalAnswer:
-        import anyio
-
-        await self.queue.acquire(background=background)
-        try:
-            return await anyio.to_thread.run_sync(self.complete_sync, request, variant)
-        finally:
-            self.queue.release()
 
     def close(self) -> None:
         self._client.close()

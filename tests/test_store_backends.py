@@ -40,7 +40,7 @@ def store(tmp_path):
     opened.close()
 
 
-def second_process_view(store: Store, tmp_path) -> Store | None:
+def second_process_view(store: Store) -> Store | None:
     """Another process's store on the same database (None on DuckDB: one writing process only)."""
     return Store(store.url) if store.is_postgres else None
 
@@ -70,12 +70,12 @@ def test_a_batch_that_fails_writes_nothing(store):
     assert store.call_count() == 1 and [r.id for r in store.site_records()] == []
 
 
-def test_a_decision_is_compare_and_set_across_processes(store, tmp_path):
+def test_a_decision_is_compare_and_set_across_processes(store):
     store.write_batch(sites=[site_row("s1", "pick_color")])
     register_version(store, "s1", {"verified": True, "adapter_path": None, "metrics": {}})
     seen = store.resolve_site("s1")
     assert (seen.state, seen.active_version) == ("shadow", 1)
-    other = second_process_view(store, tmp_path) or store
+    other = second_process_view(store) or store
     try:
         # Another process (or the operator) moves the site first ...
         apply_decision(other, other.resolve_site("s1"), Decision(SiteState.LOCAL, "promoted there"), actor="policy",
@@ -93,11 +93,11 @@ def test_a_decision_is_compare_and_set_across_processes(store, tmp_path):
             other.close()
 
 
-def test_two_writers_at_once_lose_nothing(store, tmp_path):
+def test_two_writers_at_once_lose_nothing(store):
     """Two processes' writers commit batches at the same time: every row lands once."""
     if not store.is_postgres:
         pytest.skip("one DuckDB file has one writing process, and in it one writer thread (the recorder's)")
-    other = second_process_view(store, tmp_path)
+    other = second_process_view(store)
     errors = []
 
     def write(target: Store, prefix: str) -> None:

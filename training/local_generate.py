@@ -42,6 +42,7 @@ Thread safety: one llama context cannot run two generations at once; a lock seri
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import re
@@ -113,7 +114,6 @@ class LocalGenerator:
         self._lock = threading.Lock()
         self._adapters: OrderedDict[tuple[str, float], object] = OrderedDict()
         self._active: tuple[str, float] | None = None
-        self._grammars: dict[tuple[str, bool], str] = {}
         self._max_adapters = max_adapters
         # (adapter key, prefix tokens) -> the sequence's evaluated state (KV cells)
         self._prefix_states: OrderedDict[tuple, bytes] = OrderedDict()
@@ -175,11 +175,7 @@ class LocalGenerator:
         """The GBNF grammar for a JSON schema (cached). Key order matters: the grammar writes
         properties in the order the schema lists them, which is the order the model was trained
         to write them in. Never sort keys here."""
-        text = schema if isinstance(schema, str) else json.dumps(schema)
-        grammar = self._grammars.get((text, lean))
-        if grammar is None:
-            grammar = self._grammars[(text, lean)] = schema_grammar(text, lean)
-        return grammar
+        return schema_grammar(schema if isinstance(schema, str) else json.dumps(schema), lean)
 
     # --- reused prefixes --------------------------------------------------------------
     def _restore_prefix(self, prompt: str, prefix: str | None) -> None:
@@ -284,12 +280,14 @@ class LocalGenerator:
         self.close()
 
 
-def schema_grammar(schema: dict | str, lean: bool = False) -> str:
-    """The GBNF grammar for a JSON schema, properties in the schema's order; `lean`: compact JSON
-    only (no optional whitespace between tokens). Also sent to a model server (routing.model_server)."""
+@functools.lru_cache(maxsize=256)
+def schema_grammar(schema: str, lean: bool = False) -> str:
+    """The GBNF grammar for a JSON schema (its JSON text; cached), properties in the schema's
+    order; `lean`: compact JSON only (no optional whitespace between tokens). Also sent to a
+    model server (routing.model_server)."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    grammar = json_schema_to_gbnf(schema if isinstance(schema, str) else json.dumps(schema))
+    grammar = json_schema_to_gbnf(schema)
     if lean:
         grammar = re.sub(r"^space ::= .*$", LEAN_SPACE, grammar, flags=re.MULTILINE)
     return grammar

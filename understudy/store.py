@@ -29,7 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from understudy.migrations import migrate
-from understudy.store_postgres import MIGRATION_LOCK_KEY, PostgresDatabase, is_postgres_url, redacted
+from understudy.store_postgres import MIGRATION_LOCK_KEY, PostgresDatabase, is_postgres_url
 
 CALL_COLUMNS = (
     "id", "ts", "site_id", "model", "served_by", "stream", "turn", "conversation", "retry_of",
@@ -96,14 +96,12 @@ class Store:
         if self.is_postgres:
             self.url = str(location)
             self.path = None
-            self.description = redacted(self.url)
             self._con = PostgresDatabase(self.url, read_only=read_only)
             self.cursor()  # this thread's connection: fails here, at open, when the server is unreachable
             if not read_only:
                 self._migrate_postgres()
             return
         self.path = Path(location)
-        self.description = str(self.path)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # recorded prompts: the owner's only
         try:

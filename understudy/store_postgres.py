@@ -150,10 +150,6 @@ class PostgresCursor:
     def description(self):
         return self._cursor.description
 
-    @property
-    def rowcount(self) -> int:
-        return self._cursor.rowcount
-
     def close(self) -> None:
         self._cursor.close()
 
@@ -186,9 +182,6 @@ class PostgresDatabase:
         with self._lock:
             self._cursors.append(cursor)
         return cursor
-
-    def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> PostgresCursor:
-        return self.cursor().execute(sql, parameters)
 
     def close(self) -> None:
         with self._lock:
