@@ -75,14 +75,22 @@ def encode_examples(tokenizer, examples: list[dict], max_length: int,
 
 @dataclass
 class Batch:
-    """A left-padded micro-batch: every sequence ends in the last column, so its target tokens
-    are among the last `keep` positions, and logits are computed for those positions only
-    (`logits_to_keep`): on a 262k-token vocabulary the output layer is most of the work."""
+    """A right-padded micro-batch. Logits are computed for the last `keep` positions only
+    (`logits_to_keep`), which start just before the earliest target token of any row: on a
+    262k-token vocabulary the output layer is most of the work.
+
+    Right, not left, padding: with left padding a pad position's query sees only pad keys (those
+    before it are pads, those after it are hidden by causality), a fully masked attention row.
+    The loss was NaN from the second step on an H200 (torch 2.11, bf16) with left padding, and
+    the likeliest cause is such rows: a fused GPU attention kernel that returns NaN for them
+    poisons the gradients even though their loss weight is zero. (On the CPU, torch 2.14's
+    kernels return zeros for them, so CPU runs never showed it.) Right-padded pads sit after
+    their row's tokens and always see them: no row is fully masked, on any kernel."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
-    labels: torch.Tensor  # the last `keep - 1` columns' next tokens; -100 where no loss
+    labels: torch.Tensor  # the last `keep - 1` columns' tokens (column t predicts column t + 1); -100 where no loss
     keep: int
 
     def to(self, device: str) -> Batch:
@@ -105,17 +113,21 @@ def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
+def _first_target(e: Encoded) -> int:
+    return next((i for i, t in enumerate(e.labels) if t != IGNORE_INDEX), len(e.labels))
+
+
 def collate(batch: list[Encoded], pad_id: int) -> Batch:
     width = _round_up(max(len(e.input_ids) for e in batch), WIDTH_STEP)
-    targets = max(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in batch)
-    keep = min(width, _round_up(targets + 1, KEEP_STEP))  # the position before the first target predicts it
+    first = min(_first_target(e) for e in batch)
+    keep = min(width, _round_up(width - first + 1, KEEP_STEP))  # the position before the first target predicts it
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, e in enumerate(batch):
         n = len(e.input_ids)
-        ids[row, width - n:] = torch.tensor(e.input_ids)
-        labels[row, width - n:] = torch.tensor(e.labels)
-        mask[row, width - n:] = 1
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    positions = torch.arange(width, dtype=torch.long).expand(len(batch), width).clone()
     return Batch(ids, mask, positions, labels[:, width - keep + 1:], keep)

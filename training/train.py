@@ -10,12 +10,15 @@ Reads top to bottom like nanoGPT's train.py:
 
 Throughput (the same code on CPU and CUDA):
 - micro-batches group examples of similar length (no padding to the longest of a random
-  batch), and their sequences are left-padded so the output layer runs on the target
-  positions only (`training.encoding.Batch`): with a 262k vocabulary it is most of the work;
+  batch), right-padded (no fully masked attention row: `training.encoding.Batch`), and the
+  output layer runs on the target positions only: with a 262k vocabulary it is most of the work;
 - torch uses every core (`num_threads` 0) and bf16 autocast where the hardware has it
   (`precision` "auto": CUDA with bf16, or a CPU with AVX512-BF16/AMX), float32 otherwise;
 - gradient checkpointing only for a micro-batch long enough to need it
   (`checkpoint_above_tokens` padded tokens), decided batch by batch; CUDA takes a larger `cuda_batch_size`.
+
+A non-finite loss or gradient norm stops the job (`NonFiniteLoss`): nothing trained on it is
+saved, exported or registered (the training job records the error).
 
 A plain loop rather than transformers.Trainer: the datasets are small (tens to thousands
 of examples), the loop is easy to follow, and it keeps the rich progress bar and the
@@ -147,6 +150,31 @@ def use_bf16(config: TrainConfig, device: str) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+class NonFiniteLoss(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite: the run is stopped, nothing is saved."""
+
+
+def _check_finite(step: int, loss: float, grad_norm: torch.Tensor, config: TrainConfig, bf16: bool) -> None:
+    if math.isfinite(loss) and bool(torch.isfinite(grad_norm)):
+        return
+    what = "loss" if not math.isfinite(loss) else "gradient norm"
+    value = loss if what == "loss" else float(grad_norm)
+    raise NonFiniteLoss(f"{what} is {value} at optimizer step {step + 1} (lr {config.lr}, "
+                        f"{'bfloat16' if bf16 else 'float32'}): training stopped, no adapter saved; "
+                        "lower `lr` or train in float32 (`precision`)")
+
+
+def _checkpointing_calls(model) -> tuple:
+    """(enable(**kwargs), disable()) across transformers versions: 5.x after 5.17 names them
+    `activation_checkpointing_*` (the `gradient_checkpointing_*` names warn), earlier versions
+    have only `gradient_checkpointing_*` (5.17's Gemma3ForCausalLM on the GPU host had no other)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        return (lambda kwargs: model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs),
+                model.activation_checkpointing_disable)
+    return (lambda kwargs: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs),
+            model.gradient_checkpointing_disable)
+
+
 class _Checkpointing:
     """Gradient checkpointing per micro-batch: on for one whose padded tokens exceed the
     threshold (its activations would dominate peak memory: a batch of 4 x 928 tokens adds
@@ -155,20 +183,21 @@ class _Checkpointing:
     def __init__(self, model, above_tokens: int):
         self.above_tokens, self.on, self.used = above_tokens, False, 0
         self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._enable, self._disable = _checkpointing_calls(self.model)
         self.model.enable_input_require_grads()  # checkpointed layers need a grad-requiring input
 
     def choose(self, micro_batch: list[Encoded]) -> None:
         needed = len(micro_batch) * max(len(e.input_ids) for e in micro_batch) > self.above_tokens
         self.used += needed
         if needed and not self.on:
-            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            self._enable({"use_reentrant": False})
         elif self.on and not needed:
-            self.model.activation_checkpointing_disable()
+            self._disable()
         self.on = needed
 
     def off(self) -> None:
         if self.on:
-            self.model.activation_checkpointing_disable()
+            self._disable()
             self.on = False
 
 
@@ -263,7 +292,8 @@ def train(
                 loss, _n = batch_loss(model, micro_batch, pad_id, device, bf16)
                 (loss / config.grad_accum).backward()
                 step_loss += loss.item() / config.grad_accum
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            _check_finite(step, step_loss, grad_norm, config, bf16)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
@@ -274,6 +304,8 @@ def train(
         train_seconds = time.perf_counter() - t_train
         last_eval = eval_loss(model, eval_data, pad_id, device, batch_size, bf16)
         bar.update(task, eval="-" if last_eval is None else f"{last_eval:.4f}")
+    if last_eval is not None and not math.isfinite(last_eval):
+        raise NonFiniteLoss(f"held-out eval loss is {last_eval} after training: no adapter saved")
 
     # --- greedy answers on held-out examples, for the GGUF check ----------------------
     samples = []

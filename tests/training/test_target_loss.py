@@ -75,3 +75,14 @@ def test_equals_the_model_loss_on_a_tiny_gemma3(softcap):
                               final_logit_softcapping=softcap, attn_implementation="eager")
     model = Gemma3ForCausalLM(config)
     _check(model, config.vocab_size)
+
+
+def test_no_attention_row_is_fully_masked():
+    """Every position of a collated batch, pads included, sees at least one real token under the
+    causal mask: a fully masked row is what a fused GPU attention kernel can turn into NaN."""
+    b = _batch(vocab=32)
+    width = b.input_ids.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    for row in range(b.input_ids.shape[0]):
+        visible = causal & b.attention_mask[row].bool()[None, :]
+        assert visible.any(dim=1).all(), f"row {row} has a query with no visible key"
