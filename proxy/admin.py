@@ -143,7 +143,7 @@ def site_action(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
         raise ProxyError(409, str(exc), code="action_refused") from None
     proxy.refresh_site(record.id)
     if data.get("action") == "policy":  # what the site's policy is now, to print
-        return {**record.__dict__, "policy": policy_view(proxy.store, record.id, proxy.settings.routing_policy)}
+        return {**record.__dict__, "policy": policy_view(proxy.store, record.id, proxy.settings.routing_policy, proxy.settings.sampling_policy)}
     return record.__dict__
 
 
@@ -152,7 +152,7 @@ def site_policy(request: Request, site_ref: str) -> dict:
     """The site's own overrides and the settings in effect."""
     proxy = _proxy(request)
     site = proxy.store.resolve_site(site_ref)
-    return {"id": site.id, "name": site.name, "policy": policy_view(proxy.store, site.id, proxy.settings.routing_policy)}
+    return {"id": site.id, "name": site.name, "policy": policy_view(proxy.store, site.id, proxy.settings.routing_policy, proxy.settings.sampling_policy)}
 
 
 @post("/score", sync_to_thread=True, status_code=200)

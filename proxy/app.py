@@ -99,7 +99,8 @@ def build_state(settings: Settings) -> ProxyState:
                          mask=lambda text: mask_text(text, recorder.secrets))
     local = _local_models(settings)
     router = Router(store, local, validators=ValidatorRegistry(settings.validators),
-                    policy_defaults=settings.routing_policy, current_site=sites.get, on_site_change=sites.replace,
+                    policy_defaults=settings.routing_policy, sampling_defaults=settings.sampling_policy,
+                    current_site=sites.get, on_site_change=sites.replace,
                     record_shadow=recorder.add_shadow_result, record_self_agreement=recorder.add_self_agreement,
                     similarity=cosine_similarity, max_extra_upstream=settings.extra_upstream_concurrency,
                     write=recorder.run)

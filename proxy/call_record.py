@@ -59,6 +59,7 @@ class PendingCall:
     sse: bool = False  # response_body holds the relayed SSE bytes (a stream that started, complete or not)
     attempts: int = 0  # times the upstream was asked (retries + 1); 0: it was not asked
     retried_for: str | None = None  # why the earlier attempts were retried ("http 429; ReadTimeout")
+    local_tries: int | None = None  # local draws made for this call (routing.checked_sampling); None: none made
 
 
 def mask_text(text: str, secrets: tuple[str, ...]) -> str:
@@ -199,6 +200,7 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
         estimated,
         call.attempts or None,
         call.retried_for,
+        call.local_tries,
     )
 
 

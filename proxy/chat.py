@@ -92,6 +92,8 @@ async def chat_completions(request: Request) -> Response:
 
     call = _pending(proxy, ident, payload, "upstream")
     call.error = fallback_reason
+    if plan.answer == "local" and unserved is not None:
+        call.local_tries = unserved.tries  # drawn and refused before the upstream answered
     after = _Afterwards(plan, unserved, client_headers)
     headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": "upstream"}
     call.provider, call.upstream_model, call.price = resolution.provider, resolution.upstream_model, resolution.route.price
@@ -216,12 +218,13 @@ async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRe
                           ) -> tuple[Response | None, str | None, LocalAnswer | None]:
     """(response, None, answer) when the local answer is served; (None, why not, the answer if any) otherwise."""
     try:
-        answer = await proxy.router.answer(payload, plan)
+        answer = await proxy.router.answer(site.id, payload, plan)
     except Exception as exc:  # a broken adapter or model must not fail the request
         reason = f"local fallback: local model failed: {type(exc).__name__}: {exc}"
         proxy.metrics.local_fallbacks.inc()
         return None, reason, None
     usable, why = proxy.router.usable(site, payload, answer)
+    proxy.metrics.local_tries.labels("served" if usable else "fallback").observe(answer.tries)
     if not usable:
         proxy.metrics.local_fallbacks.inc()
         return None, f"local fallback: {why}", answer
@@ -229,6 +232,7 @@ async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRe
     call = _pending(proxy, ident, payload, served_by)
     completion = completion_object(answer, str(payload.get("model")))
     call.status, call.response_obj, call.error, call.provider = 200, completion, note, "local"
+    call.local_tries = answer.tries
     _record(proxy, call, started)
     if plan.also_other:  # drift check: ask the upstream too, after answering
         proxy.spawn(_drift_check(proxy, call, plan, answer, client_headers or {}))

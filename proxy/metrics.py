@@ -84,6 +84,9 @@ class ProxyMetrics:
                                         "byte to the client).", registry=self.registry)
         self.local_fallbacks = Counter("understudy_local_fallbacks", "Local answers refused (invalid) and served upstream.",
                                        registry=self.registry)
+        self.local_tries = Histogram("understudy_local_tries", "Local draws per local answer (checked sampling), by "
+                                     "outcome: served, or refused (fallback) and answered upstream.", ["outcome"],
+                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16), registry=self.registry)
         self.registry.register(_RecorderCollector(recorder))
 
     def observe(self, site: str, served_by: str, status: int, seconds: float) -> None:

@@ -111,7 +111,7 @@ def _usable_version(store: Store, site: SiteRecord, number: int) -> None:
 
 
 
-POLICY_KEYS = ("promotion", "scoring", "validator", "prompt")
+POLICY_KEYS = ("promotion", "scoring", "sampling", "validator", "prompt")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -146,15 +146,17 @@ def set_policy(store: Store, site_ref: str, patch: dict, *, replace: bool = Fals
 
 def validate_policy(overrides: dict) -> None:
     """ActionError naming the first problem of a site's overrides (the rules `set_policy` applies)."""
+    from understudy.routing.checked_sampling import SamplingPolicy
     from understudy.routing.policy import PromotionPolicy
     from understudy.routing.scoring import ScoringPolicy
 
     from understudy.validators import DISABLED, ValidatorError, load_validator
 
-    unknown = set(overrides) - {"promotion", "scoring", "validator", "prompt"}
+    unknown = set(overrides) - set(POLICY_KEYS)
     if unknown:
-        raise ActionError(f"policy keys must be 'promotion', 'scoring', 'validator' and/or 'prompt', not {sorted(unknown)}")
-    for section in ("promotion", "scoring"):
+        raise ActionError(f"policy keys must be 'promotion', 'scoring', 'sampling', 'validator' and/or 'prompt', "
+                          f"not {sorted(unknown)}")
+    for section in ("promotion", "scoring", "sampling"):
         if section in overrides and not isinstance(overrides[section], dict):
             raise ActionError(f"{section} must be a JSON object of settings, not {overrides[section]!r}")
     if overrides.get("prompt") not in (None, "compact", "full"):
@@ -163,6 +165,7 @@ def validate_policy(overrides: dict) -> None:
     try:
         PromotionPolicy.from_dict(None, overrides.get("promotion"))
         ScoringPolicy.from_dict(None, overrides.get("scoring"))
+        SamplingPolicy.from_dict(None, overrides.get("sampling"))
         validator = overrides.get("validator")
         if validator is not None and not isinstance(validator, str):
             raise ValueError(f"validator must be a 'module:function' string or {DISABLED!r}, not {validator!r}")
@@ -172,9 +175,11 @@ def validate_policy(overrides: dict) -> None:
         raise ActionError(str(exc)) from None
 
 
-def policy_view(store: Store, site_id: str, global_promotion: dict | None = None) -> dict[str, Any]:
+def policy_view(store: Store, site_id: str, global_promotion: dict | None = None,
+                global_sampling: dict | None = None) -> dict[str, Any]:
     """The site's own overrides and the settings in effect (global settings and the response
     type's scoring defaults, overrides on top), as the router applies them."""
+    from understudy.routing.checked_sampling import SamplingPolicy
     from understudy.routing.policy import PromotionPolicy
     from understudy.routing.router import site_scoring
 
@@ -183,10 +188,12 @@ def policy_view(store: Store, site_id: str, global_promotion: dict | None = None
     try:
         promotion = asdict(PromotionPolicy.from_dict(global_promotion, overrides.get("promotion")))
         scoring = asdict(site_scoring(row[0] if row else None, overrides))
+        sampling = asdict(SamplingPolicy.from_dict(global_sampling, overrides.get("sampling")))
     except (TypeError, ValueError) as exc:  # stored before validation existed: show, don't crash
         return {"overrides": overrides, "effective": None, "problem": str(exc)}
     return {"overrides": overrides, "effective": {
         "promotion": promotion, "scoring": {k: list(v) if isinstance(v, tuple) else v for k, v in scoring.items()},
+        "sampling": sampling,
         "validator": overrides.get("validator", "by response type (settings, entry points)"),
         "prompt": overrides.get("prompt", "compact where the site's static part separates, else full")}}
 

@@ -9,7 +9,8 @@ never held training examples). Each held-out request is answered by:
   answer always agrees with itself);
 - `base`: the base GGUF the versions adapt, without an adapter (the untrained control);
 - `vN`: each version, its adapter on that base with its own site prompt, exactly as the proxy
-  serves it (`routing.local_model.LocalModels`, grammar-constrained, greedy).
+  serves it (`routing.local_model.LocalModels`: under the response schema tightened for each
+  request, drawn again while it fails its checks, as `routing.checked_sampling` serves).
 
 Per row: parse-valid rate (JSON answers against the schema), validator pass rate with the pass
 rate of each of the validator's named checks, agreement with the recorded upstream answer
@@ -105,7 +106,8 @@ def _heldout(snapshot: str, limit: int | None) -> list[dict[str, Any]]:
 def run_eval(inputs: dict[str, Any], *, base_gguf: str, n_threads: int | None = None, max_tokens: int = 512,
              on_answer: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Answer the held-out set with the base and each version; figures per row (module docstring)."""
-    from understudy.routing.local_model import LocalModels, PromptMismatch, Variant
+    from understudy.routing.checked_sampling import SamplingPolicy
+    from understudy.routing.local_model import LocalModels, PromptMismatch, Variant, checks_for
     from understudy.routing.router import site_scoring
     from understudy.routing.scoring import score_pair
     from understudy.training.site_prompt import SitePrompt
@@ -113,6 +115,7 @@ def run_eval(inputs: dict[str, Any], *, base_gguf: str, n_threads: int | None = 
     examples = inputs["examples"]
     validator = inputs["validator"]
     scoring = site_scoring(inputs["schema_name"], inputs["site_policy"])
+    sampling = SamplingPolicy.from_dict(None, (inputs["site_policy"] or {}).get("sampling"))
     similarity = None
     if not any((e["request"].get("response_format") or {}).get("type") in ("json_schema", "json_object") for e in examples):
         from understudy.routing.similarity import cosine_similarity  # free text is compared by meaning, as in shadow mode
@@ -133,7 +136,8 @@ def run_eval(inputs: dict[str, Any], *, base_gguf: str, n_threads: int | None = 
                 request = {**e["request"], "max_tokens": max_tokens}
                 started = time.perf_counter()
                 try:
-                    text = models.complete_sync(request, variant).text
+                    text = models.complete_sync(request, variant, checks_for(request, bind(validator, request),
+                                                                             sampling)).text
                 except PromptMismatch:
                     text = ""  # the version cannot answer this request at all: counted as invalid
                 latency = (time.perf_counter() - started) * 1000

@@ -7,8 +7,8 @@ loop must keep serving upstream traffic meanwhile), in the order `routing.local_
 served answers first, shadow work as a fair bounded sample. Prompts are rendered with
 `training.site_prompt.render_request` in the version's site prompt (compact or full), the
 same rendering its adapter was trained on, and the prompt's fixed prefix is reused per adapter;
-typed outputs are decoded under the request's JSON schema (llama.cpp grammar; compact JSON for
-lean versions), so they always parse.
+typed outputs are decoded under the request's JSON schema (training.constraints, llguidance;
+compact JSON for lean versions), so they always parse.
 
 Answers come back OpenAI-shaped (`chat.completion`, or SSE chunks for `stream: true`;
 the local text is produced whole and then sent as chunks).
@@ -17,6 +17,7 @@ the local text is produced whole and then sent as chunks).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -25,9 +26,14 @@ from typing import Any
 
 import anyio
 
+from understudy.routing.checked_sampling import AnswerChecks, SamplingPolicy, draw_until_valid, token_cap
+from understudy.routing.scoring import local_verdict
 from understudy.routing.local_queue import LocalQueue
+from understudy.training.constraints import Constraint, compile_schema
 from understudy.training.site_prompt import SitePrompt, render_with_prefix
+from understudy.validators import BoundValidator
 
+log = logging.getLogger("understudy.local_model")
 DEFAULT_MAX_TOKENS = 1024  # a generous cap for a typed answer from a small model
 SSE_PIECE_CHARS = 24  # characters per streamed content chunk
 
@@ -44,13 +50,16 @@ class Variant:
     prompt: SitePrompt = SitePrompt()
 
 
-@dataclass
+@dataclass(frozen=True)
 class LocalAnswer:
     text: str
-    latency_ms: float
+    latency_ms: float  # all draws together
     prompt_tokens: int
     completion_tokens: int
     confidence: float | None = None  # the model's own (training.local_generate.Generation)
+    tries: int = 1  # draws made for this answer (routing.checked_sampling)
+    passed: bool | None = None  # the serving gate's verdict on it (None: not checked)
+    why: str = "ok"  # why it may not be served, when it may not
 
 
 def json_schema_of(response_format: Any) -> dict | None:
@@ -71,8 +80,22 @@ def render(request: dict[str, Any], variant: Variant) -> tuple[str, str | None]:
     return rendered
 
 
-def max_tokens_of(request: dict[str, Any]) -> int:
-    return int(request.get("max_completion_tokens") or request.get("max_tokens") or DEFAULT_MAX_TOKENS)
+def checks_for(request: dict[str, Any], validator: BoundValidator | None, sampling: SamplingPolicy | None = None,
+               reference_answers: tuple[str, ...] = (), site: str | None = None) -> AnswerChecks:
+    """What a local answer to `request` must satisfy, the same wherever it is drawn (serving, shadow,
+    `understudy eval`, a training job's held-out set): the response schema tightened by the bound
+    validator's `constrain`, and the serving gate (parses, fits the schema, passes the validator)."""
+    response_format = request.get("response_format")
+    schema = json_schema_of(response_format)
+    if schema is not None and validator is not None:
+        schema = validator.constrain(schema)
+    return AnswerChecks(schema, lambda text: local_verdict(text, response_format, validator),
+                        sampling or SamplingPolicy(), reference_answers, site)
+
+
+def max_tokens_of(request: dict[str, Any], default: int = DEFAULT_MAX_TOKENS) -> int:
+    """The request's own token limit, or `default`."""
+    return int(request.get("max_completion_tokens") or request.get("max_tokens") or default)
 
 
 class QueuedModels:
@@ -85,14 +108,30 @@ class QueuedModels:
     def prepare(self, variant: Variant) -> None:
         """A version the router may answer with (in-process: its adapter loads on first use)."""
 
-    def complete_sync(self, request: dict[str, Any], variant: Variant) -> LocalAnswer:
+    def draw(self, request: dict[str, Any], variant: Variant, checks: AnswerChecks, max_tokens: int,
+             temperature: float, seed: int | None) -> LocalAnswer:
+        """One answer decoded under `checks.schema` (the request's, tightened; None: free text)."""
         raise NotImplementedError
 
-    async def complete(self, request: dict[str, Any], variant: Variant, *, background: bool = False) -> LocalAnswer:
+    def count_tokens(self, text: str) -> int:
+        """`text`'s length in the local model's tokens (the token cap's measure)."""
+        return len(text.encode()) // 2 + 1  # no tokenizer at hand: a generous bound
+
+    def complete_sync(self, request: dict[str, Any], variant: Variant, checks: AnswerChecks | None = None) -> LocalAnswer:
+        """A checked local answer (routing.checked_sampling): drawn again while it fails `checks`."""
+        render(request, variant)  # PromptMismatch before any draw
+        checks = checks or AnswerChecks(json_schema_of(request.get("response_format")))
+        cap = token_cap(checks, self.count_tokens)
+        max_tokens = max_tokens_of(request) if cap is None else min(cap, max_tokens_of(request, default=cap))
+        return draw_until_valid(
+            lambda temperature, seed: self.draw(request, variant, checks, max_tokens, temperature, seed), checks)
+
+    async def complete(self, request: dict[str, Any], variant: Variant, *, background: bool = False,
+                       checks: AnswerChecks | None = None) -> LocalAnswer:
         """A local answer; `background` (shadow work) waits behind served answers and may be `Skipped`."""
         await self.queue.acquire(background=background)
         try:
-            return await anyio.to_thread.run_sync(self.complete_sync, request, variant)
+            return await anyio.to_thread.run_sync(self.complete_sync, request, variant, checks)
         finally:
             self.queue.release()
 
@@ -104,6 +143,7 @@ class LocalModels(QueuedModels):
         self._generator = None
         self._load_lock = threading.Lock()
         self.queue = LocalQueue(max_background)
+        self._reported: set[tuple[str | None, tuple[str, ...]]] = set()  # (site, keywords) logged
 
     @property
     def loaded(self) -> bool:
@@ -117,13 +157,28 @@ class LocalModels(QueuedModels):
                 self._generator = LocalGenerator(self.base_gguf, n_threads=self.n_threads)
             return self._generator
 
-    def complete_sync(self, request: dict[str, Any], variant: Variant) -> LocalAnswer:
+    def count_tokens(self, text: str) -> int:
+        return len(self.generator().llm.tokenize(text.encode(), add_bos=False, special=False))
+
+    def constraint(self, schema: dict | None, lean: bool, site: str | None) -> Constraint | None:
+        """The compiled constraint; keywords the engine cannot enforce are reported once per site."""
+        if schema is None:
+            return None
+        constraint = compile_schema(schema, lean)
+        if constraint.unsupported and (site, constraint.unsupported) not in self._reported:
+            self._reported.add((site, constraint.unsupported))
+            log.warning("site %s: the decoder cannot enforce %s; the validator still checks every answer",
+                        site or "?", ", ".join(constraint.unsupported))
+        return constraint
+
+    def draw(self, request: dict[str, Any], variant: Variant, checks: AnswerChecks, max_tokens: int,
+             temperature: float, seed: int | None) -> LocalAnswer:
         prompt, prefix = render(request, variant)
         generator = self.generator()
         started = time.perf_counter()
-        out = generator.complete(prompt, adapter_path=variant.adapter_path, max_tokens=max_tokens_of(request),
-                                 grammar_schema=json_schema_of(request.get("response_format")), lean=variant.prompt.lean,
-                                 prefix=prefix)
+        out = generator.complete(prompt, adapter_path=variant.adapter_path, max_tokens=max_tokens,
+                                 constraint=self.constraint(checks.schema, variant.prompt.lean, checks.site), prefix=prefix,
+                                 temperature=temperature, seed=seed)
         latency_ms = (time.perf_counter() - started) * 1000
         return LocalAnswer(out.text, latency_ms, out.prompt_tokens, out.completion_tokens, out.confidence)
 

@@ -20,13 +20,18 @@ there and listed in `adapters.txt` (one path per line), so a server restarted wi
 error the router treats like any failed local answer (the upstream answers).
 
 The prompt is rendered here exactly as in-process (the version's site prompt, the same text
-its adapter was trained on) and typed answers are constrained by the same GBNF grammar; the
+its adapter was trained on) and typed answers are constrained by the same tightened schema
+(`routing.checked_sampling.AnswerChecks.schema`), sent as `json_schema` for llama-server's own
+converter (llama.cpp's C++ one: it enforces integer ranges, item counts, lengths, enum/const and
+patterns; llguidance, the in-process engine, cannot be used there without a llguidance-enabled
+build, which needs Rust crates fetched at build time); what it drops is reported once per site. The
 answer's confidence is not available from the server (None: the cascade does not use it).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
@@ -36,13 +41,37 @@ from typing import Any
 
 import httpx
 
-from understudy.routing.local_model import (LocalAnswer, QueuedModels, Variant, json_schema_of, max_tokens_of,
-                                            render)
+from understudy.routing.checked_sampling import AnswerChecks
+from understudy.routing.local_model import LocalAnswer, QueuedModels, Variant, render
 from understudy.routing.local_queue import LocalQueue
-from understudy.training.local_generate import schema_grammar
 from understudy.training.prompt_format import STOP_SEQUENCES
 
+log = logging.getLogger("understudy.model_server")
 ADAPTER_LIST = "adapters.txt"
+# JSON-schema keywords llama-server's converter (llama.cpp common/json-schema-to-grammar.cpp, the
+# version built by scripts/build_llama_server.sh) does not enforce: numbers' bounds (it bounds
+# integers only) and the value keywords no GBNF converter of llama.cpp handles.
+SERVER_UNENFORCED = frozenset({"multipleOf", "uniqueItems", "not", "if", "then", "else", "dependentRequired",
+                               "dependentSchemas", "contains", "minContains", "maxContains", "patternProperties",
+                               "propertyNames", "minProperties", "maxProperties", "number bounds"})
+
+
+def _keywords(node: Any):
+    """The constraining keywords a schema uses ("number bounds" for a non-integer number's range)."""
+    if isinstance(node, dict):
+        if node.get("type") == "number" and {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"} & set(node):
+            yield "number bounds"
+        for key, value in node.items():
+            if key not in ("properties", "$defs", "definitions", "const", "enum", "default", "examples"):
+                yield key
+            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+                for child in value.values():
+                    yield from _keywords(child)
+            elif key not in ("const", "enum", "default", "examples"):
+                yield from _keywords(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _keywords(value)
 
 
 class ModelServerError(RuntimeError):
@@ -85,6 +114,7 @@ class ServedModels(QueuedModels):
         self.queue = LocalQueue(max_background, slots=config.slots)
         self._client = httpx.Client(base_url=config.url, timeout=httpx.Timeout(config.timeout_s, connect=10.0))
         self._ids: dict[str, int] = {}  # adapter file name -> the server's id
+        self._reported: set[tuple[str | None, tuple[str, ...]]] = set()  # (site, keywords) logged
         self._lock = threading.Lock()
 
     # ---- adapters ----
@@ -134,18 +164,19 @@ class ServedModels(QueuedModels):
 
     # ---- answering ----
 
-    def complete_sync(self, request: dict[str, Any], variant: Variant) -> LocalAnswer:
+    def draw(self, request: dict[str, Any], variant: Variant, checks: AnswerChecks, max_tokens: int,
+             temperature: float, seed: int | None) -> LocalAnswer:
         prompt, _prefix = render(request, variant)
         body: dict[str, Any] = {
-            "prompt": prompt, "n_predict": max_tokens_of(request),
-            "temperature": 0.0, "top_k": 1, "stop": STOP_SEQUENCES, "cache_prompt": True,
+            "prompt": prompt, "n_predict": max_tokens, "stop": STOP_SEQUENCES, "cache_prompt": True,
             "lora": [],  # every adapter at scale 0 but this version's (none: the bare base)
         }
+        body.update({"temperature": 0.0, "top_k": 1} if temperature == 0 else
+                    {"temperature": temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": seed})
         if variant.adapter_path is not None:
             body["lora"] = [{"id": self.adapter_id(variant.adapter_path), "scale": 1.0}]
-        schema = json_schema_of(request.get("response_format"))
-        if schema is not None:
-            body["grammar"] = schema_grammar(json.dumps(schema), variant.prompt.lean)
+        if checks.schema is not None:
+            body["json_schema"] = self._server_schema(checks)
         started = time.perf_counter()
         try:
             response = self._client.post("/completion", json=body)
@@ -158,6 +189,17 @@ class ServedModels(QueuedModels):
         latency_ms = (time.perf_counter() - started) * 1000
         return LocalAnswer(out.get("content", ""), latency_ms, int(out.get("tokens_evaluated") or 0),
                            int(out.get("tokens_predicted") or 0), None)
+
+    def _server_schema(self, checks: AnswerChecks) -> dict[str, Any]:
+        """The tightened schema as llama-server takes it (its own converter compiles it). Keywords
+        that converter drops (SERVER_UNENFORCED) are reported once per site, as in-process."""
+        dropped = sorted({kw for kw in _keywords(checks.schema) if kw in SERVER_UNENFORCED})
+        key = (checks.site, tuple(dropped))
+        if dropped and key not in self._reported:
+            self._reported.add(key)
+            log.warning("site %s: the model server's grammar cannot enforce %s; the validator still checks every "
+                        "answer", checks.site or "?", ", ".join(dropped))
+        return checks.schema
 
     def close(self) -> None:
         self._client.close()

@@ -241,6 +241,19 @@ class CascadeSummary:
 
 
 @dataclass(frozen=True)
+class DrawsSummary:
+    """Checked sampling (routing.checked_sampling): local draws per local answer, by where it went."""
+
+    served: int  # local answers served to clients
+    served_mean_tries: float | None
+    fallbacks: int  # local answers refused after their draws (the upstream answered)
+    fallback_mean_tries: float | None
+    shadow: int  # the reported version's shadow and drift answers
+    shadow_mean_tries: float | None
+    shadow_redrawn: float | None  # share of those that needed more than one draw
+
+
+@dataclass(frozen=True)
 class SiteReport:
     id: str
     name: str
@@ -253,6 +266,7 @@ class SiteReport:
     local_calls: int
     local_share: float | None  # None with no calls
     fallbacks: int
+    draws: DrawsSummary  # local draws per answer (checked sampling)
     extra_calls: dict[str, int]  # the proxy's own upstream calls: drift checks, self-agreement second answers
     agreement: AgreementSummary | None
     teacher: Bounds | None  # the upstream's self-agreement over the reference window
@@ -403,6 +417,7 @@ def _site_report(
         local_calls=n_local,
         local_share=n_local / n_calls if n_calls else None,
         fallbacks=fallbacks,
+        draws=_draws(cur, site_id, reported),
         extra_calls=extra_calls,
         agreement=agreement,
         teacher=Bounds.of(reference_cs) if reference else None,
@@ -419,6 +434,34 @@ def _site_report(
                              overrides=overrides if isinstance(overrides := _json(row[5]), dict) else {}),
         series=_series(cur, site_id, policy, prices, mean_cost),
     )
+
+
+def _draws(cur, site_id: str, version: int | None) -> DrawsSummary:
+    served, served_mean, fallbacks, fallback_mean = cur.execute(
+        f"""SELECT count(*) FILTER (WHERE {_LOCAL} AND local_tries IS NOT NULL),
+                   avg(local_tries) FILTER (WHERE {_LOCAL}),
+                   count(*) FILTER (WHERE served_by = 'upstream' AND local_tries IS NOT NULL),
+                   avg(local_tries) FILTER (WHERE served_by = 'upstream')
+            FROM calls WHERE site_id = ?""", [site_id]).fetchone()
+    shadow, shadow_mean, redrawn = cur.execute(
+        "SELECT count(local_tries), avg(local_tries), avg(CASE WHEN local_tries > 1 THEN 1.0 ELSE 0.0 END) "
+        "FROM shadow_results WHERE site_id = ? AND version = ? AND local_tries IS NOT NULL",
+        [site_id, version]).fetchone() if version is not None else (0, None, None)
+    as_float = lambda v: None if v is None else float(v)  # noqa: E731
+    return DrawsSummary(int(served), as_float(served_mean), int(fallbacks), as_float(fallback_mean), int(shadow),
+                        as_float(shadow_mean), as_float(redrawn))
+
+
+def draws_line(d: DrawsSummary) -> str:
+    """Checked sampling in one line: mean draws per served, refused and shadowed local answer."""
+    parts = []
+    for label, n, mean in (("served", d.served, d.served_mean_tries), ("refused", d.fallbacks, d.fallback_mean_tries),
+                           ("shadow", d.shadow, d.shadow_mean_tries)):
+        if n:
+            parts.append(f"{label} {n} x {mean:.2f}")
+    if d.shadow and d.shadow_redrawn is not None:
+        parts.append(f"redrawn {format_share(d.shadow_redrawn)} of shadow answers")
+    return "draws per local answer: " + ", ".join(parts) if parts else "no local answers drawn"
 
 
 def _judgement_summary(j: Judgement, state: str, reference: list[float], policy: PromotionPolicy) -> JudgementSummary:
@@ -818,6 +861,7 @@ def render_terminal(reports: Sequence[SiteReport], console: Console) -> None:
         grid.add_row("latency", Text(latency_line(report.latency)))
         grid.add_row("cost", Text(cost_line(report.cost)))
         grid.add_row("fallbacks", Text(str(report.fallbacks)))
+        grid.add_row("draws", Text(draws_line(report.draws)))
         grid.add_row("extra calls", Text(", ".join(f"{k} {v}" for k, v in sorted(report.extra_calls.items())) or "none"))
         grid.add_row("policy", Text(policy_line(report.policy)))
         grid.add_row("why", Text(report.why))

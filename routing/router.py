@@ -40,8 +40,9 @@ from typing import Any
 import anyio
 
 from understudy.routing.cascade import Calibration, calibrate
+from understudy.routing.checked_sampling import AnswerChecks, SamplingPolicy
 from understudy.routing.evidence import bar, calibration_samples, evidence_of, evidence_samples, reference_scores
-from understudy.routing.local_model import LocalAnswer, LocalModels, Variant
+from understudy.routing.local_model import LocalAnswer, LocalModels, Variant, checks_for
 from understudy.routing.local_queue import Skipped
 from understudy.routing.policy import Evidence, PromotionPolicy, SiteState, decide
 from understudy.routing.registry import StaleDecision, apply_decision
@@ -95,6 +96,7 @@ class SiteRouting:
     drift: deque | None = None  # local: the last `window` (score, local_valid, upstream_valid)
     calibration: Calibration | None = None  # the active version's cascade
     evidence_key: tuple[int | None, str] | None = None  # (version, state) the evidence belongs to
+    sampling: SamplingPolicy = field(default_factory=SamplingPolicy)  # checked sampling (tries, temperature, cap)
 
     def reference_cs(self) -> ConfidenceSequence:
         return self.promotion.new_reference().extend(list(self.reference))
@@ -106,7 +108,8 @@ class Router:
                  current_site: Callable[[str], SiteRecord | None], on_site_change: Callable[[SiteRecord], None],
                  record_shadow: Callable[[tuple], None], record_self_agreement: Callable[[tuple], None],
                  similarity: Callable[[str, str], float] | None = None, rng: random.Random | None = None,
-                 max_extra_upstream: int = 2, write: Callable[[Callable[[Store], Any]], Any] | None = None):
+                 max_extra_upstream: int = 2, write: Callable[[Callable[[Store], Any]], Any] | None = None,
+                 sampling_defaults: dict[str, Any] | None = None):
         self.store = store
         # How a decision reaches the store: the proxy's single writer (Recorder.run); directly
         # when the router runs alone (tests, offline scoring).
@@ -114,6 +117,7 @@ class Router:
         self.local = local
         self.validators = validators
         self.policy_defaults = policy_defaults or {}
+        self.sampling_defaults = sampling_defaults or {}
         self.current_site = current_site
         self.on_site_change = on_site_change
         self.record_shadow = record_shadow
@@ -140,7 +144,8 @@ class Router:
             if site_id not in self._sites:
                 promotion = PromotionPolicy.from_dict(self.policy_defaults)
                 self._sites[site_id] = SiteRouting(schema_name, promotion, site_scoring(schema_name, {}), None,
-                                                   deque(maxlen=promotion.reference_window))
+                                                   deque(maxlen=promotion.reference_window),
+                                                   sampling=SamplingPolicy.from_dict(self.sampling_defaults))
 
     def refresh(self, site_id: str, reload_evidence: bool = False) -> None:
         """Reload a site's configuration; its evidence too when the version, state or policy
@@ -160,7 +165,8 @@ class Router:
                WHERE text IS NOT NULL AND text <> '' ORDER BY ts DESC LIMIT ?""", [site_id, DECOY_POOL]).fetchall()),
             maxlen=DECOY_POOL)
         config = SiteRouting(schema_name, promotion, site_scoring(schema_name, overrides), overrides.get("validator"),
-                             reference, decoys)
+                             reference, decoys,
+                             sampling=SamplingPolicy.from_dict(self.sampling_defaults, overrides.get("sampling")))
         for version, adapter, version_config in cur.execute(
             "SELECT version, adapter_path, config FROM model_versions WHERE site_id = ? "
             "AND (adapter_path IS NOT NULL OR control = 'base') AND status IN ('ready', 'active', 'retired')",
@@ -265,9 +271,22 @@ class Router:
 
     # ---- answering locally ----
 
-    async def answer(self, request: dict[str, Any], plan: Plan) -> LocalAnswer:
+    async def answer(self, site_id: str, request: dict[str, Any], plan: Plan, *, background: bool = False) -> LocalAnswer:
+        """The local answer to `request`, served or shadowed alike: decoded under the response schema
+        tightened for this request and drawn again while it fails the site's checks
+        (routing.checked_sampling); `background` work may be `Skipped`."""
         assert self.local is not None and plan.variant is not None
-        return await self.local.complete(request, plan.variant)
+        return await self.local.complete(request, plan.variant, background=background,
+                                         checks=self.answer_checks(site_id, request))
+
+    def answer_checks(self, site_id: str, request: Mapping[str, Any]) -> AnswerChecks:
+        """What a local answer to `request` must satisfy: the response schema tightened by the site's
+        validator for this request's arguments, the serving gate, the site's sampling settings and
+        its recent upstream answers (the token cap's measure)."""
+        config = self._sites.get(site_id)
+        return checks_for(dict(request), self.validator_for(site_id, request),
+                          config.sampling if config is not None else SamplingPolicy.from_dict(self.sampling_defaults),
+                          tuple(text for _, text in config.decoys) if config is not None else (), site_id)
 
     def validator_for(self, site_id: str, request: Mapping[str, Any]) -> BoundValidator | None:
         config = self._sites.get(site_id)
@@ -275,9 +294,13 @@ class Router:
 
     def usable(self, site: SiteRecord, request: dict[str, Any], answer: LocalAnswer) -> tuple[bool, str]:
         """May this local answer be returned? (parses, fits its schema, passes its validator, confident enough)"""
-        ok, why = local_verdict(answer.text, request.get("response_format"), self.validator_for(site.id, request))
+        if answer.passed is None:  # not checked where it was drawn
+            ok, why = local_verdict(answer.text, request.get("response_format"), self.validator_for(site.id, request))
+        else:
+            ok, why = answer.passed, answer.why
         if not ok:
-            return False, f"local answer {why}"
+            tries = f" after {answer.tries} tries" if answer.tries > 1 else ""
+            return False, f"local answer {why}{tries}"
         config = self._sites.get(site.id)
         calibration = config.calibration if config is not None and config.promotion.cascade else None
         if (site.state == SiteState.LOCAL.value and calibration is not None and calibration.threshold is not None
@@ -323,7 +346,7 @@ class Router:
         try:
             if local is None and self.local is not None and plan.variant is not None:
                 try:
-                    local = await self.local.complete(request, plan.variant, background=True)
+                    local = await self.answer(site_id, request, plan, background=True)
                 except Skipped:
                     return  # the pool kept a fair sample without this one
             if local is None or upstream_text is None:
@@ -341,7 +364,7 @@ class Router:
         self.record_shadow((call_id, site_id, plan.version, _now(), result.score,
                             json.dumps(result.components, default=str), result.comparable, result.local_valid,
                             local.latency_ms, upstream_latency_ms, local.text, result.upstream_valid, plan.phase,
-                            local.confidence))
+                            local.confidence, local.tries))
         with self._lock:
             config, site = self._sites.get(site_id), self.current_site(site_id)
             if config is None or site is None or site.active_version != plan.version:

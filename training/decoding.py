@@ -1,15 +1,25 @@
-"""Greedy decoding on a llama.cpp context, with the JSON grammar checked on the chosen token first.
+"""Decoding on a llama.cpp context: greedy or sampled, under an llguidance constraint checked on the chosen token first.
 
-llama-cpp-python's sampler chain applies a grammar to every candidate token before picking
-one: on Gemma's 262k vocabulary that halves the generation speed (16 against 37 tokens/s on
-2 cores, benchmarks/local_serving.py). Greedy decoding only needs the best *allowed* token, so
-this loop does what llama.cpp's own `common_sampler` does: take the argmax of the raw logits,
-ask the grammar about that one token, and only when it is refused apply the grammar to the whole
-vocabulary and take the best allowed one. A trained adapter's choice is almost always allowed,
-so the grammar costs little; the result is the same token the full check would pick.
+Constraint (training.constraints): a JSON-schema answer is decoded under an llguidance
+`LLMatcher`. Computing the full mask of allowed tokens on every step would cost a pass over
+Gemma's 262k vocabulary; instead this loop does what llama.cpp's own `common_sampler` does:
+pick a token from the raw logits (argmax, or a sample), ask the matcher about that one token,
+and only when it is refused compute the full mask and pick among the allowed tokens. A
+trained adapter's choice is almost always allowed, so the constraint costs little, and the
+result is the token the full mask would give (greedy: the best allowed token; sampled: a draw
+from the masked, renormalised distribution, see `_pick`).
 
-The same pass reads the chosen token's log-probability from the logits (a log-sum-exp over
-the vocabulary), so the answer's confidence comes free.
+The answer ends when it is complete: once the matcher is stopped (nothing but the end may
+follow, e.g. after an object's closing brace) no further token is evaluated; when the model
+picks an end-of-generation token, it ends if the matcher accepts the answer as complete
+(otherwise that token is refused like any other). Stop strings end free-text answers (no
+constraint); a constrained answer never needs them.
+
+Sampling: temperature 0 is greedy; above 0, tokens are drawn from softmax(logits / T) with a
+numpy Generator seeded by `seed`, so a seed gives the same text every time.
+
+The same pass reads the chosen token's log-probability under the raw, unconstrained softmax
+(temperature 1, a log-sum-exp over the vocabulary), so the answer's confidence comes free.
 
 Prompts are evaluated from the longest prefix already in the context (a previous call's, or one
 restored by `training.local_generate`): only the new tokens are evaluated.
@@ -17,13 +27,12 @@ restored by `training.local_generate`): only the new tokens are evaluated.
 
 from __future__ import annotations
 
-import ctypes
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-_TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+from understudy.training.constraints import Constraint, LlamaVocab
 
 
 @dataclass
@@ -33,22 +42,31 @@ class Decoded:
     prompt_tokens: int
     logprob: float  # sum over the chosen tokens
     counted: int  # tokens in `logprob`
+    masked: int = 0  # steps where the constraint refused the model's pick and the full mask was computed
 
     @property
     def confidence(self) -> float | None:
         return math.exp(self.logprob / self.counted) if self.counted else None
 
 
-class GreedyDecoder:
+class Decoder:
     def __init__(self, llm, llama_cpp):
         self.llm = llm
         self.lc = llama_cpp
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self.n_vocab = llm.n_vocab()
-        self._all = (llama_cpp.llama_token_data * self.n_vocab)()  # every candidate, for a refused choice
-        self._all_view = np.frombuffer(self._all, dtype=_TOKEN_DATA)
-        self._all_view["id"] = np.arange(self.n_vocab, dtype=np.intc)
-        self._one = (llama_cpp.llama_token_data * 1)()
+        self._llg: LlamaVocab | None = None  # built on the first constrained answer
+        self._mask = None
+        self._masked = 0
+
+    def vocabulary(self) -> LlamaVocab:
+        """llguidance's tokenizer for this model (built once, ~1 s on a 262k vocabulary)."""
+        if self._llg is None:
+            from llguidance.numpy import allocate_token_bitmask
+
+            self._llg = LlamaVocab(self.llm)
+            self._mask = allocate_token_bitmask(1, self.n_vocab)
+        return self._llg
 
     def evaluate_prompt(self, tokens: list[int]) -> None:
         """Evaluate `tokens`, reusing the longest prefix already in the context."""
@@ -66,37 +84,66 @@ class GreedyDecoder:
             common = 0
         llm.eval(tokens[common:])
 
-    def decode(self, prompt_tokens: list[int], max_tokens: int, grammar: str | None, stop: list[str]) -> Decoded:
+    def decode(
+        self,
+        prompt_tokens: list[int],
+        max_tokens: int,
+        constraint: Constraint | None = None,
+        stop: list[str] | tuple[str, ...] = (),
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Decoded:
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, not {temperature}")
+        matcher = None if constraint is None else self.vocabulary().matcher(constraint)
         self.evaluate_prompt(prompt_tokens)
         lc, llm = self.lc, self.llm
+        rng = np.random.default_rng(seed) if temperature > 0 else None
         room = llm.n_ctx() - len(prompt_tokens)
-        sampler = lc.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root") if grammar else None
         out: list[int] = []
         logprob, counted, text = 0.0, 0, ""
-        try:
-            for _ in range(max(0, min(max_tokens, room))):
-                logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,))
-                token = int(logits.argmax())
-                if sampler is not None and not self._allowed(sampler, token, float(logits[token])):
-                    token = self._best_allowed(sampler, logits)
-                if token < 0 or lc.llama_vocab_is_eog(self.vocab, token):
+        self._masked = 0
+        for _ in range(max(0, min(max_tokens, room))):
+            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,))
+            token = _pick(logits, temperature, rng)
+            if matcher is not None:
+                token = self._constrain(matcher, logits, token, temperature, rng)
+            if token < 0 or lc.llama_vocab_is_eog(self.vocab, token):
+                break
+            top = float(logits.max())
+            logprob += float(logits[token]) - (top + math.log(float(np.exp(logits - top).sum())))
+            counted += 1
+            out.append(token)
+            if matcher is not None:
+                if matcher.is_stopped():  # complete: only the end may follow
                     break
-                top = float(logits.max())
-                logprob += float(logits[token]) - (top + math.log(float(np.exp(logits - top).sum())))
-                counted += 1
-                if sampler is not None:
-                    lc.llama_sampler_accept(sampler, token)
-                out.append(token)
+            elif stop:
                 text = llm.detokenize(out).decode("utf-8", errors="ignore")
                 cut = min((text.find(s) for s in stop if s in text), default=-1)
                 if cut >= 0:
-                    text = text[:cut]
-                    break
-                llm.eval([token])
-        finally:
-            if sampler is not None:
-                lc.llama_sampler_free(sampler)
-        return Decoded(text, len(out), len(prompt_tokens), logprob, counted)
+                    return Decoded(text[:cut], len(out), len(prompt_tokens), logprob, counted, self._masked)
+            llm.eval([token])
+        text = llm.detokenize(out).decode("utf-8", errors="ignore")
+        return Decoded(text, len(out), len(prompt_tokens), logprob, counted, self._masked)
+
+    def _constrain(self, matcher, logits: np.ndarray, token: int, temperature: float, rng) -> int:
+        """`token` if the matcher allows it (consumed), else a pick among the allowed tokens; -1 if none."""
+        if self.lc.llama_vocab_is_eog(self.vocab, token):
+            if matcher.is_accepting():
+                return token
+        elif matcher.try_consume_tokens([token]) == 1:
+            return token
+        from llguidance.numpy import fill_next_token_bitmask
+
+        fill_next_token_bitmask(matcher, self._mask)
+        self._masked += 1
+        allowed = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self.n_vocab].astype(bool)
+        if not allowed.any():
+            return -1
+        token = _pick(np.where(allowed, logits, -np.inf), temperature, rng)
+        if not self.lc.llama_vocab_is_eog(self.vocab, token) and not matcher.consume_token(token):
+            return -1
+        return token
 
     def forced_gap(self, prompt_tokens: list[int], tokens: list[int]) -> float:
         """With `tokens` forced after the prompt, the largest gap (nats) between each one's logit and
@@ -113,19 +160,18 @@ class GreedyDecoder:
             self.llm.eval([token])
         return worst
 
-    def _allowed(self, sampler, token: int, logit: float) -> bool:
-        self._one[0].id, self._one[0].logit, self._one[0].p = token, logit, 0.0
-        array = self.lc.llama_token_data_array(self._one, 1, -1, False)
-        self.lc.llama_sampler_apply(sampler, ctypes.byref(array))
-        return self._one[0].logit != -math.inf
 
-    def _best_allowed(self, sampler, logits: np.ndarray) -> int:
-        view = self._all_view
-        view["id"] = np.arange(self.n_vocab, dtype=np.intc)
-        view["logit"] = logits
-        view["p"] = 0.0
-        array = self.lc.llama_token_data_array(self._all, self.n_vocab, -1, False)
-        self.lc.llama_sampler_apply(sampler, ctypes.byref(array))
-        allowed = view["logit"]
-        best = int(allowed.argmax())
-        return -1 if allowed[best] == -np.inf else int(view["id"][best])
+def _pick(logits: np.ndarray, temperature: float, rng) -> int:
+    """Greedy (rng None): the argmax. Otherwise a draw from softmax(logits / temperature).
+
+    Under a constraint the draw is first made from the unconstrained distribution p and, only
+    if the matcher refuses it, made again from p restricted to the allowed set A and
+    renormalised. That is exactly the masked distribution: a token a in A is taken with
+    probability p(a) + (1 - p(A)) * p(a) / p(A) = p(a) / p(A)."""
+    if rng is None:
+        return int(logits.argmax())
+    z = logits.astype(np.float64) / temperature
+    z -= z.max()
+    cdf = np.cumsum(np.exp(z))
+    # side="right": a token of probability 0 (masked, cdf flat across it) is never drawn
+    return min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(cdf) - 1)

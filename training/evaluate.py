@@ -104,14 +104,32 @@ def evaluate(
     )
 
 
-def local_generate_fn(generator, adapter_path, max_tokens: int = 512, site_prompt=None) -> Callable[[dict], str]:
-    """A generate_fn for `evaluate` from a training.local_generate.LocalGenerator, in the site's prompt."""
+def local_generate_fn(generator, adapter_path, max_tokens: int = 512, site_prompt=None,
+                      validator: str | None = None) -> Callable[[dict], str]:
+    """A generate_fn for `evaluate` from a training.local_generate.LocalGenerator, in the site's prompt,
+    answering as the proxy serves: under the response schema tightened by the validator for each
+    example's request, drawn again while it fails its checks (routing.checked_sampling, default
+    settings). Without a validator: the plain response schema, one greedy draw."""
+    from understudy.routing.checked_sampling import draw_until_valid
+    from understudy.routing.local_model import LocalAnswer, checks_for
+    from understudy.training.constraints import compile_schema
     from understudy.training.site_prompt import SitePrompt, render_request
 
     site_prompt = site_prompt or SitePrompt()
 
     def generate(ex: dict) -> str:
-        return generator.generate(render_request(ex, site_prompt), adapter_path=adapter_path, max_tokens=max_tokens,
-                                  grammar_schema=json_schema_of(ex.get("response_format")), lean=site_prompt.lean)
+        request = {"messages": ex["messages"], "response_format": ex.get("response_format")}
+        checks = checks_for(request, bind(validator, request) if validator else None)
+        constraint = None if checks.schema is None else compile_schema(checks.schema, site_prompt.lean)
+        prompt = render_request(ex, site_prompt)
+
+        def draw(temperature: float, seed: int | None) -> LocalAnswer:
+            out = generator.complete(prompt, adapter_path=adapter_path, max_tokens=max_tokens, constraint=constraint,
+                                     temperature=temperature, seed=seed, with_confidence=False)
+            return LocalAnswer(out.text, 0.0, out.prompt_tokens, out.completion_tokens)
+
+        if validator is None:
+            return draw(0.0, None).text
+        return draw_until_valid(draw, checks).text
 
     return generate

@@ -21,19 +21,25 @@ restored under another adapter (a LoRA on q/k/v changes the keys and values). Th
 token-identical to a cold evaluation (tests/training/test_prefix_reuse.py). At most
 `MAX_PREFIX_STATES` are kept (LRU).
 
-JSON-schema answers are decoded under a llama.cpp grammar built from the schema
-(`json_schema_to_gbnf`, cached per schema), so a local typed answer always parses.
+JSON-schema answers are decoded under a `training.constraints.Constraint` (the schema compiled
+by llguidance, cached per schema): a local typed answer always parses and honours the schema's
+ranges, item counts, string lengths and patterns. llguidance replaced llama.cpp's GBNF grammar
+here: llama-cpp-python's `json_schema_to_gbnf` silently drops `minimum`/`maximum` and other
+value keywords, and applying a llama.cpp grammar to Gemma's 262k vocabulary costs milliseconds
+where llguidance's full mask takes tens of microseconds (benchmarks/constraint_engines.py).
+`schema_grammar` (GBNF) remains only for a llama-server (routing.model_server).
 
 CPU extra buffer types (weight repacking, Intel AMX) are off by default: on this project's
 machines (AMX_INT8 CPUs, llama-cpp-python 0.3.36 built natively) llama.cpp's AMX matmul
 segfaults on the Q4_K_M Gemma base in the first decode. llama-cpp-python does not expose
 `use_extra_bufts`, so it is set through the default-params hook while the model loads.
 
-Decoding is greedy, with the grammar checked on the chosen token first (`training.decoding`):
-as fast as unconstrained generation when the model's choice is allowed. `complete` also returns
-the model's own confidence in its answer, the geometric mean of its chosen tokens'
-probabilities (read from the raw logits at each step; llama-cpp-python itself returns
-log-probabilities only when it keeps every position's logits, 4 GB for Gemma's vocabulary).
+Decoding is greedy (temperature 0) or sampled with a seed, with the constraint checked on the
+chosen token first (`training.decoding`): as fast as unconstrained generation when the model's
+choice is allowed. `complete` also returns the model's own confidence in its answer, the
+geometric mean of its chosen tokens' probabilities (read from the raw logits at each step;
+llama-cpp-python itself returns log-probabilities only when it keeps every position's logits,
+4 GB for Gemma's vocabulary).
 
 Thread safety: one llama context cannot run two generations at once; a lock serialises
 `generate` calls (the proxy runs it in a worker thread, off the event loop).
@@ -43,7 +49,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import os
 import re
 import threading
@@ -51,7 +56,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from understudy.training.decoding import GreedyDecoder
+from understudy.training.constraints import Constraint
+from understudy.training.decoding import Decoder
 from understudy.training.prompt_format import STOP_SEQUENCES
 
 DEFAULT_N_CTX = 4096  # tokens; enough for byLLM prompts plus their answers
@@ -118,7 +124,7 @@ class LocalGenerator:
         # (adapter key, prefix tokens) -> the sequence's evaluated state (KV cells)
         self._prefix_states: OrderedDict[tuple, bytes] = OrderedDict()
         self.prefix_hits = 0
-        self._decoder = GreedyDecoder(self.llm, llama_cpp)
+        self._decoder = Decoder(self.llm, llama_cpp)
 
     # --- adapters -------------------------------------------------------------------
     def _adapter_key(self, path: str | Path) -> tuple[str, float]:
@@ -170,13 +176,6 @@ class LocalGenerator:
                 for state_key in [k for k in self._prefix_states if k[0] == key]:
                     del self._prefix_states[state_key]
 
-    # --- generation -----------------------------------------------------------------
-    def _grammar(self, schema: dict | str, lean: bool = False) -> str:
-        """The GBNF grammar for a JSON schema (cached). Key order matters: the grammar writes
-        properties in the order the schema lists them, which is the order the model was trained
-        to write them in. Never sort keys here."""
-        return schema_grammar(schema if isinstance(schema, str) else json.dumps(schema), lean)
-
     # --- reused prefixes --------------------------------------------------------------
     def _restore_prefix(self, prompt: str, prefix: str | None) -> None:
         """Put the evaluated state of `prefix` under the active adapter in place (see module doc)."""
@@ -217,40 +216,41 @@ class LocalGenerator:
         prompt: str,
         adapter_path: str | Path | None = None,
         max_tokens: int = 512,
-        grammar_schema: dict | str | None = None,
+        constraint: Constraint | None = None,
         temperature: float = 0.0,
         stop: list[str] | None = None,
-        lean: bool = False,
+        seed: int | None = None,
     ) -> str:
         """Complete `prompt` (rendered by training.site_prompt) with the given adapter."""
-        return self.complete(prompt, adapter_path, max_tokens, grammar_schema, temperature, stop,
-                             with_confidence=False, lean=lean).text
+        return self.complete(prompt, adapter_path, max_tokens, constraint, temperature, stop,
+                             with_confidence=False, seed=seed).text
 
     def complete(
         self,
         prompt: str,
         adapter_path: str | Path | None = None,
         max_tokens: int = 512,
-        grammar_schema: dict | str | None = None,
+        constraint: Constraint | None = None,
         temperature: float = 0.0,
         stop: list[str] | None = None,
         with_confidence: bool = True,
-        lean: bool = False,
         prefix: str | None = None,
+        seed: int | None = None,
     ) -> Generation:
         """`generate`, with the answer's confidence and token counts.
 
-        `lean`: typed answers as compact JSON (no optional whitespace in the grammar).
-        `prefix`: the fixed start of `prompt` whose evaluated state is kept and reused per adapter.
+        `constraint`: a typed answer's schema (`training.constraints.compile_schema(schema, lean)`;
+        lean: compact JSON). `temperature` 0 is greedy; above 0 the answer is sampled, the same
+        for the same `seed`. `stop`: strings that end a free-text answer (default: the prompt
+        format's). `prefix`: the fixed start of `prompt` whose evaluated state is kept and reused
+        per adapter.
         """
-        if temperature != 0.0:
-            raise ValueError("local answers are decoded greedily (temperature 0)")
         with self._lock:
             self._activate(adapter_path)
             self._restore_prefix(prompt, prefix)
             tokens = self.llm.tokenize(prompt.encode(), special=True)
-            grammar = None if grammar_schema is None else self._grammar(grammar_schema, lean)
-            out = self._decoder.decode(tokens, max_tokens, grammar, STOP_SEQUENCES if stop is None else stop)
+            out = self._decoder.decode(tokens, max_tokens, constraint, STOP_SEQUENCES if stop is None else stop,
+                                       temperature=temperature, seed=seed)
         return Generation(out.text, out.confidence if with_confidence else None, out.prompt_tokens, out.tokens)
 
     def forced_gap(self, prompt: str, reference: str, adapter_path: str | Path | None = None) -> float:
@@ -283,8 +283,9 @@ class LocalGenerator:
 @functools.lru_cache(maxsize=256)
 def schema_grammar(schema: str, lean: bool = False) -> str:
     """The GBNF grammar for a JSON schema (its JSON text; cached), properties in the schema's
-    order; `lean`: compact JSON only (no optional whitespace between tokens). Also sent to a
-    model server (routing.model_server)."""
+    order; `lean`: compact JSON only (no optional whitespace between tokens). Sent to a model
+    server (routing.model_server); in-process decoding uses training.constraints instead. It
+    does not enforce `minimum`/`maximum` and other value keywords."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     grammar = json_schema_to_gbnf(schema)

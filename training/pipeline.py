@@ -76,9 +76,10 @@ def _train_export_verify(cfg: TrainConfig, snapshot: str, out: Path, result: dic
         result["metrics"]["verify"] = {"n": verdict.n, "exact": verdict.exact, "near": verdict.near}
         held_out = eval_examples[:MAX_EVAL_EXAMPLES]
         # The bare base reads the full prompt (it never learned a site's compact one).
-        result["metrics"]["base_heldout"] = _rates(evaluate(local_generate_fn(generator, None), held_out, validator))
-        result["metrics"]["heldout"] = _rates(evaluate(local_generate_fn(generator, str(adapter), site_prompt=site_prompt),
-                                                       held_out, validator))
+        result["metrics"]["base_heldout"] = _rates(evaluate(local_generate_fn(generator, None, validator=validator),
+                                                            held_out, validator))
+        result["metrics"]["heldout"] = _rates(evaluate(local_generate_fn(generator, str(adapter), site_prompt=site_prompt,
+                                                                         validator=validator), held_out, validator))
     finally:
         generator.close()
 

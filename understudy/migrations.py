@@ -251,6 +251,14 @@ def m009_honest_streams(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE calls ADD COLUMN retried_for VARCHAR")   # e.g. "http 429 (retry-after 1 s); ReadTimeout"
 
 
+@migration
+def m010_local_tries(con: duckdb.DuckDBPyConnection) -> None:
+    # Checked sampling (routing.checked_sampling): local draws made for an answer, served, refused
+    # (on the upstream's call row) or shadowed. NULL: no local answer was drawn.
+    con.execute("ALTER TABLE calls ADD COLUMN local_tries INTEGER")
+    con.execute("ALTER TABLE shadow_results ADD COLUMN local_tries INTEGER")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending steps; returns the names applied now."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")

@@ -179,7 +179,7 @@ class StoreAccess(AdminClient):
             if request.get("action") == "policy":
                 from understudy.routing.actions import policy_view
 
-                record["policy"] = policy_view(store, record["id"], self.settings.routing_policy)
+                record["policy"] = policy_view(store, record["id"], self.settings.routing_policy, self.settings.sampling_policy)
             return record
 
         return self._with_store(act, read_only=False)
@@ -193,7 +193,7 @@ class StoreAccess(AdminClient):
         def view(store):
             record = store.resolve_site(site)
             return {"id": record.id, "name": record.name,
-                    "policy": policy_view(store, record.id, self.settings.routing_policy)}
+                    "policy": policy_view(store, record.id, self.settings.routing_policy, self.settings.sampling_policy)}
 
         return self._with_store(view, read_only=True)
 

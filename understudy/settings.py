@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     local_threads: int | None = Field(None, description="llama.cpp threads for local inference (default: all cores).")
     local_when_upstream_down: bool = Field(True, description="Answer locally when the upstream fails and the site has a version.")
     routing_policy: dict = Field(default_factory=dict, description="Global promotion settings (JSON), e.g. {\"min_samples\": 20}.")
+    sampling_policy: dict = Field(default_factory=dict, description="Global checked-sampling settings for local answers "
+                                  "(JSON), e.g. {\"tries\": 4, \"temperature\": 0.7, \"budget_s\": 30, \"cap_factor\": 1.5}.")
     validators: dict[str, str] = Field(default_factory=dict, description="Validators by response type (JSON), e.g. "
                                        "{\"Recipe\": \"myapp.checks:recipe\"}; over the `understudy.validators` entry points.")
     extra_upstream_concurrency: int = Field(2, description="Drift checks and second upstream answers in flight at once; "

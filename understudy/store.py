@@ -35,10 +35,11 @@ CALL_COLUMNS = (
     "id", "ts", "site_id", "model", "served_by", "stream", "turn", "conversation", "retry_of",
     "request", "response", "status", "error", "latency_ms", "prompt_tokens", "completion_tokens",
     "cost_usd", "valid", "provider", "upstream_model", "purpose", "client", "usage_estimated", "attempts", "retried_for",
+    "local_tries",
 )
 SHADOW_COLUMNS = (
     "call_id", "site_id", "version", "ts", "score", "components", "comparable", "local_valid", "local_latency_ms",
-    "upstream_latency_ms", "local_output", "upstream_valid", "phase", "local_confidence",
+    "upstream_latency_ms", "local_output", "upstream_valid", "phase", "local_confidence", "local_tries",
 )
 SELF_AGREEMENT_COLUMNS = (
     "call_id", "second_call_id", "site_id", "ts", "score", "components", "comparable", "first_valid", "second_valid",
@@ -57,6 +58,7 @@ CALLS_ARROW_SCHEMA = pa.schema([
     ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("valid", pa.bool_()),
     ("provider", pa.string()), ("upstream_model", pa.string()), ("purpose", pa.string()), ("client", pa.string()),
     ("usage_estimated", pa.bool_()), ("attempts", pa.int32()), ("retried_for", pa.string()),
+    ("local_tries", pa.int32()),
 ])
 assert tuple(CALLS_ARROW_SCHEMA.names) == CALL_COLUMNS
 # New sites and shadow results are rare next to calls; multi-row VALUES is plenty for them.

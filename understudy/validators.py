@@ -21,12 +21,22 @@ Where validators come from, most specific first:
 A function may carry `applies_to(schema: dict) -> bool`; it is then used only for schemas it
 accepts (another program's `Level` is not the showcase's).
 
+Constraints bound to the request. A function may also carry
+`constrain(schema: dict, arguments: CallArguments) -> dict`: the response schema tightened with
+what this request fixes (counts, coordinate ranges, fields to echo as `const`), in standard JSON
+Schema keywords. The local model decodes under the tightened schema (`training.constraints`),
+so an answer that breaks a count or a bound cannot be produced at all; the validator still
+checks every answer (a schema cannot say "no enemy on a wall"). `constrain` must return a new
+schema and leave the one it is given alone; one that raises is logged and ignored (the plain
+schema is used: constraints help the decoder, the validator is the judge).
+
 Running a validator never raises: one that crashes fails closed (an answer we could not check
 is not one we may serve or learn from).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import logging
@@ -78,6 +88,33 @@ class BoundValidator:
 
     def __call__(self, answer: str) -> Verdict:
         return run_validator(self.fn, answer, self.arguments)
+
+    def constrain(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """The response schema tightened for this request (the schema itself when the validator
+        declares no constraints, or when its `constrain` fails)."""
+        constrain = getattr(self.fn, "constrain", None)
+        if not callable(constrain):
+            return schema
+        try:
+            tightened = constrain(copy.deepcopy(schema), self.arguments)
+        except Exception as exc:  # noqa: BLE001 - the user's code; the validator still judges
+            _warn_once(self.reference, f"validator {self.reference}: constrain raised {type(exc).__name__}: {exc}; "
+                                       "decoding under the plain response schema")
+            return schema
+        if not isinstance(tightened, dict):
+            _warn_once(self.reference, f"validator {self.reference}: constrain returned {type(tightened).__name__}, "
+                                       "not a JSON schema object; decoding under the plain response schema")
+            return schema
+        return tightened
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s", message)
 
 
 def run_validator(fn: ValidatorFn, answer: str, arguments: CallArguments) -> Verdict:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.training.examples import COLOR_SCHEMA, make_example
 from understudy.training.config import TrainConfig
+from understudy.training.constraints import compile_schema
 from understudy.training.evaluate import evaluate, local_generate_fn
 from understudy.training.gguf_adapter import export_gguf_adapter, read_base_info
 from understudy.training.local_generate import LocalGenerator
@@ -112,7 +113,7 @@ def test_schema_constrained_decoding_parses(blue_green, generator):
     # the base alone is random, yet under a grammar its answer follows the schema
     enum_schema = {"type": "object", "properties": {"color": {"enum": ["blue", "green"]}},
                    "required": ["color"]}
-    text = generator.generate(_prompt(BLUE_GREEN[0]), max_tokens=64, grammar_schema=enum_schema)
+    text = generator.generate(_prompt(BLUE_GREEN[0]), max_tokens=64, constraint=compile_schema(enum_schema))
     assert json.loads(text)["color"] in ("blue", "green")
 
 
