@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both create .venv and install what they need):
 #   make serve   run the proxy with its embedded defaults (see `understudy up --help`)
-#   make test    run the whole default test suite
-.PHONY: serve test test-slow bench venv
+#   make test    run the whole default test suite (installs the Debian packages it needs first)
+.PHONY: serve test test-slow bench venv machine-packages
 
 ARGS ?=
 
@@ -11,10 +11,13 @@ venv:
 serve: venv
 	.venv/bin/understudy up $(ARGS)
 
-test: venv
+machine-packages:
+	./scripts/machine_packages.sh
+
+test: venv machine-packages
 	.venv/bin/python -m pytest $(ARGS)
 
-test-slow: venv
+test-slow: venv machine-packages
 	.venv/bin/python -m pytest -m slow $(ARGS)
 
 bench: venv

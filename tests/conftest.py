@@ -67,7 +67,7 @@ def postgres_server():
     from tests.support.services import PostgresServer, services_missing
 
     if "postgres" in services_missing():
-        pytest.fail("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+        pytest.fail("PostgreSQL is not installed (scripts/machine_packages.sh, run by `make test`, installs it)")
     server = PostgresServer().start()
     yield server
     server.stop()
@@ -78,7 +78,7 @@ def redis_server():
     from tests.support.services import RedisServer, services_missing
 
     if "redis-server" in services_missing():
-        pytest.fail("Redis is not installed (.ci/run installs Debian's redis-server)")
+        pytest.fail("Redis is not installed (scripts/machine_packages.sh, run by `make test`, installs it)")
     server = RedisServer().start()
     yield server
     server.stop()

@@ -1,6 +1,6 @@
 """Real PostgreSQL and Redis servers for the tests, from the machine's Debian packages.
 
-`.ci/run` installs the packages (postgresql, redis-server); each server runs from a temporary
+`scripts/machine_packages.sh` (run by `make test` and `.ci/run`) installs the packages (postgresql, redis-server); each server runs from a temporary
 directory on a free loopback port for one test session and is stopped at its end. PostgreSQL
 refuses to run as root, so under root it runs as the `postgres` user the package creates.
 """
