@@ -23,7 +23,7 @@ from understudy.proxy.errors import ProxyError
 from understudy.proxy.state import ProxyState
 from understudy.proxy.types import validation_error
 from understudy.routing.actions import ActionError, policy_view, run_action
-from understudy.routing.registry import list_versions
+from understudy.routing.registry import audit, list_versions
 from understudy.exports import export_site
 from understudy.store import SiteNameTaken
 from understudy.reports import render_report
@@ -97,19 +97,22 @@ def training_job(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
 
 @post("/training/candidates", sync_to_thread=True, status_code=200)
 def training_candidates_route(request: Request, data: dict[str, Any]) -> list[dict]:
-    """Jobs for the sites that should train now under the worker's rules (enough new examples,
-    quiet window open)."""
+    """Jobs for the sites that should train now under the worker's rules (`retraining_reason`,
+    quiet window open), each with its reason, which the site's audit also records."""
     proxy = _proxy(request)
     try:
-        site_ids, _ = training_candidates(proxy.store, data)
+        candidates, _ = training_candidates(proxy.store, data)
     except ValueError as exc:
         raise ProxyError(400, str(exc), code="invalid_rules") from None
     jobs = []
-    for site_id in site_ids:
+    for site_id, reason in candidates:
         try:
-            jobs.append(prepare_job(proxy.store, proxy.settings, site_id))
+            job = prepare_job(proxy.store, proxy.settings, site_id)
         except NotEnoughData:
             continue
+        jobs.append({**job, "reason": reason})
+        proxy.recorder.run(lambda store, site_id=site_id, job=job, reason=reason: audit(
+            store, site_id, "training", {"scheduled": reason, "out_dir": job["out_dir"]}, "scheduler"))
     return jobs
 
 

@@ -23,10 +23,16 @@ from dataclasses import asdict
 from typing import Any
 
 from understudy.routing.policy import Decision, SiteState, on_rollback
-from understudy.routing.registry import apply_decision, audit, get_version, list_versions, set_version_status
+from understudy.routing.registry import (
+    USABLE_STATUSES,
+    apply_decision,
+    audit,
+    get_version,
+    list_versions,
+    set_version_status,
+)
 from understudy.store import SiteRecord, Store
 
-USABLE_STATUSES = ("ready", "active", "retired")  # verified versions; failed/rejected are never served
 _PIN = re.compile(r"^(upstream|local)(?:@v(\d+))?$")
 
 

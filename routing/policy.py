@@ -37,6 +37,12 @@ version's scores and one for the reference (alpha / 2 each); validity one at alp
 - shadow → learning ("rejected"), after the same `min_samples`: inferior on either:
   upper(agreement) - lower(reference) < -margin, or upper(validity difference) < -margin.
 - local → shadow ("demoted"): inferior on either, judged on the last `window` drift samples.
+- shadow → learning ("inconclusive"): neither after `max_shadow_samples`. A version whose
+  intervals still straddle the bar by then is within about their half-width of it (±0.15 on
+  agreement at 200 samples, alpha 0.05): more shadowing buys little (the width shrinks like
+  1/sqrt(n)), while the site's data has usually doubled since the version's snapshot, so a new
+  version is the better next step (`understudy.training_jobs` retrains on the verdict). Controls
+  are retired the same way: a control that cannot be decided says so and does not hold the site.
 
 False promotion: if the version is worse than the teacher by more than the margin on either
 measure, the chance that it is ever promoted, however long it is watched, is at most alpha
@@ -109,6 +115,7 @@ class PromotionPolicy:
     """Margins, evidence and sampling for one site; `from_dict` layers per-site overrides on global."""
 
     min_samples: int = 20  # shadow samples before a version can be promoted or rejected
+    max_shadow_samples: int = 200  # shadow samples after which an undecided version is retired (inconclusive)
     margin: float = 0.10  # non-inferiority margin on agreement and on validity (absolute, in [0, 1])
     alpha: float = 0.05  # error rate of each decision: the chance of ever promoting a worse version
     window: int = 100  # drift samples a local version is judged on (most recent)
@@ -122,6 +129,8 @@ class PromotionPolicy:
         check_field_types(self)
         if self.min_samples < 1 or self.window < 1 or self.reference_window < 1:
             raise ValueError("min_samples, window and reference_window must be >= 1")
+        if self.max_shadow_samples < self.min_samples:
+            raise ValueError("max_shadow_samples must be >= min_samples")
         if not 0.0 <= self.margin < 1.0:
             raise ValueError("margin must be in [0, 1)")
         if not 0.0 < self.alpha < 1.0:
@@ -242,11 +251,21 @@ def judge(evidence: Evidence, reference: ConfidenceSequence | None, policy: Prom
                      evidence.valid_pairs, policy.min_samples)
 
 
+class Verdict(str, Enum):
+    """What a decision concluded about the active version (None on a decision that concludes nothing)."""
+
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    INCONCLUSIVE = "inconclusive"
+    DEMOTED = "demoted"
+
+
 @dataclass(frozen=True)
 class Decision:
     new_state: SiteState
     reason: str  # one line for reports and logs
     judgement: Judgement | None = None
+    verdict: Verdict | None = None
 
 
 def decide(
@@ -269,15 +288,20 @@ def decide(
         if j.validity.n < policy.min_samples:
             return Decision(state, f"shadow: {j.validity.n} of {policy.min_samples} samples; {j}", j)
         if j.agreement_non_inferior() and j.validity_non_inferior():
-            return Decision(SiteState.LOCAL, f"promoted: non-inferior to the teacher; {j}", j)
+            return Decision(SiteState.LOCAL, f"promoted: non-inferior to the teacher; {j}", j, Verdict.PROMOTED)
         if inferior:
             return Decision(SiteState.LEARNING, f"rejected: {' and '.join(inferior)} inferior to the teacher; {j}; "
-                                                "back to learning for a new version", j)
+                                                "back to learning for a new version", j, Verdict.REJECTED)
+        if j.validity.n >= policy.max_shadow_samples:
+            return Decision(SiteState.LEARNING, f"inconclusive: neither non-inferior nor inferior after "
+                                                f"{j.validity.n} samples (max_shadow_samples); {j}; "
+                                                "retired, back to learning for a new version", j, Verdict.INCONCLUSIVE)
         return Decision(state, f"shadow: not yet decided; {j}", j)
 
     # LOCAL
     if inferior:
-        return Decision(SiteState.SHADOW, f"demoted: {' and '.join(inferior)} inferior to the teacher; {j}", j)
+        return Decision(SiteState.SHADOW, f"demoted: {' and '.join(inferior)} inferior to the teacher; {j}", j,
+                        Verdict.DEMOTED)
     return Decision(state, f"local: {j}", j)
 
 

@@ -10,6 +10,9 @@ A version's status:
 - `rejected`: verified but worse than the current version; kept on disk, never activated.
 - `failed`: training, export or verification failed; kept for inspection, never activated.
 - `retired`: was active, replaced or rolled back.
+- `inconclusive`: shadowed `max_shadow_samples` without being promoted or rejected
+  (`policy.decide`); the site went back to learning. Kept on disk and usable: an operator may
+  still promote or pin it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from understudy.routing.policy import Decision, on_new_version
+from understudy.routing.policy import Decision, Verdict, on_new_version
 from understudy.store import SiteRecord, Store
+
+USABLE_STATUSES = ("ready", "active", "retired", "inconclusive")  # verified versions; failed/rejected are never served
+USABLE_SQL = "(" + ", ".join(f"'{status}'" for status in USABLE_STATUSES) + ")"  # for `status IN` clauses
 
 # Negative controls a user can shadow to see the policy reject them (`understudy train --control`).
 CONTROLS = {
@@ -91,7 +97,7 @@ def register_version(store: Store, site_ref: str, result: dict[str, Any], *, act
     )
     audit(store, site.id, "version", {"version": number, "status": status, "note": note}, actor)
     if status == "ready":
-        if current is not None:
+        if current is not None and current.status == "active":
             set_version_status(store, site.id, current.version, "retired")
         set_version_status(store, site.id, number, "active")
         apply_decision(store, site, on_new_version(site.state, site.pinned), active_version=number, actor=actor)
@@ -131,7 +137,13 @@ def apply_decision(store: Store, site: SiteRecord, decision: Decision, *, active
             [new_state, version, _now(), site.id, expected.state, expected.active_version, expected.pinned]).fetchall()
         if not written:
             raise StaleDecision(store.resolve_site(site.id))
-    audit(store, site.id, "state", {"from": site.state, "to": new_state, "version": version, "reason": decision.reason}, actor)
+    detail = {"from": site.state, "to": new_state, "version": version, "reason": decision.reason}
+    if decision.verdict is not None:
+        detail["verdict"] = decision.verdict.value
+    if decision.verdict is Verdict.INCONCLUSIVE and version is not None:
+        # retired undecided: kept on disk (an operator may still promote it), never shadowed again by itself
+        set_version_status(store, site.id, version, "inconclusive")
+    audit(store, site.id, "state", detail, actor)
     return store.resolve_site(site.id)
 
 

@@ -214,6 +214,7 @@ class PolicySummary:
     drift_sample_rate: float
     self_agreement_rate: float
     cascade: bool
+    max_shadow_samples: int
     overrides: dict = field(default_factory=dict)  # the site's own `understudy policy` settings
 
 
@@ -431,7 +432,7 @@ def _site_report(
         why=_why(cur, site_id, assessment),
         policy=PolicySummary(policy.min_samples, policy.margin, policy.alpha, policy.window, policy.shadow_sample_rate,
                              policy.drift_sample_rate, policy.self_agreement_rate, policy.cascade,
-                             overrides=overrides if isinstance(overrides := _json(row[5]), dict) else {}),
+                             policy.max_shadow_samples, overrides=overrides if isinstance(overrides := _json(row[5]), dict) else {}),
         series=_series(cur, site_id, policy, prices, mean_cost),
     )
 
@@ -605,6 +606,8 @@ def _audit_reason(action: str, detail: Any) -> str:
             return f"pinned to {detail['target']}"
         if action == "unpin":
             return f"unpinned (was {detail.get('was')})" if detail.get("was") else "unpinned"
+        if action == "training" and isinstance(detail.get("scheduled"), str):  # bookkeeping: never the "why"
+            return f"training scheduled: {detail['scheduled']}"
         if action == "rollback" and detail.get("to_version") is not None:
             return f"rolled back from v{detail.get('from_version')} to v{detail['to_version']}"
     if detail in (None, {}, ""):
@@ -825,7 +828,8 @@ def cascade_line(report: SiteReport) -> str:
 def policy_line(policy: PolicySummary) -> str:
     overrides = json.dumps(policy.overrides, sort_keys=True) if policy.overrides else "none (global settings only)"
     return (f"promote when non-inferior to the teacher within {policy.margin:.2f} (alpha {policy.alpha:g}, "
-            f"{policy.min_samples} samples at least); demote on the last {policy.window} drift samples; "
+            f"{policy.min_samples} samples at least; undecided after {policy.max_shadow_samples}: "
+            f"inconclusive); demote on the last {policy.window} drift samples; "
             f"shadow rate {policy.shadow_sample_rate:g}, drift rate {policy.drift_sample_rate:g}, "
             f"self-agreement rate {policy.self_agreement_rate:g}; cascade {'on' if policy.cascade else 'off'}; "
             f"site overrides: {overrides}")

@@ -45,7 +45,7 @@ from understudy.routing.evidence import bar, calibration_samples, evidence_of, e
 from understudy.routing.local_model import LocalAnswer, LocalModels, Variant, checks_for
 from understudy.routing.local_queue import Skipped
 from understudy.routing.policy import Evidence, PromotionPolicy, SiteState, decide
-from understudy.routing.registry import StaleDecision, apply_decision
+from understudy.routing.registry import USABLE_SQL, StaleDecision, apply_decision
 from understudy.routing.scoring import AgreementScore, ScoringPolicy, local_verdict, score_pair
 from understudy.routing.sequential import ConfidenceSequence
 from understudy.training.site_prompt import SitePrompt
@@ -169,7 +169,7 @@ class Router:
                              sampling=SamplingPolicy.from_dict(self.sampling_defaults, overrides.get("sampling")))
         for version, adapter, version_config in cur.execute(
             "SELECT version, adapter_path, config FROM model_versions WHERE site_id = ? "
-            "AND (adapter_path IS NOT NULL OR control = 'base') AND status IN ('ready', 'active', 'retired')",
+            "AND (adapter_path IS NOT NULL OR control = 'base') AND status IN " + USABLE_SQL,
             [site_id]
         ).fetchall():
             prompt = SitePrompt.from_dict((json.loads(version_config) if version_config else {}).get("prompt"))

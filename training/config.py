@@ -50,7 +50,11 @@ class TrainConfig:
     qlora: bool = False
 
     # --- optimisation ------------------------------------------------------------------
-    epochs: float = 3.0  # passes over the train split (ignored when max_steps is set)
+    epochs: float = 3.0  # the most passes over the train split (ignored when max_steps is set)
+    # Early stopping: the held-out loss is measured after every whole epoch; after this many
+    # epochs without a new best the job stops, and the best epoch's weights are the ones saved.
+    # 0: train every epoch and keep the last. No effect on runs of one epoch or with max_steps.
+    early_stop_patience: int = 1
     max_steps: int | None = None  # hard cap on optimizer steps (tests, benchmarks)
     lr: float = 2e-4  # AdamW peak learning rate (LoRA typical: 1e-4 .. 5e-4)
     weight_decay: float = 0.0

@@ -6,8 +6,10 @@ module-level instance. `understudy worker` runs the consumer.
 
 - `train_site(job)`: train one version, then hand the result to the proxy (or leave it in
   `result.json` for the proxy to register when it next starts).
-- `schedule_training()`: periodic; asks the proxy which sites have enough new examples while
-  it is quiet (configured hours and/or request rate), and enqueues a job for each.
+- `schedule_training()`: periodic; asks the proxy which sites need a new version while it is
+  quiet (configured hours and/or request rate), and enqueues a job for each. The rules and each
+  job's reason are `understudy.training_jobs.retraining_reason`'s (first version, data grown 2x,
+  a rejected, inconclusive or demoted version once new data arrived); the site's audit says why.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def schedule_training() -> list[str]:
         log.warning("could not ask the proxy for training candidates: %s", exc)
         return []
     for job in jobs:
+        log.info("training %s: %s", job.get("site_name") or job["site_id"], job.get("reason"))
         train_site(job)
     return [job["site_id"] for job in jobs]
 

@@ -78,6 +78,9 @@ class TrainResult:
     gradient_checkpointing: bool = False  # some micro-batch was long enough to need it
     checkpointed_batches: int = 0
     loss_history: list[float] = field(default_factory=list)  # per optimizer step
+    epoch_eval_losses: list[float] = field(default_factory=list)  # held-out loss after each whole epoch
+    best_epoch: int | None = None  # the epoch whose weights were kept (early stopping); None: the last step's
+    stopped_early: bool = False  # the job ended before its planned epochs: the held-out loss stopped improving
     # greedy answers of the trained HF model on the first eval examples: (index, text)
     sample_outputs: list[tuple[int, str]] = field(default_factory=list)
 
@@ -201,6 +204,50 @@ class _Checkpointing:
             self.on = False
 
 
+class _BestEpoch:
+    """Early stopping on the held-out loss, measured at the end of every whole epoch.
+
+    Keeps a copy of the trainable (LoRA) weights of the best epoch so far: a few MB, so no disk
+    checkpoint is needed. After `early_stop_patience` epochs without a new best, the job stops;
+    at the end the best epoch's weights are put back. So a small snapshot that overfits by its
+    third epoch keeps its second, and a large one that still improves trains every epoch.
+    """
+
+    def __init__(self, params: list[torch.Tensor], config: TrainConfig, steps_per_epoch: int, has_eval: bool):
+        self.params, self.steps_per_epoch = params, steps_per_epoch
+        self.patience = config.early_stop_patience
+        # whole epochs to compare: only when the run is planned in epochs, more than one of them
+        self.active = has_eval and self.patience > 0 and not config.max_steps and config.epochs > 1
+        self.losses: list[float] = []
+        self.best_loss, self.best_epoch, self.best_weights = math.inf, None, None
+        self.stopped = False
+
+    def epoch_ends(self, step: int, total_steps: int) -> bool:
+        """After optimizer step `step` (0-based) a whole epoch is done, and more steps are planned."""
+        return self.active and step + 1 < total_steps and (step + 1) % self.steps_per_epoch == 0
+
+    def stop_after(self, loss: float | None, final: bool = False) -> bool:
+        """Record the epoch's held-out loss; True when the job should stop now (never after the `final` one)."""
+        if loss is None or not math.isfinite(loss):
+            return False  # the non-finite guard speaks for itself at the end
+        self.losses.append(loss)
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch = loss, len(self.losses)
+            self.best_weights = [p.detach().clone() for p in self.params]
+            return False
+        self.stopped = not final and len(self.losses) - self.best_epoch >= self.patience
+        return self.stopped
+
+    def restore(self, last_loss: float | None) -> float | None:
+        """Put the best epoch's weights back if they beat the last ones; the held-out loss kept."""
+        if not self.active or self.best_weights is None or self.best_epoch == len(self.losses):
+            return last_loss  # the last weights are the best
+        with torch.no_grad():
+            for param, kept in zip(self.params, self.best_weights):
+                param.copy_(kept)
+        return self.best_loss
+
+
 def batch_loss(model, batch: list[Encoded], pad_id: int, device: str, bf16: bool = False) -> tuple[torch.Tensor, int]:
     """(mean loss over the batch's target tokens, number of those tokens)."""
     return target_loss(model, collate(batch, pad_id).to(device), bf16)
@@ -279,6 +326,7 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     losses: list[float] = []
     last_eval: float | None = None
+    best = _BestEpoch(params, config, steps_per_epoch, bool(eval_data))
     t_train = time.perf_counter()
     with _progress(progress) as bar:
         task = bar.add_task("train", total=total_steps, loss="-", eval="-")
@@ -299,10 +347,19 @@ def train(
             losses.append(step_loss)
             if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < total_steps:
                 last_eval = eval_loss(model, eval_data, pad_id, device, batch_size, bf16)
+            if best.epoch_ends(step, total_steps):
+                last_eval = eval_loss(model, eval_data, pad_id, device, batch_size, bf16)
+                if best.stop_after(last_eval):
+                    total_steps = step + 1
+                    break
             bar.update(task, advance=1, loss=f"{step_loss:.4f}",
                        eval="-" if last_eval is None else f"{last_eval:.4f}")
         train_seconds = time.perf_counter() - t_train
-        last_eval = eval_loss(model, eval_data, pad_id, device, batch_size, bf16)
+        if not best.stopped:
+            last_eval = eval_loss(model, eval_data, pad_id, device, batch_size, bf16)
+            if best.active:
+                best.stop_after(last_eval, final=True)  # the last (maybe partial) epoch, to compare with the best
+        last_eval = best.restore(last_eval)
         bar.update(task, eval="-" if last_eval is None else f"{last_eval:.4f}")
     if last_eval is not None and not math.isfinite(last_eval):
         raise NonFiniteLoss(f"held-out eval loss is {last_eval} after training: no adapter saved")
@@ -342,6 +399,9 @@ def train(
         checkpointed_batches=checkpointing.used,
         loss_history=losses,
         sample_outputs=samples,
+        epoch_eval_losses=best.losses,
+        best_epoch=best.best_epoch if best.active else None,
+        stopped_early=best.stopped,
     )
     (out_dir / METRICS_FILENAME).write_text(result.to_json() + "\n")
     return result

@@ -87,7 +87,10 @@ class Settings(BaseSettings):
     proxy_url: str | None = Field(None, description="A worker's proxy (its root URL) when the worker runs on another "
                                   "host: results are registered through its admin API (with UNDERSTUDY_ADMIN_TOKEN).")
     train_config: dict = Field(default_factory=dict, description="TrainConfig overrides (JSON), e.g. {\"epochs\": 2}.")
-    train_min_examples: int = Field(50, description="New filtered examples a site needs before the scheduler trains it.")
+    train_min_examples: int = Field(50, description="Usable examples a site needs for its first version, and new ones "
+                                                     "after a rejected, inconclusive, demoted or failed version.")
+    train_growth_factor: float = Field(2.0, description="A site gets a new version once its usable examples have grown "
+                                                        "this many times since its last version.")
     train_check_minutes: int = Field(10, description="How often the worker looks for sites to train, minutes.")
     quiet_hours: str | None = Field(None, description="Local hours when training may start, e.g. 22:00-06:00 (default: any).")
     quiet_max_rpm: float | None = Field(None, description="Training starts only while requests/minute stay below this.")

@@ -140,14 +140,78 @@ def register_pending_results(store: Store, settings: Settings) -> list[dict[str,
 def scheduling_rules(settings: Settings) -> dict[str, Any]:
     """The worker's scheduling settings, sent with its request for candidates."""
     return {"quiet_hours": settings.quiet_hours, "quiet_max_rpm": settings.quiet_max_rpm,
-            "quiet_rate_window_min": settings.quiet_rate_window_min, "min_examples": settings.train_min_examples}
+            "quiet_rate_window_min": settings.quiet_rate_window_min, "min_examples": settings.train_min_examples,
+            "growth_factor": settings.train_growth_factor}
 
 
-def training_candidates(store: Store, rules: dict[str, Any], now: datetime | None = None) -> tuple[list[str], str]:
-    """Sites with enough new examples since their last version, if the proxy is quiet now."""
+# The verdicts on a version after which the site needs another one (routing.policy.Verdict values).
+RETRAIN_VERDICTS = ("rejected", "inconclusive", "demoted")
+
+
+def retraining_reason(store: Store, site_id: str, min_examples: int, growth_factor: float) -> str | None:
+    """Why the site should get a new version now, or None. The rules, in order:
+
+    - no trained version yet, and at least `min_examples` usable examples: its first version;
+    - the last trained version failed, or the policy rejected it, retired it inconclusive or
+      demoted it (drift), and `min_examples` usable examples arrived since: a version trained on
+      the same data would be the same version, so new data is what it waits for;
+    - the usable examples have grown `growth_factor` times since the last version was
+      registered: a snapshot twice the size trains a better version (a promoted site keeps learning).
+
+    Otherwise nothing: a site is not retrained every few examples whatever its state (a CPU job
+    takes minutes), and controls (`understudy train --control`) never count as trained versions.
+    """
+    cur = store.cursor()
+    usable = f"SELECT count(*) FROM calls WHERE site_id = ? AND {COMPLETE_ANSWER} AND coalesce(valid, true)"
+
+    def usable_since(ts: Any = None) -> int:
+        return cur.execute(usable + (" AND ts > ?" if ts else ""), [site_id, *([ts] if ts else [])]).fetchone()[0]
+
+    now = usable_since()
+    trained = [v for v in list_versions(store, site_id) if not v.control]
+    if not trained:
+        return f"first version: {now} usable examples" if now >= min_examples else None
+    last = trained[-1]
+    at_last = now - usable_since(last.created_at)
+    verdict = _last_verdict(store, site_id, last.version)
+    if last.status == "failed" or verdict:
+        what = "failed" if last.status == "failed" else verdict["verdict"]
+        new = usable_since(verdict["ts"] if verdict else last.created_at)
+        if new >= min_examples:
+            return f"v{last.version} {what}: {new} new usable examples since, {now} in all"
+        return None
+    if at_last > 0 and now >= growth_factor * at_last:
+        return f"usable examples grew {at_last} -> {now} (x{now / at_last:.1f} >= x{growth_factor:g}) since v{last.version}"
+    return None
+
+
+def _last_verdict(store: Store, site_id: str, version: int) -> dict[str, Any] | None:
+    """The newest policy verdict on `version` calling for a new one ({"verdict", "ts"}), unless a later
+    state change (a promotion after a demotion, an operator's rollback or pin) superseded it."""
+    rows = store.cursor().execute(
+        "SELECT ts, detail FROM audit WHERE site_id = ? AND action = 'state' ORDER BY ts DESC LIMIT 20",
+        [site_id]).fetchall()
+    for ts, detail in rows:
+        detail = json.loads(detail) if isinstance(detail, str) else detail
+        if detail.get("version") != version:
+            return None
+        verdict = detail.get("verdict")
+        if verdict in RETRAIN_VERDICTS:
+            return {"verdict": verdict, "ts": ts}
+        if verdict or detail.get("to") == "learning":  # promoted since, or rolled back by hand
+            return None
+    return None
+
+
+def training_candidates(store: Store, rules: dict[str, Any], now: datetime | None = None
+                        ) -> tuple[list[tuple[str, str]], str]:
+    """(site id, why) for each site that should train now, if the proxy is quiet; and the window's why."""
     now = now or datetime.now(timezone.utc)
     window = QuietWindow.parse(rules.get("quiet_hours"), rules.get("quiet_max_rpm"), rules.get("quiet_rate_window_min") or 5)
     min_examples = int(rules.get("min_examples") or 50)
+    growth_factor = float(rules.get("growth_factor") or 2.0)
+    if growth_factor <= 1.0:
+        raise ValueError("growth_factor must be > 1")
     cur = store.cursor()
     recent = cur.execute("SELECT count(*) FROM calls WHERE ts >= ?",
                          [now - timedelta(minutes=window.rate_window_minutes)]).fetchone()[0]
@@ -156,14 +220,9 @@ def training_candidates(store: Store, rules: dict[str, Any], now: datetime | Non
         return [], why
     candidates = []
     for site in store.site_records():
-        versions = list_versions(store, site.id)
-        since = max((v.created_at for v in versions), default=None)
-        query = f"SELECT count(*) FROM calls WHERE site_id = ? AND {COMPLETE_ANSWER} AND coalesce(valid, true)"
-        params: list[Any] = [site.id]
-        if since:
-            query += " AND ts > ?"
-            params.append(since)
-        tools = cur.execute("SELECT tool_names FROM sites WHERE id = ?", [site.id]).fetchone()[0]
-        if not tools and cur.execute(query, params).fetchone()[0] >= min_examples:
-            candidates.append(site.id)
+        if cur.execute("SELECT tool_names FROM sites WHERE id = ?", [site.id]).fetchone()[0]:
+            continue  # local models do not learn tool loops
+        reason = retraining_reason(store, site.id, min_examples, growth_factor)
+        if reason:
+            candidates.append((site.id, reason))
     return candidates, why

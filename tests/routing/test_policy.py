@@ -10,6 +10,7 @@ from understudy.routing.policy import (
     Evidence,
     PromotionPolicy,
     SiteState,
+    Verdict,
     decide,
     on_new_version,
     on_rollback,
@@ -211,3 +212,24 @@ def test_sample_rate_per_state():
     assert policy.sample_rate(SiteState.LEARNING) == 0.0
     assert policy.sample_rate(SiteState.SHADOW) == 0.5
     assert policy.sample_rate(SiteState.LOCAL) == 0.02
+
+
+def test_an_undecided_version_is_retired_inconclusive_at_max_shadow_samples():
+    # Agreement 0.8 against a teacher at 0.9 with margin 0.1: exactly on the bar, so neither
+    # non-inferiority nor inferiority can ever be shown; at the default cap it is retired.
+    teacher = reference([0.9] * 60)
+    cap = POLICY.max_shadow_samples
+    before = decide(SiteState.SHADOW, evidence([0.8] * (cap - 1)), teacher, POLICY)
+    assert before.new_state is SiteState.SHADOW and before.verdict is None
+    retired = decide(SiteState.SHADOW, evidence([0.8] * cap), teacher, POLICY)
+    assert retired.new_state is SiteState.LEARNING and retired.verdict is Verdict.INCONCLUSIVE
+    assert retired.reason.startswith(f"inconclusive: neither non-inferior nor inferior after {cap} samples")
+    # The controls at the same sample count: a version as good as the teacher and a version far
+    # worse are decided (promoted, rejected), never retired as inconclusive.
+    good = decide(SiteState.SHADOW, evidence([0.9] * cap), teacher, POLICY)
+    bad = decide(SiteState.SHADOW, evidence([0.3] * cap), teacher, POLICY)
+    assert (good.verdict, bad.verdict) == (Verdict.PROMOTED, Verdict.REJECTED)
+    # A local version is judged on its drift window, never retired by the shadow cap.
+    assert decide(SiteState.LOCAL, evidence([0.8] * cap), teacher, POLICY).new_state is SiteState.LOCAL
+    with pytest.raises(ValueError, match="max_shadow_samples"):
+        PromotionPolicy(min_samples=50, max_shadow_samples=40)

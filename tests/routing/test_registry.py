@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from tests.conftest import open_test_store
 
 from understudy.routing.actions import ActionError, pin, rollback
-from understudy.routing.registry import list_versions, register_version
+from understudy.routing.registry import apply_decision, list_versions, register_version
 
 
 @pytest.fixture
@@ -51,3 +52,24 @@ def test_rejected_and_failed_versions_are_never_served(store):
     assert pin(store, "s1", "local@v1").pinned == "local@v1"
     with pytest.raises(ActionError, match="pin target"):
         pin(store, "s1", "upstream@v1")
+
+
+def test_an_inconclusive_version_is_marked_so_stays_usable_and_a_rejected_one_is_not(store):
+    from understudy.routing.policy import Decision, SiteState, Verdict
+
+    register_version(store, "s1", result(0.6))
+    site = store.resolve_site("s1")
+    apply_decision(store, site, Decision(SiteState.LEARNING, "inconclusive: ...", verdict=Verdict.INCONCLUSIVE),
+                   expected=site)
+    assert [v.status for v in list_versions(store, "s1")] == ["inconclusive"]
+    entry = json.loads(store.cursor().execute(
+        "SELECT detail FROM audit WHERE site_id = 's1' AND action = 'state' ORDER BY ts DESC LIMIT 1").fetchone()[0])
+    assert entry["verdict"] == "inconclusive" and entry["to"] == "learning"
+    # a new version does not overwrite the verdict; the inconclusive one may still be pinned
+    register_version(store, "s1", result(0.7))
+    assert [v.status for v in list_versions(store, "s1")] == ["inconclusive", "active"]
+    assert pin(store, "s1", "local@v1").pinned == "local@v1"
+    # the control: a rejected decision leaves the version's status alone (it stays the active one)
+    site = store.resolve_site("s1")
+    apply_decision(store, site, Decision(SiteState.LEARNING, "rejected: ...", verdict=Verdict.REJECTED))
+    assert [v.status for v in list_versions(store, "s1")] == ["inconclusive", "active"]

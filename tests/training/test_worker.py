@@ -41,6 +41,10 @@ def test_scheduler_and_worker_train_a_version(fake_upstream, isolated_data_dir, 
         closed = f"{(hour + 2) % 24:02d}:00-{(hour + 3) % 24:02d}:00"
         assert schedule({**env, "UNDERSTUDY_QUIET_HOURS": closed}) == []
         assert schedule(env) == [site]
+        [report] = json.loads(proxy.cli("report", site, "--json").stdout)
+        scheduled = [e for e in report["audit"] if e["action"] == "training"]
+        assert [e["reason"] for e in scheduled] == ["training scheduled: first version: 5 usable examples"]
+        assert report["why"] != scheduled[0]["reason"]  # bookkeeping, not why the site routes as it does
 
         log = open(tmp_path / "worker.log", "w")
         worker = subprocess.Popen([str(VENV_BIN / "understudy"), "worker"], env=env, stdout=log, stderr=log)
