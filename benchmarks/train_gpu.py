@@ -28,7 +28,7 @@ SITES = {"Level": {"examples": 200, "epochs": 2.0}, "Map": {"examples": None, "e
 HELD_OUT = 40
 
 
-def prepare(data_dir: Path, out: Path, held_out: int) -> None:
+def prepare(data_dir: Path, out: Path, held_out: int, smoke: bool = False) -> None:
     from understudy.settings import load_settings
     from understudy.store import Store
     from understudy.training import site_prompt
@@ -46,6 +46,8 @@ def prepare(data_dir: Path, out: Path, held_out: int) -> None:
                                         validator_for=site_validator_for(store, site["id"], registry))
             train = [e for e in examples if e["split"] == "train"][: plan["examples"]]
             held = [e for e in examples if e["split"] == "eval"][:held_out]
+            if smoke and not held:  # a smoke corpus of a few calls may have no held-out split: harness check only
+                train, held = train[:-held_out], train[-held_out:]
             prompt = site_prompt.choose(train + held, marker=site["id"])
             config = {"prompt": prompt.to_dict(), **({"epochs": plan["epochs"]} if plan["epochs"] else {})}
             keep = ("messages", "response_format", "tools", "completion")
@@ -173,6 +175,8 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--held-out", type=int, default=HELD_OUT)
+    p.add_argument("--smoke", action="store_true",
+                   help="a corpus too small to have a held-out split lends it training examples (checks the harness only)")
     r = sub.add_parser("run")
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--base", required=True, help="the Gemma GGUF")
@@ -183,7 +187,7 @@ def main() -> None:
     r.add_argument("--config", default="{}", help="TrainConfig overrides as JSON (a smoke run)")
     args = parser.parse_args()
     if args.command == "prepare":
-        prepare(args.data_dir, args.out, args.held_out)
+        prepare(args.data_dir, args.out, args.held_out, args.smoke)
     else:
         run(args.data, args.base, args.out, args.sites.split(","), args.base_gguf, args.device,
             json.loads(args.config))

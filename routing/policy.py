@@ -4,7 +4,7 @@ A site is in one of three states:
 
     learning ──new version──► shadow ──non-inferior to the teacher──► local
         ▲                       │  ▲                                   │
-        └──── inferior ─────────┘  └────────── inferior ───────────────┘
+        └─ inferior/undecided ──┘  └────────── inferior ───────────────┘
         (and any state ──rollback──► learning)
 
 - `learning`: the upstream answers; calls are recorded for training. Nothing to evaluate.

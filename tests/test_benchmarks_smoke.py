@@ -68,6 +68,37 @@ def test_local_serving_smoke(corpus_dir, trained):
     assert figures["shadow_calls"] == 4 and 0.0 <= figures["shadow_sampled"] <= 1.0
 
 
+def test_constraint_engines_smoke():
+    figures = _last_json(_bench("constraint_engines.py", "--json"))
+    assert figures["mask_us"]["llguidance median"] > 0 and figures["mask_us"]["gbnf median"] > 0
+    assert set(figures["decode"]) == {"unconstrained", "llguidance"}
+
+
+def test_gpu_training_layout_and_adapter_eval_smoke(corpus_dir, tiny_llama, tmp_path):
+    """`train_gpu.py` prepare and run (here on the CPU, the tiny model), then `eval_adapter.py` on its adapter."""
+    hf_dir, gguf = (str(p) for p in tiny_llama)
+
+    def script(name: str, *args: str) -> subprocess.CompletedProcess:
+        out = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                             timeout=900, cwd=REPO_ROOT)
+        assert out.returncode == 0, f"{name} exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+        return out
+
+    data = tmp_path / "data.json"
+    script("train_gpu.py", "prepare", "--smoke", "--data-dir", str(corpus_dir), "--out", str(data), "--held-out", "2")
+    config = {"max_steps": 2, "batch_size": 2, "precision": "float32", "verify_examples": 0}
+    script("train_gpu.py", "run", "--device", "cpu", "--data", str(data), "--base", hf_dir, "--base-gguf", gguf,
+           "--out", str(tmp_path / "out"), "--sites", "Level", "--config", json.dumps(config))
+    report = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert "error" not in report["Level"] and report["Level"]["steps"] == 2
+    assert report["diagnosis"]["right_padded"]["loss_finite"]
+    adapter = tmp_path / "out" / "Level" / "adapter.gguf"
+    figures = _last_json(script("eval_adapter.py", "--smoke", "--data", str(data), "--site", "Level",
+                                "--adapter", str(adapter), "--base-gguf", gguf, "--json"))
+    assert (figures["new"]["n"], figures["old"]["n"], figures["base"]["n"]) == (2, 1, 1)
+    assert 0.0 <= figures["new"]["validator_pass"] <= 1.0 and figures["new"]["mean_tries"] >= 1
+
+
 def test_learning_curve_smoke(tmp_path):
     out = _bench("learning_curve.py", "--data-dir", str(tmp_path / "curve"), "--json", timeout=1500)
     result = _last_json(out)

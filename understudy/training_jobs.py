@@ -159,16 +159,23 @@ def retraining_reason(store: Store, site_id: str, min_examples: int, growth_fact
       registered: a snapshot twice the size trains a better version (a promoted site keeps learning).
 
     Otherwise nothing: a site is not retrained every few examples whatever its state (a CPU job
-    takes minutes), and controls (`understudy train --control`) never count as trained versions.
+    takes minutes), and controls (`understudy train --control`) never count as trained versions;
+    while a control shadows, nothing is trained over it (it is decided, or retired inconclusive,
+    within `max_shadow_samples`).
     """
     cur = store.cursor()
+    versions = list_versions(store, site_id)
+    site = store.resolve_site(site_id)
+    active = next((v for v in versions if v.version == site.active_version), None)
+    if active is not None and active.control and site.state == "shadow":
+        return None
     usable = f"SELECT count(*) FROM calls WHERE site_id = ? AND {COMPLETE_ANSWER} AND coalesce(valid, true)"
 
     def usable_since(ts: Any = None) -> int:
         return cur.execute(usable + (" AND ts > ?" if ts else ""), [site_id, *([ts] if ts else [])]).fetchone()[0]
 
     now = usable_since()
-    trained = [v for v in list_versions(store, site_id) if not v.control]
+    trained = [v for v in versions if not v.control]
     if not trained:
         return f"first version: {now} usable examples" if now >= min_examples else None
     last = trained[-1]

@@ -63,8 +63,10 @@ def test_the_first_version_waits_for_enough_usable_examples_and_controls_do_not_
     add_calls(store, MIN_EXAMPLES - 1)
     add_calls(store, 10, valid=False)  # invalid answers are not examples
     assert reason(store) is None
-    trained(store, control="base")  # a control is not a trained version
+    trained(store, control="base")  # a control is not a trained version ...
     add_calls(store, 1)
+    assert reason(store) is None  # ... and while it shadows, nothing is trained over it
+    verdict(store, Verdict.REJECTED)
     assert reason(store) == f"first version: {MIN_EXAMPLES} usable examples"
 
 
