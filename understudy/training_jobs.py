@@ -13,13 +13,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from understudy.routing.policy import SiteState, Verdict
 from understudy.routing.registry import CONTROLS, list_versions, register_version
 from understudy.training import site_prompt
 from understudy.training.pipeline import RESULT_FILENAME
 from understudy.training.quiet import QuietWindow
 from understudy.training.snapshots import COMPLETE_ANSWER, site_examples, write_snapshot
 from understudy.settings import Settings
-from understudy.store import Store
+from understudy.store import SiteRecord, Store
 from understudy.validators import ValidatorRegistry, site_validator_for, site_validator_reference
 
 log = logging.getLogger("understudy.training_jobs")
@@ -144,11 +145,11 @@ def scheduling_rules(settings: Settings) -> dict[str, Any]:
             "growth_factor": settings.train_growth_factor}
 
 
-# The verdicts on a version after which the site needs another one (routing.policy.Verdict values).
-RETRAIN_VERDICTS = ("rejected", "inconclusive", "demoted")
+# The verdicts on a version after which the site needs another one.
+RETRAIN_VERDICTS = frozenset(v.value for v in (Verdict.REJECTED, Verdict.INCONCLUSIVE, Verdict.DEMOTED))
 
 
-def retraining_reason(store: Store, site_id: str, min_examples: int, growth_factor: float) -> str | None:
+def retraining_reason(store: Store, site: SiteRecord, min_examples: int, growth_factor: float) -> str | None:
     """Why the site should get a new version now, or None. The rules, in order:
 
     - no trained version yet, and at least `min_examples` usable examples: its first version;
@@ -164,10 +165,10 @@ def retraining_reason(store: Store, site_id: str, min_examples: int, growth_fact
     within `max_shadow_samples`).
     """
     cur = store.cursor()
+    site_id = site.id
     versions = list_versions(store, site_id)
-    site = store.resolve_site(site_id)
     active = next((v for v in versions if v.version == site.active_version), None)
-    if active is not None and active.control and site.state == "shadow":
+    if active is not None and active.control and site.state == SiteState.SHADOW.value:
         return None
     usable = f"SELECT count(*) FROM calls WHERE site_id = ? AND {COMPLETE_ANSWER} AND coalesce(valid, true)"
 
@@ -229,7 +230,7 @@ def training_candidates(store: Store, rules: dict[str, Any], now: datetime | Non
     for site in store.site_records():
         if cur.execute("SELECT tool_names FROM sites WHERE id = ?", [site.id]).fetchone()[0]:
             continue  # local models do not learn tool loops
-        reason = retraining_reason(store, site.id, min_examples, growth_factor)
+        reason = retraining_reason(store, site, min_examples, growth_factor)
         if reason:
             candidates.append((site.id, reason))
     return candidates, why

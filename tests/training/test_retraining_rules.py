@@ -47,7 +47,7 @@ def add_calls(store, n: int, *, valid: bool = True) -> None:
 
 
 def reason(store) -> str | None:
-    return retraining_reason(store, "s1", MIN_EXAMPLES, GROWTH)
+    return retraining_reason(store, store.resolve_site("s1"), MIN_EXAMPLES, GROWTH)
 
 
 def trained(store, *, control: str | None = None):
