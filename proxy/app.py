@@ -108,7 +108,8 @@ def build_state(settings: Settings) -> ProxyState:
     state = ProxyState(
         settings=settings, store=store, recorder=recorder, sites=sites,
         upstream=Upstream(settings, table, strip_client_auth=client_keys is not None),
-        metrics=ProxyMetrics(recorder, top_sites=settings.metrics_top_sites), admin_token=admin_token, router=router,
+        metrics=ProxyMetrics(recorder, top_sites=settings.metrics_top_sites, routing=router.routing_states),
+        admin_token=admin_token, router=router,
         client_keys=client_keys,
     )
     for version in register_pending_results(store, settings):  # results a worker left while we were down

@@ -85,10 +85,12 @@ async def chat_completions(request: Request) -> Response:
         if answered is not None:
             return answered
         # The upstream answers instead. A sampled drift check scores the unserved local answer
-        # against it (no second upstream call is needed, so its slot is freed).
+        # against it (no second upstream call is needed, so its slot is freed); in a partial site
+        # every unserved answer is scored, as a shadow sample of the rest of the site.
         if plan.also_other:
             proxy.router.release_extra()
-        plan = dataclasses.replace(plan, also_other=plan.also_other and unserved is not None)
+        score_refused = (plan.also_other or plan.refused_phase is not None) and unserved is not None
+        plan = dataclasses.replace(plan, also_other=score_refused, phase=plan.refused_phase or plan.phase)
 
     call = _pending(proxy, ident, payload, "upstream")
     call.error = fallback_reason

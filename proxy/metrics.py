@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -69,9 +70,33 @@ class _RequestsBySite:
         yield family
 
 
+class _RoutingCollector:
+    """Each site with a version: its routing state, and a partial site's confidence threshold.
+    (Its local share is `understudy_requests_total` by `served_by`.) Sites without a version are
+    left out, so the label set grows with trained sites only."""
+
+    def __init__(self, routing: Callable[[], Iterable[tuple[str, str, float | None]]]):
+        self.routing = routing  # () -> (site id, state, partial threshold) per site with a version
+
+    def collect(self):
+        states = GaugeMetricFamily("understudy_site_state", "1 for the state each site with a version is in.",
+                                   labels=["site", "state"])
+        thresholds = GaugeMetricFamily("understudy_site_partial_threshold", "Confidence at or above which a "
+                                       "partial site serves its local answers.", labels=["site"])
+        for site, state, threshold in self.routing():
+            states.add_metric([site, state], 1)
+            if threshold is not None:
+                thresholds.add_metric([site], threshold)
+        yield states
+        yield thresholds
+
+
 class ProxyMetrics:
-    def __init__(self, recorder, top_sites: int = 50):
+    def __init__(self, recorder, top_sites: int = 50,
+                 routing: Callable[[], Iterable[tuple[str, str, float | None]]] | None = None):
         self.registry = CollectorRegistry()
+        if routing is not None:
+            self.registry.register(_RoutingCollector(routing))
         self.requests = _RequestsBySite(top_sites)
         self.registry.register(self.requests)
         self.latency = Histogram("understudy_request_latency_seconds", "Time to the full answer (streams: to the last chunk).",

@@ -102,7 +102,8 @@ def _activate(store: Store, site: SiteRecord, version: int) -> None:
     if site.active_version is not None and site.active_version != version:
         set_version_status(store, site.id, site.active_version, "retired")
     set_version_status(store, site.id, version, "active")
-    state = site.state if site.state != SiteState.LEARNING.value else SiteState.SHADOW.value
+    # a partial site's threshold was the old version's: the new one shadows to earn its own
+    state = site.state if site.state not in (SiteState.LEARNING.value, SiteState.PARTIAL.value) else SiteState.SHADOW.value
     store.cursor().execute("UPDATE sites SET active_version = ?, state = ?, state_since = now() WHERE id = ?",
                            [version, state, site.id])
 

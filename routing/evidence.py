@@ -6,6 +6,8 @@
   of a pair of valid answers with something to compare (`AgreementScore.agreement`), else None.
 - The teacher's reference: the agreement of the site's last `reference_window` self-agreement
   pairs where both upstream answers were valid and something was compared.
+- Partial promotion's samples (`routing.partial`): the same shadow samples with their call id
+  and the local answer's confidence, and the teacher's self-agreement per call id.
 - The cascade's calibration samples: (confidence, agreement) of the version's valid shadow
   answers with something compared.
 """
@@ -16,26 +18,49 @@ from collections.abc import Iterable
 
 import duckdb
 
+from understudy.routing.partial import ShadowSample
 from understudy.routing.policy import Evidence, PromotionPolicy, SiteState
 
+PAIRED_REFERENCE = 1000  # self-agreement scores kept per site by call id (partial promotion's paired reference)
 Sample = tuple[float | None, bool, bool | None]  # (agreement, local valid, upstream valid)
 # SQL for `AgreementScore.agreement` of a stored row: valid pair, something compared.
 _AGREEMENT = ("CASE WHEN comparable AND {valid} AND coalesce(json_extract(components, '$.compared_fields')::INT, 1) <> 0 "
               "THEN score END")
 
 
+def _since(cur: duckdb.DuckDBPyConnection, site_id: str):
+    since = cur.execute("SELECT coalesce(state_since, TIMESTAMPTZ '1970-01-01') FROM sites WHERE id = ?",
+                        [site_id]).fetchone()
+    return since[0] if since else None
+
+
 def evidence_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, state: str,
                      window: int) -> list[Sample]:
     """The samples `decide` weighs for this version in this state, oldest first."""
-    phase = "drift" if state == SiteState.LOCAL.value else "shadow"
-    since = cur.execute("SELECT coalesce(state_since, TIMESTAMPTZ '1970-01-01') FROM sites WHERE id = ?",
-                        [site_id]).fetchone()
+    phase = "drift" if state in (SiteState.LOCAL.value, SiteState.PARTIAL.value) else "shadow"
     rows = cur.execute(
         f"SELECT {_AGREEMENT.format(valid='local_valid')}, local_valid, upstream_valid FROM shadow_results "
         "WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = ? AND ts >= ? ORDER BY ts, call_id",
-        [site_id, version, phase, since[0] if since else None]).fetchall()
+        [site_id, version, phase, _since(cur, site_id)]).fetchall()
     samples = [(agreement, local_valid, upstream_valid) for agreement, local_valid, upstream_valid in rows]
     return samples[-window:] if phase == "drift" else samples
+
+
+def partial_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: int) -> list[ShadowSample]:
+    """The version's shadow samples since the site entered shadow, oldest first, for `routing.partial`."""
+    rows = cur.execute(
+        f"SELECT call_id, local_confidence, {_AGREEMENT.format(valid='local_valid')}, local_valid, upstream_valid "
+        "FROM shadow_results WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = 'shadow' AND ts >= ? "
+        "ORDER BY ts, call_id", [site_id, version, _since(cur, site_id)]).fetchall()
+    return [ShadowSample(*row) for row in rows]
+
+
+def paired_reference(cur: duckdb.DuckDBPyConnection, site_id: str, limit: int) -> dict[str, float]:
+    """The teacher's self-agreement per call id (valid pairs, something compared), the `limit` most recent."""
+    rows = cur.execute(f"SELECT call_id, a FROM (SELECT ts, call_id, {_AGREEMENT.format(valid='second_valid')} AS a "
+                       "FROM self_agreement WHERE site_id = ?) WHERE a IS NOT NULL ORDER BY ts DESC LIMIT ?",
+                       [site_id, limit]).fetchall()
+    return {call_id: float(score) for call_id, score in reversed(rows)}
 
 
 def evidence_of(samples: Iterable[Sample], policy: PromotionPolicy) -> Evidence:

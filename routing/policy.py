@@ -1,10 +1,13 @@
 """Per-site routing states and the rules that move a site between them.
 
-A site is in one of three states:
+A site is in one of four states:
 
     learning ──new version──► shadow ──non-inferior to the teacher──► local
-        ▲                       │  ▲                                   │
-        └─ inferior/undecided ──┘  └────────── inferior ───────────────┘
+        ▲                       │  ▲ ▲                                 │
+        └─ inferior/undecided ──┘  │ └────────── inferior ─────────────┘
+                                   │
+                 shadow ──confident subset non-inferior──► partial
+                                   └──── subset inferior ───┘
         (and any state ──rollback──► learning)
 
 - `learning`: the upstream answers; calls are recorded for training. Nothing to evaluate.
@@ -12,6 +15,9 @@ A site is in one of three states:
   `shadow_sample_rate` share of calls and each pair is scored (`routing.scoring`).
 - `local`: the local version answers; a `drift_sample_rate` share of calls is also sent
   upstream, so the version keeps being judged after promotion.
+- `partial`: the local version answers every call first; an answer at or above the site's
+  confidence threshold is served (with drift checks on a `drift_sample_rate` share, as in
+  `local`), any other goes to the upstream and the pair is scored as a shadow sample.
 
 The bar is the teacher, not perfection
 -------------------------------------
@@ -37,7 +43,12 @@ version's scores and one for the reference (alpha / 2 each); validity one at alp
 - shadow → learning ("rejected"), after the same `min_samples`: inferior on either:
   upper(agreement) - lower(reference) < -margin, or upper(validity difference) < -margin.
 - local → shadow ("demoted"): inferior on either, judged on the last `window` drift samples.
-- shadow → learning ("inconclusive"): neither after `max_shadow_samples`. A version whose
+- shadow → partial ("partial"), when the whole site is neither promoted nor rejected: the
+  answers at or above a confidence threshold are non-inferior on both measures, by the same
+  test and margin, on samples the threshold was not chosen on (`routing.partial`).
+- partial → shadow ("demoted"): the served subset is inferior on either measure, judged on the
+  last `window` drift samples (all of them from the subset).
+- shadow → learning ("inconclusive"): none of these after `max_shadow_samples`. A version whose
   intervals still straddle the bar by then is within about their half-width of it (±0.15 on
   agreement at 200 samples, alpha 0.05): more shadowing buys little (the width shrinks like
   1/sqrt(n)), while the site's data has usually doubled since the version's snapshot, so a new
@@ -63,15 +74,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from understudy.routing.sequential import ConfidenceSequence
+
+if TYPE_CHECKING:
+    from understudy.routing.partial import PartialEvidence
 
 
 class SiteState(str, Enum):
     LEARNING = "learning"
     SHADOW = "shadow"
     LOCAL = "local"
+    PARTIAL = "partial"  # the confident subset is served locally, the rest by the upstream
 
 
 # What a user may write in a pin; "upstream" reads better than "learning" for "never local".
@@ -124,11 +139,16 @@ class PromotionPolicy:
     self_agreement_rate: float = 0.1  # share of shadowed calls asked a second time (paid upstreams); 0 disables
     reference_window: int = 200  # most recent self-agreement samples forming the teacher's reference
     cascade: bool = True  # in local, send answers below the calibrated confidence to the upstream
+    partial: bool = True  # in shadow, also test the confident subset for partial promotion
+    calibration_samples: int = 40  # first shadow samples of a version, used only to choose the subset's threshold
+    partial_min_share: float = 0.2  # smallest share of calibration samples a subset may have
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        if self.min_samples < 1 or self.window < 1 or self.reference_window < 1:
-            raise ValueError("min_samples, window and reference_window must be >= 1")
+        if min(self.min_samples, self.window, self.reference_window, self.calibration_samples) < 1:
+            raise ValueError("min_samples, window, reference_window and calibration_samples must be >= 1")
+        if not 0.0 < self.partial_min_share <= 1.0:
+            raise ValueError("partial_min_share must be in (0, 1]")
         if self.max_shadow_samples < self.min_samples:
             raise ValueError("max_shadow_samples must be >= min_samples")
         if not 0.0 <= self.margin < 1.0:
@@ -156,6 +176,7 @@ class PromotionPolicy:
             SiteState.LEARNING: 0.0,
             SiteState.SHADOW: self.shadow_sample_rate,
             SiteState.LOCAL: self.drift_sample_rate,
+            SiteState.PARTIAL: self.drift_sample_rate,
         }[SiteState(state)]
 
     def new_evidence(self) -> Evidence:
@@ -258,6 +279,7 @@ class Verdict(str, Enum):
     REJECTED = "rejected"
     INCONCLUSIVE = "inconclusive"
     DEMOTED = "demoted"
+    PARTIAL = "partial"  # the confident subset promoted
 
 
 @dataclass(frozen=True)
@@ -266,6 +288,7 @@ class Decision:
     reason: str  # one line for reports and logs
     judgement: Judgement | None = None
     verdict: Verdict | None = None
+    threshold: float | None = None  # partial: the confidence at or above which answers are served locally
 
 
 def decide(
@@ -274,8 +297,13 @@ def decide(
     reference: ConfidenceSequence | None,
     policy: PromotionPolicy,
     pinned: str | None = None,
+    partial: PartialEvidence | None = None,
+    threshold: float | None = None,
 ) -> Decision:
-    """The state a site should be in, given its active version's evidence and the teacher's reference."""
+    """The state a site should be in, given its active version's evidence and the teacher's reference.
+
+    In shadow, `partial` is the confident subset's evidence (`routing.partial`); in partial,
+    `evidence` is the served subset's drift window and `threshold` the one it is served at."""
     state = SiteState(state)
     if pinned:
         return _pinned(state, pinned)
@@ -289,14 +317,39 @@ def decide(
             return Decision(state, f"shadow: {j.validity.n} of {policy.min_samples} samples; {j}", j)
         if j.agreement_non_inferior() and j.validity_non_inferior():
             return Decision(SiteState.LOCAL, f"promoted: non-inferior to the teacher; {j}", j, Verdict.PROMOTED)
+        subset = judge(partial.subset, partial.reference, policy) if partial is not None and \
+            partial.threshold is not None else None
+        if (subset is not None and subset.validity.n >= policy.min_samples and subset.agreement_non_inferior()
+                and subset.validity_non_inferior()):
+            return Decision(SiteState.PARTIAL, f"partly promoted: answers at confidence >= {partial.threshold:.3f} "
+                                               f"({partial.share:.0%} of fresh samples) non-inferior to the teacher; "
+                                               f"{subset}; the rest stays upstream", subset, Verdict.PARTIAL,
+                            partial.threshold)
+        capped = j.validity.n >= policy.max_shadow_samples
+        on_subset = _subset_line(partial, subset)
         if inferior:
-            return Decision(SiteState.LEARNING, f"rejected: {' and '.join(inferior)} inferior to the teacher; {j}; "
-                                                "back to learning for a new version", j, Verdict.REJECTED)
-        if j.validity.n >= policy.max_shadow_samples:
+            # A version worse than the teacher overall may still serve its confident answers: its
+            # rejection waits while that subset is calibrated or tested, never past the cap.
+            held = not capped and partial is not None and (partial.calibrating or (
+                subset is not None and not subset.agreement_inferior() and not subset.validity_inferior()))
+            if not held:
+                return Decision(SiteState.LEARNING, f"rejected: {' and '.join(inferior)} inferior to the teacher; {j}; "
+                                                    "back to learning for a new version", j, Verdict.REJECTED)
+            return Decision(state, f"shadow: {' and '.join(inferior)} inferior to the teacher, rejection held while "
+                                   f"the confident subset is {'calibrated' if partial.calibrating else 'tested'}; "
+                                   f"{j}{on_subset}", j)
+        if capped:
             return Decision(SiteState.LEARNING, f"inconclusive: neither non-inferior nor inferior after "
                                                 f"{j.validity.n} samples (max_shadow_samples); {j}; "
                                                 "retired, back to learning for a new version", j, Verdict.INCONCLUSIVE)
-        return Decision(state, f"shadow: not yet decided; {j}", j)
+        return Decision(state, f"shadow: not yet decided; {j}{on_subset}", j)
+
+    if state is SiteState.PARTIAL:
+        at = f" (confidence >= {threshold:.3f})" if threshold is not None else ""
+        if inferior:
+            return Decision(SiteState.SHADOW, f"demoted: the served subset{at} {' and '.join(inferior)} inferior to "
+                                              f"the teacher; {j}", j, Verdict.DEMOTED)
+        return Decision(state, f"partial: served subset{at}: {j}", j, threshold=threshold)
 
     # LOCAL
     if inferior:
@@ -305,12 +358,21 @@ def decide(
     return Decision(state, f"local: {j}", j)
 
 
+def _subset_line(partial: PartialEvidence | None, subset: Judgement | None) -> str:
+    """The confident subset's state, for a shadow decision's reason."""
+    if partial is None:
+        return ""
+    if subset is None:
+        return f"; confident subset: {partial.note}"
+    return f"; confident subset (confidence >= {partial.threshold:.3f}): {subset}"
+
+
 def on_new_version(state: SiteState | str, pinned: str | None = None) -> Decision:
     """A newly trained version enters shadow (its scores start from nothing)."""
     state = SiteState(state)
     if pinned:
         return _pinned(state, pinned)
-    if state is SiteState.LOCAL:
+    if state in (SiteState.LOCAL, SiteState.PARTIAL):
         return Decision(SiteState.SHADOW, "new version: back to shadow until it earns the traffic")
     return Decision(SiteState.SHADOW, "new version: shadowing the upstream")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from understudy.routing.policy import Decision, Verdict, on_new_version
+from understudy.routing.policy import Decision, SiteState, Verdict, on_new_version
 from understudy.store import SiteRecord, Store
 
 USABLE_STATUSES = ("ready", "active", "retired", "inconclusive")  # verified versions; failed/rejected are never served
@@ -121,30 +121,40 @@ def apply_decision(store: Store, site: SiteRecord, decision: Decision, *, active
     the site is now."""
     version = site.active_version if active_version is None else active_version
     new_state = decision.new_state.value
+    threshold = decision.threshold if decision.new_state is SiteState.PARTIAL else None
     if new_state == site.state and version == site.active_version:
         if expected is not None and not _unchanged(store.resolve_site(site.id), expected):
             raise StaleDecision(store.resolve_site(site.id))
         return site
     if expected is None:
-        store.cursor().execute("UPDATE sites SET state = ?, active_version = ?, state_since = ? WHERE id = ?",
-                               [new_state, version, _now(), site.id])
+        store.cursor().execute("UPDATE sites SET state = ?, active_version = ?, state_since = ?, partial_threshold = ? "
+                               "WHERE id = ?", [new_state, version, _now(), threshold, site.id])
     else:
         # One conditional UPDATE, so the compare-and-set holds across processes sharing the store.
         written = store.cursor().execute(
-            "UPDATE sites SET state = ?, active_version = ?, state_since = ? WHERE id = ? "
+            "UPDATE sites SET state = ?, active_version = ?, state_since = ?, partial_threshold = ? WHERE id = ? "
             "AND state IS NOT DISTINCT FROM ? AND active_version IS NOT DISTINCT FROM ? "
             "AND pinned IS NOT DISTINCT FROM ? RETURNING id",
-            [new_state, version, _now(), site.id, expected.state, expected.active_version, expected.pinned]).fetchall()
+            [new_state, version, _now(), threshold, site.id, expected.state, expected.active_version,
+             expected.pinned]).fetchall()
         if not written:
             raise StaleDecision(store.resolve_site(site.id))
     detail = {"from": site.state, "to": new_state, "version": version, "reason": decision.reason}
     if decision.verdict is not None:
         detail["verdict"] = decision.verdict.value
+    if threshold is not None:
+        detail["threshold"] = threshold
     if decision.verdict is Verdict.INCONCLUSIVE and version is not None:
         # retired undecided: kept on disk (an operator may still promote it), never shadowed again by itself
         set_version_status(store, site.id, version, "inconclusive")
     audit(store, site.id, "state", detail, actor)
     return store.resolve_site(site.id)
+
+
+def partial_threshold(store: Store, site_id: str) -> float | None:
+    """The confidence a site in state `partial` serves its local answers at (None otherwise)."""
+    row = store.cursor().execute("SELECT state, partial_threshold FROM sites WHERE id = ?", [site_id]).fetchone()
+    return row[1] if row is not None and row[0] == SiteState.PARTIAL.value else None
 
 
 def _unchanged(current: SiteRecord, expected: SiteRecord) -> bool:

@@ -58,7 +58,17 @@ from rich.table import Table
 from rich.text import Text
 
 from understudy.routing.cascade import calibrate
-from understudy.routing.evidence import bar, calibration_samples, evidence_of, evidence_samples, reference_scores
+from understudy.routing.evidence import (
+    PAIRED_REFERENCE,
+    bar,
+    calibration_samples,
+    evidence_of,
+    evidence_samples,
+    paired_reference,
+    partial_samples,
+    reference_scores,
+)
+from understudy.routing.partial import partial_evidence
 from understudy.routing.policy import Bounds, Judgement, PromotionPolicy, SiteState, decide, judge
 from understudy.routing.sequential import ConfidenceSequence
 from understudy.store import SiteNotFound
@@ -242,6 +252,19 @@ class CascadeSummary:
 
 
 @dataclass(frozen=True)
+class PartialSummary:
+    """Partial promotion (routing.partial): the confident subset served, or being tested in shadow."""
+
+    serving: bool  # state partial: answers at or above `threshold` are served locally
+    threshold: float | None  # None: not chosen (calibrating, or no subset met the teacher)
+    note: str  # how the threshold was chosen, or why there is none
+    share: float | None  # of fresh shadow samples at or above the threshold (in shadow)
+    agreement: Bounds | None  # the subset's, on fresh samples (in shadow)
+    reference: Bounds | None  # the teacher's self-agreement on the same calls (None: none paired, reference 1)
+    validity: Bounds | None
+
+
+@dataclass(frozen=True)
 class DrawsSummary:
     """Checked sampling (routing.checked_sampling): local draws per local answer, by where it went."""
 
@@ -273,6 +296,7 @@ class SiteReport:
     teacher: Bounds | None  # the upstream's self-agreement over the reference window
     judgement: JudgementSummary | None  # what the policy decides on now
     cascade: CascadeSummary | None
+    partial: PartialSummary | None  # None: nothing to say (learning, local, or partial promotion off)
     versions: list[VersionInfo]
     latency: LatencySummary
     cost: CostSummary
@@ -313,7 +337,7 @@ def build_report(
 def _site_rows(cur: duckdb.DuckDBPyConnection, site_ref: str | None) -> list[tuple]:
     # An id or exact name, then a unique id prefix (render_report passes the id `Store.resolve_site`
     # found, which also knows a site's former names and lists candidates on a miss).
-    select = "SELECT id, name, state, pinned, active_version, policy FROM sites"
+    select = "SELECT id, name, state, pinned, active_version, policy, partial_threshold FROM sites"
     if site_ref is None:
         return cur.execute(f"{select} ORDER BY created_at, id").fetchall()
     rows = cur.execute(f"{select} WHERE id = ? OR name = ?", [site_ref, site_ref]).fetchall()
@@ -343,7 +367,7 @@ def _site_policy(base: PromotionPolicy, raw: str | None) -> PromotionPolicy:
 def _site_report(
     cur: duckdb.DuckDBPyConnection, row: tuple, policy: PromotionPolicy, prices: Prices | None, audit_limit: int
 ) -> SiteReport:
-    site_id, name, state, pinned, active_version, _ = row
+    site_id, name, state, pinned, active_version, _, threshold = row
     versions = _versions(cur, site_id, policy)
     reported = _reported_version(cur, site_id, active_version, versions)
     agreement = _agreement(cur, site_id, reported, policy) if reported is not None else None
@@ -353,6 +377,11 @@ def _site_report(
     if active_version is not None and state != SiteState.LEARNING.value:
         evidence = evidence_of(evidence_samples(cur, site_id, active_version, state, policy.window), policy)
     judgement = judge(evidence, reference_cs, policy) if evidence is not None else None
+    partial = None
+    if state == SiteState.SHADOW.value and active_version is not None and policy.partial:
+        partial = partial_evidence(partial_samples(cur, site_id, active_version),
+                                   paired_reference(cur, site_id, PAIRED_REFERENCE),
+                                   sum(reference) / len(reference) if reference else 1.0, policy)
     extra_calls = dict(cur.execute(
         "SELECT purpose, count(*) FROM calls WHERE site_id = ? AND NOT " + _CLIENT + " GROUP BY purpose", [site_id]
     ).fetchall())
@@ -403,7 +432,8 @@ def _site_report(
     )
     audit = _audit(cur, site_id, audit_limit)
     try:
-        assessment = decide(state, evidence, reference_cs, policy, pinned).reason
+        assessment = decide(state, evidence, reference_cs, policy, pinned, partial=partial,
+                            threshold=threshold).reason
     except ValueError:  # a state this version of the policy does not know: report, don't crash
         assessment = f"unknown state {state!r}"
     return SiteReport(
@@ -424,6 +454,7 @@ def _site_report(
         teacher=Bounds.of(reference_cs) if reference else None,
         judgement=_judgement_summary(judgement, state, reference, policy) if judgement is not None else None,
         cascade=_cascade(cur, site_id, reported, reference, policy) if reported is not None else None,
+        partial=_partial_summary(state, threshold, partial, policy),
         versions=versions,
         latency=latency,
         cost=cost,
@@ -435,6 +466,33 @@ def _site_report(
                              policy.max_shadow_samples, overrides=overrides if isinstance(overrides := _json(row[5]), dict) else {}),
         series=_series(cur, site_id, policy, prices, mean_cost),
     )
+
+
+def _partial_summary(state: str, threshold: float | None, partial, policy: PromotionPolicy) -> PartialSummary | None:
+    if state == SiteState.PARTIAL.value:
+        return PartialSummary(True, threshold, "serving the answers at or above the threshold; the rest upstream",
+                              None, None, None, None)
+    if partial is None:
+        return None
+    if partial.threshold is None:
+        return PartialSummary(False, None, partial.note, None, None, None, None)
+    subset = judge(partial.subset, partial.reference, policy)
+    return PartialSummary(False, partial.threshold, partial.note, partial.share, subset.agreement, subset.reference,
+                          subset.validity)
+
+
+def partial_line(report: SiteReport) -> str:
+    p = report.partial
+    if p is None:
+        return "-"
+    if p.serving:
+        return (f"serving local answers at confidence >= {p.threshold:.3f}; the rest upstream; local share "
+                f"{format_share(report.local_share)} of all calls")
+    if p.threshold is None:
+        return p.note
+    reference = "1 (no paired self-agreement)" if p.reference is None else str(p.reference)
+    return (f"testing confidence >= {p.threshold:.3f} ({format_share(p.share)} of fresh samples): agreement "
+            f"{p.agreement} vs teacher on the same calls {reference}; validity {p.validity}")
 
 
 def _draws(cur, site_id: str, version: int | None) -> DrawsSummary:
@@ -466,7 +524,7 @@ def draws_line(d: DrawsSummary) -> str:
 
 
 def _judgement_summary(j: Judgement, state: str, reference: list[float], policy: PromotionPolicy) -> JudgementSummary:
-    phase = "drift" if state == SiteState.LOCAL.value else "shadow"
+    phase = "drift" if state in (SiteState.LOCAL.value, SiteState.PARTIAL.value) else "shadow"
     return JudgementSummary(phase, j.agreement, j.reference, j.validity, j.margin, bar(reference, policy))
 
 
@@ -837,7 +895,7 @@ def policy_line(policy: PolicySummary) -> str:
 
 # ---- terminal ------------------------------------------------------------------------------
 
-_STATE_STYLE = {"learning": "yellow", "shadow": "cyan", "local": "green"}
+_STATE_STYLE = {"learning": "yellow", "shadow": "cyan", "local": "green", "partial": "blue"}
 
 
 def render_terminal(reports: Sequence[SiteReport], console: Console) -> None:
@@ -861,6 +919,7 @@ def render_terminal(reports: Sequence[SiteReport], console: Console) -> None:
         grid.add_row("teacher", Text(teacher_line(report)))
         grid.add_row("judgement", Text(judgement_line(report)))
         grid.add_row("cascade", Text(cascade_line(report)))
+        grid.add_row("partial", Text(partial_line(report)))
         grid.add_row("local share", Text(f"{format_share(report.local_share)} ({report.local_calls} of {report.calls} calls)"))
         grid.add_row("latency", Text(latency_line(report.latency)))
         grid.add_row("cost", Text(cost_line(report.cost)))

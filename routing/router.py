@@ -41,11 +41,21 @@ import anyio
 
 from understudy.routing.cascade import Calibration, calibrate
 from understudy.routing.checked_sampling import AnswerChecks, SamplingPolicy
-from understudy.routing.evidence import bar, calibration_samples, evidence_of, evidence_samples, reference_scores
+from understudy.routing.evidence import (
+    PAIRED_REFERENCE,
+    bar,
+    calibration_samples,
+    evidence_of,
+    evidence_samples,
+    paired_reference,
+    partial_samples,
+    reference_scores,
+)
 from understudy.routing.local_model import LocalAnswer, LocalModels, Variant, checks_for
 from understudy.routing.local_queue import Skipped
+from understudy.routing.partial import PartialEvidence, ShadowSample, partial_evidence
 from understudy.routing.policy import Evidence, PromotionPolicy, SiteState, decide
-from understudy.routing.registry import USABLE_SQL, StaleDecision, apply_decision
+from understudy.routing.registry import USABLE_SQL, StaleDecision, apply_decision, partial_threshold
 from understudy.routing.scoring import AgreementScore, ScoringPolicy, local_verdict, score_pair
 from understudy.routing.sequential import ConfidenceSequence
 from understudy.training.site_prompt import SitePrompt
@@ -77,6 +87,7 @@ class Plan:
     also_other: bool = False  # run the other side too and score the pair (shadow, or a drift check)
     second_opinion: bool = False  # ask the upstream again: a self-agreement sample
     phase: str = "shadow"  # shadow | drift: which evidence a scored pair belongs to
+    refused_phase: str | None = None  # partial: a local answer not served is scored against the upstream's as this
 
 
 UPSTREAM_ONLY = Plan("upstream")
@@ -97,6 +108,9 @@ class SiteRouting:
     calibration: Calibration | None = None  # the active version's cascade
     evidence_key: tuple[int | None, str] | None = None  # (version, state) the evidence belongs to
     sampling: SamplingPolicy = field(default_factory=SamplingPolicy)  # checked sampling (tries, temperature, cap)
+    shadow_samples: list[ShadowSample] | None = None  # shadow: the active version's, for partial promotion
+    paired_reference: dict[str, float] = field(default_factory=dict)  # self-agreement by call id, oldest first
+    partial_threshold: float | None = None  # partial: serve local answers at or above this confidence
 
     def reference_cs(self) -> ConfidenceSequence:
         return self.promotion.new_reference().extend(list(self.reference))
@@ -166,7 +180,9 @@ class Router:
             maxlen=DECOY_POOL)
         config = SiteRouting(schema_name, promotion, site_scoring(schema_name, overrides), overrides.get("validator"),
                              reference, decoys,
-                             sampling=SamplingPolicy.from_dict(self.sampling_defaults, overrides.get("sampling")))
+                             sampling=SamplingPolicy.from_dict(self.sampling_defaults, overrides.get("sampling")),
+                             paired_reference=paired_reference(cur, site_id, PAIRED_REFERENCE),
+                             partial_threshold=partial_threshold(self.store, site_id))
         for version, adapter, version_config in cur.execute(
             "SELECT version, adapter_path, config FROM model_versions WHERE site_id = ? "
             "AND (adapter_path IS NOT NULL OR control = 'base') AND status IN " + USABLE_SQL,
@@ -191,23 +207,35 @@ class Router:
                 # recorder has not committed yet).
                 config.evidence_key, config.evidence = previous.evidence_key, previous.evidence
                 config.drift, config.calibration = previous.drift, previous.calibration
+                config.shadow_samples, config.paired_reference = previous.shadow_samples, previous.paired_reference
             else:
                 self._load_evidence(config, record)
 
     def _load_evidence(self, config: SiteRouting, site: SiteRecord) -> None:
         """The active version's evidence in its current state, from the store (since the state began)."""
         config.evidence_key = (site.active_version, site.state)
-        config.evidence, config.drift, config.calibration = None, None, None
+        config.evidence, config.drift, config.calibration, config.shadow_samples = None, None, None, None
         if site.active_version is None or site.state == SiteState.LEARNING.value:
             return
         cur = self.store.cursor()
         samples = evidence_samples(cur, site.id, site.active_version, site.state, config.promotion.window)
-        if site.state == SiteState.LOCAL.value:
+        if site.state in _SERVING:
             config.drift = deque(samples, maxlen=config.promotion.window)
         else:
             config.evidence = evidence_of(samples, config.promotion)
+            config.shadow_samples = partial_samples(cur, site.id, site.active_version)
         config.calibration = calibrate(calibration_samples(cur, site.id, site.active_version),
                                        bar(list(config.reference), config.promotion), config.promotion.min_samples)
+
+    def routing_states(self) -> list[tuple[str, str, float | None]]:
+        """(site id, state, partial threshold) of every site with a version (for /metrics)."""
+        out = []
+        for site_id, config in list(self._sites.items()):
+            site = self.current_site(site_id)
+            if site is not None and site.active_version is not None:
+                threshold = config.partial_threshold if site.state == SiteState.PARTIAL.value else None
+                out.append((site_id, site.state, threshold))
+        return out
 
     def config(self, site_id: str) -> SiteRouting | None:
         return self._sites.get(site_id)
@@ -231,6 +259,11 @@ class Router:
         if usable and site.state == SiteState.LOCAL.value:
             return Plan("local", site.active_version, self._adapters[(site.id, site.active_version)],
                         self._sample_extra(config.promotion.drift_sample_rate), phase="drift")
+        if usable and site.state == SiteState.PARTIAL.value:
+            # Every call is answered locally first (its confidence decides); one below the threshold
+            # goes to the upstream and the pair is a shadow sample of the rest of the site.
+            return Plan("local", site.active_version, self._adapters[(site.id, site.active_version)],
+                        self._sample_extra(config.promotion.drift_sample_rate), phase="drift", refused_phase="shadow")
         if usable and site.state == SiteState.SHADOW.value:
             return Plan("upstream", site.active_version, self._adapters[(site.id, site.active_version)],
                         self._sample_shadow(config.promotion.shadow_sample_rate),
@@ -302,6 +335,13 @@ class Router:
             tries = f" after {answer.tries} tries" if answer.tries > 1 else ""
             return False, f"local answer {why}{tries}"
         config = self._sites.get(site.id)
+        if site.state == SiteState.PARTIAL.value and not (site.pinned or "").startswith("local"):
+            threshold = config.partial_threshold if config is not None else None
+            if threshold is None or answer.confidence is None or answer.confidence < threshold:
+                shown = "no confidence" if answer.confidence is None else f"{answer.confidence:.3f}"
+                return False, f"local answer below the site's partial threshold ({shown} < " \
+                              f"{'none' if threshold is None else f'{threshold:.3f}'}, partial)"
+            return True, "ok"
         calibration = config.calibration if config is not None and config.promotion.cascade else None
         if (site.state == SiteState.LOCAL.value and calibration is not None and calibration.threshold is not None
                 and answer.confidence is not None and answer.confidence < calibration.threshold):
@@ -361,6 +401,7 @@ class Router:
     def _score_and_decide(self, site_id: str, plan: Plan, call_id: str, conversation: str, request: dict[str, Any],
                           upstream_text: str, upstream_latency_ms: float | None, local: LocalAnswer) -> None:
         result = self.score(site_id, request, conversation, upstream_text, local.text)
+        sample = ShadowSample(call_id, local.confidence, result.agreement, result.local_valid, result.upstream_valid)
         self.record_shadow((call_id, site_id, plan.version, _now(), result.score,
                             json.dumps(result.components, default=str), result.comparable, result.local_valid,
                             local.latency_ms, upstream_latency_ms, local.text, result.upstream_valid, plan.phase,
@@ -369,14 +410,17 @@ class Router:
             config, site = self._sites.get(site_id), self.current_site(site_id)
             if config is None or site is None or site.active_version != plan.version:
                 return
-            expected = SiteState.LOCAL.value if plan.phase == "drift" else SiteState.SHADOW.value
-            if site.state != expected and not (site.pinned and site.pinned.startswith("local")):
+            expected = _SERVING if plan.phase == "drift" else (SiteState.SHADOW.value, SiteState.PARTIAL.value)
+            if site.state not in expected and not (site.pinned and site.pinned.startswith("local")):
                 return  # the site moved on since this sample was planned
+            if site.state == SiteState.PARTIAL.value and plan.phase == "shadow":
+                return  # the rest of a partial site: recorded (reports show it), not judged
             self._current_evidence(config, site)
             if plan.phase == "drift":
                 config.drift.append((result.agreement, result.local_valid, result.upstream_valid))
             else:
                 config.evidence.add(result.agreement, result.local_valid, result.upstream_valid)
+                config.shadow_samples.append(sample)
             self._decide(config, site)
 
     async def observe_second_opinion(self, site_id: str, call_id: str, second_call_id: str, conversation: str,
@@ -403,6 +447,9 @@ class Router:
             if config is None:
                 return
             config.reference.append(result.agreement)
+            config.paired_reference[call_id] = result.agreement
+            while len(config.paired_reference) > PAIRED_REFERENCE:
+                del config.paired_reference[next(iter(config.paired_reference))]
             if site is not None and site.active_version is not None and site.state != SiteState.LEARNING.value:
                 self._current_evidence(config, site)
                 self._decide(config, site)
@@ -410,17 +457,29 @@ class Router:
     def _current_evidence(self, config: SiteRouting, site: SiteRecord) -> None:
         if config.evidence_key != (site.active_version, site.state):
             self._load_evidence(config, site)
-        if site.state == SiteState.LOCAL.value and config.drift is None:
+        if site.state in _SERVING and config.drift is None:
             config.drift = deque(maxlen=config.promotion.window)
         if site.state == SiteState.SHADOW.value and config.evidence is None:
             config.evidence = config.promotion.new_evidence()
+        if site.state == SiteState.SHADOW.value and config.shadow_samples is None:
+            config.shadow_samples = []
+
+    def partial_evidence(self, config: SiteRouting) -> PartialEvidence | None:
+        """The confident subset's evidence for the version in shadow (None: partial promotion is off)."""
+        if not config.promotion.partial or config.shadow_samples is None:
+            return None
+        site_reference = sum(config.reference) / len(config.reference) if config.reference else 1.0
+        return partial_evidence(config.shadow_samples, config.paired_reference, site_reference, config.promotion)
 
     def _decide(self, config: SiteRouting, site: SiteRecord) -> None:
-        if site.state == SiteState.LOCAL.value:
+        partial = None
+        if site.state in _SERVING:
             evidence = evidence_of(config.drift or (), config.promotion)
         else:
             evidence = config.evidence
-        decision = decide(site.state, evidence, config.reference_cs(), config.promotion, site.pinned)
+            partial = self.partial_evidence(config)
+        decision = decide(site.state, evidence, config.reference_cs(), config.promotion, site.pinned,
+                          partial=partial, threshold=config.partial_threshold)
         if decision.new_state.value == site.state:
             return
         try:
@@ -429,12 +488,17 @@ class Router:
             updated = self.write(lambda store: apply_decision(store, site, decision, actor="policy", expected=site))
         except StaleDecision as stale:
             log.warning("site %s changed since the decision (%s); %r dropped", site.name, stale, decision.reason)
+            config.partial_threshold = partial_threshold(self.store, site.id)
             self.on_site_change(stale.current)
             self._load_evidence(config, stale.current)
             return
+        config.partial_threshold = decision.threshold
         self.on_site_change(updated)
         self._load_evidence(config, updated)
         log.warning("site %s: %s", site.name, decision.reason)
+
+
+_SERVING = (SiteState.LOCAL.value, SiteState.PARTIAL.value)  # states judged on drift checks of served answers
 
 
 def _pinned_version(pinned: str) -> int | None:

@@ -74,6 +74,13 @@ def test_constraint_engines_smoke():
     assert set(figures["decode"]) == {"unconstrained", "llguidance"}
 
 
+def test_partial_promotion_sim_smoke():
+    figures = _last_json(_bench("partial_promotion_sim.py", "--json"))
+    nulls = [r for r in figures["scenarios"].values() if r["null"]]
+    assert len(nulls) == 3 and all(0 <= r["false_partial_rate"] <= 1 for r in nulls)
+    assert figures["policy"]["calibration_samples"] == 40
+
+
 def test_gpu_training_layout_and_adapter_eval_smoke(corpus_dir, tiny_llama, tmp_path):
     """`train_gpu.py` prepare and run (here on the CPU, the tiny model), then `eval_adapter.py` on its adapter."""
     hf_dir, gguf = (str(p) for p in tiny_llama)

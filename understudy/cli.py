@@ -333,7 +333,7 @@ def sites(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array instead of a table.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """List call sites: id, name, calls, parse-valid rate, state, served-by."""
+    """List call sites: id, name, calls, parse-valid rate, state (a partial site's threshold, the local share), served-by."""
     ctx.obj = load_settings(data_dir=data_dir)
     if ctx.invoked_subcommand is not None:
         return
@@ -348,8 +348,13 @@ def sites(
                   Column("valid", no_wrap=True), Column("state", no_wrap=True), Column("served-by", overflow="fold"))
     for row in rows:
         rate = "-" if row["valid_rate"] is None else f"{row['valid_rate']:.0%}"
+        state = row["state"]
+        if row.get("partial_threshold") is not None:
+            state += f" >= {row['partial_threshold']:.2f}"
+        if row.get("local_share"):
+            state += f" ({row['local_share']:.0%} local)"
         table.add_row(row["id"][:8] if narrow else row["id"], row["name"], row["returns"], str(row["calls"]), rate,
-                      row["state"], row["served_by"])
+                      state, row["served_by"])
     console.print(table)
 
 

@@ -259,6 +259,13 @@ def m010_local_tries(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE shadow_results ADD COLUMN local_tries INTEGER")
 
 
+@migration
+def m011_partial_threshold(con: duckdb.DuckDBPyConnection) -> None:
+    # Partial promotion (routing.partial): the confidence at or above which a site in state
+    # `partial` serves its local answers; NULL in every other state.
+    con.execute("ALTER TABLE sites ADD COLUMN partial_threshold DOUBLE")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending steps; returns the names applied now."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")

@@ -296,17 +296,20 @@ class Store:
         """One row per site for `understudy sites`: counts, parse-valid rate, state, who serves it."""
         rows = self.cursor().execute(
             """
-            SELECT s.id, s.name, s.kind, s.schema_name, s.state, s.pinned, s.active_version,
+            SELECT s.id, s.name, s.kind, s.schema_name, s.state, s.pinned, s.active_version, s.partial_threshold,
                    count(c.id) AS calls,
+                   avg(CASE WHEN starts_with(c.served_by, 'local:') THEN 1.0 ELSE 0.0 END)
+                       FILTER (WHERE c.purpose IS NULL OR c.purpose = 'client') AS local_share,
                    avg(CASE WHEN c.valid IS NULL THEN NULL WHEN c.valid THEN 1.0 ELSE 0.0 END) AS valid_rate,
                    max(c.ts) AS last_call
             FROM sites s LEFT JOIN calls c ON c.site_id = s.id
-            GROUP BY s.id, s.name, s.kind, s.schema_name, s.state, s.pinned, s.active_version
+            GROUP BY s.id, s.name, s.kind, s.schema_name, s.state, s.pinned, s.active_version, s.partial_threshold
             ORDER BY calls DESC, s.name
             """
         ).fetchall()
         out = []
-        for sid, name, kind, schema_name, state, pinned, version, calls, valid_rate, last_call in rows:
+        for sid, name, kind, schema_name, state, pinned, version, threshold, calls, local_share, valid_rate, last_call \
+                in rows:
             out.append(
                 {
                     "id": sid,
@@ -319,6 +322,9 @@ class Store:
                     "pinned": pinned,
                     "active_version": version,
                     "served_by": served_by_label(sid, state, pinned, version),
+                    # partial: local answers at or above this confidence are served (routing.partial)
+                    "partial_threshold": threshold if state == "partial" else None,
+                    "local_share": local_share,  # of the clients' calls so far
                     "last_call": last_call.isoformat() if isinstance(last_call, datetime) else None,
                 }
             )
@@ -355,6 +361,8 @@ def served_by_label(site_id: str, state: str, pinned: str | None, version: int |
         return f"local:{site_id}@v{pinned_version}" if pinned_version else "upstream"
     if state == "local" and version and pinned != "upstream":
         return f"local:{site_id}@v{version}"
+    if state == "partial" and version and pinned != "upstream":
+        return f"local:{site_id}@v{version} (confident answers), else upstream"
     return "upstream"
 
 
