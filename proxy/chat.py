@@ -225,7 +225,7 @@ async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRe
         reason = f"local fallback: local model failed: {type(exc).__name__}: {exc}"
         proxy.metrics.local_fallbacks.inc()
         return None, reason, None
-    usable, why = proxy.router.usable(site, payload, answer)
+    usable, why = proxy.router.usable(site, payload, answer, upstream_down=note is not None)  # note: upstream down
     proxy.metrics.local_tries.labels("served" if usable else "fallback").observe(answer.tries)
     if not usable:
         proxy.metrics.local_fallbacks.inc()

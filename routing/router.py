@@ -325,8 +325,12 @@ class Router:
         config = self._sites.get(site_id)
         return self.validators.for_request(request, config.validator if config else None)
 
-    def usable(self, site: SiteRecord, request: dict[str, Any], answer: LocalAnswer) -> tuple[bool, str]:
-        """May this local answer be returned? (parses, fits its schema, passes its validator, confident enough)"""
+    def usable(self, site: SiteRecord, request: dict[str, Any], answer: LocalAnswer,
+               upstream_down: bool = False) -> tuple[bool, str]:
+        """May this local answer be returned? (parses, fits its schema, passes its validator, confident enough)
+
+        `upstream_down`: the upstream failed this call; a partial site then serves any valid answer,
+        as a shadow site does, rather than an error."""
         if answer.passed is None:  # not checked where it was drawn
             ok, why = local_verdict(answer.text, request.get("response_format"), self.validator_for(site.id, request))
         else:
@@ -335,7 +339,7 @@ class Router:
             tries = f" after {answer.tries} tries" if answer.tries > 1 else ""
             return False, f"local answer {why}{tries}"
         config = self._sites.get(site.id)
-        if site.state == SiteState.PARTIAL.value and not (site.pinned or "").startswith("local"):
+        if site.state == SiteState.PARTIAL.value and not upstream_down and not (site.pinned or "").startswith("local"):
             threshold = config.partial_threshold if config is not None else None
             if threshold is None or answer.confidence is None or answer.confidence < threshold:
                 shown = "no confidence" if answer.confidence is None else f"{answer.confidence:.3f}"
