@@ -21,6 +21,8 @@ import duckdb
 from understudy.routing.partial import ShadowSample
 from understudy.routing.policy import Evidence, PromotionPolicy, SiteState
 
+# States whose version serves calls and is judged on drift checks of its served answers.
+SERVING_STATES = (SiteState.LOCAL.value, SiteState.PARTIAL.value)
 PAIRED_REFERENCE = 1000  # self-agreement scores kept per site by call id (partial promotion's paired reference)
 Sample = tuple[float | None, bool, bool | None]  # (agreement, local valid, upstream valid)
 # SQL for `AgreementScore.agreement` of a stored row: valid pair, something compared.
@@ -34,10 +36,15 @@ def _since(cur: duckdb.DuckDBPyConnection, site_id: str):
     return since[0] if since else None
 
 
+def evidence_phase(state: str) -> str:
+    """Which shadow results a version is judged on in `state`: drift checks once it serves, else shadow pairs."""
+    return "drift" if state in SERVING_STATES else "shadow"
+
+
 def evidence_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, state: str,
                      window: int) -> list[Sample]:
     """The samples `decide` weighs for this version in this state, oldest first."""
-    phase = "drift" if state in (SiteState.LOCAL.value, SiteState.PARTIAL.value) else "shadow"
+    phase = evidence_phase(state)
     rows = cur.execute(
         f"SELECT {_AGREEMENT.format(valid='local_valid')}, local_valid, upstream_valid FROM shadow_results "
         "WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = ? AND ts >= ? ORDER BY ts, call_id",
@@ -91,5 +98,9 @@ def calibration_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: i
 
 def bar(reference: list[float], policy: PromotionPolicy) -> float:
     """The agreement a local answer must reach: the teacher's self-agreement minus the margin."""
-    level = sum(reference) / len(reference) if reference else 1.0
-    return max(0.0, level - policy.margin)
+    return max(0.0, teacher_level(reference) - policy.margin)
+
+
+def teacher_level(reference: list[float]) -> float:
+    """The teacher's mean self-agreement; 1 (perfection) with no samples."""
+    return sum(reference) / len(reference) if reference else 1.0

@@ -62,13 +62,15 @@ from understudy.routing.evidence import (
     PAIRED_REFERENCE,
     bar,
     calibration_samples,
+    evidence_phase,
     evidence_of,
     evidence_samples,
     paired_reference,
     partial_samples,
     reference_scores,
+    teacher_level,
 )
-from understudy.routing.partial import partial_evidence
+from understudy.routing.partial import PartialEvidence, partial_evidence
 from understudy.routing.policy import Bounds, Judgement, PromotionPolicy, SiteState, decide, judge
 from understudy.routing.sequential import ConfidenceSequence
 from understudy.store import SiteNotFound
@@ -381,7 +383,7 @@ def _site_report(
     if state == SiteState.SHADOW.value and active_version is not None and policy.partial:
         partial = partial_evidence(partial_samples(cur, site_id, active_version),
                                    paired_reference(cur, site_id, PAIRED_REFERENCE),
-                                   sum(reference) / len(reference) if reference else 1.0, policy)
+                                   teacher_level(reference), policy)
     extra_calls = dict(cur.execute(
         "SELECT purpose, count(*) FROM calls WHERE site_id = ? AND NOT " + _CLIENT + " GROUP BY purpose", [site_id]
     ).fetchall())
@@ -468,7 +470,8 @@ def _site_report(
     )
 
 
-def _partial_summary(state: str, threshold: float | None, partial, policy: PromotionPolicy) -> PartialSummary | None:
+def _partial_summary(state: str, threshold: float | None, partial: PartialEvidence | None,
+                     policy: PromotionPolicy) -> PartialSummary | None:
     if state == SiteState.PARTIAL.value:
         return PartialSummary(True, threshold, "serving the answers at or above the threshold; the rest upstream",
                               None, None, None, None)
@@ -524,8 +527,7 @@ def draws_line(d: DrawsSummary) -> str:
 
 
 def _judgement_summary(j: Judgement, state: str, reference: list[float], policy: PromotionPolicy) -> JudgementSummary:
-    phase = "drift" if state in (SiteState.LOCAL.value, SiteState.PARTIAL.value) else "shadow"
-    return JudgementSummary(phase, j.agreement, j.reference, j.validity, j.margin, bar(reference, policy))
+    return JudgementSummary(evidence_phase(state), j.agreement, j.reference, j.validity, j.margin, bar(reference, policy))
 
 
 def _cascade(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, reference: list[float],

@@ -43,6 +43,7 @@ from understudy.routing.cascade import Calibration, calibrate
 from understudy.routing.checked_sampling import AnswerChecks, SamplingPolicy
 from understudy.routing.evidence import (
     PAIRED_REFERENCE,
+    SERVING_STATES,
     bar,
     calibration_samples,
     evidence_of,
@@ -50,6 +51,7 @@ from understudy.routing.evidence import (
     paired_reference,
     partial_samples,
     reference_scores,
+    teacher_level,
 )
 from understudy.routing.local_model import LocalAnswer, LocalModels, Variant, checks_for
 from understudy.routing.local_queue import Skipped
@@ -219,7 +221,7 @@ class Router:
             return
         cur = self.store.cursor()
         samples = evidence_samples(cur, site.id, site.active_version, site.state, config.promotion.window)
-        if site.state in _SERVING:
+        if site.state in SERVING_STATES:
             config.drift = deque(samples, maxlen=config.promotion.window)
         else:
             config.evidence = evidence_of(samples, config.promotion)
@@ -414,7 +416,7 @@ class Router:
             config, site = self._sites.get(site_id), self.current_site(site_id)
             if config is None or site is None or site.active_version != plan.version:
                 return
-            expected = _SERVING if plan.phase == "drift" else (SiteState.SHADOW.value, SiteState.PARTIAL.value)
+            expected = SERVING_STATES if plan.phase == "drift" else (SiteState.SHADOW.value, SiteState.PARTIAL.value)
             if site.state not in expected and not (site.pinned and site.pinned.startswith("local")):
                 return  # the site moved on since this sample was planned
             if site.state == SiteState.PARTIAL.value and plan.phase == "shadow":
@@ -461,7 +463,7 @@ class Router:
     def _current_evidence(self, config: SiteRouting, site: SiteRecord) -> None:
         if config.evidence_key != (site.active_version, site.state):
             self._load_evidence(config, site)
-        if site.state in _SERVING and config.drift is None:
+        if site.state in SERVING_STATES and config.drift is None:
             config.drift = deque(maxlen=config.promotion.window)
         if site.state == SiteState.SHADOW.value and config.evidence is None:
             config.evidence = config.promotion.new_evidence()
@@ -472,12 +474,12 @@ class Router:
         """The confident subset's evidence for the version in shadow (None: partial promotion is off)."""
         if not config.promotion.partial or config.shadow_samples is None:
             return None
-        site_reference = sum(config.reference) / len(config.reference) if config.reference else 1.0
-        return partial_evidence(config.shadow_samples, config.paired_reference, site_reference, config.promotion)
+        return partial_evidence(config.shadow_samples, config.paired_reference, teacher_level(list(config.reference)),
+                                config.promotion)
 
     def _decide(self, config: SiteRouting, site: SiteRecord) -> None:
         partial = None
-        if site.state in _SERVING:
+        if site.state in SERVING_STATES:
             evidence = evidence_of(config.drift or (), config.promotion)
         else:
             evidence = config.evidence
@@ -500,9 +502,6 @@ class Router:
         self.on_site_change(updated)
         self._load_evidence(config, updated)
         log.warning("site %s: %s", site.name, decision.reason)
-
-
-_SERVING = (SiteState.LOCAL.value, SiteState.PARTIAL.value)  # states judged on drift checks of served answers
 
 
 def _pinned_version(pinned: str) -> int | None:

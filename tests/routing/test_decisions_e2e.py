@@ -82,9 +82,9 @@ def site_state(proxy, site: str) -> str:
     return next(row for row in json.loads(proxy.cli("sites", "--json").stdout) if row["id"] == site)["state"]
 
 
-def until_decided(proxy, site: str, waiting_in: str) -> tuple[str, int]:
-    """Send calls (cycling through the things) until the site leaves `waiting_in`; (new state, calls)."""
-    for n, thing in enumerate(itertools.cycle(COLORS), start=1):
+def until_decided(proxy, site: str, waiting_in: str, things=tuple(COLORS)) -> tuple[str, int]:
+    """Send calls (cycling through `things`) until the site leaves `waiting_in`; (new state, calls)."""
+    for n, thing in enumerate(itertools.cycle(things), start=1):
         ask(proxy, thing)
         if n % 5 == 0 and (state := site_state(proxy, site)) != waiting_in:
             return state, n

@@ -17,11 +17,10 @@ import httpx
 import pytest
 
 from tests.conftest import query_store, run_cli, start_proxy
-from tests.routing.test_decisions_e2e import ALL_COLORS, COLORS, TRAIN_STEPS, ask, last_reason, site_state, \
-    tiny_env_for_colors
+from tests.routing.test_decisions_e2e import ALL_COLORS, COLORS, TRAIN_STEPS, ask, last_reason, \
+    tiny_env_for_colors, until_decided
 
 UNTRAINED = {thing: color for thing, color in ALL_COLORS.items() if thing not in COLORS}
-MAX_CALLS = 400
 
 
 class AllColorsTeacher:
@@ -46,12 +45,8 @@ def test_a_version_sure_of_half_the_site_is_partly_promoted_and_serves_that_half
                                      env=env).stdout)
         assert trained["status"] == "active"
         # Shadow on the whole site: the half it knows and the half it never saw.
-        traffic = itertools.cycle(list(COLORS) + list(UNTRAINED))
-        for n in range(1, MAX_CALLS + 1):
-            ask(proxy, next(traffic))
-            if n % 5 == 0 and site_state(proxy, site) != "shadow":
-                break
-        assert site_state(proxy, site) == "partial", proxy.cli("report", site).stdout[-3000:]
+        state, _ = until_decided(proxy, site, "shadow", things=list(COLORS) + list(UNTRAINED))
+        assert state == "partial", proxy.cli("report", site).stdout[-3000:]
         assert last_reason(proxy, site).startswith("partly promoted: answers at confidence >= ")
         [row] = [r for r in json.loads(proxy.cli("sites", "--json").stdout) if r["id"] == site]
         assert 0 < row["partial_threshold"] < 1
