@@ -1,24 +1,37 @@
-"""The learning curve on the RPG workload, at the default policy, with the base-model control.
+"""The learning curve on the RPG workload, at the shipped defaults, with the base and shuffled controls.
 
 One command, from an empty data directory: the offline teacher (flaw share 0.1) answers as the
 upstream, the proxy runs with its shipped defaults (bundled Gemma 3 270M base, default
-promotion policy), and the Jac level generator plays batches of games through it. Per site:
+promotion policy), `understudy worker` runs the training jobs, and the Jac level generator plays
+batches of games through the proxy (every game calls all five RPG sites). Per site:
 
-1. record until the site has `--train-at` recorded calls;
-2. register the bare base model as a version (`--control base`): it shadows until the policy
-   decides, which must be a rejection;
-3. train a version on the site's calls (the shipped training defaults) and register it; it
-   shadows until the policy decides (the target: promoted);
-4. keep playing until `--max-calls` recorded calls per site, serving locally once promoted.
+1. record until the site has `--controls-at` recorded calls (below the scheduler's 50 usable
+   examples, so the controls come before any version);
+2. the base control: the bare base model registered as a version (`understudy train --control
+   base`); it shadows until the policy decides (it must be rejected or retired);
+3. the shuffled control: `understudy train SITE --control shuffled`, queued for the worker
+   (trained on answers to other requests); it shadows until the policy decides;
+4. from then on the product's own scheduler (`training.tasks.schedule_training`, run after each
+   batch) gives the site its versions by its rules (first version, 2x growth, new data after a
+   rejected or inconclusive version), the worker trains them at the shipped training defaults,
+   and the policy promotes, partly promotes, rejects or retires them, until every site has
+   `--max-calls` recorded calls.
 
-After every batch it prints, per site: calls recorded, state, local share, the validator pass
-rate of the teacher (its answers to the recorded calls), of the base control and of each
-version (their shadow answers), the teacher's self-agreement, the version's agreement, and the
-local share and agreement with and without the confidence cascade; `--json` prints the whole
-curve as one object, `--plot` draws it (PNG). The generator waits for the proxy's shadow
-backlog to drain between batches, so each sampled call gets its local answer.
+The quiet window aside: the worker's own periodic scheduling is off (its window never opens)
+and the benchmark runs the same scheduler function itself after every batch, then plays no
+games while a job is queued or running, as if jobs ran in quiet hours; so the curve counts
+calls, not this machine's training speed.
 
-    .venv/bin/python benchmarks/learning_curve.py --data-dir /tmp/curve --plot curve.png
+After every batch it prints, per site: calls, state, local share, the teacher's validator pass
+rate and self-agreement, the active version's agreement and validity, and every version with its
+status; `--json` prints the whole curve and a summary as one object, `--plot` draws one panel
+per site (PNG). The summary, per site: the calls at which each version was decided and how, the
+share of calls 201-300 (the last 100 of the first 300) served locally, and the served answers'
+paired validity against the teacher (drift samples, with the interval); over all sites, the
+local share of their last 100 calls.
+
+    .venv/bin/python benchmarks/learning_curve.py --data-dir /tmp/curve --plot curve.png --json
+    .venv/bin/python benchmarks/learning_curve.py --sites int,str,list --data-dir /tmp/curve-small
     .venv/bin/python benchmarks/learning_curve.py --smoke --data-dir /tmp/curve-smoke   # the tiny model, minutes
 """
 
@@ -28,6 +41,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,11 +50,14 @@ from typing import Any
 import httpx
 
 from understudy.corpus import generate_corpus
-from understudy.training.pipeline import run_training_job
-from understudy.processes import start_proxy, start_teacher
+from understudy.processes import start_proxy, start_teacher, start_worker, understudy_executable
 from understudy.proxy_client import StoreAccess
 from understudy.settings import load_settings
-from understudy.training_jobs import base_control_result
+from understudy.training_jobs import base_control_result, scheduling_rules
+
+RPG_SITES = ("Level", "Map", "str", "int", "list")  # the showcase's five sites by return type
+SCHEDULE = ("from understudy.training.tasks import schedule_training; import json; "
+            "print(json.dumps(schedule_training.call_local()))")
 
 
 def shadow_backlog(url: str) -> int:
@@ -81,6 +98,7 @@ def snapshot(access: StoreAccess, returns: str, site: dict, phase: str, tmp: Pat
         "teacher_samples": teacher["n"] if teacher else 0,
         "agreement": judgement["agreement"]["mean"] if judgement else None,
         "validity_difference": judgement["validity"]["mean"] if judgement else None,
+        "validity_interval": [judgement["validity"]["low"], judgement["validity"]["high"]] if judgement else None,
         "samples": judgement["validity"]["n"] if judgement else 0,
         "cascade_threshold": cascade["threshold"] if cascade else None,
         "agreement_without_cascade": cascade["agreement_without"] if cascade else None,
@@ -90,21 +108,40 @@ def snapshot(access: StoreAccess, returns: str, site: dict, phase: str, tmp: Pat
     }
 
 
-def train_version(access: StoreAccess, site_id: str) -> dict[str, Any]:
-    job = access.training_job(site_id)
-    print(f"  training {job['site_name']} on {job['examples']['kept']} examples ({job['config']['prompt']['mode']} "
-          "prompt)", flush=True)
-    started = time.monotonic()
-    result = run_training_job(job["site_id"], job["snapshot"], job["out_dir"], job["config"],
-                              validator=job.get("validator"), progress=False)
-    if result.get("error"):
-        raise SystemExit(f"training failed: {result['error']}")
-    version = access.register(result)
-    train = result["metrics"]["train"]
-    print(f"  v{version['version']} {version['status']} after {time.monotonic() - started:.0f} s "
-          f"({train['n_train']} examples, {train['tokens_per_example']:.0f} tokens each); held-out "
-          f"{result['metrics']['heldout']}", flush=True)
-    return version
+def pin_unmeasured(access: StoreAccess, sites: list[str]) -> None:
+    """Sites outside `--sites` are pinned to the upstream (`understudy pin SITE upstream`), so the
+    scheduler trains none of them (a site pinned upstream is never trained)."""
+    for row in access.sites():
+        if row["returns"] not in sites and not row.get("pinned"):
+            access.action(row["id"], {"action": "pin", "target": "upstream"})
+            print(f"  {row['returns']}: not measured, pinned to upstream", flush=True)
+
+
+def run_scheduler(settings) -> list[str]:
+    """The product's scheduler, once: the sites it queued a job for."""
+    env = {**os.environ, "UNDERSTUDY_DATA_DIR": str(settings.data_dir)}
+    env.pop("UNDERSTUDY_QUIET_MAX_RPM", None)
+    out = subprocess.run([sys.executable, "-c", SCHEDULE], env=env, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise SystemExit(f"the scheduler failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wait_for_jobs(access: StoreAccess, settings, worker, started: float) -> None:
+    """No games while a job is queued or running (training in quiet hours)."""
+    last_note = 0.0
+    while True:
+        pending = [j for j in access.training_schedule(scheduling_rules(settings))["jobs"]
+                   if j["outcome"] == "queued or running"]
+        if not pending:
+            return
+        if worker.process.poll() is not None:
+            raise SystemExit(f"the worker exited ({worker.process.returncode}); see {settings.data_dir / 'worker.log'}")
+        if time.monotonic() - last_note > 60:
+            print(f"  training: {', '.join(j['name'].split(':')[0] + ' (' + j['reason'] + ')' for j in pending)} "
+                  f"[{time.monotonic() - started:.0f} s]", flush=True)
+            last_note = time.monotonic()
+        time.sleep(5)
 
 
 def print_row(row: dict[str, Any]) -> None:
@@ -156,8 +193,9 @@ def plot(curve: list[dict[str, Any]], sites: list[str], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="An empty (or new) data directory.")
-    parser.add_argument("--sites", default="Level,Map", help="RPG sites by return type.")
-    parser.add_argument("--train-at", type=int, default=120, help="Recorded calls before a site's controls and training.")
+    parser.add_argument("--sites", default=",".join(RPG_SITES), help="RPG sites by return type (default: all five).")
+    parser.add_argument("--controls-at", type=int, default=40, help="Recorded calls before a site's controls.")
+    parser.add_argument("--no-controls", action="store_true", help="Skip the base and shuffled controls.")
     parser.add_argument("--max-calls", type=int, default=300, help="Stop once every site has this many recorded calls.")
     parser.add_argument("--batch-runs", type=int, default=4, help="Generator runs between snapshots.")
     parser.add_argument("--levels", type=int, default=5, help="Levels per generator run.")
@@ -171,6 +209,9 @@ def main() -> None:
     if args.smoke:
         configure_smoke(args)
     sites = args.sites.split(",")
+    unknown = set(sites) - set(RPG_SITES)
+    if unknown:
+        parser.error(f"unknown site(s) {sorted(unknown)}: the RPG sites are {', '.join(RPG_SITES)}")
     if args.data_dir.exists():
         shutil.rmtree(args.data_dir)
     settings = load_settings(data_dir=args.data_dir)
@@ -178,8 +219,11 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     teacher = start_teacher(seed=args.seed, flaw_share=args.flaw_share)
     proxy = start_proxy(settings, teacher.url, upstream_free=True)
+    # The worker's own periodic scheduler never finds its window open (0 requests/minute is never
+    # below 0): the benchmark runs the scheduler itself after each batch.
+    worker = start_worker(settings, {"UNDERSTUDY_QUIET_MAX_RPM": "0"})
     access = StoreAccess(settings)
-    phase = {site: "record" for site in sites}
+    phase = {site: "learn" if args.no_controls else "record" for site in sites}
     curve: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
@@ -189,6 +233,7 @@ def main() -> None:
                                      seed=args.seed + batch, flaw_share=args.flaw_share, progress=False)
             batch += 1
             wait_for_backlog(proxy.url, limit_s=1800)
+            pin_unmeasured(access, sites)
             rows = site_rows(access, sites)
             print(f"batch {batch}: {result.succeeded}/{result.runs} runs, {time.monotonic() - started:.0f} s",
                   flush=True)
@@ -200,13 +245,20 @@ def main() -> None:
                 curve.append({**row, "batch": batch, "seconds": time.monotonic() - started})
                 print_row(row)
                 calls[site] = row["calls"]  # the clients' calls (not the proxy's own second answers)
-                advance(access, site, rows[site], row, phase, args)
+                advance(access, settings, site, rows[site], row, phase, args)
             if all(calls.get(s, 0) >= args.max_calls for s in sites):
                 break
+            queued = run_scheduler(settings)
+            if queued:
+                names = {row["id"]: returns for returns, row in rows.items()}
+                print(f"  scheduler queued: {', '.join(names.get(s, s) for s in queued)}", flush=True)
+            wait_for_jobs(access, settings, worker, started)
     finally:
+        worker.stop()
         proxy.stop()
         teacher.stop()
-    summary = summarize(curve, sites, args)
+    served = served_shares(settings, sites, args.max_calls)
+    summary = summarize(curve, sites, served, args)
     if args.plot is not None:
         plot(curve, sites, args.plot)
         summary["plot"] = str(args.plot)
@@ -216,54 +268,102 @@ def main() -> None:
         print(json.dumps(summary, indent=2, default=str))
 
 
-def advance(access: StoreAccess, site: str, site_row: dict, row: dict, phase: dict[str, str], args) -> None:
-    """Move the site on: base control once it has enough calls, then a trained version once the control is decided."""
-    if phase[site] == "record" and row["calls"] >= args.train_at:
+def advance(access: StoreAccess, settings, site: str, site_row: dict, row: dict, phase: dict[str, str], args) -> None:
+    """The controls, in order: the base control once the site has enough calls, the shuffled
+    control (queued for the worker) once the base one is decided, then the scheduler's versions."""
+    if phase[site] == "record" and row["calls"] >= args.controls_at:
         job = access.training_job(site_row["id"], control="base")
         version = access.register(base_control_result(job))
         print(f"  {site}: base control registered as v{version['version']} ({version['status']})", flush=True)
         phase[site] = "base"
     elif phase[site] == "base" and row["state"] != "shadow":
         print(f"  {site}: base control decided: {row['why']}", flush=True)
-        train_version(access, site_row["id"])
-        phase[site] = "version"
-    elif phase[site] == "version" and row["state"] == "local":
-        print(f"  {site}: promoted at {row['calls']} calls: {row['why']}", flush=True)
-        phase[site] = "local"
+        queued = subprocess.run([understudy_executable(), "train", site_row["id"], "--control", "shuffled",
+                                 "--data-dir", str(settings.data_dir)], capture_output=True, text=True, timeout=300)
+        print(f"  {site}: shuffled control: {(queued.stdout or queued.stderr).strip().splitlines()[-1]}", flush=True)
+        phase[site] = "shuffled" if queued.returncode == 0 else "learn"
+    elif phase[site] == "shuffled":
+        shuffled = [v for v in row["versions"].values() if v["control"] == "shuffled"]
+        if shuffled and (row["state"] != "shadow" or shuffled[-1]["status"] == "failed"):
+            print(f"  {site}: shuffled control decided: {row['why']}", flush=True)
+            phase[site] = "learn"
 
 
-def summarize(curve: list[dict[str, Any]], sites: list[str], args) -> dict[str, Any]:
-    out: dict[str, Any] = {"train_at": args.train_at, "max_calls": args.max_calls}
+def served_shares(settings, sites: list[str], max_calls: int) -> dict[str, dict[str, Any]]:
+    """Per site: how calls 201-300 (the last 100 of the first `max_calls`) and the site's last 100
+    calls were served, from the store (the clients' first turns only)."""
+    from understudy.store import Store
+
+    store = Store(settings.db_path, read_only=True)
+    try:
+        out = {}
+        for site_id, returns in store.cursor().execute("SELECT id, schema_name FROM sites").fetchall():
+            returns = returns or "str"
+            if returns not in sites:
+                continue
+            served = [s for (s,) in store.cursor().execute(
+                "SELECT served_by FROM calls WHERE site_id = ? AND coalesce(purpose, 'client') = 'client' "
+                "ORDER BY ts", [site_id]).fetchall()]
+            window = served[max(0, max_calls - 100):max_calls]
+            last = served[-100:]
+            out[returns] = {"calls": len(served),
+                            "local_share_calls_201_300": sum(s.startswith("local") for s in window) / len(window)
+                            if window else None,
+                            "local_last_100": sum(s.startswith("local") for s in last), "last_100": len(last)}
+        return out
+    finally:
+        store.close()
+
+
+def summarize(curve: list[dict[str, Any]], sites: list[str], served: dict[str, dict[str, Any]], args) -> dict[str, Any]:
+    out: dict[str, Any] = {"controls_at": None if args.no_controls else args.controls_at, "max_calls": args.max_calls}
+    local_last, all_last = 0, 0
     for site in sites:
         rows = [r for r in curve if r["site"] == site]
         if not rows:
             continue
         last = rows[-1]
-        promoted = next((r["calls"] for r in rows if r["state"] == "local" and r["phase"] in ("version", "local")), None)
-        base = next((r for r in rows if r["phase"] == "base" and r["state"] != "shadow"), None)
-        versions = last["versions"]
+        decisions = []  # (version, control, calls at which its status first left shadowing, the status)
+        seen: dict[str, str] = {}
+        for r in rows:
+            for name, v in r["versions"].items():
+                if v["status"] != seen.get(name) and v["status"] not in ("active", "ready"):
+                    decisions.append({"version": name, "control": v["control"], "calls": r["calls"], "status": v["status"]})
+                seen[name] = v["status"]
+            if r["state"] in ("local", "partial") and (not decisions or decisions[-1]["status"] != r["state"]):
+                decisions.append({"version": f"v{r['version']}", "control": None, "calls": r["calls"], "status": r["state"]})
+        first = next((d for d in decisions if not d["control"]), None)
+        site_served = served.get(site, {})
+        local_last += site_served.get("local_last_100", 0)
+        all_last += site_served.get("last_100", 0)
         out[site] = {
-            "promoted_after_calls": promoted, "final_state": last["state"], "final_local_share": last["local_share"],
+            "first_decision": first, "decisions": decisions, "final_state": last["state"],
+            "final_local_share": last["local_share"], **site_served,
             "teacher_validity": last["teacher_validity"], "teacher_self_agreement": last["teacher_self_agreement"],
-            "base_control": {"decision": base["why"] if base else None,
-                             **next(iter(versions.values()), {})} if versions else None,
-            "version": list(versions.values())[-1] if len(versions) > 1 else None,
-            "agreement": last["agreement"], "agreement_with_cascade": last["agreement_with_cascade"],
-            "local_share_with_cascade": last["local_share_with_cascade"], "cascade_threshold": last["cascade_threshold"],
+            "controls": {d["control"]: f"{d['status']} at {d['calls']} calls" for d in decisions if d["control"]},
+            "served_validity_difference": last["validity_difference"] if last["state"] in ("local", "partial") else None,
+            "served_validity_interval": last.get("validity_interval") if last["state"] in ("local", "partial") else None,
+            "agreement": last["agreement"], "why": last["why"],
         }
+    out["local_share_last_100_all_sites"] = local_last / all_last if all_last else None
     return out
 
 
 def configure_smoke(args) -> None:
-    """The tiny random Llama as the local base, a couple of small batches: the benchmark end to end in minutes."""
+    """The tiny random Llama as the local base, a few small batches: the benchmark end to end in minutes."""
     from understudy.training.tiny_model import make_tiny_llama
 
     hf_dir, gguf = make_tiny_llama(args.data_dir.parent / f"{args.data_dir.name}-tiny")
     os.environ["UNDERSTUDY_BASE_GGUF"] = str(gguf)
     os.environ["UNDERSTUDY_TRAIN_CONFIG"] = json.dumps({"base_model": str(hf_dir), "base_gguf": str(gguf),
-                                                        "max_steps": 10, "lr": 1e-2, "device": "cpu",
+                                                        "max_steps": 120, "lr": 1e-2, "batch_size": 2,
+                                                        "grad_accum": 1, "lora_dropout": 0.0, "device": "cpu",
                                                         "verify_max_tokens": 32})
-    args.sites, args.train_at, args.max_calls, args.batch_runs, args.levels = "Level", 4, 12, 2, 2
+    args.sites, args.max_calls, args.batch_runs, args.levels = "Level", 12, 2, 2
+    # No controls (deciding one takes 20 shadow samples): the smoke checks the scheduler and worker
+    # path, a first version at 6 usable examples within its 12 calls.
+    args.no_controls = True
+    os.environ["UNDERSTUDY_TRAIN_MIN_EXAMPLES"] = "6"
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ from understudy.proxy.errors import ProxyError
 from understudy.proxy.state import ProxyState
 from understudy.proxy.types import validation_error
 from understudy.routing.actions import ActionError, policy_view, run_action
-from understudy.routing.registry import audit, list_versions
+from understudy.routing.registry import list_versions
 from understudy.exports import export_site
 from understudy.store import SiteNameTaken
 from understudy.reports import render_report
 from understudy.training_jobs import (NotEnoughData, PathOutsideDataDir, confine_result, prepare_job, register_result,
-                                     training_candidates)
+                                     job_started, manual_reason, training_candidates, training_schedule)
 
 
 def require_admin_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -90,9 +90,12 @@ def training_job(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
     """Snapshot the site's dataset and return the job a worker runs."""
     proxy = _proxy(request)
     try:
-        return prepare_job(proxy.store, proxy.settings, site_ref, data.get("config") or {}, data.get("control"))
+        job = prepare_job(proxy.store, proxy.settings, site_ref, data.get("config") or {}, data.get("control"))
     except (NotEnoughData, ValueError) as exc:
         raise ProxyError(409, str(exc), code="not_enough_data") from None
+    if job["control"] != "base":  # a base control is registered at once, nothing is trained
+        proxy.recorder.run(lambda store: job_started(store, job, manual_reason(job), "cli"))
+    return job
 
 
 @post("/training/candidates", sync_to_thread=True, status_code=200)
@@ -111,9 +114,17 @@ def training_candidates_route(request: Request, data: dict[str, Any]) -> list[di
         except NotEnoughData:
             continue
         jobs.append({**job, "reason": reason})
-        proxy.recorder.run(lambda store, site_id=site_id, job=job, reason=reason: audit(
-            store, site_id, "training", {"scheduled": reason, "out_dir": job["out_dir"]}, "scheduler"))
+        proxy.recorder.run(lambda store, job=job, reason=reason: job_started(store, job, reason, "scheduler"))
     return jobs
+
+
+@post("/training/schedule", sync_to_thread=True, status_code=200)
+def training_schedule_route(request: Request, data: dict[str, Any]) -> dict:
+    """`understudy jobs`: the quiet window, each site's next job and why, recent jobs and their outcomes."""
+    try:
+        return training_schedule(_proxy(request).store, data)
+    except ValueError as exc:
+        raise ProxyError(400, str(exc), code="invalid_rules") from None
 
 
 @post("/versions", sync_to_thread=True, status_code=200)
@@ -212,6 +223,6 @@ def _path_or_none(value: Any) -> Path | None:
 
 
 admin_router = Router(path="/admin", route_handlers=[list_sites, site_calls, rename_site, export_dataset, training_job,
-                                      training_candidates_route, register_version_route, site_versions, site_action, site_policy,
+                                      training_candidates_route, training_schedule_route, register_version_route, site_versions, site_action, site_policy,
                                       score_pair_route, upstream_routes, admin_report],
                       guards=[require_admin_token], include_in_schema=False)

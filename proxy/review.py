@@ -78,7 +78,9 @@ def review_next(request: Request, site: str = "") -> dict:
 @post("/review/api/judgments", sync_to_thread=True, include_in_schema=False, status_code=201)
 def review_judgment(request: Request, data: Any) -> dict:
     proxy, reviewer = _reviewer(request)
-    return _write(proxy, lambda cur: reviews.record_judgment(cur, reviewer, data))
+    recorded = _write(proxy, lambda cur: reviews.record_judgment(cur, reviewer, data))
+    proxy.router.review_changed(recorded["site"])  # on a creative site the review decides
+    return recorded
 
 
 # ---- admin (the CLI) -------------------------------------------------------------------------
@@ -122,7 +124,10 @@ def admin_export(request: Request, site: str) -> dict:
 @post("/import", sync_to_thread=True, status_code=200)
 def admin_import(request: Request, data: dict[str, Any]) -> dict:
     proxy = _state(request)
-    return _write(proxy, lambda cur: reviews.import_set(cur, data.get("set"), data.get("reviewer")))
+    imported = _write(proxy, lambda cur: reviews.import_set(cur, data.get("set"), data.get("reviewer")))
+    for site_id in imported["sites"]:
+        proxy.router.review_changed(site_id)
+    return imported
 
 
 @get("/inputs", sync_to_thread=True)

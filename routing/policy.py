@@ -48,6 +48,17 @@ version's scores and one for the reference (alpha / 2 each); validity one at alp
   test and margin, on samples the threshold was not chosen on (`routing.partial`).
 - partial → shadow ("demoted"): the served subset is inferior on either measure, judged on the
   last `window` drift samples (all of them from the subset).
+- A creative site: where the teacher barely agrees with itself (the upper bound of its
+  self-agreement below `creative_below`, after `min_samples` second answers), agreement with
+  the teacher cannot tell a good version from a bad one: two good answers differ as much as a
+  good and a bad one. There agreement neither promotes, rejects nor demotes; the decision rests
+  on validity and the blind human review (`routing.reviews.review_evidence`: per judgment of
+  the active version, local minus upstream score averaged over the rubric's criteria, scaled
+  from the 1-5 scale to [-1, 1], with its own confidence sequence and the same margin).
+  Promoted: validity and review both non-inferior. Rejected: either inferior. Without a review
+  verdict the version waits in shadow (the reason says so and names the command) and is retired
+  inconclusive at `max_shadow_samples`. No partial promotion (its subset test is an agreement
+  test). The reason names the rule and the teacher's figure; the report shows it.
 - shadow → learning ("inconclusive"): none of these after `max_shadow_samples`. A version whose
   intervals still straddle the bar by then is within about their half-width of it (±0.15 on
   agreement at 200 samples, alpha 0.05): more shadowing buys little (the width shrinks like
@@ -142,11 +153,14 @@ class PromotionPolicy:
     partial: bool = True  # in shadow, also test the confident subset for partial promotion
     calibration_samples: int = 40  # first shadow samples of a version, used only to choose the subset's threshold
     partial_min_share: float = 0.2  # smallest share of calibration samples a subset may have
+    creative_below: float = 0.4  # teacher self-agreement (upper bound) below which agreement cannot decide; 0: never
 
     def __post_init__(self) -> None:
         check_field_types(self)
         if min(self.min_samples, self.window, self.reference_window, self.calibration_samples) < 1:
             raise ValueError("min_samples, window, reference_window and calibration_samples must be >= 1")
+        if not 0.0 <= self.creative_below <= 1.0:
+            raise ValueError("creative_below must be in [0, 1]")
         if not 0.0 < self.partial_min_share <= 1.0:
             raise ValueError("partial_min_share must be in (0, 1]")
         if self.max_shadow_samples < self.min_samples:
@@ -231,6 +245,8 @@ class Judgement:
     margin: float
     valid_pairs: int = 0
     min_pairs: int = 1  # valid pairs needed before "nothing to compare" is believed
+    creative: bool = False  # the teacher barely agrees with itself: agreement does not decide
+    review: Bounds | None = None  # the human review of this version, local - upstream in [-1, 1]
 
     @property
     def nothing_to_compare(self) -> bool:
@@ -259,17 +275,52 @@ class Judgement:
     def validity_inferior(self) -> bool:
         return self.validity.n > 0 and self.validity.high < -self.margin
 
+    def review_non_inferior(self) -> bool:
+        return self.review is not None and self.review.n > 0 and self.review.low >= -self.margin
+
+    def review_inferior(self) -> bool:
+        return self.review is not None and self.review.n > 0 and self.review.high < -self.margin
+
+    def inferior(self) -> list[str]:
+        """The measures on which the version is inferior to the teacher (agreement not, on a creative site)."""
+        checks = (("validity", self.validity_inferior()), ("human review", self.review_inferior())) if self.creative \
+            else (("agreement", self.agreement_inferior()), ("validity", self.validity_inferior()))
+        return [what for what, bad in checks if bad]
+
+    def non_inferior(self) -> bool:
+        if self.creative:
+            return self.validity_non_inferior() and self.review_non_inferior()
+        return self.agreement_non_inferior() and self.validity_non_inferior()
+
     def __str__(self) -> str:
         reference = "1 (no self-agreement samples)" if self.reference is None else str(self.reference)
+        if self.creative:
+            review = str(self.review) if self.review is not None and self.review.n else "no judgments of this version"
+            return (f"validity local - teacher {self.validity}; human review local - teacher {review}; "
+                    f"agreement {self.agreement} (not decisive); margin {self.margin:.2f}")
         agreement = (f"nothing to compare beyond the validator in {self.valid_pairs} valid pairs"
                      if self.nothing_to_compare else f"agreement {self.agreement} vs teacher {reference}")
         return f"validity local - teacher {self.validity}; {agreement}; margin {self.margin:.2f}"
 
 
-def judge(evidence: Evidence, reference: ConfidenceSequence | None, policy: PromotionPolicy) -> Judgement:
+def is_creative(reference: ConfidenceSequence | None, policy: PromotionPolicy) -> bool:
+    """The teacher barely agrees with itself: its self-agreement's upper bound is below
+    `creative_below`, on at least `min_samples` second answers."""
+    return (policy.creative_below > 0 and reference is not None and reference.n >= policy.min_samples
+            and reference.bounds[1] < policy.creative_below)
+
+
+def judge(evidence: Evidence, reference: ConfidenceSequence | None, policy: PromotionPolicy,
+          review: ConfidenceSequence | None = None) -> Judgement:
     ref = Bounds.of(reference) if reference is not None and reference.n else None
     return Judgement(Bounds.of(evidence.agreement), ref, Bounds.of(evidence.validity), policy.margin,
-                     evidence.valid_pairs, policy.min_samples)
+                     evidence.valid_pairs, policy.min_samples, is_creative(reference, policy),
+                     Bounds.of(review) if review is not None else None)
+
+
+def new_review_evidence(policy: PromotionPolicy) -> ConfidenceSequence:
+    """The human review's confidence sequence: judgments' local - upstream scores in [-1, 1]."""
+    return ConfidenceSequence(policy.alpha, low=-1.0, high=1.0)
 
 
 class Verdict(str, Enum):
@@ -299,24 +350,31 @@ def decide(
     pinned: str | None = None,
     partial: PartialEvidence | None = None,
     threshold: float | None = None,
+    review: ConfidenceSequence | None = None,
 ) -> Decision:
     """The state a site should be in, given its active version's evidence and the teacher's reference.
 
     In shadow, `partial` is the confident subset's evidence (`routing.partial`); in partial,
-    `evidence` is the served subset's drift window and `threshold` the one it is served at."""
+    `evidence` is the served subset's drift window and `threshold` the one it is served at.
+    `review` is the human review of the active version (`new_review_evidence`); it decides, with
+    validity, only on a creative site."""
     state = SiteState(state)
     if pinned:
         return _pinned(state, pinned)
     if state is SiteState.LEARNING or evidence is None:
         return Decision(state, "learning: waiting for a trained version to shadow")
 
-    j = judge(evidence, reference, policy)
-    inferior = [what for what, bad in (("agreement", j.agreement_inferior()), ("validity", j.validity_inferior())) if bad]
+    j = judge(evidence, reference, policy, review)
+    inferior = j.inferior()
+    creative = _creative_line(j, policy)
     if state is SiteState.SHADOW:
         if j.validity.n < policy.min_samples:
-            return Decision(state, f"shadow: {j.validity.n} of {policy.min_samples} samples; {j}", j)
-        if j.agreement_non_inferior() and j.validity_non_inferior():
-            return Decision(SiteState.LOCAL, f"promoted: non-inferior to the teacher; {j}", j, Verdict.PROMOTED)
+            return Decision(state, f"shadow: {j.validity.n} of {policy.min_samples} samples; {creative}{j}", j)
+        if j.non_inferior():
+            return Decision(SiteState.LOCAL, f"promoted: non-inferior to the teacher; {creative}{j}", j,
+                            Verdict.PROMOTED)
+        if j.creative:
+            return _decide_creative(state, j, policy, creative)
         subset = judge(partial.subset, partial.reference, policy) if partial is not None and \
             partial.threshold is not None else None
         if (subset is not None and subset.validity.n >= policy.min_samples and subset.agreement_non_inferior()
@@ -348,14 +406,39 @@ def decide(
         at = f" (confidence >= {threshold:.3f})" if threshold is not None else ""
         if inferior:
             return Decision(SiteState.SHADOW, f"demoted: the served subset{at} {' and '.join(inferior)} inferior to "
-                                              f"the teacher; {j}", j, Verdict.DEMOTED)
-        return Decision(state, f"partial: served subset{at}: {j}", j, threshold=threshold)
+                                              f"the teacher; {creative}{j}", j, Verdict.DEMOTED)
+        return Decision(state, f"partial: served subset{at}: {creative}{j}", j, threshold=threshold)
 
     # LOCAL
     if inferior:
-        return Decision(SiteState.SHADOW, f"demoted: {' and '.join(inferior)} inferior to the teacher; {j}", j,
-                        Verdict.DEMOTED)
-    return Decision(state, f"local: {j}", j)
+        return Decision(SiteState.SHADOW, f"demoted: {' and '.join(inferior)} inferior to the teacher; {creative}{j}",
+                        j, Verdict.DEMOTED)
+    return Decision(state, f"local: {creative}{j}", j)
+
+
+def _creative_line(j: Judgement, policy: PromotionPolicy) -> str:
+    """Why agreement does not decide on a creative site (empty elsewhere)."""
+    if not j.creative or j.reference is None:
+        return ""
+    return (f"creative site: the teacher agrees with itself only {j.reference.mean:.2f} "
+            f"[{j.reference.low:.2f}, {j.reference.high:.2f}] (< creative_below {policy.creative_below:.2f}), "
+            "so agreement cannot decide; judged on validity and the human review; ")
+
+
+def _decide_creative(state: SiteState, j: Judgement, policy: PromotionPolicy, creative: str) -> Decision:
+    """A creative site in shadow, not promoted: rejected on validity or the review, else waiting
+    for the review until `max_shadow_samples`."""
+    inferior = j.inferior()
+    if inferior:
+        return Decision(SiteState.LEARNING, f"rejected: {' and '.join(inferior)} inferior to the teacher; {creative}{j}; "
+                                            "back to learning for a new version", j, Verdict.REJECTED)
+    waiting = ("the human review has not decided" if j.review is not None and j.review.n
+               else "waiting for a human review of this version (`understudy review plan SITE`)")
+    if j.validity.n >= policy.max_shadow_samples:
+        return Decision(SiteState.LEARNING, f"inconclusive: {waiting} after {j.validity.n} samples "
+                                            f"(max_shadow_samples); {creative}{j}; retired, back to learning for a "
+                                            "new version", j, Verdict.INCONCLUSIVE)
+    return Decision(state, f"shadow: {waiting}; {creative}{j}", j)
 
 
 def _subset_line(partial: PartialEvidence | None, subset: Judgement | None) -> str:
@@ -383,6 +466,11 @@ def on_rollback(state: SiteState | str, pinned: str | None = None) -> Decision:
     if pinned:
         return _pinned(state, pinned)
     return Decision(SiteState.LEARNING, "rolled back: version withdrawn; upstream answers until a new version")
+
+
+def pinned_state(pinned: str | None) -> SiteState | None:
+    """The state a pin holds the site in, or None (no pin, or a pin that holds the current state)."""
+    return _PIN_STATES.get(pinned.strip().lower()) if pinned else None
 
 
 def _pinned(state: SiteState, pinned: str) -> Decision:

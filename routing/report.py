@@ -71,7 +71,8 @@ from understudy.routing.evidence import (
     teacher_level,
 )
 from understudy.routing.partial import PartialEvidence, partial_evidence
-from understudy.routing.policy import Bounds, Judgement, PromotionPolicy, SiteState, decide, judge
+from understudy.routing.policy import Bounds, Judgement, PromotionPolicy, SiteState, decide, judge, new_review_evidence
+from understudy.routing.reviews import review_differences
 from understudy.routing.sequential import ConfidenceSequence
 from understudy.store import SiteNotFound
 
@@ -378,7 +379,9 @@ def _site_report(
     evidence = None
     if active_version is not None and state != SiteState.LEARNING.value:
         evidence = evidence_of(evidence_samples(cur, site_id, active_version, state, policy.window), policy)
-    judgement = judge(evidence, reference_cs, policy) if evidence is not None else None
+    review = new_review_evidence(policy).extend(review_differences(cur, site_id, active_version)) \
+        if active_version is not None else None
+    judgement = judge(evidence, reference_cs, policy, review) if evidence is not None else None
     partial = None
     if state == SiteState.SHADOW.value and active_version is not None and policy.partial:
         partial = partial_evidence(partial_samples(cur, site_id, active_version),
@@ -435,7 +438,7 @@ def _site_report(
     audit = _audit(cur, site_id, audit_limit)
     try:
         assessment = decide(state, evidence, reference_cs, policy, pinned, partial=partial,
-                            threshold=threshold).reason
+                            threshold=threshold, review=review).reason
     except ValueError:  # a state this version of the policy does not know: report, don't crash
         assessment = f"unknown state {state!r}"
     return SiteReport(
@@ -668,6 +671,8 @@ def _audit_reason(action: str, detail: Any) -> str:
             return f"unpinned (was {detail.get('was')})" if detail.get("was") else "unpinned"
         if action == "training" and isinstance(detail.get("scheduled"), str):  # bookkeeping: never the "why"
             return f"training scheduled: {detail['scheduled']}"
+        if action == "training" and isinstance(detail.get("started"), str):
+            return f"training started: {detail['started']}"
         if action == "rollback" and detail.get("to_version") is not None:
             return f"rolled back from v{detail.get('from_version')} to v{detail['to_version']}"
     if detail in (None, {}, ""):

@@ -402,7 +402,7 @@ def record_judgment(cur: duckdb.DuckDBPyConnection, reviewer: str, payload: Any,
     cur.execute("INSERT OR REPLACE INTO review_judgments (item_id, site_id, reviewer, ts, scores, preference, local_side, "
                 "comment, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [item_id, site_id, reviewer, ts, json.dumps(clean), preference, local_side, comment, source])
-    return {"item": item_id, "reviewer": reviewer, "ts": ts.isoformat()}
+    return {"item": item_id, "reviewer": reviewer, "ts": ts.isoformat(), "site": site_id}
 
 
 def _judgment_rows(cur: duckdb.DuckDBPyConnection, site_id: str, version: int | None = None) -> list[dict[str, Any]]:
@@ -456,6 +456,21 @@ def _summary(rows: list[dict[str, Any]], rubric: dict[str, Any]) -> dict[str, An
     shares = {k: wilson(sum(r["preferred"] == k for r in rows), n) for k in ("local", "upstream", "tie")}
     return {"judgments": n, "reviewers": sorted({r["reviewer"] for r in rows}), "criteria": criteria,
             "preference": {"n": n, **shares, "alpha": _alpha_preference(rows)}}
+
+
+def review_differences(cur: duckdb.DuckDBPyConnection, site_id: str, version: int) -> list[float]:
+    """One number per reviewed pair of `version`, in the order pairs were first judged: local
+    minus upstream score averaged over the rubric's criteria and the pair's reviewers, scaled
+    from the 1-5 scale to [-1, 1]. The pair is the unit because pairs are drawn at random and a
+    shared pair's reviewers judge the same answers. What the promotion policy weighs on a
+    creative site (`routing.policy`, with its confidence sequence and margin)."""
+    span = SCALE[1] - SCALE[0]
+    by_pair: dict[str, list[float]] = {}
+    for row in _judgment_rows(cur, site_id, version):
+        diffs = [row["local"][name] - row["upstream"][name] for name in row["local"] if name in row["upstream"]]
+        if diffs:
+            by_pair.setdefault(row["item"], []).append(sum(diffs) / len(diffs) / span)
+    return [sum(values) / len(values) for values in by_pair.values()]
 
 
 def mean_interval(values: list[float]) -> dict[str, Any]:
@@ -573,18 +588,19 @@ def import_set(cur: duckdb.DuckDBPyConnection, data: Any, reviewer: str | None =
         if not who:
             raise ReviewError(f"judgment {index + 1}: no reviewer (pass --reviewer NAME)")
         named.append((str(who), j))
+    sites = set()
     cur.execute("BEGIN")
     try:
         for index, (who, j) in enumerate(named):
             try:
-                record_judgment(cur, who, j, source="import")
+                sites.add(record_judgment(cur, who, j, source="import")["site"])
             except ReviewError as exc:
                 raise ReviewError(f"judgment {index + 1}: {exc}") from None
         cur.execute("COMMIT")
     except Exception:
         cur.execute("ROLLBACK")
         raise
-    return {"imported": len(named), "reviewers": sorted({who for who, _ in named})}
+    return {"imported": len(named), "reviewers": sorted({who for who, _ in named}), "sites": sorted(sites)}
 
 
 def _now() -> datetime:

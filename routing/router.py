@@ -56,8 +56,9 @@ from understudy.routing.evidence import (
 from understudy.routing.local_model import LocalAnswer, LocalModels, Variant, checks_for
 from understudy.routing.local_queue import Skipped
 from understudy.routing.partial import PartialEvidence, ShadowSample, partial_evidence
-from understudy.routing.policy import Evidence, PromotionPolicy, SiteState, decide
+from understudy.routing.policy import Evidence, PromotionPolicy, SiteState, decide, new_review_evidence
 from understudy.routing.registry import USABLE_SQL, StaleDecision, apply_decision, partial_threshold
+from understudy.routing.reviews import review_differences
 from understudy.routing.scoring import AgreementScore, ScoringPolicy, local_verdict, score_pair
 from understudy.routing.sequential import ConfidenceSequence
 from understudy.training.site_prompt import SitePrompt
@@ -113,9 +114,13 @@ class SiteRouting:
     shadow_samples: list[ShadowSample] | None = None  # shadow: the active version's, for partial promotion
     paired_reference: dict[str, float] = field(default_factory=dict)  # self-agreement by call id, oldest first
     partial_threshold: float | None = None  # partial: serve local answers at or above this confidence
+    review: list[float] = field(default_factory=list)  # the active version's human review (routing.reviews)
 
     def reference_cs(self) -> ConfidenceSequence:
         return self.promotion.new_reference().extend(list(self.reference))
+
+    def review_cs(self) -> ConfidenceSequence:
+        return new_review_evidence(self.promotion).extend(self.review)
 
 
 class Router:
@@ -210,6 +215,7 @@ class Router:
                 config.evidence_key, config.evidence = previous.evidence_key, previous.evidence
                 config.drift, config.calibration = previous.drift, previous.calibration
                 config.shadow_samples, config.paired_reference = previous.shadow_samples, previous.paired_reference
+                config.review = previous.review
             else:
                 self._load_evidence(config, record)
 
@@ -228,6 +234,19 @@ class Router:
             config.shadow_samples = partial_samples(cur, site.id, site.active_version)
         config.calibration = calibrate(calibration_samples(cur, site.id, site.active_version),
                                        bar(list(config.reference), config.promotion), config.promotion.min_samples)
+        config.review = review_differences(cur, site.id, site.active_version)
+
+    def review_changed(self, site_id: str) -> None:
+        """Judgments of the site were recorded: reload its active version's review and decide again
+        (on a creative site the review is half the decision)."""
+        site = self.current_site(site_id)
+        with self._lock:
+            config = self._sites.get(site_id)
+            if config is None or site is None or site.active_version is None or site.state == SiteState.LEARNING.value:
+                return
+            self._current_evidence(config, site)
+            config.review = review_differences(self.store.cursor(), site.id, site.active_version)
+            self._decide(config, site)
 
     def routing_states(self) -> list[tuple[str, str, float | None]]:
         """(site id, state, partial threshold) of every site with a version (for /metrics)."""
@@ -485,7 +504,7 @@ class Router:
             evidence = config.evidence
             partial = self.partial_evidence(config)
         decision = decide(site.state, evidence, config.reference_cs(), config.promotion, site.pinned,
-                          partial=partial, threshold=config.partial_threshold)
+                          partial=partial, threshold=config.partial_threshold, review=config.review_cs())
         if decision.new_state.value == site.state:
             return
         try:

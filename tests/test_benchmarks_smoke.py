@@ -110,6 +110,10 @@ def test_learning_curve_smoke(tmp_path):
     out = _bench("learning_curve.py", "--data-dir", str(tmp_path / "curve"), "--json", timeout=1500)
     result = _last_json(out)
     assert result["curve"] and "Level" in json.dumps(result["summary"])
+    # The version came from the product's scheduler and worker, not from a training call of the benchmark.
+    assert "scheduler queued: Level" in out.stdout
+    versions = result["curve"][-1]["versions"]
+    assert versions["v1"]["control"] is None and versions["v1"]["status"] != "failed", versions
 
 
 def test_durability_smoke(tmp_path):

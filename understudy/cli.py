@@ -509,6 +509,41 @@ def versions(
 
 
 @app.command()
+def jobs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many recent jobs to list.")] = 20,
+    data_dir: DataDir = None,
+) -> None:
+    """The training schedule: whether the quiet window is open, each site's next job (due now or
+    not, and why), and the recent jobs with their reasons and outcomes."""
+    from understudy.training_jobs import scheduling_rules
+
+    settings = load_settings(data_dir=data_dir)
+    schedule = _run(lambda: StoreAccess(settings).training_schedule({**scheduling_rules(settings), "jobs": limit}))
+    if as_json:
+        typer.echo(json.dumps(schedule, indent=2, default=str))
+        return
+    rules = schedule["rules"]
+    typer.echo(f"quiet window {'open' if schedule['quiet'] else 'closed'}: {schedule['window']}; a first version at "
+               f"{rules['min_examples']} usable examples, a new one at x{rules['growth_factor']:g} growth; the worker "
+               f"checks every {settings.train_check_minutes} min")
+    table = Table(Column("id", no_wrap=True), Column("name", overflow="fold", min_width=16),
+                  Column("state", no_wrap=True), Column("next job", overflow="fold", ratio=1))
+    for site in schedule["sites"]:
+        table.add_row(site["id"][:8] if console.width < 110 else site["id"], site["name"], site["state"],
+                      ("due: " if site["due"] else "") + site["reason"])
+    console.print(table)
+    if schedule["jobs"]:
+        history = Table(Column("started", no_wrap=True), Column("site", overflow="fold"),
+                        Column("reason", overflow="fold", ratio=1), Column("outcome", overflow="fold", ratio=1))
+        for job in schedule["jobs"]:
+            history.add_row(job["ts"][:19], job["name"], job["reason"], job["outcome"])
+        console.print(history)
+    else:
+        typer.echo("no training jobs scheduled yet")
+
+
+@app.command()
 def worker(
     data_dir: DataDir = None,
     queue: QueueUrl = None,

@@ -95,14 +95,14 @@ def start_proxy(settings: Settings, upstream_url: str, *, upstream_free: bool = 
     raise RuntimeError("the proxy did not start within 60 s")
 
 
-def start_worker(settings: Settings) -> Child:
+def start_worker(settings: Settings, extra_env: dict[str, str] | None = None) -> Child:
     """`understudy worker` for the data directory, logging to <data-dir>/worker.log."""
     settings.ensure_data_dir()
     log = open(settings.data_dir / "worker.log", "a")
     # The queue and shared dir `up` was given (flags or environment) are the worker's too; in its
     # environment, not its arguments, where `ps` would show a Redis password.
     env = {**os.environ, **({"UNDERSTUDY_QUEUE": settings.redis_url} if settings.redis_url else {}),
-           **({"UNDERSTUDY_SHARED_DIR": str(settings.shared_dir)} if settings.shared_dir else {})}
+           **({"UNDERSTUDY_SHARED_DIR": str(settings.shared_dir)} if settings.shared_dir else {}), **(extra_env or {})}
     process = subprocess.Popen([understudy_executable(), "worker", "--data-dir", str(settings.data_dir)],
                                stdout=log, stderr=log, env=env)
     log.close()

@@ -140,11 +140,17 @@ class StoreAccess(AdminClient):
     def training_job(self, site: str, overrides: dict[str, Any] | None = None, control: str | None = None) -> dict[str, Any]:
         if self.proxy:
             return self._admin("POST", f"/sites/{_site_path(site)}/training-job", json={"config": overrides or {}, "control": control})
-        from understudy.training_jobs import prepare_job
+        from understudy.training_jobs import job_started, manual_reason, prepare_job
 
         self.settings.ensure_data_dir()
-        return self._with_store(lambda store: prepare_job(store, self.settings, site, overrides, control),
-                                read_only=True)
+
+        def prepare(store):
+            job = prepare_job(store, self.settings, site, overrides, control)
+            if control != "base":  # a base control is registered at once, nothing is trained
+                job_started(store, job, manual_reason(job), "cli")
+            return job
+
+        return self._with_store(prepare, read_only=False)
 
     def register(self, result: dict[str, Any]) -> dict[str, Any]:
         if self.proxy:
@@ -164,6 +170,19 @@ class StoreAccess(AdminClient):
 
         return self._with_store(lambda store: [v.to_dict() for v in list_versions(store, store.resolve_site(site).id)],
                                 read_only=True)
+
+    def training_schedule(self, rules: dict[str, Any]) -> dict[str, Any]:
+        if self.proxy:
+            return self._admin("POST", "/training/schedule", json=rules)
+        from understudy.training_jobs import training_schedule
+
+        def schedule(store):
+            try:
+                return training_schedule(store, rules)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+
+        return self._with_store(schedule, read_only=True)
 
     def action(self, site: str, request: dict[str, Any]) -> dict[str, Any]:
         """pin / unpin / rollback / promote (routing.actions), applied by the running proxy at once."""

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from understudy.routing.policy import SiteState, Verdict
-from understudy.routing.registry import CONTROLS, list_versions, register_version
+from understudy.routing.policy import SiteState, Verdict, pinned_state
+from understudy.routing.registry import CONTROLS, audit, list_versions, register_version
 from understudy.training import site_prompt
 from understudy.training.pipeline import RESULT_FILENAME
 from understudy.training.quiet import QuietWindow
@@ -150,7 +150,13 @@ RETRAIN_VERDICTS = frozenset(v.value for v in (Verdict.REJECTED, Verdict.INCONCL
 
 
 def retraining_reason(store: Store, site: SiteRecord, min_examples: int, growth_factor: float) -> str | None:
-    """Why the site should get a new version now, or None. The rules, in order:
+    """Why the site should get a new version now, or None (`retraining_status` says why not)."""
+    due, why = retraining_status(store, site, min_examples, growth_factor)
+    return why if due else None
+
+
+def retraining_status(store: Store, site: SiteRecord, min_examples: int, growth_factor: float) -> tuple[bool, str]:
+    """(due, why): whether the site should get a new version now, and why or why not. The rules, in order:
 
     - no trained version yet, and at least `min_examples` usable examples: its first version;
     - the last trained version failed, or the policy rejected it, retired it inconclusive or
@@ -159,6 +165,9 @@ def retraining_reason(store: Store, site: SiteRecord, min_examples: int, growth_
     - the usable examples have grown `growth_factor` times since the last version was
       registered: a snapshot twice the size trains a better version (a promoted site keeps learning).
 
+    Never while the site is pinned to upstream (a new version would not even shadow), and not while
+    a job of the site is queued or running (`pending_job`).
+
     Otherwise nothing: a site is not retrained every few examples whatever its state (a CPU job
     takes minutes), and controls (`understudy train --control`) never count as trained versions;
     while a control shadows, nothing is trained over it (it is decided, or retired inconclusive,
@@ -166,10 +175,15 @@ def retraining_reason(store: Store, site: SiteRecord, min_examples: int, growth_
     """
     cur = store.cursor()
     site_id = site.id
+    if pinned_state(site.pinned) is SiteState.LEARNING:  # a new version would never shadow
+        return False, f"never while pinned to {site.pinned} (`understudy unpin` resumes training)"
+    pending = pending_job(store, site_id)
+    if pending is not None:
+        return False, f"waiting: a job started {pending['ts']:%Y-%m-%d %H:%M} is queued or running ({pending['reason']})"
     versions = list_versions(store, site_id)
     active = next((v for v in versions if v.version == site.active_version), None)
     if active is not None and active.control and site.state == SiteState.SHADOW.value:
-        return None
+        return False, f"waiting: the {active.control} control v{active.version} is shadowing until it is decided"
     usable = f"SELECT count(*) FROM calls WHERE site_id = ? AND {COMPLETE_ANSWER} AND coalesce(valid, true)"
 
     def usable_since(ts: Any = None) -> int:
@@ -178,7 +192,9 @@ def retraining_reason(store: Store, site: SiteRecord, min_examples: int, growth_
     now = usable_since()
     trained = [v for v in versions if not v.control]
     if not trained:
-        return f"first version: {now} usable examples" if now >= min_examples else None
+        if now >= min_examples:
+            return True, f"first version: {now} usable examples"
+        return False, f"waiting: {now} of {min_examples} usable examples for a first version"
     last = trained[-1]
     at_last = now - usable_since(last.created_at)
     verdict = _last_verdict(store, site_id, last.version)
@@ -186,11 +202,46 @@ def retraining_reason(store: Store, site: SiteRecord, min_examples: int, growth_
         what = "failed" if last.status == "failed" else verdict["verdict"]
         new = usable_since(verdict["ts"] if verdict else last.created_at)
         if new >= min_examples:
-            return f"v{last.version} {what}: {new} new usable examples since, {now} in all"
-        return None
+            return True, f"v{last.version} {what}: {new} new usable examples since, {now} in all"
+        return False, f"waiting: v{last.version} {what}; {new} of {min_examples} new usable examples since"
     if at_last > 0 and now >= growth_factor * at_last:
-        return f"usable examples grew {at_last} -> {now} (x{now / at_last:.1f} >= x{growth_factor:g}) since v{last.version}"
-    return None
+        return True, (f"usable examples grew {at_last} -> {now} (x{now / at_last:.1f} >= x{growth_factor:g}) "
+                      f"since v{last.version}")
+    return False, (f"waiting: v{last.version} {last.status}, trained on {at_last} usable examples; {now} now, "
+                   f"a new version at {max(1, int(growth_factor * at_last + 0.999999))} (x{growth_factor:g})")
+
+
+# A job whose worker died never writes its result; after this long the scheduler stops waiting for it.
+JOB_GIVEN_UP_AFTER = timedelta(hours=24)
+
+
+def job_started(store: Store, job: dict[str, Any], reason: str, actor: str) -> None:
+    """Audit a training job as it is handed to a worker: `understudy jobs` lists it with its reason,
+    and the scheduler starts no other job for the site until it has a result (`pending_job`)."""
+    key = "scheduled" if actor == "scheduler" else "started"
+    audit(store, job["site_id"], "training", {key: reason, "out_dir": job["out_dir"]}, actor)
+
+
+def manual_reason(job: dict[str, Any]) -> str:
+    """The reason `understudy jobs` shows for a job started with `understudy train`."""
+    return f"{job['control']} control, `understudy train`" if job.get("control") else "`understudy train`"
+
+
+def pending_job(store: Store, site_id: str) -> dict[str, Any] | None:
+    """The site's newest training job with no result yet ({"ts", "reason", "out_dir"}), unless given up."""
+    row = store.cursor().execute(
+        "SELECT ts, detail FROM audit WHERE site_id = ? AND action = 'training' ORDER BY ts DESC LIMIT 1",
+        [site_id]).fetchone()
+    if row is None:
+        return None
+    ts, detail = row
+    detail = json.loads(detail) if isinstance(detail, str) else detail
+    out_dir = detail.get("out_dir") if isinstance(detail, dict) else None
+    if not out_dir or (Path(out_dir) / RESULT_FILENAME).exists():
+        return None
+    if datetime.now(timezone.utc) - ts > JOB_GIVEN_UP_AFTER:
+        return None
+    return {"ts": ts, "reason": detail.get("scheduled") or detail.get("started") or "", "out_dir": out_dir}
 
 
 def _last_verdict(store: Store, site_id: str, version: int) -> dict[str, Any] | None:
@@ -234,3 +285,62 @@ def training_candidates(store: Store, rules: dict[str, Any], now: datetime | Non
         if reason:
             candidates.append((site.id, reason))
     return candidates, why
+
+
+def training_schedule(store: Store, rules: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """What `understudy jobs` shows: the quiet window now, each site's next job (due or not, and why,
+    by `retraining_status`), and the most recent jobs the scheduler started (`rules["jobs"]`, 20 by
+    default), each with its reason and outcome (queued or running, the version it registered, or
+    its error)."""
+    now = now or datetime.now(timezone.utc)
+    jobs = int(rules.get("jobs") or 20)
+    window = QuietWindow.parse(rules.get("quiet_hours"), rules.get("quiet_max_rpm"), rules.get("quiet_rate_window_min") or 5)
+    min_examples = int(rules.get("min_examples") or 50)
+    growth_factor = float(rules.get("growth_factor") or 2.0)
+    if growth_factor <= 1.0:
+        raise ValueError("growth_factor must be > 1")
+    cur = store.cursor()
+    recent = cur.execute("SELECT count(*) FROM calls WHERE ts >= ?",
+                         [now - timedelta(minutes=window.rate_window_minutes)]).fetchone()[0]
+    quiet, why = window.is_quiet(now.astimezone(), recent)
+    sites = []
+    for site in store.site_records():
+        if cur.execute("SELECT tool_names FROM sites WHERE id = ?", [site.id]).fetchone()[0]:
+            due, reason = False, "never: the site uses tools (local models do not learn tool loops)"
+        else:
+            due, reason = retraining_status(store, site, min_examples, growth_factor)
+        sites.append({"id": site.id, "name": site.name, "state": site.state, "active_version": site.active_version,
+                      "due": due, "reason": reason})
+    versions = {row[0]: row[1:] for row in cur.execute(
+        "SELECT adapter_path, version, status, note FROM model_versions WHERE adapter_path IS NOT NULL").fetchall()}
+    history = []
+    for ts, site_id, name, detail in cur.execute(
+            "SELECT a.ts, a.site_id, s.name, a.detail FROM audit a JOIN sites s ON s.id = a.site_id "
+            "WHERE a.action = 'training' ORDER BY a.ts DESC LIMIT ?", [jobs]).fetchall():
+        detail = json.loads(detail) if isinstance(detail, str) else detail
+        if not isinstance(detail, dict) or not detail.get("out_dir"):
+            continue
+        history.append({"ts": ts.isoformat() if hasattr(ts, "isoformat") else str(ts), "site": site_id, "name": name,
+                        "reason": detail.get("scheduled") or detail.get("started") or "",
+                        "out_dir": detail["out_dir"],
+                        "outcome": _job_outcome(Path(detail["out_dir"]), versions)})
+    return {"now": now.isoformat(), "quiet": quiet, "window": why,
+            "rules": {"min_examples": min_examples, "growth_factor": growth_factor,
+                      "quiet_hours": rules.get("quiet_hours"), "quiet_max_rpm": rules.get("quiet_max_rpm")},
+            "sites": sites, "jobs": history}
+
+
+def _job_outcome(out_dir: Path, versions: dict[str, tuple]) -> str:
+    """A job's state as its output directory and the registered versions tell it."""
+    adapter = str(out_dir / "adapter.gguf")
+    if adapter in versions:
+        version, status, note = versions[adapter]
+        return f"v{version} {status}" + (f": {note}" if note and status in ("failed", "rejected") else "")
+    result_file = out_dir / RESULT_FILENAME
+    if result_file.exists():
+        try:
+            result = json.loads(result_file.read_text())
+        except (OSError, ValueError):
+            return "finished, result unreadable"
+        return f"failed: {result['error']}" if result.get("error") else "finished, not registered yet"
+    return "queued or running"

@@ -309,7 +309,7 @@ def test_export_is_blind_and_import_stores_all_or_nothing(store, tmp_path):
         reviews.import_set(cur, filled)
     with pytest.raises(ReviewError, match="not an exported review set"):
         reviews.import_set(cur, {"judgments": []}, "carol")
-    assert reviews.import_set(cur, filled, "carol") == {"imported": 3, "reviewers": ["carol"]}
+    assert reviews.import_set(cur, filled, "carol") == {"imported": 3, "reviewers": ["carol"], "sites": [MAP_SITE]}
     result = reviews.results(cur, MAP_SITE)
     # Side A got 5 every time: the local mean is 5 exactly where the local answer was on side A.
     expected_local = np.mean([5 if sides[it["item"]] == "A" else 1 for it in filled["items"]])

@@ -7,6 +7,7 @@ superseded by a later promotion)."""
 from __future__ import annotations
 
 import itertools
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -16,7 +17,7 @@ from tests.conftest import open_test_store
 from understudy.routing.policy import Decision, SiteState, Verdict
 from understudy.routing.registry import apply_decision, register_version
 from understudy.settings import Settings
-from understudy.training_jobs import retraining_reason, training_candidates
+from understudy.training_jobs import retraining_reason, retraining_status, training_candidates, training_schedule
 
 STORE_BACKENDS = ("duckdb", "postgresql")
 DEFAULTS = Settings.model_fields
@@ -114,3 +115,69 @@ def test_candidates_carry_their_reason_and_wait_for_the_quiet_window(store):
     assert training_candidates(store, {**rules, "quiet_hours": closed})[0] == []
     with pytest.raises(ValueError, match="growth_factor"):
         training_candidates(store, {**rules, "growth_factor": 1.0})
+
+
+def status(store) -> tuple[bool, str]:
+    return retraining_status(store, store.resolve_site("s1"), MIN_EXAMPLES, GROWTH)
+
+
+def test_the_schedule_says_why_a_site_waits_as_well_as_why_it_trains(store):
+    add_calls(store, MIN_EXAMPLES - 1)
+    assert status(store) == (False, f"waiting: {MIN_EXAMPLES - 1} of {MIN_EXAMPLES} usable examples for a first version")
+    trained(store, control="base")
+    assert status(store) == (False, "waiting: the base control v1 is shadowing until it is decided")
+    verdict(store, Verdict.REJECTED)
+    add_calls(store, 1)
+    assert status(store) == (True, f"first version: {MIN_EXAMPLES} usable examples")
+    time.sleep(0.05)  # add_calls stamps calls a few microseconds ahead; the version comes after them
+    trained(store)
+    assert status(store) == (False, f"waiting: v2 active, trained on {MIN_EXAMPLES} usable examples; {MIN_EXAMPLES} now, "
+                                    f"a new version at {int(MIN_EXAMPLES * GROWTH)} (x{GROWTH:g})")
+    verdict(store, Verdict.INCONCLUSIVE)
+    add_calls(store, 3)
+    assert status(store) == (False, f"waiting: v2 inconclusive; 3 of {MIN_EXAMPLES} new usable examples since")
+    add_calls(store, MIN_EXAMPLES)
+    assert status(store)[0]
+    # Pinned to upstream a new version would never shadow: nothing is trained (a pin to a version is no such pin).
+    store.cursor().execute("UPDATE sites SET pinned = 'upstream' WHERE id = 's1'")
+    assert status(store) == (False, "never while pinned to upstream (`understudy unpin` resumes training)")
+    store.cursor().execute("UPDATE sites SET pinned = 'v2' WHERE id = 's1'")
+    assert status(store)[0]
+
+
+def test_the_schedule_lists_each_job_with_its_reason_and_outcome(store, tmp_path):
+    import json
+
+    from understudy.routing.registry import audit
+
+    add_calls(store, MIN_EXAMPLES)
+    rules = {"min_examples": MIN_EXAMPLES, "growth_factor": GROWTH}
+    schedule = training_schedule(store, rules)
+    assert schedule["quiet"] and schedule["jobs"] == []
+    assert [(s["id"], s["due"]) for s in schedule["sites"]] == [("s1", True)]
+    # Two jobs the scheduler started: one still running, one that failed.
+    running, failed = tmp_path / "job-1", tmp_path / "job-2"
+    for out_dir in (running, failed):
+        out_dir.mkdir()
+        audit(store, "s1", "training", {"scheduled": "first version: 50 usable examples", "out_dir": str(out_dir)},
+              "scheduler")
+    (failed / "result.json").write_text(json.dumps({"error": "NonFiniteLoss: loss is nan at step 3"}))
+    schedule = training_schedule(store, rules)
+    outcomes = {j["out_dir"]: j["outcome"] for j in schedule["jobs"]}
+    assert outcomes == {str(running): "queued or running", str(failed): "failed: NonFiniteLoss: loss is nan at step 3"}
+    # The failed job was audited last, so nothing is pending: the site is due again. The control:
+    # a job audited after it and still running holds the scheduler back.
+    assert schedule["sites"][0]["due"]
+    audit(store, "s1", "training", {"started": "`understudy train`", "out_dir": str(running)}, "cli")
+    waiting = training_schedule(store, rules)["sites"][0]
+    assert not waiting["due"] and waiting["reason"].startswith("waiting: a job started ")
+    assert waiting["reason"].endswith("is queued or running (`understudy train`)")
+    # The running one finishes (its worker writes result.json) and is registered: its version is its outcome.
+    (running / "result.json").write_text(json.dumps({"error": None}))
+    register_version(store, "s1", {"verified": True, "adapter_path": str(running / "adapter.gguf"), "base_gguf": "/b.gguf",
+                                   "config": {}, "metrics": {}})
+    outcomes = {j["out_dir"]: j["outcome"] for j in training_schedule(store, rules)["jobs"]}
+    assert outcomes[str(running)] == "v1 active"
+    hour = datetime.now().hour
+    closed = training_schedule(store, {**rules, "quiet_hours": f"{(hour + 2) % 24:02d}:00-{(hour + 3) % 24:02d}:00"})
+    assert not closed["quiet"] and closed["sites"][0]["reason"].startswith("waiting: v1 active")

@@ -40,7 +40,16 @@ def test_scheduler_and_worker_train_a_version(fake_upstream, isolated_data_dir, 
         hour = time.localtime().tm_hour
         closed = f"{(hour + 2) % 24:02d}:00-{(hour + 3) % 24:02d}:00"
         assert schedule({**env, "UNDERSTUDY_QUIET_HOURS": closed}) == []
+        jobs = json.loads(run_cli("jobs", "--json", "--data-dir", str(isolated_data_dir), env=env).stdout)
+        assert jobs["quiet"] and jobs["jobs"] == []
+        assert [(s["id"], s["due"], s["reason"]) for s in jobs["sites"]] == [(site, True, "first version: 5 usable examples")]
         assert schedule(env) == [site]
+        jobs = json.loads(run_cli("jobs", "--json", "--data-dir", str(isolated_data_dir), env=env).stdout)
+        assert [(j["site"], j["reason"], j["outcome"]) for j in jobs["jobs"]] == [
+            (site, "first version: 5 usable examples", "queued or running")]
+        # While that job waits for the worker, the next scheduling round starts no second one.
+        assert schedule(env) == []
+        assert jobs["sites"][0]["reason"].startswith("waiting: a job started ") and not jobs["sites"][0]["due"]
         [report] = json.loads(proxy.cli("report", site, "--json").stdout)
         scheduled = [e for e in report["audit"] if e["action"] == "training"]
         assert [e["reason"] for e in scheduled] == ["training scheduled: first version: 5 usable examples"]
@@ -57,8 +66,11 @@ def test_scheduler_and_worker_train_a_version(fake_upstream, isolated_data_dir, 
         assert versions[0]["status"] == "active" and os.path.exists(versions[0]["adapter_path"])
         row = next(r for r in json.loads(proxy.cli("sites", "--json").stdout) if r["id"] == site)
         assert row["state"] == "shadow" and row["active_version"] == 1
-        # Nothing new since v1: the next scheduling round has nothing to do.
+        # Nothing new since v1: the next scheduling round has nothing to do, and `jobs` says why.
         assert schedule(env) == []
+        shown = run_cli("jobs", "--data-dir", str(isolated_data_dir), env={**env, "COLUMNS": "200"}).stdout
+        assert "quiet window open" in shown and "v1 active" in shown, shown
+        assert "waiting: v1 active, trained on 5 usable examples; 5 now, a new version at 10 (x2)" in shown, shown
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
