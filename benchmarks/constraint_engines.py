@@ -32,9 +32,14 @@ import time
 
 import numpy as np
 
-POS = {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 19},
-                                        "y": {"type": "integer", "minimum": 0, "maximum": 11}},
-       "required": ["x", "y"]}
+POS = {
+    "type": "object",
+    "properties": {
+        "x": {"type": "integer", "minimum": 0, "maximum": 19},
+        "y": {"type": "integer", "minimum": 0, "maximum": 11},
+    },
+    "required": ["x", "y"],
+}
 MAP = {
     "type": "object",
     "properties": {
@@ -45,12 +50,16 @@ MAP = {
     },
     "required": ["level", "walls", "enemies", "player_pos"],
 }
-ANSWER = {"level": MAP["properties"]["level"]["const"],
-          "walls": [{"x": i, "y": (3 * i) % 12} for i in range(12)],
-          "enemies": [{"x": 15 + i, "y": i} for i in range(4)],
-          "player_pos": {"x": 1, "y": 1}}
-PROMPT = ("<start_of_turn>user\nGenerate a 20x12 dungeon map as JSON with 12 walls, 4 enemies and the player's "
-          "position.<end_of_turn>\n<start_of_turn>model\n")
+ANSWER = {
+    "level": MAP["properties"]["level"]["const"],
+    "walls": [{"x": i, "y": (3 * i) % 12} for i in range(12)],
+    "enemies": [{"x": 15 + i, "y": i} for i in range(4)],
+    "player_pos": {"x": 1, "y": 1},
+}
+PROMPT = (
+    "<start_of_turn>user\nGenerate a 20x12 dungeon map as JSON with 12 walls, 4 enemies and the player's "
+    "position.<end_of_turn>\n<start_of_turn>model\n"
+)
 
 
 def obj(**properties) -> dict:
@@ -156,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(runs):
             Gbnf(lc, vocab, n_vocab, gbnf_text).close()
         gbnf_init_s = (time.perf_counter() - started) / runs
-        figures["compile_ms"] = {"llguidance schema": 1e3 * compile_s, "llguidance matcher": 1e3 * matcher_s,
-                                 "gbnf schema": 1e3 * gbnf_compile_s, "gbnf sampler": 1e3 * gbnf_init_s}
+        figures["compile_ms"] = {
+            "llguidance schema": 1e3 * compile_s,
+            "llguidance matcher": 1e3 * matcher_s,
+            "gbnf schema": 1e3 * gbnf_compile_s,
+            "gbnf sampler": 1e3 * gbnf_init_s,
+        }
 
         # (b) one full mask at every position of a valid answer (spaced: both grammars accept it)
         answer_tokens = llm.tokenize(json.dumps(ANSWER).encode(), add_bos=False, special=False)
@@ -181,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
             gbnf.close()
         figures["mask_positions"] = len(llg_s)
         figures["answer_tokens"] = len(answer_tokens)
-        figures["mask_us"] = {"llguidance median": 1e6 * statistics.median(llg_s), "llguidance max": 1e6 * max(llg_s),
-                              "gbnf median": 1e6 * statistics.median(gbnf_s), "gbnf max": 1e6 * max(gbnf_s)}
+        figures["mask_us"] = {
+            "llguidance median": 1e6 * statistics.median(llg_s),
+            "llguidance max": 1e6 * max(llg_s),
+            "gbnf median": 1e6 * statistics.median(gbnf_s),
+            "gbnf max": 1e6 * max(gbnf_s),
+        }
 
         # (c) decoding, greedy, bare base
         prompt = llm.tokenize(PROMPT.encode(), special=True)
@@ -193,8 +210,12 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             out = decoder.decode(prompt, args.tokens, c, stop=())
             seconds = time.perf_counter() - started
-            runs_c[name] = {"tokens": out.tokens, "seconds": seconds, "tokens_per_s": out.tokens / seconds,
-                            "masked_steps": out.masked}
+            runs_c[name] = {
+                "tokens": out.tokens,
+                "seconds": seconds,
+                "tokens_per_s": out.tokens / seconds,
+                "masked_steps": out.masked,
+            }
             if c is not None:
                 try:
                     import jsonschema
@@ -232,26 +253,32 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures))
         return 0
     print(f"{figures['model']}, vocabulary {n_vocab}, {args.threads} threads")
-    print(f"(a) compile the Map schema: llguidance {figures['compile_ms']['llguidance schema']:.1f} ms "
-          f"+ matcher {figures['compile_ms']['llguidance matcher']:.2f} ms per generation; "
-          f"llama.cpp GBNF {figures['compile_ms']['gbnf schema']:.1f} ms + sampler "
-          f"{figures['compile_ms']['gbnf sampler']:.1f} ms; llguidance tokenizer (once per model) "
-          f"{figures['llguidance_tokenizer_s']:.2f} s")
+    print(
+        f"(a) compile the Map schema: llguidance {figures['compile_ms']['llguidance schema']:.1f} ms "
+        f"+ matcher {figures['compile_ms']['llguidance matcher']:.2f} ms per generation; "
+        f"llama.cpp GBNF {figures['compile_ms']['gbnf schema']:.1f} ms + sampler "
+        f"{figures['compile_ms']['gbnf sampler']:.1f} ms; llguidance tokenizer (once per model) "
+        f"{figures['llguidance_tokenizer_s']:.2f} s"
+    )
     m = figures["mask_us"]
-    print(f"(b) one full-vocabulary mask, over {figures['mask_positions']} positions of a valid answer: "
-          f"llguidance median {m['llguidance median']:.0f} us (max {m['llguidance max']:.0f}); "
-          f"llama.cpp grammar median {m['gbnf median'] / 1e3:.1f} ms (max {m['gbnf max'] / 1e3:.1f})")
+    print(
+        f"(b) one full-vocabulary mask, over {figures['mask_positions']} positions of a valid answer: "
+        f"llguidance median {m['llguidance median']:.0f} us (max {m['llguidance max']:.0f}); "
+        f"llama.cpp grammar median {m['gbnf median'] / 1e3:.1f} ms (max {m['gbnf max'] / 1e3:.1f})"
+    )
     print("(c) decode, greedy, bare base:")
     print(f"    {'':14} {'tokens':>6} {'s':>6} {'tok/s':>6} {'masked':>6}")
     for name, r in figures["decode"].items():
         valid = "" if "valid" not in r else f"  valid={r['valid']}"
-        print(f"    {name:14} {r['tokens']:>6} {r['seconds']:>6.2f} {r['tokens_per_s']:>6.1f} "
-              f"{r['masked_steps']:>6}{valid}")
+        print(
+            f"    {name:14} {r['tokens']:>6} {r['seconds']:>6.2f} {r['tokens_per_s']:>6.1f} "
+            f"{r['masked_steps']:>6}{valid}"
+        )
     print("(d) violating answer refused:")
     print(f"    {'keyword':18} {'llguidance':>10} {'llama.cpp GBNF':>15}")
     for name, r in figures["keywords_enforced"].items():
         print(f"    {name:18} {'yes' if r['llguidance'] else 'NO':>10} {'yes' if r['gbnf'] else 'NO':>15}")
-    print("    llama-cpp-python's GBNF for {\"type\": \"integer\", \"maximum\": 3} (no bound):")
+    print('    llama-cpp-python\'s GBNF for {"type": "integer", "maximum": 3} (no bound):')
     for line in figures["gbnf_for_integer_maximum_3"].strip().splitlines():
         print("      " + line)
     return 0

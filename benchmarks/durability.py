@@ -38,8 +38,9 @@ from understudy.settings import load_settings  # noqa: E402
 
 async def _cycle(proxy_url: str, process, *, cycle: int, connections: int, seconds: float, sig: int):
     stop = asyncio.Event()
-    load = asyncio.create_task(run_load(proxy_url, connections=connections, seconds=seconds + 30, run_id=cycle,
-                                        stop=stop))
+    load = asyncio.create_task(
+        run_load(proxy_url, connections=connections, seconds=seconds + 30, run_id=cycle, stop=stop)
+    )
     await asyncio.sleep(seconds)
     if sig == signal.SIGTERM:
         # A clean stop, as an operator does it: the clients stop sending, the requests in flight
@@ -66,24 +67,34 @@ def run(cycles: int, connections: int, seconds: float, window: float, data_dir: 
             started = time.monotonic()
             proxy = start_proxy(settings, teacher.url, upstream_free=True)  # reopens the store the kill left
             reopen_s = time.monotonic() - started
-            result, killed_at = asyncio.run(_cycle(proxy.url + "/v1", proxy.process, cycle=cycle,
-                                                   connections=connections, seconds=seconds, sig=sig))
+            result, killed_at = asyncio.run(
+                _cycle(proxy.url + "/v1", proxy.process, cycle=cycle, connections=connections, seconds=seconds, sig=sig)
+            )
             stored = stored_markers(str(settings.db_path))
             missing = {m: t for m, t in result.acked.items() if m not in stored}
             # an answer may still arrive just after the signal is sent: its age is then negative
             oldest = max((killed_at - t for t in missing.values()), default=0.0)
-            out["cycles"].append({
-                "cycle": cycle, "signal": "SIGTERM" if sig == signal.SIGTERM else "SIGKILL",
-                "start_s": round(reopen_s, 2), "acknowledged": len(result.acked),
-                "stored": len(result.acked) - len(missing), "missing": len(missing),
-                "oldest_missing_s": round(oldest, 3), "errors_before_stop": result.errors,
-            })
+            out["cycles"].append(
+                {
+                    "cycle": cycle,
+                    "signal": "SIGTERM" if sig == signal.SIGTERM else "SIGKILL",
+                    "start_s": round(reopen_s, 2),
+                    "acknowledged": len(result.acked),
+                    "stored": len(result.acked) - len(missing),
+                    "missing": len(missing),
+                    "oldest_missing_s": round(oldest, 3),
+                    "errors_before_stop": result.errors,
+                }
+            )
     finally:
         teacher.stop()
     kills = [c for c in out["cycles"] if c["signal"] == "SIGKILL"]
     clean = [c for c in out["cycles"] if c["signal"] == "SIGTERM"]
-    out["ok"] = (all(c["oldest_missing_s"] <= window for c in kills) and all(c["missing"] == 0 for c in clean)
-                 and all(not c["errors_before_stop"] for c in out["cycles"]))
+    out["ok"] = (
+        all(c["oldest_missing_s"] <= window for c in kills)
+        and all(c["missing"] == 0 for c in clean)
+        and all(not c["errors_before_stop"] for c in out["cycles"])
+    )
     out["acknowledged"] = sum(c["acknowledged"] for c in out["cycles"])
     out["missing"] = sum(c["missing"] for c in out["cycles"])
     return out
@@ -106,11 +117,17 @@ def main() -> None:
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="understudy-durability-")) / "data"
     out = run(args.cycles, args.connections, args.seconds, args.window, data_dir)
     for c in out["cycles"]:
-        print(f"cycle {c['cycle']:>2} {c['signal']:<7} started in {c['start_s']:.2f} s; acknowledged {c['acknowledged']:>5}, "
-              f"missing {c['missing']:>3} (oldest {c['oldest_missing_s']:.3f} s before the kill)"
-              + (f"; errors {c['errors_before_stop']}" if c["errors_before_stop"] else ""))
-    print(f"{'OK' if out['ok'] else 'FAILED'}: {out['missing']} of {out['acknowledged']} acknowledged answers missing, "
-          f"all within {args.window:g} s of a SIGKILL" if out["ok"] else "FAILED: see above")
+        print(
+            f"cycle {c['cycle']:>2} {c['signal']:<7} started in {c['start_s']:.2f} s; acknowledged {c['acknowledged']:>5}, "
+            f"missing {c['missing']:>3} (oldest {c['oldest_missing_s']:.3f} s before the kill)"
+            + (f"; errors {c['errors_before_stop']}" if c["errors_before_stop"] else "")
+        )
+    print(
+        f"{'OK' if out['ok'] else 'FAILED'}: {out['missing']} of {out['acknowledged']} acknowledged answers missing, "
+        f"all within {args.window:g} s of a SIGKILL"
+        if out["ok"]
+        else "FAILED: see above"
+    )
     if args.json:
         print_json(out)
     sys.exit(0 if out["ok"] else 1)

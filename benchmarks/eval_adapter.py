@@ -38,20 +38,33 @@ def run_mode(models, examples, variant, registry, reference, *, constrained: boo
     for ex in examples:
         request = {"messages": ex["messages"], "response_format": ex["response_format"]}
         validator = registry.for_request(request)
-        checks = checks_for(request, validator if constrained else None, sampling,
-                            reference if constrained else (), "bench")
+        checks = checks_for(
+            request, validator if constrained else None, sampling, reference if constrained else (), "bench"
+        )
         if not constrained:  # the request's own schema, nothing tightened; judged by the validator afterwards
             checks = checks_for(request, None, sampling)
         started = time.perf_counter()
         answer = models.complete_sync(request, variant, checks)
         seconds = time.perf_counter() - started
-        rows.append({"valid": bool(validator(answer.text).passed), "parse": parse_valid(answer.text, ex["response_format"]),
-                     "tries": answer.tries, "tokens": answer.completion_tokens, "seconds": seconds})
+        rows.append(
+            {
+                "valid": bool(validator(answer.text).passed),
+                "parse": parse_valid(answer.text, ex["response_format"]),
+                "tries": answer.tries,
+                "tokens": answer.completion_tokens,
+                "seconds": seconds,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     n = len(rows)
-    return {"n": n, "validator_pass": sum(r["valid"] for r in rows) / n, "parse_valid": sum(bool(r["parse"]) for r in rows) / n,
-            "mean_tries": sum(r["tries"] for r in rows) / n, "tokens_p50": statistics.median(r["tokens"] for r in rows),
-            "seconds_p50": statistics.median(r["seconds"] for r in rows)}
+    return {
+        "n": n,
+        "validator_pass": sum(r["valid"] for r in rows) / n,
+        "parse_valid": sum(bool(r["parse"]) for r in rows) / n,
+        "mean_tries": sum(r["tries"] for r in rows) / n,
+        "tokens_p50": statistics.median(r["tokens"] for r in rows),
+        "seconds_p50": statistics.median(r["seconds"] for r in rows),
+    }
 
 
 def main() -> None:
@@ -63,7 +76,9 @@ def main() -> None:
     parser.add_argument("--old", type=int, default=20, help="held-out requests for `old` (0: skip)")
     parser.add_argument("--base", type=int, default=10, help="held-out requests for `base` (0: skip)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--base-gguf", default=None, help="the base the adapter was trained on (default: the bundled Gemma)")
+    parser.add_argument(
+        "--base-gguf", default=None, help="the base the adapter was trained on (default: the bundled Gemma)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="2 new, 1 old and 1 base answer (checks the harness)")
     args = parser.parse_args()
@@ -76,33 +91,56 @@ def main() -> None:
     registry = ValidatorRegistry()
     reference = tuple(e["completion"] for e in train[-64:])  # the site's recent upstream answers (the cap's measure)
     models = LocalModels(args.base_gguf or default_gemma_gguf(), n_threads=args.threads)
-    teacher_valid = [registry.for_request({"messages": e["messages"], "response_format": e["response_format"]})(
-        e["completion"]).passed for e in held]
-    figures = {"site": args.site, "held_out": len(held),
-               "teacher": {"validator_pass_heldout": sum(teacher_valid) / len(held),
-                           "tokens_p50": statistics.median(models.count_tokens(e["completion"]) for e in held)}}
+    teacher_valid = [
+        registry.for_request({"messages": e["messages"], "response_format": e["response_format"]})(
+            e["completion"]
+        ).passed
+        for e in held
+    ]
+    figures = {
+        "site": args.site,
+        "held_out": len(held),
+        "teacher": {
+            "validator_pass_heldout": sum(teacher_valid) / len(held),
+            "tokens_p50": statistics.median(models.count_tokens(e["completion"]) for e in held),
+        },
+    }
     sampling = SamplingPolicy()
     try:
         adapter = Variant(str(args.adapter), prompt)
-        figures["new"] = run_mode(models, held[: args.n], adapter, registry, reference, constrained=True, sampling=sampling)
+        figures["new"] = run_mode(
+            models, held[: args.n], adapter, registry, reference, constrained=True, sampling=sampling
+        )
         if args.old:
-            figures["old"] = run_mode(models, held[: args.old], adapter, registry, reference, constrained=False,
-                                      sampling=SamplingPolicy(tries=1, cap_factor=0))
+            figures["old"] = run_mode(
+                models,
+                held[: args.old],
+                adapter,
+                registry,
+                reference,
+                constrained=False,
+                sampling=SamplingPolicy(tries=1, cap_factor=0),
+            )
         if args.base:
-            figures["base"] = run_mode(models, held[: args.base], Variant(None), registry, reference, constrained=True,
-                                       sampling=sampling)
+            figures["base"] = run_mode(
+                models, held[: args.base], Variant(None), registry, reference, constrained=True, sampling=sampling
+            )
     finally:
         models.close()
     if args.json:
         print(json.dumps(figures))
         return
-    print(f"{args.site}: teacher held-out validator pass {figures['teacher']['validator_pass_heldout']:.0%}, "
-          f"answer tokens p50 {figures['teacher']['tokens_p50']:.0f}")
+    print(
+        f"{args.site}: teacher held-out validator pass {figures['teacher']['validator_pass_heldout']:.0%}, "
+        f"answer tokens p50 {figures['teacher']['tokens_p50']:.0f}"
+    )
     for mode in ("new", "old", "base"):
         if mode in figures:
             f = figures[mode]
-            print(f"{mode:5} n={f['n']:3} validator pass {f['validator_pass']:.0%}  parse-valid {f['parse_valid']:.0%}  "
-                  f"draws {f['mean_tries']:.2f}  tokens p50 {f['tokens_p50']:.0f}  p50 {f['seconds_p50']:.1f} s")
+            print(
+                f"{mode:5} n={f['n']:3} validator pass {f['validator_pass']:.0%}  parse-valid {f['parse_valid']:.0%}  "
+                f"draws {f['mean_tries']:.2f}  tokens p50 {f['tokens_p50']:.0f}  p50 {f['seconds_p50']:.1f} s"
+            )
     print(json.dumps(figures))
 
 

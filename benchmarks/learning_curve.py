@@ -56,8 +56,10 @@ from understudy.settings import load_settings
 from understudy.training_jobs import base_control_result, scheduling_rules
 
 RPG_SITES = ("Level", "Map", "str", "int", "list")  # the showcase's five sites by return type
-SCHEDULE = ("from understudy.training.tasks import schedule_training; import json; "
-            "print(json.dumps(schedule_training.call_local()))")
+SCHEDULE = (
+    "from understudy.training.tasks import schedule_training; import json; "
+    "print(json.dumps(schedule_training.call_local()))"
+)
 
 
 def shadow_backlog(url: str) -> int:
@@ -83,16 +85,25 @@ def teacher_validity(access: StoreAccess, site: str, tmp: Path) -> float | None:
 
 def snapshot(access: StoreAccess, returns: str, site: dict, phase: str, tmp: Path) -> dict[str, Any]:
     [report] = json.loads(access.report(site["id"], "json"))
-    versions = {f"v{v['version']}": {"status": v["status"], "control": v["control"],
-                                     "shadow_samples": v["shadow"]["samples"],
-                                     "local_valid_rate": v["shadow"]["local_valid_rate"],
-                                     "upstream_valid_rate": v["shadow"]["upstream_valid_rate"],
-                                     "agreement": v["shadow"]["mean"]}
-                for v in report["versions"]}
+    versions = {
+        f"v{v['version']}": {
+            "status": v["status"],
+            "control": v["control"],
+            "shadow_samples": v["shadow"]["samples"],
+            "local_valid_rate": v["shadow"]["local_valid_rate"],
+            "upstream_valid_rate": v["shadow"]["upstream_valid_rate"],
+            "agreement": v["shadow"]["mean"],
+        }
+        for v in report["versions"]
+    }
     judgement, cascade, teacher = report["judgement"], report["cascade"], report["teacher"]
     return {
-        "site": returns, "phase": phase, "calls": report["calls"], "state": report["state"],
-        "version": report["active_version"], "local_share": report["local_share"],
+        "site": returns,
+        "phase": phase,
+        "calls": report["calls"],
+        "state": report["state"],
+        "version": report["active_version"],
+        "local_share": report["local_share"],
         "teacher_validity": teacher_validity(access, site["id"], tmp),
         "teacher_self_agreement": teacher["mean"] if teacher else None,
         "teacher_samples": teacher["n"] if teacher else 0,
@@ -104,7 +115,8 @@ def snapshot(access: StoreAccess, returns: str, site: dict, phase: str, tmp: Pat
         "agreement_without_cascade": cascade["agreement_without"] if cascade else None,
         "agreement_with_cascade": cascade["agreement_with"] if cascade else None,
         "local_share_with_cascade": cascade["local_share_with"] if cascade else None,
-        "versions": versions, "why": report["why"],
+        "versions": versions,
+        "why": report["why"],
     }
 
 
@@ -131,15 +143,21 @@ def wait_for_jobs(access: StoreAccess, settings, worker, started: float) -> None
     """No games while a job is queued or running (training in quiet hours)."""
     last_note = 0.0
     while True:
-        pending = [j for j in access.training_schedule(scheduling_rules(settings))["jobs"]
-                   if j["outcome"] == "queued or running"]
+        pending = [
+            j
+            for j in access.training_schedule(scheduling_rules(settings))["jobs"]
+            if j["outcome"] == "queued or running"
+        ]
         if not pending:
             return
         if worker.process.poll() is not None:
             raise SystemExit(f"the worker exited ({worker.process.returncode}); see {settings.data_dir / 'worker.log'}")
         if time.monotonic() - last_note > 60:
-            print(f"  training: {', '.join(j['name'].split(':')[0] + ' (' + j['reason'] + ')' for j in pending)} "
-                  f"[{time.monotonic() - started:.0f} s]", flush=True)
+            print(
+                f"  training: {', '.join(j['name'].split(':')[0] + ' (' + j['reason'] + ')' for j in pending)} "
+                f"[{time.monotonic() - started:.0f} s]",
+                flush=True,
+            )
             last_note = time.monotonic()
         time.sleep(5)
 
@@ -151,12 +169,17 @@ def print_row(row: dict[str, Any]) -> None:
     def num(x):
         return "-" if x is None else f"{x:.2f}"
 
-    versions = "; ".join(f"{name} {v['status']} valid {pct(v['local_valid_rate'])} agree {num(v['agreement'])}"
-                         for name, v in row["versions"].items())
-    print(f"  {row['site']:6} {row['phase']:8} calls {row['calls']:4} {row['state']:8} local {pct(row['local_share']):>4} "
-          f"| teacher valid {pct(row['teacher_validity'])} self-agree {num(row['teacher_self_agreement'])} "
-          f"(n={row['teacher_samples']}) | agreement {num(row['agreement'])} cascade "
-          f"{num(row['agreement_with_cascade'])}@{pct(row['local_share_with_cascade'])} | {versions}", flush=True)
+    versions = "; ".join(
+        f"{name} {v['status']} valid {pct(v['local_valid_rate'])} agree {num(v['agreement'])}"
+        for name, v in row["versions"].items()
+    )
+    print(
+        f"  {row['site']:6} {row['phase']:8} calls {row['calls']:4} {row['state']:8} local {pct(row['local_share']):>4} "
+        f"| teacher valid {pct(row['teacher_validity'])} self-agree {num(row['teacher_self_agreement'])} "
+        f"(n={row['teacher_samples']}) | agreement {num(row['agreement'])} cascade "
+        f"{num(row['agreement_with_cascade'])}@{pct(row['local_share_with_cascade'])} | {versions}",
+        flush=True,
+    )
 
 
 def plot(curve: list[dict[str, Any]], sites: list[str], path: Path) -> None:
@@ -169,14 +192,18 @@ def plot(curve: list[dict[str, Any]], sites: list[str], path: Path) -> None:
     for ax, site in zip(axes[0], sites):
         rows = [r for r in curve if r["site"] == site]
         x = [r["calls"] for r in rows]
-        for key, label, style in (("teacher_validity", "teacher validator pass", "k--"),
-                                  ("teacher_self_agreement", "teacher self-agreement", "k:"),
-                                  ("agreement", "version agreement", "b-"),
-                                  ("agreement_with_cascade", "agreement with cascade", "c-"),
-                                  ("local_share", "local share", "g-")):
+        for key, label, style in (
+            ("teacher_validity", "teacher validator pass", "k--"),
+            ("teacher_self_agreement", "teacher self-agreement", "k:"),
+            ("agreement", "version agreement", "b-"),
+            ("agreement_with_cascade", "agreement with cascade", "c-"),
+            ("local_share", "local share", "g-"),
+        ):
             ax.plot(x, [r[key] if r[key] is not None else float("nan") for r in rows], style, label=label)
-        valid = [max((v["local_valid_rate"] or 0) for v in r["versions"].values()) if r["versions"] else float("nan")
-                 for r in rows]
+        valid = [
+            max((v["local_valid_rate"] or 0) for v in r["versions"].values()) if r["versions"] else float("nan")
+            for r in rows
+        ]
         ax.plot(x, valid, "m-", label="local validator pass (latest version)")
         for prev, row in zip(rows, rows[1:]):
             if row["state"] != prev["state"]:
@@ -229,14 +256,22 @@ def main() -> None:
     try:
         batch = 0
         while True:
-            result = generate_corpus(settings, runs=args.batch_runs, levels=args.levels, parallel=1,
-                                     seed=args.seed + batch, flaw_share=args.flaw_share, progress=False)
+            result = generate_corpus(
+                settings,
+                runs=args.batch_runs,
+                levels=args.levels,
+                parallel=1,
+                seed=args.seed + batch,
+                flaw_share=args.flaw_share,
+                progress=False,
+            )
             batch += 1
             wait_for_backlog(proxy.url, limit_s=1800)
             pin_unmeasured(access, sites)
             rows = site_rows(access, sites)
-            print(f"batch {batch}: {result.succeeded}/{result.runs} runs, {time.monotonic() - started:.0f} s",
-                  flush=True)
+            print(
+                f"batch {batch}: {result.succeeded}/{result.runs} runs, {time.monotonic() - started:.0f} s", flush=True
+            )
             calls = {}
             for site in sites:
                 if site not in rows:
@@ -278,8 +313,20 @@ def advance(access: StoreAccess, settings, site: str, site_row: dict, row: dict,
         phase[site] = "base"
     elif phase[site] == "base" and row["state"] != "shadow":
         print(f"  {site}: base control decided: {row['why']}", flush=True)
-        queued = subprocess.run([understudy_executable(), "train", site_row["id"], "--control", "shuffled",
-                                 "--data-dir", str(settings.data_dir)], capture_output=True, text=True, timeout=300)
+        queued = subprocess.run(
+            [
+                understudy_executable(),
+                "train",
+                site_row["id"],
+                "--control",
+                "shuffled",
+                "--data-dir",
+                str(settings.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         print(f"  {site}: shuffled control: {(queued.stdout or queued.stderr).strip().splitlines()[-1]}", flush=True)
         phase[site] = "shuffled" if queued.returncode == 0 else "learn"
     elif phase[site] == "shuffled":
@@ -301,15 +348,26 @@ def served_shares(settings, sites: list[str], max_calls: int) -> dict[str, dict[
             returns = returns or "str"
             if returns not in sites:
                 continue
-            served = [s for (s,) in store.cursor().execute(
-                "SELECT served_by FROM calls WHERE site_id = ? AND coalesce(purpose, 'client') = 'client' "
-                "ORDER BY ts", [site_id]).fetchall()]
-            window = served[max(0, max_calls - 100):max_calls]
+            served = [
+                s
+                for (s,) in store.cursor()
+                .execute(
+                    "SELECT served_by FROM calls WHERE site_id = ? AND coalesce(purpose, 'client') = 'client' "
+                    "ORDER BY ts",
+                    [site_id],
+                )
+                .fetchall()
+            ]
+            window = served[max(0, max_calls - 100) : max_calls]
             last = served[-100:]
-            out[returns] = {"calls": len(served),
-                            "local_share_calls_201_300": sum(s.startswith("local") for s in window) / len(window)
-                            if window else None,
-                            "local_last_100": sum(s.startswith("local") for s in last), "last_100": len(last)}
+            out[returns] = {
+                "calls": len(served),
+                "local_share_calls_201_300": sum(s.startswith("local") for s in window) / len(window)
+                if window
+                else None,
+                "local_last_100": sum(s.startswith("local") for s in last),
+                "last_100": len(last),
+            }
         return out
     finally:
         store.close()
@@ -328,22 +386,35 @@ def summarize(curve: list[dict[str, Any]], sites: list[str], served: dict[str, d
         for r in rows:
             for name, v in r["versions"].items():
                 if v["status"] != seen.get(name) and v["status"] not in ("active", "ready"):
-                    decisions.append({"version": name, "control": v["control"], "calls": r["calls"], "status": v["status"]})
+                    decisions.append(
+                        {"version": name, "control": v["control"], "calls": r["calls"], "status": v["status"]}
+                    )
                 seen[name] = v["status"]
             if r["state"] in ("local", "partial") and (not decisions or decisions[-1]["status"] != r["state"]):
-                decisions.append({"version": f"v{r['version']}", "control": None, "calls": r["calls"], "status": r["state"]})
+                decisions.append(
+                    {"version": f"v{r['version']}", "control": None, "calls": r["calls"], "status": r["state"]}
+                )
         first = next((d for d in decisions if not d["control"]), None)
         site_served = served.get(site, {})
         local_last += site_served.get("local_last_100", 0)
         all_last += site_served.get("last_100", 0)
         out[site] = {
-            "first_decision": first, "decisions": decisions, "final_state": last["state"],
-            "final_local_share": last["local_share"], **site_served,
-            "teacher_validity": last["teacher_validity"], "teacher_self_agreement": last["teacher_self_agreement"],
+            "first_decision": first,
+            "decisions": decisions,
+            "final_state": last["state"],
+            "final_local_share": last["local_share"],
+            **site_served,
+            "teacher_validity": last["teacher_validity"],
+            "teacher_self_agreement": last["teacher_self_agreement"],
             "controls": {d["control"]: f"{d['status']} at {d['calls']} calls" for d in decisions if d["control"]},
-            "served_validity_difference": last["validity_difference"] if last["state"] in ("local", "partial") else None,
-            "served_validity_interval": last.get("validity_interval") if last["state"] in ("local", "partial") else None,
-            "agreement": last["agreement"], "why": last["why"],
+            "served_validity_difference": last["validity_difference"]
+            if last["state"] in ("local", "partial")
+            else None,
+            "served_validity_interval": last.get("validity_interval")
+            if last["state"] in ("local", "partial")
+            else None,
+            "agreement": last["agreement"],
+            "why": last["why"],
         }
     out["local_share_last_100_all_sites"] = local_last / all_last if all_last else None
     return out
@@ -355,10 +426,19 @@ def configure_smoke(args) -> None:
 
     hf_dir, gguf = make_tiny_llama(args.data_dir.parent / f"{args.data_dir.name}-tiny")
     os.environ["UNDERSTUDY_BASE_GGUF"] = str(gguf)
-    os.environ["UNDERSTUDY_TRAIN_CONFIG"] = json.dumps({"base_model": str(hf_dir), "base_gguf": str(gguf),
-                                                        "max_steps": 120, "lr": 1e-2, "batch_size": 2,
-                                                        "grad_accum": 1, "lora_dropout": 0.0, "device": "cpu",
-                                                        "verify_max_tokens": 32})
+    os.environ["UNDERSTUDY_TRAIN_CONFIG"] = json.dumps(
+        {
+            "base_model": str(hf_dir),
+            "base_gguf": str(gguf),
+            "max_steps": 120,
+            "lr": 1e-2,
+            "batch_size": 2,
+            "grad_accum": 1,
+            "lora_dropout": 0.0,
+            "device": "cpu",
+            "verify_max_tokens": 32,
+        }
+    )
     args.sites, args.max_calls, args.batch_runs, args.levels = "Level", 12, 2, 2
     # No controls (deciding one takes 20 shadow samples): the smoke checks the scheduler and worker
     # path, a first version at 6 usable examples within its 12 calls.

@@ -56,12 +56,21 @@ def run(connections: int, seconds: float, data_dir: Path) -> dict:
     first = statistics.mean(r for _, r in samples[quarter : 2 * quarter] or samples[:1])  # after warm-up
     last = statistics.mean(r for _, r in samples[-quarter:])
     return {
-        "connections": connections, "seconds": round(result.seconds, 1), "sent": result.sent,
-        "answered": len(result.acked), "rps": round(len(result.acked) / result.seconds, 1),
-        "p50_ms": round(result.percentile(0.5) or 0, 1), "p99_ms": round(result.percentile(0.99) or 0, 1),
-        "errors": result.errors, "lost": len(lost),
-        "rss_mb": {"second_quarter": round(first, 1), "last_quarter": round(last, 1), "growth": round(last - first, 1),
-                   "max": round(max(r for _, r in samples), 1)},
+        "connections": connections,
+        "seconds": round(result.seconds, 1),
+        "sent": result.sent,
+        "answered": len(result.acked),
+        "rps": round(len(result.acked) / result.seconds, 1),
+        "p50_ms": round(result.percentile(0.5) or 0, 1),
+        "p99_ms": round(result.percentile(0.99) or 0, 1),
+        "errors": result.errors,
+        "lost": len(lost),
+        "rss_mb": {
+            "second_quarter": round(first, 1),
+            "last_quarter": round(last, 1),
+            "growth": round(last - first, 1),
+            "max": round(max(r for _, r in samples), 1),
+        },
         "ok": result.error_count() == 0 and not lost,
     }
 
@@ -79,10 +88,12 @@ def main() -> None:
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="understudy-load-")) / "data"
     out = run(args.connections, args.seconds, data_dir)
     rss = out["rss_mb"]
-    print(f"{out['connections']} connections for {out['seconds']} s: {out['answered']} answered ({out['rps']} req/s), "
-          f"p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms, errors {sum(out['errors'].values())}, "
-          f"lost {out['lost']}; proxy RSS {rss['second_quarter']} -> {rss['last_quarter']} MB "
-          f"(growth {rss['growth']:+} MB, max {rss['max']} MB)")
+    print(
+        f"{out['connections']} connections for {out['seconds']} s: {out['answered']} answered ({out['rps']} req/s), "
+        f"p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms, errors {sum(out['errors'].values())}, "
+        f"lost {out['lost']}; proxy RSS {rss['second_quarter']} -> {rss['last_quarter']} MB "
+        f"(growth {rss['growth']:+} MB, max {rss['max']} MB)"
+    )
     if args.json:
         print_json(out)
     sys.exit(0 if out["ok"] else 1)

@@ -40,13 +40,25 @@ class LoadResult:
 
 
 def request_body(marker: str, stream: bool) -> dict:
-    return {"model": "gpt-4o-mini", "stream": stream,
-            "messages": [{"role": "system", "content": "You answer load-test pings."},
-                         {"role": "user", "content": f"ping {marker}"}]}
+    return {
+        "model": "gpt-4o-mini",
+        "stream": stream,
+        "messages": [
+            {"role": "system", "content": "You answer load-test pings."},
+            {"role": "user", "content": f"ping {marker}"},
+        ],
+    }
 
 
-async def run_load(url: str, *, connections: int, seconds: float, stream_share: float = 0.5, run_id: int = 0,
-                   stop: asyncio.Event | None = None) -> LoadResult:
+async def run_load(
+    url: str,
+    *,
+    connections: int,
+    seconds: float,
+    stream_share: float = 0.5,
+    run_id: int = 0,
+    stop: asyncio.Event | None = None,
+) -> LoadResult:
     """Load `url` (the proxy's OpenAI base URL) for `seconds`, or until `stop` is set."""
     result, stop = LoadResult(), stop or asyncio.Event()
     deadline = time.monotonic() + seconds

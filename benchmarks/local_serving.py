@@ -37,19 +37,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
+from understudy.processes import free_port, start_teacher, wait_until_healthy
 from understudy.routing.checked_sampling import SamplingPolicy
 from understudy.routing.local_model import LocalModels, Variant, checks_for
 from understudy.routing.registry import register_version
 from understudy.routing.router import DECOY_POOL
-from understudy.training.site_prompt import SitePrompt
-from understudy.processes import free_port, start_teacher, wait_until_healthy
 from understudy.settings import load_settings
 from understudy.store import Store
+from understudy.training.site_prompt import SitePrompt
 from understudy.validators import ValidatorRegistry
 
 
@@ -57,9 +57,15 @@ def site_requests(data_dir: Path, site_id: str, n: int) -> list[dict]:
     """The site's first-turn requests recorded from the upstream, newest last."""
     store = Store(load_settings(data_dir=data_dir).db_path, read_only=True)
     try:
-        rows = store.cursor().execute(
-            "SELECT request FROM calls WHERE site_id = ? AND turn = 'first' AND served_by = 'upstream' "
-            "AND coalesce(purpose, 'client') = 'client' ORDER BY ts DESC LIMIT ?", [site_id, n]).fetchall()
+        rows = (
+            store.cursor()
+            .execute(
+                "SELECT request FROM calls WHERE site_id = ? AND turn = 'first' AND served_by = 'upstream' "
+                "AND coalesce(purpose, 'client') = 'client' ORDER BY ts DESC LIMIT ?",
+                [site_id, n],
+            )
+            .fetchall()
+        )
     finally:
         store.close()
     return [{k: v for k, v in json.loads(r).items() if k not in ("stream", "stream_options")} for (r,) in rows]
@@ -69,17 +75,23 @@ def recorded_answers(data_dir: Path, site_id: str) -> tuple[str, ...]:
     """The site's recent upstream answers, as the router keeps them (its token cap's measure)."""
     store = Store(load_settings(data_dir=data_dir).db_path, read_only=True)
     try:
-        rows = store.cursor().execute(
-            """SELECT json_extract_string(response, '$.choices[0].message.content') FROM calls
+        rows = (
+            store.cursor()
+            .execute(
+                """SELECT json_extract_string(response, '$.choices[0].message.content') FROM calls
                WHERE site_id = ? AND served_by = 'upstream' AND status = 200 ORDER BY ts DESC LIMIT ?""",
-            [site_id, DECOY_POOL]).fetchall()
+                [site_id, DECOY_POOL],
+            )
+            .fetchall()
+        )
     finally:
         store.close()
     return tuple(text for (text,) in rows if text)
 
 
-def raw_latencies(models: LocalModels, variant: Variant, requests: list[dict],
-                  answers: tuple[str, ...]) -> tuple[list[float], list[int], list[int]]:
+def raw_latencies(
+    models: LocalModels, variant: Variant, requests: list[dict], answers: tuple[str, ...]
+) -> tuple[list[float], list[int], list[int]]:
     """Latency, tokens and draws of each answer under the checks the router would build for it."""
     validators = ValidatorRegistry()
 
@@ -104,7 +116,10 @@ def _registered(result: dict, corpus: Path, request: dict, pinned: str | None) -
     source = load_settings(data_dir=corpus).db_path
     shutil.copy(source, load_settings(data_dir=data_dir).db_path)
     if source.with_name(source.name + ".wal").exists():
-        shutil.copy(source.with_name(source.name + ".wal"), load_settings(data_dir=data_dir).db_path.with_name(source.name + ".wal"))
+        shutil.copy(
+            source.with_name(source.name + ".wal"),
+            load_settings(data_dir=data_dir).db_path.with_name(source.name + ".wal"),
+        )
     store = Store(load_settings(data_dir=data_dir).db_path)
     try:
         site_id = identify(request).site_id
@@ -119,11 +134,25 @@ def _registered(result: dict, corpus: Path, request: dict, pinned: str | None) -
 def proxy_latencies(result: dict, corpus: Path, requests: list[dict], threads: int | None) -> tuple[list[float], float]:
     data_dir, _ = _registered(result, corpus, requests[0], pinned="local")
     port = free_port()
-    env = {**os.environ, "UNDERSTUDY_BASE_GGUF": result["base_gguf"],
-           **({"UNDERSTUDY_LOCAL_THREADS": str(threads)} if threads else {})}
-    proxy = subprocess.Popen([str(Path(sys.executable).parent / "understudy"), "serve", "--port", str(port),
-                              "--upstream-url", "http://127.0.0.1:9/v1", "--data-dir", str(data_dir)],
-                             env=env, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "UNDERSTUDY_BASE_GGUF": result["base_gguf"],
+        **({"UNDERSTUDY_LOCAL_THREADS": str(threads)} if threads else {}),
+    }
+    proxy = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "understudy"),
+            "serve",
+            "--port",
+            str(port),
+            "--upstream-url",
+            "http://127.0.0.1:9/v1",
+            "--data-dir",
+            str(data_dir),
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, proxy)
@@ -146,15 +175,30 @@ def proxy_latencies(result: dict, corpus: Path, requests: list[dict], threads: i
 
 def shadow_sampling(result: dict, corpus: Path, requests: list[dict], threads: int | None) -> dict:
     data_dir, site_id = _registered(result, corpus, requests[0], pinned=None)
-    env = {**os.environ, "UNDERSTUDY_BASE_GGUF": result["base_gguf"],
-           **({"UNDERSTUDY_LOCAL_THREADS": str(threads)} if threads else {})}
+    env = {
+        **os.environ,
+        "UNDERSTUDY_BASE_GGUF": result["base_gguf"],
+        **({"UNDERSTUDY_LOCAL_THREADS": str(threads)} if threads else {}),
+    }
     teacher = start_teacher()
     port = free_port()
-    proxy = subprocess.Popen([str(Path(sys.executable).parent / "understudy"), "serve", "--port", str(port),
-                              "--upstream-url", teacher.url, "--upstream-free", "--data-dir", str(data_dir)],
-                             env=env, stderr=subprocess.DEVNULL)
+    proxy = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "understudy"),
+            "serve",
+            "--port",
+            str(port),
+            "--upstream-url",
+            teacher.url,
+            "--upstream-free",
+            "--data-dir",
+            str(data_dir),
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     try:
         wait_until_healthy(url, proxy)
         started = time.perf_counter()
@@ -171,14 +215,24 @@ def shadow_sampling(result: dict, corpus: Path, requests: list[dict], threads: i
         teacher.stop()
     store = Store(load_settings(data_dir=data_dir).db_path, read_only=True)
     try:
-        sampled = store.cursor().execute(
-            "SELECT count(DISTINCT call_id) FROM shadow_results WHERE site_id = ? AND call_id IN "
-            "(SELECT id FROM calls WHERE ts > ?)", [site_id, started_at]).fetchone()[0]
+        sampled = (
+            store.cursor()
+            .execute(
+                "SELECT count(DISTINCT call_id) FROM shadow_results WHERE site_id = ? AND call_id IN "
+                "(SELECT id FROM calls WHERE ts > ?)",
+                [site_id, started_at],
+            )
+            .fetchone()[0]
+        )
     finally:
         store.close()
         shutil.rmtree(data_dir, ignore_errors=True)
-    return {"shadow_calls": len(requests), "shadow_sampled": sampled / len(requests),
-            "shadow_sent_s": sent_s, "shadow_drained_s": drained_s}
+    return {
+        "shadow_calls": len(requests),
+        "shadow_sampled": sampled / len(requests),
+        "shadow_sent_s": sent_s,
+        "shadow_drained_s": drained_s,
+    }
 
 
 def adapter_result(directory: Path) -> dict:
@@ -187,8 +241,14 @@ def adapter_result(directory: Path) -> dict:
     config = json.loads((directory / "config.json").read_text())
     # train_gpu.py does not reproduce the adapter through llama.cpp as a job does; the raw pass
     # below answers with it first, so an adapter that does not load fails there, not silently.
-    return {"site_id": config["prompt"]["marker"], "adapter_path": str(directory / "adapter.gguf"),
-            "base_gguf": config["base_gguf"], "base_model": config.get("base_model"), "config": config, "verified": True}
+    return {
+        "site_id": config["prompt"]["marker"],
+        "adapter_path": str(directory / "adapter.gguf"),
+        "base_gguf": config["base_gguf"],
+        "base_model": config.get("base_model"),
+        "config": config,
+        "verified": True,
+    }
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -200,19 +260,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="The corpus the versions were trained on.")
     parser.add_argument("--result", type=Path, action="append", default=[], help="A training job's result.json.")
-    parser.add_argument("--adapter", type=Path, action="append", default=[],
-                        help="A `train_gpu.py run` output directory of one site (adapter.gguf, config.json).")
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        action="append",
+        default=[],
+        help="A `train_gpu.py run` output directory of one site (adapter.gguf, config.json).",
+    )
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--shadow-calls", type=int, default=40, help="Calls sent back to back for the shadow figure.")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help="2 requests and 4 shadow calls (the tiny model unless --result).")
+    parser.add_argument(
+        "--smoke", action="store_true", help="2 requests and 4 shadow calls (the tiny model unless --result)."
+    )
     args = parser.parse_args()
     if args.smoke:
         args.requests, args.shadow_calls = 2, 4
         if not args.result:
-            trained = subprocess.run([sys.executable, str(Path(__file__).with_name("train_gemma.py")), "--smoke", "--json",
-                                      "--data-dir", str(args.data_dir)], capture_output=True, text=True, check=True)
+            trained = subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("train_gemma.py")),
+                    "--smoke",
+                    "--json",
+                    "--data-dir",
+                    str(args.data_dir),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             args.result = [Path(json.loads(trained.stdout.strip().splitlines()[-1])["result"])]
     if not args.result and not args.adapter:
         parser.error("give --result RESULT_JSON (a training job's result.json), --adapter DIR, or --smoke")
@@ -223,29 +301,47 @@ def main() -> None:
         variant = Variant(result["adapter_path"], prompt)
         models = LocalModels(result["base_gguf"], n_threads=args.threads)
         try:
-            raw, tokens, tries = raw_latencies(models, variant, requests, recorded_answers(args.data_dir, result["site_id"]))
+            raw, tokens, tries = raw_latencies(
+                models, variant, requests, recorded_answers(args.data_dir, result["site_id"])
+            )
             hits = models.generator().prefix_hits
         finally:
             models.close()
         through, local_served = proxy_latencies(result, args.data_dir, requests, args.threads)
-        shadow = shadow_sampling(result, args.data_dir, site_requests(args.data_dir, result["site_id"], args.shadow_calls),
-                                 args.threads)
+        shadow = shadow_sampling(
+            result, args.data_dir, site_requests(args.data_dir, result["site_id"], args.shadow_calls), args.threads
+        )
         schema = ((requests[0].get("response_format") or {}).get("json_schema") or {}).get("name")
-        figures.append({"site": result["site_id"], "returns": schema, "prompt": prompt.mode, "lean": prompt.lean,
-                        "requests": len(requests), "raw_p50_s": statistics.median(raw), "raw_p90_s": quantile(raw, 0.9),
-                        "proxy_p50_s": statistics.median(through), "proxy_p90_s": quantile(through, 0.9),
-                        "completion_tokens_p50": statistics.median(tokens), "tries_mean": statistics.mean(tries),
-                        "local_served": local_served,
-                        "tokens_per_s": sum(tokens) / sum(raw), "prefix_hits": hits, **shadow})
+        figures.append(
+            {
+                "site": result["site_id"],
+                "returns": schema,
+                "prompt": prompt.mode,
+                "lean": prompt.lean,
+                "requests": len(requests),
+                "raw_p50_s": statistics.median(raw),
+                "raw_p90_s": quantile(raw, 0.9),
+                "proxy_p50_s": statistics.median(through),
+                "proxy_p90_s": quantile(through, 0.9),
+                "completion_tokens_p50": statistics.median(tokens),
+                "tries_mean": statistics.mean(tries),
+                "local_served": local_served,
+                "tokens_per_s": sum(tokens) / sum(raw),
+                "prefix_hits": hits,
+                **shadow,
+            }
+        )
     if args.json:
         print(json.dumps(figures))
         return
     for f in figures:
-        print(f"{f['returns']} ({f['prompt']} prompt{', lean' if f['lean'] else ''}): local answer p50 "
-              f"{f['raw_p50_s']:.2f} s raw, {f['proxy_p50_s']:.2f} s through the proxy (p90 {f['proxy_p90_s']:.2f} s); "
-              f"{f['local_served']:.0%} served locally; {f['completion_tokens_p50']:.0f} tokens, {f['tries_mean']:.2f} draws, "
-              f"{f['tokens_per_s']:.1f} tokens/s; prefix reused {f['prefix_hits']}x; "
-              f"shadow sampled {f['shadow_sampled']:.0%} of {f['shadow_calls']} calls sent in {f['shadow_sent_s']:.0f} s")
+        print(
+            f"{f['returns']} ({f['prompt']} prompt{', lean' if f['lean'] else ''}): local answer p50 "
+            f"{f['raw_p50_s']:.2f} s raw, {f['proxy_p50_s']:.2f} s through the proxy (p90 {f['proxy_p90_s']:.2f} s); "
+            f"{f['local_served']:.0%} served locally; {f['completion_tokens_p50']:.0f} tokens, {f['tries_mean']:.2f} draws, "
+            f"{f['tokens_per_s']:.1f} tokens/s; prefix reused {f['prefix_hits']}x; "
+            f"shadow sampled {f['shadow_sampled']:.0%} of {f['shadow_calls']} calls sent in {f['shadow_sent_s']:.0f} s"
+        )
     print(json.dumps(figures))
 
 

@@ -89,8 +89,9 @@ def subset_promoted(samples: list[ShadowSample], paired: dict[str, float], polic
     return j.validity.n >= policy.min_samples and j.agreement_non_inferior() and j.validity_non_inferior()
 
 
-def run_product_rule(samples: list[ShadowSample], paired: dict[str, float],
-                     policy: PromotionPolicy) -> tuple[str, int, float | None]:
+def run_product_rule(
+    samples: list[ShadowSample], paired: dict[str, float], policy: PromotionPolicy
+) -> tuple[str, int, float | None]:
     """`decide` after every sample, as the router calls it: (verdict or 'shadow', samples, subset share)."""
     evidence, reference, seen = policy.new_evidence(), policy.new_reference(), {}
     decision, partial = None, None
@@ -121,42 +122,63 @@ def main() -> None:
     results = {}
     for scenario in SCENARIOS:
         if scenario.null:
-            promoted = sum(subset_promoted(*draw(scenario, policy.max_shadow_samples, rng), policy)
-                           for _ in range(args.streams))
-            results[scenario.name] = {"null": True, "streams": args.streams, "partly_promoted": promoted,
-                                      "false_partial_rate": promoted / args.streams}
+            promoted = sum(
+                subset_promoted(*draw(scenario, policy.max_shadow_samples, rng), policy) for _ in range(args.streams)
+            )
+            results[scenario.name] = {
+                "null": True,
+                "streams": args.streams,
+                "partly_promoted": promoted,
+                "false_partial_rate": promoted / args.streams,
+            }
         else:
-            outcomes = [run_product_rule(*draw(scenario, policy.max_shadow_samples, rng), policy)
-                        for _ in range(args.power_streams)]
+            outcomes = [
+                run_product_rule(*draw(scenario, policy.max_shadow_samples, rng), policy)
+                for _ in range(args.power_streams)
+            ]
             partial = [(k, share) for verdict, k, share in outcomes if verdict == "partial"]
             verdicts = {}
             for verdict, _, _ in outcomes:
                 verdicts[verdict] = verdicts.get(verdict, 0) + 1
             results[scenario.name] = {
-                "null": False, "streams": args.power_streams, "verdicts": verdicts,
+                "null": False,
+                "streams": args.power_streams,
+                "verdicts": verdicts,
                 "partial_rate": len(partial) / args.power_streams,
                 "median_samples_to_partial": sorted(k for k, _ in partial)[len(partial) // 2] if partial else None,
                 "median_served_share": sorted(s for _, s in partial)[len(partial) // 2] if partial else None,
             }
-    report = {"policy": {"margin": policy.margin, "alpha": policy.alpha, "min_samples": policy.min_samples,
-                         "calibration_samples": policy.calibration_samples,
-                         "max_shadow_samples": policy.max_shadow_samples},
-              "scenarios": {s.name: {**s.__dict__, **results[s.name]} for s in SCENARIOS},
-              "seconds": round(time.perf_counter() - started, 1)}
+    report = {
+        "policy": {
+            "margin": policy.margin,
+            "alpha": policy.alpha,
+            "min_samples": policy.min_samples,
+            "calibration_samples": policy.calibration_samples,
+            "max_shadow_samples": policy.max_shadow_samples,
+        },
+        "scenarios": {s.name: {**s.__dict__, **results[s.name]} for s in SCENARIOS},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     if args.json:
         print(json.dumps(report))
         return
-    print(f"defaults: margin {policy.margin}, alpha {policy.alpha}, calibration {policy.calibration_samples}, "
-          f"max_shadow_samples {policy.max_shadow_samples}")
+    print(
+        f"defaults: margin {policy.margin}, alpha {policy.alpha}, calibration {policy.calibration_samples}, "
+        f"max_shadow_samples {policy.max_shadow_samples}"
+    )
     for s in SCENARIOS:
         r = results[s.name]
         if r["null"]:
-            print(f"{s.name:15} null   false partial promotions {r['partly_promoted']}/{r['streams']} "
-                  f"= {r['false_partial_rate']:.1%} (bound: alpha {policy.alpha:.0%})")
+            print(
+                f"{s.name:15} null   false partial promotions {r['partly_promoted']}/{r['streams']} "
+                f"= {r['false_partial_rate']:.1%} (bound: alpha {policy.alpha:.0%})"
+            )
         else:
             share = "-" if r["median_served_share"] is None else f"{r['median_served_share']:.0%}"
-            print(f"{s.name:15} power  partly promoted {r['partial_rate']:.0%} of {r['streams']} streams "
-                  f"(median at {r['median_samples_to_partial']} samples, serving {share}); verdicts {r['verdicts']}")
+            print(
+                f"{s.name:15} power  partly promoted {r['partial_rate']:.0%} of {r['streams']} streams "
+                f"(median at {r['median_samples_to_partial']} samples, serving {share}); verdicts {r['verdicts']}"
+            )
     print(f"{report['seconds']} s")
 
 

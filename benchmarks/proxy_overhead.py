@@ -80,9 +80,28 @@ def wait_http(url: str, timeout: float = 60) -> None:
 def hey(url: str, requests: int, concurrency: int) -> dict[str, float]:
     """hey's figures; it sends requests // concurrency * concurrency requests (`sent`)."""
     out = subprocess.run(
-        ["taskset", "-c", "0", "hey", "-n", str(requests), "-c", str(concurrency), "-m", "POST",
-         "-T", "application/json", "-D", str(BODY), "-H", "Authorization: Bearer sk-bench", url],
-        capture_output=True, text=True, check=True,
+        [
+            "taskset",
+            "-c",
+            "0",
+            "hey",
+            "-n",
+            str(requests),
+            "-c",
+            str(concurrency),
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-D",
+            str(BODY),
+            "-H",
+            "Authorization: Bearer sk-bench",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     latencies = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)%% in ([\d.]+) secs".replace("%%", "%"), out)}
@@ -104,8 +123,9 @@ def python_load(url: str, requests: int, concurrency: int) -> dict[str, float]:
         with httpx.Client(timeout=30) as client:
             for _ in range(per_worker):
                 started = time.perf_counter()
-                response = client.post(url, content=body, headers={"content-type": "application/json",
-                                                                   "authorization": "Bearer sk-bench"})
+                response = client.post(
+                    url, content=body, headers={"content-type": "application/json", "authorization": "Bearer sk-bench"}
+                )
                 if response.status_code != 200:
                     raise RuntimeError(f"non-200 answer: {response.status_code} {response.text[:200]}")
                 out.append((time.perf_counter() - started) * 1000)
@@ -115,8 +135,12 @@ def python_load(url: str, requests: int, concurrency: int) -> dict[str, float]:
     with ThreadPoolExecutor(concurrency) as pool:
         latencies = sorted(v for chunk in pool.map(worker, range(concurrency)) for v in chunk)
     seconds = time.perf_counter() - started
-    return {"rps": len(latencies) / seconds, "p50": latencies[len(latencies) // 2],
-            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "sent": len(latencies)}
+    return {
+        "rps": len(latencies) / seconds,
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "sent": len(latencies),
+    }
 
 
 def python_upstream(port: int) -> subprocess.Popen:
@@ -142,7 +166,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--smoke", action="store_true", help="200 requests at concurrency 1 and 4, no nginx or hey needed.")
+    parser.add_argument(
+        "--smoke", action="store_true", help="200 requests at concurrency 1 and 4, no nginx or hey needed."
+    )
     args = parser.parse_args()
     if args.smoke:
         args.requests, args.concurrency = 200, [1, 4]
@@ -152,7 +178,11 @@ def main() -> None:
                 sys.exit(f"error: {tool} not found (apt-get install nginx-light hey), or run with --smoke")
     load = python_load if args.smoke else hey
     # CPU pinning only where there is a second CPU and taskset (the smoke run may have neither).
-    pin = (lambda cpu: ["taskset", "-c", cpu]) if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else (lambda cpu: [])
+    pin = (
+        (lambda cpu: ["taskset", "-c", cpu])
+        if shutil.which("taskset") and (os.cpu_count() or 1) > 1
+        else (lambda cpu: [])
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="understudy-bench-"))
     nginx_port, proxy_port = free_port(), free_port()
@@ -166,8 +196,17 @@ def main() -> None:
     data_dir = tmp / "data"
     venv_bin = Path(sys.executable).parent
     proxy = subprocess.Popen(
-        [*pin("1"), str(venv_bin / "understudy"), "serve", "--port", str(proxy_port),
-         "--upstream-url", f"http://127.0.0.1:{nginx_port}/v1", "--data-dir", str(data_dir)],
+        [
+            *pin("1"),
+            str(venv_bin / "understudy"),
+            "serve",
+            "--port",
+            str(proxy_port),
+            "--upstream-url",
+            f"http://127.0.0.1:{nginx_port}/v1",
+            "--data-dir",
+            str(data_dir),
+        ],
         stderr=subprocess.DEVNULL,
     )
     direct_url = f"http://127.0.0.1:{nginx_port}/v1/chat/completions"
@@ -198,15 +237,26 @@ def main() -> None:
     body_kb = BODY.stat().st_size / 1024
     setup = "Python upstream and client (--smoke)" if args.smoke else "nginx upstream + hey on CPU 0, proxy on CPU 1"
     print(f"Proxy overhead, {body_kb:.2f} KB byLLM body, {setup}, recording on")
-    print(f"{'conc':>4} {'direct rps':>11} {'proxy rps':>10} {'ratio':>6} {'direct p50':>11} {'proxy p50':>10} "
-          f"{'added p50':>10} {'direct p99':>11} {'proxy p99':>10} {'added p99':>10}")
+    print(
+        f"{'conc':>4} {'direct rps':>11} {'proxy rps':>10} {'ratio':>6} {'direct p50':>11} {'proxy p50':>10} "
+        f"{'added p50':>10} {'direct p99':>11} {'proxy p99':>10} {'added p99':>10}"
+    )
     for concurrency, direct, through in results:
-        print(f"{concurrency:>4} {direct['rps']:>11.0f} {through['rps']:>10.0f} {through['rps'] / direct['rps']:>6.0%} "
-              f"{direct['p50']:>9.2f}ms {through['p50']:>8.2f}ms {through['p50'] - direct['p50']:>8.2f}ms "
-              f"{direct['p99']:>9.2f}ms {through['p99']:>8.2f}ms {through['p99'] - direct['p99']:>8.2f}ms")
+        print(
+            f"{concurrency:>4} {direct['rps']:>11.0f} {through['rps']:>10.0f} {through['rps'] / direct['rps']:>6.0%} "
+            f"{direct['p50']:>9.2f}ms {through['p50']:>8.2f}ms {through['p50'] - direct['p50']:>8.2f}ms "
+            f"{direct['p99']:>9.2f}ms {through['p99']:>8.2f}ms {through['p99'] - direct['p99']:>8.2f}ms"
+        )
     print(f"recorded {recorded} of {sent_through_proxy} proxied requests")
-    print(json.dumps({"results": [{"concurrency": c, "direct": d, "proxy": t} for c, d, t in results],
-                      "recorded": recorded, "sent": sent_through_proxy}))
+    print(
+        json.dumps(
+            {
+                "results": [{"concurrency": c, "direct": d, "proxy": t} for c, d, t in results],
+                "recorded": recorded,
+                "sent": sent_through_proxy,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,25 +34,36 @@ def main() -> None:
 
     settings = load_settings(data_dir=args.data_dir)
     runs = math.ceil(args.levels / args.levels_per_run)
-    result = generate_corpus(settings, runs=runs, levels=args.levels_per_run, parallel=args.parallel,
-                             flaw_share=args.flaw_share)
-    print(f"corpus: {result.succeeded}/{runs} runs, {result.succeeded * args.levels_per_run} levels "
-          f"in {result.seconds:.0f} s ({result.seconds / max(1, result.succeeded * args.levels_per_run):.2f} s/level)")
+    result = generate_corpus(
+        settings, runs=runs, levels=args.levels_per_run, parallel=args.parallel, flaw_share=args.flaw_share
+    )
+    print(
+        f"corpus: {result.succeeded}/{runs} runs, {result.succeeded * args.levels_per_run} levels "
+        f"in {result.seconds:.0f} s ({result.seconds / max(1, result.succeeded * args.levels_per_run):.2f} s/level)"
+    )
 
     store = Store(settings.db_path, read_only=True)
     try:
         summaries = store.site_summaries()
         exports = args.data_dir / "exports"
         for site in summaries:
-            filtered = export_site(store, site["id"], filtered=True, jsonl=exports / f"{site['id']}.jsonl",
-                                   parquet=exports / f"{site['id']}.parquet")
-            unfiltered = export_site(store, site["id"], filtered=False, jsonl=exports / f"{site['id']}-all.jsonl",
-                                     parquet=None)
+            filtered = export_site(
+                store,
+                site["id"],
+                filtered=True,
+                jsonl=exports / f"{site['id']}.jsonl",
+                parquet=exports / f"{site['id']}.parquet",
+            )
+            unfiltered = export_site(
+                store, site["id"], filtered=False, jsonl=exports / f"{site['id']}-all.jsonl", parquet=None
+            )
             valid = "-" if site["valid_rate"] is None else f"{site['valid_rate']:.1%}"
-            print(f"{site['name'][:44]:44} calls {site['calls']:5}  parse-valid {valid:>6}  "
-                  f"kept {filtered['kept']:4}/{unfiltered['kept']:4} (validator dropped {filtered['dropped_validator']}, "
-                  f"invalid {filtered['dropped_invalid']})  jsonl {filtered['files']['jsonl']['bytes'] / 1024:.0f} KiB  "
-                  f"parquet {filtered['files']['parquet']['bytes'] / 1024:.0f} KiB")
+            print(
+                f"{site['name'][:44]:44} calls {site['calls']:5}  parse-valid {valid:>6}  "
+                f"kept {filtered['kept']:4}/{unfiltered['kept']:4} (validator dropped {filtered['dropped_validator']}, "
+                f"invalid {filtered['dropped_invalid']})  jsonl {filtered['files']['jsonl']['bytes'] / 1024:.0f} KiB  "
+                f"parquet {filtered['files']['parquet']['bytes'] / 1024:.0f} KiB"
+            )
             if site["returns"] == "Map":
                 passed = filtered["kept"] / max(1, unfiltered["kept"])
                 print(f"  teacher maps passing the validator at flaw share {args.flaw_share}: {passed:.1%}")

@@ -29,8 +29,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from proxy_overhead import (  # noqa: E402
-    NGINX_CONF, UPSTREAM_RESPONSE, free_port, hey, python_load, python_upstream, wait_http)
+from proxy_overhead import NGINX_CONF, UPSTREAM_RESPONSE, free_port, hey, python_load, python_upstream, wait_http  # noqa: E402
 
 from understudy.store import Store  # noqa: E402
 
@@ -48,8 +47,18 @@ def start_upstream(tmp: Path, smoke: bool) -> tuple[subprocess.Popen, int]:
 def measure(store: str | None, workers: int, upstream_port: int, tmp: Path, requests: int, smoke: bool) -> dict:
     port = free_port()
     data_dir = tmp / f"data-{'pg' if store else 'duckdb'}-{workers}"
-    command = [str(Path(sys.executable).parent / "understudy"), "serve", "--port", str(port), "--workers", str(workers),
-               "--upstream-url", f"http://127.0.0.1:{upstream_port}/v1", "--data-dir", str(data_dir)]
+    command = [
+        str(Path(sys.executable).parent / "understudy"),
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--upstream-url",
+        f"http://127.0.0.1:{upstream_port}/v1",
+        "--data-dir",
+        str(data_dir),
+    ]
     if store:
         command += ["--store", store]
     proxy = subprocess.Popen(command, stderr=open(tmp / f"proxy-{workers}.log", "ab"))
@@ -59,7 +68,9 @@ def measure(store: str | None, workers: int, upstream_port: int, tmp: Path, requ
         try:
             wait_http(f"http://127.0.0.1:{port}/healthz")
         except RuntimeError:
-            raise RuntimeError(f"the proxy did not start: {(tmp / f'proxy-{workers}.log').read_text()[-2000:]}") from None
+            raise RuntimeError(
+                f"the proxy did not start: {(tmp / f'proxy-{workers}.log').read_text()[-2000:]}"
+            ) from None
         sent = load(url, 100 if smoke else 500, 8)["sent"]  # warm-up: connections, caches, first commits
         figures = load(url, requests, 64 if not smoke else 8)
         sent += figures["sent"]
@@ -71,8 +82,15 @@ def measure(store: str | None, workers: int, upstream_port: int, tmp: Path, requ
         recorded = db.call_count()
     finally:
         db.close()
-    return {"store": "postgresql" if store else "duckdb", "workers": workers, "rps": round(figures["rps"], 1),
-            "p50_ms": round(figures["p50"], 2), "p99_ms": round(figures["p99"], 2), "sent": sent, "recorded": recorded}
+    return {
+        "store": "postgresql" if store else "duckdb",
+        "workers": workers,
+        "rps": round(figures["rps"], 1),
+        "p50_ms": round(figures["p50"], 2),
+        "p99_ms": round(figures["p99"], 2),
+        "sent": sent,
+        "recorded": recorded,
+    }
 
 
 def fresh_database(base: str, name: str) -> str:
@@ -88,7 +106,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--store", help="a postgresql:// URL of a database the run may drop and create databases beside")
+    parser.add_argument(
+        "--store", help="a postgresql:// URL of a database the run may drop and create databases beside"
+    )
     parser.add_argument("--smoke", action="store_true", help="300 requests at c=8, Python upstream and client")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args()
@@ -123,11 +143,15 @@ def main() -> None:
     load = "Python client, c=8 (--smoke)" if args.smoke else "hey c=64, nginx upstream, both on CPU 0"
     from proxy_overhead import BODY
 
-    print(f"Scale-out, {BODY.stat().st_size / 1024:.2f} KB byLLM body, {load}, recording on, {args.requests} requests per configuration")
+    print(
+        f"Scale-out, {BODY.stat().st_size / 1024:.2f} KB byLLM body, {load}, recording on, {args.requests} requests per configuration"
+    )
     print(f"{'store':>10} {'processes':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'recorded/sent':>14}")
     for row in results:
-        print(f"{row['store']:>10} {row['workers']:>9} {row['rps']:>8.0f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} "
-              f"{row['recorded']:>7}/{row['sent']:<6}")
+        print(
+            f"{row['store']:>10} {row['workers']:>9} {row['rps']:>8.0f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} "
+            f"{row['recorded']:>7}/{row['sent']:<6}"
+        )
     lost = [row for row in results if row["recorded"] != row["sent"]]
     if args.json:
         print(json.dumps({"results": results, "ok": not lost}))

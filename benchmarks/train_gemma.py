@@ -25,11 +25,11 @@ import resource
 import time
 from pathlib import Path
 
+from understudy.settings import load_settings
+from understudy.store import Store
 from understudy.training import site_prompt
 from understudy.training.pipeline import run_training_job
 from understudy.training.snapshots import site_examples, write_snapshot
-from understudy.settings import load_settings
-from understudy.store import Store
 from understudy.validators import ValidatorRegistry, site_validator_for, site_validator_reference
 
 
@@ -53,51 +53,77 @@ def main() -> None:
     try:
         site = next(s for s in store.site_summaries() if s["returns"] == args.returns)
         registry = ValidatorRegistry(settings.validators)
-        examples, _ = site_examples(store.cursor(), site["id"], filtered=True,
-                                    validator_for=site_validator_for(store, site["id"], registry))
+        examples, _ = site_examples(
+            store.cursor(), site["id"], filtered=True, validator_for=site_validator_for(store, site["id"], registry)
+        )
         validator = site_validator_reference(store, site["id"], examples[0]["response_format"], registry)
     finally:
         store.close()
     train = [e for e in examples if e["split"] == "train"][: args.examples]
     held = [e for e in examples if e["split"] == "eval"][: args.eval]
     snapshot = write_snapshot(train + held, args.data_dir / "snapshots", site["id"])
-    prompt = site_prompt.choose(train + held, marker=site["id"],
-                                mode=site_prompt.FULL if args.full_prompt else site_prompt.COMPACT)
+    prompt = site_prompt.choose(
+        train + held, marker=site["id"], mode=site_prompt.FULL if args.full_prompt else site_prompt.COMPACT
+    )
     config = {"epochs": args.epochs, "max_steps": args.max_steps, "prompt": prompt.to_dict(), **smoke_config}
     out = args.data_dir / "bench-adapters" / f"{site['id']}-{prompt.mode}-{int(time.time())}"
-    result = run_training_job(site["id"], str(snapshot), str(out), config, validator=validator,
-                              progress=not args.json)
+    result = run_training_job(site["id"], str(snapshot), str(out), config, validator=validator, progress=not args.json)
     wall = time.monotonic() - started
     if result.get("error"):
         raise SystemExit(f"training failed: {result['error']}\n{result.get('traceback', '')}")
     m, t = result["metrics"], result["metrics"]["train"]
     figures = {
-        "site": site["name"], "returns": args.returns, "prompt": prompt.mode, "examples": len(train),
-        "held_out": len(held), "epochs": args.epochs, "steps": t["steps"],
-        "seconds_total": wall, "seconds_train_loop": t["train_seconds"],
+        "site": site["name"],
+        "returns": args.returns,
+        "prompt": prompt.mode,
+        "examples": len(train),
+        "held_out": len(held),
+        "epochs": args.epochs,
+        "steps": t["steps"],
+        "seconds_total": wall,
+        "seconds_train_loop": t["train_seconds"],
         "seconds_per_example": t["train_seconds"] / max(1, t["steps"] * t["batch_size"]),
-        "seconds_per_step": t["seconds_per_step"], "tokens_per_example": t["tokens_per_example"],
+        "seconds_per_step": t["seconds_per_step"],
+        "tokens_per_example": t["tokens_per_example"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "precision": t["precision"], "batch_size": t["batch_size"], "gradient_checkpointing": t["gradient_checkpointing"],
-        "first_loss": t["first_loss"], "last_loss": t["train_loss"], "eval_loss": t["eval_loss"],
-        "adapter_mib": m["adapter_bytes"] / 2**20, "verified": result["verified"], "verify": m["verify"],
-        "base_heldout": m["base_heldout"], "heldout": m["heldout"], "result": str(out / "result.json"),
+        "precision": t["precision"],
+        "batch_size": t["batch_size"],
+        "gradient_checkpointing": t["gradient_checkpointing"],
+        "first_loss": t["first_loss"],
+        "last_loss": t["train_loss"],
+        "eval_loss": t["eval_loss"],
+        "adapter_mib": m["adapter_bytes"] / 2**20,
+        "verified": result["verified"],
+        "verify": m["verify"],
+        "base_heldout": m["base_heldout"],
+        "heldout": m["heldout"],
+        "result": str(out / "result.json"),
     }
     if args.json:
         print(json.dumps(figures, default=str))
         return
-    print(f"site {site['name']} ({args.returns}), {prompt.mode} prompt: {len(train)} train x {args.epochs:g} epochs, "
-          f"{len(held)} held out")
-    print(f"whole job {wall:.0f} s; train loop {t['train_seconds']:.0f} s, {t['seconds_per_step']:.2f} s/step "
-          f"({t['batch_size']} examples, {t['precision']}), {figures['seconds_per_example']:.2f} s/example")
-    print(f"tokens per example {t['tokens_per_example']:.0f}; loss {t['first_loss']:.3f} -> {t['train_loss']:.3f}, "
-          f"eval loss {t['eval_loss']}")
-    print(f"peak RSS {figures['peak_rss_mb']:.0f} MB, adapter {figures['adapter_mib']:.1f} MiB, "
-          f"verified {result['verified']} {m['verify']}")
+    print(
+        f"site {site['name']} ({args.returns}), {prompt.mode} prompt: {len(train)} train x {args.epochs:g} epochs, "
+        f"{len(held)} held out"
+    )
+    print(
+        f"whole job {wall:.0f} s; train loop {t['train_seconds']:.0f} s, {t['seconds_per_step']:.2f} s/step "
+        f"({t['batch_size']} examples, {t['precision']}), {figures['seconds_per_example']:.2f} s/example"
+    )
+    print(
+        f"tokens per example {t['tokens_per_example']:.0f}; loss {t['first_loss']:.3f} -> {t['train_loss']:.3f}, "
+        f"eval loss {t['eval_loss']}"
+    )
+    print(
+        f"peak RSS {figures['peak_rss_mb']:.0f} MB, adapter {figures['adapter_mib']:.1f} MiB, "
+        f"verified {result['verified']} {m['verify']}"
+    )
     for label, key in (("base", "base_heldout"), ("fine-tuned", "heldout")):
         h = m[key]
-        print(f"held-out {label:10}: parse-valid {h['parse_valid_rate']}, validator-pass {h['validator_pass_rate']}, "
-              f"exact {h['exact_match_rate']:.2f} (n={h['n']})")
+        print(
+            f"held-out {label:10}: parse-valid {h['parse_valid_rate']}, validator-pass {h['validator_pass_rate']}, "
+            f"exact {h['exact_match_rate']:.2f} (n={h['n']})"
+        )
     print(json.dumps(figures, default=str))
 
 

@@ -42,8 +42,9 @@ def prepare(data_dir: Path, out: Path, held_out: int, smoke: bool = False) -> No
         registry = ValidatorRegistry(settings.validators)
         for returns, plan in SITES.items():
             site = next(s for s in store.site_summaries() if s["returns"] == returns)
-            examples, _ = site_examples(store.cursor(), site["id"], filtered=True,
-                                        validator_for=site_validator_for(store, site["id"], registry))
+            examples, _ = site_examples(
+                store.cursor(), site["id"], filtered=True, validator_for=site_validator_for(store, site["id"], registry)
+            )
             train = [e for e in examples if e["split"] == "train"][: plan["examples"]]
             held = [e for e in examples if e["split"] == "eval"][:held_out]
             if smoke and not held:  # a smoke corpus of a few calls may have no held-out split: harness check only
@@ -51,9 +52,12 @@ def prepare(data_dir: Path, out: Path, held_out: int, smoke: bool = False) -> No
             prompt = site_prompt.choose(train + held, marker=site["id"])
             config = {"prompt": prompt.to_dict(), **({"epochs": plan["epochs"]} if plan["epochs"] else {})}
             keep = ("messages", "response_format", "tools", "completion")
-            data[returns] = {"site_id": site["id"], "config": config,
-                             "train": [{k: e[k] for k in keep} for e in train],
-                             "eval": [{k: e[k] for k in keep} for e in held]}
+            data[returns] = {
+                "site_id": site["id"],
+                "config": config,
+                "train": [{k: e[k] for k in keep} for e in train],
+                "eval": [{k: e[k] for k in keep} for e in held],
+            }
             print(f"{returns}: {len(train)} train, {len(held)} held out, {prompt.mode} prompt")
     finally:
         store.close()
@@ -70,17 +74,17 @@ def _left_padded(batch):
     width = batch.input_ids.shape[1]
     ids, mask = torch.full_like(batch.input_ids, 0), torch.zeros_like(batch.attention_mask)
     full_labels = torch.full_like(batch.input_ids, -100)
-    full_labels[:, width - batch.keep + 1:] = batch.labels
+    full_labels[:, width - batch.keep + 1 :] = batch.labels
     labels = torch.full_like(full_labels, -100)
     for row in range(ids.shape[0]):
         n = int(batch.attention_mask[row].sum())
-        ids[row, width - n:] = batch.input_ids[row, :n]
-        mask[row, width - n:] = 1
-        labels[row, width - n:] = full_labels[row, :n]
+        ids[row, width - n :] = batch.input_ids[row, :n]
+        mask[row, width - n :] = 1
+        labels[row, width - n :] = full_labels[row, :n]
     first = int((labels != -100).int().argmax(dim=1).min())
     keep = width - first + 1
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    return Batch(ids, mask, positions, labels[:, width - keep + 1:], keep)
+    return Batch(ids, mask, positions, labels[:, width - keep + 1 :], keep)
 
 
 def diagnose(base: str, site: dict, device: str = "cuda") -> dict:
@@ -102,21 +106,29 @@ def diagnose(base: str, site: dict, device: str = "cuda") -> dict:
             torch.nn.init.normal_(p, std=0.01)
     encoded = encode_examples(tokenizer, site["train"][:16], config.max_length, SitePrompt.from_dict(config.prompt))
     right = collate(encoded, tokenizer.pad_token_id)
-    out = {"attn_implementation": getattr(model.config, "_attn_implementation", None),
-           "lengths": sorted(len(e.input_ids) for e in encoded)}
+    out = {
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "lengths": sorted(len(e.input_ids) for e in encoded),
+    }
     for name, batch in (("left_padded", _left_padded(right)), ("right_padded", right)):
         model.zero_grad()
         loss, _ = target_loss(model, batch.to(device), bf16=True)
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
-        out[name] = {"loss": float(loss), "loss_finite": bool(torch.isfinite(loss)),
-                     "nonfinite_grad_tensors": sum(int(not torch.isfinite(g).all()) for g in grads),
-                     "grad_tensors": len(grads)}
+        out[name] = {
+            "loss": float(loss),
+            "loss_finite": bool(torch.isfinite(loss)),
+            "nonfinite_grad_tensors": sum(int(not torch.isfinite(g).all()) for g in grads),
+            "grad_tensors": len(grads),
+        }
         # the decoder's hidden states at real and pad positions
         with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
             b = batch.to(device)
-            hidden = model.get_base_model().get_decoder()(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                                          position_ids=b.position_ids).last_hidden_state
+            hidden = (
+                model.get_base_model()
+                .get_decoder()(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids)
+                .last_hidden_state
+            )
         real = b.attention_mask.bool()
         out[name]["nan_hidden_real"] = int(torch.isnan(hidden[real]).any(dim=-1).sum())
         out[name]["nan_hidden_pad"] = int(torch.isnan(hidden[~real]).any(dim=-1).sum())
@@ -126,8 +138,15 @@ def diagnose(base: str, site: dict, device: str = "cuda") -> dict:
     return out
 
 
-def run(data_path: Path, base: str, out: Path, sites: list[str], base_gguf: str | None = None,
-        device: str = "cuda", overrides: dict | None = None) -> None:
+def run(
+    data_path: Path,
+    base: str,
+    out: Path,
+    sites: list[str],
+    base_gguf: str | None = None,
+    device: str = "cuda",
+    overrides: dict | None = None,
+) -> None:
     import torch
 
     from understudy.training.config import TrainConfig
@@ -150,14 +169,18 @@ def run(data_path: Path, base: str, out: Path, sites: list[str], base_gguf: str 
     for returns in sites:
         site = data[returns]
         started = time.perf_counter()
-        config = TrainConfig.from_dict({**site["config"], "base_model": base, "base_gguf": base_gguf or base,
-                                         "device": device, **overrides})
+        config = TrainConfig.from_dict(
+            {**site["config"], "base_model": base, "base_gguf": base_gguf or base, "device": device, **overrides}
+        )
         try:
             result = train(config, site["train"], site["eval"], out / returns / "peft", progress=False)
             adapter = export_gguf_adapter(out / returns / "peft", out / returns / "adapter.gguf", base_gguf or base)
             figures = {k: v for k, v in result.__dict__.items() if k not in ("sample_outputs",)}
-            figures.update(seconds_job=time.perf_counter() - started, adapter_bytes=adapter.stat().st_size,
-                           peak_gpu_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else None)
+            figures.update(
+                seconds_job=time.perf_counter() - started,
+                adapter_bytes=adapter.stat().st_size,
+                peak_gpu_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
+            )
             (out / returns / "peft" / "config.json").replace(out / returns / "config.json")
         except Exception as exc:
             figures = {"error": f"{type(exc).__name__}: {exc}"}
@@ -175,8 +198,11 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--held-out", type=int, default=HELD_OUT)
-    p.add_argument("--smoke", action="store_true",
-                   help="a corpus too small to have a held-out split lends it training examples (checks the harness only)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a corpus too small to have a held-out split lends it training examples (checks the harness only)",
+    )
     r = sub.add_parser("run")
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--base", required=True, help="the Gemma GGUF")
@@ -189,8 +215,7 @@ def main() -> None:
     if args.command == "prepare":
         prepare(args.data_dir, args.out, args.held_out, args.smoke)
     else:
-        run(args.data, args.base, args.out, args.sites.split(","), args.base_gguf, args.device,
-            json.loads(args.config))
+        run(args.data, args.base, args.out, args.sites.split(","), args.base_gguf, args.device, json.loads(args.config))
     sys.stdout.flush()
 
 

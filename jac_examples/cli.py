@@ -19,7 +19,6 @@ from typing import Annotated, Any
 
 import typer
 
-
 levels_app = typer.Typer(help="Validate and render RPG level maps.", no_args_is_help=True, add_completion=False)
 
 FileArg = Annotated[str, typer.Argument(help="A file holding one Map JSON object, or - for stdin.")]

@@ -40,8 +40,11 @@ async def require_client_key(connection: ASGIConnection, _: BaseRouteHandler) ->
     if name is None:
         reason = "wrong_client_key" if token else "missing_client_key"
         proxy.metrics.rejected.labels(reason).inc()
-        message = ("incorrect client key provided" if token else
-                   "no client key: send `Authorization: Bearer <client key>` (`understudy keys add NAME` makes one)")
+        message = (
+            "incorrect client key provided"
+            if token
+            else "no client key: send `Authorization: Bearer <client key>` (`understudy keys add NAME` makes one)"
+        )
         raise ProxyError(401, message, type="invalid_request_error", code="invalid_api_key")
     connection.scope.setdefault("state", {})[CLIENT_STATE] = name
     current_client.set(name)

@@ -18,17 +18,26 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
+from understudy.exports import export_site
 from understudy.proxy.access import has_admin_token, same_token
 from understudy.proxy.errors import ProxyError
 from understudy.proxy.state import ProxyState
 from understudy.proxy.types import validation_error
+from understudy.reports import render_report
 from understudy.routing.actions import ActionError, policy_view, run_action
 from understudy.routing.registry import list_versions
-from understudy.exports import export_site
 from understudy.store import SiteNameTaken
-from understudy.reports import render_report
-from understudy.training_jobs import (NotEnoughData, PathOutsideDataDir, confine_result, prepare_job, register_result,
-                                     job_started, manual_reason, training_candidates, training_schedule)
+from understudy.training_jobs import (
+    NotEnoughData,
+    PathOutsideDataDir,
+    confine_result,
+    job_started,
+    manual_reason,
+    prepare_job,
+    register_result,
+    training_candidates,
+    training_schedule,
+)
 
 
 def require_admin_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -78,11 +87,22 @@ def export_dataset(request: Request, site_ref: str, data: dict[str, Any]) -> dic
     jsonl, parquet = _path_or_none(data.get("jsonl")), _path_or_none(data.get("parquet"))
     for param, path in (("jsonl", jsonl), ("parquet", parquet)):
         if path is not None and not proxy.settings.within_data_dir(path):
-            raise ProxyError(400, f"export path {path} is outside the data dir {proxy.settings.data_dir}: the proxy "
-                             "writes only there (`understudy export` copies the file where you asked)",
-                             code="path_outside_data_dir", param=param)
-    return export_site(proxy.store, site_ref, filtered=bool(data.get("filtered", True)), jsonl=jsonl, parquet=parquet,
-                       teacher_model=data.get("teacher_model"), validators=proxy.router.validators)
+            raise ProxyError(
+                400,
+                f"export path {path} is outside the data dir {proxy.settings.data_dir}: the proxy "
+                "writes only there (`understudy export` copies the file where you asked)",
+                code="path_outside_data_dir",
+                param=param,
+            )
+    return export_site(
+        proxy.store,
+        site_ref,
+        filtered=bool(data.get("filtered", True)),
+        jsonl=jsonl,
+        parquet=parquet,
+        teacher_model=data.get("teacher_model"),
+        validators=proxy.router.validators,
+    )
 
 
 @post("/sites/{site_ref:str}/training-job", sync_to_thread=True, status_code=200)
@@ -157,7 +177,12 @@ def site_action(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
         raise ProxyError(409, str(exc), code="action_refused") from None
     proxy.refresh_site(record.id)
     if data.get("action") == "policy":  # what the site's policy is now, to print
-        return {**record.__dict__, "policy": policy_view(proxy.store, record.id, proxy.settings.routing_policy, proxy.settings.sampling_policy)}
+        return {
+            **record.__dict__,
+            "policy": policy_view(
+                proxy.store, record.id, proxy.settings.routing_policy, proxy.settings.sampling_policy
+            ),
+        }
     return record.__dict__
 
 
@@ -166,7 +191,11 @@ def site_policy(request: Request, site_ref: str) -> dict:
     """The site's own overrides and the settings in effect."""
     proxy = _proxy(request)
     site = proxy.store.resolve_site(site_ref)
-    return {"id": site.id, "name": site.name, "policy": policy_view(proxy.store, site.id, proxy.settings.routing_policy, proxy.settings.sampling_policy)}
+    return {
+        "id": site.id,
+        "name": site.name,
+        "policy": policy_view(proxy.store, site.id, proxy.settings.routing_policy, proxy.settings.sampling_policy),
+    }
 
 
 @post("/score", sync_to_thread=True, status_code=200)
@@ -176,7 +205,9 @@ def score_pair_route(request: Request, data: dict[str, Any]) -> dict:
 
     chat_request, upstream, local = data.get("request"), data.get("upstream"), data.get("local")
     if not isinstance(chat_request, dict) or not isinstance(upstream, str) or not isinstance(local, str):
-        raise ProxyError(400, 'body must be {"request": {...}, "upstream": "...", "local": "..."}', code="invalid_score")
+        raise ProxyError(
+            400, 'body must be {"request": {...}, "upstream": "...", "local": "..."}', code="invalid_score"
+        )
     problem = validation_error(chat_request)
     if problem is not None:
         raise ProxyError(400, f"invalid chat completion request: {problem}", code="invalid_request")
@@ -211,18 +242,41 @@ def public_report(request: Request, site: str = "") -> Response:
     and aggregates the whole store, so strangers must not be able to call it at will."""
     proxy: ProxyState = request.app.state.proxy
     if not proxy.settings.public_report and not has_admin_token(request, proxy.admin_token):
-        raise ProxyError(401, "the report needs the admin token (proxy.json's admin_token) as a bearer header or "
-                         "?token=, or a proxy started with --public-report", type="authentication_error",
-                         code="admin_token_required")
+        raise ProxyError(
+            401,
+            "the report needs the admin token (proxy.json's admin_token) as a bearer header or "
+            "?token=, or a proxy started with --public-report",
+            type="authentication_error",
+            code="admin_token_required",
+        )
     proxy.recorder.flush()
-    return Response(render_report(proxy.store, proxy.settings, site or None, "html"), media_type="text/html; charset=utf-8")
+    return Response(
+        render_report(proxy.store, proxy.settings, site or None, "html"), media_type="text/html; charset=utf-8"
+    )
 
 
 def _path_or_none(value: Any) -> Path | None:
     return Path(value) if value else None
 
 
-admin_router = Router(path="/admin", route_handlers=[list_sites, site_calls, rename_site, export_dataset, training_job,
-                                      training_candidates_route, training_schedule_route, register_version_route, site_versions, site_action, site_policy,
-                                      score_pair_route, upstream_routes, admin_report],
-                      guards=[require_admin_token], include_in_schema=False)
+admin_router = Router(
+    path="/admin",
+    route_handlers=[
+        list_sites,
+        site_calls,
+        rename_site,
+        export_dataset,
+        training_job,
+        training_candidates_route,
+        training_schedule_route,
+        register_version_route,
+        site_versions,
+        site_action,
+        site_policy,
+        score_pair_route,
+        upstream_routes,
+        admin_report,
+    ],
+    guards=[require_admin_token],
+    include_in_schema=False,
+)

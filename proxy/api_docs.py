@@ -29,11 +29,13 @@ table{border-collapse:collapse} td,th{border-bottom:1px solid #eaeef2;padding:.2
 
 def render_docs(schema: dict[str, Any], json_url: str) -> str:
     info = schema.get("info") or {}
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(str(info.get('title', 'API')))}"
-             f" API</title><style>{_STYLE}</style></head><body>",
-             f"<h1>{escape(str(info.get('title', 'API')))} <span class=muted>{escape(str(info.get('version', '')))}"
-             f"</span></h1>",
-             f"<p class=muted>The OpenAPI document itself: <a href='{escape(json_url)}'>{escape(json_url)}</a></p>"]
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(str(info.get('title', 'API')))}"
+        f" API</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{escape(str(info.get('title', 'API')))} <span class=muted>{escape(str(info.get('version', '')))}"
+        f"</span></h1>",
+        f"<p class=muted>The OpenAPI document itself: <a href='{escape(json_url)}'>{escape(json_url)}</a></p>",
+    ]
     by_tag: dict[str, list[tuple[str, str, dict]]] = {}
     for path, item in sorted((schema.get("paths") or {}).items()):
         for method in _METHODS:
@@ -49,25 +51,33 @@ def render_docs(schema: dict[str, Any], json_url: str) -> str:
 
 
 def _operation(method: str, path: str, op: dict[str, Any]) -> str:
-    html = [f"<div class=op><div><span class='method {method}'>{method}</span> <code>{escape(path)}</code>",
-            f" — {escape(str(op['summary']))}" if op.get("summary") else "", "</div>"]
+    html = [
+        f"<div class=op><div><span class='method {method}'>{method}</span> <code>{escape(path)}</code>",
+        f" — {escape(str(op['summary']))}" if op.get("summary") else "",
+        "</div>",
+    ]
     if op.get("description"):
         html.append(f"<p>{escape(str(op['description']))}</p>")
     params = op.get("parameters") or []
     if params:
-        rows = "".join(f"<tr><td><code>{escape(str(p.get('name')))}</code></td><td>{escape(str(p.get('in')))}</td>"
-                       f"<td>{'required' if p.get('required') else 'optional'}</td>"
-                       f"<td><code>{escape(json.dumps((p.get('schema') or {}).get('type', '')))}</code></td></tr>"
-                       for p in params)
+        rows = "".join(
+            f"<tr><td><code>{escape(str(p.get('name')))}</code></td><td>{escape(str(p.get('in')))}</td>"
+            f"<td>{'required' if p.get('required') else 'optional'}</td>"
+            f"<td><code>{escape(json.dumps((p.get('schema') or {}).get('type', '')))}</code></td></tr>"
+            for p in params
+        )
         html.append(f"<table><tr><th>parameter</th><th>in</th><th></th><th>type</th></tr>{rows}</table>")
-    body = ((op.get("requestBody") or {}).get("content") or {})
+    body = (op.get("requestBody") or {}).get("content") or {}
     for media, content in body.items():
-        html.append(f"<details><summary>request body ({escape(media)})</summary>"
-                    f"<pre>{escape(json.dumps(content.get('schema', {}), indent=2))}</pre></details>")
+        html.append(
+            f"<details><summary>request body ({escape(media)})</summary>"
+            f"<pre>{escape(json.dumps(content.get('schema', {}), indent=2))}</pre></details>"
+        )
     responses = op.get("responses") or {}
     if responses:
-        listed = ", ".join(f"{escape(str(code))} {escape(str((r or {}).get('description', '')))}"
-                           for code, r in responses.items())
+        listed = ", ".join(
+            f"{escape(str(code))} {escape(str((r or {}).get('description', '')))}" for code, r in responses.items()
+        )
         html.append(f"<p class=muted>responses: {listed}</p>")
     html.append("</div>")
     return "".join(html)

@@ -13,7 +13,8 @@ import os
 import secrets
 
 import httpx
-from litestar import Litestar, Request, Response, Router as RouteGroup, get
+from litestar import Litestar, Request, Response, get
+from litestar import Router as RouteGroup
 from litestar.openapi import OpenAPIConfig
 
 from understudy.client_keys import access_for
@@ -36,17 +37,22 @@ from understudy.routing.local_model import LocalModels
 from understudy.routing.model_server import ServedModels
 from understudy.routing.router import Router
 from understudy.routing.similarity import cosine_similarity
-from understudy.training_jobs import register_pending_results
 from understudy.settings import Settings
 from understudy.store import Store
+from understudy.training_jobs import register_pending_results
 from understudy.validators import ValidatorRegistry
 
 
 @get("/healthz", tags=["Operations"], summary="Liveness and recorder backlog")
 async def healthz(request: Request) -> dict:
     proxy: ProxyState = request.app.state.proxy
-    return {"status": "ok", "pid": os.getpid(), "sites": len(proxy.sites.all()), "recorder_queue": proxy.recorder.pending(),
-            "shadow_pending": proxy.router.background}
+    return {
+        "status": "ok",
+        "pid": os.getpid(),
+        "sites": len(proxy.sites.all()),
+        "recorder_queue": proxy.recorder.pending(),
+        "shadow_pending": proxy.router.background,
+    }
 
 
 @get("/metrics", tags=["Operations"], summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
@@ -60,8 +66,11 @@ async def list_models(request: Request) -> Response[bytes]:
     proxy: ProxyState = request.app.state.proxy
     try:
         upstream = await proxy.upstream.get_models(dict(request.headers))
-        return Response(upstream.content, status_code=upstream.status_code,
-                        media_type=upstream.headers.get("content-type", "application/json"))
+        return Response(
+            upstream.content,
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type", "application/json"),
+        )
     except httpx.HTTPError as exc:
         return error_response(502, f"upstream unreachable: {exc}", type="upstream_error", code="upstream_unreachable")
 
@@ -80,36 +89,57 @@ def _local_models(settings: Settings) -> LocalModels | ServedModels | None:
 def build_state(settings: Settings) -> ProxyState:
     settings.ensure_data_dir()
     client_keys = access_for(settings)  # refuses a non-loopback bind without keys (ClientKeysError)
-    table = UpstreamTable.from_config(settings.config, settings.data_dir, settings.upstream_url, settings.upstream_key,
-                                      settings.upstream_free)
+    table = UpstreamTable.from_config(
+        settings.config, settings.data_dir, settings.upstream_url, settings.upstream_key, settings.upstream_free
+    )
     store = Store.open(settings)
     admin_token = settings.admin_token or secrets.token_urlsafe(24)
     # Every key the proxy could send, and its admin token: masked wherever they might appear in a
     # recorded body or an error (client keys are masked by their shape: only their hashes are known).
     keys = {settings.resolved_upstream_key(), admin_token} | {route.key() for route in table.routes}
     recorder = Recorder(
-        store, PriceTable.load(settings.prices_file), batch_rows=settings.recorder_batch_rows,
-        flush_ms=settings.recorder_flush_ms, secrets=tuple(sorted(k for k in keys if k)),
+        store,
+        PriceTable.load(settings.prices_file),
+        batch_rows=settings.recorder_batch_rows,
+        flush_ms=settings.recorder_flush_ms,
+        secrets=tuple(sorted(k for k in keys if k)),
         failed_path=settings.data_dir / "failed-writes.jsonl",
     )
     recorder.replay_spilled()  # rows an earlier run could not store, before anything new
-    sites = SiteRegistry(store.site_records(), store.site_tags(), store.recent_conversations(CONVERSATION_MEMORY),
-                         max_generic_sites=settings.max_generic_sites, generic_sites=store.site_count("generic"),
-                         overflow_sites=store.site_count(OVERFLOW_KIND),
-                         mask=lambda text: mask_text(text, recorder.secrets))
+    sites = SiteRegistry(
+        store.site_records(),
+        store.site_tags(),
+        store.recent_conversations(CONVERSATION_MEMORY),
+        max_generic_sites=settings.max_generic_sites,
+        generic_sites=store.site_count("generic"),
+        overflow_sites=store.site_count(OVERFLOW_KIND),
+        mask=lambda text: mask_text(text, recorder.secrets),
+    )
     local = _local_models(settings)
-    router = Router(store, local, validators=ValidatorRegistry(settings.validators),
-                    policy_defaults=settings.routing_policy, sampling_defaults=settings.sampling_policy,
-                    current_site=sites.get, on_site_change=sites.replace,
-                    record_shadow=recorder.add_shadow_result, record_self_agreement=recorder.add_self_agreement,
-                    similarity=cosine_similarity, max_extra_upstream=settings.extra_upstream_concurrency,
-                    write=recorder.run)
+    router = Router(
+        store,
+        local,
+        validators=ValidatorRegistry(settings.validators),
+        policy_defaults=settings.routing_policy,
+        sampling_defaults=settings.sampling_policy,
+        current_site=sites.get,
+        on_site_change=sites.replace,
+        record_shadow=recorder.add_shadow_result,
+        record_self_agreement=recorder.add_self_agreement,
+        similarity=cosine_similarity,
+        max_extra_upstream=settings.extra_upstream_concurrency,
+        write=recorder.run,
+    )
     recorder.on_upstream_answer = router.remember_answer
     state = ProxyState(
-        settings=settings, store=store, recorder=recorder, sites=sites,
+        settings=settings,
+        store=store,
+        recorder=recorder,
+        sites=sites,
         upstream=Upstream(settings, table, strip_client_auth=client_keys is not None),
         metrics=ProxyMetrics(recorder, top_sites=settings.metrics_top_sites, routing=router.routing_states),
-        admin_token=admin_token, router=router,
+        admin_token=admin_token,
+        router=router,
         client_keys=client_keys,
     )
     for version in register_pending_results(store, settings):  # results a worker left while we were down
@@ -126,8 +156,12 @@ def create_app(settings: Settings) -> Litestar:
     async def start(app: Litestar) -> None:
         state.recorder.start()
         if settings.shared_store:  # other processes write this store too: pick up their changes
-            sync = SiteSync(state.store, current_site=state.sites.get, replace_site=state.sites.replace,
-                            refresh_routing=state.router.refresh)
+            sync = SiteSync(
+                state.store,
+                current_site=state.sites.get,
+                replace_site=state.sites.replace,
+                refresh_routing=state.router.refresh,
+            )
             sync.prime()
             sync_task = asyncio.get_running_loop().create_task(sync.run(settings.sync_interval_s))
             state.stopping.append(sync_task.cancel)
@@ -146,14 +180,22 @@ def create_app(settings: Settings) -> Litestar:
         state.store.close()
 
     app = Litestar(
-        route_handlers=[RouteGroup(path="/", route_handlers=[chat_completions, list_models], guards=[require_client_key]),
-                        healthz, metrics, public_report, admin_router, *review_routes],
+        route_handlers=[
+            RouteGroup(path="/", route_handlers=[chat_completions, list_models], guards=[require_client_key]),
+            healthz,
+            metrics,
+            public_report,
+            admin_router,
+            *review_routes,
+        ],
         on_startup=[start],
         on_shutdown=[stop],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         # /schema is a self-contained page (no CDN script: blank offline otherwise), /schema/openapi.json the document
-        openapi_config=OpenAPIConfig(title="Understudy", version="0.1.0", path="/schema", render_plugins=render_plugins()),
+        openapi_config=OpenAPIConfig(
+            title="Understudy", version="0.1.0", path="/schema", render_plugins=render_plugins()
+        ),
     )
     app.state.proxy = state
     return app

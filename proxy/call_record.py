@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -32,8 +32,9 @@ MASK = "[redacted]"
 # hashes, so it cannot list them), and the string value of a header-named field (a client or an
 # upstream echoing request headers).
 _CLIENT_KEY = re.compile(rf"(?<![A-Za-z0-9_-]){re.escape(KEY_PREFIX)}[A-Za-z0-9_-]{{43}}(?![A-Za-z0-9_-])")
-_HEADER_FIELD = re.compile(r'"(authorization|proxy-authorization|x-api-key|api-key|x-goog-api-key)"(\s*:\s*)"(?:[^"\\]|\\.)*"',
-                           re.IGNORECASE)
+_HEADER_FIELD = re.compile(
+    r'"(authorization|proxy-authorization|x-api-key|api-key|x-goog-api-key)"(\s*:\s*)"(?:[^"\\]|\\.)*"', re.IGNORECASE
+)
 
 
 @dataclass(slots=True)
@@ -152,8 +153,14 @@ def _validator_for(schema_json: str) -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceTable, secrets: tuple[str, ...],
-           completion: dict[str, Any] | None = None) -> tuple:
+def to_row(
+    call: PendingCall,
+    call_id: str,
+    retry_of: str | None,
+    prices: PriceTable,
+    secrets: tuple[str, ...],
+    completion: dict[str, Any] | None = None,
+) -> tuple:
     """The `calls` row, in `store.CALL_COLUMNS` order (`completion`: `completion_of(call)`, if already built)."""
     completion = completion if completion is not None else completion_of(call)
     usage = (completion or {}).get("usage") or {}
@@ -176,7 +183,7 @@ def to_row(call: PendingCall, call_id: str, retry_of: str | None, prices: PriceT
         cost = prices.cost(priced_model, prompt_tokens, completion_tokens)
     return (
         call_id,
-        datetime.fromtimestamp(call.ts, timezone.utc),
+        datetime.fromtimestamp(call.ts, UTC),
         call.identification.site_id,
         model,
         call.served_by,
@@ -235,7 +242,9 @@ def _text_chars(message: Any) -> int:
     content = message.get("content")
     chars = len(content) if isinstance(content, str) else 0
     if isinstance(content, list):
-        chars += sum(len(part["text"]) for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
+        chars += sum(
+            len(part["text"]) for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
     if isinstance(message.get("name"), str):
         chars += len(message["name"])
     for call in message.get("tool_calls") or []:

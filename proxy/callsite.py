@@ -37,7 +37,16 @@ from typing import Any
 import msgspec
 
 from understudy.byllm_prompt import (
-    BYLLM_SYSTEM_MARKER, PLUGIN_TAG_SOURCE, RETRY_MARKER, argument_lines, first_user_index, first_user_text, message_text, split_prompt,
+    BYLLM_SYSTEM_MARKER,
+    PLUGIN_TAG_SOURCE,
+    RETRY_MARKER,
+    argument_lines,
+    first_user_index,
+    first_user_text,
+    message_text,
+    split_prompt,
+)
+from understudy.byllm_prompt import (
     system_text as system_text_of,
 )
 
@@ -74,8 +83,13 @@ class Signature:
     def untagged_site_id(self) -> str:
         """The id the same request would get without its tag (for continuity with old calls)."""
         return _digest(
-            self.kind, self.system_text, self.header or "", ",".join(self.arg_names),
-            self.schema_digest or "", ",".join(self.tool_names), repr(self.temperature),
+            self.kind,
+            self.system_text,
+            self.header or "",
+            ",".join(self.arg_names),
+            self.schema_digest or "",
+            ",".join(self.tool_names),
+            repr(self.temperature),
         )
 
     def default_name(self, caller_name: str | None) -> tuple[str, str]:
@@ -113,8 +127,11 @@ def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identific
 
     metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
     tag = explicit_tag or metadata.get("understudy_site") or None
-    from_plugin = bool(tag) and metadata.get("understudy_site_source") == PLUGIN_TAG_SOURCE \
+    from_plugin = (
+        bool(tag)
+        and metadata.get("understudy_site_source") == PLUGIN_TAG_SOURCE
         and str(tag) == str(metadata.get("understudy_site"))
+    )
     caller_name = metadata.get("jac_caller_name") or None
 
     header, arg_names, kind = _split_prompt(first_user, system_text)
@@ -138,8 +155,14 @@ def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identific
         signature=signature,
         turn=_turn_of(later),
         # no tool names: a later step may offer fewer tools than the first turn did
-        conversation=_digest(signature.tag or "", signature.kind, system_text, first_user,
-                             signature.schema_digest or "", repr(signature.temperature)),
+        conversation=_digest(
+            signature.tag or "",
+            signature.kind,
+            system_text,
+            first_user,
+            signature.schema_digest or "",
+            repr(signature.temperature),
+        ),
         caller_name=caller_name,
     )
 

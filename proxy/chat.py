@@ -33,12 +33,12 @@ from understudy.proxy.callsite import UNDERSTUDY_METADATA, Identification, ident
 from understudy.proxy.errors import ProxyError, error_body, is_openai_error
 from understudy.proxy.openapi import ChatCompletionsOperation
 from understudy.proxy.pricing import answer_price
-from understudy.proxy.state import ProxyState
-from understudy.proxy.types import MAX_DEPTH, validation_error
 from understudy.proxy.providers import UnsupportedRequest, adjust_response, needs_adjustment
 from understudy.proxy.retries import Attempts, Opened, RetryPolicy, send_with_retries, with_read_timeout
+from understudy.proxy.state import ProxyState
 from understudy.proxy.stream_adjust import StreamAdjuster
 from understudy.proxy.stream_relay import StreamWatch, error_event, usage_requested
+from understudy.proxy.types import MAX_DEPTH, validation_error
 from understudy.proxy.upstream import pass_back_headers
 from understudy.proxy.upstreams import MissingKey, Resolution
 from understudy.routing.local_model import LocalAnswer, completion_object, sse_body
@@ -76,12 +76,16 @@ async def chat_completions(request: Request) -> Response:
 
     client_headers = dict(request.headers)
     resolution = proxy.upstream.table.resolve(str(payload["model"]))
-    plan = proxy.router.plan(site, has_tools=bool(ident.signature.tool_names or payload.get("tools")),
-                             free_upstream=resolution.route.price == (0.0, 0.0))
+    plan = proxy.router.plan(
+        site,
+        has_tools=bool(ident.signature.tool_names or payload.get("tools")),
+        free_upstream=resolution.route.price == (0.0, 0.0),
+    )
     fallback_reason = unserved = None
     if plan.answer == "local":
-        answered, fallback_reason, unserved = await _answer_locally(proxy, ident, site, payload, plan, started,
-                                                                    client_headers=client_headers)
+        answered, fallback_reason, unserved = await _answer_locally(
+            proxy, ident, site, payload, plan, started, client_headers=client_headers
+        )
         if answered is not None:
             return answered
         # The upstream answers instead. A sampled drift check scores the unserved local answer
@@ -98,7 +102,11 @@ async def chat_completions(request: Request) -> Response:
         call.local_tries = unserved.tries  # drawn and refused before the upstream answered
     after = _Afterwards(plan, unserved, client_headers)
     headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": "upstream"}
-    call.provider, call.upstream_model, call.price = resolution.provider, resolution.upstream_model, resolution.route.price
+    call.provider, call.upstream_model, call.price = (
+        resolution.provider,
+        resolution.upstream_model,
+        resolution.route.price,
+    )
     try:
         route_headers = resolution.headers()
         adjusted = resolution.prepare_body(payload)
@@ -110,39 +118,71 @@ async def chat_completions(request: Request) -> Response:
         call.response_body = error_body(str(exc), type="invalid_request_error", code=exc.code)
         _record(proxy, call, started)
         return Response(call.response_body, status_code=exc.status, media_type="application/json", headers=headers)
-    forward_body = _without_understudy_fields(body, payload) if adjusted is None else \
-        _without_understudy_fields(_encoder.encode(adjusted), adjusted)
+    forward_body = (
+        _without_understudy_fields(body, payload)
+        if adjusted is None
+        else _without_understudy_fields(_encoder.encode(adjusted), adjusted)
+    )
     # Streams ask for the usage chunk even when the client did not (proxy.stream_relay), and
     # ask again as the client did if the upstream refuses the field.
     with_usage = usage_requested(adjusted or payload)
-    bodies = [forward_body] if with_usage is None else \
-        [_without_understudy_fields(_encoder.encode(with_usage), with_usage), forward_body]
+    bodies = (
+        [forward_body]
+        if with_usage is None
+        else [_without_understudy_fields(_encoder.encode(with_usage), with_usage), forward_body]
+    )
     try:
         opened = await _send_upstream(proxy, call, resolution, bodies, client_headers, route_headers)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         # Refused or never answered the connect: unreachable (502), not slow (504).
         after.cancel(proxy)
-        return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
-                                       f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: "
-                                       f"{exc}{_tries(call)}")
+        return await _upstream_failure(
+            proxy,
+            call,
+            site,
+            started,
+            headers,
+            502,
+            "upstream_unreachable",
+            f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}{_tries(call)}",
+        )
     except httpx.TimeoutException as exc:
         after.cancel(proxy)
-        return await _upstream_failure(proxy, call, site, started, headers, 504, "upstream_timeout",
-                                       f"upstream {resolution.provider} timed out for {resolution.upstream_model}: "
-                                       f"{type(exc).__name__}{_tries(call)}")
+        return await _upstream_failure(
+            proxy,
+            call,
+            site,
+            started,
+            headers,
+            504,
+            "upstream_timeout",
+            f"upstream {resolution.provider} timed out for {resolution.upstream_model}: "
+            f"{type(exc).__name__}{_tries(call)}",
+        )
     except httpx.HTTPError as exc:
         after.cancel(proxy)
-        return await _upstream_failure(proxy, call, site, started, headers, 502, "upstream_unreachable",
-                                       f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: "
-                                       f"{exc}{_tries(call)}")
+        return await _upstream_failure(
+            proxy,
+            call,
+            site,
+            started,
+            headers,
+            502,
+            "upstream_unreachable",
+            f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}{_tries(call)}",
+        )
 
     upstream_response = opened.response
     call.price = answer_price(upstream_response.headers, call.price)
     headers.update(pass_back_headers(upstream_response))
     if call.stream and upstream_response.status_code == 200:
         watch = StreamWatch(StreamAdjuster.for_route(resolution.provider, payload), strip_usage=with_usage is not None)
-        return Stream(_relay(proxy, call, opened, started, after, watch), status_code=200,
-                      media_type=upstream_response.headers.get("content-type", "text/event-stream"), headers=headers)
+        return Stream(
+            _relay(proxy, call, opened, started, after, watch),
+            status_code=200,
+            media_type=upstream_response.headers.get("content-type", "text/event-stream"),
+            headers=headers,
+        )
     if call.stream:
         await upstream_response.aread()
         await upstream_response.aclose()
@@ -163,9 +203,18 @@ class _Afterwards:
             return
         upstream_text = first_content(completion_of(call))
         if self.plan.also_other:
-            proxy.spawn(proxy.router.observe_pair(call.identification.site_id, self.plan, call.id,
-                                                  call.identification.conversation, call.request, upstream_text,
-                                                  call.latency_ms, self.local))
+            proxy.spawn(
+                proxy.router.observe_pair(
+                    call.identification.site_id,
+                    self.plan,
+                    call.id,
+                    call.identification.conversation,
+                    call.request,
+                    upstream_text,
+                    call.latency_ms,
+                    self.local,
+                )
+            )
         if self.plan.second_opinion:
             proxy.spawn(_second_opinion(proxy, call, upstream_text, self.client_headers))
 
@@ -183,8 +232,11 @@ def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
         raise ProxyError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:  # the decoder's own limit: far past MAX_DEPTH
         proxy.metrics.rejected.labels("invalid_request").inc()
-        raise ProxyError(400, f"invalid chat completion request: the body nests deeper than {MAX_DEPTH} levels",
-                         code="invalid_request") from None
+        raise ProxyError(
+            400,
+            f"invalid chat completion request: the body nests deeper than {MAX_DEPTH} levels",
+            code="invalid_request",
+        ) from None
     problem = validation_error(payload)
     if problem is not None:
         proxy.metrics.rejected.labels("invalid_request").inc()
@@ -193,9 +245,17 @@ def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
 
 
 def _pending(proxy: ProxyState, ident: Identification, payload: dict[str, Any], served_by: str) -> PendingCall:
-    return PendingCall(id=proxy.recorder.new_call_id(), ts=time.time(), identification=ident, request=payload,
-                       served_by=served_by, stream=payload.get("stream") is True, status=0, latency_ms=0.0,
-                       client=current_client.get())
+    return PendingCall(
+        id=proxy.recorder.new_call_id(),
+        ts=time.time(),
+        identification=ident,
+        request=payload,
+        served_by=served_by,
+        stream=payload.get("stream") is True,
+        status=0,
+        latency_ms=0.0,
+        client=current_client.get(),
+    )
 
 
 def _without_understudy_fields(body: bytes, payload: dict[str, Any]) -> bytes:
@@ -214,10 +274,16 @@ def _without_understudy_fields(body: bytes, payload: dict[str, Any]) -> bytes:
 # ---- local answers ----
 
 
-async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRecord, payload: dict[str, Any],
-                          plan: Plan, started: float, note: str | None = None,
-                          client_headers: dict[str, str] | None = None
-                          ) -> tuple[Response | None, str | None, LocalAnswer | None]:
+async def _answer_locally(
+    proxy: ProxyState,
+    ident: Identification,
+    site: SiteRecord,
+    payload: dict[str, Any],
+    plan: Plan,
+    started: float,
+    note: str | None = None,
+    client_headers: dict[str, str] | None = None,
+) -> tuple[Response | None, str | None, LocalAnswer | None]:
     """(response, None, answer) when the local answer is served; (None, why not, the answer if any) otherwise."""
     try:
         answer = await proxy.router.answer(site.id, payload, plan)
@@ -241,20 +307,36 @@ async def _answer_locally(proxy: ProxyState, ident: Identification, site: SiteRe
     headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": served_by}
     if call.stream:
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-        return Stream(iter([sse_body(completion, include_usage)]), status_code=200, media_type="text/event-stream",
-                      headers=headers), None, answer
-    return (Response(_encoder.encode(completion), status_code=200, media_type="application/json", headers=headers),
-            None, answer)
+        return (
+            Stream(
+                iter([sse_body(completion, include_usage)]),
+                status_code=200,
+                media_type="text/event-stream",
+                headers=headers,
+            ),
+            None,
+            answer,
+        )
+    return (
+        Response(_encoder.encode(completion), status_code=200, media_type="application/json", headers=headers),
+        None,
+        answer,
+    )
 
 
-async def _extra_upstream_call(proxy: ProxyState, call: PendingCall, purpose: str,
-                               client_headers: dict[str, str]) -> tuple[PendingCall, str | None]:
+async def _extra_upstream_call(
+    proxy: ProxyState, call: PendingCall, purpose: str, client_headers: dict[str, str]
+) -> tuple[PendingCall, str | None]:
     """The upstream asked once more for `call`'s request (not streamed), recorded as a call of its own."""
     payload = {k: v for k, v in call.request.items() if k not in ("stream", "stream_options")}
     extra = _pending(proxy, call.identification, payload, "upstream")
     extra.stream, extra.purpose = False, purpose
     resolution = proxy.upstream.table.resolve(str(payload.get("model")))
-    extra.provider, extra.upstream_model, extra.price = resolution.provider, resolution.upstream_model, resolution.route.price
+    extra.provider, extra.upstream_model, extra.price = (
+        resolution.provider,
+        resolution.upstream_model,
+        resolution.route.price,
+    )
     started = time.perf_counter()
     try:
         adjusted = resolution.prepare_body(payload)
@@ -276,33 +358,57 @@ async def _extra_upstream_call(proxy: ProxyState, call: PendingCall, purpose: st
     return extra, first_content(completion_of(extra)) if response.status_code == 200 else None
 
 
-async def _drift_check(proxy: ProxyState, call: PendingCall, plan: Plan, local_answer: LocalAnswer,
-                       client_headers: dict[str, str]) -> None:
+async def _drift_check(
+    proxy: ProxyState, call: PendingCall, plan: Plan, local_answer: LocalAnswer, client_headers: dict[str, str]
+) -> None:
     """While local, a sample of calls also goes upstream so the version keeps being judged."""
     try:
         extra, upstream_text = await _extra_upstream_call(proxy, call, "drift", client_headers)
     finally:
         proxy.router.release_extra()
-    await proxy.router.observe_pair(call.identification.site_id, plan, call.id, call.identification.conversation,
-                                    call.request, upstream_text, extra.latency_ms, local_answer)
+    await proxy.router.observe_pair(
+        call.identification.site_id,
+        plan,
+        call.id,
+        call.identification.conversation,
+        call.request,
+        upstream_text,
+        extra.latency_ms,
+        local_answer,
+    )
 
 
-async def _second_opinion(proxy: ProxyState, call: PendingCall, first_text: str | None,
-                          client_headers: dict[str, str]) -> None:
+async def _second_opinion(
+    proxy: ProxyState, call: PendingCall, first_text: str | None, client_headers: dict[str, str]
+) -> None:
     """The upstream's second answer to a request it just answered: one self-agreement sample."""
     try:
         extra, second_text = await _extra_upstream_call(proxy, call, "self_check", client_headers)
     finally:
         proxy.router.release_extra()
-    await proxy.router.observe_second_opinion(call.identification.site_id, call.id, extra.id,
-                                              call.identification.conversation, call.request, first_text, second_text)
+    await proxy.router.observe_second_opinion(
+        call.identification.site_id,
+        call.id,
+        extra.id,
+        call.identification.conversation,
+        call.request,
+        first_text,
+        second_text,
+    )
 
 
 # ---- upstream answers ----
 
 
-def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response, started: float,
-                  headers: dict[str, str], after: _Afterwards, resolution: Resolution) -> Response:
+def _finish_plain(
+    proxy: ProxyState,
+    call: PendingCall,
+    upstream: httpx.Response,
+    started: float,
+    headers: dict[str, str],
+    after: _Afterwards,
+    resolution: Resolution,
+) -> Response:
     content = upstream.content
     status = upstream.status_code
     media_type = upstream.headers.get("content-type", "application/json")
@@ -320,8 +426,14 @@ def _finish_plain(proxy: ProxyState, call: PendingCall, upstream: httpx.Response
     return Response(content, status_code=status, media_type=media_type, headers=headers)
 
 
-async def _send_upstream(proxy: ProxyState, call: PendingCall, resolution: Resolution, bodies: list[bytes],
-                         client_headers: dict[str, str], route_headers: dict[str, str]) -> Opened:
+async def _send_upstream(
+    proxy: ProxyState,
+    call: PendingCall,
+    resolution: Resolution,
+    bodies: list[bytes],
+    client_headers: dict[str, str],
+    route_headers: dict[str, str],
+) -> Opened:
     """The upstream's answer, retried before the first byte (proxy.retries). `bodies`: the body to
     send and, after it, one to send instead if the upstream refuses the first with 400 / 422 (a
     field the proxy added)."""
@@ -332,8 +444,12 @@ async def _send_upstream(proxy: ProxyState, call: PendingCall, resolution: Resol
             request = proxy.upstream.build_chat_request(body, client_headers, resolution, route_headers)
             if call.stream:  # "no byte for N seconds" is the read timeout of every read of a stream
                 with_read_timeout(request, proxy.settings.upstream_stall_timeout_s)
-            opened = await send_with_retries(lambda: proxy.upstream.send(request, stream=call.stream), policy,
-                                             attempts, stream=call.stream)
+            opened = await send_with_retries(
+                lambda request=request: proxy.upstream.send(request, stream=call.stream),
+                policy,
+                attempts,
+                stream=call.stream,
+            )
             refused = opened.response.status_code in (400, 422)
             if not refused or position == len(bodies) - 1:
                 return opened
@@ -347,12 +463,13 @@ async def _send_upstream(proxy: ProxyState, call: PendingCall, resolution: Resol
 
 
 def _tries(call: PendingCall) -> str:
-    """" after 3 attempts (...)" for an error message, when the upstream was asked more than once."""
+    """ " after 3 attempts (...)" for an error message, when the upstream was asked more than once."""
     return f" after {call.attempts} attempts ({call.retried_for})" if call.attempts > 1 else ""
 
 
-async def _relay(proxy: ProxyState, call: PendingCall, opened: Opened, started: float, after: _Afterwards,
-                 watch: StreamWatch):
+async def _relay(
+    proxy: ProxyState, call: PendingCall, opened: Opened, started: float, after: _Afterwards, watch: StreamWatch
+):
     """The upstream's stream to the client as it arrives, whole events at a time (proxy.stream_relay).
 
     A stream that breaks, stalls or ends short reaches the client as an SSE error event and
@@ -373,12 +490,20 @@ async def _relay(proxy: ProxyState, call: PendingCall, opened: Opened, started: 
             if rest:
                 yield rest
         else:  # a clean close mid-answer: the unterminated tail (recorded) is not passed on
-            failure = (502, "upstream_stream_truncated", "upstream stream ended before the answer was complete "
-                                                          "(no [DONE], no finish_reason)")
+            failure = (
+                502,
+                "upstream_stream_truncated",
+                "upstream stream ended before the answer was complete (no [DONE], no finish_reason)",
+            )
     except httpx.TimeoutException as exc:
-        stall = opened.response.request.extensions.get("timeout", {}).get("read") or proxy.settings.upstream_stall_timeout_s
-        failure = (504, "upstream_stream_stalled", f"upstream stream stalled: no byte for {stall:g} s "
-                                                   f"({type(exc).__name__})")
+        stall = (
+            opened.response.request.extensions.get("timeout", {}).get("read") or proxy.settings.upstream_stall_timeout_s
+        )
+        failure = (
+            504,
+            "upstream_stream_stalled",
+            f"upstream stream stalled: no byte for {stall:g} s ({type(exc).__name__})",
+        )
     except httpx.HTTPError as exc:
         failure = (502, "upstream_stream_broken", f"upstream stream broke: {type(exc).__name__}: {exc}".rstrip(": "))
     except Exception as exc:  # a fault of the proxy's own while relaying: still an honest end
@@ -401,13 +526,28 @@ async def _relay(proxy: ProxyState, call: PendingCall, opened: Opened, started: 
         yield error_event(failure[2], failure[1])
 
 
-async def _upstream_failure(proxy: ProxyState, call: PendingCall, site: SiteRecord, started: float,
-                            headers: dict[str, str], status: int, code: str, message: str) -> Response:
+async def _upstream_failure(
+    proxy: ProxyState,
+    call: PendingCall,
+    site: SiteRecord,
+    started: float,
+    headers: dict[str, str],
+    status: int,
+    code: str,
+    message: str,
+) -> Response:
     proxy.metrics.upstream_errors.labels(code).inc()
     fallback = proxy.router.fallback_plan(site) if proxy.settings.local_when_upstream_down else None
     if fallback is not None:
-        answered, _, _ = await _answer_locally(proxy, call.identification, site, call.request, fallback, started,
-                                               note=f"upstream down ({message}); local answered")
+        answered, _, _ = await _answer_locally(
+            proxy,
+            call.identification,
+            site,
+            call.request,
+            fallback,
+            started,
+            note=f"upstream down ({message}); local answered",
+        )
         if answered is not None:
             return answered
     body = mask_bytes(error_body(message, type="upstream_error", code=code), proxy.recorder.secrets)

@@ -1,6 +1,6 @@
 """Failures mapped to OpenAI-style error bodies, so every client's error handling just works.
 
-    {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
+{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ _encoder = msgspec.json.Encoder()
 class ProxyError(Exception):
     """An error the proxy answers itself (the request is never forwarded)."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None, param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -32,10 +40,21 @@ def error_body(message: str, *, type: str, code: str | None = None, param: str |
     return _encoder.encode({"error": {"message": message, "type": type, "param": param, "code": code}})
 
 
-def error_response(status: int, message: str, *, type: str, code: str | None = None, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response[bytes]:
-    return Response(error_body(message, type=type, code=code, param=param), status_code=status,
-                    media_type="application/json", headers=headers)
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
+    return Response(
+        error_body(message, type=type, code=code, param=param),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 def is_openai_error(payload: Any) -> bool:
@@ -49,7 +68,9 @@ def handle_proxy_error(_: Request, exc: ProxyError) -> Response[bytes]:
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[bytes]:
     """Litestar's own 4xx (413 body too large, 404, 405 ...) in OpenAI's shape."""
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    code = {413: "request_too_large", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code)
+    code = {413: "request_too_large", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+        exc.status_code
+    )
     proxy = getattr(request.app.state, "proxy", None)
     if exc.status_code == 413 and proxy is not None:  # refused before forwarding, like any other rejection
         proxy.metrics.rejected.labels(code).inc()
@@ -61,7 +82,9 @@ def handle_site_not_found(_: Request, exc: SiteNotFound) -> Response[bytes]:
 
 
 def handle_unexpected(_: Request, exc: Exception) -> Response[bytes]:
-    return error_response(500, f"internal proxy error: {type(exc).__name__}", type="server_error", code="internal_error")
+    return error_response(
+        500, f"internal proxy error: {type(exc).__name__}", type="server_error", code="internal_error"
+    )
 
 
 EXCEPTION_HANDLERS = {

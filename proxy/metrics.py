@@ -26,15 +26,25 @@ class _RecorderCollector:
         self.recorder = recorder
 
     def collect(self):
-        yield GaugeMetricFamily("understudy_recorder_queue_depth", "Calls waiting for the next group commit.",
-                                value=self.recorder.pending())
-        yield CounterMetricFamily("understudy_recorded_calls", "Calls committed to the store.", value=self.recorder.recorded)
-        yield CounterMetricFamily("understudy_recorder_failed_calls", "Calls the store refused (spilled to failed-writes.jsonl).",
-                                  value=self.recorder.failed)
-        yield CounterMetricFamily("understudy_recorder_spill_failures", "Spills to failed-writes.jsonl that failed too.",
-                                  value=self.recorder.spill_failures)
-        yield CounterMetricFamily("understudy_recorder_replayed_rows", "Spilled rows stored at this start.",
-                                  value=self.recorder.replayed)
+        yield GaugeMetricFamily(
+            "understudy_recorder_queue_depth", "Calls waiting for the next group commit.", value=self.recorder.pending()
+        )
+        yield CounterMetricFamily(
+            "understudy_recorded_calls", "Calls committed to the store.", value=self.recorder.recorded
+        )
+        yield CounterMetricFamily(
+            "understudy_recorder_failed_calls",
+            "Calls the store refused (spilled to failed-writes.jsonl).",
+            value=self.recorder.failed,
+        )
+        yield CounterMetricFamily(
+            "understudy_recorder_spill_failures",
+            "Spills to failed-writes.jsonl that failed too.",
+            value=self.recorder.spill_failures,
+        )
+        yield CounterMetricFamily(
+            "understudy_recorder_replayed_rows", "Spilled rows stored at this start.", value=self.recorder.replayed
+        )
 
 
 class _RequestsBySite:
@@ -63,8 +73,11 @@ class _RequestsBySite:
                     else:
                         key = ("other", "local" if served_by.startswith("local:") else served_by, status)
                     series[key] = series.get(key, 0) + n
-        family = CounterMetricFamily("understudy_requests", "Chat completion requests answered (sites beyond the "
-                                     "top by traffic as `other`).", labels=["site", "served_by", "status"])
+        family = CounterMetricFamily(
+            "understudy_requests",
+            "Chat completion requests answered (sites beyond the top by traffic as `other`).",
+            labels=["site", "served_by", "status"],
+        )
         for labels, n in sorted(series.items()):
             family.add_metric(list(labels), n)
         yield family
@@ -79,10 +92,14 @@ class _RoutingCollector:
         self.routing = routing  # () -> (site id, state, partial threshold) per site with a version
 
     def collect(self):
-        states = GaugeMetricFamily("understudy_site_state", "1 for the state each site with a version is in.",
-                                   labels=["site", "state"])
-        thresholds = GaugeMetricFamily("understudy_site_partial_threshold", "Confidence at or above which a "
-                                       "partial site serves its local answers.", labels=["site"])
+        states = GaugeMetricFamily(
+            "understudy_site_state", "1 for the state each site with a version is in.", labels=["site", "state"]
+        )
+        thresholds = GaugeMetricFamily(
+            "understudy_site_partial_threshold",
+            "Confidence at or above which a partial site serves its local answers.",
+            labels=["site"],
+        )
         for site, state, threshold in self.routing():
             states.add_metric([site, state], 1)
             if threshold is not None:
@@ -92,26 +109,46 @@ class _RoutingCollector:
 
 
 class ProxyMetrics:
-    def __init__(self, recorder, top_sites: int = 50,
-                 routing: Callable[[], Iterable[tuple[str, str, float | None]]] | None = None):
+    def __init__(
+        self,
+        recorder,
+        top_sites: int = 50,
+        routing: Callable[[], Iterable[tuple[str, str, float | None]]] | None = None,
+    ):
         self.registry = CollectorRegistry()
         if routing is not None:
             self.registry.register(_RoutingCollector(routing))
         self.requests = _RequestsBySite(top_sites)
         self.registry.register(self.requests)
-        self.latency = Histogram("understudy_request_latency_seconds", "Time to the full answer (streams: to the last chunk).",
-                                 ["served_by"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.rejected = Counter("understudy_rejected_requests", "Requests refused before forwarding.", ["reason"],
-                                registry=self.registry)
-        self.upstream_errors = Counter("understudy_upstream_errors", "Upstream failures by kind.", ["kind"],
-                                       registry=self.registry)
-        self.upstream_retries = Counter("understudy_upstream_retries", "Upstream attempts retried (before the first "
-                                        "byte to the client).", registry=self.registry)
-        self.local_fallbacks = Counter("understudy_local_fallbacks", "Local answers refused (invalid) and served upstream.",
-                                       registry=self.registry)
-        self.local_tries = Histogram("understudy_local_tries", "Local draws per local answer (checked sampling), by "
-                                     "outcome: served, or refused (fallback) and answered upstream.", ["outcome"],
-                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16), registry=self.registry)
+        self.latency = Histogram(
+            "understudy_request_latency_seconds",
+            "Time to the full answer (streams: to the last chunk).",
+            ["served_by"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "understudy_rejected_requests", "Requests refused before forwarding.", ["reason"], registry=self.registry
+        )
+        self.upstream_errors = Counter(
+            "understudy_upstream_errors", "Upstream failures by kind.", ["kind"], registry=self.registry
+        )
+        self.upstream_retries = Counter(
+            "understudy_upstream_retries",
+            "Upstream attempts retried (before the first byte to the client).",
+            registry=self.registry,
+        )
+        self.local_fallbacks = Counter(
+            "understudy_local_fallbacks", "Local answers refused (invalid) and served upstream.", registry=self.registry
+        )
+        self.local_tries = Histogram(
+            "understudy_local_tries",
+            "Local draws per local answer (checked sampling), by "
+            "outcome: served, or refused (fallback) and answered upstream.",
+            ["outcome"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+            registry=self.registry,
+        )
         self.registry.register(_RecorderCollector(recorder))
 
     def observe(self, site: str, served_by: str, status: int, seconds: float) -> None:

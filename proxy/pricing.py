@@ -60,7 +60,7 @@ class PriceTable:
         self._prices = sorted(prices.items(), key=lambda item: len(item[0]), reverse=True)
 
     @classmethod
-    def load(cls, override_file: Path | None) -> "PriceTable":
+    def load(cls, override_file: Path | None) -> PriceTable:
         prices = dict(BUILT_IN_PRICES)
         if override_file is not None:
             with open(override_file, "rb") as handle:

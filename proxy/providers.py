@@ -101,11 +101,14 @@ def adjust_response(provider: str, body: dict[str, Any], request: dict[str, Any]
 
 # --- Anthropic -----------------------------------------------------------------------------
 
+
 def _anthropic_request(body: dict[str, Any]) -> dict[str, Any]:
     model = body.get("model")
     n = body.get("n")
     if n is not None and n != 1:
-        raise UnsupportedRequest("anthropic", model, f"n must be 1 (got {n}); Anthropic returns a single choice", param="n")
+        raise UnsupportedRequest(
+            "anthropic", model, f"n must be 1 (got {n}); Anthropic returns a single choice", param="n"
+        )
     out = _without_nulls(body)
     temperature = out.get("temperature")
     if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 1:
@@ -132,16 +135,24 @@ def _json_instruction(response_format: Any) -> str | None:
     name = spec.get("name") if isinstance(spec, dict) else None
     if not isinstance(schema, dict):
         return "Reply with a single JSON value and nothing else: no prose, no code fences."
-    label = f" (\"{name}\")" if name else ""
-    return ("Reply with only a JSON value that conforms to this JSON Schema" + label +
-            ", with no prose and no code fences:\n" + json.dumps(schema, separators=(",", ":"), ensure_ascii=False))
+    label = f' ("{name}")' if name else ""
+    return (
+        "Reply with only a JSON value that conforms to this JSON Schema"
+        + label
+        + ", with no prose and no code fences:\n"
+        + json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+    )
 
 
 def _with_system_instruction(messages: list[Any], instruction: str) -> list[Any]:
     """Append the instruction to the leading system message, or add one in front."""
     messages = list(messages)
     first = messages[0] if messages else None
-    if isinstance(first, dict) and first.get("role") in ("system", "developer") and isinstance(first.get("content"), str):
+    if (
+        isinstance(first, dict)
+        and first.get("role") in ("system", "developer")
+        and isinstance(first.get("content"), str)
+    ):
         messages[0] = {**first, "content": first["content"].rstrip() + "\n\n" + instruction}
     else:
         messages.insert(0, {"role": "system", "content": instruction})
@@ -165,6 +176,7 @@ def _strip_fences(choice: dict[str, Any]) -> dict[str, Any]:
 
 # --- Gemini --------------------------------------------------------------------------------
 
+
 def _gemini_request(body: dict[str, Any]) -> dict[str, Any]:
     out = _without_nulls(body)
     for name in _GEMINI_UNKNOWN_FIELDS:
@@ -177,7 +189,10 @@ def _gemini_request(body: dict[str, Any]) -> dict[str, Any]:
         schema = spec.get("schema")
         if isinstance(schema, dict) and "$schema" in schema:
             out = _copy_once(out, body)
-            out["response_format"] = {**response_format, "json_schema": {**spec, "schema": _without_key(schema, "$schema")}}
+            out["response_format"] = {
+                **response_format,
+                "json_schema": {**spec, "schema": _without_key(schema, "$schema")},
+            }
     tools = out.get("tools")
     if isinstance(tools, list) and any(_tool_has_schema_key(tool) for tool in tools):
         out = _copy_once(out, body)
@@ -206,6 +221,7 @@ def _gemini_finish_reason(choice: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
 
 def _without_nulls(body: dict[str, Any]) -> dict[str, Any]:
     if any(value is None for value in body.values()):

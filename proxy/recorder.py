@@ -42,8 +42,16 @@ _RETRY_MEMORY = 10_000  # conversations remembered for linking retries to the ca
 
 
 class Recorder:
-    def __init__(self, store: Store, prices: PriceTable, *, batch_rows: int = 500, flush_ms: int = 50,
-                 secrets: tuple[str, ...] = (), failed_path: Path | None = None):
+    def __init__(
+        self,
+        store: Store,
+        prices: PriceTable,
+        *,
+        batch_rows: int = 500,
+        flush_ms: int = 50,
+        secrets: tuple[str, ...] = (),
+        failed_path: Path | None = None,
+    ):
         self.store = store
         self.prices = prices
         self.batch_rows = batch_rows
@@ -127,7 +135,9 @@ class Recorder:
             while len(items) < self.batch_rows:
                 remaining = deadline - time.monotonic()
                 try:
-                    items.append(self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait())
+                    items.append(
+                        self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
             stopping = any(item is _STOP for item in items)
@@ -173,13 +183,24 @@ class Recorder:
             else:
                 try:
                     completion = completion_of(item)
-                    rows.append(to_row(item, item.id, self._retry_of(item, item.id), self.prices, self.secrets,
-                                       completion))
+                    rows.append(
+                        to_row(item, item.id, self._retry_of(item, item.id), self.prices, self.secrets, completion)
+                    )
                 except Exception as exc:  # a row we cannot build must not take the batch down
                     log.exception("could not build a row for call %s", item.id)
                     self.failed += 1
-                    self._spill([("unbuildable", {"call_id": item.id, "site_id": item.identification.site_id,
-                                                  "error": f"{type(exc).__name__}: {exc}"})])
+                    self._spill(
+                        [
+                            (
+                                "unbuildable",
+                                {
+                                    "call_id": item.id,
+                                    "site_id": item.identification.site_id,
+                                    "error": f"{type(exc).__name__}: {exc}",
+                                },
+                            )
+                        ]
+                    )
                     continue
                 if self.on_upstream_answer is not None and item.served_by == "upstream" and item.status == 200:
                     self._notify(item, completion)
@@ -202,8 +223,9 @@ class Recorder:
             except Exception:
                 log.exception("could not store the name %r of site %s", name, site_id)
 
-    def _store_one_by_one(self, sites: list[tuple], rows: list[tuple], shadows: list[tuple],
-                          agreements: list[tuple]) -> None:
+    def _store_one_by_one(
+        self, sites: list[tuple], rows: list[tuple], shadows: list[tuple], agreements: list[tuple]
+    ) -> None:
         for kind, batch in (("site", sites), ("call", rows), ("shadow", shadows), ("self_agreement", agreements)):
             for row in batch:
                 try:
@@ -279,8 +301,12 @@ class Recorder:
 
 _BATCH_ARGUMENT = {"site": "sites", "call": "calls", "shadow": "shadows", "self_agreement": "self_agreement"}
 # Where each spilled row kind keeps its timestamp (JSON holds it as ISO text).
-_TIMESTAMP_COLUMN = {"site": SITE_COLUMNS.index("created_at"), "call": CALL_COLUMNS.index("ts"),
-                     "shadow": SHADOW_COLUMNS.index("ts"), "self_agreement": SELF_AGREEMENT_COLUMNS.index("ts")}
+_TIMESTAMP_COLUMN = {
+    "site": SITE_COLUMNS.index("created_at"),
+    "call": CALL_COLUMNS.index("ts"),
+    "shadow": SHADOW_COLUMNS.index("ts"),
+    "self_agreement": SELF_AGREEMENT_COLUMNS.index("ts"),
+}
 
 
 def _jsonable(value: object) -> object:

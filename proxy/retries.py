@@ -27,8 +27,8 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from datetime import datetime, timezone
 
 import httpx
 
@@ -48,7 +48,7 @@ class RetryPolicy:
 
     def backoff(self, retry: int) -> float:
         """The wait before retry number `retry` (0-based) when the upstream named none."""
-        wait = min(MAX_BACKOFF_S, self.backoff_s * 2 ** retry)
+        wait = min(MAX_BACKOFF_S, self.backoff_s * 2**retry)
         return wait / 2 + random.uniform(0, wait / 2)
 
 
@@ -76,8 +76,9 @@ class EmptyStream(httpx.RemoteProtocolError):
     """A 200 stream that ended before its first chunk."""
 
 
-async def send_with_retries(send: Callable[[], Awaitable[httpx.Response]], policy: RetryPolicy, attempts: Attempts,
-                            *, stream: bool) -> Opened:
+async def send_with_retries(
+    send: Callable[[], Awaitable[httpx.Response]], policy: RetryPolicy, attempts: Attempts, *, stream: bool
+) -> Opened:
     """The first answer worth passing on, after at most `policy.max_retries` retries.
 
     Returns the last response when it is not retryable, or retryable but the retries are spent
@@ -112,8 +113,9 @@ async def send_with_retries(send: Callable[[], Awaitable[httpx.Response]], polic
         wait = _retry_wait(response, policy, attempts.count - 1) if retries_left else None
         if wait is None:
             return Opened(response)
-        attempts.causes.append(f"http {response.status_code}" + (f" (retry-after {wait:g} s)"
-                                                                  if _named_wait(response) is not None else ""))
+        attempts.causes.append(
+            f"http {response.status_code}" + (f" (retry-after {wait:g} s)" if _named_wait(response) is not None else "")
+        )
         await response.aclose()
         await asyncio.sleep(wait)
 
@@ -158,7 +160,7 @@ def _named_wait(response: httpx.Response) -> float | None:
                 return max(float(value), 0.0)
             except ValueError:
                 when = parsedate_to_datetime(value)
-                return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+                return max((when - datetime.now(UTC)).total_seconds(), 0.0)
     except (TypeError, ValueError, OverflowError):
         return None
     return None

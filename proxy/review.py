@@ -41,13 +41,19 @@ def _state(request: Request) -> ProxyState:
 def _reviewer(request: Request) -> tuple[ProxyState, str]:
     """Who is reviewing: the bearer token (or ?token= for the page itself) names them."""
     proxy = _state(request)
-    token = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.query_params.get("token", "")
+    token = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.query_params.get(
+        "token", ""
+    )
     if token and same_token(token, proxy.admin_token):
         return proxy, "admin"
     name = reviews.reviewer_for_token(proxy.store.cursor(), token) if token else None
     if name is None:
-        raise ProxyError(401, "a review token is needed: open the URL `understudy review invite NAME` printed",
-                         type="authentication_error", code="invalid_review_token")
+        raise ProxyError(
+            401,
+            "a review token is needed: open the URL `understudy review invite NAME` printed",
+            type="authentication_error",
+            code="invalid_review_token",
+        )
     return proxy, name
 
 
@@ -63,7 +69,9 @@ def _write(proxy: ProxyState, job):
         raise _refused(exc) from None
 
 
-@get("/review", sync_to_thread=True, include_in_schema=True, tags=["Review"], summary="Blind review page (token needed)")
+@get(
+    "/review", sync_to_thread=True, include_in_schema=True, tags=["Review"], summary="Blind review page (token needed)"
+)
 def review_page(request: Request) -> Response:
     _reviewer(request)
     return Response(_page(), media_type="text/html; charset=utf-8", headers={"cache-control": "no-store"})
@@ -90,14 +98,26 @@ def review_judgment(request: Request, data: Any) -> dict:
 def admin_invite(request: Request, data: dict[str, Any]) -> dict:
     proxy = _state(request)
     token = _write(proxy, lambda cur: reviews.invite(cur, str(data.get("name") or "")))
-    return {"name": data["name"].strip(), "token": token, "url": f"{str(request.base_url).rstrip('/')}/review?token={token}"}
+    return {
+        "name": data["name"].strip(),
+        "token": token,
+        "url": f"{str(request.base_url).rstrip('/')}/review?token={token}",
+    }
 
 
 @post("/plan", sync_to_thread=True, status_code=200)
 def admin_plan(request: Request, data: dict[str, Any]) -> dict:
-    return _write(_state(request), lambda cur: reviews.draw_plan(
-        cur, str(data.get("site")), int(data.get("pairs") or 0),
-        by=data.get("by") or "version", shared=data.get("shared"), seed=data.get("seed")))
+    return _write(
+        _state(request),
+        lambda cur: reviews.draw_plan(
+            cur,
+            str(data.get("site")),
+            int(data.get("pairs") or 0),
+            by=data.get("by") or "version",
+            shared=data.get("shared"),
+            seed=data.get("seed"),
+        ),
+    )
 
 
 @post("/rubric", sync_to_thread=True, status_code=200)
@@ -136,8 +156,9 @@ def admin_eval_inputs(request: Request, site: str, versions: str = "", limit: in
 
     proxy = _state(request)
     try:
-        return eval_inputs(proxy.store, site, _versions(versions), limit=limit or None,
-                           validators=proxy.router.validators)
+        return eval_inputs(
+            proxy.store, site, _versions(versions), limit=limit or None, validators=proxy.router.validators
+        )
     except EvalError as exc:
         raise ProxyError(409, str(exc), code="eval_refused") from None
 
@@ -157,10 +178,27 @@ def _versions(text: str) -> list[int] | None:
 
 
 review_routes = [
-    review_page, review_next, review_judgment,
-    Router(path="/admin/review", route_handlers=[admin_invite, admin_plan, admin_set_rubric, admin_rubric, admin_results,
-                                                 admin_export, admin_import],
-           guards=[require_admin_token], include_in_schema=False),
-    Router(path="/admin/eval", route_handlers=[admin_eval_inputs, admin_eval_run], guards=[require_admin_token],
-           include_in_schema=False),
+    review_page,
+    review_next,
+    review_judgment,
+    Router(
+        path="/admin/review",
+        route_handlers=[
+            admin_invite,
+            admin_plan,
+            admin_set_rubric,
+            admin_rubric,
+            admin_results,
+            admin_export,
+            admin_import,
+        ],
+        guards=[require_admin_token],
+        include_in_schema=False,
+    ),
+    Router(
+        path="/admin/eval",
+        route_handlers=[admin_eval_inputs, admin_eval_run],
+        guards=[require_admin_token],
+        include_in_schema=False,
+    ),
 ]

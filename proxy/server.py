@@ -32,8 +32,9 @@ WORKER_SETTINGS_ENV = "UNDERSTUDY_WORKER_SETTINGS"
 
 
 class _AnnouncingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, settings: Settings, admin_token: str,
-                 on_stop: Sequence[Callable[[], object]] = ()):
+    def __init__(
+        self, config: uvicorn.Config, settings: Settings, admin_token: str, on_stop: Sequence[Callable[[], object]] = ()
+    ):
         super().__init__(config)
         self.settings = settings
         self.admin_token = admin_token
@@ -111,8 +112,10 @@ def serve(settings: Settings, on_stop: Sequence[Callable[[], object]] = (), work
 def serve_processes(settings: Settings, workers: int, on_stop: Sequence[Callable[[], object]] = ()) -> None:
     """N proxy processes on one socket, over a shared (PostgreSQL) store."""
     if not settings.shared_store:
-        raise ValueError(f"--workers {workers} needs a shared store (--store postgresql://...): the DuckDB file "
-                         "admits one writing process")
+        raise ValueError(
+            f"--workers {workers} needs a shared store (--store postgresql://...): the DuckDB file "
+            "admits one writing process"
+        )
     settings.ensure_data_dir()  # the store was opened (reachable, migrated) by the CLI before this
     settings = settings.model_copy(update={"admin_token": settings.admin_token or secrets.token_urlsafe(24)})
     os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
@@ -121,8 +124,11 @@ def serve_processes(settings: Settings, workers: int, on_stop: Sequence[Callable
     host, port = socket.getsockname()[:2]
     root = f"http://{_url_host(host)}:{port}"
     write_discovery(settings, root, settings.admin_token)
-    print(f"understudy: proxy on {root}/v1 ({workers} processes; data in {settings.data_dir})", file=sys.stderr,
-          flush=True)
+    print(
+        f"understudy: proxy on {root}/v1 ({workers} processes; data in {settings.data_dir})",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         Multiprocess(config, sockets=[socket]).run()
     finally:

@@ -34,7 +34,7 @@ import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from understudy.proxy.callsite import Identification, Signature
 from understudy.store import SiteRecord
@@ -47,9 +47,17 @@ OVERFLOW_KIND = "overflow"
 
 
 class SiteRegistry:
-    def __init__(self, records: list[SiteRecord], tags: dict[str, str] | None = None,
-                 conversations: list[tuple[str, str]] | None = None, *, max_generic_sites: int | None = None,
-                 generic_sites: int = 0, overflow_sites: int = 0, mask: Callable[[str], str] | None = None):
+    def __init__(
+        self,
+        records: list[SiteRecord],
+        tags: dict[str, str] | None = None,
+        conversations: list[tuple[str, str]] | None = None,
+        *,
+        max_generic_sites: int | None = None,
+        generic_sites: int = 0,
+        overflow_sites: int = 0,
+        mask: Callable[[str], str] | None = None,
+    ):
         self._sites: dict[str, SiteRecord] = {record.id: record for record in records}
         self.max_generic_sites = max_generic_sites  # None: unbounded
         self._generic = generic_sites  # generic sites made so far (the store's count at start-up)
@@ -104,8 +112,13 @@ class SiteRegistry:
                 untagged = self._sites.get(ident.signature.untagged_site_id)
                 if ident.signature.tag_from_plugin and untagged is not None and untagged.id not in self._tags.values():
                     self._tags[tag] = untagged.id
-                    record = untagged if untagged.name_source == "user" else SiteRecord(
-                        untagged.id, tag, "explicit", untagged.state, untagged.pinned, untagged.active_version)
+                    record = (
+                        untagged
+                        if untagged.name_source == "user"
+                        else SiteRecord(
+                            untagged.id, tag, "explicit", untagged.state, untagged.pinned, untagged.active_version
+                        )
+                    )
                     self._sites[untagged.id] = record
                     return record, None, (untagged.id, tag, "claim")
                 self._tags[tag] = ident.site_id
@@ -135,19 +148,38 @@ class SiteRegistry:
 
     def _default_name(self, ident: Identification) -> tuple[str, str]:
         sig = ident.signature
-        masked = dataclasses.replace(sig, system_text=self._mask(sig.system_text),
-                                     header=self._mask(sig.header) if sig.header else sig.header,
-                                     tag=self._mask(sig.tag) if sig.tag else sig.tag)
+        masked = dataclasses.replace(
+            sig,
+            system_text=self._mask(sig.system_text),
+            header=self._mask(sig.header) if sig.header else sig.header,
+            tag=self._mask(sig.tag) if sig.tag else sig.tag,
+        )
         return masked.default_name(self._mask(ident.caller_name) if ident.caller_name else None)
 
     def _overflow_site(self, sig: Signature) -> tuple[SiteRecord, tuple | None, None]:
         """The overflow site of this signature's shape (called holding the lock)."""
-        shape = Signature(kind=OVERFLOW_KIND, system_text="", header=None, arg_names=(), schema_name=sig.schema_name,
-                          schema_digest=sig.schema_digest, tool_names=sig.tool_names, temperature=None)
+        shape = Signature(
+            kind=OVERFLOW_KIND,
+            system_text="",
+            header=None,
+            arg_names=(),
+            schema_name=sig.schema_name,
+            schema_digest=sig.schema_digest,
+            tool_names=sig.tool_names,
+            temperature=None,
+        )
         site_id = shape.untagged_site_id
         if site_id not in self._sites and self._overflow >= MAX_OVERFLOW_SHAPES:
-            shape = Signature(kind=OVERFLOW_KIND, system_text="", header=None, arg_names=(), schema_name=None,
-                              schema_digest="*", tool_names=(), temperature=None)
+            shape = Signature(
+                kind=OVERFLOW_KIND,
+                system_text="",
+                header=None,
+                arg_names=(),
+                schema_name=None,
+                schema_digest="*",
+                tool_names=(),
+                temperature=None,
+            )
             site_id = shape.untagged_site_id
         record = self._sites.get(site_id)
         if record is not None:
@@ -163,14 +195,35 @@ class SiteRegistry:
 
 
 def _shape_row(site_id: str, name: str, shape: Signature) -> tuple:
-    return (site_id, name, "system", OVERFLOW_KIND, "", None, [], shape.schema_name, list(shape.tool_names), None,
-            datetime.now(timezone.utc), None)
+    return (
+        site_id,
+        name,
+        "system",
+        OVERFLOW_KIND,
+        "",
+        None,
+        [],
+        shape.schema_name,
+        list(shape.tool_names),
+        None,
+        datetime.now(UTC),
+        None,
+    )
 
 
 def _site_row(ident: Identification, name: str, source: str, mask: Callable[[str], str]) -> tuple:
     sig = ident.signature
     return (
-        ident.site_id, name, source, "explicit" if sig.tag else sig.kind, mask(sig.system_text),
-        mask(sig.header) if sig.header else sig.header, list(sig.arg_names), sig.schema_name, list(sig.tool_names),
-        sig.temperature, datetime.now(timezone.utc), mask(sig.tag) if sig.tag else sig.tag,
+        ident.site_id,
+        name,
+        source,
+        "explicit" if sig.tag else sig.kind,
+        mask(sig.system_text),
+        mask(sig.header) if sig.header else sig.header,
+        list(sig.arg_names),
+        sig.schema_name,
+        list(sig.tool_names),
+        sig.temperature,
+        datetime.now(UTC),
+        mask(sig.tag) if sig.tag else sig.tag,
     )

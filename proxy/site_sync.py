@@ -43,8 +43,14 @@ class Fingerprint(NamedTuple):
 
 
 class SiteSync:
-    def __init__(self, store: Store, *, current_site: Callable[[str], SiteRecord | None],
-                 replace_site: Callable[[SiteRecord], None], refresh_routing: Callable[[str, bool], None]):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        current_site: Callable[[str], SiteRecord | None],
+        replace_site: Callable[[SiteRecord], None],
+        refresh_routing: Callable[[str, bool], None],
+    ):
         self.store = store
         self.current_site = current_site
         self.replace_site = replace_site

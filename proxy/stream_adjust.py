@@ -61,7 +61,7 @@ class StreamAdjuster:
         self._pending += data
         out = []
         while (match := _EVENT_END.search(self._pending)) is not None:
-            event, self._pending = self._pending[:match.end()], self._pending[match.end():]
+            event, self._pending = self._pending[: match.end()], self._pending[match.end() :]
             out.append(self._event(event))
         return b"".join(out)
 
@@ -81,7 +81,7 @@ class StreamAdjuster:
                 continue
             adjusted = self._chunk(chunk) if isinstance(chunk, dict) else chunk
             if adjusted is not chunk:
-                ending = line[len(line.rstrip(b"\r\n")):]
+                ending = line[len(line.rstrip(b"\r\n")) :]
                 lines[i] = b"data: " + _encoder.encode(adjusted) + ending
                 changed = True
         return b"".join(lines) if changed else event
@@ -96,8 +96,9 @@ class StreamAdjuster:
         return {**chunk, "choices": fixed}
 
     def _choice(self, choice: dict[str, Any]) -> dict[str, Any]:
-        state = self._choices.setdefault(choice.get("index", 0) if isinstance(choice.get("index"), int) else 0,
-                                         _Choice())
+        state = self._choices.setdefault(
+            choice.get("index", 0) if isinstance(choice.get("index"), int) else 0, _Choice()
+        )
         delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else None
         out = choice
         if delta is not None and isinstance(delta.get("tool_calls"), list) and delta["tool_calls"]:
@@ -134,7 +135,7 @@ class StreamAdjuster:
             opening = _OPENING_FENCE.match(head)
             stripped = head.lstrip()
             if opening is not None:
-                state.fenced, state.head, emit = True, None, head[opening.end():]
+                state.fenced, state.head, emit = True, None, head[opening.end() :]
             elif stripped and not "```".startswith(stripped[:3]) or finished or "\n" in stripped:
                 state.head, emit = None, head  # no fence: everything held so far goes out
             else:
@@ -143,9 +144,12 @@ class StreamAdjuster:
             text_now = state.held + emit
             held = _MAYBE_CLOSING.search(text_now)
             if finished:  # the held tail was the closing fence, or plain trailing whitespace
-                emit, state.held = (text_now[:held.start()] if "```" in text_now[held.start():] else text_now).rstrip(), ""
+                emit, state.held = (
+                    (text_now[: held.start()] if "```" in text_now[held.start() :] else text_now).rstrip(),
+                    "",
+                )
             else:
-                emit, state.held = text_now[:held.start()], text_now[held.start():]
+                emit, state.held = text_now[: held.start()], text_now[held.start() :]
         if emit == text:
             return choice
         return {**choice, "delta": {**delta, "content": emit}}

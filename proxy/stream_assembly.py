@@ -43,8 +43,14 @@ def assemble_completion(raw: bytes) -> dict[str, Any] | None:
         if not isinstance(chunk, dict):
             continue
         if completion is None:
-            completion = {"id": chunk.get("id"), "object": "chat.completion", "created": chunk.get("created"),
-                          "model": chunk.get("model"), "choices": [], "usage": None}
+            completion = {
+                "id": chunk.get("id"),
+                "object": "chat.completion",
+                "created": chunk.get("created"),
+                "model": chunk.get("model"),
+                "choices": [],
+                "usage": None,
+            }
         if chunk.get("usage"):
             completion["usage"] = chunk["usage"]
         for delta_choice in chunk.get("choices") or []:
@@ -57,16 +63,19 @@ def assemble_completion(raw: bytes) -> dict[str, Any] | None:
 
 def _merge_choice(choices: dict[int, dict[str, Any]], delta_choice: dict[str, Any]) -> None:
     index = delta_choice.get("index", 0)
-    choice = choices.setdefault(index, {"role": "assistant", "content": [], "tool_calls": {}, "finish_reason": None,
-                                        "last_call": None})
+    choice = choices.setdefault(
+        index, {"role": "assistant", "content": [], "tool_calls": {}, "finish_reason": None, "last_call": None}
+    )
     delta = delta_choice.get("delta") or {}
     if delta.get("role"):
         choice["role"] = delta["role"]
     if delta.get("content"):
         choice["content"].append(delta["content"])
     for position, call in enumerate(delta.get("tool_calls") or []):
-        slot = choice["tool_calls"].setdefault(_call_index(choice, call, position), {"id": None, "type": "function",
-                                                                           "function": {"name": "", "arguments": ""}})
+        slot = choice["tool_calls"].setdefault(
+            _call_index(choice, call, position),
+            {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+        )
         if call.get("id"):
             slot["id"] = call["id"]
         function = call.get("function") or {}
@@ -100,7 +109,10 @@ def _call_index(choice: dict[str, Any], call: dict[str, Any], position: int) -> 
 
 
 def _finish_choice(index: int, choice: dict[str, Any]) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": choice["role"], "content": "".join(choice["content"]) if choice["content"] else None}
+    message: dict[str, Any] = {
+        "role": choice["role"],
+        "content": "".join(choice["content"]) if choice["content"] else None,
+    }
     if choice["tool_calls"]:
         message["tool_calls"] = [call for _, call in sorted(choice["tool_calls"].items())]
     return {"index": index, "message": message, "finish_reason": choice["finish_reason"]}

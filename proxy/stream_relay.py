@@ -127,6 +127,6 @@ def _event_without_usage(event: bytes) -> bytes:
             continue
         if not chunk.get("choices"):
             return b""
-        ending = line[len(line.rstrip(b"\r\n")):]
+        ending = line[len(line.rstrip(b"\r\n")) :]
         lines[i] = b"data: " + _encoder.encode({k: v for k, v in chunk.items() if k != "usage"}) + ending
     return b"".join(lines)

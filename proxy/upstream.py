@@ -22,8 +22,14 @@ from understudy.settings import Settings
 # httpx sets its own for the upstream leg.
 _HOP_BY_HOP = {"host", "content-length", "connection", "accept-encoding", "transfer-encoding", "keep-alive"}
 # Headers from the upstream worth passing back to the client.
-PASS_BACK_HEADERS = ("x-request-id", "openai-processing-ms", "openai-model", "x-ratelimit-remaining-requests",
-                     "x-ratelimit-remaining-tokens", "retry-after")
+PASS_BACK_HEADERS = (
+    "x-request-id",
+    "openai-processing-ms",
+    "openai-model",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "retry-after",
+)
 
 
 class Upstream:
@@ -56,12 +62,17 @@ class Upstream:
             self._targets[route.name] = target
         return target
 
-    def build_chat_request(self, body: bytes, client_headers: dict[str, str], resolution: Resolution,
-                           route_headers: dict[str, str]) -> httpx.Request:
+    def build_chat_request(
+        self, body: bytes, client_headers: dict[str, str], resolution: Resolution, route_headers: dict[str, str]
+    ) -> httpx.Request:
         # Built directly rather than by client.build_request: that merges URLs, cookies and
         # default headers per call, ~10 % of the proxy's CPU, for a result that never changes.
         url, extensions = self._target(resolution)
-        headers = {k: v for k, v in client_headers.items() if k.lower() not in _HOP_BY_HOP and not k.lower().startswith("x-understudy")}
+        headers = {
+            k: v
+            for k, v in client_headers.items()
+            if k.lower() not in _HOP_BY_HOP and not k.lower().startswith("x-understudy")
+        }
         if "authorization" in route_headers or self.strip_client_auth:
             for name in [k for k in headers if k.lower() == "authorization"]:
                 del headers[name]
@@ -76,8 +87,11 @@ class Upstream:
     async def get_models(self, client_headers: dict[str, str]) -> httpx.Response:
         """The default route's model list."""
         route = self.table.route_named("default")
-        headers = {k: v for k, v in client_headers.items() if k.lower() not in _HOP_BY_HOP
-                   and not (self.strip_client_auth and k.lower() == "authorization")}
+        headers = {
+            k: v
+            for k, v in client_headers.items()
+            if k.lower() not in _HOP_BY_HOP and not (self.strip_client_auth and k.lower() == "authorization")
+        }
         key = route.key()  # the default route is keyless-ok: None forwards the client's header
         if key:
             headers["authorization"] = f"Bearer {key}"

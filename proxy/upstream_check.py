@@ -26,8 +26,12 @@ import httpx
 from understudy.proxy.providers import UnsupportedRequest, adjust_request
 from understudy.proxy.upstreams import MissingKey, Resolution, Route, UpstreamTable, is_glob
 
-DEFAULT_CHECK_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "gemini": "gemini-2.0-flash",
-                        "openai-compatible": "gpt-4o-mini"}
+DEFAULT_CHECK_MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-3-5-haiku-latest",
+    "gemini": "gemini-2.0-flash",
+    "openai-compatible": "gpt-4o-mini",
+}
 CHECK_TIMEOUT_S = 30.0
 CHECK_MESSAGES = [{"role": "user", "content": "Reply with the single word: ok"}]
 
@@ -51,8 +55,9 @@ class CheckResult:
 OWN_SERVER = "openai-compatible"
 
 
-def check_model_for(route: Route, model_for_route: dict[str, str] | None = None,
-                    listed: list[str] | None = None) -> str | None:
+def check_model_for(
+    route: Route, model_for_route: dict[str, str] | None = None, listed: list[str] | None = None
+) -> str | None:
     """The model to check `route` with; `listed`: the ids the route's own `GET /models` gave."""
     if model_for_route and route.name in model_for_route:
         return model_for_route[route.name]
@@ -67,14 +72,22 @@ def check_model_for(route: Route, model_for_route: dict[str, str] | None = None,
     return default if default is not None and route.matches(default) else None
 
 
-async def check_routes(table: UpstreamTable, client: httpx.AsyncClient,
-                       model_for_route: dict[str, str] | None = None,
-                       timeout_s: float = CHECK_TIMEOUT_S) -> list[CheckResult]:
+async def check_routes(
+    table: UpstreamTable,
+    client: httpx.AsyncClient,
+    model_for_route: dict[str, str] | None = None,
+    timeout_s: float = CHECK_TIMEOUT_S,
+) -> list[CheckResult]:
     """Check every route in table order (concurrently); never raises for a failing route."""
+
     async def check(route: Route) -> CheckResult:
         model = check_model_for(route, model_for_route)
         # a server of one's own, with no model named for it: ask it what it serves (unless it is skipped)
-        if route.provider == OWN_SERVER and model in (None, DEFAULT_CHECK_MODELS[OWN_SERVER]) and _skipped(route) is None:
+        if (
+            route.provider == OWN_SERVER
+            and model in (None, DEFAULT_CHECK_MODELS[OWN_SERVER])
+            and _skipped(route) is None
+        ):
             model = check_model_for(route, model_for_route, await _listed_models(route, client, timeout_s))
         return await check_route(route, client, model, timeout_s)
 
@@ -88,8 +101,7 @@ def _skipped(route: Route) -> str | None:
     if not route.keyless_ok:
         return f"key not set: {route.key_env_label() or 'a key'}"
     if route.provider != OWN_SERVER:
-        return (f"not contacted: no key set ({route.key_env_label() or 'a key'}); "
-                "the clients' own keys are forwarded")
+        return f"not contacted: no key set ({route.key_env_label() or 'a key'}); the clients' own keys are forwarded"
     return None
 
 
@@ -97,18 +109,23 @@ async def _listed_models(route: Route, client: httpx.AsyncClient, timeout_s: flo
     """The model ids a server of one's own lists (GET /models); [] when it lists none or fails
     (the chat check that follows reports the failure)."""
     try:
-        response = await client.get(route.base_url + "/models", headers=dict(route.extra_headers),
-                                    timeout=min(route.timeout_s or timeout_s, timeout_s))
+        response = await client.get(
+            route.base_url + "/models",
+            headers=dict(route.extra_headers),
+            timeout=min(route.timeout_s or timeout_s, timeout_s),
+        )
         data = response.json().get("data") if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError, AttributeError):
         return []
     return [str(item["id"]) for item in data or () if isinstance(item, dict) and item.get("id")]
 
 
-async def check_route(route: Route, client: httpx.AsyncClient, model: str | None,
-                      timeout_s: float = CHECK_TIMEOUT_S) -> CheckResult:
-    result = CheckResult(route=route.name, provider=route.provider, base_url=route.base_url, model=model,
-                         ok=False, contacted=False)
+async def check_route(
+    route: Route, client: httpx.AsyncClient, model: str | None, timeout_s: float = CHECK_TIMEOUT_S
+) -> CheckResult:
+    result = CheckResult(
+        route=route.name, provider=route.provider, base_url=route.base_url, model=model, ok=False, contacted=False
+    )
     skipped = _skipped(route)
     if skipped is not None:
         result.error = skipped
@@ -119,8 +136,10 @@ async def check_route(route: Route, client: httpx.AsyncClient, model: str | None
     resolution = Resolution(route=route, upstream_model=route.model or model, requested_model=model)
     try:
         headers = resolution.headers()
-        body = adjust_request(route.provider, {"model": resolution.upstream_model, "messages": CHECK_MESSAGES,
-                                               "max_tokens": 1, "stream": False})
+        body = adjust_request(
+            route.provider,
+            {"model": resolution.upstream_model, "messages": CHECK_MESSAGES, "max_tokens": 1, "stream": False},
+        )
     except MissingKey as exc:
         result.error = f"key not set: {exc.env_name}"
         return result
@@ -182,4 +201,3 @@ async def describe_upstreams(table: UpstreamTable, check: bool) -> dict[str, Any
         async with httpx.AsyncClient() as client:
             results = await check_routes(table, client)
     return {"routes": table.describe(), "aliases": table.describe_aliases(), "checks": [r.as_dict() for r in results]}
-

@@ -64,8 +64,21 @@ PROVIDER_KEY_ENVS: dict[str, tuple[str, ...]] = {
 }
 BUILT_IN_ROUTE_NAMES = ("anthropic", "gemini", "default")
 
-_ROUTE_FIELDS = {"name", "pattern", "provider", "base_url", "key_env", "headers", "extra_headers", "timeout_s",
-                 "price_input", "price_output", "model", "check_model", "keyless_ok"}
+_ROUTE_FIELDS = {
+    "name",
+    "pattern",
+    "provider",
+    "base_url",
+    "key_env",
+    "headers",
+    "extra_headers",
+    "timeout_s",
+    "price_input",
+    "price_output",
+    "model",
+    "check_model",
+    "keyless_ok",
+}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Header names that would carry a credential: keys belong in the environment, not the file.
 _CREDENTIAL_HEADERS = {"authorization", "x-api-key", "api-key", "x-goog-api-key", "proxy-authorization"}
@@ -87,8 +100,9 @@ class MissingKey(Exception):
         self.model = model
         self.env_name = env_name
         self.route = route
-        super().__init__(f"no API key for provider {provider!r} (model {model!r}): set {env_name} "
-                         "in the proxy's environment")
+        super().__init__(
+            f"no API key for provider {provider!r} (model {model!r}): set {env_name} in the proxy's environment"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +180,9 @@ class Resolution:
         """
         key = self.route.key()
         if key is None and not self.route.keyless_ok:
-            raise MissingKey(self.route.provider, self.upstream_model, self.route.key_env_label() or "a key", self.route.name)
+            raise MissingKey(
+                self.route.provider, self.upstream_model, self.route.key_env_label() or "a key", self.route.name
+            )
         return key
 
     def headers(self) -> dict[str, str]:
@@ -199,8 +215,9 @@ class UpstreamTable:
         self._cache: dict[str, Resolution] = {}
 
     @classmethod
-    def load(cls, config_path: Path | None, default_url: str, default_key: str | None = None,
-             default_free: bool = False) -> "UpstreamTable":
+    def load(
+        cls, config_path: Path | None, default_url: str, default_key: str | None = None, default_free: bool = False
+    ) -> UpstreamTable:
         """Routes from `config_path` (skipped when None or, for the default path, absent),
         then the built-in routes. `default_key` is the explicitly configured upstream key."""
         routes: list[Route] = []
@@ -211,18 +228,30 @@ class UpstreamTable:
         names = {route.name for route in routes}
         for alias in aliases.values():
             if alias.route is not None and alias.route not in names:
-                raise UpstreamConfigError(f"{config_path}: alias {alias.name!r} names route {alias.route!r}, "
-                                          f"which does not exist (routes: {', '.join(sorted(names))})")
+                raise UpstreamConfigError(
+                    f"{config_path}: alias {alias.name!r} names route {alias.route!r}, "
+                    f"which does not exist (routes: {', '.join(sorted(names))})"
+                )
         return cls(routes, aliases, Path(config_path) if config_path is not None else None)
 
     @classmethod
-    def from_config(cls, explicit: Path | None, data_dir: Path, default_url: str,
-                    default_key: str | None = None, default_free: bool = False) -> "UpstreamTable":
+    def from_config(
+        cls,
+        explicit: Path | None,
+        data_dir: Path,
+        default_url: str,
+        default_key: str | None = None,
+        default_free: bool = False,
+    ) -> UpstreamTable:
         """`--config PATH` (must exist), else `<data-dir>/upstreams.toml` (optional)."""
         if explicit is not None and not Path(explicit).exists():
             raise UpstreamConfigError(f"{explicit}: upstreams configuration file not found")
-        return cls.load(explicit if explicit is not None else Path(data_dir) / CONFIG_FILE_NAME, default_url, default_key,
-                        default_free)
+        return cls.load(
+            explicit if explicit is not None else Path(data_dir) / CONFIG_FILE_NAME,
+            default_url,
+            default_key,
+            default_free,
+        )
 
     def route_named(self, name: str) -> Route | None:
         return self._by_name.get(name)
@@ -244,33 +273,41 @@ class UpstreamTable:
             route = self._by_name[alias.route]
         else:
             route = next(r for r in self.routes if r.matches(target))  # the default route matches "*"
-        return Resolution(route=route, upstream_model=route.model or target, requested_model=model,
-                          alias=alias.name if alias else None)
+        return Resolution(
+            route=route,
+            upstream_model=route.model or target,
+            requested_model=model,
+            alias=alias.name if alias else None,
+        )
 
     def describe(self) -> list[dict[str, Any]]:
         """One row per route for `understudy upstreams`; key values are never included."""
         rows = []
         for route in self.routes:
             key_set = route.key() is not None
-            rows.append({
-                "name": route.name,
-                "pattern": route.pattern,
-                "provider": route.provider,
-                "base_url": route.base_url,
-                "key_env": route.key_env_label(),  # variable names only
-                "key_set": key_set,
-                "auth": _auth_label(route, key_set),
-                "timeout_s": route.timeout_s,
-                "price_input": route.price_input,
-                "price_output": route.price_output,
-                "model": route.model,
-                "source": route.source,
-            })
+            rows.append(
+                {
+                    "name": route.name,
+                    "pattern": route.pattern,
+                    "provider": route.provider,
+                    "base_url": route.base_url,
+                    "key_env": route.key_env_label(),  # variable names only
+                    "key_set": key_set,
+                    "auth": _auth_label(route, key_set),
+                    "timeout_s": route.timeout_s,
+                    "price_input": route.price_input,
+                    "price_output": route.price_output,
+                    "model": route.model,
+                    "source": route.source,
+                }
+            )
         return rows
 
     def describe_aliases(self) -> list[dict[str, Any]]:
-        return [{"alias": a.name, "model": a.model, "route": a.route or self.resolve(a.name).route.name}
-                for a in self.aliases.values()]
+        return [
+            {"alias": a.name, "model": a.model, "route": a.route or self.resolve(a.name).route.name}
+            for a in self.aliases.values()
+        ]
 
 
 def _auth_label(route: Route, key_set: bool) -> str:
@@ -278,7 +315,9 @@ def _auth_label(route: Route, key_set: bool) -> str:
         return "configured upstream key"
     if key_set:
         return "key from " + next(name for name in route.key_envs if os.environ.get(name))
-    return "client's Authorization forwarded" if route.keyless_ok else "MISSING: set " + (route.key_env_label() or "a key")
+    return (
+        "client's Authorization forwarded" if route.keyless_ok else "MISSING: set " + (route.key_env_label() or "a key")
+    )
 
 
 def built_in_routes(default_url: str, default_key: str | None = None, default_free: bool = False) -> list[Route]:
@@ -288,15 +327,35 @@ def built_in_routes(default_url: str, default_key: str | None = None, default_fr
     default_provider = "openai" if default_url == OPENAI_URL else "openai-compatible"
     free = {"price_input": 0.0, "price_output": 0.0} if default_free else {}
     return [
-        Route(name="anthropic", pattern="claude-*", provider="anthropic", base_url=ANTHROPIC_URL,
-              key_env="ANTHROPIC_API_KEY", check_model="claude-3-5-haiku-latest"),
-        Route(name="gemini", pattern="gemini-*", provider="gemini", base_url=GEMINI_URL,
-              key_env="GEMINI_API_KEY", key_env_fallbacks=("GOOGLE_API_KEY",), check_model="gemini-2.0-flash"),
-        Route(name="default", pattern="*", provider=default_provider, base_url=default_url,
-              key_env="OPENAI_API_KEY", keyless_ok=True, explicit_key=default_key or None,
-              # OpenAI's own is checked with gpt-4o-mini; a server of one's own with a model it lists
-              check_model="gpt-4o-mini" if default_provider == "openai" else None,
-              **free),
+        Route(
+            name="anthropic",
+            pattern="claude-*",
+            provider="anthropic",
+            base_url=ANTHROPIC_URL,
+            key_env="ANTHROPIC_API_KEY",
+            check_model="claude-3-5-haiku-latest",
+        ),
+        Route(
+            name="gemini",
+            pattern="gemini-*",
+            provider="gemini",
+            base_url=GEMINI_URL,
+            key_env="GEMINI_API_KEY",
+            key_env_fallbacks=("GOOGLE_API_KEY",),
+            check_model="gemini-2.0-flash",
+        ),
+        Route(
+            name="default",
+            pattern="*",
+            provider=default_provider,
+            base_url=default_url,
+            key_env="OPENAI_API_KEY",
+            keyless_ok=True,
+            explicit_key=default_key or None,
+            # OpenAI's own is checked with gpt-4o-mini; a server of one's own with a model it lists
+            check_model="gpt-4o-mini" if default_provider == "openai" else None,
+            **free,
+        ),
     ]
 
 
@@ -305,6 +364,7 @@ def is_glob(pattern: str) -> bool:
 
 
 # --- parsing -------------------------------------------------------------------------------
+
 
 def local_server_config(explicit: Path | None, data_dir: Path) -> LocalServerConfig | None:
     """The configuration's `[local_server]` (routing.model_server), or None: local answers in-process."""
@@ -334,8 +394,10 @@ def _parse_file(path: Path) -> tuple[list[Route], dict[str, Alias]]:
     data = _read_toml(path)
     unknown = set(data) - {"routes", "aliases", "local_server"}
     if unknown:
-        raise UpstreamConfigError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} "
-                                  "(expected [[routes]], [aliases] and [local_server])")
+        raise UpstreamConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} "
+            "(expected [[routes]], [aliases] and [local_server])"
+        )
     raw_routes = data.get("routes", [])
     if not isinstance(raw_routes, list) or not all(isinstance(entry, dict) for entry in raw_routes):
         raise UpstreamConfigError(f"{path}: 'routes' must be an array of tables ([[routes]])")
@@ -343,8 +405,10 @@ def _parse_file(path: Path) -> tuple[list[Route], dict[str, Alias]]:
     for index, entry in enumerate(raw_routes, start=1):
         route = _parse_route(path, index, entry)
         if route.name in BUILT_IN_ROUTE_NAMES:
-            raise UpstreamConfigError(f"{path}: route #{index} ({route.name!r}): the name {route.name!r} is "
-                                      f"reserved for a built-in route; choose another name")
+            raise UpstreamConfigError(
+                f"{path}: route #{index} ({route.name!r}): the name {route.name!r} is "
+                f"reserved for a built-in route; choose another name"
+            )
         if any(existing.name == route.name for existing in routes):
             raise UpstreamConfigError(f"{path}: route #{index}: duplicate route name {route.name!r}")
         routes.append(route)
@@ -363,8 +427,10 @@ def _parse_route(path: Path, index: int, entry: dict[str, Any]) -> Route:
 
     for secret in ("key", "api_key", "apikey", "token"):
         if secret in entry:
-            raise fail(f"'{secret}' is not allowed: keys are never read from the file; "
-                       "put the key in an environment variable and name it with key_env")
+            raise fail(
+                f"'{secret}' is not allowed: keys are never read from the file; "
+                "put the key in an environment variable and name it with key_env"
+            )
     unknown = set(entry) - _ROUTE_FIELDS
     if unknown:
         raise fail(f"unknown field(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_ROUTE_FIELDS))})")
@@ -395,8 +461,10 @@ def _parse_route(path: Path, index: int, entry: dict[str, Any]) -> Route:
             raise fail("'key_env' must be an environment variable name (or a list of names)")
         for env_name in names:
             if not _ENV_NAME.match(env_name):
-                raise fail(f"'key_env' must name an environment variable (letters, digits, _), not hold a key "
-                           f"(got a value of {len(env_name)} characters)")
+                raise fail(
+                    f"'key_env' must name an environment variable (letters, digits, _), not hold a key "
+                    f"(got a value of {len(env_name)} characters)"
+                )
         key_env, fallbacks = names[0], tuple(names[1:])
 
     headers = entry.get("headers", entry.get("extra_headers", {}))
@@ -425,10 +493,21 @@ def _parse_route(path: Path, index: int, entry: dict[str, Any]) -> Route:
     if not isinstance(keyless_ok, bool):
         raise fail("'keyless_ok' must be true or false")
 
-    return Route(name=name, pattern=pattern, provider=provider, base_url=base_url.rstrip("/"), key_env=key_env,
-                 key_env_fallbacks=fallbacks, extra_headers=dict(headers),
-                 timeout_s=float(timeout) if timeout is not None else None, model=entry.get("model"),
-                 check_model=entry.get("check_model"), keyless_ok=keyless_ok, source="config", **prices)
+    return Route(
+        name=name,
+        pattern=pattern,
+        provider=provider,
+        base_url=base_url.rstrip("/"),
+        key_env=key_env,
+        key_env_fallbacks=fallbacks,
+        extra_headers=dict(headers),
+        timeout_s=float(timeout) if timeout is not None else None,
+        model=entry.get("model"),
+        check_model=entry.get("check_model"),
+        keyless_ok=keyless_ok,
+        source="config",
+        **prices,
+    )
 
 
 def _parse_alias(path: Path, name: str, value: Any) -> Alias:
@@ -443,7 +522,7 @@ def _parse_alias(path: Path, name: str, value: Any) -> Alias:
         if route is not None and (not isinstance(route, str) or not route):
             raise UpstreamConfigError(f"{where}: 'route' must be a route name")
     else:
-        raise UpstreamConfigError(f"{where}: must be a model name or a table {{ model = \"...\", route = \"...\" }}")
+        raise UpstreamConfigError(f'{where}: must be a model name or a table {{ model = "...", route = "..." }}')
     if not isinstance(model, str) or not model.strip():
         raise UpstreamConfigError(f"{where}: 'model' must be a non-empty model name")
     if is_glob(model):

@@ -71,15 +71,27 @@ def rollback(store: Store, site_ref: str, to_version: int | None = None) -> Site
     if to_version is None:
         if site.active_version is None:
             known = ", ".join(f"v{v.version} {v.status}" for v in list_versions(store, site.id))
-            raise ActionError(f"site {site.name} has no active version to roll back: the upstream already answers it"
-                              + (f" (versions: {known}; `rollback {site.name} --to vN` activates one)" if known else
-                                 " (it has never had a version)"))
+            raise ActionError(
+                f"site {site.name} has no active version to roll back: the upstream already answers it"
+                + (
+                    f" (versions: {known}; `rollback {site.name} --to vN` activates one)"
+                    if known
+                    else " (it has never had a version)"
+                )
+            )
         set_version_status(store, site.id, site.active_version, "retired")
         decision = on_rollback(site.state)
-        store.cursor().execute("UPDATE sites SET state = ?, active_version = NULL, state_since = now() WHERE id = ?",
-                               [decision.new_state.value, site.id])
-        audit(store, site.id, "rollback", {"from_version": site.active_version, "to": "upstream",
-                                           "reason": decision.reason}, "cli")
+        store.cursor().execute(
+            "UPDATE sites SET state = ?, active_version = NULL, state_since = now() WHERE id = ?",
+            [decision.new_state.value, site.id],
+        )
+        audit(
+            store,
+            site.id,
+            "rollback",
+            {"from_version": site.active_version, "to": "upstream", "reason": decision.reason},
+            "cli",
+        )
         return store.resolve_site(site.id)
     if to_version == site.active_version:
         raise ActionError(f"v{to_version} is already the active version of {site.name}")
@@ -94,8 +106,9 @@ def promote(store: Store, site_ref: str, version: int) -> SiteRecord:
     _usable_version(store, site, version)
     _activate(store, site, version)
     site = store.resolve_site(site.id)
-    return apply_decision(store, site, Decision(SiteState.LOCAL, f"promoted by hand to v{version}"),
-                          active_version=version, actor="cli")
+    return apply_decision(
+        store, site, Decision(SiteState.LOCAL, f"promoted by hand to v{version}"), active_version=version, actor="cli"
+    )
 
 
 def _activate(store: Store, site: SiteRecord, version: int) -> None:
@@ -103,9 +116,12 @@ def _activate(store: Store, site: SiteRecord, version: int) -> None:
         set_version_status(store, site.id, site.active_version, "retired")
     set_version_status(store, site.id, version, "active")
     # a partial site's threshold was the old version's: the new one shadows to earn its own
-    state = site.state if site.state not in (SiteState.LEARNING.value, SiteState.PARTIAL.value) else SiteState.SHADOW.value
-    store.cursor().execute("UPDATE sites SET active_version = ?, state = ?, state_since = now() WHERE id = ?",
-                           [version, state, site.id])
+    state = (
+        site.state if site.state not in (SiteState.LEARNING.value, SiteState.PARTIAL.value) else SiteState.SHADOW.value
+    )
+    store.cursor().execute(
+        "UPDATE sites SET active_version = ?, state = ?, state_since = now() WHERE id = ?", [version, state, site.id]
+    )
 
 
 def _usable_version(store: Store, site: SiteRecord, number: int) -> None:
@@ -115,7 +131,6 @@ def _usable_version(store: Store, site: SiteRecord, number: int) -> None:
         raise ActionError(f"site {site.name} has no v{number} (versions: {known})")
     if version.status not in USABLE_STATUSES:
         raise ActionError(f"v{number} of {site.name} is {version.status}: {version.note or 'never activated'}")
-
 
 
 POLICY_KEYS = ("promotion", "scoring", "sampling", "validator", "prompt")
@@ -146,7 +161,9 @@ def set_policy(store: Store, site_ref: str, patch: dict, *, replace: bool = Fals
     validate_policy(overrides)
     if overrides == before:
         return site  # nothing changed: nothing written, nothing audited
-    store.cursor().execute("UPDATE sites SET policy = ? WHERE id = ?", [json.dumps(overrides) if overrides else None, site.id])
+    store.cursor().execute(
+        "UPDATE sites SET policy = ? WHERE id = ?", [json.dumps(overrides) if overrides else None, site.id]
+    )
     audit(store, site.id, "policy", {"overrides": overrides, "was": before, "patch": patch, "replace": replace}, "cli")
     return store.resolve_site(site.id)
 
@@ -156,19 +173,22 @@ def validate_policy(overrides: dict) -> None:
     from understudy.routing.checked_sampling import SamplingPolicy
     from understudy.routing.policy import PromotionPolicy
     from understudy.routing.scoring import ScoringPolicy
-
     from understudy.validators import DISABLED, ValidatorError, load_validator
 
     unknown = set(overrides) - set(POLICY_KEYS)
     if unknown:
-        raise ActionError(f"policy keys must be 'promotion', 'scoring', 'sampling', 'validator' and/or 'prompt', "
-                          f"not {sorted(unknown)}")
+        raise ActionError(
+            f"policy keys must be 'promotion', 'scoring', 'sampling', 'validator' and/or 'prompt', "
+            f"not {sorted(unknown)}"
+        )
     for section in ("promotion", "scoring", "sampling"):
         if section in overrides and not isinstance(overrides[section], dict):
             raise ActionError(f"{section} must be a JSON object of settings, not {overrides[section]!r}")
     if overrides.get("prompt") not in (None, "compact", "full"):
-        raise ActionError(f"prompt must be 'compact' or 'full' (the rendering the next version trains on), "
-                          f"not {overrides['prompt']!r}")
+        raise ActionError(
+            f"prompt must be 'compact' or 'full' (the rendering the next version trains on), "
+            f"not {overrides['prompt']!r}"
+        )
     try:
         PromotionPolicy.from_dict(None, overrides.get("promotion"))
         ScoringPolicy.from_dict(None, overrides.get("scoring"))
@@ -182,8 +202,9 @@ def validate_policy(overrides: dict) -> None:
         raise ActionError(str(exc)) from None
 
 
-def policy_view(store: Store, site_id: str, global_promotion: dict | None = None,
-                global_sampling: dict | None = None) -> dict[str, Any]:
+def policy_view(
+    store: Store, site_id: str, global_promotion: dict | None = None, global_sampling: dict | None = None
+) -> dict[str, Any]:
     """The site's own overrides and the settings in effect (global settings and the response
     type's scoring defaults, overrides on top), as the router applies them."""
     from understudy.routing.checked_sampling import SamplingPolicy
@@ -198,11 +219,16 @@ def policy_view(store: Store, site_id: str, global_promotion: dict | None = None
         sampling = asdict(SamplingPolicy.from_dict(global_sampling, overrides.get("sampling")))
     except (TypeError, ValueError) as exc:  # stored before validation existed: show, don't crash
         return {"overrides": overrides, "effective": None, "problem": str(exc)}
-    return {"overrides": overrides, "effective": {
-        "promotion": promotion, "scoring": {k: list(v) if isinstance(v, tuple) else v for k, v in scoring.items()},
-        "sampling": sampling,
-        "validator": overrides.get("validator", "by response type (settings, entry points)"),
-        "prompt": overrides.get("prompt", "compact where the site's static part separates, else full")}}
+    return {
+        "overrides": overrides,
+        "effective": {
+            "promotion": promotion,
+            "scoring": {k: list(v) if isinstance(v, tuple) else v for k, v in scoring.items()},
+            "sampling": sampling,
+            "validator": overrides.get("validator", "by response type (settings, entry points)"),
+            "prompt": overrides.get("prompt", "compact where the site's static part separates, else full"),
+        },
+    }
 
 
 def run_action(store: Store, site_ref: str, request: dict) -> SiteRecord:
@@ -217,6 +243,10 @@ def run_action(store: Store, site_ref: str, request: dict) -> SiteRecord:
     if action == "promote":
         return promote(store, site_ref, int(request["version"]))
     if action == "policy":
-        return set_policy(store, site_ref, request.get("overrides") if request.get("overrides") is not None else {},
-                          replace=bool(request.get("replace")))
+        return set_policy(
+            store,
+            site_ref,
+            request.get("overrides") if request.get("overrides") is not None else {},
+            replace=bool(request.get("replace")),
+        )
     raise ActionError(f"unknown action {action!r}")

@@ -44,8 +44,14 @@ class EvalError(ValueError):
     """Nothing to evaluate (no version with a snapshot, an unknown version, an empty held-out set)."""
 
 
-def eval_inputs(store: Store, site_ref: str, versions: list[int] | None = None, *, limit: int | None = None,
-                validators: ValidatorRegistry | None = None) -> dict[str, Any]:
+def eval_inputs(
+    store: Store,
+    site_ref: str,
+    versions: list[int] | None = None,
+    *,
+    limit: int | None = None,
+    validators: ValidatorRegistry | None = None,
+) -> dict[str, Any]:
     """Everything `run_eval` needs, read from the store: versions, held-out examples, recorded figures."""
     site = store.resolve_site(site_ref)
     cur = store.cursor()
@@ -59,28 +65,41 @@ def eval_inputs(store: Store, site_ref: str, versions: list[int] | None = None, 
         chosen = [v for v in known if v.status != "failed" and (v.adapter_path or v.control == "base")]
     with_snapshot = [v for v in chosen if v.dataset_snapshot and Path(v.dataset_snapshot).exists()]
     if not with_snapshot:
-        raise EvalError(f"site {site.name} has no trained version with a dataset snapshot to take a held-out set from "
-                        "(understudy train SITE first)")
+        raise EvalError(
+            f"site {site.name} has no trained version with a dataset snapshot to take a held-out set from "
+            "(understudy train SITE first)"
+        )
     snapshot = with_snapshot[-1].dataset_snapshot
     examples = _heldout(snapshot, limit)
     if not examples:
         raise EvalError(f"the snapshot {snapshot} has no held-out examples (its site has too few distinct prompts)")
-    recorded = {row[0]: row[1:] for row in cur.execute(
-        "SELECT id, latency_ms, cost_usd, model FROM calls WHERE id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
-        [[e["call_id"] for e in examples]]).fetchall()}
+    recorded = {
+        row[0]: row[1:]
+        for row in cur.execute(
+            "SELECT id, latency_ms, cost_usd, model FROM calls WHERE id IN (SELECT unnest(CAST(? AS VARCHAR[])))",
+            [[e["call_id"] for e in examples]],
+        ).fetchall()
+    }
     for e in examples:
         latency, cost, model = recorded.get(e["call_id"], (None, None, None))
         e.update(latency_ms=latency, cost_usd=cost)
         e["request"]["model"] = model or "gpt-4o-mini"
-    teacher = cur.execute("SELECT avg(score), count(*) FROM self_agreement WHERE site_id = ? AND comparable",
-                          [site.id]).fetchone()
+    teacher = cur.execute(
+        "SELECT avg(score), count(*) FROM self_agreement WHERE site_id = ? AND comparable", [site.id]
+    ).fetchone()
     schema_name = cur.execute("SELECT schema_name FROM sites WHERE id = ?", [site.id]).fetchone()[0]
     return {
-        "site": site.id, "site_name": site.name, "schema_name": schema_name, "snapshot": snapshot,
-        "validator": site_validator_reference(store, site.id, examples[0]["request"].get("response_format"),
-                                              validators or ValidatorRegistry()),
-        "site_policy": store.site_policy(site.id), "versions": [v.to_dict() for v in chosen],
-        "teacher_agreement": {"mean": teacher[0], "n": teacher[1]}, "examples": examples,
+        "site": site.id,
+        "site_name": site.name,
+        "schema_name": schema_name,
+        "snapshot": snapshot,
+        "validator": site_validator_reference(
+            store, site.id, examples[0]["request"].get("response_format"), validators or ValidatorRegistry()
+        ),
+        "site_policy": store.site_policy(site.id),
+        "versions": [v.to_dict() for v in chosen],
+        "teacher_agreement": {"mean": teacher[0], "n": teacher[1]},
+        "examples": examples,
     }
 
 
@@ -89,7 +108,9 @@ def _heldout(snapshot: str, limit: int | None) -> list[dict[str, Any]]:
     try:
         rows = con.execute(
             "SELECT call_id, messages, response_format, tools, completion FROM read_parquet(?, file_row_number = true) "
-            "WHERE split = 'eval' ORDER BY file_row_number", [snapshot]).fetchall()
+            "WHERE split = 'eval' ORDER BY file_row_number",
+            [snapshot],
+        ).fetchall()
     finally:
         con.close()
     out = []
@@ -103,8 +124,14 @@ def _heldout(snapshot: str, limit: int | None) -> list[dict[str, Any]]:
     return out
 
 
-def run_eval(inputs: dict[str, Any], *, base_gguf: str, n_threads: int | None = None, max_tokens: int = 512,
-             on_answer: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_eval(
+    inputs: dict[str, Any],
+    *,
+    base_gguf: str,
+    n_threads: int | None = None,
+    max_tokens: int = 512,
+    on_answer: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Answer the held-out set with the base and each version; figures per row (module docstring)."""
     from understudy.routing.checked_sampling import SamplingPolicy
     from understudy.routing.local_model import LocalModels, PromptMismatch, Variant, checks_for
@@ -117,17 +144,32 @@ def run_eval(inputs: dict[str, Any], *, base_gguf: str, n_threads: int | None = 
     scoring = site_scoring(inputs["schema_name"], inputs["site_policy"])
     sampling = SamplingPolicy.from_dict(None, (inputs["site_policy"] or {}).get("sampling"))
     similarity = None
-    if not any((e["request"].get("response_format") or {}).get("type") in ("json_schema", "json_object") for e in examples):
-        from understudy.routing.similarity import cosine_similarity  # free text is compared by meaning, as in shadow mode
+    if not any(
+        (e["request"].get("response_format") or {}).get("type") in ("json_schema", "json_object") for e in examples
+    ):
+        from understudy.routing.similarity import (
+            cosine_similarity,  # free text is compared by meaning, as in shadow mode
+        )
 
         similarity = cosine_similarity
-    rows = [_row("upstream", [
-        _judge(e, e["completion"], validator, None, e["latency_ms"], e["cost_usd"]) for e in examples],
-        agreement=inputs["teacher_agreement"])]
+    rows = [
+        _row(
+            "upstream",
+            [_judge(e, e["completion"], validator, None, e["latency_ms"], e["cost_usd"]) for e in examples],
+            agreement=inputs["teacher_agreement"],
+        )
+    ]
     variants = [("base", Variant(None, SitePrompt()))]
     for v in inputs["versions"]:
-        variants.append((f"v{v['version']}", Variant(v["adapter_path"], SitePrompt.from_dict((v["config"] or {}).get("prompt"))
-                                                     if v["adapter_path"] else SitePrompt())))
+        variants.append(
+            (
+                f"v{v['version']}",
+                Variant(
+                    v["adapter_path"],
+                    SitePrompt.from_dict((v["config"] or {}).get("prompt")) if v["adapter_path"] else SitePrompt(),
+                ),
+            )
+        )
     models = LocalModels(base_gguf, n_threads=n_threads)
     try:
         for label, variant in variants:
@@ -136,27 +178,47 @@ def run_eval(inputs: dict[str, Any], *, base_gguf: str, n_threads: int | None = 
                 request = {**e["request"], "max_tokens": max_tokens}
                 started = time.perf_counter()
                 try:
-                    text = models.complete_sync(request, variant, checks_for(request, bind(validator, request),
-                                                                             sampling)).text
+                    text = models.complete_sync(
+                        request, variant, checks_for(request, bind(validator, request), sampling)
+                    ).text
                 except PromptMismatch:
                     text = ""  # the version cannot answer this request at all: counted as invalid
                 latency = (time.perf_counter() - started) * 1000
-                agreement = score_pair(e["completion"], text, response_format=e["request"].get("response_format"),
-                                       policy=scoring, validator=bind(validator, e["request"]),
-                                       similarity=similarity).agreement
+                agreement = score_pair(
+                    e["completion"],
+                    text,
+                    response_format=e["request"].get("response_format"),
+                    policy=scoring,
+                    validator=bind(validator, e["request"]),
+                    similarity=similarity,
+                ).agreement
                 judged.append(_judge(e, text, validator, agreement, latency, 0.0))
                 if on_answer:
                     on_answer(label)
             rows.append(_row(label, judged))
     finally:
         models.close()
-    return {"id": uuid.uuid4().hex[:12], "site": inputs["site"], "site_name": inputs["site_name"],
-            "ts": datetime.now(UTC).isoformat(), "snapshot": inputs["snapshot"], "heldout": len(examples),
-            "validator": validator, "base_gguf": base_gguf, "rows": rows}
+    return {
+        "id": uuid.uuid4().hex[:12],
+        "site": inputs["site"],
+        "site_name": inputs["site_name"],
+        "ts": datetime.now(UTC).isoformat(),
+        "snapshot": inputs["snapshot"],
+        "heldout": len(examples),
+        "validator": validator,
+        "base_gguf": base_gguf,
+        "rows": rows,
+    }
 
 
-def _judge(example: dict[str, Any], text: str, validator: str | None, agreement: float | None,
-           latency_ms: float | None, cost_usd: float | None) -> dict[str, Any]:
+def _judge(
+    example: dict[str, Any],
+    text: str,
+    validator: str | None,
+    agreement: float | None,
+    latency_ms: float | None,
+    cost_usd: float | None,
+) -> dict[str, Any]:
     from understudy.training.evaluate import parse_valid
 
     verdict = bind(validator, example["request"])(text) if validator else None
@@ -165,9 +227,14 @@ def _judge(example: dict[str, Any], text: str, validator: str | None, agreement:
         for check in verdict.detail.get("checks", []):
             if isinstance(check, dict) and "name" in check:
                 checks[str(check["name"])] = bool(check.get("passed"))
-    return {"parse_valid": parse_valid(text, example["request"].get("response_format")),
-            "validator": None if verdict is None else verdict.passed, "checks": checks, "agreement": agreement,
-            "latency_ms": latency_ms, "cost_usd": cost_usd}
+    return {
+        "parse_valid": parse_valid(text, example["request"].get("response_format")),
+        "validator": None if verdict is None else verdict.passed,
+        "checks": checks,
+        "agreement": agreement,
+        "latency_ms": latency_ms,
+        "cost_usd": cost_usd,
+    }
 
 
 def _row(label: str, judged: list[dict[str, Any]], agreement: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -181,8 +248,11 @@ def _row(label: str, judged: list[dict[str, Any]], agreement: dict[str, Any] | N
     costs = [j["cost_usd"] for j in judged if j["cost_usd"] is not None]
     scored = [j["agreement"] for j in judged if j["agreement"] is not None]
     return {
-        "row": label, "n": len(judged), "parse_valid_rate": rate([j["parse_valid"] for j in judged]),
-        "validator_pass_rate": rate([j["validator"] for j in judged]), "checks": checks,
+        "row": label,
+        "n": len(judged),
+        "parse_valid_rate": rate([j["parse_valid"] for j in judged]),
+        "validator_pass_rate": rate([j["validator"] for j in judged]),
+        "checks": checks,
         "agreement": agreement["mean"] if agreement is not None else (sum(scored) / len(scored) if scored else None),
         "agreement_n": agreement["n"] if agreement is not None else len(scored),
         "latency_p50_ms": latencies[len(latencies) // 2] if latencies else None,
@@ -193,8 +263,10 @@ def _row(label: str, judged: list[dict[str, Any]], agreement: dict[str, Any] | N
 
 def store_run(cur: duckdb.DuckDBPyConnection, result: dict[str, Any]) -> str:
     run_id = str(result.get("id") or uuid.uuid4().hex[:12])
-    cur.execute("INSERT OR REPLACE INTO eval_runs (id, site_id, ts, result) VALUES (?, ?, ?, ?)",
-                [run_id, result["site"], datetime.now(UTC), json.dumps(result, default=str)])
+    cur.execute(
+        "INSERT OR REPLACE INTO eval_runs (id, site_id, ts, result) VALUES (?, ?, ?, ?)",
+        [run_id, result["site"], datetime.now(UTC), json.dumps(result, default=str)],
+    )
     return run_id
 
 

@@ -26,13 +26,16 @@ SERVING_STATES = (SiteState.LOCAL.value, SiteState.PARTIAL.value)
 PAIRED_REFERENCE = 1000  # self-agreement scores kept per site by call id (partial promotion's paired reference)
 Sample = tuple[float | None, bool, bool | None]  # (agreement, local valid, upstream valid)
 # SQL for `AgreementScore.agreement` of a stored row: valid pair, something compared.
-_AGREEMENT = ("CASE WHEN comparable AND {valid} AND coalesce(json_extract(components, '$.compared_fields')::INT, 1) <> 0 "
-              "THEN score END")
+_AGREEMENT = (
+    "CASE WHEN comparable AND {valid} AND coalesce(json_extract(components, '$.compared_fields')::INT, 1) <> 0 "
+    "THEN score END"
+)
 
 
 def _since(cur: duckdb.DuckDBPyConnection, site_id: str):
-    since = cur.execute("SELECT coalesce(state_since, TIMESTAMPTZ '1970-01-01') FROM sites WHERE id = ?",
-                        [site_id]).fetchone()
+    since = cur.execute(
+        "SELECT coalesce(state_since, TIMESTAMPTZ '1970-01-01') FROM sites WHERE id = ?", [site_id]
+    ).fetchone()
     return since[0] if since else None
 
 
@@ -41,14 +44,16 @@ def evidence_phase(state: str) -> str:
     return "drift" if state in SERVING_STATES else "shadow"
 
 
-def evidence_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, state: str,
-                     window: int) -> list[Sample]:
+def evidence_samples(
+    cur: duckdb.DuckDBPyConnection, site_id: str, version: int, state: str, window: int
+) -> list[Sample]:
     """The samples `decide` weighs for this version in this state, oldest first."""
     phase = evidence_phase(state)
     rows = cur.execute(
         f"SELECT {_AGREEMENT.format(valid='local_valid')}, local_valid, upstream_valid FROM shadow_results "
         "WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = ? AND ts >= ? ORDER BY ts, call_id",
-        [site_id, version, phase, _since(cur, site_id)]).fetchall()
+        [site_id, version, phase, _since(cur, site_id)],
+    ).fetchall()
     samples = [(agreement, local_valid, upstream_valid) for agreement, local_valid, upstream_valid in rows]
     return samples[-window:] if phase == "drift" else samples
 
@@ -58,15 +63,19 @@ def partial_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: int) 
     rows = cur.execute(
         f"SELECT call_id, local_confidence, {_AGREEMENT.format(valid='local_valid')}, local_valid, upstream_valid "
         "FROM shadow_results WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = 'shadow' AND ts >= ? "
-        "ORDER BY ts, call_id", [site_id, version, _since(cur, site_id)]).fetchall()
+        "ORDER BY ts, call_id",
+        [site_id, version, _since(cur, site_id)],
+    ).fetchall()
     return [ShadowSample(*row) for row in rows]
 
 
 def paired_reference(cur: duckdb.DuckDBPyConnection, site_id: str, limit: int) -> dict[str, float]:
     """The teacher's self-agreement per call id (valid pairs, something compared), the `limit` most recent."""
-    rows = cur.execute(f"SELECT call_id, a FROM (SELECT ts, call_id, {_AGREEMENT.format(valid='second_valid')} AS a "
-                       "FROM self_agreement WHERE site_id = ?) WHERE a IS NOT NULL ORDER BY ts DESC LIMIT ?",
-                       [site_id, limit]).fetchall()
+    rows = cur.execute(
+        f"SELECT call_id, a FROM (SELECT ts, call_id, {_AGREEMENT.format(valid='second_valid')} AS a "
+        "FROM self_agreement WHERE site_id = ?) WHERE a IS NOT NULL ORDER BY ts DESC LIMIT ?",
+        [site_id, limit],
+    ).fetchall()
     return {call_id: float(score) for call_id, score in reversed(rows)}
 
 
@@ -79,8 +88,11 @@ def evidence_of(samples: Iterable[Sample], policy: PromotionPolicy) -> Evidence:
 
 def reference_scores(cur: duckdb.DuckDBPyConnection, site_id: str, window: int) -> list[float]:
     """The site's most recent self-agreement scores (valid pairs, something compared), oldest first."""
-    rows = cur.execute(f"SELECT a FROM (SELECT ts, {_AGREEMENT.format(valid='second_valid')} AS a FROM self_agreement "
-                       "WHERE site_id = ?) WHERE a IS NOT NULL ORDER BY ts DESC LIMIT ?", [site_id, window]).fetchall()
+    rows = cur.execute(
+        f"SELECT a FROM (SELECT ts, {_AGREEMENT.format(valid='second_valid')} AS a FROM self_agreement "
+        "WHERE site_id = ?) WHERE a IS NOT NULL ORDER BY ts DESC LIMIT ?",
+        [site_id, window],
+    ).fetchall()
     return [float(score) for (score,) in reversed(rows)]
 
 
@@ -93,7 +105,9 @@ def calibration_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: i
     return cur.execute(
         f"SELECT local_confidence, a FROM (SELECT local_confidence, {_AGREEMENT.format(valid='local_valid')} AS a "
         "FROM shadow_results WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = 'shadow') "
-        "WHERE a IS NOT NULL AND local_confidence IS NOT NULL", [site_id, version]).fetchall()
+        "WHERE a IS NOT NULL AND local_confidence IS NOT NULL",
+        [site_id, version],
+    ).fetchall()
 
 
 def bar(reference: list[float], policy: PromotionPolicy) -> float:

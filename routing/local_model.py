@@ -27,8 +27,8 @@ from typing import Any
 import anyio
 
 from understudy.routing.checked_sampling import AnswerChecks, SamplingPolicy, draw_until_valid, token_cap
-from understudy.routing.scoring import local_verdict
 from understudy.routing.local_queue import LocalQueue
+from understudy.routing.scoring import local_verdict
 from understudy.training.constraints import Constraint, compile_schema
 from understudy.training.site_prompt import SitePrompt, render_with_prefix
 from understudy.validators import BoundValidator
@@ -75,13 +75,20 @@ def render(request: dict[str, Any], variant: Variant) -> tuple[str, str | None]:
     """(prompt, its fixed prefix) in the version's site prompt; PromptMismatch when it cannot answer."""
     rendered = render_with_prefix(request, variant.prompt)
     if rendered is None:
-        raise PromptMismatch("the request's static part (system text, docstring, schema, tools) is not the one "
-                             "this version was trained on")
+        raise PromptMismatch(
+            "the request's static part (system text, docstring, schema, tools) is not the one "
+            "this version was trained on"
+        )
     return rendered
 
 
-def checks_for(request: dict[str, Any], validator: BoundValidator | None, sampling: SamplingPolicy | None = None,
-               reference_answers: tuple[str, ...] = (), site: str | None = None) -> AnswerChecks:
+def checks_for(
+    request: dict[str, Any],
+    validator: BoundValidator | None,
+    sampling: SamplingPolicy | None = None,
+    reference_answers: tuple[str, ...] = (),
+    site: str | None = None,
+) -> AnswerChecks:
     """What a local answer to `request` must satisfy, the same wherever it is drawn (serving, shadow,
     `understudy eval`, a training job's held-out set): the response schema tightened by the bound
     validator's `constrain`, and the serving gate (parses, fits the schema, passes the validator)."""
@@ -89,8 +96,13 @@ def checks_for(request: dict[str, Any], validator: BoundValidator | None, sampli
     schema = json_schema_of(response_format)
     if schema is not None and validator is not None:
         schema = validator.constrain(schema)
-    return AnswerChecks(schema, lambda text: local_verdict(text, response_format, validator),
-                        sampling or SamplingPolicy(), reference_answers, site)
+    return AnswerChecks(
+        schema,
+        lambda text: local_verdict(text, response_format, validator),
+        sampling or SamplingPolicy(),
+        reference_answers,
+        site,
+    )
 
 
 def max_tokens_of(request: dict[str, Any], default: int = DEFAULT_MAX_TOKENS) -> int:
@@ -108,8 +120,15 @@ class QueuedModels:
     def prepare(self, variant: Variant) -> None:
         """A version the router may answer with (in-process: its adapter loads on first use)."""
 
-    def draw(self, request: dict[str, Any], variant: Variant, checks: AnswerChecks, max_tokens: int,
-             temperature: float, seed: int | None) -> LocalAnswer:
+    def draw(
+        self,
+        request: dict[str, Any],
+        variant: Variant,
+        checks: AnswerChecks,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+    ) -> LocalAnswer:
         """One answer decoded under `checks.schema` (the request's, tightened; None: free text)."""
         raise NotImplementedError
 
@@ -117,17 +136,21 @@ class QueuedModels:
         """`text`'s length in the local model's tokens (the token cap's measure)."""
         return len(text.encode()) // 2 + 1  # no tokenizer at hand: a generous bound
 
-    def complete_sync(self, request: dict[str, Any], variant: Variant, checks: AnswerChecks | None = None) -> LocalAnswer:
+    def complete_sync(
+        self, request: dict[str, Any], variant: Variant, checks: AnswerChecks | None = None
+    ) -> LocalAnswer:
         """A checked local answer (routing.checked_sampling): drawn again while it fails `checks`."""
         render(request, variant)  # PromptMismatch before any draw
         checks = checks or AnswerChecks(json_schema_of(request.get("response_format")))
         cap = token_cap(checks, self.count_tokens)
         max_tokens = max_tokens_of(request) if cap is None else min(cap, max_tokens_of(request, default=cap))
         return draw_until_valid(
-            lambda temperature, seed: self.draw(request, variant, checks, max_tokens, temperature, seed), checks)
+            lambda temperature, seed: self.draw(request, variant, checks, max_tokens, temperature, seed), checks
+        )
 
-    async def complete(self, request: dict[str, Any], variant: Variant, *, background: bool = False,
-                       checks: AnswerChecks | None = None) -> LocalAnswer:
+    async def complete(
+        self, request: dict[str, Any], variant: Variant, *, background: bool = False, checks: AnswerChecks | None = None
+    ) -> LocalAnswer:
         """A local answer; `background` (shadow work) waits behind served answers and may be `Skipped`."""
         await self.queue.acquire(background=background)
         try:
@@ -167,18 +190,34 @@ class LocalModels(QueuedModels):
         constraint = compile_schema(schema, lean)
         if constraint.unsupported and (site, constraint.unsupported) not in self._reported:
             self._reported.add((site, constraint.unsupported))
-            log.warning("site %s: the decoder cannot enforce %s; the validator still checks every answer",
-                        site or "?", ", ".join(constraint.unsupported))
+            log.warning(
+                "site %s: the decoder cannot enforce %s; the validator still checks every answer",
+                site or "?",
+                ", ".join(constraint.unsupported),
+            )
         return constraint
 
-    def draw(self, request: dict[str, Any], variant: Variant, checks: AnswerChecks, max_tokens: int,
-             temperature: float, seed: int | None) -> LocalAnswer:
+    def draw(
+        self,
+        request: dict[str, Any],
+        variant: Variant,
+        checks: AnswerChecks,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+    ) -> LocalAnswer:
         prompt, prefix = render(request, variant)
         generator = self.generator()
         started = time.perf_counter()
-        out = generator.complete(prompt, adapter_path=variant.adapter_path, max_tokens=max_tokens,
-                                 constraint=self.constraint(checks.schema, variant.prompt.lean, checks.site), prefix=prefix,
-                                 temperature=temperature, seed=seed)
+        out = generator.complete(
+            prompt,
+            adapter_path=variant.adapter_path,
+            max_tokens=max_tokens,
+            constraint=self.constraint(checks.schema, variant.prompt.lean, checks.site),
+            prefix=prefix,
+            temperature=temperature,
+            seed=seed,
+        )
         latency_ms = (time.perf_counter() - started) * 1000
         return LocalAnswer(out.text, latency_ms, out.prompt_tokens, out.completion_tokens, out.confidence)
 
@@ -195,18 +234,31 @@ def completion_object(answer: LocalAnswer, model: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": "stop",
-                     "logprobs": None}],
-        "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                  "total_tokens": answer.prompt_tokens + answer.completion_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        },
     }
 
 
 def sse_body(completion: dict[str, Any], include_usage: bool) -> bytes:
     """The completion as `chat.completion.chunk` events, ending with `data: [DONE]`."""
     text = completion["choices"][0]["message"]["content"] or ""
-    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
-            "model": completion["model"]}
+    base = {
+        "id": completion["id"],
+        "object": "chat.completion.chunk",
+        "created": completion["created"],
+        "model": completion["model"],
+    }
     pieces = [text[i : i + SSE_PIECE_CHARS] for i in range(0, len(text), SSE_PIECE_CHARS)] or [""]
     events = []
     for index, piece in enumerate(pieces):

@@ -30,7 +30,6 @@ answer's confidence is not available from the server (None: the cascade does not
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -51,9 +50,26 @@ ADAPTER_LIST = "adapters.txt"
 # JSON-schema keywords llama-server's converter (llama.cpp common/json-schema-to-grammar.cpp, the
 # version built by scripts/build_llama_server.sh) does not enforce: numbers' bounds (it bounds
 # integers only) and the value keywords no GBNF converter of llama.cpp handles.
-SERVER_UNENFORCED = frozenset({"multipleOf", "uniqueItems", "not", "if", "then", "else", "dependentRequired",
-                               "dependentSchemas", "contains", "minContains", "maxContains", "patternProperties",
-                               "propertyNames", "minProperties", "maxProperties", "number bounds"})
+SERVER_UNENFORCED = frozenset(
+    {
+        "multipleOf",
+        "uniqueItems",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentRequired",
+        "dependentSchemas",
+        "contains",
+        "minContains",
+        "maxContains",
+        "patternProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "number bounds",
+    }
+)
 
 
 def _keywords(node: Any):
@@ -91,11 +107,13 @@ class LocalServerConfig:
             raise ValueError(f"{where}: [local_server] must be a table")
         unknown = set(table) - {"url", "publish_dir", "slots", "timeout_s"}
         if unknown:
-            raise ValueError(f"{where}: [local_server]: unknown key(s) {', '.join(sorted(unknown))} "
-                             "(expected url, publish_dir, slots, timeout_s)")
+            raise ValueError(
+                f"{where}: [local_server]: unknown key(s) {', '.join(sorted(unknown))} "
+                "(expected url, publish_dir, slots, timeout_s)"
+            )
         url = table.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"{where}: [local_server] needs url = \"http://host:port\" (llama-server's root)")
+            raise ValueError(f'{where}: [local_server] needs url = "http://host:port" (llama-server\'s root)')
         slots = table.get("slots", 4)
         if not isinstance(slots, int) or slots < 1:
             raise ValueError(f"{where}: [local_server] slots must be a whole number >= 1")
@@ -151,7 +169,8 @@ class ServedModels(QueuedModels):
                 raise ModelServerError(
                     f"the model server at {self.config.url} has not loaded adapter {name}: restart it with "
                     f"--lora-init-without-apply --lora for each adapter"
-                    + (f" listed in {self.config.publish_dir / ADAPTER_LIST}" if self.config.publish_dir else ""))
+                    + (f" listed in {self.config.publish_dir / ADAPTER_LIST}" if self.config.publish_dir else "")
+                )
             return self._ids[name]
 
     def _loaded_adapters(self) -> dict[str, int]:
@@ -164,15 +183,28 @@ class ServedModels(QueuedModels):
 
     # ---- answering ----
 
-    def draw(self, request: dict[str, Any], variant: Variant, checks: AnswerChecks, max_tokens: int,
-             temperature: float, seed: int | None) -> LocalAnswer:
+    def draw(
+        self,
+        request: dict[str, Any],
+        variant: Variant,
+        checks: AnswerChecks,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+    ) -> LocalAnswer:
         prompt, _prefix = render(request, variant)
         body: dict[str, Any] = {
-            "prompt": prompt, "n_predict": max_tokens, "stop": STOP_SEQUENCES, "cache_prompt": True,
+            "prompt": prompt,
+            "n_predict": max_tokens,
+            "stop": STOP_SEQUENCES,
+            "cache_prompt": True,
             "lora": [],  # every adapter at scale 0 but this version's (none: the bare base)
         }
-        body.update({"temperature": 0.0, "top_k": 1} if temperature == 0 else
-                    {"temperature": temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": seed})
+        body.update(
+            {"temperature": 0.0, "top_k": 1}
+            if temperature == 0
+            else {"temperature": temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": seed}
+        )
         if variant.adapter_path is not None:
             body["lora"] = [{"id": self.adapter_id(variant.adapter_path), "scale": 1.0}]
         if checks.schema is not None:
@@ -183,12 +215,18 @@ class ServedModels(QueuedModels):
         except httpx.HTTPError as exc:
             raise ModelServerError(f"the model server at {self.config.url} did not answer: {exc}") from None
         if response.status_code != 200:
-            raise ModelServerError(f"the model server at {self.config.url} answered {response.status_code}: "
-                                   f"{response.text[:200]}")
+            raise ModelServerError(
+                f"the model server at {self.config.url} answered {response.status_code}: {response.text[:200]}"
+            )
         out = response.json()
         latency_ms = (time.perf_counter() - started) * 1000
-        return LocalAnswer(out.get("content", ""), latency_ms, int(out.get("tokens_evaluated") or 0),
-                           int(out.get("tokens_predicted") or 0), None)
+        return LocalAnswer(
+            out.get("content", ""),
+            latency_ms,
+            int(out.get("tokens_evaluated") or 0),
+            int(out.get("tokens_predicted") or 0),
+            None,
+        )
 
     def _server_schema(self, checks: AnswerChecks) -> dict[str, Any]:
         """The tightened schema as llama-server takes it (its own converter compiles it). Keywords
@@ -197,8 +235,11 @@ class ServedModels(QueuedModels):
         key = (checks.site, tuple(dropped))
         if dropped and key not in self._reported:
             self._reported.add(key)
-            log.warning("site %s: the model server's grammar cannot enforce %s; the validator still checks every "
-                        "answer", checks.site or "?", ", ".join(dropped))
+            log.warning(
+                "site %s: the model server's grammar cannot enforce %s; the validator still checks every answer",
+                checks.site or "?",
+                ", ".join(dropped),
+            )
         return checks.schema
 
     def close(self) -> None:

@@ -66,8 +66,13 @@ class PartialEvidence:
         return self.subset.validity.n / self.fresh_n if self.threshold is not None and self.fresh_n else None
 
 
-def choose_threshold(calibration: Sequence[ShadowSample], reference_by_call: Mapping[str, float],
-                     site_reference: float, min_share: float, margin: float) -> tuple[float | None, str]:
+def choose_threshold(
+    calibration: Sequence[ShadowSample],
+    reference_by_call: Mapping[str, float],
+    site_reference: float,
+    min_share: float,
+    margin: float,
+) -> tuple[float | None, str]:
     """The threshold whose calibration subset meets the teacher with the most room, or None with the reason."""
     samples = [s for s in calibration if s.confidence is not None]
     if not samples:
@@ -91,31 +96,49 @@ def choose_threshold(calibration: Sequence[ShadowSample], reference_by_call: Map
         # room under the bar (lead + margin) in standard errors, which grow like 1/sqrt(n).
         power = (lead + margin) * math.sqrt(len(subset))
         if best is None or power > best[0]:
-            best = (power, threshold, f"confidence >= {threshold:.3f}: {len(subset) / len(samples):.0%} of "
-                                      f"{len(samples)} calibration samples, agreement "
-                                      f"{sum(agreement) / len(agreement):.2f} vs teacher {teacher:.2f}")
+            best = (
+                power,
+                threshold,
+                f"confidence >= {threshold:.3f}: {len(subset) / len(samples):.0%} of "
+                f"{len(samples)} calibration samples, agreement "
+                f"{sum(agreement) / len(agreement):.2f} vs teacher {teacher:.2f}",
+            )
     if best is not None:
         return best[1], best[2]
-    return None, (f"no confident subset (>= {smallest} of {len(samples)} calibration samples) agreed with the "
-                  "teacher as well as it agrees with itself")
+    return None, (
+        f"no confident subset (>= {smallest} of {len(samples)} calibration samples) agreed with the "
+        "teacher as well as it agrees with itself"
+    )
 
 
-def partial_evidence(samples: Sequence[ShadowSample], reference_by_call: Mapping[str, float],
-                     site_reference: float, policy: PromotionPolicy) -> PartialEvidence:
+def partial_evidence(
+    samples: Sequence[ShadowSample],
+    reference_by_call: Mapping[str, float],
+    site_reference: float,
+    policy: PromotionPolicy,
+) -> PartialEvidence:
     """The subset's evidence from a version's shadow samples (oldest first) since it entered shadow.
 
     `reference_by_call`: the teacher's self-agreement score per call id (valid pairs with
     something compared); `site_reference`: its site-wide mean, used only to choose a threshold
     when the calibration subset has no paired self-agreement."""
     with_confidence = [s for s in samples if s.confidence is not None]
-    calibration = with_confidence[:policy.calibration_samples]
-    fresh = with_confidence[policy.calibration_samples:]
+    calibration = with_confidence[: policy.calibration_samples]
+    fresh = with_confidence[policy.calibration_samples :]
     subset, reference = policy.new_evidence(), policy.new_reference()
     if len(calibration) < policy.calibration_samples:
-        return PartialEvidence(None, f"calibrating: {len(calibration)} of {policy.calibration_samples} samples",
-                               len(calibration), 0, subset, reference, calibrating=True)
-    threshold, note = choose_threshold(calibration, reference_by_call, site_reference, policy.partial_min_share,
-                                       policy.margin)
+        return PartialEvidence(
+            None,
+            f"calibrating: {len(calibration)} of {policy.calibration_samples} samples",
+            len(calibration),
+            0,
+            subset,
+            reference,
+            calibrating=True,
+        )
+    threshold, note = choose_threshold(
+        calibration, reference_by_call, site_reference, policy.partial_min_share, policy.margin
+    )
     if threshold is None:
         return PartialEvidence(None, note, len(calibration), len(fresh), subset, reference)
     for sample in fresh:

@@ -104,8 +104,9 @@ class SiteState(str, Enum):
 _PIN_STATES = {s.value: s for s in SiteState} | {"upstream": SiteState.LEARNING}
 
 
-def merge_layers(cls: type, what: str, layers: Sequence[Mapping[str, Any] | None],
-                 merge_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
+def merge_layers(
+    cls: type, what: str, layers: Sequence[Mapping[str, Any] | None], merge_keys: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """Settings layers (global, then per site) merged in order: later layers win, and keys in
     `merge_keys` merge their own dicts key by key. Keys that are not fields of the dataclass
     `cls` raise ValueError: a misspelt setting silently ignored would change routing unseen."""
@@ -132,8 +133,9 @@ def check_field_types(settings: Any) -> None:
             continue
         wrong = not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
         if wrong or (isinstance(value, (tuple, list)) and not all(isinstance(v, str) for v in value)):
-            raise ValueError(f"{f.name} must be {str(f.type).replace('tuple[str, ...]', 'a list of strings')}, "
-                             f"not {value!r}")
+            raise ValueError(
+                f"{f.name} must be {str(f.type).replace('tuple[str, ...]', 'a list of strings')}, not {value!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -174,9 +176,7 @@ class PromotionPolicy:
                 raise ValueError(f"{name} must be in [0, 1]")
 
     @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None
-    ) -> PromotionPolicy:
+    def from_dict(cls, data: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> PromotionPolicy:
         """Global settings, then per-site `overrides` on top (a site sets only what differs).
 
         Unknown keys raise ValueError: a misspelt setting silently ignored would change
@@ -231,8 +231,11 @@ class Bounds:
     def __str__(self) -> str:
         if not self.n:
             return "no samples"
-        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] over {self.n}" if self.low < 0 else \
-            f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}] over {self.n}"
+        return (
+            f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] over {self.n}"
+            if self.low < 0
+            else f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}] over {self.n}"
+        )
 
 
 @dataclass(frozen=True)
@@ -283,8 +286,11 @@ class Judgement:
 
     def inferior(self) -> list[str]:
         """The measures on which the version is inferior to the teacher (agreement not, on a creative site)."""
-        checks = (("validity", self.validity_inferior()), ("human review", self.review_inferior())) if self.creative \
+        checks = (
+            (("validity", self.validity_inferior()), ("human review", self.review_inferior()))
+            if self.creative
             else (("agreement", self.agreement_inferior()), ("validity", self.validity_inferior()))
+        )
         return [what for what, bad in checks if bad]
 
     def non_inferior(self) -> bool:
@@ -296,26 +302,46 @@ class Judgement:
         reference = "1 (no self-agreement samples)" if self.reference is None else str(self.reference)
         if self.creative:
             review = str(self.review) if self.review is not None and self.review.n else "no judgments of this version"
-            return (f"validity local - teacher {self.validity}; human review local - teacher {review}; "
-                    f"agreement {self.agreement} (not decisive); margin {self.margin:.2f}")
-        agreement = (f"nothing to compare beyond the validator in {self.valid_pairs} valid pairs"
-                     if self.nothing_to_compare else f"agreement {self.agreement} vs teacher {reference}")
+            return (
+                f"validity local - teacher {self.validity}; human review local - teacher {review}; "
+                f"agreement {self.agreement} (not decisive); margin {self.margin:.2f}"
+            )
+        agreement = (
+            f"nothing to compare beyond the validator in {self.valid_pairs} valid pairs"
+            if self.nothing_to_compare
+            else f"agreement {self.agreement} vs teacher {reference}"
+        )
         return f"validity local - teacher {self.validity}; {agreement}; margin {self.margin:.2f}"
 
 
 def is_creative(reference: ConfidenceSequence | None, policy: PromotionPolicy) -> bool:
     """The teacher barely agrees with itself: its self-agreement's upper bound is below
     `creative_below`, on at least `min_samples` second answers."""
-    return (policy.creative_below > 0 and reference is not None and reference.n >= policy.min_samples
-            and reference.bounds[1] < policy.creative_below)
+    return (
+        policy.creative_below > 0
+        and reference is not None
+        and reference.n >= policy.min_samples
+        and reference.bounds[1] < policy.creative_below
+    )
 
 
-def judge(evidence: Evidence, reference: ConfidenceSequence | None, policy: PromotionPolicy,
-          review: ConfidenceSequence | None = None) -> Judgement:
+def judge(
+    evidence: Evidence,
+    reference: ConfidenceSequence | None,
+    policy: PromotionPolicy,
+    review: ConfidenceSequence | None = None,
+) -> Judgement:
     ref = Bounds.of(reference) if reference is not None and reference.n else None
-    return Judgement(Bounds.of(evidence.agreement), ref, Bounds.of(evidence.validity), policy.margin,
-                     evidence.valid_pairs, policy.min_samples, is_creative(reference, policy),
-                     Bounds.of(review) if review is not None else None)
+    return Judgement(
+        Bounds.of(evidence.agreement),
+        ref,
+        Bounds.of(evidence.validity),
+        policy.margin,
+        evidence.valid_pairs,
+        policy.min_samples,
+        is_creative(reference, policy),
+        Bounds.of(review) if review is not None else None,
+    )
 
 
 def new_review_evidence(policy: PromotionPolicy) -> ConfidenceSequence:
@@ -371,48 +397,89 @@ def decide(
         if j.validity.n < policy.min_samples:
             return Decision(state, f"shadow: {j.validity.n} of {policy.min_samples} samples; {creative}{j}", j)
         if j.non_inferior():
-            return Decision(SiteState.LOCAL, f"promoted: non-inferior to the teacher; {creative}{j}", j,
-                            Verdict.PROMOTED)
+            return Decision(
+                SiteState.LOCAL, f"promoted: non-inferior to the teacher; {creative}{j}", j, Verdict.PROMOTED
+            )
         if j.creative:
             return _decide_creative(state, j, policy, creative)
-        subset = judge(partial.subset, partial.reference, policy) if partial is not None and \
-            partial.threshold is not None else None
-        if (subset is not None and subset.validity.n >= policy.min_samples and subset.agreement_non_inferior()
-                and subset.validity_non_inferior()):
-            return Decision(SiteState.PARTIAL, f"partly promoted: answers at confidence >= {partial.threshold:.3f} "
-                                               f"({partial.share:.0%} of fresh samples) non-inferior to the teacher; "
-                                               f"{subset}; the rest stays upstream", subset, Verdict.PARTIAL,
-                            partial.threshold)
+        subset = (
+            judge(partial.subset, partial.reference, policy)
+            if partial is not None and partial.threshold is not None
+            else None
+        )
+        if (
+            subset is not None
+            and subset.validity.n >= policy.min_samples
+            and subset.agreement_non_inferior()
+            and subset.validity_non_inferior()
+        ):
+            return Decision(
+                SiteState.PARTIAL,
+                f"partly promoted: answers at confidence >= {partial.threshold:.3f} "
+                f"({partial.share:.0%} of fresh samples) non-inferior to the teacher; "
+                f"{subset}; the rest stays upstream",
+                subset,
+                Verdict.PARTIAL,
+                partial.threshold,
+            )
         capped = j.validity.n >= policy.max_shadow_samples
         on_subset = _subset_line(partial, subset)
         if inferior:
             # A version worse than the teacher overall may still serve its confident answers: its
             # rejection waits while that subset is calibrated or tested, never past the cap.
-            held = not capped and partial is not None and (partial.calibrating or (
-                subset is not None and not subset.agreement_inferior() and not subset.validity_inferior()))
+            held = (
+                not capped
+                and partial is not None
+                and (
+                    partial.calibrating
+                    or (subset is not None and not subset.agreement_inferior() and not subset.validity_inferior())
+                )
+            )
             if not held:
-                return Decision(SiteState.LEARNING, f"rejected: {' and '.join(inferior)} inferior to the teacher; {j}; "
-                                                    "back to learning for a new version", j, Verdict.REJECTED)
-            return Decision(state, f"shadow: {' and '.join(inferior)} inferior to the teacher, rejection held while "
-                                   f"the confident subset is {'calibrated' if partial.calibrating else 'tested'}; "
-                                   f"{j}{on_subset}", j)
+                return Decision(
+                    SiteState.LEARNING,
+                    f"rejected: {' and '.join(inferior)} inferior to the teacher; {j}; "
+                    "back to learning for a new version",
+                    j,
+                    Verdict.REJECTED,
+                )
+            return Decision(
+                state,
+                f"shadow: {' and '.join(inferior)} inferior to the teacher, rejection held while "
+                f"the confident subset is {'calibrated' if partial.calibrating else 'tested'}; "
+                f"{j}{on_subset}",
+                j,
+            )
         if capped:
-            return Decision(SiteState.LEARNING, f"inconclusive: neither non-inferior nor inferior after "
-                                                f"{j.validity.n} samples (max_shadow_samples); {j}; "
-                                                "retired, back to learning for a new version", j, Verdict.INCONCLUSIVE)
+            return Decision(
+                SiteState.LEARNING,
+                f"inconclusive: neither non-inferior nor inferior after "
+                f"{j.validity.n} samples (max_shadow_samples); {j}; "
+                "retired, back to learning for a new version",
+                j,
+                Verdict.INCONCLUSIVE,
+            )
         return Decision(state, f"shadow: not yet decided; {j}{on_subset}", j)
 
     if state is SiteState.PARTIAL:
         at = f" (confidence >= {threshold:.3f})" if threshold is not None else ""
         if inferior:
-            return Decision(SiteState.SHADOW, f"demoted: the served subset{at} {' and '.join(inferior)} inferior to "
-                                              f"the teacher; {creative}{j}", j, Verdict.DEMOTED)
+            return Decision(
+                SiteState.SHADOW,
+                f"demoted: the served subset{at} {' and '.join(inferior)} inferior to the teacher; {creative}{j}",
+                j,
+                Verdict.DEMOTED,
+            )
         return Decision(state, f"partial: served subset{at}: {creative}{j}", j, threshold=threshold)
 
     # LOCAL
     if inferior:
-        return Decision(SiteState.SHADOW, f"demoted: {' and '.join(inferior)} inferior to the teacher; {creative}{j}",
-                        j, Verdict.DEMOTED)
+        return Decision(
+            SiteState.SHADOW,
+            f"demoted: {' and '.join(inferior)} inferior to the teacher; {creative}{j}",
+            j,
+            Verdict.DEMOTED,
+        )
     return Decision(state, f"local: {creative}{j}", j)
 
 
@@ -420,9 +487,11 @@ def _creative_line(j: Judgement, policy: PromotionPolicy) -> str:
     """Why agreement does not decide on a creative site (empty elsewhere)."""
     if not j.creative or j.reference is None:
         return ""
-    return (f"creative site: the teacher agrees with itself only {j.reference.mean:.2f} "
-            f"[{j.reference.low:.2f}, {j.reference.high:.2f}] (< creative_below {policy.creative_below:.2f}), "
-            "so agreement cannot decide; judged on validity and the human review; ")
+    return (
+        f"creative site: the teacher agrees with itself only {j.reference.mean:.2f} "
+        f"[{j.reference.low:.2f}, {j.reference.high:.2f}] (< creative_below {policy.creative_below:.2f}), "
+        "so agreement cannot decide; judged on validity and the human review; "
+    )
 
 
 def _decide_creative(state: SiteState, j: Judgement, policy: PromotionPolicy, creative: str) -> Decision:
@@ -430,14 +499,27 @@ def _decide_creative(state: SiteState, j: Judgement, policy: PromotionPolicy, cr
     for the review until `max_shadow_samples`."""
     inferior = j.inferior()
     if inferior:
-        return Decision(SiteState.LEARNING, f"rejected: {' and '.join(inferior)} inferior to the teacher; {creative}{j}; "
-                                            "back to learning for a new version", j, Verdict.REJECTED)
-    waiting = ("the human review has not decided" if j.review is not None and j.review.n
-               else "waiting for a human review of this version (`understudy review plan SITE`)")
+        return Decision(
+            SiteState.LEARNING,
+            f"rejected: {' and '.join(inferior)} inferior to the teacher; {creative}{j}; "
+            "back to learning for a new version",
+            j,
+            Verdict.REJECTED,
+        )
+    waiting = (
+        "the human review has not decided"
+        if j.review is not None and j.review.n
+        else "waiting for a human review of this version (`understudy review plan SITE`)"
+    )
     if j.validity.n >= policy.max_shadow_samples:
-        return Decision(SiteState.LEARNING, f"inconclusive: {waiting} after {j.validity.n} samples "
-                                            f"(max_shadow_samples); {creative}{j}; retired, back to learning for a "
-                                            "new version", j, Verdict.INCONCLUSIVE)
+        return Decision(
+            SiteState.LEARNING,
+            f"inconclusive: {waiting} after {j.validity.n} samples "
+            f"(max_shadow_samples); {creative}{j}; retired, back to learning for a "
+            "new version",
+            j,
+            Verdict.INCONCLUSIVE,
+        )
     return Decision(state, f"shadow: {waiting}; {creative}{j}", j)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from understudy.routing.policy import Decision, SiteState, Verdict, on_new_version
@@ -58,11 +58,15 @@ class VersionRecord:
 
 
 def list_versions(store: Store, site_id: str) -> list[VersionRecord]:
-    rows = store.cursor().execute(
-        """SELECT site_id, version, status, base_model, base_gguf, adapter_path, dataset_snapshot, config, metrics,
+    rows = (
+        store.cursor()
+        .execute(
+            """SELECT site_id, version, status, base_model, base_gguf, adapter_path, dataset_snapshot, config, metrics,
                   note, created_at, control FROM model_versions WHERE site_id = ? ORDER BY version""",
-        [site_id],
-    ).fetchall()
+            [site_id],
+        )
+        .fetchall()
+    )
     return [_record(row) for row in rows]
 
 
@@ -91,9 +95,20 @@ def register_version(store: Store, site_ref: str, result: dict[str, Any], *, act
         """INSERT INTO model_versions (site_id, version, status, base_model, base_gguf, adapter_path, dataset_snapshot,
                                        config, metrics, note, created_at, control)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        [site.id, number, status, result.get("base_model"), result.get("base_gguf"), result.get("adapter_path"),
-         result.get("dataset_snapshot"), json.dumps(result.get("config") or {}), json.dumps(metrics), note, _now(),
-         control],
+        [
+            site.id,
+            number,
+            status,
+            result.get("base_model"),
+            result.get("base_gguf"),
+            result.get("adapter_path"),
+            result.get("dataset_snapshot"),
+            json.dumps(result.get("config") or {}),
+            json.dumps(metrics),
+            note,
+            _now(),
+            control,
+        ],
     )
     audit(store, site.id, "version", {"version": number, "status": status, "note": note}, actor)
     if status == "ready":
@@ -112,8 +127,15 @@ class StaleDecision(Exception):
         self.current = current
 
 
-def apply_decision(store: Store, site: SiteRecord, decision: Decision, *, active_version: int | None = None,
-                   actor: str = "policy", expected: SiteRecord | None = None) -> SiteRecord:
+def apply_decision(
+    store: Store,
+    site: SiteRecord,
+    decision: Decision,
+    *,
+    active_version: int | None = None,
+    actor: str = "policy",
+    expected: SiteRecord | None = None,
+) -> SiteRecord:
     """Move a site to the decision's state (and version), with an audit row giving the reason.
 
     With `expected` (the record the decision was computed from) the write is a compare-and-set:
@@ -127,16 +149,31 @@ def apply_decision(store: Store, site: SiteRecord, decision: Decision, *, active
             raise StaleDecision(store.resolve_site(site.id))
         return site
     if expected is None:
-        store.cursor().execute("UPDATE sites SET state = ?, active_version = ?, state_since = ?, partial_threshold = ? "
-                               "WHERE id = ?", [new_state, version, _now(), threshold, site.id])
+        store.cursor().execute(
+            "UPDATE sites SET state = ?, active_version = ?, state_since = ?, partial_threshold = ? WHERE id = ?",
+            [new_state, version, _now(), threshold, site.id],
+        )
     else:
         # One conditional UPDATE, so the compare-and-set holds across processes sharing the store.
-        written = store.cursor().execute(
-            "UPDATE sites SET state = ?, active_version = ?, state_since = ?, partial_threshold = ? WHERE id = ? "
-            "AND state IS NOT DISTINCT FROM ? AND active_version IS NOT DISTINCT FROM ? "
-            "AND pinned IS NOT DISTINCT FROM ? RETURNING id",
-            [new_state, version, _now(), threshold, site.id, expected.state, expected.active_version,
-             expected.pinned]).fetchall()
+        written = (
+            store.cursor()
+            .execute(
+                "UPDATE sites SET state = ?, active_version = ?, state_since = ?, partial_threshold = ? WHERE id = ? "
+                "AND state IS NOT DISTINCT FROM ? AND active_version IS NOT DISTINCT FROM ? "
+                "AND pinned IS NOT DISTINCT FROM ? RETURNING id",
+                [
+                    new_state,
+                    version,
+                    _now(),
+                    threshold,
+                    site.id,
+                    expected.state,
+                    expected.active_version,
+                    expected.pinned,
+                ],
+            )
+            .fetchall()
+        )
         if not written:
             raise StaleDecision(store.resolve_site(site.id))
     detail = {"from": site.state, "to": new_state, "version": version, "reason": decision.reason}
@@ -158,17 +195,24 @@ def partial_threshold(store: Store, site_id: str) -> float | None:
 
 
 def _unchanged(current: SiteRecord, expected: SiteRecord) -> bool:
-    return (current.state, current.active_version, current.pinned) == (expected.state, expected.active_version,
-                                                                       expected.pinned)
+    return (current.state, current.active_version, current.pinned) == (
+        expected.state,
+        expected.active_version,
+        expected.pinned,
+    )
 
 
 def audit(store: Store, site_id: str, action: str, detail: dict[str, Any], actor: str) -> None:
-    store.cursor().execute("INSERT INTO audit (ts, site_id, action, detail, actor) VALUES (?, ?, ?, ?, ?)",
-                           [_now(), site_id, action, json.dumps(detail), actor])
+    store.cursor().execute(
+        "INSERT INTO audit (ts, site_id, action, detail, actor) VALUES (?, ?, ?, ?, ?)",
+        [_now(), site_id, action, json.dumps(detail), actor],
+    )
 
 
 def set_version_status(store: Store, site_id: str, version: int, status: str) -> None:
-    store.cursor().execute("UPDATE model_versions SET status = ? WHERE site_id = ? AND version = ?", [status, site_id, version])
+    store.cursor().execute(
+        "UPDATE model_versions SET status = ? WHERE site_id = ? AND version = ?", [status, site_id, version]
+    )
 
 
 def _worse_than(new: dict[str, Any], current: dict[str, Any] | None) -> str | None:
@@ -185,10 +229,21 @@ def _worse_than(new: dict[str, Any], current: dict[str, Any] | None) -> str | No
 
 def _record(row: tuple) -> VersionRecord:
     site_id, version, status, base_model, base_gguf, adapter, snapshot, config, metrics, note, created, control = row
-    return VersionRecord(site_id, version, status, base_model, base_gguf, adapter, snapshot,
-                         json.loads(config) if config else {}, json.loads(metrics) if metrics else {}, note,
-                         created.isoformat() if isinstance(created, datetime) else str(created), control)
+    return VersionRecord(
+        site_id,
+        version,
+        status,
+        base_model,
+        base_gguf,
+        adapter,
+        snapshot,
+        json.loads(config) if config else {},
+        json.loads(metrics) if metrics else {},
+        note,
+        created.isoformat() if isinstance(created, datetime) else str(created),
+        control,
+    )
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

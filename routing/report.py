@@ -62,8 +62,8 @@ from understudy.routing.evidence import (
     PAIRED_REFERENCE,
     bar,
     calibration_samples,
-    evidence_phase,
     evidence_of,
+    evidence_phase,
     evidence_samples,
     paired_reference,
     partial_samples,
@@ -347,7 +347,9 @@ def _site_rows(cur: duckdb.DuckDBPyConnection, site_ref: str | None) -> list[tup
     if not rows:
         rows = cur.execute(f"{select} WHERE starts_with(id, ?)", [site_ref]).fetchall()
     if len(rows) != 1:
-        raise SiteNotFound(f"no site matches {site_ref!r}" if not rows else f"{site_ref!r} matches {len(rows)} sites; use the id")
+        raise SiteNotFound(
+            f"no site matches {site_ref!r}" if not rows else f"{site_ref!r} matches {len(rows)} sites; use the id"
+        )
     return rows
 
 
@@ -379,17 +381,25 @@ def _site_report(
     evidence = None
     if active_version is not None and state != SiteState.LEARNING.value:
         evidence = evidence_of(evidence_samples(cur, site_id, active_version, state, policy.window), policy)
-    review = new_review_evidence(policy).extend(review_differences(cur, site_id, active_version)) \
-        if active_version is not None else None
+    review = (
+        new_review_evidence(policy).extend(review_differences(cur, site_id, active_version))
+        if active_version is not None
+        else None
+    )
     judgement = judge(evidence, reference_cs, policy, review) if evidence is not None else None
     partial = None
     if state == SiteState.SHADOW.value and active_version is not None and policy.partial:
-        partial = partial_evidence(partial_samples(cur, site_id, active_version),
-                                   paired_reference(cur, site_id, PAIRED_REFERENCE),
-                                   teacher_level(reference), policy)
-    extra_calls = dict(cur.execute(
-        "SELECT purpose, count(*) FROM calls WHERE site_id = ? AND NOT " + _CLIENT + " GROUP BY purpose", [site_id]
-    ).fetchall())
+        partial = partial_evidence(
+            partial_samples(cur, site_id, active_version),
+            paired_reference(cur, site_id, PAIRED_REFERENCE),
+            teacher_level(reference),
+            policy,
+        )
+    extra_calls = dict(
+        cur.execute(
+            "SELECT purpose, count(*) FROM calls WHERE site_id = ? AND NOT " + _CLIENT + " GROUP BY purpose", [site_id]
+        ).fetchall()
+    )
 
     totals = cur.execute(
         f"""
@@ -437,8 +447,9 @@ def _site_report(
     )
     audit = _audit(cur, site_id, audit_limit)
     try:
-        assessment = decide(state, evidence, reference_cs, policy, pinned, partial=partial,
-                            threshold=threshold, review=review).reason
+        assessment = decide(
+            state, evidence, reference_cs, policy, pinned, partial=partial, threshold=threshold, review=review
+        ).reason
     except ValueError:  # a state this version of the policy does not know: report, don't crash
         assessment = f"unknown state {state!r}"
     return SiteReport(
@@ -466,25 +477,37 @@ def _site_report(
         audit=audit,
         assessment=assessment,
         why=_why(cur, site_id, assessment),
-        policy=PolicySummary(policy.min_samples, policy.margin, policy.alpha, policy.window, policy.shadow_sample_rate,
-                             policy.drift_sample_rate, policy.self_agreement_rate, policy.cascade,
-                             policy.max_shadow_samples, overrides=overrides if isinstance(overrides := _json(row[5]), dict) else {}),
+        policy=PolicySummary(
+            policy.min_samples,
+            policy.margin,
+            policy.alpha,
+            policy.window,
+            policy.shadow_sample_rate,
+            policy.drift_sample_rate,
+            policy.self_agreement_rate,
+            policy.cascade,
+            policy.max_shadow_samples,
+            overrides=overrides if isinstance(overrides := _json(row[5]), dict) else {},
+        ),
         series=_series(cur, site_id, policy, prices, mean_cost),
     )
 
 
-def _partial_summary(state: str, threshold: float | None, partial: PartialEvidence | None,
-                     policy: PromotionPolicy) -> PartialSummary | None:
+def _partial_summary(
+    state: str, threshold: float | None, partial: PartialEvidence | None, policy: PromotionPolicy
+) -> PartialSummary | None:
     if state == SiteState.PARTIAL.value:
-        return PartialSummary(True, threshold, "serving the answers at or above the threshold; the rest upstream",
-                              None, None, None, None)
+        return PartialSummary(
+            True, threshold, "serving the answers at or above the threshold; the rest upstream", None, None, None, None
+        )
     if partial is None:
         return None
     if partial.threshold is None:
         return PartialSummary(False, None, partial.note, None, None, None, None)
     subset = judge(partial.subset, partial.reference, policy)
-    return PartialSummary(False, partial.threshold, partial.note, partial.share, subset.agreement, subset.reference,
-                          subset.validity)
+    return PartialSummary(
+        False, partial.threshold, partial.note, partial.share, subset.agreement, subset.reference, subset.validity
+    )
 
 
 def partial_line(report: SiteReport) -> str:
@@ -492,13 +515,17 @@ def partial_line(report: SiteReport) -> str:
     if p is None:
         return "-"
     if p.serving:
-        return (f"serving local answers at confidence >= {p.threshold:.3f}; the rest upstream; local share "
-                f"{format_share(report.local_share)} of all calls")
+        return (
+            f"serving local answers at confidence >= {p.threshold:.3f}; the rest upstream; local share "
+            f"{format_share(report.local_share)} of all calls"
+        )
     if p.threshold is None:
         return p.note
     reference = "1 (no paired self-agreement)" if p.reference is None else str(p.reference)
-    return (f"testing confidence >= {p.threshold:.3f} ({format_share(p.share)} of fresh samples): agreement "
-            f"{p.agreement} vs teacher on the same calls {reference}; validity {p.validity}")
+    return (
+        f"testing confidence >= {p.threshold:.3f} ({format_share(p.share)} of fresh samples): agreement "
+        f"{p.agreement} vs teacher on the same calls {reference}; validity {p.validity}"
+    )
 
 
 def _draws(cur, site_id: str, version: int | None) -> DrawsSummary:
@@ -507,21 +534,38 @@ def _draws(cur, site_id: str, version: int | None) -> DrawsSummary:
                    avg(local_tries) FILTER (WHERE {_LOCAL}),
                    count(*) FILTER (WHERE served_by = 'upstream' AND local_tries IS NOT NULL),
                    avg(local_tries) FILTER (WHERE served_by = 'upstream')
-            FROM calls WHERE site_id = ?""", [site_id]).fetchone()
-    shadow, shadow_mean, redrawn = cur.execute(
-        "SELECT count(local_tries), avg(local_tries), avg(CASE WHEN local_tries > 1 THEN 1.0 ELSE 0.0 END) "
-        "FROM shadow_results WHERE site_id = ? AND version = ? AND local_tries IS NOT NULL",
-        [site_id, version]).fetchone() if version is not None else (0, None, None)
+            FROM calls WHERE site_id = ?""",
+        [site_id],
+    ).fetchone()
+    shadow, shadow_mean, redrawn = (
+        cur.execute(
+            "SELECT count(local_tries), avg(local_tries), avg(CASE WHEN local_tries > 1 THEN 1.0 ELSE 0.0 END) "
+            "FROM shadow_results WHERE site_id = ? AND version = ? AND local_tries IS NOT NULL",
+            [site_id, version],
+        ).fetchone()
+        if version is not None
+        else (0, None, None)
+    )
     as_float = lambda v: None if v is None else float(v)  # noqa: E731
-    return DrawsSummary(int(served), as_float(served_mean), int(fallbacks), as_float(fallback_mean), int(shadow),
-                        as_float(shadow_mean), as_float(redrawn))
+    return DrawsSummary(
+        int(served),
+        as_float(served_mean),
+        int(fallbacks),
+        as_float(fallback_mean),
+        int(shadow),
+        as_float(shadow_mean),
+        as_float(redrawn),
+    )
 
 
 def draws_line(d: DrawsSummary) -> str:
     """Checked sampling in one line: mean draws per served, refused and shadowed local answer."""
     parts = []
-    for label, n, mean in (("served", d.served, d.served_mean_tries), ("refused", d.fallbacks, d.fallback_mean_tries),
-                           ("shadow", d.shadow, d.shadow_mean_tries)):
+    for label, n, mean in (
+        ("served", d.served, d.served_mean_tries),
+        ("refused", d.fallbacks, d.fallback_mean_tries),
+        ("shadow", d.shadow, d.shadow_mean_tries),
+    ):
         if n:
             parts.append(f"{label} {n} x {mean:.2f}")
     if d.shadow and d.shadow_redrawn is not None:
@@ -530,11 +574,14 @@ def draws_line(d: DrawsSummary) -> str:
 
 
 def _judgement_summary(j: Judgement, state: str, reference: list[float], policy: PromotionPolicy) -> JudgementSummary:
-    return JudgementSummary(evidence_phase(state), j.agreement, j.reference, j.validity, j.margin, bar(reference, policy))
+    return JudgementSummary(
+        evidence_phase(state), j.agreement, j.reference, j.validity, j.margin, bar(reference, policy)
+    )
 
 
-def _cascade(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, reference: list[float],
-             policy: PromotionPolicy) -> CascadeSummary:
+def _cascade(
+    cur: duckdb.DuckDBPyConnection, site_id: str, version: int, reference: list[float], policy: PromotionPolicy
+) -> CascadeSummary:
     c = calibrate(calibration_samples(cur, site_id, version), bar(reference, policy), policy.min_samples)
     return CascadeSummary(c.threshold, c.bar, c.n, 1.0, c.local_share, c.agreement_without, c.agreement_with)
 
@@ -597,7 +644,9 @@ def _agreement_by_version(
         scores = [float(x) for x in scores or ()]
         cs = ConfidenceSequence(policy.alpha / 2).extend(scores)
         low, high = cs.bounds
-        out.append(AgreementSummary(ver, len(scores), incomparable, cs.mean, low, high, valid_rate, upstream_valid_rate))
+        out.append(
+            AgreementSummary(ver, len(scores), incomparable, cs.mean, low, high, valid_rate, upstream_valid_rate)
+        )
     return out
 
 
@@ -606,7 +655,9 @@ def _agreement(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, polic
     return found[0] if found else AgreementSummary(version, 0, 0, None, 0.0, 1.0, None)
 
 
-def _shadow_latency(cur: duckdb.DuckDBPyConnection, site_id: str, version: int | None) -> tuple[LatencyStats, LatencyStats]:
+def _shadow_latency(
+    cur: duckdb.DuckDBPyConnection, site_id: str, version: int | None
+) -> tuple[LatencyStats, LatencyStats]:
     if version is None:
         return LatencyStats(0, None, None), LatencyStats(0, None, None)
     row = cur.execute(
@@ -718,7 +769,11 @@ def _bucket_width(cur: duckdb.DuckDBPyConnection, site_id: str) -> int:
 
 
 def _series(
-    cur: duckdb.DuckDBPyConnection, site_id: str, policy: PromotionPolicy, prices: Prices | None, mean_cost: float | None
+    cur: duckdb.DuckDBPyConnection,
+    site_id: str,
+    policy: PromotionPolicy,
+    prices: Prices | None,
+    mean_cost: float | None,
 ) -> TimeSeries:
     width = _bucket_width(cur, site_id)
     bucket = f"floor(epoch(ts) / {width}) * {width}"
@@ -839,7 +894,9 @@ def latency_line(latency: LatencySummary) -> str:
         f"local p50 {format_ms(latency.local.p50)} / p95 {format_ms(latency.local.p95)}",
     ]
     if latency.shadow_local.n:
-        parts.append(f"shadow local p50 {format_ms(latency.shadow_local.p50)} / p95 {format_ms(latency.shadow_local.p95)}")
+        parts.append(
+            f"shadow local p50 {format_ms(latency.shadow_local.p50)} / p95 {format_ms(latency.shadow_local.p95)}"
+        )
     return " · ".join(parts)
 
 
@@ -876,8 +933,10 @@ def judgement_line(report: SiteReport) -> str:
     if j is None:
         return "nothing to judge (no active version in shadow or local)"
     reference = "1 (no samples)" if j.reference is None else str(j.reference)
-    return (f"{j.phase}: agreement {j.agreement} vs teacher {reference}, bar {j.bar:.2f}; "
-            f"validity local - teacher {j.validity}; margin {j.margin:.2f}")
+    return (
+        f"{j.phase}: agreement {j.agreement} vs teacher {reference}, bar {j.bar:.2f}; "
+        f"validity local - teacher {j.validity}; margin {j.margin:.2f}"
+    )
 
 
 def cascade_line(report: SiteReport) -> str:
@@ -886,18 +945,22 @@ def cascade_line(report: SiteReport) -> str:
         return "no calibration samples yet"
     if c.threshold is None:
         return f"no threshold (all {c.samples} calibration answers are served locally)"
-    return (f"threshold {c.threshold:.3f}: local share {format_share(c.local_share_with)} (without "
-            f"{format_share(c.local_share_without)}), agreement {c.agreement_with:.2f} (without {c.agreement_without:.2f})")
+    return (
+        f"threshold {c.threshold:.3f}: local share {format_share(c.local_share_with)} (without "
+        f"{format_share(c.local_share_without)}), agreement {c.agreement_with:.2f} (without {c.agreement_without:.2f})"
+    )
 
 
 def policy_line(policy: PolicySummary) -> str:
     overrides = json.dumps(policy.overrides, sort_keys=True) if policy.overrides else "none (global settings only)"
-    return (f"promote when non-inferior to the teacher within {policy.margin:.2f} (alpha {policy.alpha:g}, "
-            f"{policy.min_samples} samples at least; undecided after {policy.max_shadow_samples}: "
-            f"inconclusive); demote on the last {policy.window} drift samples; "
-            f"shadow rate {policy.shadow_sample_rate:g}, drift rate {policy.drift_sample_rate:g}, "
-            f"self-agreement rate {policy.self_agreement_rate:g}; cascade {'on' if policy.cascade else 'off'}; "
-            f"site overrides: {overrides}")
+    return (
+        f"promote when non-inferior to the teacher within {policy.margin:.2f} (alpha {policy.alpha:g}, "
+        f"{policy.min_samples} samples at least; undecided after {policy.max_shadow_samples}: "
+        f"inconclusive); demote on the last {policy.window} drift samples; "
+        f"shadow rate {policy.shadow_sample_rate:g}, drift rate {policy.drift_sample_rate:g}, "
+        f"self-agreement rate {policy.self_agreement_rate:g}; cascade {'on' if policy.cascade else 'off'}; "
+        f"site overrides: {overrides}"
+    )
 
 
 # ---- terminal ------------------------------------------------------------------------------
@@ -927,12 +990,16 @@ def render_terminal(reports: Sequence[SiteReport], console: Console) -> None:
         grid.add_row("judgement", Text(judgement_line(report)))
         grid.add_row("cascade", Text(cascade_line(report)))
         grid.add_row("partial", Text(partial_line(report)))
-        grid.add_row("local share", Text(f"{format_share(report.local_share)} ({report.local_calls} of {report.calls} calls)"))
+        grid.add_row(
+            "local share", Text(f"{format_share(report.local_share)} ({report.local_calls} of {report.calls} calls)")
+        )
         grid.add_row("latency", Text(latency_line(report.latency)))
         grid.add_row("cost", Text(cost_line(report.cost)))
         grid.add_row("fallbacks", Text(str(report.fallbacks)))
         grid.add_row("draws", Text(draws_line(report.draws)))
-        grid.add_row("extra calls", Text(", ".join(f"{k} {v}" for k, v in sorted(report.extra_calls.items())) or "none"))
+        grid.add_row(
+            "extra calls", Text(", ".join(f"{k} {v}" for k, v in sorted(report.extra_calls.items())) or "none")
+        )
         grid.add_row("policy", Text(policy_line(report.policy)))
         grid.add_row("why", Text(report.why))
         title = Text(report.name, style="bold")

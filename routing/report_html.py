@@ -29,13 +29,13 @@ from understudy.routing.report import (
     SiteReport,
     agreement_line,
     cascade_line,
-    partial_line,
     cost_line,
     format_ms,
     format_share,
     format_usd,
     judgement_line,
     latency_line,
+    partial_line,
     policy_line,
     samples_line,
     teacher_line,
@@ -57,7 +57,24 @@ DEMOTE_COLOR = "#e8590c"
 # Versions: distinct hues that avoid the threshold rules' green and orange.
 VERSION_COLORS = ("#1c7ed6", "#c92a2a", "#7048e8", "#862e9c", "#0b7285", "#5c940d", "#d6336c", "#495057")
 
-_TIME_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 2 * 86400, 7 * 86400, 14 * 86400, 30 * 86400)
+_TIME_STEPS = (
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+    2 * 86400,
+    7 * 86400,
+    14 * 86400,
+    30 * 86400,
+)
 
 
 def _e(text: object) -> str:
@@ -140,15 +157,21 @@ class Chart:
         for i in range(int(round((y1 - y0) / y_step)) + 1):
             tick = y0 + i * y_step
             y = sy(tick)
-            out.append(f'<line class="grid" x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + PLOT_W}" y2="{y:.1f}" stroke="#e9ecef"/>')
+            out.append(
+                f'<line class="grid" x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + PLOT_W}" y2="{y:.1f}" stroke="#e9ecef"/>'
+            )
             out.append(
                 f'<text x="{LEFT - 8}" y="{y + 4:.1f}" text-anchor="end" class="tick">{_e(self.y_format(tick))}</text>'
             )
         # X ticks: round UTC times.
         for t, label in _time_ticks(x0, x1):
             x = sx(t)
-            out.append(f'<line x1="{x:.1f}" y1="{TOP + PLOT_H}" x2="{x:.1f}" y2="{TOP + PLOT_H + 5}" stroke="#495057"/>')
-            out.append(f'<text x="{x:.1f}" y="{TOP + PLOT_H + 18}" text-anchor="middle" class="tick">{_e(label)}</text>')
+            out.append(
+                f'<line x1="{x:.1f}" y1="{TOP + PLOT_H}" x2="{x:.1f}" y2="{TOP + PLOT_H + 5}" stroke="#495057"/>'
+            )
+            out.append(
+                f'<text x="{x:.1f}" y="{TOP + PLOT_H + 18}" text-anchor="middle" class="tick">{_e(label)}</text>'
+            )
         # Bands under the rules, rules under the lines; rule labels carry a white halo so a line
         # passing behind them does not make them unreadable.
         for band in self.bands:
@@ -203,7 +226,9 @@ class Chart:
         return "\n".join(out)
 
     def _legend(self) -> str:
-        items = [(b.label, b.color, None) for b in self.bands if b.label] + [(l.label, l.color, l.dash) for l in self.lines]
+        items = [(b.label, b.color, None) for b in self.bands if b.label] + [
+            (line.label, line.color, line.dash) for line in self.lines
+        ]
         parts, x = [], float(LEFT)
         for label, color, dash in items:
             # A solid swatch even for dashed lines: the colour is what identifies the series.
@@ -265,8 +290,12 @@ def agreement_plot(report: SiteReport) -> str:
     if not series:
         return _empty("agreement", report.id, "no shadow samples yet")
     chart = Chart(
-        "agreement", report.id, f"Agreement over time per version, {report.name}",
-        "agreement (running mean, confidence sequence)", lambda v: f"{v:.1f}", y_range=(0.0, 1.0),
+        "agreement",
+        report.id,
+        f"Agreement over time per version, {report.name}",
+        "agreement (running mean, confidence sequence)",
+        lambda v: f"{v:.1f}",
+        y_range=(0.0, 1.0),
     )
     for index, s in enumerate(series):
         color = VERSION_COLORS[index % len(VERSION_COLORS)]
@@ -285,8 +314,13 @@ def traffic_plot(report: SiteReport) -> str:
     if not points:
         return _empty("traffic", report.id, "no calls recorded yet")
     chart = Chart(
-        "traffic", report.id, f"Traffic share over time, {report.name}", "share of calls",
-        lambda v: f"{v * 100:.0f}%", y_range=(0.0, 1.0), min_x_span=report.series.bucket_s,
+        "traffic",
+        report.id,
+        f"Traffic share over time, {report.name}",
+        "share of calls",
+        lambda v: f"{v * 100:.0f}%",
+        y_range=(0.0, 1.0),
+        min_x_span=report.series.bucket_s,
     )
     # Stacked: local from the bottom, upstream above it up to 100%.
     chart.bands.append(Band("upstream", UPSTREAM_COLOR, [(p.t, p.local_share, 1.0) for p in points], opacity=0.25))
@@ -308,8 +342,13 @@ def latency_plot(report: SiteReport) -> str:
     if not lines:
         return _empty("latency", report.id, "no successful calls recorded yet")
     chart = Chart(
-        "latency", report.id, f"Latency over time, {report.name}", "latency",
-        _axis_ms, lines=lines, min_x_span=report.series.bucket_s,
+        "latency",
+        report.id,
+        f"Latency over time, {report.name}",
+        "latency",
+        _axis_ms,
+        lines=lines,
+        min_x_span=report.series.bucket_s,
     )
     return chart.render()
 
@@ -319,8 +358,12 @@ def cost_plot(report: SiteReport) -> str:
     if not points:
         return _empty("cost", report.id, "no calls recorded yet")
     chart = Chart(
-        "cost", report.id, f"Cumulative cost, {report.name}", "cumulative USD",
-        _axis_usd, min_x_span=report.series.bucket_s,
+        "cost",
+        report.id,
+        f"Cumulative cost, {report.name}",
+        "cumulative USD",
+        _axis_usd,
+        min_x_span=report.series.bucket_s,
         lines=[
             Line("upstream spent", UPSTREAM_COLOR, [(p.t, p.spent_usd) for p in points]),
             Line("saved by local", LOCAL_COLOR, [(p.t, p.saved_usd) for p in points]),
@@ -369,8 +412,13 @@ code { font-size: 0.85em; }
 """
 
 
-def render_html(reports: Sequence[SiteReport], *, generated_at: datetime | None = None,
-                title: str = "Understudy shadow-mode report", sections: Mapping[str, str] | None = None) -> str:
+def render_html(
+    reports: Sequence[SiteReport],
+    *,
+    generated_at: datetime | None = None,
+    title: str = "Understudy shadow-mode report",
+    sections: Mapping[str, str] | None = None,
+) -> str:
     """The whole report as one self-contained HTML document; `sections` (site id -> HTML, already
     escaped: human review and eval results, `routing.report_sections`) close each site's section."""
     generated = (generated_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -382,7 +430,9 @@ def render_html(reports: Sequence[SiteReport], *, generated_at: datetime | None 
         body.append('<p class="plot-empty">no sites recorded yet</p>')
     else:
         body.append(_overview(reports))
-        body.extend(_site_section(index, report, (sections or {}).get(report.id, "")) for index, report in enumerate(reports))
+        body.extend(
+            _site_section(index, report, (sections or {}).get(report.id, "")) for index, report in enumerate(reports)
+        )
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -451,17 +501,13 @@ def _site_section(index: int, r: SiteReport, extra: str = "") -> str:
         f'<h2>{_e(r.name)} <span class="id">{_e(r.id)}</span> <span class="state state-{_e(r.state)}">{_e(r.state)}</span></h2>'
         f'<p class="why">why: {_e(r.why)}</p>'
         f'<table class="summary">{summary}</table>'
-        f'<div class="plots">{figures}</div>'
-        + _versions_table(r)
-        + _audit_table(r)
-        + extra
-        + "</section>"
+        f'<div class="plots">{figures}</div>' + _versions_table(r) + _audit_table(r) + extra + "</section>"
     )
 
 
 def _versions_table(r: SiteReport) -> str:
     if not r.versions:
-        return "<h3>Versions</h3><p class=\"meta\">no trained versions yet</p>"
+        return '<h3>Versions</h3><p class="meta">no trained versions yet</p>'
     rows = []
     for v in r.versions:
         metrics = json.dumps(v.metrics, separators=(", ", ": "), default=str)
@@ -476,7 +522,7 @@ def _versions_table(r: SiteReport) -> str:
             "</tr>"
         )
     return (
-        "<h3>Versions</h3><table class=\"versions\"><thead><tr><th>version</th><th>status</th><th>base model</th>"
+        '<h3>Versions</h3><table class="versions"><thead><tr><th>version</th><th>status</th><th>base model</th>'
         "<th>created</th><th>shadow samples</th><th>agreement [95% CI]</th><th>local valid</th><th>metrics</th>"
         "<th>note</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
@@ -484,12 +530,12 @@ def _versions_table(r: SiteReport) -> str:
 
 def _audit_table(r: SiteReport) -> str:
     if not r.audit:
-        return "<h3>Recent decisions</h3><p class=\"meta\">no audit entries yet</p>"
+        return '<h3>Recent decisions</h3><p class="meta">no audit entries yet</p>'
     rows = "".join(
         f"<tr><td>{_e(a.ts)}</td><td>{_e(a.action)}</td><td>{_e(a.actor)}</td><td>{_e(a.reason)}</td></tr>"
         for a in r.audit
     )
     return (
-        "<h3>Recent decisions</h3><table class=\"audit\"><thead><tr><th>time (UTC)</th><th>action</th><th>actor</th>"
+        '<h3>Recent decisions</h3><table class="audit"><thead><tr><th>time (UTC)</th><th>action</th><th>actor</th>'
         "<th>reason</th></tr></thead><tbody>" + rows + "</tbody></table>"
     )

@@ -53,19 +53,32 @@ PREFERENCES = ("A", "B", "tie")
 MAX_COMMENT_CHARS = 4000
 EXPORT_FORMAT = "understudy-review-set"
 RPG_TYPES = frozenset({"Level", "Map"})
-RPG_RUBRIC = {"criteria": [
-    {"name": "gameplay", "label": "Gameplay viability and fun",
-     "description": "Can the level be played and won, and would it be fun to play?"},
-    {"name": "structure", "label": "Structural correctness and consistency",
-     "description": "Walls, obstacles, enemies and the player fit the grid and each other; fields agree."},
-    {"name": "constraints", "label": "Adherence to the requested constraints and theme",
-     "description": "Difficulty, size, counts and theme are what the request asked for."},
-]}
-DEFAULT_RUBRIC = {"criteria": [
-    {"name": "correctness", "label": "Correctness", "description": "Is the answer right for this input?"},
-    {"name": "usefulness", "label": "Usefulness", "description": "Would the caller be well served by it?"},
-    {"name": "format", "label": "Format", "description": "Is it in the expected shape, clean and complete?"},
-]}
+RPG_RUBRIC = {
+    "criteria": [
+        {
+            "name": "gameplay",
+            "label": "Gameplay viability and fun",
+            "description": "Can the level be played and won, and would it be fun to play?",
+        },
+        {
+            "name": "structure",
+            "label": "Structural correctness and consistency",
+            "description": "Walls, obstacles, enemies and the player fit the grid and each other; fields agree.",
+        },
+        {
+            "name": "constraints",
+            "label": "Adherence to the requested constraints and theme",
+            "description": "Difficulty, size, counts and theme are what the request asked for.",
+        },
+    ]
+}
+DEFAULT_RUBRIC = {
+    "criteria": [
+        {"name": "correctness", "label": "Correctness", "description": "Is the answer right for this input?"},
+        {"name": "usefulness", "label": "Usefulness", "description": "Would the caller be well served by it?"},
+        {"name": "format", "label": "Format", "description": "Is it in the expected shape, clean and complete?"},
+    ]
+}
 # Response types drawn as images: `module:function(answer_json, png_path)` (the showcase's renderer).
 IMAGE_RENDERERS = {"Map": "understudy.jac_examples.rpg.render:render_png"}
 
@@ -79,11 +92,15 @@ class ReviewError(ValueError):
 
 def _site(cur: duckdb.DuckDBPyConnection, site_ref: str) -> tuple[str, str, str | None]:
     """(id, name, schema name) by id, exact name or unique id prefix (Store.resolve_site's rules)."""
-    rows = cur.execute("SELECT id, name, schema_name FROM sites WHERE id = ? OR name = ?", [site_ref, site_ref]).fetchall()
+    rows = cur.execute(
+        "SELECT id, name, schema_name FROM sites WHERE id = ? OR name = ?", [site_ref, site_ref]
+    ).fetchall()
     if not rows:
         rows = cur.execute("SELECT id, name, schema_name FROM sites WHERE starts_with(id, ?)", [site_ref]).fetchall()
     if len(rows) != 1:
-        raise SiteNotFound(f"no site matches {site_ref!r}" if not rows else f"{site_ref!r} matches {len(rows)} sites; use the id")
+        raise SiteNotFound(
+            f"no site matches {site_ref!r}" if not rows else f"{site_ref!r} matches {len(rows)} sites; use the id"
+        )
     return rows[0]
 
 
@@ -99,7 +116,9 @@ def validate_rubric(data: Any) -> dict[str, Any]:
     """A rubric file's content: {"criteria": [{"name", "label"?, "description"?}, ...]} (1-8 criteria)."""
     criteria = data.get("criteria") if isinstance(data, dict) else None
     if not isinstance(criteria, list) or not 1 <= len(criteria) <= 8:
-        raise ReviewError('a rubric is {"criteria": [{"name": ..., "label": ..., "description": ...}]} with 1 to 8 criteria')
+        raise ReviewError(
+            'a rubric is {"criteria": [{"name": ..., "label": ..., "description": ...}]} with 1 to 8 criteria'
+        )
     out, seen = [], set()
     for c in criteria:
         name = c.get("name") if isinstance(c, dict) else None
@@ -115,8 +134,10 @@ def validate_rubric(data: Any) -> dict[str, Any]:
 def set_rubric(cur: duckdb.DuckDBPyConnection, site_ref: str, rubric: Any) -> dict[str, Any]:
     site_id = _site(cur, site_ref)[0]
     clean = validate_rubric(rubric)
-    cur.execute("INSERT OR REPLACE INTO review_rubrics (site_id, rubric, updated_at) VALUES (?, ?, ?)",
-                [site_id, json.dumps(clean), _now()])
+    cur.execute(
+        "INSERT OR REPLACE INTO review_rubrics (site_id, rubric, updated_at) VALUES (?, ?, ?)",
+        [site_id, json.dumps(clean), _now()],
+    )
     return clean
 
 
@@ -133,8 +154,10 @@ def invite(cur: duckdb.DuckDBPyConnection, name: str) -> str:
     if not re.fullmatch(r"[\w.@-]{1,64}", name) or name == "admin":
         raise ReviewError("a reviewer name is 1-64 letters, digits, . _ @ or - (and not 'admin')")
     token = secrets.token_urlsafe(24)
-    cur.execute("INSERT OR REPLACE INTO reviewers (name, token_sha256, created_at) VALUES (?, ?, ?)",
-                [name, _hash(token), _now()])
+    cur.execute(
+        "INSERT OR REPLACE INTO reviewers (name, token_sha256, created_at) VALUES (?, ?, ?)",
+        [name, _hash(token), _now()],
+    )
     return token
 
 
@@ -188,15 +211,24 @@ def _candidates(cur: duckdb.DuckDBPyConnection, site_id: str) -> list[dict[str, 
         WHERE s.site_id = ? AND s.local_output IS NOT NULL AND c.status BETWEEN 200 AND 299
           AND NOT EXISTS (SELECT 1 FROM review_items r WHERE r.call_id = s.call_id AND r.version = s.version)
         ORDER BY s.ts, s.call_id
-        """, [site_id]).fetchall()
+        """,
+        [site_id],
+    ).fetchall()
     out, seen = [], set()
     for call_id, version, local, request, response in rows:
         upstream = _content(response)
         if upstream is None or (call_id, version) in seen:
             continue
         seen.add((call_id, version))
-        out.append({"call_id": call_id, "version": version, "local": local, "upstream": upstream,
-                    "request": json.loads(request)})
+        out.append(
+            {
+                "call_id": call_id,
+                "version": version,
+                "local": local,
+                "upstream": upstream,
+                "request": json.loads(request),
+            }
+        )
     return out
 
 
@@ -251,8 +283,15 @@ def _needed(sd: float) -> int:
     return max(2, math.ceil((Z95 * sd / HALF_WIDTH) ** 2))
 
 
-def draw_plan(cur: duckdb.DuckDBPyConnection, site_ref: str, pairs: int, *, by: str = "version",
-              shared: int | None = None, seed: int | None = None) -> dict[str, Any]:
+def draw_plan(
+    cur: duckdb.DuckDBPyConnection,
+    site_ref: str,
+    pairs: int,
+    *,
+    by: str = "version",
+    shared: int | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
     """Draw `pairs` new pairs for review, stratified by `by` ("version" or a call argument's name)."""
     if pairs < 1:
         raise ReviewError("--pairs must be at least 1")
@@ -266,20 +305,45 @@ def draw_plan(cur: duckdb.DuckDBPyConnection, site_ref: str, pairs: int, *, by: 
     alloc = _allocate({s: len(v) for s, v in strata.items()}, pairs)
     rng = random.Random(seed)  # which pairs: reproducible with --seed
     chosen = [(s, pick) for s in sorted(strata) for pick in rng.sample(strata[s], alloc[s])]
-    n_shared = min(len(chosen), max(min(len(chosen), 10), round(0.2 * len(chosen)))) if shared is None else min(shared, len(chosen))
+    n_shared = (
+        min(len(chosen), max(min(len(chosen), 10), round(0.2 * len(chosen))))
+        if shared is None
+        else min(shared, len(chosen))
+    )
     shared_ids = {id(pick) for _, pick in rng.sample(chosen, n_shared)}
     sides = random.SystemRandom()  # the blind order: never reproducible, never predictable
     plan_id = uuid.uuid4().hex[:12]
     now = _now()
     rows = []
     for stratum, pick in chosen:
-        rows.append([uuid.uuid4().hex[:16], site_id, plan_id, pick["call_id"], pick["version"], stratum,
-                     sides.choice("AB"), id(pick) in shared_ids, json.dumps(pick["request"]), pick["upstream"],
-                     pick["local"], now])
-    cur.executemany("INSERT INTO review_items (id, site_id, plan_id, call_id, version, stratum, local_side, shared, "
-                    "request, upstream_output, local_output, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        rows.append(
+            [
+                uuid.uuid4().hex[:16],
+                site_id,
+                plan_id,
+                pick["call_id"],
+                pick["version"],
+                stratum,
+                sides.choice("AB"),
+                id(pick) in shared_ids,
+                json.dumps(pick["request"]),
+                pick["upstream"],
+                pick["local"],
+                now,
+            ]
+        )
+    cur.executemany(
+        "INSERT INTO review_items (id, site_id, plan_id, call_id, version, stratum, local_side, shared, "
+        "request, upstream_output, local_output, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
     return {
-        "plan": plan_id, "site": site_id, "site_name": site_name, "by": by, "drawn": len(rows), "shared": n_shared,
+        "plan": plan_id,
+        "site": site_id,
+        "site_name": site_name,
+        "by": by,
+        "drawn": len(rows),
+        "shared": n_shared,
         "strata": [{"stratum": s, "available": len(strata[s]), "drawn": alloc[s]} for s in sorted(strata)],
         "sample_size": sample_sizes(cur, site_id),
     }
@@ -299,7 +363,9 @@ def next_item(cur: duckdb.DuckDBPyConnection, reviewer: str, site_ref: str | Non
         WHERE NOT EXISTS (SELECT 1 FROM review_judgments j WHERE j.item_id = i.id AND j.reviewer = ?)
           AND (i.shared OR NOT EXISTS (SELECT 1 FROM review_judgments j WHERE j.item_id = i.id)){where}
         ORDER BY i.shared DESC, i.created_at, i.id LIMIT 1
-        """, params).fetchone()
+        """,
+        params,
+    ).fetchone()
     if row is None:
         return None
     view = blind_view(cur, row[0])
@@ -311,17 +377,23 @@ def next_item(cur: duckdb.DuckDBPyConnection, reviewer: str, site_ref: str | Non
 def blind_view(cur: duckdb.DuckDBPyConnection, item_id: str) -> dict[str, Any]:
     """A pair as a reviewer may see it: input summary, sides A and B rendered, the rubric. Never
     the version, the stratum or which side is local."""
-    row = cur.execute("SELECT site_id, request, upstream_output, local_output, local_side FROM review_items WHERE id = ?",
-                      [item_id]).fetchone()
+    row = cur.execute(
+        "SELECT site_id, request, upstream_output, local_output, local_side FROM review_items WHERE id = ?", [item_id]
+    ).fetchone()
     if row is None:
         raise ReviewError(f"no review pair {item_id!r}")
     site_id, request_json, upstream, local, local_side = row
     _, site_name, schema_name = _site(cur, site_id)
     request = json.loads(request_json)
     a, b = (local, upstream) if local_side == "A" else (upstream, local)
-    return {"item": item_id, "site": site_name, "returns": schema_name or "str", "input": input_summary(request),
-            "sides": {"A": render_output(a, schema_name), "B": render_output(b, schema_name)},
-            "rubric": rubric_for(cur, site_id)}
+    return {
+        "item": item_id,
+        "site": site_name,
+        "returns": schema_name or "str",
+        "input": input_summary(request),
+        "sides": {"A": render_output(a, schema_name), "B": render_output(b, schema_name)},
+        "rubric": rubric_for(cur, site_id),
+    }
 
 
 def input_summary(request: dict[str, Any], limit: int = 400) -> dict[str, Any]:
@@ -332,8 +404,10 @@ def input_summary(request: dict[str, Any], limit: int = 400) -> dict[str, Any]:
     header, _ = split_prompt(text)
     arguments = call_arguments(request)
     if arguments.source == "byllm":
-        args = [{"name": k, "value": _short(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False), limit)}
-                for k, v in arguments.plain().items()]
+        args = [
+            {"name": k, "value": _short(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False), limit)}
+            for k, v in arguments.plain().items()
+        ]
         return {"task": _short(header.strip(), limit), "arguments": args}
     return {"task": _short(text.strip(), 4 * limit), "arguments": []}
 
@@ -374,10 +448,14 @@ def _short(text: str, limit: int) -> str:
 # ---- judgments -----------------------------------------------------------------------------
 
 
-def record_judgment(cur: duckdb.DuckDBPyConnection, reviewer: str, payload: Any, *, source: str = "page") -> dict[str, Any]:
+def record_judgment(
+    cur: duckdb.DuckDBPyConnection, reviewer: str, payload: Any, *, source: str = "page"
+) -> dict[str, Any]:
     """Validate and store one judgment (a reviewer judging a pair again replaces the earlier one)."""
     if not isinstance(payload, dict):
-        raise ReviewError('a judgment is {"item", "scores": {criterion: {"A": 1-5, "B": 1-5}}, "preference", "comment"?}')
+        raise ReviewError(
+            'a judgment is {"item", "scores": {criterion: {"A": 1-5, "B": 1-5}}, "preference", "comment"?}'
+        )
     item_id = payload.get("item")
     row = cur.execute("SELECT site_id, local_side FROM review_items WHERE id = ?", [item_id]).fetchone()
     if row is None:
@@ -390,7 +468,9 @@ def record_judgment(cur: duckdb.DuckDBPyConnection, reviewer: str, payload: Any,
         for side in "AB":
             value = given.get(side) if isinstance(given, dict) else None
             if not (isinstance(value, int) and not isinstance(value, bool) and SCALE[0] <= value <= SCALE[1]):
-                raise ReviewError(f"score {c['name']} for side {side} must be a whole number from 1 to 5 (got {value!r})")
+                raise ReviewError(
+                    f"score {c['name']} for side {side} must be a whole number from 1 to 5 (got {value!r})"
+                )
         clean[c["name"]] = {"A": given["A"], "B": given["B"]}
     preference = payload.get("preference")
     if preference not in PREFERENCES:
@@ -399,30 +479,40 @@ def record_judgment(cur: duckdb.DuckDBPyConnection, reviewer: str, payload: Any,
     if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
         raise ReviewError(f"comment must be text of at most {MAX_COMMENT_CHARS} characters")
     ts = _now()
-    cur.execute("INSERT OR REPLACE INTO review_judgments (item_id, site_id, reviewer, ts, scores, preference, local_side, "
-                "comment, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [item_id, site_id, reviewer, ts, json.dumps(clean), preference, local_side, comment, source])
+    cur.execute(
+        "INSERT OR REPLACE INTO review_judgments (item_id, site_id, reviewer, ts, scores, preference, local_side, "
+        "comment, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [item_id, site_id, reviewer, ts, json.dumps(clean), preference, local_side, comment, source],
+    )
     return {"item": item_id, "reviewer": reviewer, "ts": ts.isoformat(), "site": site_id}
 
 
 def _judgment_rows(cur: duckdb.DuckDBPyConnection, site_id: str, version: int | None = None) -> list[dict[str, Any]]:
     """Judgments unblinded: scores and preference per judgment as local / upstream."""
-    sql = ("SELECT j.item_id, j.reviewer, j.scores, j.preference, j.local_side, i.version FROM review_judgments j "
-           "JOIN review_items i ON i.id = j.item_id WHERE j.site_id = ?")
+    sql = (
+        "SELECT j.item_id, j.reviewer, j.scores, j.preference, j.local_side, i.version FROM review_judgments j "
+        "JOIN review_items i ON i.id = j.item_id WHERE j.site_id = ?"
+    )
     params: list[Any] = [site_id]
     if version is not None:
         sql += " AND i.version = ?"
         params.append(version)
     out = []
-    for item_id, reviewer, scores_json, preference, local_side, item_version in cur.execute(sql + " ORDER BY j.ts", params).fetchall():
+    for item_id, reviewer, scores_json, preference, local_side, item_version in cur.execute(
+        sql + " ORDER BY j.ts", params
+    ).fetchall():
         scores = json.loads(scores_json)
         up_side = "B" if local_side == "A" else "A"
-        out.append({
-            "item": item_id, "reviewer": reviewer, "version": item_version,
-            "local": {k: v[local_side] for k, v in scores.items()},
-            "upstream": {k: v[up_side] for k, v in scores.items()},
-            "preferred": "tie" if preference == "tie" else ("local" if preference == local_side else "upstream"),
-        })
+        out.append(
+            {
+                "item": item_id,
+                "reviewer": reviewer,
+                "version": item_version,
+                "local": {k: v[local_side] for k, v in scores.items()},
+                "upstream": {k: v[up_side] for k, v in scores.items()},
+                "preferred": "tie" if preference == "tie" else ("local" if preference == local_side else "upstream"),
+            }
+        )
     return out
 
 
@@ -432,12 +522,24 @@ def _judgment_rows(cur: duckdb.DuckDBPyConnection, site_id: str, version: int | 
 def results(cur: duckdb.DuckDBPyConnection, site_ref: str) -> dict[str, Any]:
     site_id, site_name, _ = _site(cur, site_ref)
     rubric = rubric_for(cur, site_id)
-    items = cur.execute("SELECT count(*), count(*) FILTER (WHERE shared) FROM review_items WHERE site_id = ?",
-                        [site_id]).fetchone()
-    versions = [v for (v,) in cur.execute("SELECT DISTINCT i.version FROM review_judgments j JOIN review_items i "
-                                          "ON i.id = j.item_id WHERE j.site_id = ? ORDER BY 1", [site_id]).fetchall()]
-    out = {"site": site_id, "site_name": site_name, "pairs": items[0], "shared_pairs": items[1],
-           **_summary(_judgment_rows(cur, site_id), rubric)}
+    items = cur.execute(
+        "SELECT count(*), count(*) FILTER (WHERE shared) FROM review_items WHERE site_id = ?", [site_id]
+    ).fetchone()
+    versions = [
+        v
+        for (v,) in cur.execute(
+            "SELECT DISTINCT i.version FROM review_judgments j JOIN review_items i "
+            "ON i.id = j.item_id WHERE j.site_id = ? ORDER BY 1",
+            [site_id],
+        ).fetchall()
+    ]
+    out = {
+        "site": site_id,
+        "site_name": site_name,
+        "pairs": items[0],
+        "shared_pairs": items[1],
+        **_summary(_judgment_rows(cur, site_id), rubric),
+    }
     out["by_version"] = {f"v{v}": _summary(_judgment_rows(cur, site_id, v), rubric) for v in versions}
     return out
 
@@ -449,13 +551,22 @@ def _summary(rows: list[dict[str, Any]], rubric: dict[str, Any]) -> dict[str, An
         local = [r["local"][name] for r in rows if name in r["local"]]
         upstream = [r["upstream"][name] for r in rows if name in r["upstream"]]
         diff = [r["local"][name] - r["upstream"][name] for r in rows if name in r["local"]]
-        criteria[name] = {"label": c["label"], "n": len(local), "upstream": mean_interval(upstream),
-                          "local": mean_interval(local), "difference": mean_interval(diff),
-                          "alpha": _alpha_scores(rows, name)}
+        criteria[name] = {
+            "label": c["label"],
+            "n": len(local),
+            "upstream": mean_interval(upstream),
+            "local": mean_interval(local),
+            "difference": mean_interval(diff),
+            "alpha": _alpha_scores(rows, name),
+        }
     n = len(rows)
     shares = {k: wilson(sum(r["preferred"] == k for r in rows), n) for k in ("local", "upstream", "tie")}
-    return {"judgments": n, "reviewers": sorted({r["reviewer"] for r in rows}), "criteria": criteria,
-            "preference": {"n": n, **shares, "alpha": _alpha_preference(rows)}}
+    return {
+        "judgments": n,
+        "reviewers": sorted({r["reviewer"] for r in rows}),
+        "criteria": criteria,
+        "preference": {"n": n, **shares, "alpha": _alpha_preference(rows)},
+    }
 
 
 def review_differences(cur: duckdb.DuckDBPyConnection, site_id: str, version: int) -> list[float]:
@@ -538,16 +649,18 @@ def _alpha(matrix_and_n, level: str, domain=None) -> dict[str, Any] | None:
     if len(observed) < 2:  # everyone gave the same value everywhere: alpha is undefined (0/0)
         return {"alpha": None, "pairs": n_items, "note": "every judgment identical: alpha undefined"}
     try:
-        value = float(krippendorff.alpha(reliability_data=data, level_of_measurement=level,
-                                         value_domain=domain))
+        value = float(krippendorff.alpha(reliability_data=data, level_of_measurement=level, value_domain=domain))
     except (ValueError, ZeroDivisionError):
         return {"alpha": None, "pairs": n_items, "note": "not enough variation"}
     return {"alpha": None if math.isnan(value) else value, "pairs": n_items}
 
 
 def _alpha_scores(rows: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    return _alpha(_alpha_matrix(rows, lambda r: [("local", r["local"][name]), ("upstream", r["upstream"][name])]),
-                  "ordinal", list(range(SCALE[0], SCALE[1] + 1)))
+    return _alpha(
+        _alpha_matrix(rows, lambda r: [("local", r["local"][name]), ("upstream", r["upstream"][name])]),
+        "ordinal",
+        list(range(SCALE[0], SCALE[1] + 1)),
+    )
 
 
 def _alpha_preference(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -561,15 +674,26 @@ def _alpha_preference(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 def export_set(cur: duckdb.DuckDBPyConnection, site_ref: str) -> dict[str, Any]:
     """Every pair of the site, blind, with an empty judgments list for an offline reviewer to fill."""
     site_id, site_name, _ = _site(cur, site_ref)
-    ids = [i for (i,) in cur.execute("SELECT id FROM review_items WHERE site_id = ? ORDER BY shared DESC, created_at, id",
-                                     [site_id]).fetchall()]
+    ids = [
+        i
+        for (i,) in cur.execute(
+            "SELECT id FROM review_items WHERE site_id = ? ORDER BY shared DESC, created_at, id", [site_id]
+        ).fetchall()
+    ]
     return {
-        "format": EXPORT_FORMAT, "version": 1, "site": site_id, "site_name": site_name, "exported_at": _now().isoformat(),
-        "rubric": rubric_for(cur, site_id), "scale": list(SCALE),
-        "instructions": ("Score sides A and B of each pair on every criterion from 1 to 5, give a preference "
-                         "(A, B or tie) and optionally a comment; add one object per pair to `judgments`: "
-                         '{"item": ..., "scores": {criterion: {"A": n, "B": n}}, "preference": "A", "comment": ""}. '
-                         "Then: understudy review import FILE --reviewer NAME"),
+        "format": EXPORT_FORMAT,
+        "version": 1,
+        "site": site_id,
+        "site_name": site_name,
+        "exported_at": _now().isoformat(),
+        "rubric": rubric_for(cur, site_id),
+        "scale": list(SCALE),
+        "instructions": (
+            "Score sides A and B of each pair on every criterion from 1 to 5, give a preference "
+            "(A, B or tie) and optionally a comment; add one object per pair to `judgments`: "
+            '{"item": ..., "scores": {criterion: {"A": n, "B": n}}, "preference": "A", "comment": ""}. '
+            "Then: understudy review import FILE --reviewer NAME"
+        ),
         "items": [blind_view(cur, i) for i in ids],
         "judgments": [],
     }
@@ -578,7 +702,7 @@ def export_set(cur: duckdb.DuckDBPyConnection, site_ref: str) -> dict[str, Any]:
 def import_set(cur: duckdb.DuckDBPyConnection, data: Any, reviewer: str | None = None) -> dict[str, Any]:
     """Store an offline reviewer's judgments; every judgment is checked before any is stored."""
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-        raise ReviewError(f"not an exported review set (expected \"format\": \"{EXPORT_FORMAT}\")")
+        raise ReviewError(f'not an exported review set (expected "format": "{EXPORT_FORMAT}")')
     judgments = data.get("judgments")
     if not isinstance(judgments, list):
         raise ReviewError("the review set has no `judgments` list")
@@ -608,6 +732,7 @@ def _now() -> datetime:
 
 
 # ---- one wording for the figures, in the CLI and the report ----
+
 
 def format_interval(m: dict[str, Any], signed: bool = False) -> str:
     if m["mean"] is None:

@@ -34,7 +34,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -61,8 +61,8 @@ from understudy.routing.registry import USABLE_SQL, StaleDecision, apply_decisio
 from understudy.routing.reviews import review_differences
 from understudy.routing.scoring import AgreementScore, ScoringPolicy, local_verdict, score_pair
 from understudy.routing.sequential import ConfidenceSequence
-from understudy.training.site_prompt import SitePrompt
 from understudy.store import SiteRecord, Store
+from understudy.training.site_prompt import SitePrompt
 from understudy.validators import BoundValidator, ValidatorRegistry
 
 log = logging.getLogger("understudy.router")
@@ -124,13 +124,23 @@ class SiteRouting:
 
 
 class Router:
-    def __init__(self, store: Store, local: LocalModels | None, *, validators: ValidatorRegistry,
-                 policy_defaults: dict[str, Any] | None = None,
-                 current_site: Callable[[str], SiteRecord | None], on_site_change: Callable[[SiteRecord], None],
-                 record_shadow: Callable[[tuple], None], record_self_agreement: Callable[[tuple], None],
-                 similarity: Callable[[str, str], float] | None = None, rng: random.Random | None = None,
-                 max_extra_upstream: int = 2, write: Callable[[Callable[[Store], Any]], Any] | None = None,
-                 sampling_defaults: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        store: Store,
+        local: LocalModels | None,
+        *,
+        validators: ValidatorRegistry,
+        policy_defaults: dict[str, Any] | None = None,
+        current_site: Callable[[str], SiteRecord | None],
+        on_site_change: Callable[[SiteRecord], None],
+        record_shadow: Callable[[tuple], None],
+        record_self_agreement: Callable[[tuple], None],
+        similarity: Callable[[str, str], float] | None = None,
+        rng: random.Random | None = None,
+        max_extra_upstream: int = 2,
+        write: Callable[[Callable[[Store], Any]], Any] | None = None,
+        sampling_defaults: dict[str, Any] | None = None,
+    ):
         self.store = store
         # How a decision reaches the store: the proxy's single writer (Recorder.run); directly
         # when the router runs alone (tests, offline scoring).
@@ -164,9 +174,14 @@ class Router:
         with self._lock:
             if site_id not in self._sites:
                 promotion = PromotionPolicy.from_dict(self.policy_defaults)
-                self._sites[site_id] = SiteRouting(schema_name, promotion, site_scoring(schema_name, {}), None,
-                                                   deque(maxlen=promotion.reference_window),
-                                                   sampling=SamplingPolicy.from_dict(self.sampling_defaults))
+                self._sites[site_id] = SiteRouting(
+                    schema_name,
+                    promotion,
+                    site_scoring(schema_name, {}),
+                    None,
+                    deque(maxlen=promotion.reference_window),
+                    sampling=SamplingPolicy.from_dict(self.sampling_defaults),
+                )
 
     def refresh(self, site_id: str, reload_evidence: bool = False) -> None:
         """Reload a site's configuration; its evidence too when the version, state or policy
@@ -179,24 +194,38 @@ class Router:
         overrides = json.loads(policy_json) if policy_json else {}
         promotion = PromotionPolicy.from_dict(self.policy_defaults, overrides.get("promotion"))
         reference = deque(reference_scores(cur, site_id, promotion.reference_window), maxlen=promotion.reference_window)
-        decoys = deque(reversed(cur.execute(
-            """SELECT conversation, text FROM (
+        decoys = deque(
+            reversed(
+                cur.execute(
+                    """SELECT conversation, text FROM (
                    SELECT conversation, ts, json_extract_string(response, '$.choices[0].message.content') AS text
                    FROM calls WHERE site_id = ? AND served_by = 'upstream' AND status = 200) AS answers
-               WHERE text IS NOT NULL AND text <> '' ORDER BY ts DESC LIMIT ?""", [site_id, DECOY_POOL]).fetchall()),
-            maxlen=DECOY_POOL)
-        config = SiteRouting(schema_name, promotion, site_scoring(schema_name, overrides), overrides.get("validator"),
-                             reference, decoys,
-                             sampling=SamplingPolicy.from_dict(self.sampling_defaults, overrides.get("sampling")),
-                             paired_reference=paired_reference(cur, site_id, PAIRED_REFERENCE),
-                             partial_threshold=partial_threshold(self.store, site_id))
+               WHERE text IS NOT NULL AND text <> '' ORDER BY ts DESC LIMIT ?""",
+                    [site_id, DECOY_POOL],
+                ).fetchall()
+            ),
+            maxlen=DECOY_POOL,
+        )
+        config = SiteRouting(
+            schema_name,
+            promotion,
+            site_scoring(schema_name, overrides),
+            overrides.get("validator"),
+            reference,
+            decoys,
+            sampling=SamplingPolicy.from_dict(self.sampling_defaults, overrides.get("sampling")),
+            paired_reference=paired_reference(cur, site_id, PAIRED_REFERENCE),
+            partial_threshold=partial_threshold(self.store, site_id),
+        )
         for version, adapter, version_config in cur.execute(
             "SELECT version, adapter_path, config FROM model_versions WHERE site_id = ? "
             "AND (adapter_path IS NOT NULL OR control = 'base') AND status IN " + USABLE_SQL,
-            [site_id]
+            [site_id],
         ).fetchall():
             prompt = SitePrompt.from_dict((json.loads(version_config) if version_config else {}).get("prompt"))
-            variant = self._adapters[(site_id, version)] = Variant(adapter, prompt if adapter is not None else SitePrompt())
+            variant = self._adapters[(site_id, version)] = Variant(
+                adapter, prompt if adapter is not None else SitePrompt()
+            )
             if self.local is not None:
                 try:
                     self.local.prepare(variant)  # a model server's copy (routing.model_server)
@@ -208,8 +237,12 @@ class Router:
             record = self.current_site(site_id)
             if record is None:
                 return
-            if (previous is not None and previous.promotion == promotion and not reload_evidence
-                    and previous.evidence_key == (record.active_version, record.state)):
+            if (
+                previous is not None
+                and previous.promotion == promotion
+                and not reload_evidence
+                and previous.evidence_key == (record.active_version, record.state)
+            ):
                 # Same version, state and policy: keep what is in memory (it includes samples the
                 # recorder has not committed yet).
                 config.evidence_key, config.evidence = previous.evidence_key, previous.evidence
@@ -232,8 +265,11 @@ class Router:
         else:
             config.evidence = evidence_of(samples, config.promotion)
             config.shadow_samples = partial_samples(cur, site.id, site.active_version)
-        config.calibration = calibrate(calibration_samples(cur, site.id, site.active_version),
-                                       bar(list(config.reference), config.promotion), config.promotion.min_samples)
+        config.calibration = calibrate(
+            calibration_samples(cur, site.id, site.active_version),
+            bar(list(config.reference), config.promotion),
+            config.promotion.min_samples,
+        )
         config.review = review_differences(cur, site.id, site.active_version)
 
     def review_changed(self, site_id: str) -> None:
@@ -273,22 +309,47 @@ class Router:
             version = _pinned_version(site.pinned) or site.active_version
             if version is None or (site.id, version) not in self._adapters:
                 return UPSTREAM_ONLY
-            return Plan("local", version, self._adapters[(site.id, version)],
-                        self._sample_extra(config.promotion.drift_sample_rate), phase="drift")
-        usable = (self.local is not None and site.pinned != "upstream" and site.active_version is not None
-                  and (site.id, site.active_version) in self._adapters)
+            return Plan(
+                "local",
+                version,
+                self._adapters[(site.id, version)],
+                self._sample_extra(config.promotion.drift_sample_rate),
+                phase="drift",
+            )
+        usable = (
+            self.local is not None
+            and site.pinned != "upstream"
+            and site.active_version is not None
+            and (site.id, site.active_version) in self._adapters
+        )
         if usable and site.state == SiteState.LOCAL.value:
-            return Plan("local", site.active_version, self._adapters[(site.id, site.active_version)],
-                        self._sample_extra(config.promotion.drift_sample_rate), phase="drift")
+            return Plan(
+                "local",
+                site.active_version,
+                self._adapters[(site.id, site.active_version)],
+                self._sample_extra(config.promotion.drift_sample_rate),
+                phase="drift",
+            )
         if usable and site.state == SiteState.PARTIAL.value:
             # Every call is answered locally first (its confidence decides); one below the threshold
             # goes to the upstream and the pair is a shadow sample of the rest of the site.
-            return Plan("local", site.active_version, self._adapters[(site.id, site.active_version)],
-                        self._sample_extra(config.promotion.drift_sample_rate), phase="drift", refused_phase="shadow")
+            return Plan(
+                "local",
+                site.active_version,
+                self._adapters[(site.id, site.active_version)],
+                self._sample_extra(config.promotion.drift_sample_rate),
+                phase="drift",
+                refused_phase="shadow",
+            )
         if usable and site.state == SiteState.SHADOW.value:
-            return Plan("upstream", site.active_version, self._adapters[(site.id, site.active_version)],
-                        self._sample_shadow(config.promotion.shadow_sample_rate),
-                        self._sample_second_opinion(config, free_upstream), phase="shadow")
+            return Plan(
+                "upstream",
+                site.active_version,
+                self._adapters[(site.id, site.active_version)],
+                self._sample_shadow(config.promotion.shadow_sample_rate),
+                self._sample_second_opinion(config, free_upstream),
+                phase="shadow",
+            )
         return UPSTREAM_ONLY
 
     def fallback_plan(self, site: SiteRecord) -> Plan | None:
@@ -325,29 +386,37 @@ class Router:
 
     # ---- answering locally ----
 
-    async def answer(self, site_id: str, request: dict[str, Any], plan: Plan, *, background: bool = False) -> LocalAnswer:
+    async def answer(
+        self, site_id: str, request: dict[str, Any], plan: Plan, *, background: bool = False
+    ) -> LocalAnswer:
         """The local answer to `request`, served or shadowed alike: decoded under the response schema
         tightened for this request and drawn again while it fails the site's checks
         (routing.checked_sampling); `background` work may be `Skipped`."""
         assert self.local is not None and plan.variant is not None
-        return await self.local.complete(request, plan.variant, background=background,
-                                         checks=self.answer_checks(site_id, request))
+        return await self.local.complete(
+            request, plan.variant, background=background, checks=self.answer_checks(site_id, request)
+        )
 
     def answer_checks(self, site_id: str, request: Mapping[str, Any]) -> AnswerChecks:
         """What a local answer to `request` must satisfy: the response schema tightened by the site's
         validator for this request's arguments, the serving gate, the site's sampling settings and
         its recent upstream answers (the token cap's measure)."""
         config = self._sites.get(site_id)
-        return checks_for(dict(request), self.validator_for(site_id, request),
-                          config.sampling if config is not None else SamplingPolicy.from_dict(self.sampling_defaults),
-                          tuple(text for _, text in config.decoys) if config is not None else (), site_id)
+        return checks_for(
+            dict(request),
+            self.validator_for(site_id, request),
+            config.sampling if config is not None else SamplingPolicy.from_dict(self.sampling_defaults),
+            tuple(text for _, text in config.decoys) if config is not None else (),
+            site_id,
+        )
 
     def validator_for(self, site_id: str, request: Mapping[str, Any]) -> BoundValidator | None:
         config = self._sites.get(site_id)
         return self.validators.for_request(request, config.validator if config else None)
 
-    def usable(self, site: SiteRecord, request: dict[str, Any], answer: LocalAnswer,
-               upstream_down: bool = False) -> tuple[bool, str]:
+    def usable(
+        self, site: SiteRecord, request: dict[str, Any], answer: LocalAnswer, upstream_down: bool = False
+    ) -> tuple[bool, str]:
         """May this local answer be returned? (parses, fits its schema, passes its validator, confident enough)
 
         `upstream_down`: the upstream failed this call; a partial site then serves any valid answer,
@@ -364,14 +433,25 @@ class Router:
             threshold = config.partial_threshold if config is not None else None
             if threshold is None or answer.confidence is None or answer.confidence < threshold:
                 shown = "no confidence" if answer.confidence is None else f"{answer.confidence:.3f}"
-                return False, f"local answer below the site's partial threshold ({shown} < " \
-                              f"{'none' if threshold is None else f'{threshold:.3f}'}, partial)"
+                return (
+                    False,
+                    f"local answer below the site's partial threshold ({shown} < "
+                    f"{'none' if threshold is None else f'{threshold:.3f}'}, partial)",
+                )
             return True, "ok"
         calibration = config.calibration if config is not None and config.promotion.cascade else None
-        if (site.state == SiteState.LOCAL.value and calibration is not None and calibration.threshold is not None
-                and answer.confidence is not None and answer.confidence < calibration.threshold):
-            return False, f"local answer below the site's confidence threshold ({answer.confidence:.3f} < " \
-                          f"{calibration.threshold:.3f}, cascade)"
+        if (
+            site.state == SiteState.LOCAL.value
+            and calibration is not None
+            and calibration.threshold is not None
+            and answer.confidence is not None
+            and answer.confidence < calibration.threshold
+        ):
+            return (
+                False,
+                f"local answer below the site's confidence threshold ({answer.confidence:.3f} < "
+                f"{calibration.threshold:.3f}, cascade)",
+            )
         return True, "ok"
 
     # ---- decoys: upstream answers to other requests, for the chance correction ----
@@ -392,20 +472,35 @@ class Router:
                     break
         return out
 
-    def score(self, site_id: str, request: dict[str, Any], conversation: str, upstream_text: str,
-              local_text: str) -> AgreementScore:
+    def score(
+        self, site_id: str, request: dict[str, Any], conversation: str, upstream_text: str, local_text: str
+    ) -> AgreementScore:
         """One pair scored exactly as shadow mode scores it (also `understudy score`)."""
         config = self._sites.get(site_id)
         scoring = config.scoring if config else ScoringPolicy()
-        return score_pair(upstream_text, local_text, response_format=request.get("response_format"), policy=scoring,
-                          validator=self.validator_for(site_id, request), similarity=self.similarity,
-                          decoys=self.decoys_for(site_id, conversation, scoring.decoys))
+        return score_pair(
+            upstream_text,
+            local_text,
+            response_format=request.get("response_format"),
+            policy=scoring,
+            validator=self.validator_for(site_id, request),
+            similarity=self.similarity,
+            decoys=self.decoys_for(site_id, conversation, scoring.decoys),
+        )
 
     # ---- scoring a pair and what follows from it ----
 
-    async def observe_pair(self, site_id: str, plan: Plan, call_id: str, conversation: str, request: dict[str, Any],
-                           upstream_text: str | None, upstream_latency_ms: float | None,
-                           local: LocalAnswer | None = None) -> None:
+    async def observe_pair(
+        self,
+        site_id: str,
+        plan: Plan,
+        call_id: str,
+        conversation: str,
+        request: dict[str, Any],
+        upstream_text: str | None,
+        upstream_latency_ms: float | None,
+        local: LocalAnswer | None = None,
+    ) -> None:
         """Score one pair (running the local side first if it has not run) and act on the result."""
         self.background += 1
         try:
@@ -416,21 +511,54 @@ class Router:
                     return  # the pool kept a fair sample without this one
             if local is None or upstream_text is None:
                 return
-            await anyio.to_thread.run_sync(self._score_and_decide, site_id, plan, call_id, conversation, request,
-                                           upstream_text, upstream_latency_ms, local)
+            await anyio.to_thread.run_sync(
+                self._score_and_decide,
+                site_id,
+                plan,
+                call_id,
+                conversation,
+                request,
+                upstream_text,
+                upstream_latency_ms,
+                local,
+            )
         except Exception:  # shadow work must never disturb serving
             log.exception("shadow scoring failed for site %s v%s", site_id, plan.version)
         finally:
             self.background -= 1
 
-    def _score_and_decide(self, site_id: str, plan: Plan, call_id: str, conversation: str, request: dict[str, Any],
-                          upstream_text: str, upstream_latency_ms: float | None, local: LocalAnswer) -> None:
+    def _score_and_decide(
+        self,
+        site_id: str,
+        plan: Plan,
+        call_id: str,
+        conversation: str,
+        request: dict[str, Any],
+        upstream_text: str,
+        upstream_latency_ms: float | None,
+        local: LocalAnswer,
+    ) -> None:
         result = self.score(site_id, request, conversation, upstream_text, local.text)
         sample = ShadowSample(call_id, local.confidence, result.agreement, result.local_valid, result.upstream_valid)
-        self.record_shadow((call_id, site_id, plan.version, _now(), result.score,
-                            json.dumps(result.components, default=str), result.comparable, result.local_valid,
-                            local.latency_ms, upstream_latency_ms, local.text, result.upstream_valid, plan.phase,
-                            local.confidence, local.tries))
+        self.record_shadow(
+            (
+                call_id,
+                site_id,
+                plan.version,
+                _now(),
+                result.score,
+                json.dumps(result.components, default=str),
+                result.comparable,
+                result.local_valid,
+                local.latency_ms,
+                upstream_latency_ms,
+                local.text,
+                result.upstream_valid,
+                plan.phase,
+                local.confidence,
+                local.tries,
+            )
+        )
         with self._lock:
             config, site = self._sites.get(site_id), self.current_site(site_id)
             if config is None or site is None or site.active_version != plan.version:
@@ -448,23 +576,50 @@ class Router:
                 config.shadow_samples.append(sample)
             self._decide(config, site)
 
-    async def observe_second_opinion(self, site_id: str, call_id: str, second_call_id: str, conversation: str,
-                                     request: dict[str, Any], first_text: str | None, second_text: str | None) -> None:
+    async def observe_second_opinion(
+        self,
+        site_id: str,
+        call_id: str,
+        second_call_id: str,
+        conversation: str,
+        request: dict[str, Any],
+        first_text: str | None,
+        second_text: str | None,
+    ) -> None:
         """Score the upstream's second answer against its first: one sample of the teacher's self-agreement."""
         if first_text is None or second_text is None:
             return
         try:
-            await anyio.to_thread.run_sync(self._reference_sample, site_id, call_id, second_call_id, conversation,
-                                           request, first_text, second_text)
+            await anyio.to_thread.run_sync(
+                self._reference_sample, site_id, call_id, second_call_id, conversation, request, first_text, second_text
+            )
         except Exception:
             log.exception("self-agreement scoring failed for site %s", site_id)
 
-    def _reference_sample(self, site_id: str, call_id: str, second_call_id: str, conversation: str,
-                          request: dict[str, Any], first_text: str, second_text: str) -> None:
+    def _reference_sample(
+        self,
+        site_id: str,
+        call_id: str,
+        second_call_id: str,
+        conversation: str,
+        request: dict[str, Any],
+        first_text: str,
+        second_text: str,
+    ) -> None:
         result = self.score(site_id, request, conversation, first_text, second_text)
-        self.record_self_agreement((call_id, second_call_id, site_id, _now(), result.score,
-                                    json.dumps(result.components, default=str), result.comparable,
-                                    result.upstream_valid, result.local_valid))
+        self.record_self_agreement(
+            (
+                call_id,
+                second_call_id,
+                site_id,
+                _now(),
+                result.score,
+                json.dumps(result.components, default=str),
+                result.comparable,
+                result.upstream_valid,
+                result.local_valid,
+            )
+        )
         if result.agreement is None:
             return  # an invalid answer, or nothing to compare: not a sample of agreement
         with self._lock:
@@ -493,8 +648,9 @@ class Router:
         """The confident subset's evidence for the version in shadow (None: partial promotion is off)."""
         if not config.promotion.partial or config.shadow_samples is None:
             return None
-        return partial_evidence(config.shadow_samples, config.paired_reference, teacher_level(list(config.reference)),
-                                config.promotion)
+        return partial_evidence(
+            config.shadow_samples, config.paired_reference, teacher_level(list(config.reference)), config.promotion
+        )
 
     def _decide(self, config: SiteRouting, site: SiteRecord) -> None:
         partial = None
@@ -503,8 +659,16 @@ class Router:
         else:
             evidence = config.evidence
             partial = self.partial_evidence(config)
-        decision = decide(site.state, evidence, config.reference_cs(), config.promotion, site.pinned,
-                          partial=partial, threshold=config.partial_threshold, review=config.review_cs())
+        decision = decide(
+            site.state,
+            evidence,
+            config.reference_cs(),
+            config.promotion,
+            site.pinned,
+            partial=partial,
+            threshold=config.partial_threshold,
+            review=config.review_cs(),
+        )
         if decision.new_state.value == site.state:
             return
         try:
@@ -533,4 +697,4 @@ def _pinned_version(pinned: str) -> int | None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

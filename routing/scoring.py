@@ -91,9 +91,7 @@ class ScoringPolicy:
             raise ValueError("decoys must be >= 0")
 
     @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None
-    ) -> ScoringPolicy:
+    def from_dict(cls, data: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> ScoringPolicy:
         """Global settings, then per-site `overrides` on top.
 
         Unknown keys raise ValueError: a misspelt setting silently ignored would change
@@ -148,17 +146,21 @@ def score_pair(
     components["parse_valid"] = error is None
     if error is not None:
         components["error"] = error
-        return AgreementScore(0.0, components, local_valid=False, comparable=upstream_valid,
-                              upstream_valid=upstream_valid)
+        return AgreementScore(
+            0.0, components, local_valid=False, comparable=upstream_valid, upstream_valid=upstream_valid
+        )
     verdict = validator(local_text) if validator is not None else None
     if verdict is not None:
         components["validator"] = verdict.passed
         if not verdict.passed:
             components["validator_detail"] = verdict.bounded_detail()
-            return AgreementScore(0.0, components, local_valid=False, comparable=upstream_valid,
-                                  upstream_valid=upstream_valid)
+            return AgreementScore(
+                0.0, components, local_valid=False, comparable=upstream_valid, upstream_valid=upstream_valid
+            )
     if not upstream_valid:
-        components["upstream_error"] = upstream_error or f"upstream answer fails its validator ({upstream_verdict.summary()})"
+        components["upstream_error"] = (
+            upstream_error or f"upstream answer fails its validator ({upstream_verdict.summary()})"
+        )
         return AgreementScore(0.0, components, local_valid=True, comparable=False, upstream_valid=False)
 
     measure = _Measure(is_json, schema, policy, similarity, verdict)
@@ -175,8 +177,9 @@ def score_pair(
     return AgreementScore(score, components, local_valid=True, comparable=True, upstream_valid=True)
 
 
-def local_verdict(text: str, response_format: Mapping[str, Any] | None,
-                  validator: BoundValidator | None) -> tuple[bool, str]:
+def local_verdict(
+    text: str, response_format: Mapping[str, Any] | None, validator: BoundValidator | None
+) -> tuple[bool, str]:
     """May this answer stand as the request's answer? (parses, fits the schema, passes the validator)
 
     The serving gate; `score_pair` applies the same checks to both answers of a pair.
@@ -251,8 +254,14 @@ def _schema_validator(schema_json: str) -> jsonschema.protocols.Validator:
 class _Measure:
     """Raw agreement of one answer with a reference, with the site's exclusions applied."""
 
-    def __init__(self, is_json: bool, schema: dict | None, policy: ScoringPolicy, similarity: Similarity | None,
-                 verdict: Verdict | None):
+    def __init__(
+        self,
+        is_json: bool,
+        schema: dict | None,
+        policy: ScoringPolicy,
+        similarity: Similarity | None,
+        verdict: Verdict | None,
+    ):
         self.is_json = is_json
         self.schema = schema or {}
         self.policy = policy
@@ -287,8 +296,9 @@ class _JsonComparer:
     exactly); the values themselves drive the walk, so a missing or partial schema still works.
     """
 
-    def __init__(self, policy: ScoringPolicy, similarity: Similarity | None, root_schema: dict,
-                 excluded: tuple[str, ...]):
+    def __init__(
+        self, policy: ScoringPolicy, similarity: Similarity | None, root_schema: dict, excluded: tuple[str, ...]
+    ):
         self.policy = policy
         self.similarity = similarity
         self.root = root_schema

@@ -108,6 +108,8 @@ class ConfidenceSequence:
         return self.low + lo * self.span, self.low + hi * self.span
 
 
-def confidence_sequence(xs: Sequence[float], alpha: float = 0.05, low: float = 0.0, high: float = 1.0) -> tuple[float, float]:
+def confidence_sequence(
+    xs: Sequence[float], alpha: float = 0.05, low: float = 0.0, high: float = 1.0
+) -> tuple[float, float]:
     """The CS for the mean of `xs` (each in [low, high]) after all of them, at level alpha."""
     return ConfidenceSequence(alpha, low, high).extend(list(xs)).bounds

@@ -54,6 +54,7 @@ def open_test_store(duckdb_path: Path, **kwargs):
 # (`UNDERSTUDY_TEST_STORE=postgresql` runs the whole suite on PostgreSQL). On PostgreSQL each
 # test gets a database of its own, named by UNDERSTUDY_STORE for the proxies and CLIs it starts.
 
+
 def pytest_generate_tests(metafunc):
     if "store_backend" in metafunc.fixturenames:
         forced = os.environ.get("UNDERSTUDY_TEST_STORE")
@@ -99,7 +100,13 @@ def isolated_data_dir(tmp_path, monkeypatch):
     """Nothing a test does touches ./understudy-data or the user's keys."""
     data_dir = tmp_path / "understudy-data"
     monkeypatch.setenv("UNDERSTUDY_DATA_DIR", str(data_dir))
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "UNDERSTUDY_UPSTREAM_KEY", "UNDERSTUDY_UPSTREAM_URL", "UNDERSTUDY_URL"):
+    for name in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "UNDERSTUDY_UPSTREAM_KEY",
+        "UNDERSTUDY_UPSTREAM_URL",
+        "UNDERSTUDY_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     return data_dir
 
@@ -129,9 +136,12 @@ class RunningProxy:
         return run_cli(*args, "--data-dir", str(self.data_dir), check=check)
 
 
-def run_cli(*args: str, check: bool = True, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(VENV_BIN / "understudy"), *args], capture_output=True, text=True, timeout=120,
-                            env=env, input=input)
+def run_cli(
+    *args: str, check: bool = True, env: dict | None = None, input: str | None = None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(VENV_BIN / "understudy"), *args], capture_output=True, text=True, timeout=120, env=env, input=input
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"understudy {' '.join(args)} exited {result.returncode}: {result.stderr}")
     return result
@@ -142,15 +152,30 @@ def start_proxy(data_dir: Path, upstream_url: str, *extra: str, env: dict | None
     data_dir.mkdir(parents=True, exist_ok=True)
     log = open(data_dir.parent / "proxy.log", "a")  # a file, not a pipe: a full pipe would block the proxy
     process = subprocess.Popen(
-        [str(VENV_BIN / "understudy"), "serve", "--port", "0", "--upstream-url", upstream_url, "--data-dir", str(data_dir), *extra],
-        env=env or os.environ.copy(), stdout=subprocess.DEVNULL, stderr=log, text=True,
+        [
+            str(VENV_BIN / "understudy"),
+            "serve",
+            "--port",
+            "0",
+            "--upstream-url",
+            upstream_url,
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        env=env or os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
     )
     log.close()
     discovery = data_dir / "proxy.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"proxy exited {process.returncode}: {(data_dir.parent / 'proxy.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"proxy exited {process.returncode}: {(data_dir.parent / 'proxy.log').read_text()[-2000:]}"
+            )
         if discovery.exists():
             try:
                 info = json.loads(discovery.read_text())
@@ -186,7 +211,20 @@ def tiny_model_env(tiny_llama, monkeypatch):
     monkeypatch.setenv("UNDERSTUDY_BASE_GGUF", gguf)
     monkeypatch.setenv("UNDERSTUDY_LOCAL_THREADS", "2")
     # No routing policy here: every test of a decision runs at the shipped defaults.
-    monkeypatch.setenv("UNDERSTUDY_TRAIN_CONFIG", json.dumps({
-        "base_model": hf_dir, "base_gguf": gguf, "lr": 1e-2, "max_steps": 40, "batch_size": 2, "grad_accum": 1,
-        "lora_dropout": 0.0, "device": "cpu", "verify_max_tokens": 32}))
+    monkeypatch.setenv(
+        "UNDERSTUDY_TRAIN_CONFIG",
+        json.dumps(
+            {
+                "base_model": hf_dir,
+                "base_gguf": gguf,
+                "lr": 1e-2,
+                "max_steps": 40,
+                "batch_size": 2,
+                "grad_accum": 1,
+                "lora_dropout": 0.0,
+                "device": "cpu",
+                "verify_max_tokens": 32,
+            }
+        ),
+    )
     return os.environ.copy()

@@ -20,8 +20,13 @@ BENCHMARKS = REPO_ROOT / "benchmarks"
 
 
 def _bench(name: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, str(BENCHMARKS / name), "--smoke", *args], capture_output=True, text=True,
-                         timeout=timeout, cwd=REPO_ROOT)
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), "--smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
     assert out.returncode == 0, f"{name} --smoke exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     return out
 
@@ -86,22 +91,52 @@ def test_gpu_training_layout_and_adapter_eval_smoke(corpus_dir, tiny_llama, tmp_
     hf_dir, gguf = (str(p) for p in tiny_llama)
 
     def script(name: str, *args: str) -> subprocess.CompletedProcess:
-        out = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
-                             timeout=900, cwd=REPO_ROOT)
+        out = subprocess.run(
+            [sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True, timeout=900, cwd=REPO_ROOT
+        )
         assert out.returncode == 0, f"{name} exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
         return out
 
     data = tmp_path / "data.json"
     script("train_gpu.py", "prepare", "--smoke", "--data-dir", str(corpus_dir), "--out", str(data), "--held-out", "2")
     config = {"max_steps": 2, "batch_size": 2, "precision": "float32", "verify_examples": 0}
-    script("train_gpu.py", "run", "--device", "cpu", "--data", str(data), "--base", hf_dir, "--base-gguf", gguf,
-           "--out", str(tmp_path / "out"), "--sites", "Level", "--config", json.dumps(config))
+    script(
+        "train_gpu.py",
+        "run",
+        "--device",
+        "cpu",
+        "--data",
+        str(data),
+        "--base",
+        hf_dir,
+        "--base-gguf",
+        gguf,
+        "--out",
+        str(tmp_path / "out"),
+        "--sites",
+        "Level",
+        "--config",
+        json.dumps(config),
+    )
     report = json.loads((tmp_path / "out" / "gpu.json").read_text())
     assert "error" not in report["Level"] and report["Level"]["steps"] == 2
     assert report["diagnosis"]["right_padded"]["loss_finite"]
     adapter = tmp_path / "out" / "Level" / "adapter.gguf"
-    figures = _last_json(script("eval_adapter.py", "--smoke", "--data", str(data), "--site", "Level",
-                                "--adapter", str(adapter), "--base-gguf", gguf, "--json"))
+    figures = _last_json(
+        script(
+            "eval_adapter.py",
+            "--smoke",
+            "--data",
+            str(data),
+            "--site",
+            "Level",
+            "--adapter",
+            str(adapter),
+            "--base-gguf",
+            gguf,
+            "--json",
+        )
+    )
     assert (figures["new"]["n"], figures["old"]["n"], figures["base"]["n"]) == (2, 1, 1)
     assert 0.0 <= figures["new"]["validator_pass"] <= 1.0 and figures["new"]["mean_tries"] >= 1
 
@@ -136,5 +171,9 @@ def test_load_smoke(tmp_path):
 def test_scale_out_smoke():
     figures = _last_json(_bench("scale_out.py", "--json"))
     assert [(r["store"], r["workers"]) for r in figures["results"]] == [
-        ("duckdb", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4)]
+        ("duckdb", 1),
+        ("postgresql", 1),
+        ("postgresql", 2),
+        ("postgresql", 4),
+    ]
     assert figures["ok"] and all(r["recorded"] == r["sent"] > 0 and r["rps"] > 0 for r in figures["results"])

@@ -20,8 +20,17 @@ import pytest
 from tests.conftest import REPO_ROOT, VENV_BIN
 
 SUBSYSTEMS = ("proxy", "routing", "training", "jac_examples")
-KERNEL_CORE = ("settings", "store", "validators", "byllm_prompt", "migrations", "processes", "admin_client", "proxy_client",
-               "client_keys")
+KERNEL_CORE = (
+    "settings",
+    "store",
+    "validators",
+    "byllm_prompt",
+    "migrations",
+    "processes",
+    "admin_client",
+    "proxy_client",
+    "client_keys",
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +39,40 @@ def installed(tmp_path_factory) -> Path:
     build = tmp_path_factory.mktemp("build")
     # build from a copy: setuptools writes build/ and *.egg-info next to the sources
     source = build / "src"
-    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info",
-                                                                    "__pycache__", ".jac", "understudy-data"))
-    out = subprocess.run([str(VENV_BIN / "pip"), "install", "--quiet", "--no-deps", "--no-build-isolation",
-                          "--target", str(target), str(source)], capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        REPO_ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".jac", "understudy-data"),
+    )
+    out = subprocess.run(
+        [
+            str(VENV_BIN / "pip"),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return target
 
 
 def _lint(site_packages: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(site_packages)}
-    return subprocess.run([str(VENV_BIN / "lint-imports"), str(REPO_ROOT / "pyproject.toml"),
-                           "--no-cache"], cwd=site_packages, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(VENV_BIN / "lint-imports"), str(REPO_ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=site_packages,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_only_understudy_at_the_top_of_site_packages(installed):
@@ -72,15 +103,19 @@ def test_the_showcase_contract_lists_every_kernel_module():
     import tomllib
 
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    [showcase] = [c for c in config["tool"]["importlinter"]["contracts"] if c["source_modules"] == ["understudy.jac_examples"]]
+    [showcase] = [
+        c for c in config["tool"]["importlinter"]["contracts"] if c["source_modules"] == ["understudy.jac_examples"]
+    ]
     kernel = {f"understudy.{p.stem}" for p in (REPO_ROOT / "understudy").glob("*.py") if p.stem != "__init__"}
     assert kernel <= set(showcase["forbidden_modules"])
 
 
 def _subsystems_loaded_by(statement: str) -> list[str]:
-    code = (f"import sys; {statement}; "
-            "print(' '.join(sorted(n for n in sys.modules if n.split('.')[:2][-1] in "
-            f"{SUBSYSTEMS!r} and n.startswith('understudy.'))))")
+    code = (
+        f"import sys; {statement}; "
+        "print(' '.join(sorted(n for n in sys.modules if n.split('.')[:2][-1] in "
+        f"{SUBSYSTEMS!r} and n.startswith('understudy.'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.split()
@@ -88,7 +123,10 @@ def _subsystems_loaded_by(statement: str) -> list[str]:
 
 def test_the_kernel_loads_subsystems_only_where_a_command_runs():
     # the CLI mounts the showcase's command declarations (their work is imported inside them)
-    assert set(_subsystems_loaded_by("import understudy.cli")) <= {"understudy.jac_examples", "understudy.jac_examples.cli"}
+    assert set(_subsystems_loaded_by("import understudy.cli")) <= {
+        "understudy.jac_examples",
+        "understudy.jac_examples.cli",
+    }
     for module in KERNEL_CORE:
         assert _subsystems_loaded_by(f"import understudy.{module}") == [], module
     # control: a command's own module does load its subsystem

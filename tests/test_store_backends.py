@@ -6,8 +6,9 @@ are what two proxy processes are: separate connections, no shared memory.
 
 from __future__ import annotations
 
+import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -18,7 +19,7 @@ from understudy.store import SiteNameTaken, SiteNotFound, Store
 from understudy.store_postgres import translate
 
 STORE_BACKENDS = ("duckdb", "postgresql")
-NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def site_row(site_id: str, name: str) -> tuple:
@@ -26,11 +27,28 @@ def site_row(site_id: str, name: str) -> tuple:
 
 
 def call_row(call_id: str, site_id: str, text: str = '{"color": "teal"}') -> tuple:
-    request = '{"messages": [{"role": "user", "content": "%s"}]}' % call_id
-    response = ('{"choices": [{"message": {"role": "assistant", "content": %s}, "finish_reason": "stop"}]}'
-                % ('"' + text.replace('"', '\\"') + '"'))
-    return (call_id, NOW, site_id, "m", "upstream", False, "first", call_id, None, request, response, 200, None, 12.5,
-            10, 5, 0.001, True)
+    request = json.dumps({"messages": [{"role": "user", "content": call_id}]})
+    response = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+    return (
+        call_id,
+        NOW,
+        site_id,
+        "m",
+        "upstream",
+        False,
+        "first",
+        call_id,
+        None,
+        request,
+        response,
+        200,
+        None,
+        12.5,
+        10,
+        5,
+        0.001,
+        True,
+    )
 
 
 @pytest.fixture
@@ -46,8 +64,10 @@ def second_process_view(store: Store) -> Store | None:
 
 
 def test_the_same_calls_read_back_the_same_on_either_backend(store):
-    store.write_batch(sites=[site_row("s1", "pick_color"), site_row("s2", "pick_size")],
-                      calls=[call_row(f"c{n}", "s1" if n % 3 else "s2") for n in range(30)])
+    store.write_batch(
+        sites=[site_row("s1", "pick_color"), site_row("s2", "pick_size")],
+        calls=[call_row(f"c{n}", "s1" if n % 3 else "s2") for n in range(30)],
+    )
     store.write_batch(sites=[site_row("s1", "pick_color")])  # a site another batch (process) made: no error
     summaries = {row["id"]: row for row in store.site_summaries()}
     assert summaries["s1"]["calls"] == 20 and summaries["s2"]["calls"] == 10
@@ -65,7 +85,7 @@ def test_the_same_calls_read_back_the_same_on_either_backend(store):
 
 def test_a_batch_that_fails_writes_nothing(store):
     store.write_batch(calls=[call_row("c1", "s1")])
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - each backend raises its own driver's unique-violation error
         store.write_batch(sites=[site_row("s9", "x")], calls=[call_row("c2", "s1"), call_row("c1", "s1")])  # dup id
     assert store.call_count() == 1 and [r.id for r in store.site_records()] == []
 
@@ -78,8 +98,13 @@ def test_a_decision_is_compare_and_set_across_processes(store):
     other = second_process_view(store) or store
     try:
         # Another process (or the operator) moves the site first ...
-        apply_decision(other, other.resolve_site("s1"), Decision(SiteState.LOCAL, "promoted there"), actor="policy",
-                       expected=other.resolve_site("s1"))
+        apply_decision(
+            other,
+            other.resolve_site("s1"),
+            Decision(SiteState.LOCAL, "promoted there"),
+            actor="policy",
+            expected=other.resolve_site("s1"),
+        )
         # ... so this process's decision, computed from what it saw, is refused and writes nothing.
         with pytest.raises(StaleDecision):
             apply_decision(store, seen, Decision(SiteState.LEARNING, "demoted here"), expected=seen)
@@ -103,8 +128,10 @@ def test_two_writers_at_once_lose_nothing(store):
     def write(target: Store, prefix: str) -> None:
         try:
             for batch in range(20):
-                target.write_batch(sites=[site_row("s1", "pick_color")],
-                                   calls=[call_row(f"{prefix}-{batch}-{n}", "s1") for n in range(25)])
+                target.write_batch(
+                    sites=[site_row("s1", "pick_color")],
+                    calls=[call_row(f"{prefix}-{batch}-{n}", "s1") for n in range(25)],
+                )
         except Exception as exc:  # pragma: no cover - the assertion below shows it
             errors.append(exc)
 
@@ -123,21 +150,31 @@ def test_two_writers_at_once_lose_nothing(store):
 
 def test_translation_keeps_duckdb_meaning(store):
     """The rewrites the PostgreSQL translation makes, run on both backends with the same results."""
-    store.write_batch(sites=[site_row("s1", "a"), site_row("s2", "b")],
-                      calls=[call_row(f"c{n}", "s1" if n < 4 else "s2") for n in range(6)])
+    store.write_batch(
+        sites=[site_row("s1", "a"), site_row("s2", "b")],
+        calls=[call_row(f"c{n}", "s1" if n < 4 else "s2") for n in range(6)],
+    )
     cur = store.cursor()
     assert sorted(cur.execute("SELECT site_id, count(*) FROM calls GROUP BY ALL").fetchall()) == [("s1", 4), ("s2", 2)]
     assert cur.execute("SELECT count(*) FROM (SELECT id FROM calls WHERE status = ?)", [200]).fetchone() == (6,)
     assert cur.execute("SELECT count(*) FROM calls WHERE response LIKE '%teal%' AND id LIKE 'c%'").fetchone() == (6,)
-    assert cur.execute("SELECT json_extract(request, '$.messages[0].content')::VARCHAR FROM calls WHERE id = 'c1'"
-                       ).fetchone()[0].strip('"') == "c1"
-    cur.execute("INSERT OR REPLACE INTO reviewers (name, token_sha256, created_at) VALUES (?, ?, ?)", ["ann", "h1", NOW])
-    cur.execute("INSERT OR REPLACE INTO reviewers (name, token_sha256, created_at) VALUES (?, ?, ?)", ["ann", "h2", NOW])
+    assert (
+        cur.execute("SELECT json_extract(request, '$.messages[0].content')::VARCHAR FROM calls WHERE id = 'c1'")
+        .fetchone()[0]
+        .strip('"')
+        == "c1"
+    )
+    cur.execute(
+        "INSERT OR REPLACE INTO reviewers (name, token_sha256, created_at) VALUES (?, ?, ?)", ["ann", "h1", NOW]
+    )
+    cur.execute(
+        "INSERT OR REPLACE INTO reviewers (name, token_sha256, created_at) VALUES (?, ?, ?)", ["ann", "h2", NOW]
+    )
     assert cur.execute("SELECT token_sha256 FROM reviewers").fetchall() == [("h2",)]
 
 
 def test_translated_sql_is_postgres_sql():
     assert translate("SELECT a FROM (SELECT a FROM t) WHERE b = ? AND c LIKE 'x%'") == (
-        "SELECT a FROM (SELECT a FROM t) AS _q1 WHERE b = %s AND CAST(c AS TEXT) LIKE 'x%%'")
+        "SELECT a FROM (SELECT a FROM t) AS _q1 WHERE b = %s AND CAST(c AS TEXT) LIKE 'x%%'"
+    )
     assert translate("SELECT kind, count(*) FROM sites GROUP BY ALL") == "SELECT kind, COUNT(*) FROM sites GROUP BY 1"
-

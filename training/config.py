@@ -43,9 +43,7 @@ class TrainConfig:
     lora_alpha: int = 32  # scale = alpha / r = 2
     lora_dropout: float = 0.05  # probability; regularises small per-site datasets
     # attention projections only: small adapters, and the names exist in Llama and Gemma
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     # QLoRA: load the base in bitsandbytes NF4 (4-bit) and train LoRA on top.
     qlora: bool = False
 
@@ -116,12 +114,12 @@ class TrainConfig:
         return text
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "TrainConfig":
+    def from_json(cls, text_or_path: str | Path) -> TrainConfig:
         """Parse a JSON string, or read a file (a path to config.json or its folder)."""
         if isinstance(text_or_path, Path) or not str(text_or_path).lstrip().startswith("{"):
             path = Path(text_or_path)

@@ -44,25 +44,66 @@ FLEXIBLE_WHITESPACE = r"( |\n{1,2}[ \t]{0,20})?"
 # Keywords llguidance 1.9 enforces (checked one by one against a real vocabulary in
 # tests/training/test_constraints.py and llguidance's own "Unimplemented keys" warnings).
 # `format` only for the values in ENFORCED_FORMATS.
-ENFORCED = frozenset({
-    "type", "enum", "const",
-    "properties", "required", "additionalProperties", "patternProperties", "minProperties", "maxProperties",
-    "items", "prefixItems", "additionalItems", "minItems", "maxItems",
-    "minLength", "maxLength", "pattern", "format",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "anyOf", "allOf", "$ref", "$defs", "definitions",
-})
-ENFORCED_FORMATS = frozenset({"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uri",
-                              "uuid", "unknown"})
+ENFORCED = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "properties",
+        "required",
+        "additionalProperties",
+        "patternProperties",
+        "minProperties",
+        "maxProperties",
+        "items",
+        "prefixItems",
+        "additionalItems",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "anyOf",
+        "allOf",
+        "$ref",
+        "$defs",
+        "definitions",
+    }
+)
+ENFORCED_FORMATS = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uri", "uuid", "unknown"}
+)
 # Keywords that constrain nothing (annotations, identifiers, vendor extensions such as
 # OpenAPI's `discriminator`, whose `oneOf` is listed anyway). Everything neither here nor in
 # ENFORCED is unsupported: `oneOf` (decoded as `anyOf`: exclusivity is not enforced), `not`,
 # `if`/`then`/`else`, `uniqueItems`, `contains`, `dependentRequired`, `propertyNames`, ...
-ANNOTATIONS = frozenset({
-    "title", "description", "default", "examples", "$schema", "$id", "$comment", "$anchor", "$vocabulary",
-    "deprecated", "readOnly", "writeOnly", "contentEncoding", "contentMediaType", "contentSchema",
-    "discriminator", "x-guidance",
-})
+ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$schema",
+        "$id",
+        "$comment",
+        "$anchor",
+        "$vocabulary",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "contentEncoding",
+        "contentMediaType",
+        "contentSchema",
+        "discriminator",
+        "x-guidance",
+    }
+)
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")  # name -> subschema
 _SCHEMA_LISTS = ("prefixItems", "anyOf", "allOf")  # [subschema, ...]
 _SCHEMAS = ("additionalProperties", "additionalItems")  # one subschema (items: one or a list)
@@ -143,7 +184,8 @@ def _closed(schema: Any) -> Any:
         return schema
     out = {k: (v if k in ("enum", "const", "default", "examples") else _closed(v)) for k, v in schema.items()}
     if isinstance(schema.get("properties"), dict) and not any(
-            k in schema for k in ("additionalProperties", "patternProperties", "unevaluatedProperties")):
+        k in schema for k in ("additionalProperties", "patternProperties", "unevaluatedProperties")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -229,7 +271,7 @@ def _without_patterns(schema: Any, pointers: set[str], path: tuple = ()) -> Any:
             here[key] = _without_patterns(schema[key], pointers, sub_path)
         else:
             index = sub_path[-1]
-            container = here[key] = (dict(here[key]) if isinstance(here[key], dict) else list(here[key]))
+            container = here[key] = dict(here[key]) if isinstance(here[key], dict) else list(here[key])
             container[index] = _without_patterns(schema[key][index], pointers, sub_path)
     return here
 
@@ -263,7 +305,8 @@ class LlamaVocab:
             piece = bytes(buffer[:n])
             attr = llama_cpp.llama_vocab_get_attr(vocab, token)
             if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL or (
-                    attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and piece.startswith(b"<") and piece.endswith(b">")):
+                attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and piece.startswith(b"<") and piece.endswith(b">")
+            ):
                 piece = b"\xff" + piece  # llguidance's mark of a special token
             tokens.append(piece)
             if llama_cpp.llama_vocab_is_eog(vocab, token):
@@ -271,8 +314,9 @@ class LlamaVocab:
         tokens += [b""] * (self.n_vocab - len(tokens))
         self.eog = tuple(eog) or (llama_cpp.llama_vocab_eos(vocab),)
         tokenize = ctypes.cast(llama_cpp.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
-        self.tokenizer = LLTokenizer.from_llamacpp(tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize,
-                                                   eos_token=list(self.eog), slices=None)
+        self.tokenizer = LLTokenizer.from_llamacpp(
+            tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize, eos_token=list(self.eog), slices=None
+        )
         self._llm = llm  # the vocabulary (and llguidance's pointer to it) lives as long as the model
 
     def matcher(self, constraint: Constraint):

@@ -28,8 +28,7 @@ def _json_or_none(text: str | None):
     return None if text is None or text == "" else json.loads(text)
 
 
-def row_to_example(messages: str, response_format: str | None, tools: str | None,
-                   completion: str) -> dict:
+def row_to_example(messages: str, response_format: str | None, tools: str | None, completion: str) -> dict:
     return {
         "messages": json.loads(messages),
         "response_format": _json_or_none(response_format),
@@ -59,13 +58,20 @@ def load_examples(parquet_path: str | Path) -> tuple[list[dict], list[dict]]:
 
 def write_examples(parquet_path: str | Path, train: list[dict], eval_: list[dict]) -> Path:
     """Write examples in the snapshot format (used by tests and tools; the proxy has its own)."""
+
     def dump(v):
         return None if v is None else json.dumps(v, ensure_ascii=False)
 
     rows = [
-        (json.dumps(ex["messages"], ensure_ascii=False), dump(ex.get("response_format")),
-         dump(ex.get("tools")), ex["completion"], split)
-        for split, exs in (("train", train), ("eval", eval_)) for ex in exs
+        (
+            json.dumps(ex["messages"], ensure_ascii=False),
+            dump(ex.get("response_format")),
+            dump(ex.get("tools")),
+            ex["completion"],
+            split,
+        )
+        for split, exs in (("train", train), ("eval", eval_))
+        for ex in exs
     ]
     con = duckdb.connect(":memory:")
     try:

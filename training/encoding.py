@@ -44,7 +44,7 @@ def encode_pair(tokenizer, prompt: str, target: str, max_length: int) -> Encoded
     prompt_ids = _ids(tokenizer, prompt, special=True)
     full_ids = _ids(tokenizer, prompt + target, special=True)
     if full_ids[: len(prompt_ids)] == prompt_ids:
-        target_ids = full_ids[len(prompt_ids):]
+        target_ids = full_ids[len(prompt_ids) :]
     else:
         target_ids = _ids(tokenizer, target, special=False)
 
@@ -55,7 +55,7 @@ def encode_pair(tokenizer, prompt: str, target: str, max_length: int) -> Encoded
         head = prompt_ids[:1] if has_bos else []
         room = max_length - len(target_ids) - len(head)
         if room > 0:
-            prompt_ids = head + prompt_ids[len(prompt_ids) - room:]
+            prompt_ids = head + prompt_ids[len(prompt_ids) - room :]
         else:
             prompt_ids = head
             target_ids = target_ids[: max_length - len(head)]
@@ -66,8 +66,9 @@ def encode_pair(tokenizer, prompt: str, target: str, max_length: int) -> Encoded
     )
 
 
-def encode_examples(tokenizer, examples: list[dict], max_length: int,
-                    site_prompt: SitePrompt | None = None) -> list[Encoded]:
+def encode_examples(
+    tokenizer, examples: list[dict], max_length: int, site_prompt: SitePrompt | None = None
+) -> list[Encoded]:
     """Encoded examples; one the site prompt cannot render (another static part) is left out."""
     pairs = (render_training_pair(ex, site_prompt) for ex in examples)
     return [encode_pair(tokenizer, prompt, target, max_length) for prompt, target in (p for p in pairs if p)]
@@ -94,8 +95,13 @@ class Batch:
     keep: int
 
     def to(self, device: str) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
-                     self.labels.to(device), self.keep)
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.labels.to(device),
+            self.keep,
+        )
 
     @property
     def tokens(self) -> int:
@@ -130,4 +136,4 @@ def collate(batch: list[Encoded], pad_id: int) -> Batch:
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
     positions = torch.arange(width, dtype=torch.long).expand(len(batch), width).clone()
-    return Batch(ids, mask, positions, labels[:, width - keep + 1:], keep)
+    return Batch(ids, mask, positions, labels[:, width - keep + 1 :], keep)

@@ -15,8 +15,8 @@ an adapter, the HF model, the upstream). For each held-out example we record:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import jsonschema
 
@@ -33,8 +33,12 @@ class EvalReport:
     outputs: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"n": self.n, "exact_match": self.exact_match, "parse_valid": self.parse_valid,
-                "validator_pass": self.validator_pass}
+        return {
+            "n": self.n,
+            "exact_match": self.exact_match,
+            "parse_valid": self.parse_valid,
+            "validator_pass": self.validator_pass,
+        }
 
 
 def _loads(text: str):
@@ -104,8 +108,9 @@ def evaluate(
     )
 
 
-def local_generate_fn(generator, adapter_path, max_tokens: int = 512, site_prompt=None,
-                      validator: str | None = None) -> Callable[[dict], str]:
+def local_generate_fn(
+    generator, adapter_path, max_tokens: int = 512, site_prompt=None, validator: str | None = None
+) -> Callable[[dict], str]:
     """A generate_fn for `evaluate` from a training.local_generate.LocalGenerator, in the site's prompt,
     answering as the proxy serves: under the response schema tightened by the validator for each
     example's request, drawn again while it fails its checks (routing.checked_sampling, default
@@ -124,8 +129,15 @@ def local_generate_fn(generator, adapter_path, max_tokens: int = 512, site_promp
         prompt = render_request(ex, site_prompt)
 
         def draw(temperature: float, seed: int | None) -> LocalAnswer:
-            out = generator.complete(prompt, adapter_path=adapter_path, max_tokens=max_tokens, constraint=constraint,
-                                     temperature=temperature, seed=seed, with_confidence=False)
+            out = generator.complete(
+                prompt,
+                adapter_path=adapter_path,
+                max_tokens=max_tokens,
+                constraint=constraint,
+                temperature=temperature,
+                seed=seed,
+                with_confidence=False,
+            )
             return LocalAnswer(out.text, 0.0, out.prompt_tokens, out.completion_tokens)
 
         if validator is None:

@@ -44,11 +44,7 @@ def permute_qk(weights: np.ndarray, n_head: int, n_head_kv: int | None = None) -
     if n_head_kv is not None and n_head != n_head_kv:
         n_head = n_head_kv
     shape = weights.shape
-    return (
-        weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:])
-        .swapaxes(1, 2)
-        .reshape(shape)
-    )
+    return weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
 def read_base_info(base_gguf_path: str | Path) -> dict:
@@ -107,7 +103,7 @@ def _hf_module_name(peft_name: str) -> tuple[str, str]:
     ('model.layers.0.self_attn.q_proj', 'a')."""
     name = peft_name
     if name.startswith("base_model.model."):
-        name = name[len("base_model.model."):]
+        name = name[len("base_model.model.") :]
     for marker, which in ((".lora_A.", "a"), (".lora_B.", "b")):
         if marker in name:
             return name.split(marker)[0], which
@@ -121,9 +117,7 @@ def _as_layers(value, n_blocks: int) -> list[int]:
     return [int(value)] * n_blocks
 
 
-def export_gguf_adapter(
-    peft_dir: str | Path, out_path: str | Path, base_gguf_path: str | Path
-) -> Path:
+def export_gguf_adapter(peft_dir: str | Path, out_path: str | Path, base_gguf_path: str | Path) -> Path:
     """Write `out_path` (a GGUF LoRA adapter for `base_gguf_path`); returns the path."""
     import gguf
 
@@ -169,10 +163,7 @@ def export_gguf_adapter(
             raise ValueError(f"{weight_name} is not a tensor of the base GGUF (wrong base?)")
         ne_in, ne_out = base["tensors"][weight_name][:2]
         if (a.shape[1], b.shape[0]) != (ne_in, ne_out) or a.shape[0] != b.shape[1]:
-            raise ValueError(
-                f"{weight_name}: adapter shapes A{a.shape} B{b.shape} do not fit base "
-                f"[{ne_in}, {ne_out}]"
-            )
+            raise ValueError(f"{weight_name}: adapter shapes A{a.shape} B{b.shape} do not fit base [{ne_in}, {ne_out}]")
         if arch in PERMUTED_QK_ARCHS:
             block = int(weight_name.split(".")[1])
             if ".attn_q." in weight_name:

@@ -32,5 +32,5 @@ def greedy_generate(model, tokenizer, prompt: str, max_new_tokens: int = 256) ->
         tokenizer=tokenizer,
         pad_token_id=tokenizer.pad_token_id,
     )
-    text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     return cut_at_stop(text)

@@ -222,8 +222,9 @@ class LocalGenerator:
         seed: int | None = None,
     ) -> str:
         """Complete `prompt` (rendered by training.site_prompt) with the given adapter."""
-        return self.complete(prompt, adapter_path, max_tokens, constraint, temperature, stop,
-                             with_confidence=False, seed=seed).text
+        return self.complete(
+            prompt, adapter_path, max_tokens, constraint, temperature, stop, with_confidence=False, seed=seed
+        ).text
 
     def complete(
         self,
@@ -249,8 +250,14 @@ class LocalGenerator:
             self._activate(adapter_path)
             self._restore_prefix(prompt, prefix)
             tokens = self.llm.tokenize(prompt.encode(), special=True)
-            out = self._decoder.decode(tokens, max_tokens, constraint, STOP_SEQUENCES if stop is None else stop,
-                                       temperature=temperature, seed=seed)
+            out = self._decoder.decode(
+                tokens,
+                max_tokens,
+                constraint,
+                STOP_SEQUENCES if stop is None else stop,
+                temperature=temperature,
+                seed=seed,
+            )
         return Generation(out.text, out.confidence if with_confidence else None, out.prompt_tokens, out.tokens)
 
     def forced_gap(self, prompt: str, reference: str, adapter_path: str | Path | None = None) -> float:

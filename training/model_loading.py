@@ -83,9 +83,7 @@ def load_model(base: str, device: str, qlora: bool = False, bf16: bool | None = 
         _forget_gguf_quantizer(dense)
         dense.save_pretrained(tmp)
         del dense
-        return AutoModelForCausalLM.from_pretrained(
-            tmp, dtype=dtype, quantization_config=bnb, device_map={"": device}
-        )
+        return AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, quantization_config=bnb, device_map={"": device})
 
 
 def add_lora(model, config: TrainConfig):

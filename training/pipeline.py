@@ -27,8 +27,16 @@ RESULT_FILENAME = "result.json"
 MAX_EVAL_EXAMPLES = 20  # held-out examples generated per evaluation (each is a full local generation)
 
 
-def run_training_job(site_id: str, snapshot: str, out_dir: str, config: dict[str, Any], *,
-                     validator: str | None = None, progress: bool = True, control: str | None = None) -> dict[str, Any]:
+def run_training_job(
+    site_id: str,
+    snapshot: str,
+    out_dir: str,
+    config: dict[str, Any],
+    *,
+    validator: str | None = None,
+    progress: bool = True,
+    control: str | None = None,
+) -> dict[str, Any]:
     """Train one version for one site; never raises (a failure is a result with `error`).
 
     `validator` is the site's validator reference (`module:function`); the held-out sets are
@@ -37,10 +45,18 @@ def run_training_job(site_id: str, snapshot: str, out_dir: str, config: dict[str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig.from_dict(config)
-    result: dict[str, Any] = {"site_id": site_id, "dataset_snapshot": snapshot, "config": cfg.to_dict(),
-                              "base_model": cfg.resolved_base_model(), "base_gguf": cfg.resolved_base_gguf(),
-                              "adapter_path": None, "verified": False, "metrics": {}, "error": None,
-                              "control": control}
+    result: dict[str, Any] = {
+        "site_id": site_id,
+        "dataset_snapshot": snapshot,
+        "config": cfg.to_dict(),
+        "base_model": cfg.resolved_base_model(),
+        "base_gguf": cfg.resolved_base_gguf(),
+        "adapter_path": None,
+        "verified": False,
+        "metrics": {},
+        "error": None,
+        "control": control,
+    }
     try:
         _train_export_verify(cfg, snapshot, out, result, validator, progress)
     except Exception as exc:  # the version is recorded as failed, with the reason
@@ -50,8 +66,9 @@ def run_training_job(site_id: str, snapshot: str, out_dir: str, config: dict[str
     return result
 
 
-def _train_export_verify(cfg: TrainConfig, snapshot: str, out: Path, result: dict[str, Any],
-                         validator: str | None, progress: bool) -> None:
+def _train_export_verify(
+    cfg: TrainConfig, snapshot: str, out: Path, result: dict[str, Any], validator: str | None, progress: bool
+) -> None:
     from understudy.training.gguf_adapter import export_gguf_adapter
     from understudy.training.local_generate import LocalGenerator
     from understudy.training.train import train
@@ -59,31 +76,51 @@ def _train_export_verify(cfg: TrainConfig, snapshot: str, out: Path, result: dic
 
     site_prompt = SitePrompt.from_dict(cfg.prompt)
     # Examples whose static part is not the site's cannot be rendered compactly: not learned from.
-    train_examples, eval_examples = ([e for e in split if render_request(e, site_prompt) is not None]
-                                     for split in load_examples(snapshot))
+    train_examples, eval_examples = (
+        [e for e in split if render_request(e, site_prompt) is not None] for split in load_examples(snapshot)
+    )
     if not eval_examples:  # tiny datasets: hold out the last training example rather than nothing
         eval_examples = train_examples[-1:]
     trained = train(cfg, train_examples, eval_examples, out / "peft", progress=progress)
-    result["metrics"]["train"] = {k: v for k, v in asdict(trained).items() if k not in ("loss_history", "sample_outputs")}
+    result["metrics"]["train"] = {
+        k: v for k, v in asdict(trained).items() if k not in ("loss_history", "sample_outputs")
+    }
     adapter = export_gguf_adapter(out / "peft", out / "adapter.gguf", cfg.resolved_base_gguf())
     result["adapter_path"] = str(adapter)
     result["metrics"]["adapter_bytes"] = adapter.stat().st_size
     generator = LocalGenerator(cfg.resolved_base_gguf())
     try:
-        verdict = verify_adapter(cfg.resolved_base_gguf(), adapter, eval_examples, trained.sample_outputs,
-                                 generator=generator, max_tokens=cfg.verify_max_tokens, site_prompt=site_prompt)
+        verdict = verify_adapter(
+            cfg.resolved_base_gguf(),
+            adapter,
+            eval_examples,
+            trained.sample_outputs,
+            generator=generator,
+            max_tokens=cfg.verify_max_tokens,
+            site_prompt=site_prompt,
+        )
         result["verified"] = verdict.ok
         result["metrics"]["verify"] = {"n": verdict.n, "exact": verdict.exact, "near": verdict.near}
         held_out = eval_examples[:MAX_EVAL_EXAMPLES]
         # The bare base reads the full prompt (it never learned a site's compact one).
-        result["metrics"]["base_heldout"] = _rates(evaluate(local_generate_fn(generator, None, validator=validator),
-                                                            held_out, validator))
-        result["metrics"]["heldout"] = _rates(evaluate(local_generate_fn(generator, str(adapter), site_prompt=site_prompt,
-                                                                         validator=validator), held_out, validator))
+        result["metrics"]["base_heldout"] = _rates(
+            evaluate(local_generate_fn(generator, None, validator=validator), held_out, validator)
+        )
+        result["metrics"]["heldout"] = _rates(
+            evaluate(
+                local_generate_fn(generator, str(adapter), site_prompt=site_prompt, validator=validator),
+                held_out,
+                validator,
+            )
+        )
     finally:
         generator.close()
 
 
 def _rates(report: EvalReport) -> dict[str, Any]:
-    return {"n": report.n, "exact_match_rate": report.exact_match, "parse_valid_rate": report.parse_valid,
-            "validator_pass_rate": report.validator_pass}
+    return {
+        "n": report.n,
+        "exact_match_rate": report.exact_match,
+        "parse_valid_rate": report.parse_valid,
+        "validator_pass_rate": report.validator_pass,
+    }

@@ -23,8 +23,9 @@ class QuietWindow:
     rate_window_minutes: int = 5  # how far back "recent" reaches
 
     @classmethod
-    def parse(cls, hours: str | None, max_requests_per_minute: float | None = None,
-              rate_window_minutes: int = 5) -> "QuietWindow":
+    def parse(
+        cls, hours: str | None, max_requests_per_minute: float | None = None, rate_window_minutes: int = 5
+    ) -> QuietWindow:
         window = None
         if hours:
             match = _HOURS.match(hours)
@@ -50,5 +51,8 @@ class QuietWindow:
         if self.max_requests_per_minute is not None:
             rate = recent_requests / self.rate_window_minutes
             if rate >= self.max_requests_per_minute:
-                return False, f"busy: {rate:.1f} req/min over {self.rate_window_minutes} min (limit {self.max_requests_per_minute:g})"
+                return (
+                    False,
+                    f"busy: {rate:.1f} req/min over {self.rate_window_minutes} min (limit {self.max_requests_per_minute:g})",
+                )
         return True, "quiet"

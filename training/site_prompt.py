@@ -42,10 +42,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from understudy.training.prompt_format import ASSISTANT_TAG, END_MARKER, _render_message, render_prompt, render_target
 from understudy.byllm_prompt import (
-    ARGS_BLOCK_START, SCHEMA_PART_MARKER, argument_lines, first_user_index, is_byllm, system_text,
+    ARGS_BLOCK_START,
+    SCHEMA_PART_MARKER,
+    argument_lines,
+    first_user_index,
+    is_byllm,
+    system_text,
 )
+from understudy.training.prompt_format import ASSISTANT_TAG, END_MARKER, _render_message, render_prompt, render_target
 
 COMPACT, FULL = "compact", "full"
 SITE_TAG = "<|site|>\n"
@@ -102,11 +107,14 @@ def split_request(request: Mapping[str, Any]) -> PromptParts | None:
     index = first_user_index(messages)
     if index is None:
         return None
-    head, first, later = messages[:index], messages[index], messages[index + 1:]
+    head, first, later = messages[:index], messages[index], messages[index + 1 :]
     if any(m.get("role") not in ("system", "developer") for m in head):
         return None  # a conversation that starts before its first user turn: no fixed preamble
-    static: dict[str, Any] = {"head": head, "response_format": request.get("response_format"),
-                              "tools": request.get("tools") or None}
+    static: dict[str, Any] = {
+        "head": head,
+        "response_format": request.get("response_format"),
+        "tools": request.get("tools") or None,
+    }
     if not is_byllm(system_text(messages)):
         return PromptParts(static, {"first": first, "later": later})
     split = _split_first_user(first)
@@ -121,12 +129,15 @@ def _split_first_user(message: dict[str, Any]) -> tuple[dict[str, Any], list[lis
     """(the message with argument values cut out, [[name, value source], ...]) for byLLM's first turn."""
     content = message.get("content")
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-    if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) and p.get("type") == "text"
-                                                             and isinstance(p.get("text"), str) for p in parts):
+    if (
+        not isinstance(parts, list)
+        or not parts
+        or not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts)
+    ):
         return None  # images or odd parts: keep the full rendering
     text = parts[0]["text"]
     match = ARGS_BLOCK_START.search(text)
-    header, block = (text, "") if match is None else (text[: match.start()], text[match.end():])
+    header, block = (text, "") if match is None else (text[: match.start()], text[match.end() :])
     args, semstrs = [], []
     for name, rhs in argument_lines(block):
         value_and_sem = _value_and_semstr(rhs)
@@ -136,9 +147,16 @@ def _split_first_user(message: dict[str, Any]) -> tuple[dict[str, Any], list[lis
         semstrs.append([name, value_and_sem[1]])
     if _args_block(args, semstrs) != block:
         return None  # something in the block this reading does not account for
-    template = {**message, "content": {"string": isinstance(content, str), "header": header,
-                                       "separator": text[match.start(): match.end()] if match else "",
-                                       "semstrs": semstrs, "other_parts": parts[1:]}}
+    template = {
+        **message,
+        "content": {
+            "string": isinstance(content, str),
+            "header": header,
+            "separator": text[match.start() : match.end()] if match else "",
+            "semstrs": semstrs,
+            "other_parts": parts[1:],
+        },
+    }
     return template, args
 
 
@@ -171,8 +189,11 @@ def expand(parts: PromptParts) -> dict[str, Any]:
         first = {**template, "content": content}
     else:
         first = varying["first"]
-    return {"messages": [*static["head"], first, *varying["later"]], "response_format": static["response_format"],
-            "tools": static["tools"]}
+    return {
+        "messages": [*static["head"], first, *varying["later"]],
+        "response_format": static["response_format"],
+        "tools": static["tools"],
+    }
 
 
 def compact_prompt(parts: PromptParts, marker: str) -> str:
@@ -260,7 +281,9 @@ def _resolve(schema: Any, root: Any, depth: int = 0) -> dict[str, Any]:
             target = target.get(part, {}) if isinstance(target, dict) else {}
         return _resolve(target, root, depth + 1)
     for key in ("anyOf", "oneOf", "allOf"):
-        branches = [b for b in schema.get(key, ()) if isinstance(b, dict) and _resolve(b, root, depth + 1).get("properties")]
+        branches = [
+            b for b in schema.get(key, ()) if isinstance(b, dict) and _resolve(b, root, depth + 1).get("properties")
+        ]
         if branches:
             return _resolve(branches[0], root, depth + 1)
     return schema

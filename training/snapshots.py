@@ -34,14 +34,26 @@ from understudy.validators import BoundValidator
 ValidatorFor = Callable[[dict[str, Any]], BoundValidator | None]
 EVAL_SHARE = 0.1  # share of distinct prompts held out for evaluation
 # Columns of an exported / snapshot Parquet file (training.dataset reads these).
-COLUMNS = ("call_id", "site_id", "provider_model", "messages", "response_format", "tools", "completion",
-           "parse_valid", "validator_passed", "split")
+COLUMNS = (
+    "call_id",
+    "site_id",
+    "provider_model",
+    "messages",
+    "response_format",
+    "tools",
+    "completion",
+    "parse_valid",
+    "validator_passed",
+    "split",
+)
 # SQL over `calls`: the call is a whole upstream answer worth learning from. A stream cut
 # short, stalled or abandoned has a non-200 status; an answer stopped by max_tokens or a
 # filter is whole on the wire but not as an answer.
-COMPLETE_ANSWER = ("status = 200 AND served_by = 'upstream' AND response IS NOT NULL "
-                   "AND json_extract_string(response, '$.choices[0].finish_reason') IS NOT NULL "
-                   "AND json_extract_string(response, '$.choices[0].finish_reason') NOT IN ('length', 'content_filter')")
+COMPLETE_ANSWER = (
+    "status = 200 AND served_by = 'upstream' AND response IS NOT NULL "
+    "AND json_extract_string(response, '$.choices[0].finish_reason') IS NOT NULL "
+    "AND json_extract_string(response, '$.choices[0].finish_reason') NOT IN ('length', 'content_filter')"
+)
 
 
 @dataclass
@@ -56,9 +68,14 @@ class ExportCounts:
         return dict(self.__dict__)
 
 
-def site_examples(cur: duckdb.DuckDBPyConnection, site_id: str, *, filtered: bool,
-                  validator_for: ValidatorFor | None = None,
-                  teacher_model: str | None = None) -> tuple[list[dict[str, Any]], ExportCounts]:
+def site_examples(
+    cur: duckdb.DuckDBPyConnection,
+    site_id: str,
+    *,
+    filtered: bool,
+    validator_for: ValidatorFor | None = None,
+    teacher_model: str | None = None,
+) -> tuple[list[dict[str, Any]], ExportCounts]:
     """Successful upstream calls of one site as examples, optionally filtered."""
     query = f"SELECT id, model, request, response, valid FROM calls WHERE site_id = ? AND {COMPLETE_ANSWER}"
     params: list[Any] = [site_id]
@@ -88,12 +105,20 @@ def site_examples(cur: duckdb.DuckDBPyConnection, site_id: str, *, filtered: boo
             counts.duplicates += 1
             continue
         seen.add(key)
-        examples.append({
-            "call_id": call_id, "site_id": site_id, "provider_model": model, "messages": messages,
-            "response_format": request.get("response_format"), "tools": request.get("tools") or None,
-            "completion": completion, "parse_valid": valid, "validator_passed": validator_passed,
-            "split": _split_of(messages),
-        })
+        examples.append(
+            {
+                "call_id": call_id,
+                "site_id": site_id,
+                "provider_model": model,
+                "messages": messages,
+                "response_format": request.get("response_format"),
+                "tools": request.get("tools") or None,
+                "completion": completion,
+                "parse_valid": valid,
+                "validator_passed": validator_passed,
+                "split": _split_of(messages),
+            }
+        )
     counts.kept = len(examples)
     return examples, counts
 
@@ -103,7 +128,9 @@ def write_jsonl(examples: list[dict[str, Any]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         for example in examples:
-            record: dict[str, Any] = {"messages": [*example["messages"], {"role": "assistant", "content": example["completion"]}]}
+            record: dict[str, Any] = {
+                "messages": [*example["messages"], {"role": "assistant", "content": example["completion"]}]
+            }
             if example["tools"]:
                 record["tools"] = example["tools"]
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -113,10 +140,12 @@ def write_jsonl(examples: list[dict[str, Any]], path: Path) -> Path:
 def write_parquet(examples: list[dict[str, Any]], path: Path) -> Path:
     """One row per example; JSON-valued columns as JSON strings (see COLUMNS)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({
-        column: [_cell(example[column], column) for example in examples]
-        for column in COLUMNS
-    }, schema=pa.schema([(c, pa.bool_() if c in ("parse_valid", "validator_passed") else pa.string()) for c in COLUMNS]))
+    table = pa.table(
+        {column: [_cell(example[column], column) for example in examples] for column in COLUMNS},
+        schema=pa.schema(
+            [(c, pa.bool_() if c in ("parse_valid", "validator_passed") else pa.string()) for c in COLUMNS]
+        ),
+    )
     con = duckdb.connect()
     try:
         con.register("examples", table)
@@ -128,8 +157,9 @@ def write_parquet(examples: list[dict[str, Any]], path: Path) -> Path:
 
 def write_snapshot(examples: list[dict[str, Any]], snapshots_dir: Path, site_id: str) -> Path:
     """An immutable, content-named Parquet snapshot; an identical dataset reuses its file."""
-    digest = hashlib.sha256(json.dumps([[e["messages"], e["completion"], e["split"]] for e in examples],
-                                       sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        json.dumps([[e["messages"], e["completion"], e["split"]] for e in examples], sort_keys=True).encode()
+    ).hexdigest()[:16]
     path = snapshots_dir / f"{site_id}-{digest}.parquet"
     if not path.exists():
         tmp = path.with_suffix(".tmp")

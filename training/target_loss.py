@@ -36,12 +36,16 @@ def chunkable(model) -> bool:
     causal_lm = _causal_lm(model)
     config = causal_lm.config
     config = getattr(config, "text_config", None) or config
-    return (hasattr(causal_lm, "get_decoder") and causal_lm.get_output_embeddings() is not None
-            and not any(getattr(config, name, None) not in (None, 1, 1.0) for name in _EXTRA_OUTPUT_SCALING))
+    return (
+        hasattr(causal_lm, "get_decoder")
+        and causal_lm.get_output_embeddings() is not None
+        and not any(getattr(config, name, None) not in (None, 1, 1.0) for name in _EXTRA_OUTPUT_SCALING)
+    )
 
 
-def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                labels: torch.Tensor, softcap: float | None) -> torch.Tensor:
+def _chunk_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
     logits = F.linear(hidden, weight, bias).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -56,10 +60,15 @@ def target_loss(model, b: Batch, bf16: bool = False, chunk: int = CHUNK_POSITION
     count = int(targets.sum())
     if not chunkable(model):
         with autocast:
-            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
-                           logits_to_keep=b.keep).logits
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), b.labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX)
+            logits = model(
+                input_ids=b.input_ids,
+                attention_mask=b.attention_mask,
+                position_ids=b.position_ids,
+                logits_to_keep=b.keep,
+            ).logits
+        loss = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), b.labels.reshape(-1), ignore_index=IGNORE_INDEX
+        )
         return loss, count
 
     causal_lm = _causal_lm(model)
@@ -67,17 +76,19 @@ def target_loss(model, b: Batch, bf16: bool = False, chunk: int = CHUNK_POSITION
     config = getattr(causal_lm.config, "text_config", None) or causal_lm.config
     softcap = getattr(config, "final_logit_softcapping", None)
     with autocast:
-        hidden = causal_lm.get_decoder()(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                         position_ids=b.position_ids, use_cache=False).last_hidden_state
+        hidden = causal_lm.get_decoder()(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids, use_cache=False
+        ).last_hidden_state
         # columns -keep .. -2 predict the labels' columns; keep only rows with a target
-        hidden = hidden[:, -b.keep:-1][targets]
+        hidden = hidden[:, -b.keep : -1][targets]
         labels = b.labels[targets]
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, count, chunk):
             part = slice(start, start + chunk)
             if torch.is_grad_enabled():
-                total = total + checkpoint(_chunk_loss, hidden[part], head.weight, head.bias, labels[part], softcap,
-                                           use_reentrant=False)
+                total = total + checkpoint(
+                    _chunk_loss, hidden[part], head.weight, head.bias, labels[part], softcap, use_reentrant=False
+                )
             else:
                 total = total + _chunk_loss(hidden[part], head.weight, head.bias, labels[part], softcap)
     return total / max(count, 1), count

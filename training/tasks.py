@@ -39,8 +39,15 @@ huey = make_huey(settings)
 def train_site(job: dict[str, Any]) -> dict[str, Any]:
     from understudy.training.pipeline import run_training_job
 
-    result = run_training_job(job["site_id"], job["snapshot"], job["out_dir"], job["config"],
-                              validator=job.get("validator"), progress=False, control=job.get("control"))
+    result = run_training_job(
+        job["site_id"],
+        job["snapshot"],
+        job["out_dir"],
+        job["config"],
+        validator=job.get("validator"),
+        progress=False,
+        control=job.get("control"),
+    )
     _report(result)
     return {k: v for k, v in result.items() if k != "traceback"}
 

@@ -76,7 +76,10 @@ def train_tokenizer(out_dir: Path) -> Path:
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",  # the text is tokenized exactly as given
         split_digits=True,
-        unk_id=UNK, bos_id=BOS, eos_id=EOS, pad_id=-1,
+        unk_id=UNK,
+        bos_id=BOS,
+        eos_id=EOS,
+        pad_id=-1,
         hard_vocab_limit=False,
         minloglevel=2,
         num_threads=1,  # deterministic
@@ -116,9 +119,15 @@ def _hf_tokenizer(pieces: list[str], scores: list[float]):
     # BPE merge priority = SentencePiece score of the merged piece (what llama.cpp uses)
     merges = generate_merges(vocab, {p: s for p, s in zip(pieces, scores)})
     return LlamaTokenizer(
-        vocab=vocab, merges=merges, add_prefix_space=False, legacy=False,
-        unk_token=pieces[UNK], bos_token=pieces[BOS], eos_token=pieces[EOS],
-        add_bos_token=True, add_eos_token=False,
+        vocab=vocab,
+        merges=merges,
+        add_prefix_space=False,
+        legacy=False,
+        unk_token=pieces[UNK],
+        bos_token=pieces[BOS],
+        eos_token=pieces[EOS],
+        add_bos_token=True,
+        add_eos_token=False,
     )
 
 

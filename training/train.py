@@ -133,8 +133,8 @@ def micro_batches(data: list[Encoded], batch_size: int, rng: random.Random):
         rng.shuffle(order)
         batches = []
         for start in range(0, len(order), window):
-            chunk = sorted(order[start:start + window], key=lambda j: len(data[j].input_ids))
-            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+            chunk = sorted(order[start : start + window], key=lambda j: len(data[j].input_ids))
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         rng.shuffle(batches)
         for batch in batches:
             yield [data[j] for j in batch]
@@ -162,9 +162,11 @@ def _check_finite(step: int, loss: float, grad_norm: torch.Tensor, config: Train
         return
     what = "loss" if not math.isfinite(loss) else "gradient norm"
     value = loss if what == "loss" else float(grad_norm)
-    raise NonFiniteLoss(f"{what} is {value} at optimizer step {step + 1} (lr {config.lr}, "
-                        f"{'bfloat16' if bf16 else 'float32'}): training stopped, no adapter saved; "
-                        "lower `lr` or train in float32 (`precision`)")
+    raise NonFiniteLoss(
+        f"{what} is {value} at optimizer step {step + 1} (lr {config.lr}, "
+        f"{'bfloat16' if bf16 else 'float32'}): training stopped, no adapter saved; "
+        "lower `lr` or train in float32 (`precision`)"
+    )
 
 
 def _checkpointing_calls(model) -> tuple:
@@ -172,10 +174,14 @@ def _checkpointing_calls(model) -> tuple:
     `activation_checkpointing_*` (the `gradient_checkpointing_*` names warn), earlier versions
     have only `gradient_checkpointing_*` (5.17's Gemma3ForCausalLM on the GPU host had no other)."""
     if hasattr(model, "activation_checkpointing_enable"):
-        return (lambda kwargs: model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs),
-                model.activation_checkpointing_disable)
-    return (lambda kwargs: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs),
-            model.gradient_checkpointing_disable)
+        return (
+            lambda kwargs: model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs),
+            model.activation_checkpointing_disable,
+        )
+    return (
+        lambda kwargs: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs),
+        model.gradient_checkpointing_disable,
+    )
 
 
 class _Checkpointing:
@@ -254,14 +260,16 @@ def batch_loss(model, batch: list[Encoded], pad_id: int, device: str, bf16: bool
 
 
 @torch.no_grad()
-def eval_loss(model, data: list[Encoded], pad_id: int, device: str, batch_size: int, bf16: bool = False) -> float | None:
+def eval_loss(
+    model, data: list[Encoded], pad_id: int, device: str, batch_size: int, bf16: bool = False
+) -> float | None:
     if not data:
         return None
     model.eval()
     total, count = 0.0, 0
     ordered = sorted(data, key=lambda e: len(e.input_ids))
     for i in range(0, len(ordered), batch_size):
-        loss, n = batch_loss(model, ordered[i:i + batch_size], pad_id, device, bf16)
+        loss, n = batch_loss(model, ordered[i : i + batch_size], pad_id, device, bf16)
         total += float(loss) * n
         count += n
     model.train()
@@ -270,13 +278,23 @@ def eval_loss(model, data: list[Encoded], pad_id: int, device: str, batch_size: 
 
 def _progress(enabled: bool):
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
-        TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("eval {task.fields[eval]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("[bold]train[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("eval {task.fields[eval]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=Console(stderr=True),  # stdout stays for results (the CLI prints JSON there)
         disable=not enabled,
     )
@@ -352,8 +370,7 @@ def train(
                 if best.stop_after(last_eval):
                     total_steps = step + 1
                     break
-            bar.update(task, advance=1, loss=f"{step_loss:.4f}",
-                       eval="-" if last_eval is None else f"{last_eval:.4f}")
+            bar.update(task, advance=1, loss=f"{step_loss:.4f}", eval="-" if last_eval is None else f"{last_eval:.4f}")
         train_seconds = time.perf_counter() - t_train
         if not best.stopped:
             last_eval = eval_loss(model, eval_data, pad_id, device, batch_size, bf16)
@@ -367,7 +384,7 @@ def train(
     # --- greedy answers on held-out examples, for the GGUF check ----------------------
     samples = []
     checkpointing.off()
-    for i, ex in enumerate(eval_examples[:config.verify_examples]):
+    for i, ex in enumerate(eval_examples[: config.verify_examples]):
         prompt = render_request(ex, site_prompt)
         if prompt is not None:
             samples.append((i, greedy_generate(model, tokenizer, prompt, config.verify_max_tokens)))

@@ -106,5 +106,6 @@ def verify_adapter(
             generator.close()
     exact = sum(c.exact or c.matches_completion for c in cases)
     near = sum(not (c.exact or c.matches_completion) and (c.ratio >= near_ratio or c.ok) for c in cases)
-    return VerifyResult(ok=bool(cases) and exact + near == len(cases), n=len(cases),
-                        exact=exact, near=near, cases=cases)
+    return VerifyResult(
+        ok=bool(cases) and exact + near == len(cases), n=len(cases), exact=exact, near=near, cases=cases
+    )

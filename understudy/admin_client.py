@@ -47,8 +47,12 @@ class AdminClient:
         assert self.proxy is not None
         try:
             kwargs.setdefault("timeout", 30.0)
-            response = httpx.request(method, self.proxy["root"] + "/admin" + path,
-                                     headers={"authorization": f"Bearer {self.proxy['admin_token']}"}, **kwargs)
+            response = httpx.request(
+                method,
+                self.proxy["root"] + "/admin" + path,
+                headers={"authorization": f"Bearer {self.proxy['admin_token']}"},
+                **kwargs,
+            )
         except httpx.HTTPError as exc:
             raise CommandError(f"the proxy at {self.proxy['root']} did not answer: {exc}") from None
         if response.status_code >= 400:

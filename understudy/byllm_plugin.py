@@ -235,8 +235,10 @@ def _applies(model: Any) -> bool:
     cls = type(model)
     known = _known_classes.get(cls)
     if known is None:
-        known = _installed is not None and isinstance(model, _installed) and all(
-            getattr(cls, name, None) is getattr(_installed, name, None) for name in _WRAPPED
+        known = (
+            _installed is not None
+            and isinstance(model, _installed)
+            and all(getattr(cls, name, None) is getattr(_installed, name, None) for name in _WRAPPED)
         )
         _known_classes[cls] = known
     return known
@@ -286,9 +288,11 @@ def _wrap_call(original, streaming: bool, is_async: bool):
         return self, params
 
     if is_async:
+
         async def call(self, params):
             return await original(*prepare(self, params))
     else:
+
         def call(self, params):
             return original(*prepare(self, params))
 

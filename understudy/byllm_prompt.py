@@ -51,7 +51,9 @@ def message_text(message: Mapping[str, Any]) -> str:
 
 
 def system_text(messages: list[Any]) -> str:
-    return "\n".join(message_text(m) for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer"))
+    return "\n".join(
+        message_text(m) for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
+    )
 
 
 def first_user_index(messages: list[Any]) -> int | None:
@@ -63,8 +65,10 @@ def first_user_text(message: Mapping[str, Any]) -> str:
     content = message.get("content")
     if isinstance(content, list):
         return "\n".join(
-            str(part.get("text") or "") for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
+            str(part.get("text") or "")
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") == "text"
             and not str(part.get("text") or "").startswith(SCHEMA_PART_MARKER)
         )
     return content if isinstance(content, str) else ""
@@ -79,7 +83,7 @@ def split_prompt(text: str) -> tuple[str, str | None]:
     match = ARGS_BLOCK_START.search(text)
     if match is None:
         return text.strip(), None
-    return text[: match.start()].strip(), text[match.end():]
+    return text[: match.start()].strip(), text[match.end() :]
 
 
 def argument_lines(block: str) -> list[tuple[str, str]]:
@@ -173,8 +177,14 @@ class CallArguments(dict):
     chat-completion body, for validators that need more.
     """
 
-    def __init__(self, values: Mapping[str, Any] | None = None, *, tool_calls: list[dict[str, Any]] | None = None,
-                 request: Mapping[str, Any] | None = None, source: str = "none"):
+    def __init__(
+        self,
+        values: Mapping[str, Any] | None = None,
+        *,
+        tool_calls: list[dict[str, Any]] | None = None,
+        request: Mapping[str, Any] | None = None,
+        source: str = "none",
+    ):
         super().__init__(values or {})
         self.tool_calls = tool_calls or []
         self.request = request or {}

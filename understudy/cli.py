@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -22,14 +22,20 @@ from understudy.review_cli import eval_command, review_app
 from understudy.settings import load_settings
 from understudy.store_postgres import redacted
 
-app = typer.Typer(help="Understudy: an OpenAI-compatible proxy that learns to replace a large model, one call site at a time.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Understudy: an OpenAI-compatible proxy that learns to replace a large model, one call site at a time.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 sites_app = typer.Typer(help="Call sites seen by the proxy.", invoke_without_command=True)
 app.add_typer(sites_app, name="sites")
 keys_app = typer.Typer(help="Client keys: who may call the proxy's /v1/* (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(levels_app, name="levels")
-app.command("teacher", help="Run the offline teacher: an OpenAI-compatible server answering the RPG call sites.")(teacher)
+app.command("teacher", help="Run the offline teacher: an OpenAI-compatible server answering the RPG call sites.")(
+    teacher
+)
 app.add_typer(review_app, name="review")
 app.command("eval")(eval_command)
 
@@ -40,10 +46,19 @@ def _table(*headers: str) -> Table:
     """A table whose cells wrap, long words folded, at any terminal width: never cut off."""
     return Table(*(Column(header, overflow="fold") for header in headers))
 
-ConfigFile = Annotated[Optional[Path], typer.Option("--config", envvar="UNDERSTUDY_CONFIG",
-                                                    help="Upstream routes and aliases (TOML) (default: <data-dir>/upstreams.toml).")]
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="UNDERSTUDY_DATA_DIR",
-                                                 help="Data directory (default: ./understudy-data).")]
+
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="UNDERSTUDY_CONFIG",
+        help="Upstream routes and aliases (TOML) (default: <data-dir>/upstreams.toml).",
+    ),
+]
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="UNDERSTUDY_DATA_DIR", help="Data directory (default: ./understudy-data)."),
+]
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -51,38 +66,80 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-HostOption = Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_HOST", help="Interface to listen on (default: 127.0.0.1).")]
-PortOption = Annotated[Optional[int], typer.Option(envvar="UNDERSTUDY_PORT", help="Port (default: 8000); 0 picks a free one.")]
-UpstreamUrl = Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_UPSTREAM_URL",
-                                                    help="Upstream base URL (default: https://api.openai.com/v1).")]
-UpstreamKey = Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_UPSTREAM_KEY",
-                                                    help="Upstream API key (default: $OPENAI_API_KEY).")]
-MaxBodyBytes = Annotated[Optional[int], typer.Option(envvar="UNDERSTUDY_MAX_BODY_BYTES",
-                                                     help="Largest request body accepted (default: 8 MiB).")]
-UpstreamFree = Annotated[Optional[bool], typer.Option(
-    "--upstream-free", envvar="UNDERSTUDY_UPSTREAM_FREE",
-    help="The default upstream charges nothing (the offline teacher, your own model server): its calls cost 0 "
-         "and the teacher's self-agreement is sampled on every call.")]
-ClientKeysFile = Annotated[Optional[Path], typer.Option(
-    "--client-keys-file", envvar="UNDERSTUDY_CLIENT_KEYS_FILE",
-    help="Client keys clients must send as `Authorization: Bearer` (`understudy keys add` makes them; default: "
-         "<data-dir>/client-keys.json if present). Required unless the proxy listens on loopback.")]
-StoreUrl = Annotated[Optional[str], typer.Option(
-    "--store", envvar="UNDERSTUDY_STORE",
-    help="A postgresql:// URL: the store shared by several proxy processes or hosts (default: the DuckDB file in "
-         "the data dir). Every command reads UNDERSTUDY_STORE.")]
-QueueUrl = Annotated[Optional[str], typer.Option(
-    "--queue", envvar="UNDERSTUDY_QUEUE",
-    help="A redis:// URL: training jobs on Redis, for a worker on another host (default: SqliteHuey in the data dir).")]
-SharedDir = Annotated[Optional[Path], typer.Option(
-    "--shared-dir", envvar="UNDERSTUDY_SHARED_DIR",
-    help="Where snapshots and adapters live, mounted at this path on every host (default: the data dir).")]
-Workers = Annotated[int, typer.Option(
-    "--workers", envvar="UNDERSTUDY_WORKERS", min=1,
-    help="Proxy processes on the one port (more than 1 needs --store postgresql://...).")]
-PublicReport = Annotated[Optional[bool], typer.Option(
-    "--public-report", envvar="UNDERSTUDY_PUBLIC_REPORT",
-    help="Serve GET /report without the admin token.")]
+HostOption = Annotated[
+    str | None, typer.Option(envvar="UNDERSTUDY_HOST", help="Interface to listen on (default: 127.0.0.1).")
+]
+PortOption = Annotated[
+    int | None, typer.Option(envvar="UNDERSTUDY_PORT", help="Port (default: 8000); 0 picks a free one.")
+]
+UpstreamUrl = Annotated[
+    str | None,
+    typer.Option(envvar="UNDERSTUDY_UPSTREAM_URL", help="Upstream base URL (default: https://api.openai.com/v1)."),
+]
+UpstreamKey = Annotated[
+    str | None, typer.Option(envvar="UNDERSTUDY_UPSTREAM_KEY", help="Upstream API key (default: $OPENAI_API_KEY).")
+]
+MaxBodyBytes = Annotated[
+    int | None, typer.Option(envvar="UNDERSTUDY_MAX_BODY_BYTES", help="Largest request body accepted (default: 8 MiB).")
+]
+UpstreamFree = Annotated[
+    bool | None,
+    typer.Option(
+        "--upstream-free",
+        envvar="UNDERSTUDY_UPSTREAM_FREE",
+        help="The default upstream charges nothing (the offline teacher, your own model server): its calls cost 0 "
+        "and the teacher's self-agreement is sampled on every call.",
+    ),
+]
+ClientKeysFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-keys-file",
+        envvar="UNDERSTUDY_CLIENT_KEYS_FILE",
+        help="Client keys clients must send as `Authorization: Bearer` (`understudy keys add` makes them; default: "
+        "<data-dir>/client-keys.json if present). Required unless the proxy listens on loopback.",
+    ),
+]
+StoreUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="UNDERSTUDY_STORE",
+        help="A postgresql:// URL: the store shared by several proxy processes or hosts (default: the DuckDB file in "
+        "the data dir). Every command reads UNDERSTUDY_STORE.",
+    ),
+]
+QueueUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--queue",
+        envvar="UNDERSTUDY_QUEUE",
+        help="A redis:// URL: training jobs on Redis, for a worker on another host (default: SqliteHuey in the data dir).",
+    ),
+]
+SharedDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--shared-dir",
+        envvar="UNDERSTUDY_SHARED_DIR",
+        help="Where snapshots and adapters live, mounted at this path on every host (default: the data dir).",
+    ),
+]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        envvar="UNDERSTUDY_WORKERS",
+        min=1,
+        help="Proxy processes on the one port (more than 1 needs --store postgresql://...).",
+    ),
+]
+PublicReport = Annotated[
+    bool | None,
+    typer.Option(
+        "--public-report", envvar="UNDERSTUDY_PUBLIC_REPORT", help="Serve GET /report without the admin token."
+    ),
+]
 
 
 @app.command()
@@ -107,18 +164,31 @@ def serve(
     from understudy.proxy.server import serve as run_server
     from understudy.proxy.upstreams import UpstreamConfigError
 
-    settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
-                             data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free,
-                             client_keys_file=client_keys_file, public_report=public_report, store=store,
-                             shared_dir=shared_dir)
+    settings = load_settings(
+        host=host,
+        port=port,
+        upstream_url=upstream_url,
+        upstream_key=upstream_key,
+        data_dir=data_dir,
+        max_body_bytes=max_body_bytes,
+        config=config,
+        upstream_free=upstream_free,
+        client_keys_file=client_keys_file,
+        public_report=public_report,
+        store=store,
+        shared_dir=shared_dir,
+    )
     _refuse_busy_data_dir(settings)
     _check_workers(settings, workers)
     _check_access(settings)
     key_note = "set" if settings.resolved_upstream_key() else "not set (clients' own keys are forwarded)"
     typer.echo(f"understudy: upstream {settings.upstream_url} (key {key_note}); data in {settings.data_dir}", err=True)
     if settings.shared_store:
-        typer.echo(f"understudy: store {redacted(settings.store)} (shared; other processes' changes within "
-                   f"{settings.sync_interval_s:g} s)", err=True)
+        typer.echo(
+            f"understudy: store {redacted(settings.store)} (shared; other processes' changes within "
+            f"{settings.sync_interval_s:g} s)",
+            err=True,
+        )
     try:
         run_server(settings, workers=workers)
     except (OSError, UpstreamConfigError, ValueError) as exc:
@@ -144,8 +214,10 @@ def _check_access(settings) -> None:
 def _check_workers(settings, workers: int) -> None:
     """More than one proxy process needs a store more than one process can write."""
     if workers > 1 and not settings.shared_store:
-        fail(f"--workers {workers} needs a shared store (--store postgresql://...): the DuckDB file admits one "
-             "writing process")
+        fail(
+            f"--workers {workers} needs a shared store (--store postgresql://...): the DuckDB file admits one "
+            "writing process"
+        )
     if settings.shared_store:
         from understudy.store import Store
 
@@ -161,8 +233,10 @@ def _refuse_busy_data_dir(settings) -> None:
 
     running = running_proxy(settings)
     if running is not None:
-        fail(f"a proxy (pid {running['pid']}) already serves {settings.data_dir} at {running['url']}; "
-             f"stop it or use another --data-dir")
+        fail(
+            f"a proxy (pid {running['pid']}) already serves {settings.data_dir} at {running['url']}; "
+            f"stop it or use another --data-dir"
+        )
     if not settings.shared_store and settings.db_path.exists():  # PostgreSQL takes many writers
         try:
             Store(settings.db_path, read_only=True).close()
@@ -172,10 +246,16 @@ def _refuse_busy_data_dir(settings) -> None:
 
 @app.command()
 def upstreams(
-    check: Annotated[bool, typer.Option("--check", help="Send a one-token request to each route; report latency or error.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Send a one-token request to each route; report latency or error.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    upstream_url: Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_UPSTREAM_URL", help="Default upstream URL.")] = None,
-    upstream_key: Annotated[Optional[str], typer.Option(envvar="UNDERSTUDY_UPSTREAM_KEY", help="Default upstream key.")] = None,
+    upstream_url: Annotated[
+        str | None, typer.Option(envvar="UNDERSTUDY_UPSTREAM_URL", help="Default upstream URL.")
+    ] = None,
+    upstream_key: Annotated[
+        str | None, typer.Option(envvar="UNDERSTUDY_UPSTREAM_KEY", help="Default upstream key.")
+    ] = None,
     config: ConfigFile = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -192,8 +272,14 @@ def upstreams(
             typer.echo(f"routes of the running proxy at {access.proxy['url']} (pid {access.proxy['pid']})")
         listing = _table("route", "pattern", "provider", "base url", "key", "timeout", "$/M in/out")
         for r in routes:
-            price = "-" if r["price_input"] is None and r["price_output"] is None else f"{r['price_input']}/{r['price_output']}"
-            listing.add_row(r["name"], r["pattern"], r["provider"], r["base_url"], r["auth"], str(r["timeout_s"] or "-"), price)
+            price = (
+                "-"
+                if r["price_input"] is None and r["price_output"] is None
+                else f"{r['price_input']}/{r['price_output']}"
+            )
+            listing.add_row(
+                r["name"], r["pattern"], r["provider"], r["base_url"], r["auth"], str(r["timeout_s"] or "-"), price
+            )
         console.print(listing)
         if aliases:
             console.print("aliases: " + ", ".join(f"{a['alias']} -> {a['model']} ({a['route']})" for a in aliases))
@@ -232,14 +318,25 @@ def up(
     OPENAI_API_KEY) nor an upstream URL (--upstream-url, UNDERSTUDY_UPSTREAM_URL) is given: with a
     URL and no key the proxy forwards there with the clients' own keys (your own model server).
     It prints the address it listens on once the port is bound."""
+    from understudy.processes import start_teacher, start_worker
     from understudy.proxy.server import serve as run_server
     from understudy.proxy.upstreams import UpstreamConfigError
-    from understudy.processes import start_teacher, start_worker
 
-    settings = load_settings(host=host, port=port, upstream_url=upstream_url, upstream_key=upstream_key,
-                             data_dir=data_dir, max_body_bytes=max_body_bytes, config=config, upstream_free=upstream_free,
-                             client_keys_file=client_keys_file, public_report=public_report, store=store,
-                             redis_url=queue, shared_dir=shared_dir)
+    settings = load_settings(
+        host=host,
+        port=port,
+        upstream_url=upstream_url,
+        upstream_key=upstream_key,
+        data_dir=data_dir,
+        max_body_bytes=max_body_bytes,
+        config=config,
+        upstream_free=upstream_free,
+        client_keys_file=client_keys_file,
+        public_report=public_report,
+        store=store,
+        redis_url=queue,
+        shared_dir=shared_dir,
+    )
     _refuse_busy_data_dir(settings)  # before any child starts: nothing to undo, nothing printed as if it ran
     _check_workers(settings, workers)
     _check_access(settings)
@@ -264,11 +361,15 @@ def up(
             child.stop()
 
 
-KeysFile = Annotated[Optional[Path], typer.Option(
-    "--file", envvar="UNDERSTUDY_CLIENT_KEYS_FILE", help="Keys file (default: <data-dir>/client-keys.json).")]
+KeysFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--file", envvar="UNDERSTUDY_CLIENT_KEYS_FILE", help="Keys file (default: <data-dir>/client-keys.json)."
+    ),
+]
 
 
-def _keys_file(file: Optional[Path], data_dir: Optional[Path]) -> Path:
+def _keys_file(file: Path | None, data_dir: Path | None) -> Path:
     from understudy.client_keys import keys_file_of
 
     settings = load_settings(data_dir=data_dir, client_keys_file=file)
@@ -278,8 +379,11 @@ def _keys_file(file: Optional[Path], data_dir: Optional[Path]) -> Path:
 
 
 @keys_app.command("add")
-def keys_add(name: Annotated[str, typer.Argument(help="Who the key is for (letters, digits, -_.@).")],
-             file: KeysFile = None, data_dir: DataDir = None) -> None:
+def keys_add(
+    name: Annotated[str, typer.Argument(help="Who the key is for (letters, digits, -_.@).")],
+    file: KeysFile = None,
+    data_dir: DataDir = None,
+) -> None:
     """Make a client key named NAME: printed once here, stored only as its hash."""
     from understudy.client_keys import ClientKeysError, add_key
 
@@ -288,14 +392,18 @@ def keys_add(name: Annotated[str, typer.Argument(help="Who the key is for (lette
         key = add_key(path, name)
     except ClientKeysError as exc:
         fail(str(exc))
-    typer.echo(f"client key {name!r} added to {path} (shown once; clients send it as `Authorization: Bearer`):",
-               err=True)
+    typer.echo(
+        f"client key {name!r} added to {path} (shown once; clients send it as `Authorization: Bearer`):", err=True
+    )
     typer.echo(key)
 
 
 @keys_app.command("list")
-def keys_list(file: KeysFile = None, data_dir: DataDir = None,
-              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def keys_list(
+    file: KeysFile = None,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """The client keys' names and when they were made (the keys themselves are not kept)."""
     from understudy.client_keys import ClientKeysError, read_entries
 
@@ -314,8 +422,9 @@ def keys_list(file: KeysFile = None, data_dir: DataDir = None,
 
 
 @keys_app.command("revoke")
-def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.")], file: KeysFile = None,
-                data_dir: DataDir = None) -> None:
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The key's name.")], file: KeysFile = None, data_dir: DataDir = None
+) -> None:
     """Remove the client key NAME; a running proxy refuses it within seconds."""
     from understudy.client_keys import ClientKeysError, revoke_key
 
@@ -343,9 +452,15 @@ def sites(
         return
     # At 80 columns names wrap (folded, never cut) and ids shrink to a prefix every command accepts.
     narrow = console.width < 110
-    table = Table(Column("id", no_wrap=True), Column("name", overflow="fold", min_width=16, ratio=1),
-                  Column("returns", overflow="fold"), Column("calls", no_wrap=True, justify="right"),
-                  Column("valid", no_wrap=True), Column("state", no_wrap=True), Column("served-by", overflow="fold"))
+    table = Table(
+        Column("id", no_wrap=True),
+        Column("name", overflow="fold", min_width=16, ratio=1),
+        Column("returns", overflow="fold"),
+        Column("calls", no_wrap=True, justify="right"),
+        Column("valid", no_wrap=True),
+        Column("state", no_wrap=True),
+        Column("served-by", overflow="fold"),
+    )
     for row in rows:
         rate = "-" if row["valid_rate"] is None else f"{row['valid_rate']:.0%}"
         state = row["state"]
@@ -353,8 +468,15 @@ def sites(
             state += f" >= {row['partial_threshold']:.2f}"
         if row.get("local_share"):
             state += f" ({row['local_share']:.0%} local)"
-        table.add_row(row["id"][:8] if narrow else row["id"], row["name"], row["returns"], str(row["calls"]), rate,
-                      state, row["served_by"])
+        table.add_row(
+            row["id"][:8] if narrow else row["id"],
+            row["name"],
+            row["returns"],
+            str(row["calls"]),
+            rate,
+            state,
+            row["served_by"],
+        )
     console.print(table)
 
 
@@ -385,8 +507,16 @@ def calls(
         answer = _answer_preview(row.get("response"))
         valid = "-" if row["valid"] is None else ("yes" if row["valid"] else "no")
         tokens = f"{row['prompt_tokens'] or '-'}/{row['completion_tokens'] or '-'}"
-        table.add_row(row["ts"][:19], row["turn"], row["served_by"], str(row["status"]), f"{row['latency_ms']:.0f}",
-                      tokens, valid, answer)
+        table.add_row(
+            row["ts"][:19],
+            row["turn"],
+            row["served_by"],
+            str(row["status"]),
+            f"{row['latency_ms']:.0f}",
+            tokens,
+            valid,
+            answer,
+        )
     console.print(table)
 
 
@@ -396,7 +526,9 @@ def corpus(
     levels: Annotated[int, typer.Option(help="Levels played per run (each level calls every RPG site).")] = 5,
     parallel: Annotated[int, typer.Option(help="Runs at a time.")] = 2,
     seed: Annotated[int, typer.Option(help="Offline teacher's seed.")] = 0,
-    flaw_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Offline teacher's share of flawed answers.")] = 0.1,
+    flaw_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Offline teacher's share of flawed answers.")
+    ] = 0.1,
     data_dir: DataDir = None,
 ) -> None:
     """Fill the store: run the Jac RPG generator through the proxy (offline teacher unless an upstream key is set)."""
@@ -405,8 +537,14 @@ def corpus(
     if runs < 1 or levels < 1 or parallel < 1:
         fail("--runs, --levels and --parallel must be at least 1")
     try:
-        result = generate_corpus(load_settings(data_dir=data_dir), runs=runs, levels=levels, parallel=parallel,
-                                 seed=seed, flaw_share=flaw_share)
+        result = generate_corpus(
+            load_settings(data_dir=data_dir),
+            runs=runs,
+            levels=levels,
+            parallel=parallel,
+            seed=seed,
+            flaw_share=flaw_share,
+        )
     except RuntimeError as exc:
         fail(str(exc))
     typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -417,42 +555,69 @@ def corpus(
 @app.command()
 def export(
     site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
-    jsonl: Annotated[Optional[Path], typer.Option(help="Write OpenAI fine-tuning chat JSONL here.")] = None,
-    parquet: Annotated[Optional[Path], typer.Option(help="Write Parquet here.")] = None,
-    filtered: Annotated[bool, typer.Option("--filtered/--unfiltered",
-                                           help="Keep only parse-valid, validator-passing answers.")] = True,
-    teacher: Annotated[Optional[str], typer.Option(help="Only answers from this model or provider (e.g. anthropic).")] = None,
+    jsonl: Annotated[Path | None, typer.Option(help="Write OpenAI fine-tuning chat JSONL here.")] = None,
+    parquet: Annotated[Path | None, typer.Option(help="Write Parquet here.")] = None,
+    filtered: Annotated[
+        bool, typer.Option("--filtered/--unfiltered", help="Keep only parse-valid, validator-passing answers.")
+    ] = True,
+    teacher: Annotated[
+        str | None, typer.Option(help="Only answers from this model or provider (e.g. anthropic).")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Export one site's recorded calls as a training dataset."""
     if jsonl is None and parquet is None:
         fail("give --jsonl FILE and/or --parquet FILE")
-    result = _run(lambda: StoreAccess(load_settings(data_dir=data_dir)).export(
-        site, filtered=filtered, jsonl=jsonl and str(jsonl.resolve()), parquet=parquet and str(parquet.resolve()),
-        teacher_model=teacher))
+    result = _run(
+        lambda: StoreAccess(load_settings(data_dir=data_dir)).export(
+            site,
+            filtered=filtered,
+            jsonl=jsonl and str(jsonl.resolve()),
+            parquet=parquet and str(parquet.resolve()),
+            teacher_model=teacher,
+        )
+    )
     typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()
 def train(
     site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
-    now: Annotated[bool, typer.Option("--now", help="Train here and now instead of enqueueing for the worker.")] = False,
-    base_model: Annotated[Optional[str], typer.Option(help="HF dir, hub id or .gguf to train (default: bundled Gemma 3 270M).")] = None,
-    base_gguf: Annotated[Optional[str], typer.Option(help="GGUF the adapter applies to when serving.")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Passes over the training split.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
-    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank.")] = None,
-    qlora: Annotated[Optional[bool], typer.Option("--qlora/--no-qlora", help="4-bit NF4 base (bitsandbytes).")] = None,
-    control: Annotated[Optional[str], typer.Option(
-        help="Register a negative control instead of a candidate: 'base' (the bare base model, no adapter) or "
-             "'shuffled' (trained on answers to other requests). The policy should reject either.")] = None,
+    now: Annotated[
+        bool, typer.Option("--now", help="Train here and now instead of enqueueing for the worker.")
+    ] = False,
+    base_model: Annotated[
+        str | None, typer.Option(help="HF dir, hub id or .gguf to train (default: bundled Gemma 3 270M).")
+    ] = None,
+    base_gguf: Annotated[str | None, typer.Option(help="GGUF the adapter applies to when serving.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the training split.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    qlora: Annotated[bool | None, typer.Option("--qlora/--no-qlora", help="4-bit NF4 base (bitsandbytes).")] = None,
+    control: Annotated[
+        str | None,
+        typer.Option(
+            help="Register a negative control instead of a candidate: 'base' (the bare base model, no adapter) or "
+            "'shuffled' (trained on answers to other requests). The policy should reject either."
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Train a new version for SITE from its recorded calls (snapshot -> LoRA -> GGUF adapter -> verify)."""
-    overrides = {k: v for k, v in {"base_model": base_model, "base_gguf": base_gguf, "epochs": epochs,
-                                   "max_steps": max_steps, "lr": lr, "lora_r": lora_r, "qlora": qlora}.items()
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "base_model": base_model,
+            "base_gguf": base_gguf,
+            "epochs": epochs,
+            "max_steps": max_steps,
+            "lr": lr,
+            "lora_r": lora_r,
+            "qlora": qlora,
+        }.items()
+        if v is not None
+    }
     settings = load_settings(data_dir=data_dir)
     access = StoreAccess(settings)
     job = _run(lambda: access.training_job(site, overrides, control))
@@ -460,8 +625,19 @@ def train(
         from understudy.training_jobs import base_control_result
 
         version = _run(lambda: access.register(base_control_result(job)))
-        typer.echo(json.dumps({"version": version["version"], "status": version["status"], "note": version["note"],
-                               "adapter": None, "metrics": version["metrics"]}, indent=2, default=str))
+        typer.echo(
+            json.dumps(
+                {
+                    "version": version["version"],
+                    "status": version["status"],
+                    "note": version["note"],
+                    "adapter": None,
+                    "metrics": version["metrics"],
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     typer.echo(f"snapshot {job['snapshot']} ({job['examples']['kept']} examples)", err=True)
     if not now:
@@ -475,11 +651,28 @@ def train(
         return
     from understudy.training.pipeline import run_training_job
 
-    result = run_training_job(job["site_id"], job["snapshot"], job["out_dir"], job["config"],
-                              validator=job.get("validator"), control=job.get("control"))
+    result = run_training_job(
+        job["site_id"],
+        job["snapshot"],
+        job["out_dir"],
+        job["config"],
+        validator=job.get("validator"),
+        control=job.get("control"),
+    )
     version = _run(lambda: StoreAccess(settings).register(result))
-    typer.echo(json.dumps({"version": version["version"], "status": version["status"], "note": version["note"],
-                           "adapter": version["adapter_path"], "metrics": version["metrics"]}, indent=2, default=str))
+    typer.echo(
+        json.dumps(
+            {
+                "version": version["version"],
+                "status": version["status"],
+                "note": version["note"],
+                "adapter": version["adapter_path"],
+                "metrics": version["metrics"],
+            },
+            indent=2,
+            default=str,
+        )
+    )
     if result.get("error"):
         fail(f"training failed: {result['error']}")
 
@@ -495,16 +688,27 @@ def versions(
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
-    table = _table("version", "status", "created", "examples", "steps", "s/step", "held-out exact / parse / validator",
-                  "note")
+    table = _table(
+        "version", "status", "created", "examples", "steps", "s/step", "held-out exact / parse / validator", "note"
+    )
     for row in rows:
         metrics = row["metrics"] or {}
         held = metrics.get("heldout") or {}
         trained = metrics.get("train") or {}
-        rates = " / ".join("-" if held.get(k) is None else f"{held[k]:.0%}"
-                           for k in ("exact_match_rate", "parse_valid_rate", "validator_pass_rate"))
-        table.add_row(f"v{row['version']}", row["status"], row["created_at"][:19], str(trained.get("n_train", "-")),
-                      str(trained.get("steps", "-")), f"{trained.get('seconds_per_step', 0):.2f}", rates, row["note"] or "")
+        rates = " / ".join(
+            "-" if held.get(k) is None else f"{held[k]:.0%}"
+            for k in ("exact_match_rate", "parse_valid_rate", "validator_pass_rate")
+        )
+        table.add_row(
+            f"v{row['version']}",
+            row["status"],
+            row["created_at"][:19],
+            str(trained.get("n_train", "-")),
+            str(trained.get("steps", "-")),
+            f"{trained.get('seconds_per_step', 0):.2f}",
+            rates,
+            row["note"] or "",
+        )
     console.print(table)
 
 
@@ -524,18 +728,32 @@ def jobs(
         typer.echo(json.dumps(schedule, indent=2, default=str))
         return
     rules = schedule["rules"]
-    typer.echo(f"quiet window {'open' if schedule['quiet'] else 'closed'}: {schedule['window']}; a first version at "
-               f"{rules['min_examples']} usable examples, a new one at x{rules['growth_factor']:g} growth; the worker "
-               f"checks every {settings.train_check_minutes} min")
-    table = Table(Column("id", no_wrap=True), Column("name", overflow="fold", min_width=16),
-                  Column("state", no_wrap=True), Column("next job", overflow="fold", ratio=1))
+    typer.echo(
+        f"quiet window {'open' if schedule['quiet'] else 'closed'}: {schedule['window']}; a first version at "
+        f"{rules['min_examples']} usable examples, a new one at x{rules['growth_factor']:g} growth; the worker "
+        f"checks every {settings.train_check_minutes} min"
+    )
+    table = Table(
+        Column("id", no_wrap=True),
+        Column("name", overflow="fold", min_width=16),
+        Column("state", no_wrap=True),
+        Column("next job", overflow="fold", ratio=1),
+    )
     for site in schedule["sites"]:
-        table.add_row(site["id"][:8] if console.width < 110 else site["id"], site["name"], site["state"],
-                      ("due: " if site["due"] else "") + site["reason"])
+        table.add_row(
+            site["id"][:8] if console.width < 110 else site["id"],
+            site["name"],
+            site["state"],
+            ("due: " if site["due"] else "") + site["reason"],
+        )
     console.print(table)
     if schedule["jobs"]:
-        history = Table(Column("started", no_wrap=True), Column("site", overflow="fold"),
-                        Column("reason", overflow="fold", ratio=1), Column("outcome", overflow="fold", ratio=1))
+        history = Table(
+            Column("started", no_wrap=True),
+            Column("site", overflow="fold"),
+            Column("reason", overflow="fold", ratio=1),
+            Column("outcome", overflow="fold", ratio=1),
+        )
         for job in schedule["jobs"]:
             history.add_row(job["ts"][:19], job["name"], job["reason"], job["outcome"])
         console.print(history)
@@ -548,17 +766,26 @@ def worker(
     data_dir: DataDir = None,
     queue: QueueUrl = None,
     shared_dir: SharedDir = None,
-    proxy_url: Annotated[Optional[str], typer.Option(
-        "--proxy-url", envvar="UNDERSTUDY_PROXY_URL",
-        help="The proxy that takes results (its root URL), when it runs on another host; with "
-             "UNDERSTUDY_ADMIN_TOKEN (default: the data dir's proxy.json).")] = None,
+    proxy_url: Annotated[
+        str | None,
+        typer.Option(
+            "--proxy-url",
+            envvar="UNDERSTUDY_PROXY_URL",
+            help="The proxy that takes results (its root URL), when it runs on another host; with "
+            "UNDERSTUDY_ADMIN_TOKEN (default: the data dir's proxy.json).",
+        ),
+    ] = None,
 ) -> None:
     """Run the Huey consumer: training jobs, and the periodic scheduler (quiet hours). On a GPU
     host: `--queue redis://...` takes the proxies' jobs, `--shared-dir` is where their snapshots are
     read and adapters written, `--proxy-url` where results are registered."""
     # the queue is built from the environment when training.tasks is imported
-    for name, value in (("UNDERSTUDY_DATA_DIR", data_dir), ("UNDERSTUDY_QUEUE", queue),
-                        ("UNDERSTUDY_SHARED_DIR", shared_dir), ("UNDERSTUDY_PROXY_URL", proxy_url)):
+    for name, value in (
+        ("UNDERSTUDY_DATA_DIR", data_dir),
+        ("UNDERSTUDY_QUEUE", queue),
+        ("UNDERSTUDY_SHARED_DIR", shared_dir),
+        ("UNDERSTUDY_PROXY_URL", proxy_url),
+    ):
         if value is not None:
             os.environ[name] = str(value)
     settings = load_settings()
@@ -596,7 +823,9 @@ def unpin(site: Annotated[str, typer.Argument(help="Site id, name or id prefix."
 @app.command()
 def rollback(
     site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
-    to: Annotated[Optional[str], typer.Option("--to", help="Version to make active (vN); default: back to upstream.")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Version to make active (vN); default: back to upstream.")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Activate an earlier version, or withdraw the active one (the upstream answers)."""
@@ -615,8 +844,10 @@ def promote(
 
 @app.command()
 def report(
-    site: Annotated[Optional[str], typer.Argument(help="One site (id, name or id prefix); default: all.")] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML page with plots here.")] = None,
+    site: Annotated[str | None, typer.Argument(help="One site (id, name or id prefix); default: all.")] = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Write a self-contained HTML page with plots here.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report data as JSON.")] = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -633,10 +864,16 @@ def report(
 @app.command()
 def policy(
     site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
-    overrides: Annotated[Optional[str], typer.Argument(
-        help='JSON merged into the site\'s overrides, e.g. \'{"promotion": {"min_samples": 50}}\'; null removes a '
-             'key. Without it: print the policy.')] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Replace the site's overrides instead of merging ('{}' clears).")] = False,
+    overrides: Annotated[
+        str | None,
+        typer.Argument(
+            help='JSON merged into the site\'s overrides, e.g. \'{"promotion": {"min_samples": 50}}\'; null removes a '
+            "key. Without it: print the policy."
+        ),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace the site's overrides instead of merging ('{}' clears).")
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Per-site routing overrides: promotion thresholds and sampling, scoring (creative paths, tolerances),
@@ -661,8 +898,9 @@ def _print_policy(record: dict) -> None:
     own = json.dumps(view["overrides"], sort_keys=True) if view["overrides"] else "none (global settings only)"
     typer.echo(f"{record['name']} ({record['id']}): site overrides {own}")
     if view.get("effective") is None:
-        typer.echo(f"warning: the stored overrides are not valid ({view.get('problem')}); the global settings apply",
-                   err=True)
+        typer.echo(
+            f"warning: the stored overrides are not valid ({view.get('problem')}); the global settings apply", err=True
+        )
         return
     typer.echo("in effect:")
     typer.echo(json.dumps(view["effective"], indent=2, sort_keys=True))
@@ -670,8 +908,12 @@ def _print_policy(record: dict) -> None:
 
 @app.command()
 def score(
-    request: Annotated[str, typer.Option("--request", help="A chat-completions request body (JSON file, or - for stdin).")],
-    upstream: Annotated[str, typer.Option("--upstream", help="The upstream's answer: the assistant message text (file or -).")],
+    request: Annotated[
+        str, typer.Option("--request", help="A chat-completions request body (JSON file, or - for stdin).")
+    ],
+    upstream: Annotated[
+        str, typer.Option("--upstream", help="The upstream's answer: the assistant message text (file or -).")
+    ],
     local: Annotated[str, typer.Option("--local", help="The local model's answer (file or -).")],
     as_json: Annotated[bool, typer.Option("--json", help='Print {"score", "local_valid", "components"}.')] = False,
     data_dir: DataDir = None,
@@ -689,14 +931,19 @@ def score(
     problem = validation_error(body) if isinstance(body, dict) else "the body is not a JSON object"
     if problem is not None:
         fail(f"--request {request}: not a chat-completions request: {problem}", 2)
-    result = _run(lambda: StoreAccess(load_settings(data_dir=data_dir)).score(
-        body, _read_input(upstream, "--upstream"), _read_input(local, "--local")))
+    result = _run(
+        lambda: StoreAccess(load_settings(data_dir=data_dir)).score(
+            body, _read_input(upstream, "--upstream"), _read_input(local, "--local")
+        )
+    )
     site, known = result.pop("_site", None), result.pop("_known_site", False)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return
     where = f"site {site}" + ("" if known else " (not in the store: default scoring, no decoys)")
-    typer.echo(f"score {result['score']:.3f}  local answer {'valid' if result['local_valid'] else 'INVALID'}  ({where})")
+    typer.echo(
+        f"score {result['score']:.3f}  local answer {'valid' if result['local_valid'] else 'INVALID'}  ({where})"
+    )
     for name, value in result["components"].items():
         typer.echo(f"  {name}: {value:.3f}" if isinstance(value, float) else f"  {name}: {value}")
 
@@ -708,14 +955,18 @@ def _read_input(source: str, option: str) -> str:
             return sys.stdin.read()
         return Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        fail(f"{option} {source}: cannot read it ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})", 2)
+        fail(
+            f"{option} {source}: cannot read it ({exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc})", 2
+        )
 
 
-def _act(site: str, request: dict, data_dir: Optional[Path]) -> None:
+def _act(site: str, request: dict, data_dir: Path | None) -> None:
     record = _run(lambda: StoreAccess(load_settings(data_dir=data_dir)).action(site, request))
     version = f"v{record['active_version']}" if record["active_version"] else "none"
-    typer.echo(f"{record['name']} ({record['id']}): state {record['state']}, active version {version}, "
-               f"pinned {record['pinned'] or 'no'}")
+    typer.echo(
+        f"{record['name']} ({record['id']}): state {record['state']}, active version {version}, "
+        f"pinned {record['pinned'] or 'no'}"
+    )
 
 
 def _version_number(text: str) -> int:

@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from understudy.settings import Settings
@@ -67,12 +67,15 @@ def read_entries(path: Path) -> list[KeyEntry]:
         data = json.loads(path.read_text(encoding="utf-8"))
         return [KeyEntry(str(e["name"]), str(e["hash"]), str(e.get("created_at", ""))) for e in data["keys"]]
     except FileNotFoundError:
-        raise ClientKeysError(f"client keys file {path} does not exist (`understudy keys add NAME` creates it)") from None
+        raise ClientKeysError(
+            f"client keys file {path} does not exist (`understudy keys add NAME` creates it)"
+        ) from None
     except OSError as exc:
         raise ClientKeysError(f"client keys file {path}: cannot read it ({exc.strerror or exc})") from None
     except (ValueError, KeyError, TypeError):
-        raise ClientKeysError(f"client keys file {path} is not a keys file "
-                              '({"keys": [{"name": ..., "hash": "sha256:..."}]})') from None
+        raise ClientKeysError(
+            f'client keys file {path} is not a keys file ({{"keys": [{{"name": ..., "hash": "sha256:..."}}]}})'
+        ) from None
 
 
 def _write_entries(path: Path, entries: list[KeyEntry]) -> None:
@@ -94,7 +97,7 @@ def add_key(path: Path, name: str) -> str:
     if any(e.name == name for e in entries):
         raise ClientKeysError(f"a key named {name!r} already exists in {path}; revoke it first or pick another name")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    entries.append(KeyEntry(name, digest(key), datetime.now(timezone.utc).isoformat(timespec="seconds")))
+    entries.append(KeyEntry(name, digest(key), datetime.now(UTC).isoformat(timespec="seconds")))
     _write_entries(path, entries)
     return key
 
@@ -158,7 +161,9 @@ def access_for(settings: Settings) -> ClientKeys | None:
     keys = ClientKeys(path) if path is not None else None
     if not is_loopback(settings.host) and not keys:
         where = f"{path} holds no keys" if keys is not None else "no --client-keys-file"
-        raise ClientKeysError(f"refusing to listen on {settings.host} without client keys ({where}): anyone reaching "
-                              "the port would spend your upstream keys; create one with `understudy keys add NAME` "
-                              "or bind 127.0.0.1")
+        raise ClientKeysError(
+            f"refusing to listen on {settings.host} without client keys ({where}): anyone reaching "
+            "the port would spend your upstream keys; create one with `understudy keys add NAME` "
+            "or bind 127.0.0.1"
+        )
     return keys

@@ -31,13 +31,28 @@ class CorpusResult:
     failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"runs": self.runs, "succeeded": self.succeeded, "levels_per_run": self.levels_per_run,
-                "levels": self.succeeded * self.levels_per_run, "seconds": round(self.seconds, 1),
-                "upstream": self.upstream, "failures": self.failures[:5]}
+        return {
+            "runs": self.runs,
+            "succeeded": self.succeeded,
+            "levels_per_run": self.levels_per_run,
+            "levels": self.succeeded * self.levels_per_run,
+            "seconds": round(self.seconds, 1),
+            "upstream": self.upstream,
+            "failures": self.failures[:5],
+        }
 
 
-def generate_corpus(settings: Settings, *, runs: int, levels: int, parallel: int = 2, seed: int = 0,
-                    flaw_share: float = 0.1, run_timeout: float = 900, progress: bool = True) -> CorpusResult:
+def generate_corpus(
+    settings: Settings,
+    *,
+    runs: int,
+    levels: int,
+    parallel: int = 2,
+    seed: int = 0,
+    flaw_share: float = 0.1,
+    run_timeout: float = 900,
+    progress: bool = True,
+) -> CorpusResult:
     started: list[Child] = []
     try:
         proxy_url, upstream = _proxy_for(settings, seed, flaw_share, started)
@@ -46,8 +61,14 @@ def generate_corpus(settings: Settings, *, runs: int, levels: int, parallel: int
         workdirs = [settings.data_dir / "rpg-runs" / f"worker-{i}" for i in range(parallel)]
         result = CorpusResult(runs, 0, levels, 0.0, upstream)
         t0 = time.monotonic()
-        columns = (TextColumn("corpus"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
-                   TimeElapsedColumn(), TimeRemainingColumn())
+        columns = (
+            TextColumn("corpus"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("runs"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, disable=not progress) as bar, ThreadPoolExecutor(parallel) as pool:
             task = bar.add_task("corpus", total=runs)
             free = list(workdirs)

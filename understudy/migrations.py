@@ -210,9 +210,13 @@ def m006_reviews_and_evals(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
-    con.execute("CREATE TABLE review_rubrics (site_id VARCHAR PRIMARY KEY, rubric JSON NOT NULL, updated_at TIMESTAMPTZ NOT NULL)")
+    con.execute(
+        "CREATE TABLE review_rubrics (site_id VARCHAR PRIMARY KEY, rubric JSON NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
+    )
     # `understudy eval` runs (routing.evaluation), kept so the report shows the latest.
-    con.execute("CREATE TABLE eval_runs (id VARCHAR PRIMARY KEY, site_id VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL, result JSON NOT NULL)")
+    con.execute(
+        "CREATE TABLE eval_runs (id VARCHAR PRIMARY KEY, site_id VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL, result JSON NOT NULL)"
+    )
 
 
 @migration
@@ -231,8 +235,10 @@ def m007_site_names(con: duckdb.DuckDBPyConnection) -> None:
         """
     )
     con.execute("INSERT INTO site_names (site_id, name, source) SELECT id, name, name_source FROM sites")
-    con.execute("INSERT INTO site_names (site_id, name, source) SELECT id, tag, 'tag' FROM sites "
-                "WHERE tag IS NOT NULL AND tag <> name")
+    con.execute(
+        "INSERT INTO site_names (site_id, name, source) SELECT id, tag, 'tag' FROM sites "
+        "WHERE tag IS NOT NULL AND tag <> name"
+    )
 
 
 @migration
@@ -247,8 +253,8 @@ def m009_honest_streams(con: duckdb.DuckDBPyConnection) -> None:
     # Tokens the proxy estimated because the upstream sent no usage (NULL: no tokens at all).
     con.execute("ALTER TABLE calls ADD COLUMN usage_estimated BOOLEAN")
     # Upstream faults (proxy.retries): how often the upstream was asked, why earlier attempts failed.
-    con.execute("ALTER TABLE calls ADD COLUMN attempts INTEGER")      # retries + 1; NULL when not asked
-    con.execute("ALTER TABLE calls ADD COLUMN retried_for VARCHAR")   # e.g. "http 429 (retry-after 1 s); ReadTimeout"
+    con.execute("ALTER TABLE calls ADD COLUMN attempts INTEGER")  # retries + 1; NULL when not asked
+    con.execute("ALTER TABLE calls ADD COLUMN retried_for VARCHAR")  # e.g. "http 429 (retry-after 1 s); ReadTimeout"
 
 
 @migration
@@ -268,7 +274,9 @@ def m011_partial_threshold(con: duckdb.DuckDBPyConnection) -> None:
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending steps; returns the names applied now."""
-    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())"
+    )
     done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
     applied = []
     for name, step in MIGRATIONS:

@@ -20,16 +20,25 @@ from understudy.validators import ValidatorRegistry
 
 def offline_router(store: Store | None, settings: Settings) -> Router:
     """A router that scores but never serves, decides or records (no local model, no callbacks)."""
+
     def ignore(_: Any) -> None:
         return None
 
-    return Router(store, None, validators=ValidatorRegistry(settings.validators), policy_defaults=settings.routing_policy,
-                  current_site=lambda _site_id: None, on_site_change=ignore, record_shadow=ignore,
-                  record_self_agreement=ignore)
+    return Router(
+        store,
+        None,
+        validators=ValidatorRegistry(settings.validators),
+        policy_defaults=settings.routing_policy,
+        current_site=lambda _site_id: None,
+        on_site_change=ignore,
+        record_shadow=ignore,
+        record_self_agreement=ignore,
+    )
 
 
-def score_request(router: Router, store: Store | None, request: dict[str, Any], upstream_text: str,
-                  local_text: str) -> dict[str, Any]:
+def score_request(
+    router: Router, store: Store | None, request: dict[str, Any], upstream_text: str, local_text: str
+) -> dict[str, Any]:
     ident = identify(request)
     site_id = ident.site_id
     if store is not None and ident.signature.tag:
@@ -47,5 +56,10 @@ def score_request(router: Router, store: Store | None, request: dict[str, Any], 
         else:
             router.add_site(site_id, ident.signature.schema_name)
     result = router.score(site_id, request, ident.conversation, upstream_text, local_text)
-    return {"score": result.score, "local_valid": result.local_valid, "components": result.components,
-            "_site": site_id, "_known_site": known}
+    return {
+        "score": result.score,
+        "local_valid": result.local_valid,
+        "components": result.components,
+        "_site": site_id,
+        "_known_site": known,
+    }

@@ -65,7 +65,8 @@ def start_teacher(seed: int = 0, flaw_share: float = 0.1, port: int | None = Non
     port = port or free_port()
     process = subprocess.Popen(
         [understudy_executable(), "teacher", "--port", str(port), "--seed", str(seed), "--flaw-share", str(flaw_share)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     wait_until_healthy(url, process)
@@ -77,9 +78,19 @@ def start_proxy(settings: Settings, upstream_url: str, *, upstream_free: bool = 
     settings.ensure_data_dir()
     settings.discovery_path.unlink(missing_ok=True)
     process = subprocess.Popen(
-        [understudy_executable(), "serve", "--port", "0", "--upstream-url", upstream_url, "--data-dir", str(settings.data_dir),
-         *(["--upstream-free"] if upstream_free else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            understudy_executable(),
+            "serve",
+            "--port",
+            "0",
+            "--upstream-url",
+            upstream_url,
+            "--data-dir",
+            str(settings.data_dir),
+            *(["--upstream-free"] if upstream_free else []),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -101,9 +112,14 @@ def start_worker(settings: Settings, extra_env: dict[str, str] | None = None) ->
     log = open(settings.data_dir / "worker.log", "a")
     # The queue and shared dir `up` was given (flags or environment) are the worker's too; in its
     # environment, not its arguments, where `ps` would show a Redis password.
-    env = {**os.environ, **({"UNDERSTUDY_QUEUE": settings.redis_url} if settings.redis_url else {}),
-           **({"UNDERSTUDY_SHARED_DIR": str(settings.shared_dir)} if settings.shared_dir else {}), **(extra_env or {})}
-    process = subprocess.Popen([understudy_executable(), "worker", "--data-dir", str(settings.data_dir)],
-                               stdout=log, stderr=log, env=env)
+    env = {
+        **os.environ,
+        **({"UNDERSTUDY_QUEUE": settings.redis_url} if settings.redis_url else {}),
+        **({"UNDERSTUDY_SHARED_DIR": str(settings.shared_dir)} if settings.shared_dir else {}),
+        **(extra_env or {}),
+    }
+    process = subprocess.Popen(
+        [understudy_executable(), "worker", "--data-dir", str(settings.data_dir)], stdout=log, stderr=log, env=env
+    )
     log.close()
     return Child(process, str(settings.huey_path))

@@ -12,7 +12,6 @@ import secrets
 import shutil
 from pathlib import Path
 from typing import Any
-
 from urllib.parse import quote
 
 import httpx
@@ -39,7 +38,9 @@ class StoreAccess(AdminClient):
 
     def _open(self, read_only: bool) -> Store:
         if not self.settings.shared_store and not self.settings.db_path.exists():
-            raise CommandError(f"no Understudy store at {self.settings.db_path} (has the proxy run with this --data-dir?)")
+            raise CommandError(
+                f"no Understudy store at {self.settings.db_path} (has the proxy run with this --data-dir?)"
+            )
         try:
             # A PostgreSQL store is opened for writing even to read: the first open creates its tables.
             return Store.open(self.settings, read_only=read_only and not self.settings.shared_store)
@@ -80,26 +81,35 @@ class StoreAccess(AdminClient):
         finally:
             store.close()
 
-    def export(self, site: str, *, filtered: bool, jsonl: str | None, parquet: str | None,
-               teacher_model: str | None = None) -> dict[str, Any]:
+    def export(
+        self, site: str, *, filtered: bool, jsonl: str | None, parquet: str | None, teacher_model: str | None = None
+    ) -> dict[str, Any]:
         if self.proxy:
-            return self._export_through_proxy(site, filtered=filtered, targets={"jsonl": jsonl, "parquet": parquet},
-                                              teacher_model=teacher_model)
+            return self._export_through_proxy(
+                site, filtered=filtered, targets={"jsonl": jsonl, "parquet": parquet}, teacher_model=teacher_model
+            )
         from understudy.exports import export_site  # the subsystems load only for the command that needs them
         from understudy.validators import ValidatorRegistry
 
         store = self._open(read_only=True)
         try:
-            return export_site(store, site, filtered=filtered, jsonl=jsonl and Path(jsonl),
-                               parquet=parquet and Path(parquet), teacher_model=teacher_model,
-                               validators=ValidatorRegistry(self.settings.validators))
+            return export_site(
+                store,
+                site,
+                filtered=filtered,
+                jsonl=jsonl and Path(jsonl),
+                parquet=parquet and Path(parquet),
+                teacher_model=teacher_model,
+                validators=ValidatorRegistry(self.settings.validators),
+            )
         except SiteNotFound as exc:
             raise CommandError(str(exc)) from None
         finally:
             store.close()
 
-    def _export_through_proxy(self, site: str, *, filtered: bool, targets: dict[str, str | None],
-                              teacher_model: str | None) -> dict[str, Any]:
+    def _export_through_proxy(
+        self, site: str, *, filtered: bool, targets: dict[str, str | None], teacher_model: str | None
+    ) -> dict[str, Any]:
         """The proxy writes only inside the data dir: a file wanted elsewhere is staged in
         <data-dir>/exports/ and moved where it was asked for by this (the user's) process."""
         staged: dict[str, tuple[Path, Path]] = {}  # kind -> (staging path, target)
@@ -114,8 +124,11 @@ class StoreAccess(AdminClient):
             staged[kind] = (stage, Path(target))
             sent[kind] = str(stage.resolve())
         try:
-            result = self._admin("POST", f"/sites/{_site_path(site)}/export", json={
-                "filtered": filtered, **sent, "teacher_model": teacher_model})
+            result = self._admin(
+                "POST",
+                f"/sites/{_site_path(site)}/export",
+                json={"filtered": filtered, **sent, "teacher_model": teacher_model},
+            )
             for kind, (stage, target) in staged.items():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(stage, target)
@@ -137,9 +150,13 @@ class StoreAccess(AdminClient):
         finally:
             store.close()
 
-    def training_job(self, site: str, overrides: dict[str, Any] | None = None, control: str | None = None) -> dict[str, Any]:
+    def training_job(
+        self, site: str, overrides: dict[str, Any] | None = None, control: str | None = None
+    ) -> dict[str, Any]:
         if self.proxy:
-            return self._admin("POST", f"/sites/{_site_path(site)}/training-job", json={"config": overrides or {}, "control": control})
+            return self._admin(
+                "POST", f"/sites/{_site_path(site)}/training-job", json={"config": overrides or {}, "control": control}
+            )
         from understudy.training_jobs import job_started, manual_reason, prepare_job
 
         self.settings.ensure_data_dir()
@@ -168,8 +185,9 @@ class StoreAccess(AdminClient):
             return self._admin("GET", f"/sites/{_site_path(site)}/versions")
         from understudy.routing.registry import list_versions
 
-        return self._with_store(lambda store: [v.to_dict() for v in list_versions(store, store.resolve_site(site).id)],
-                                read_only=True)
+        return self._with_store(
+            lambda store: [v.to_dict() for v in list_versions(store, store.resolve_site(site).id)], read_only=True
+        )
 
     def training_schedule(self, rules: dict[str, Any]) -> dict[str, Any]:
         if self.proxy:
@@ -198,7 +216,9 @@ class StoreAccess(AdminClient):
             if request.get("action") == "policy":
                 from understudy.routing.actions import policy_view
 
-                record["policy"] = policy_view(store, record["id"], self.settings.routing_policy, self.settings.sampling_policy)
+                record["policy"] = policy_view(
+                    store, record["id"], self.settings.routing_policy, self.settings.sampling_policy
+                )
             return record
 
         return self._with_store(act, read_only=False)
@@ -211,8 +231,11 @@ class StoreAccess(AdminClient):
 
         def view(store):
             record = store.resolve_site(site)
-            return {"id": record.id, "name": record.name,
-                    "policy": policy_view(store, record.id, self.settings.routing_policy, self.settings.sampling_policy)}
+            return {
+                "id": record.id,
+                "name": record.name,
+                "policy": policy_view(store, record.id, self.settings.routing_policy, self.settings.sampling_policy),
+            }
 
         return self._with_store(view, read_only=True)
 
@@ -239,8 +262,13 @@ class StoreAccess(AdminClient):
         from understudy.proxy.upstreams import UpstreamConfigError, UpstreamTable
 
         try:
-            table = UpstreamTable.from_config(self.settings.config, self.settings.data_dir, self.settings.upstream_url,
-                                              self.settings.upstream_key, self.settings.upstream_free)
+            table = UpstreamTable.from_config(
+                self.settings.config,
+                self.settings.data_dir,
+                self.settings.upstream_url,
+                self.settings.upstream_key,
+                self.settings.upstream_free,
+            )
         except UpstreamConfigError as exc:
             raise CommandError(str(exc)) from None
         return asyncio.run(describe_upstreams(table, check))
@@ -251,13 +279,17 @@ class StoreAccess(AdminClient):
         if self.proxy:
             assert self.proxy is not None
             try:
-                response = httpx.get(self.proxy["root"] + "/admin/report", timeout=60,
-                                     params={"site": site or "", "format": fmt, "color": int(color), "width": width},
-                                     headers={"authorization": f"Bearer {self.proxy['admin_token']}"})
+                response = httpx.get(
+                    self.proxy["root"] + "/admin/report",
+                    timeout=60,
+                    params={"site": site or "", "format": fmt, "color": int(color), "width": width},
+                    headers={"authorization": f"Bearer {self.proxy['admin_token']}"},
+                )
             except httpx.HTTPError as exc:
                 raise CommandError(f"the proxy at {self.proxy['root']} did not answer: {exc}") from None
             if response.status_code >= 400:
                 raise CommandError(response.json()["error"]["message"])
             return response.text
-        return self._with_store(lambda store: render_report(store, self.settings, site, fmt, color=color, width=width),
-                                read_only=True)
+        return self._with_store(
+            lambda store: render_report(store, self.settings, site, fmt, color=color, width=width), read_only=True
+        )

@@ -18,13 +18,18 @@ from understudy.store import Store
 FORMATS = ("text", "html", "json")
 
 
-def render_report(store: Store, settings: Settings, site: str | None, fmt: str, *, color: bool = False,
-                  width: int = 120) -> str:
+def render_report(
+    store: Store, settings: Settings, site: str | None, fmt: str, *, color: bool = False, width: int = 120
+) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"report format must be one of {', '.join(FORMATS)}")
     site_id = store.resolve_site(site).id if site is not None else None  # any of its names; misses list candidates
-    reports = build_report(store.cursor(), site_id, prices=PriceTable.load(settings.prices_file),
-                           policy=PromotionPolicy.from_dict(settings.routing_policy))
+    reports = build_report(
+        store.cursor(),
+        site_id,
+        prices=PriceTable.load(settings.prices_file),
+        policy=PromotionPolicy.from_dict(settings.routing_policy),
+    )
     if fmt == "html":
         from understudy.routing.report_sections import site_sections
 
@@ -32,5 +37,7 @@ def render_report(store: Store, settings: Settings, site: str | None, fmt: str, 
     if fmt == "json":
         return json.dumps([r.to_dict() for r in reports], indent=2, default=str) + "\n"
     buffer = io.StringIO()
-    render_terminal(reports, Console(file=buffer, force_terminal=color, width=width, color_system="auto" if color else None))
+    render_terminal(
+        reports, Console(file=buffer, force_terminal=color, width=width, color_system="auto" if color else None)
+    )
     return buffer.getvalue()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,8 +22,10 @@ from understudy.settings import load_settings
 
 review_app = typer.Typer(help="Blind human review of local answers against the upstream's.", no_args_is_help=True)
 console = Console()
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="UNDERSTUDY_DATA_DIR",
-                                                 help="Data directory (default: ./understudy-data).")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="UNDERSTUDY_DATA_DIR", help="Data directory (default: ./understudy-data)."),
+]
 Site = Annotated[str, typer.Argument(help="Site id, name or id prefix.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -40,7 +42,7 @@ def _run(action):
         _fail(str(exc))
 
 
-def _access(data_dir: Optional[Path]) -> ReviewAccess:
+def _access(data_dir: Path | None) -> ReviewAccess:
     return ReviewAccess(load_settings(data_dir=data_dir))
 
 
@@ -60,8 +62,10 @@ def _read_json_or_toml(path: Path, what: str) -> Any:
 
 
 @review_app.command("invite")
-def invite(name: Annotated[str, typer.Argument(help="The reviewer's name (stored with every judgment).")],
-           data_dir: DataDir = None) -> None:
+def invite(
+    name: Annotated[str, typer.Argument(help="The reviewer's name (stored with every judgment).")],
+    data_dir: DataDir = None,
+) -> None:
     """Issue a review token for NAME and print the review page's URL (a new invite replaces the old token)."""
     result = _run(lambda: _access(data_dir).invite(name))
     typer.echo(result["url"])
@@ -70,13 +74,22 @@ def invite(name: Annotated[str, typer.Argument(help="The reviewer's name (stored
 
 
 @review_app.command("plan")
-def plan(site: Site,
-         pairs: Annotated[int, typer.Option("--pairs", help="Pairs to draw for review.")] = 30,
-         by: Annotated[str, typer.Option("--by", help="Stratify by 'version' or by a call argument's name (e.g. difficulty).")] = "version",
-         shared: Annotated[Optional[int], typer.Option(help="Pairs every reviewer judges (inter-rater agreement); "
-                                                          "default 20 % (at least 10).")] = None,
-         seed: Annotated[Optional[int], typer.Option(help="Seed for which pairs are drawn (the blind order is always random).")] = None,
-         as_json: AsJson = False, data_dir: DataDir = None) -> None:
+def plan(
+    site: Site,
+    pairs: Annotated[int, typer.Option("--pairs", help="Pairs to draw for review.")] = 30,
+    by: Annotated[
+        str, typer.Option("--by", help="Stratify by 'version' or by a call argument's name (e.g. difficulty).")
+    ] = "version",
+    shared: Annotated[
+        int | None,
+        typer.Option(help="Pairs every reviewer judges (inter-rater agreement); default 20 % (at least 10)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for which pairs are drawn (the blind order is always random).")
+    ] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
     """Draw a stratified sample of shadow pairs to review, and say how many judgments a ±0.25 interval needs."""
     if pairs < 1:
         _fail("--pairs must be at least 1")
@@ -84,24 +97,37 @@ def plan(site: Site,
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    typer.echo(f"plan {result['plan']} for {result['site_name']}: {result['drawn']} pairs drawn "
-               f"({result['shared']} shared by every reviewer), stratified by {result['by']}")
-    table = Table(Column("stratum", overflow="fold"), Column("available", justify="right"), Column("drawn", justify="right"))
+    typer.echo(
+        f"plan {result['plan']} for {result['site_name']}: {result['drawn']} pairs drawn "
+        f"({result['shared']} shared by every reviewer), stratified by {result['by']}"
+    )
+    table = Table(
+        Column("stratum", overflow="fold"), Column("available", justify="right"), Column("drawn", justify="right")
+    )
     for s in result["strata"]:
         table.add_row(s["stratum"], str(s["available"]), str(s["drawn"]))
     console.print(table)
-    sizes = Table(Column("criterion"), Column("judgments for ±0.25", justify="right"), Column("sd", overflow="fold"),
-                  Column("worst case", justify="right"))
+    sizes = Table(
+        Column("criterion"),
+        Column("judgments for ±0.25", justify="right"),
+        Column("sd", overflow="fold"),
+        Column("worst case", justify="right"),
+    )
     for name, s in result["sample_size"].items():
         sizes.add_row(name, str(s["judgments"]), f"{s['sd']:.2f} ({s['sd_source']})", str(s["worst_case"]))
     console.print(sizes)
-    typer.echo("Invite reviewers with `understudy review invite NAME`; two or more on the shared pairs give "
-               "Krippendorff's alpha.")
+    typer.echo(
+        "Invite reviewers with `understudy review invite NAME`; two or more on the shared pairs give "
+        "Krippendorff's alpha."
+    )
 
 
 @review_app.command("rubric")
-def rubric(site: Site, file: Annotated[Path, typer.Argument(help='JSON or TOML: {"criteria": [{"name", "label", "description"}]}.')],
-           data_dir: DataDir = None) -> None:
+def rubric(
+    site: Site,
+    file: Annotated[Path, typer.Argument(help='JSON or TOML: {"criteria": [{"name", "label", "description"}]}.')],
+    data_dir: DataDir = None,
+) -> None:
     """Replace SITE's rubric (criteria scored 1-5) with the one in FILE."""
     data = _read_json_or_toml(file, "rubric")
     result = _run(lambda: _access(data_dir).set_rubric(site, data))
@@ -122,23 +148,41 @@ def results(site: Site, as_json: AsJson = False, data_dir: DataDir = None) -> No
 def results_lines(result: dict[str, Any]) -> list[Any]:
     from understudy.routing.reviews import format_alpha, format_interval, format_share
 
-    out: list[Any] = [f"{result['site_name']}: {result['judgments']} judgments of {result['pairs']} pairs by "
-                      f"{len(result['reviewers'])} reviewer(s) ({', '.join(result['reviewers']) or 'none yet'})"]
-    table = Table(Column("criterion", overflow="fold"), Column("upstream", overflow="fold"), Column("local", overflow="fold"),
-                  Column("local − upstream", overflow="fold"), Column("alpha", overflow="fold"))
+    out: list[Any] = [
+        f"{result['site_name']}: {result['judgments']} judgments of {result['pairs']} pairs by "
+        f"{len(result['reviewers'])} reviewer(s) ({', '.join(result['reviewers']) or 'none yet'})"
+    ]
+    table = Table(
+        Column("criterion", overflow="fold"),
+        Column("upstream", overflow="fold"),
+        Column("local", overflow="fold"),
+        Column("local − upstream", overflow="fold"),
+        Column("alpha", overflow="fold"),
+    )
     for name, c in result["criteria"].items():
-        table.add_row(name, format_interval(c["upstream"]), format_interval(c["local"]),
-                      format_interval(c["difference"], signed=True), format_alpha(c["alpha"]))
+        table.add_row(
+            name,
+            format_interval(c["upstream"]),
+            format_interval(c["local"]),
+            format_interval(c["difference"], signed=True),
+            format_alpha(c["alpha"]),
+        )
     out.append(table)
     p = result["preference"]
-    out.append("preference: " + ", ".join(f"{k} {format_share(p[k])}" for k in ("local", "upstream", "tie"))
-               + f"; agreement {format_alpha(p['alpha'])}")
+    out.append(
+        "preference: "
+        + ", ".join(f"{k} {format_share(p[k])}" for k in ("local", "upstream", "tie"))
+        + f"; agreement {format_alpha(p['alpha'])}"
+    )
     return out
 
 
 @review_app.command("export")
-def export(site: Site, file: Annotated[Path, typer.Argument(help="Write the review set here (JSON).")],
-           data_dir: DataDir = None) -> None:
+def export(
+    site: Site,
+    file: Annotated[Path, typer.Argument(help="Write the review set here (JSON).")],
+    data_dir: DataDir = None,
+) -> None:
     """Write SITE's review pairs, blind, to FILE for a reviewer who works offline."""
     result = _run(lambda: _access(data_dir).export_set(site))
     try:
@@ -149,9 +193,13 @@ def export(site: Site, file: Annotated[Path, typer.Argument(help="Write the revi
 
 
 @review_app.command("import")
-def import_(file: Annotated[Path, typer.Argument(help="A review set written by `review export`, judgments filled in.")],
-            reviewer: Annotated[Optional[str], typer.Option(help="Whose judgments these are (else each judgment's `reviewer`).")] = None,
-            data_dir: DataDir = None) -> None:
+def import_(
+    file: Annotated[Path, typer.Argument(help="A review set written by `review export`, judgments filled in.")],
+    reviewer: Annotated[
+        str | None, typer.Option(help="Whose judgments these are (else each judgment's `reviewer`).")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
     """Store the judgments of an offline review set (all of them, or none if any is incomplete)."""
     data = _read_json_or_toml(file, "review set")
     result = _run(lambda: _access(data_dir).import_set(data, reviewer))
@@ -160,8 +208,10 @@ def import_(file: Annotated[Path, typer.Argument(help="A review set written by `
 
 def eval_command(
     site: Site,
-    versions: Annotated[Optional[str], typer.Option("--versions", help="Versions to compare, e.g. 1,2 or v1,v2 (default: all usable).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N held-out examples.")] = None,
+    versions: Annotated[
+        str | None, typer.Option("--versions", help="Versions to compare, e.g. 1,2 or v1,v2 (default: all usable).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N held-out examples.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Token cap per local answer.")] = 512,
     as_json: AsJson = False,
     data_dir: DataDir = None,
@@ -186,8 +236,13 @@ def eval_command(
     total = len(inputs["examples"]) * (1 + len(inputs["versions"]))
     with Progress(console=Console(stderr=True), transient=True, disable=as_json) as progress:
         task = progress.add_task(f"eval {inputs['site_name']}", total=total)
-        result = run_eval(inputs, base_gguf=base_gguf, n_threads=settings.local_threads, max_tokens=max_tokens,
-                          on_answer=lambda label: progress.update(task, advance=1, description=f"eval {label}"))
+        result = run_eval(
+            inputs,
+            base_gguf=base_gguf,
+            n_threads=settings.local_threads,
+            max_tokens=max_tokens,
+            on_answer=lambda label: progress.update(task, advance=1, description=f"eval {label}"),
+        )
     _run(lambda: access.store_eval(result))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -200,13 +255,21 @@ def eval_table(result: dict[str, Any]) -> Table:
     def pct(x):
         return "—" if x is None else f"{x:.0%}"
 
-    table = Table(Column("answers", no_wrap=True), Column("parse-valid", justify="right"), Column("validator", justify="right"),
-                  Column("checks", overflow="fold"), Column("agreement", justify="right"), Column("p50 ms", justify="right"),
-                  Column("$/call", justify="right"))
+    table = Table(
+        Column("answers", no_wrap=True),
+        Column("parse-valid", justify="right"),
+        Column("validator", justify="right"),
+        Column("checks", overflow="fold"),
+        Column("agreement", justify="right"),
+        Column("p50 ms", justify="right"),
+        Column("$/call", justify="right"),
+    )
     for row in result["rows"]:
         checks = ", ".join(f"{k} {pct(v)}" for k, v in row["checks"].items()) or "—"
         agreement = "—" if row["agreement"] is None else f"{row['agreement']:.2f} (n={row['agreement_n']})"
         p50 = "—" if row["latency_p50_ms"] is None else f"{row['latency_p50_ms']:.0f}"
         cost = "—" if row["cost_per_call_usd"] is None else f"{row['cost_per_call_usd']:.5f}"
-        table.add_row(row["row"], pct(row["parse_valid_rate"]), pct(row["validator_pass_rate"]), checks, agreement, p50, cost)
+        table.add_row(
+            row["row"], pct(row["parse_valid_rate"]), pct(row["validator_pass_rate"]), checks, agreement, p50, cost
+        )
     return table

@@ -28,7 +28,12 @@ class ReviewAccess(StoreAccess):
 
         token = self._direct(lambda store: invite(store.cursor(), name), read_only=False)
         url = f"http://{self.settings.host}:{self.settings.port}/review?token={token}"
-        return {"name": name.strip(), "token": token, "url": url, "note": "no proxy runs now: start it (understudy serve)"}
+        return {
+            "name": name.strip(),
+            "token": token,
+            "url": url,
+            "note": "no proxy runs now: start it (understudy serve)",
+        }
 
     def plan(self, site: str, pairs: int, by: str, shared: int | None, seed: int | None) -> dict[str, Any]:
         body = {"site": site, "pairs": pairs, "by": by, "shared": shared, "seed": seed}
@@ -36,8 +41,9 @@ class ReviewAccess(StoreAccess):
             return self._admin("POST", "/review/plan", json=body)
         from understudy.routing.reviews import draw_plan
 
-        return self._direct(lambda store: draw_plan(store.cursor(), site, pairs, by=by, shared=shared, seed=seed),
-                            read_only=False)
+        return self._direct(
+            lambda store: draw_plan(store.cursor(), site, pairs, by=by, shared=shared, seed=seed), read_only=False
+        )
 
     def set_rubric(self, site: str, rubric: Any) -> dict[str, Any]:
         if self.proxy:
@@ -69,14 +75,20 @@ class ReviewAccess(StoreAccess):
 
     def eval_inputs(self, site: str, versions: list[int] | None, limit: int | None) -> dict[str, Any]:
         if self.proxy:
-            return self._admin("GET", "/eval/inputs", params={
-                "site": site, "versions": ",".join(str(v) for v in versions or []), "limit": limit or 0})
+            return self._admin(
+                "GET",
+                "/eval/inputs",
+                params={"site": site, "versions": ",".join(str(v) for v in versions or []), "limit": limit or 0},
+            )
         from understudy.routing.evaluation import eval_inputs
         from understudy.validators import ValidatorRegistry
 
-        return self._direct(lambda store: eval_inputs(store, site, versions, limit=limit,
-                                                      validators=ValidatorRegistry(self.settings.validators)),
-                            read_only=True)
+        return self._direct(
+            lambda store: eval_inputs(
+                store, site, versions, limit=limit, validators=ValidatorRegistry(self.settings.validators)
+            ),
+            read_only=True,
+        )
 
     def store_eval(self, result: dict[str, Any]) -> str:
         if self.proxy:

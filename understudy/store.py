@@ -32,34 +32,107 @@ from understudy.migrations import migrate
 from understudy.store_postgres import MIGRATION_LOCK_KEY, PostgresDatabase, is_postgres_url
 
 CALL_COLUMNS = (
-    "id", "ts", "site_id", "model", "served_by", "stream", "turn", "conversation", "retry_of",
-    "request", "response", "status", "error", "latency_ms", "prompt_tokens", "completion_tokens",
-    "cost_usd", "valid", "provider", "upstream_model", "purpose", "client", "usage_estimated", "attempts", "retried_for",
+    "id",
+    "ts",
+    "site_id",
+    "model",
+    "served_by",
+    "stream",
+    "turn",
+    "conversation",
+    "retry_of",
+    "request",
+    "response",
+    "status",
+    "error",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "valid",
+    "provider",
+    "upstream_model",
+    "purpose",
+    "client",
+    "usage_estimated",
+    "attempts",
+    "retried_for",
     "local_tries",
 )
 SHADOW_COLUMNS = (
-    "call_id", "site_id", "version", "ts", "score", "components", "comparable", "local_valid", "local_latency_ms",
-    "upstream_latency_ms", "local_output", "upstream_valid", "phase", "local_confidence", "local_tries",
+    "call_id",
+    "site_id",
+    "version",
+    "ts",
+    "score",
+    "components",
+    "comparable",
+    "local_valid",
+    "local_latency_ms",
+    "upstream_latency_ms",
+    "local_output",
+    "upstream_valid",
+    "phase",
+    "local_confidence",
+    "local_tries",
 )
 SELF_AGREEMENT_COLUMNS = (
-    "call_id", "second_call_id", "site_id", "ts", "score", "components", "comparable", "first_valid", "second_valid",
+    "call_id",
+    "second_call_id",
+    "site_id",
+    "ts",
+    "score",
+    "components",
+    "comparable",
+    "first_valid",
+    "second_valid",
 )
 SITE_COLUMNS = (
-    "id", "name", "name_source", "kind", "system_text", "header", "arg_names", "schema_name",
-    "tool_names", "temperature", "created_at", "tag",
+    "id",
+    "name",
+    "name_source",
+    "kind",
+    "system_text",
+    "header",
+    "arg_names",
+    "schema_name",
+    "tool_names",
+    "temperature",
+    "created_at",
+    "tag",
 )
 # Calls are inserted as one Arrow table per batch: building columns in C and one
 # INSERT ... SELECT costs a fraction of binding thousands of statement parameters.
-CALLS_ARROW_SCHEMA = pa.schema([
-    ("id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("site_id", pa.string()), ("model", pa.string()),
-    ("served_by", pa.string()), ("stream", pa.bool_()), ("turn", pa.string()), ("conversation", pa.string()),
-    ("retry_of", pa.string()), ("request", pa.string()), ("response", pa.string()), ("status", pa.int32()),
-    ("error", pa.string()), ("latency_ms", pa.float64()), ("prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("valid", pa.bool_()),
-    ("provider", pa.string()), ("upstream_model", pa.string()), ("purpose", pa.string()), ("client", pa.string()),
-    ("usage_estimated", pa.bool_()), ("attempts", pa.int32()), ("retried_for", pa.string()),
-    ("local_tries", pa.int32()),
-])
+CALLS_ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("site_id", pa.string()),
+        ("model", pa.string()),
+        ("served_by", pa.string()),
+        ("stream", pa.bool_()),
+        ("turn", pa.string()),
+        ("conversation", pa.string()),
+        ("retry_of", pa.string()),
+        ("request", pa.string()),
+        ("response", pa.string()),
+        ("status", pa.int32()),
+        ("error", pa.string()),
+        ("latency_ms", pa.float64()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("cost_usd", pa.float64()),
+        ("valid", pa.bool_()),
+        ("provider", pa.string()),
+        ("upstream_model", pa.string()),
+        ("purpose", pa.string()),
+        ("client", pa.string()),
+        ("usage_estimated", pa.bool_()),
+        ("attempts", pa.int32()),
+        ("retried_for", pa.string()),
+        ("local_tries", pa.int32()),
+    ]
+)
 assert tuple(CALLS_ARROW_SCHEMA.names) == CALL_COLUMNS
 # New sites and shadow results are rare next to calls; multi-row VALUES is plenty for them.
 _ROWS_PER_STATEMENT = 200
@@ -155,16 +228,23 @@ class Store:
 
     # ---- writes (the recorder's thread) ----
 
-    def write_batch(self, sites: Sequence[tuple] = (), calls: Sequence[tuple] = (), shadows: Sequence[tuple] = (),
-                    self_agreement: Sequence[tuple] = ()) -> None:
+    def write_batch(
+        self,
+        sites: Sequence[tuple] = (),
+        calls: Sequence[tuple] = (),
+        shadows: Sequence[tuple] = (),
+        self_agreement: Sequence[tuple] = (),
+    ) -> None:
         """New sites, calls, shadow and self-agreement results in one transaction: the group commit."""
         cur = self.cursor()
         cur.execute("BEGIN")
         try:
             for chunk in _chunks(sites, _ROWS_PER_STATEMENT):
                 cur.execute(_insert_sql("sites", SITE_COLUMNS, len(chunk), on_conflict=True), _flatten(chunk))
-                cur.execute(_insert_sql("site_names", ("site_id", "name", "source"), len(chunk), on_conflict=True),
-                            _flatten([(row[0], row[1], row[2]) for row in chunk]))
+                cur.execute(
+                    _insert_sql("site_names", ("site_id", "name", "source"), len(chunk), on_conflict=True),
+                    _flatten([(row[0], row[1], row[2]) for row in chunk]),
+                )
             if calls and self.is_postgres:
                 width = len(CALL_COLUMNS)
                 cur.copy_rows("calls", CALL_COLUMNS, [tuple(row) + (None,) * (width - len(row)) for row in calls])
@@ -210,7 +290,8 @@ class Store:
         self.cursor().execute(
             "UPDATE sites SET tag = ?, name = CASE WHEN name_source = 'user' THEN name ELSE ? END, "
             "name_source = CASE WHEN name_source = 'user' THEN 'user' ELSE 'explicit' END WHERE id = ?",
-            [tag, tag, site_id])
+            [tag, tag, site_id],
+        )
         self._remember_name(site_id, tag, "tag")
 
     def tag_site(self, site_id: str, tag: str) -> None:
@@ -219,26 +300,42 @@ class Store:
         self._remember_name(site_id, tag, "tag")
 
     def _remember_name(self, site_id: str, name: str, source: str) -> None:
-        self.cursor().execute("INSERT INTO site_names (site_id, name, source) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                              [site_id, name, source])
+        self.cursor().execute(
+            "INSERT INTO site_names (site_id, name, source) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [site_id, name, source],
+        )
 
     def site_names(self, site_id: str) -> list[str]:
         """Every name the site has been known by, oldest first."""
-        rows = self.cursor().execute("SELECT name FROM site_names WHERE site_id = ? ORDER BY first_seen, name",
-                                     [site_id]).fetchall()
+        rows = (
+            self.cursor()
+            .execute("SELECT name FROM site_names WHERE site_id = ? ORDER BY first_seen, name", [site_id])
+            .fetchall()
+        )
         return [row[0] for row in rows]
 
     def site_tags(self) -> dict[str, str]:
         """tag -> site id: each site's own tag and the hand-set tags that joined it later."""
-        return dict(self.cursor().execute(
-            "SELECT name, site_id FROM site_names WHERE source = 'tag' "
-            "UNION ALL SELECT tag, id FROM sites WHERE tag IS NOT NULL").fetchall())
+        return dict(
+            self.cursor()
+            .execute(
+                "SELECT name, site_id FROM site_names WHERE source = 'tag' "
+                "UNION ALL SELECT tag, id FROM sites WHERE tag IS NOT NULL"
+            )
+            .fetchall()
+        )
 
     def recent_conversations(self, limit: int) -> list[tuple[str, str]]:
         """(conversation, site id) of the latest `limit` first turns, oldest first."""
-        rows = self.cursor().execute(
-            "SELECT conversation, site_id FROM (SELECT conversation, site_id, ts FROM calls WHERE turn = 'first' "
-            "ORDER BY ts DESC LIMIT ?) ORDER BY ts", [limit]).fetchall()
+        rows = (
+            self.cursor()
+            .execute(
+                "SELECT conversation, site_id FROM (SELECT conversation, site_id, ts FROM calls WHERE turn = 'first' "
+                "ORDER BY ts DESC LIMIT ?) ORDER BY ts",
+                [limit],
+            )
+            .fetchall()
+        )
         return [(conversation, site_id) for conversation, site_id in rows]
 
     # ---- reads ----
@@ -249,9 +346,11 @@ class Store:
         return json.loads(row[0]) if row and row[0] else {}
 
     def site_records(self) -> list[SiteRecord]:
-        rows = self.cursor().execute(
-            "SELECT id, name, name_source, state, pinned, active_version FROM sites ORDER BY created_at"
-        ).fetchall()
+        rows = (
+            self.cursor()
+            .execute("SELECT id, name, name_source, state, pinned, active_version FROM sites ORDER BY created_at")
+            .fetchall()
+        )
         return [SiteRecord(*row) for row in rows]
 
     def resolve_site(self, ref: str) -> SiteRecord:
@@ -262,10 +361,12 @@ class Store:
             raise SiteNotFound("give a site id, name or id prefix (`understudy sites` lists them)")
         cur = self.cursor()
         columns = "s.id, s.name, s.name_source, s.state, s.pinned, s.active_version"
-        for sql in (f"SELECT {columns} FROM sites s WHERE s.id = ?",
-                    f"SELECT {columns} FROM sites s WHERE s.name = ?",
-                    f"SELECT DISTINCT {columns} FROM sites s JOIN site_names n ON n.site_id = s.id WHERE n.name = ?",
-                    f"SELECT {columns} FROM sites s WHERE starts_with(s.id, ?)"):
+        for sql in (
+            f"SELECT {columns} FROM sites s WHERE s.id = ?",
+            f"SELECT {columns} FROM sites s WHERE s.name = ?",
+            f"SELECT DISTINCT {columns} FROM sites s JOIN site_names n ON n.site_id = s.id WHERE n.name = ?",
+            f"SELECT {columns} FROM sites s WHERE starts_with(s.id, ?)",
+        ):
             rows = cur.execute(sql, [ref]).fetchall()
             if len(rows) == 1:
                 return SiteRecord(*rows[0])
@@ -277,8 +378,11 @@ class Store:
     def _miss_message(self, ref: str) -> str:
         import difflib
 
-        names = self.cursor().execute(
-            "SELECT n.name, s.id, s.name FROM site_names n JOIN sites s ON s.id = n.site_id").fetchall()
+        names = (
+            self.cursor()
+            .execute("SELECT n.name, s.id, s.name FROM site_names n JOIN sites s ON s.id = n.site_id")
+            .fetchall()
+        )
         if not names:
             return f"no site matches {ref!r}: the store has no sites yet"
         by_name = {}
@@ -294,8 +398,10 @@ class Store:
 
     def site_summaries(self) -> list[dict[str, Any]]:
         """One row per site for `understudy sites`: counts, parse-valid rate, state, who serves it."""
-        rows = self.cursor().execute(
-            """
+        rows = (
+            self.cursor()
+            .execute(
+                """
             SELECT s.id, s.name, s.kind, s.schema_name, s.state, s.pinned, s.active_version, s.partial_threshold,
                    count(c.id) AS calls,
                    avg(CASE WHEN starts_with(c.served_by, 'local:') THEN 1.0 ELSE 0.0 END)
@@ -306,10 +412,24 @@ class Store:
             GROUP BY s.id, s.name, s.kind, s.schema_name, s.state, s.pinned, s.active_version, s.partial_threshold
             ORDER BY calls DESC, s.name
             """
-        ).fetchall()
+            )
+            .fetchall()
+        )
         out = []
-        for sid, name, kind, schema_name, state, pinned, version, threshold, calls, local_share, valid_rate, last_call \
-                in rows:
+        for (
+            sid,
+            name,
+            kind,
+            schema_name,
+            state,
+            pinned,
+            version,
+            threshold,
+            calls,
+            local_share,
+            valid_rate,
+            last_call,
+        ) in rows:
             out.append(
                 {
                     "id": sid,

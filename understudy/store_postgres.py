@@ -61,13 +61,23 @@ def translate(sql: str) -> str:
         if isinstance(node, exp.Subquery) and not node.alias and isinstance(node.parent, (exp.From, exp.Join)):
             node.set("alias", exp.TableAlias(this=exp.to_identifier(f"_q{next(aliases)}")))
         # GROUP BY ALL: PostgreSQL needs the grouped columns spelled out (by position).
-        if isinstance(node, exp.Select) and isinstance(node.args.get("group"), exp.Group) and node.args["group"].args.get("all"):
-            positions = [exp.Literal.number(n) for n, projection in enumerate(node.expressions, start=1)
-                         if not projection.find(exp.AggFunc)]
+        if (
+            isinstance(node, exp.Select)
+            and isinstance(node.args.get("group"), exp.Group)
+            and node.args["group"].args.get("all")
+        ):
+            positions = [
+                exp.Literal.number(n)
+                for n, projection in enumerate(node.expressions, start=1)
+                if not projection.find(exp.AggFunc)
+            ]
             node.set("group", exp.Group(expressions=positions) if positions else None)
         # A JSON value cast to a scalar (json_extract(...)::INT): PostgreSQL casts json's text, not json.
-        if (isinstance(node, exp.Cast) and isinstance(node.this, exp.JSONExtract)
-                and not node.to.is_type(exp.DataType.Type.JSON)):
+        if (
+            isinstance(node, exp.Cast)
+            and isinstance(node.this, exp.JSONExtract)
+            and not node.to.is_type(exp.DataType.Type.JSON)
+        ):
             node.set("this", exp.JSONExtractScalar(this=node.this.this, expression=node.this.expression))
         # LIKE on a JSON column (DuckDB compares its text): compare the text on PostgreSQL too.
         if isinstance(node, (exp.Like, exp.ILike)) and not isinstance(node.this, exp.Cast):
@@ -86,8 +96,14 @@ def translate(sql: str) -> str:
 
 
 # Primary keys of the tables `INSERT OR REPLACE` writes (the store's schema, understudy.migrations).
-PRIMARY_KEYS = {"review_judgments": ("item_id", "reviewer"), "review_rubrics": ("site_id",), "reviewers": ("name",),
-                "sites": ("id",), "review_items": ("id",), "eval_runs": ("id",)}
+PRIMARY_KEYS = {
+    "review_judgments": ("item_id", "reviewer"),
+    "review_rubrics": ("site_id",),
+    "reviewers": ("name",),
+    "sites": ("id",),
+    "review_items": ("id",),
+    "eval_runs": ("id",),
+}
 
 
 def _replace_on_conflict(insert: exp.Insert) -> exp.OnConflict:
@@ -98,9 +114,13 @@ def _replace_on_conflict(insert: exp.Insert) -> exp.OnConflict:
         raise ValueError(f"INSERT OR REPLACE INTO {table}: name its columns, and its key in PRIMARY_KEYS")
     keys = PRIMARY_KEYS[table]
     updates = [exp.EQ(this=exp.column(c), expression=exp.column(c, table="excluded")) for c in columns if c not in keys]
-    return exp.OnConflict(conflict_keys=[exp.to_identifier(k) for k in keys], action=exp.var("DO UPDATE"),
-                          expressions=updates) if updates else exp.OnConflict(conflict_keys=[
-                              exp.to_identifier(k) for k in keys], action=exp.var("DO NOTHING"))
+    return (
+        exp.OnConflict(
+            conflict_keys=[exp.to_identifier(k) for k in keys], action=exp.var("DO UPDATE"), expressions=updates
+        )
+        if updates
+        else exp.OnConflict(conflict_keys=[exp.to_identifier(k) for k in keys], action=exp.var("DO NOTHING"))
+    )
 
 
 class PostgresCursor:

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from understudy.routing.policy import SiteState, Verdict, pinned_state
 from understudy.routing.registry import CONTROLS, audit, list_versions, register_version
+from understudy.settings import Settings
+from understudy.store import SiteRecord, Store
 from understudy.training import site_prompt
 from understudy.training.pipeline import RESULT_FILENAME
 from understudy.training.quiet import QuietWindow
 from understudy.training.snapshots import COMPLETE_ANSWER, site_examples, write_snapshot
-from understudy.settings import Settings
-from understudy.store import SiteRecord, Store
 from understudy.validators import ValidatorRegistry, site_validator_for, site_validator_reference
 
 log = logging.getLogger("understudy.training_jobs")
@@ -37,8 +37,10 @@ class PathOutsideDataDir(ValueError):
 
     def __init__(self, field: str, path: str, data_dir: Path):
         self.field = field
-        super().__init__(f"{field} {path} is outside the data dir {data_dir}: adapters and snapshots are "
-                         "registered only from inside it")
+        super().__init__(
+            f"{field} {path} is outside the data dir {data_dir}: adapters and snapshots are "
+            "registered only from inside it"
+        )
 
 
 # Result fields naming files the proxy later opens (the adapter is loaded into llama.cpp).
@@ -53,8 +55,13 @@ def confine_result(result: dict[str, Any], settings: Settings) -> None:
             raise PathOutsideDataDir(name, str(value), settings.data_dir)
 
 
-def prepare_job(store: Store, settings: Settings, site_ref: str, config_overrides: dict[str, Any] | None = None,
-                control: str | None = None) -> dict[str, Any]:
+def prepare_job(
+    store: Store,
+    settings: Settings,
+    site_ref: str,
+    config_overrides: dict[str, Any] | None = None,
+    control: str | None = None,
+) -> dict[str, Any]:
     """Snapshot the site's filtered examples and describe the job that trains on them.
 
     `control="shuffled"` pairs every prompt with the answer to another request of the site: a
@@ -67,22 +74,35 @@ def prepare_job(store: Store, settings: Settings, site_ref: str, config_override
     if row and row[0]:
         raise NotEnoughData(f"site {site.name} uses tools; local models do not learn tool loops")
     registry = ValidatorRegistry(settings.validators)
-    examples, counts = site_examples(store.cursor(), site.id, filtered=True,
-                                     validator_for=site_validator_for(store, site.id, registry))
+    examples, counts = site_examples(
+        store.cursor(), site.id, filtered=True, validator_for=site_validator_for(store, site.id, registry)
+    )
     if len(examples) < MIN_EXAMPLES:
         raise NotEnoughData(f"site {site.name} has {len(examples)} usable examples; at least {MIN_EXAMPLES} are needed")
     if control == "shuffled":
         examples = answers_to_other_requests(examples)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     response_format = examples[0]["response_format"]
     # Compact prompts unless the site's policy asks for the full rendering or its examples do not
     # share one static part (training.site_prompt).
-    prompt = site_prompt.choose(examples, marker=site.id, mode=store.site_policy(site.id).get("prompt", site_prompt.COMPACT))
-    job = {"site_id": site.id, "site_name": site.name, "out_dir": str(settings.adapters_dir / site.id / f"job-{stamp}"),
-           "config": {"base_gguf": settings.resolved_base_gguf(), **settings.train_config, "prompt": prompt.to_dict(),
-                      **(config_overrides or {})},
-           "response_format": response_format, "examples": counts.to_dict(), "control": control,
-           "validator": site_validator_reference(store, site.id, response_format, registry)}
+    prompt = site_prompt.choose(
+        examples, marker=site.id, mode=store.site_policy(site.id).get("prompt", site_prompt.COMPACT)
+    )
+    job = {
+        "site_id": site.id,
+        "site_name": site.name,
+        "out_dir": str(settings.adapters_dir / site.id / f"job-{stamp}"),
+        "config": {
+            "base_gguf": settings.resolved_base_gguf(),
+            **settings.train_config,
+            "prompt": prompt.to_dict(),
+            **(config_overrides or {}),
+        },
+        "response_format": response_format,
+        "examples": counts.to_dict(),
+        "control": control,
+        "validator": site_validator_reference(store, site.id, response_format, registry),
+    }
     if control != "base":
         job["snapshot"] = str(write_snapshot(examples, settings.snapshots_dir, site.id))
     return job
@@ -97,8 +117,14 @@ def answers_to_other_requests(examples: list[dict[str, Any]]) -> list[dict[str, 
     answers = [e["completion"] for e in examples]
     out = []
     for i, example in enumerate(examples):
-        other = next((answers[(i + k) % len(answers)] for k in range(1, len(answers))
-                      if answers[(i + k) % len(answers)] != example["completion"]), None)
+        other = next(
+            (
+                answers[(i + k) % len(answers)]
+                for k in range(1, len(answers))
+                if answers[(i + k) % len(answers)] != example["completion"]
+            ),
+            None,
+        )
         if other is not None:
             out.append({**example, "completion": other})
     if len(out) < MIN_EXAMPLES:
@@ -108,9 +134,18 @@ def answers_to_other_requests(examples: list[dict[str, Any]]) -> list[dict[str, 
 
 def base_control_result(job: dict[str, Any]) -> dict[str, Any]:
     """The result that registers the bare base model (no adapter) as a version: the base control."""
-    return {"site_id": job["site_id"], "control": "base", "verified": True, "adapter_path": None,
-            "base_model": job["config"].get("base_gguf"), "base_gguf": job["config"].get("base_gguf"),
-            "config": job["config"], "metrics": {}, "error": None, "dataset_snapshot": None}
+    return {
+        "site_id": job["site_id"],
+        "control": "base",
+        "verified": True,
+        "adapter_path": None,
+        "base_model": job["config"].get("base_gguf"),
+        "base_gguf": job["config"].get("base_gguf"),
+        "config": job["config"],
+        "metrics": {},
+        "error": None,
+        "dataset_snapshot": None,
+    }
 
 
 def register_result(store: Store, result: dict[str, Any]) -> dict[str, Any]:
@@ -140,9 +175,13 @@ def register_pending_results(store: Store, settings: Settings) -> list[dict[str,
 
 def scheduling_rules(settings: Settings) -> dict[str, Any]:
     """The worker's scheduling settings, sent with its request for candidates."""
-    return {"quiet_hours": settings.quiet_hours, "quiet_max_rpm": settings.quiet_max_rpm,
-            "quiet_rate_window_min": settings.quiet_rate_window_min, "min_examples": settings.train_min_examples,
-            "growth_factor": settings.train_growth_factor}
+    return {
+        "quiet_hours": settings.quiet_hours,
+        "quiet_max_rpm": settings.quiet_max_rpm,
+        "quiet_rate_window_min": settings.quiet_rate_window_min,
+        "min_examples": settings.train_min_examples,
+        "growth_factor": settings.train_growth_factor,
+    }
 
 
 # The verdicts on a version after which the site needs another one.
@@ -179,7 +218,10 @@ def retraining_status(store: Store, site: SiteRecord, min_examples: int, growth_
         return False, f"never while pinned to {site.pinned} (`understudy unpin` resumes training)"
     pending = pending_job(store, site_id)
     if pending is not None:
-        return False, f"waiting: a job started {pending['ts']:%Y-%m-%d %H:%M} is queued or running ({pending['reason']})"
+        return (
+            False,
+            f"waiting: a job started {pending['ts']:%Y-%m-%d %H:%M} is queued or running ({pending['reason']})",
+        )
     versions = list_versions(store, site_id)
     active = next((v for v in versions if v.version == site.active_version), None)
     if active is not None and active.control and site.state == SiteState.SHADOW.value:
@@ -205,10 +247,14 @@ def retraining_status(store: Store, site: SiteRecord, min_examples: int, growth_
             return True, f"v{last.version} {what}: {new} new usable examples since, {now} in all"
         return False, f"waiting: v{last.version} {what}; {new} of {min_examples} new usable examples since"
     if at_last > 0 and now >= growth_factor * at_last:
-        return True, (f"usable examples grew {at_last} -> {now} (x{now / at_last:.1f} >= x{growth_factor:g}) "
-                      f"since v{last.version}")
-    return False, (f"waiting: v{last.version} {last.status}, trained on {at_last} usable examples; {now} now, "
-                   f"a new version at {max(1, int(growth_factor * at_last + 0.999999))} (x{growth_factor:g})")
+        return True, (
+            f"usable examples grew {at_last} -> {now} (x{now / at_last:.1f} >= x{growth_factor:g}) "
+            f"since v{last.version}"
+        )
+    return False, (
+        f"waiting: v{last.version} {last.status}, trained on {at_last} usable examples; {now} now, "
+        f"a new version at {max(1, int(growth_factor * at_last + 0.999999))} (x{growth_factor:g})"
+    )
 
 
 # A job whose worker died never writes its result; after this long the scheduler stops waiting for it.
@@ -229,9 +275,13 @@ def manual_reason(job: dict[str, Any]) -> str:
 
 def pending_job(store: Store, site_id: str) -> dict[str, Any] | None:
     """The site's newest training job with no result yet ({"ts", "reason", "out_dir"}), unless given up."""
-    row = store.cursor().execute(
-        "SELECT ts, detail FROM audit WHERE site_id = ? AND action = 'training' ORDER BY ts DESC LIMIT 1",
-        [site_id]).fetchone()
+    row = (
+        store.cursor()
+        .execute(
+            "SELECT ts, detail FROM audit WHERE site_id = ? AND action = 'training' ORDER BY ts DESC LIMIT 1", [site_id]
+        )
+        .fetchone()
+    )
     if row is None:
         return None
     ts, detail = row
@@ -239,7 +289,7 @@ def pending_job(store: Store, site_id: str) -> dict[str, Any] | None:
     out_dir = detail.get("out_dir") if isinstance(detail, dict) else None
     if not out_dir or (Path(out_dir) / RESULT_FILENAME).exists():
         return None
-    if datetime.now(timezone.utc) - ts > JOB_GIVEN_UP_AFTER:
+    if datetime.now(UTC) - ts > JOB_GIVEN_UP_AFTER:
         return None
     return {"ts": ts, "reason": detail.get("scheduled") or detail.get("started") or "", "out_dir": out_dir}
 
@@ -247,9 +297,13 @@ def pending_job(store: Store, site_id: str) -> dict[str, Any] | None:
 def _last_verdict(store: Store, site_id: str, version: int) -> dict[str, Any] | None:
     """The newest policy verdict on `version` calling for a new one ({"verdict", "ts"}), unless a later
     state change (a promotion after a demotion, an operator's rollback or pin) superseded it."""
-    rows = store.cursor().execute(
-        "SELECT ts, detail FROM audit WHERE site_id = ? AND action = 'state' ORDER BY ts DESC LIMIT 20",
-        [site_id]).fetchall()
+    rows = (
+        store.cursor()
+        .execute(
+            "SELECT ts, detail FROM audit WHERE site_id = ? AND action = 'state' ORDER BY ts DESC LIMIT 20", [site_id]
+        )
+        .fetchall()
+    )
     for ts, detail in rows:
         detail = json.loads(detail) if isinstance(detail, str) else detail
         if detail.get("version") != version:
@@ -262,18 +316,22 @@ def _last_verdict(store: Store, site_id: str, version: int) -> dict[str, Any] | 
     return None
 
 
-def training_candidates(store: Store, rules: dict[str, Any], now: datetime | None = None
-                        ) -> tuple[list[tuple[str, str]], str]:
+def training_candidates(
+    store: Store, rules: dict[str, Any], now: datetime | None = None
+) -> tuple[list[tuple[str, str]], str]:
     """(site id, why) for each site that should train now, if the proxy is quiet; and the window's why."""
-    now = now or datetime.now(timezone.utc)
-    window = QuietWindow.parse(rules.get("quiet_hours"), rules.get("quiet_max_rpm"), rules.get("quiet_rate_window_min") or 5)
+    now = now or datetime.now(UTC)
+    window = QuietWindow.parse(
+        rules.get("quiet_hours"), rules.get("quiet_max_rpm"), rules.get("quiet_rate_window_min") or 5
+    )
     min_examples = int(rules.get("min_examples") or 50)
     growth_factor = float(rules.get("growth_factor") or 2.0)
     if growth_factor <= 1.0:
         raise ValueError("growth_factor must be > 1")
     cur = store.cursor()
-    recent = cur.execute("SELECT count(*) FROM calls WHERE ts >= ?",
-                         [now - timedelta(minutes=window.rate_window_minutes)]).fetchone()[0]
+    recent = cur.execute(
+        "SELECT count(*) FROM calls WHERE ts >= ?", [now - timedelta(minutes=window.rate_window_minutes)]
+    ).fetchone()[0]
     quiet, why = window.is_quiet(now.astimezone(), recent)
     if not quiet:
         return [], why
@@ -292,16 +350,19 @@ def training_schedule(store: Store, rules: dict[str, Any], now: datetime | None 
     by `retraining_status`), and the most recent jobs the scheduler started (`rules["jobs"]`, 20 by
     default), each with its reason and outcome (queued or running, the version it registered, or
     its error)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     jobs = int(rules.get("jobs") or 20)
-    window = QuietWindow.parse(rules.get("quiet_hours"), rules.get("quiet_max_rpm"), rules.get("quiet_rate_window_min") or 5)
+    window = QuietWindow.parse(
+        rules.get("quiet_hours"), rules.get("quiet_max_rpm"), rules.get("quiet_rate_window_min") or 5
+    )
     min_examples = int(rules.get("min_examples") or 50)
     growth_factor = float(rules.get("growth_factor") or 2.0)
     if growth_factor <= 1.0:
         raise ValueError("growth_factor must be > 1")
     cur = store.cursor()
-    recent = cur.execute("SELECT count(*) FROM calls WHERE ts >= ?",
-                         [now - timedelta(minutes=window.rate_window_minutes)]).fetchone()[0]
+    recent = cur.execute(
+        "SELECT count(*) FROM calls WHERE ts >= ?", [now - timedelta(minutes=window.rate_window_minutes)]
+    ).fetchone()[0]
     quiet, why = window.is_quiet(now.astimezone(), recent)
     sites = []
     for site in store.site_records():
@@ -309,25 +370,54 @@ def training_schedule(store: Store, rules: dict[str, Any], now: datetime | None 
             due, reason = False, "never: the site uses tools (local models do not learn tool loops)"
         else:
             due, reason = retraining_status(store, site, min_examples, growth_factor)
-        sites.append({"id": site.id, "name": site.name, "state": site.state, "active_version": site.active_version,
-                      "due": due, "reason": reason})
-    versions = {row[0]: row[1:] for row in cur.execute(
-        "SELECT adapter_path, version, status, note FROM model_versions WHERE adapter_path IS NOT NULL").fetchall()}
+        sites.append(
+            {
+                "id": site.id,
+                "name": site.name,
+                "state": site.state,
+                "active_version": site.active_version,
+                "due": due,
+                "reason": reason,
+            }
+        )
+    versions = {
+        row[0]: row[1:]
+        for row in cur.execute(
+            "SELECT adapter_path, version, status, note FROM model_versions WHERE adapter_path IS NOT NULL"
+        ).fetchall()
+    }
     history = []
     for ts, site_id, name, detail in cur.execute(
-            "SELECT a.ts, a.site_id, s.name, a.detail FROM audit a JOIN sites s ON s.id = a.site_id "
-            "WHERE a.action = 'training' ORDER BY a.ts DESC LIMIT ?", [jobs]).fetchall():
+        "SELECT a.ts, a.site_id, s.name, a.detail FROM audit a JOIN sites s ON s.id = a.site_id "
+        "WHERE a.action = 'training' ORDER BY a.ts DESC LIMIT ?",
+        [jobs],
+    ).fetchall():
         detail = json.loads(detail) if isinstance(detail, str) else detail
         if not isinstance(detail, dict) or not detail.get("out_dir"):
             continue
-        history.append({"ts": ts.isoformat() if hasattr(ts, "isoformat") else str(ts), "site": site_id, "name": name,
-                        "reason": detail.get("scheduled") or detail.get("started") or "",
-                        "out_dir": detail["out_dir"],
-                        "outcome": _job_outcome(Path(detail["out_dir"]), versions)})
-    return {"now": now.isoformat(), "quiet": quiet, "window": why,
-            "rules": {"min_examples": min_examples, "growth_factor": growth_factor,
-                      "quiet_hours": rules.get("quiet_hours"), "quiet_max_rpm": rules.get("quiet_max_rpm")},
-            "sites": sites, "jobs": history}
+        history.append(
+            {
+                "ts": ts.isoformat() if hasattr(ts, "isoformat") else str(ts),
+                "site": site_id,
+                "name": name,
+                "reason": detail.get("scheduled") or detail.get("started") or "",
+                "out_dir": detail["out_dir"],
+                "outcome": _job_outcome(Path(detail["out_dir"]), versions),
+            }
+        )
+    return {
+        "now": now.isoformat(),
+        "quiet": quiet,
+        "window": why,
+        "rules": {
+            "min_examples": min_examples,
+            "growth_factor": growth_factor,
+            "quiet_hours": rules.get("quiet_hours"),
+            "quiet_max_rpm": rules.get("quiet_max_rpm"),
+        },
+        "sites": sites,
+        "jobs": history,
+    }
 
 
 def _job_outcome(out_dir: Path, versions: dict[str, tuple]) -> str:

@@ -68,7 +68,9 @@ class Verdict:
 
     @property
     def failed_checks(self) -> list[str]:
-        return [str(c.get("name")) for c in self.detail.get("checks", []) if isinstance(c, dict) and not c.get("passed")]
+        return [
+            str(c.get("name")) for c in self.detail.get("checks", []) if isinstance(c, dict) and not c.get("passed")
+        ]
 
     def summary(self) -> str:
         return ", ".join(self.failed_checks) or str(self.detail.get("error") or "invalid")
@@ -98,12 +100,18 @@ class BoundValidator:
         try:
             tightened = constrain(copy.deepcopy(schema), self.arguments)
         except Exception as exc:  # noqa: BLE001 - the user's code; the validator still judges
-            _warn_once(self.reference, f"validator {self.reference}: constrain raised {type(exc).__name__}: {exc}; "
-                                       "decoding under the plain response schema")
+            _warn_once(
+                self.reference,
+                f"validator {self.reference}: constrain raised {type(exc).__name__}: {exc}; "
+                "decoding under the plain response schema",
+            )
             return schema
         if not isinstance(tightened, dict):
-            _warn_once(self.reference, f"validator {self.reference}: constrain returned {type(tightened).__name__}, "
-                                       "not a JSON schema object; decoding under the plain response schema")
+            _warn_once(
+                self.reference,
+                f"validator {self.reference}: constrain returned {type(tightened).__name__}, "
+                "not a JSON schema object; decoding under the plain response schema",
+            )
             return schema
         return tightened
 
@@ -209,8 +217,9 @@ class ValidatorRegistry:
             return None
         return reference
 
-    def for_request(self, request: Mapping[str, Any], site_reference: str | None = None,
-                    arguments: CallArguments | None = None) -> BoundValidator | None:
+    def for_request(
+        self, request: Mapping[str, Any], site_reference: str | None = None, arguments: CallArguments | None = None
+    ) -> BoundValidator | None:
         """The validator for this request, bound to its arguments; None when there is none."""
         reference = self.reference_for(request.get("response_format"), site_reference)
         if reference is None:
@@ -242,15 +251,17 @@ def bind(reference: str | None, request: Mapping[str, Any]) -> BoundValidator | 
     return BoundValidator(reference, load_validator(reference), call_arguments(request))
 
 
-def site_validator_for(store: Any, site_id: str, registry: ValidatorRegistry | None = None
-                       ) -> Callable[[Mapping[str, Any]], BoundValidator | None]:
+def site_validator_for(
+    store: Any, site_id: str, registry: ValidatorRegistry | None = None
+) -> Callable[[Mapping[str, Any]], BoundValidator | None]:
     """request -> the site's validator bound to it (the site's policy first, then its response type)."""
     registry = registry or ValidatorRegistry()
     site_reference = store.site_policy(site_id).get("validator")
     return lambda request: registry.for_request(request, site_reference)
 
 
-def site_validator_reference(store: Any, site_id: str, response_format: Mapping[str, Any] | None,
-                             registry: ValidatorRegistry | None = None) -> str | None:
+def site_validator_reference(
+    store: Any, site_id: str, response_format: Mapping[str, Any] | None, registry: ValidatorRegistry | None = None
+) -> str | None:
     """The `module:function` validating this site's answers (what a training job carries)."""
     return (registry or ValidatorRegistry()).reference_for(response_format, store.site_policy(site_id).get("validator"))

@@ -130,12 +130,7 @@ class Layout:
 
     def open_cells(self) -> set[Cell]:
         blocked = self.blocked
-        return {
-            (x, y)
-            for x in range(self.width)
-            for y in range(self.height)
-            if (x, y) not in blocked
-        }
+        return {(x, y) for x in range(self.width) for y in range(self.height) if (x, y) not in blocked}
 
 
 def layout_from(map_like: Any) -> Layout:
@@ -162,9 +157,7 @@ def layout_from(map_like: Any) -> Layout:
     layout.obstacles = {
         c for c in map(as_cell, _list(data.get("small_obstacles"))) if c and in_bounds(c, width, height)
     }
-    layout.enemies = [
-        c for c in map(as_cell, _list(data.get("enemies"))) if c and in_bounds(c, width, height)
-    ]
+    layout.enemies = [c for c in map(as_cell, _list(data.get("enemies"))) if c and in_bounds(c, width, height)]
     player = as_cell(data.get("player_pos"))
     layout.player = player if player and in_bounds(player, width, height) else None
     return layout

@@ -45,9 +45,7 @@ def ascii_grid(map_like: Any) -> str:
     """The map as `height` lines of `width` characters (no trailing newline)."""
     layout = layout_from(map_like)
     symbols = _symbols(layout)
-    return "\n".join(
-        "".join(symbols.get((x, y), OPEN) for x in range(layout.width)) for y in range(layout.height)
-    )
+    return "\n".join("".join(symbols.get((x, y), OPEN) for x in range(layout.width)) for y in range(layout.height))
 
 
 def render_png(map_like: Any, path: str | Path, cell: int = 16) -> Path:

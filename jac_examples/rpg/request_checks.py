@@ -83,11 +83,17 @@ def check_level(answer: str, arguments: Mapping[str, Any]) -> tuple[bool, dict[s
     width = _int_argument(arguments, _WIDTH_ARGS)
     height = _int_argument(arguments, _HEIGHT_ARGS)
     difficulty = _int_argument(arguments, _DIFFICULTY_ARGS)
-    report = validate_level(answer, expected_width=width, expected_height=height, expected_difficulty=difficulty,
-                            previous_levels=_given_levels(arguments))
+    report = validate_level(
+        answer,
+        expected_width=width,
+        expected_height=height,
+        expected_difficulty=difficulty,
+        previous_levels=_given_levels(arguments),
+    )
     detail = report.to_dict()
-    detail["constrained"] = [f for f, v in (("width", width), ("height", height), ("difficulty", difficulty))
-                             if v is not None]
+    detail["constrained"] = [
+        f for f, v in (("width", width), ("height", height), ("difficulty", difficulty)) if v is not None
+    ]
     return report.passed, detail
 
 
@@ -127,8 +133,9 @@ def _objects(node: Any):
 def _bound_positions(schema: dict[str, Any], width: int, height: int) -> None:
     for node in list(_objects(schema)):
         props = node.get("properties")
-        if isinstance(props, dict) and all(isinstance(props.get(k), dict) and props[k].get("type") == "integer"
-                                           for k in ("x", "y")):
+        if isinstance(props, dict) and all(
+            isinstance(props.get(k), dict) and props[k].get("type") == "integer" for k in ("x", "y")
+        ):
             props["x"].update(minimum=0, maximum=width - 1)
             props["y"].update(minimum=0, maximum=height - 1)
 
@@ -193,6 +200,7 @@ def constrain_level(schema: dict[str, Any], arguments: Mapping[str, Any]) -> dic
 def _has_properties(required: frozenset[str]):
     def applies_to(schema: dict[str, Any]) -> bool:
         return required <= set(schema.get("properties") or {})
+
     return applies_to
 
 

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from understudy.jac_examples.rpg.mapmodel import (
-    MAX_SIDE, Cell, as_cell, as_int, in_bounds, load_map_like, reachable, to_plain, wall_cells,
+    MAX_SIDE,
+    Cell,
+    as_cell,
+    as_int,
+    in_bounds,
+    load_map_like,
+    reachable,
+    to_plain,
+    wall_cells,
 )
 
 MAP_CHECKS = (
@@ -179,7 +187,9 @@ def _listed(items: list[Any]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def _dims_check(width: int | None, height: int | None, expected_width: int | None, expected_height: int | None) -> tuple[Check, bool]:
+def _dims_check(
+    width: int | None, height: int | None, expected_width: int | None, expected_height: int | None
+) -> tuple[Check, bool]:
     """The dimensions check and whether the grid is usable by later checks."""
     if width is None or height is None:
         return Check("dimensions", False, "level.width/level.height are missing or not integers"), False
@@ -347,7 +357,10 @@ def _not_checked(names: tuple[str, ...], reason: str) -> list[Check]:
 
 
 def validate_map(
-    data: Any, *, expected_width: int | None = None, expected_height: int | None = None,
+    data: Any,
+    *,
+    expected_width: int | None = None,
+    expected_height: int | None = None,
     expected_level: dict[str, Any] | None = None,
 ) -> ValidationReport:
     """Validate one `Map` (dict, JSON str/bytes, or a live Jac object); never raises.

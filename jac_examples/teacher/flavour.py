@@ -14,7 +14,13 @@ from understudy.jac_examples.rpg.mapmodel import as_int, layout_from, reachable
 
 _MOODS = ("damp", "echoing", "moonlit", "smoke-filled", "overgrown", "ice-cold", "cramped", "vast")
 _SETTINGS = ("stone halls", "twisting corridors", "ruined chambers", "collapsed galleries", "flooded tunnels")
-_THREATS = ("lurking in the shadows", "patrolling the corridors", "waiting behind every corner", "guarding the exit", "hunting in packs")
+_THREATS = (
+    "lurking in the shadows",
+    "patrolling the corridors",
+    "waiting behind every corner",
+    "guarding the exit",
+    "hunting in packs",
+)
 
 
 def _a(word: str) -> str:

@@ -93,7 +93,7 @@ def flawed_level(rng: random.Random, good: dict[str, Any]) -> tuple[str, str]:
 def flawed_typed(rng: random.Random, good: Any) -> tuple[str, str]:
     """Ints (bare or in byLLM's wrapper) go out of range; anything else gets truncated."""
     if isinstance(good, dict) and len(good) == 1:
-        (key, inner), = good.items()
+        ((key, inner),) = good.items()
         if isinstance(inner, int) and not isinstance(inner, bool):
             return json.dumps({key: rng.choice((0, -2, 11, 42))}), "out_of_range"
     return malformed(rng, good), "malformed"

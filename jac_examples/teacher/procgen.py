@@ -20,7 +20,18 @@ from typing import Any
 from understudy.jac_examples.rpg.mapmodel import MAX_SIDE, Cell, as_int, reachable, wall_cells
 from understudy.jac_examples.rpg.validator import validate_map
 
-_ADJECTIVES = ("Sunken", "Frozen", "Burning", "Whispering", "Forgotten", "Crimson", "Hollow", "Gilded", "Drowned", "Shattered")
+_ADJECTIVES = (
+    "Sunken",
+    "Frozen",
+    "Burning",
+    "Whispering",
+    "Forgotten",
+    "Crimson",
+    "Hollow",
+    "Gilded",
+    "Drowned",
+    "Shattered",
+)
 _PLACES = ("Catacombs", "Keep", "Mines", "Sanctum", "Bastion", "Grotto", "Labyrinth", "Citadel", "Marsh", "Observatory")
 _LEVEL_NUMBER = re.compile(r"Level\s+(\d+)")
 _DEFAULT_SIDE = 20
@@ -95,7 +106,9 @@ def _connected(player: Cell, blocked: set[Cell], w: int, h: int) -> bool:
     return len(reachable(player, blocked, w, h)) == w * h - len(blocked)
 
 
-def _place_walls(rng: random.Random, count: int, player: Cell, w: int, h: int, max_len: int) -> tuple[list, set[Cell]] | None:
+def _place_walls(
+    rng: random.Random, count: int, player: Cell, w: int, h: int, max_len: int
+) -> tuple[list, set[Cell]] | None:
     walls: list[tuple[Cell, Cell]] = []
     blocked: set[Cell] = set()
     for _ in range(count):
@@ -133,7 +146,9 @@ def _place_obstacles(rng: random.Random, count: int, player: Cell, blocked: set[
     return obstacles
 
 
-def _place_enemies(rng: random.Random, count: int, player: Cell, blocked: set[Cell], w: int, h: int) -> list[Cell] | None:
+def _place_enemies(
+    rng: random.Random, count: int, player: Cell, blocked: set[Cell], w: int, h: int
+) -> list[Cell] | None:
     free = [(x, y) for x in range(w) for y in range(h) if (x, y) not in blocked and (x, y) != player]
     if len(free) < count:
         return None

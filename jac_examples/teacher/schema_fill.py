@@ -114,7 +114,10 @@ def conform(value: Any, schema: dict[str, Any], rng: random.Random, root: dict[s
             return fill(schema, rng, root)
         if not props:  # a free-form object: anything goes
             return value
-        return {name: conform(value[name], sub, rng, root) if name in value else fill(sub, rng, root) for name, sub in props.items()}
+        return {
+            name: conform(value[name], sub, rng, root) if name in value else fill(sub, rng, root)
+            for name, sub in props.items()
+        }
     if kind == "array":
         items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
         if not isinstance(value, list):

@@ -56,7 +56,10 @@ def create_teacher_app(seed: int = 0, flaw_share: float = 0.1) -> Litestar:
 
     @get("/v1/models", sync_to_thread=False)
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": TEACHER_MODEL_ID, "object": "model", "created": 0, "owned_by": "understudy"}]}
+        return {
+            "object": "list",
+            "data": [{"id": TEACHER_MODEL_ID, "object": "model", "created": 0, "owned_by": "understudy"}],
+        }
 
     @get("/healthz", sync_to_thread=False)
     def healthz() -> dict[str, Any]:

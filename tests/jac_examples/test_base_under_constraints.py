@@ -20,10 +20,26 @@ from understudy.training.config import default_gemma_gguf
 from understudy.validators import ValidatorRegistry
 
 LEVELS = [
-    {"name": "Level 1: The Small Cellar", "difficulty": 1, "width": 6, "height": 5, "num_wall": 1, "num_enemies": 2,
-     "time_countdown": 120, "n_retries_allowed": 3},
-    {"name": "Level 2: The Narrow Hall", "difficulty": 2, "width": 7, "height": 4, "num_wall": 2, "num_enemies": 1,
-     "time_countdown": 150, "n_retries_allowed": 3},
+    {
+        "name": "Level 1: The Small Cellar",
+        "difficulty": 1,
+        "width": 6,
+        "height": 5,
+        "num_wall": 1,
+        "num_enemies": 2,
+        "time_countdown": 120,
+        "n_retries_allowed": 3,
+    },
+    {
+        "name": "Level 2: The Narrow Hall",
+        "difficulty": 2,
+        "width": 7,
+        "height": 4,
+        "num_wall": 2,
+        "num_enemies": 1,
+        "time_countdown": 150,
+        "n_retries_allowed": 3,
+    },
 ]
 ONE_DRAW = SamplingPolicy(tries=1)  # the constraint alone, no re-draws
 

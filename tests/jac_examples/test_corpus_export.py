@@ -6,9 +6,9 @@ import json
 
 import duckdb
 
+from tests.conftest import run_cli
 from understudy.corpus import generate_corpus
 from understudy.jac_examples.rpg.validator import validate_map
-from tests.conftest import run_cli
 from understudy.settings import load_settings
 
 RPG_RETURNS = {"Level", "Map", "str", "list", "int"}
@@ -26,10 +26,29 @@ def test_corpus_fills_every_site_and_exports_filter_it(isolated_data_dir, tmp_pa
     map_site = next(site for site in sites if site["returns"] == "Map")
 
     out = tmp_path / "export"
-    filtered = json.loads(run_cli("export", map_site["id"], "--jsonl", str(out / "f.jsonl"), "--parquet",
-                                  str(out / "f.parquet"), "--data-dir", str(isolated_data_dir)).stdout)
-    unfiltered = json.loads(run_cli("export", map_site["id"], "--unfiltered", "--jsonl", str(out / "u.jsonl"),
-                                    "--data-dir", str(isolated_data_dir)).stdout)
+    filtered = json.loads(
+        run_cli(
+            "export",
+            map_site["id"],
+            "--jsonl",
+            str(out / "f.jsonl"),
+            "--parquet",
+            str(out / "f.parquet"),
+            "--data-dir",
+            str(isolated_data_dir),
+        ).stdout
+    )
+    unfiltered = json.loads(
+        run_cli(
+            "export",
+            map_site["id"],
+            "--unfiltered",
+            "--jsonl",
+            str(out / "u.jsonl"),
+            "--data-dir",
+            str(isolated_data_dir),
+        ).stdout
+    )
     assert unfiltered["kept"] > filtered["kept"] > 0
     assert filtered["dropped_validator"] + filtered["dropped_invalid"] >= 1
 
@@ -44,5 +63,7 @@ def test_corpus_fills_every_site_and_exports_filter_it(isolated_data_dir, tmp_pa
     assert all(passed for _, _, passed in rows)
     assert len((out / "u.jsonl").read_text().splitlines()) == unfiltered["kept"]
 
-    missing = run_cli("export", "nope", "--jsonl", str(out / "x.jsonl"), "--data-dir", str(isolated_data_dir), check=False)
+    missing = run_cli(
+        "export", "nope", "--jsonl", str(out / "x.jsonl"), "--data-dir", str(isolated_data_dir), check=False
+    )
     assert missing.returncode == 1 and missing.stderr.startswith("error: no site matches")

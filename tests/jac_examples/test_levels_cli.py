@@ -68,7 +68,13 @@ def test_validate_json_but_not_a_map(tmp_path):
 def test_validate_level_flag(tmp_path, good_map):
     result = runner.invoke(levels_app, ["validate", "--level", _write(tmp_path, good_map["level"])])
     assert result.exit_code == 0
-    assert [c["name"] for c in json.loads(result.stdout)["checks"]] == ["parse", "dimensions", "counts", "difficulty", "novelty"]
+    assert [c["name"] for c in json.loads(result.stdout)["checks"]] == [
+        "parse",
+        "dimensions",
+        "counts",
+        "difficulty",
+        "novelty",
+    ]
 
 
 def test_render_ascii_and_png(tmp_path, good_map):

@@ -66,8 +66,9 @@ def _broken_maps(good: dict) -> dict[str, dict]:
     level = good["level"]
     broken = {}
     m = copy.deepcopy(good)
-    m["walls"].append(copy.deepcopy(m["walls"][0]) if m["walls"] else {"start_pos": {"x": 0, "y": 0},
-                                                                       "end_pos": {"x": 0, "y": 0}})
+    m["walls"].append(
+        copy.deepcopy(m["walls"][0]) if m["walls"] else {"start_pos": {"x": 0, "y": 0}, "end_pos": {"x": 0, "y": 0}}
+    )
     broken["one wall too many"] = m
     m = copy.deepcopy(good)
     m["enemies"] = m["enemies"][:-1]
@@ -134,19 +135,46 @@ def test_the_decoders_engine_refuses_what_the_schema_refuses(rounds, gemma_vocab
 def test_a_level_of_another_size_or_difficulty_is_outside_the_schema():
     request = level_request(4, 20, 12)
     schema = _tightened(request)
-    level = {"name": "Level 4: The Ashen Vault", "difficulty": 4, "width": 20, "height": 12, "num_wall": 5,
-             "num_enemies": 4, "time_countdown": 200, "n_retries_allowed": 3}
+    level = {
+        "name": "Level 4: The Ashen Vault",
+        "difficulty": 4,
+        "width": 20,
+        "height": 12,
+        "num_wall": 5,
+        "num_enemies": 4,
+        "time_countdown": 200,
+        "n_retries_allowed": 3,
+    }
     assert _fits(level, schema) and REGISTRY.for_request(request)(json.dumps(level)).passed
-    for field, value in (("width", 21), ("height", 11), ("difficulty", 5), ("num_enemies", -1), ("num_wall", -2),
-                         ("num_enemies", 20 * 12), ("name", "")):
+    for field, value in (
+        ("width", 21),
+        ("height", 11),
+        ("difficulty", 5),
+        ("num_enemies", -1),
+        ("num_wall", -2),
+        ("num_enemies", 20 * 12),
+        ("name", ""),
+    ):
         bad = {**level, field: value}
         assert not _fits(bad, schema), field
         assert not REGISTRY.for_request(request)(json.dumps(bad)).passed, field
 
 
 def test_a_request_without_a_level_leaves_the_schema_as_it_is():
-    request = map_request({"name": "x", "difficulty": 1, "width": 5, "height": 5, "num_wall": 1, "num_enemies": 1,
-                           "time_countdown": 10, "n_retries_allowed": 1})
-    request["messages"][1]["content"][0]["text"] = "Lay out the map for the given level, following its size and counts exactly.\n\n"
+    request = map_request(
+        {
+            "name": "x",
+            "difficulty": 1,
+            "width": 5,
+            "height": 5,
+            "num_wall": 1,
+            "num_enemies": 1,
+            "time_countdown": 10,
+            "n_retries_allowed": 1,
+        }
+    )
+    request["messages"][1]["content"][0]["text"] = (
+        "Lay out the map for the given level, following its size and counts exactly.\n\n"
+    )
     plain = request["response_format"]["json_schema"]["schema"]
     assert _tightened(request) == plain

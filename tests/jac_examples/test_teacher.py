@@ -11,12 +11,12 @@ import httpx
 import jsonschema
 import pytest
 
+from tests.conftest import FIXTURES_DIR
 from understudy.jac_examples.rpg.runner import run_level_generator
 from understudy.jac_examples.rpg.validator import validate_level, validate_map
 from understudy.jac_examples.teacher.prompt import parse_request
 from understudy.jac_examples.teacher.sites import Site, identify
 from understudy.jac_examples.teacher.teacher import Teacher
-from tests.conftest import FIXTURES_DIR
 
 CAPTURES = FIXTURES_DIR / "captures"
 
@@ -32,7 +32,11 @@ def _captured_requests() -> list[tuple[str, dict]]:
 
 
 def _level_request(difficulty=3, width=18, height=11, last=None) -> dict:
-    last_repr = "[]" if not last else f"[Level(name={last!r}, difficulty=2, width=16, height=10, num_wall=3, num_enemies=2, time_countdown=280, n_retries_allowed=3)]"
+    last_repr = (
+        "[]"
+        if not last
+        else f"[Level(name={last!r}, difficulty=2, width=16, height=10, num_wall=3, num_enemies=2, time_countdown=280, n_retries_allowed=3)]"
+    )
     text = (
         "Create the next level of the game.\n\n"
         f"last_levels = ({last_repr}, '')\ndifficulty = ({difficulty}, '')\n"
@@ -68,7 +72,10 @@ def test_parse_prompt_0_6_parts_and_metadata():
             {
                 "role": "user",
                 "content": [
-                    {"type": "text", "text": "Header line one.\n\nStill header.\n\nlevel = (Level(name='A, b', difficulty=-2, tags=['x', 'y']), 'a sem')\nn = (3, '')"},
+                    {
+                        "type": "text",
+                        "text": "Header line one.\n\nStill header.\n\nlevel = (Level(name='A, b', difficulty=-2, tags=['x', 'y']), 'a sem')\nn = (3, '')",
+                    },
                     {"type": "text", "text": "Schema requirements:\n- x (integer)"},
                 ],
             },
@@ -217,7 +224,9 @@ def test_http_extras(start_teacher):
         assert client.post("/v1/chat/completions", json={"model": "x"}).status_code == 400
         flawed = client.post("/chat/completions", json=_map_request())
         assert flawed.status_code == 200 and flawed.headers["x-teacher-flaw"]
-        generic = client.post("/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "Say hi"}]})
+        generic = client.post(
+            "/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "Say hi"}]}
+        )
         assert generic.json()["choices"][0]["message"]["content"]
 
 
@@ -266,8 +275,9 @@ def test_jac_level_generator_fails_a_level_that_ignores_its_requested_difficulty
         return content
 
     with FakeUpstream(reply=too_hard) as upstream:
-        result = run_level_generator(1, {"OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": "sk-test"},
-                                     timeout=120, workdir=tmp_path / "run")
+        result = run_level_generator(
+            1, {"OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": "sk-test"}, timeout=120, workdir=tmp_path / "run"
+        )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert "validator: passed" not in lines

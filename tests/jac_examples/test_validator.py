@@ -195,10 +195,22 @@ def test_level_garbage(garbage):
 
 
 def test_a_map_must_be_for_the_level_it_was_asked_for():
-    game_map = {"level": {"name": "L", "difficulty": 1, "width": 6, "height": 5, "num_wall": 1, "num_enemies": 1,
-                          "time_countdown": 100, "n_retries_allowed": 3},
-                "walls": [{"start_pos": {"x": 2, "y": 0}, "end_pos": {"x": 2, "y": 1}}], "small_obstacles": [],
-                "enemies": [{"x": 5, "y": 4}], "player_pos": {"x": 0, "y": 0}}
+    game_map = {
+        "level": {
+            "name": "L",
+            "difficulty": 1,
+            "width": 6,
+            "height": 5,
+            "num_wall": 1,
+            "num_enemies": 1,
+            "time_countdown": 100,
+            "n_retries_allowed": 3,
+        },
+        "walls": [{"start_pos": {"x": 2, "y": 0}, "end_pos": {"x": 2, "y": 1}}],
+        "small_obstacles": [],
+        "enemies": [{"x": 5, "y": 4}],
+        "player_pos": {"x": 0, "y": 0},
+    }
     assert validate_map(game_map, expected_level=game_map["level"]).passed
     bigger = {**game_map["level"], "width": 8}
     report = validate_map(game_map, expected_level=bigger)

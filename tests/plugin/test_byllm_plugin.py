@@ -25,8 +25,13 @@ WARNING_PREFIX = "understudy: "
 
 # Every site of sites.jac and the turns it sends: (site, turns); turns in order of arrival.
 LITELLM_SITES = [
-    ("sites.A.describe", 1), ("sites.B.describe", 1), ("sites.make_level", 2), ("sites.narrate", 1),
-    ("sites.pick_boss", 2), ("sites.describe_async", 1), ("sites.narrate_async", 1),
+    ("sites.A.describe", 1),
+    ("sites.B.describe", 1),
+    ("sites.make_level", 2),
+    ("sites.narrate", 1),
+    ("sites.pick_boss", 2),
+    ("sites.describe_async", 1),
+    ("sites.narrate_async", 1),
 ]
 # http_client: async streaming is not run (byLLM 0.6.19 reads an SSE reply as JSON there).
 HTTP_SITES = [s for s in LITELLM_SITES if s[0] != "sites.narrate_async"]
@@ -51,21 +56,25 @@ def jac_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("jac-cache")
 
 
-def run_jac(tmp_path: Path, program: str, env_overrides: dict[str, str], cache: Path,
-            extra_pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+def run_jac(
+    tmp_path: Path, program: str, env_overrides: dict[str, str], cache: Path, extra_pythonpath: Path | None = None
+) -> subprocess.CompletedProcess:
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     shutil.copy(JAC_DIR / program, work / program)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "UNDERSTUDY_URL", "PYTHONPATH")
-           and not k.startswith("PLUGIN_")}
-    env.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "XDG_CACHE_HOME": str(cache),
-                "HOME": str(tmp_path / "home")})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "UNDERSTUDY_URL", "PYTHONPATH")
+        and not k.startswith("PLUGIN_")
+    }
+    env.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "XDG_CACHE_HOME": str(cache), "HOME": str(tmp_path / "home")})
     if extra_pythonpath is not None:
         env["PYTHONPATH"] = str(extra_pythonpath)
     env.update(env_overrides)
-    return subprocess.run([str(VENV_BIN / "jac"), "run", program], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=work)
+    return subprocess.run(
+        [str(VENV_BIN / "jac"), "run", program], capture_output=True, text=True, timeout=120, env=env, cwd=work
+    )
 
 
 def sites_seen(received: list[dict]) -> list[tuple[str | None, str | None]]:
@@ -119,9 +128,16 @@ def test_litellm_transport_every_request_goes_to_the_proxy_tagged(tmp_path, jac_
 def test_http_client_transport_overrides_the_programs_base_url(tmp_path, jac_cache):
     # The program's own base URL is a dead port: only the plugin's override reaches the server.
     with FakeUpstream(scripted_reply) as proxy:
-        result = run_jac(tmp_path, "sites.jac", cache=jac_cache, env_overrides={
-            "UNDERSTUDY_URL": proxy.url, "PLUGIN_HTTP_CLIENT": "1",
-            "PLUGIN_BASE_URL": "http://127.0.0.1:9/v1/chat/completions"})
+        result = run_jac(
+            tmp_path,
+            "sites.jac",
+            cache=jac_cache,
+            env_overrides={
+                "UNDERSTUDY_URL": proxy.url,
+                "PLUGIN_HTTP_CLIENT": "1",
+                "PLUGIN_BASE_URL": "http://127.0.0.1:9/v1/chat/completions",
+            },
+        )
         received = list(proxy.received)
     assert_program_ran(result)
     assert WARNING_PREFIX not in result.stderr
@@ -162,8 +178,12 @@ def test_inert_without_understudy_url(tmp_path, jac_cache, transport):
 
 def test_unknown_model_class_goes_ahead_untouched_with_one_warning(tmp_path, jac_cache):
     with FakeUpstream() as proxy, FakeUpstream() as own:
-        result = run_jac(tmp_path, "unknown_model.jac", cache=jac_cache,
-                         env_overrides={"UNDERSTUDY_URL": proxy.url, "OPENAI_BASE_URL": own.url})
+        result = run_jac(
+            tmp_path,
+            "unknown_model.jac",
+            cache=jac_cache,
+            env_overrides={"UNDERSTUDY_URL": proxy.url, "OPENAI_BASE_URL": own.url},
+        )
         assert proxy.received == []
         received = list(own.received)
     assert result.returncode == 0, result.stderr
@@ -183,9 +203,13 @@ def test_unknown_byllm_version_goes_ahead_untouched_with_one_warning(tmp_path, j
         "m.version = lambda name: '0.7.0' if name == 'byllm' else _version(name)\n"
     )
     with FakeUpstream(scripted_reply) as proxy, FakeUpstream(scripted_reply) as own:
-        result = run_jac(tmp_path, "sites.jac", cache=jac_cache,
-                         env_overrides={"UNDERSTUDY_URL": proxy.url, "OPENAI_BASE_URL": own.url},
-                         extra_pythonpath=shim)
+        result = run_jac(
+            tmp_path,
+            "sites.jac",
+            cache=jac_cache,
+            env_overrides={"UNDERSTUDY_URL": proxy.url, "OPENAI_BASE_URL": own.url},
+            extra_pythonpath=shim,
+        )
         assert proxy.received == []
         received = list(own.received)
     assert_program_ran(result)
@@ -203,8 +227,13 @@ def plugin(monkeypatch):
     """The plugin module with its per-process state reset (restored afterwards)."""
     from understudy import byllm_plugin
 
-    for name, value in (("_warned", False), ("_installed", None), ("_install_failed", False),
-                        ("_known_classes", {}), ("_originals", {})):
+    for name, value in (
+        ("_warned", False),
+        ("_installed", None),
+        ("_install_failed", False),
+        ("_known_classes", {}),
+        ("_originals", {}),
+    ):
         monkeypatch.setattr(byllm_plugin, name, value)
     monkeypatch.setenv("UNDERSTUDY_URL", "http://127.0.0.1:1/v1/")
     return byllm_plugin
@@ -218,7 +247,12 @@ class FakeModel:
     api_key = "sk-x"
 
     def make_model_params(self, mt_run):
-        return {"model": "anthropic/claude-x", "messages": [], "api_base": "http://own/v1", "metadata": {"jac_caller_name": "f"}}
+        return {
+            "model": "anthropic/claude-x",
+            "messages": [],
+            "api_base": "http://own/v1",
+            "metadata": {"jac_caller_name": "f"},
+        }
 
     def model_call_no_stream(self, params):
         return params
@@ -326,8 +360,9 @@ def test_plugin_is_asked_before_byllm_whatever_the_registration_order(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env |= {"UNDERSTUDY_URL": "http://127.0.0.1:1/v1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                            cwd=tmp_path, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     call_order, acall_order = result.stdout.split()
     assert call_order.split(",")[-1] == "understudy" and "byllm" in call_order and "late" in call_order

@@ -24,7 +24,10 @@ def test_twins_are_two_named_sites_in_the_store(fake_upstream, isolated_data_dir
     fake_upstream.reply = scripted_reply
     proxy = start_proxy(isolated_data_dir, fake_upstream.url)
     try:
-        env = {"UNDERSTUDY_URL": proxy.url + "/v1", **({"PLUGIN_HTTP_CLIENT": "1"} if transport == "http_client" else {})}
+        env = {
+            "UNDERSTUDY_URL": proxy.url + "/v1",
+            **({"PLUGIN_HTTP_CLIENT": "1"} if transport == "http_client" else {}),
+        }
         assert_program_ran(run_jac(tmp_path, "sites.jac", env, jac_cache))
         sites = {row["name"]: row for row in json.loads(proxy.cli("sites", "--json").stdout)}
     finally:
@@ -40,8 +43,14 @@ def test_plugin_continues_an_untagged_history(fake_upstream, isolated_data_dir, 
     fake_upstream.reply = scripted_reply
     proxy = start_proxy(isolated_data_dir, fake_upstream.url)
     try:
-        assert_program_ran(run_jac(tmp_path, "sites.jac", {"OPENAI_BASE_URL": proxy.url + "/v1",
-                                                           "OPENAI_API_KEY": "sk-plugin-test"}, jac_cache))
+        assert_program_ran(
+            run_jac(
+                tmp_path,
+                "sites.jac",
+                {"OPENAI_BASE_URL": proxy.url + "/v1", "OPENAI_API_KEY": "sk-plugin-test"},
+                jac_cache,
+            )
+        )
         before = {row["id"]: row for row in json.loads(proxy.cli("sites", "--json").stdout)}
         assert_program_ran(run_jac(tmp_path, "sites.jac", {"UNDERSTUDY_URL": proxy.url + "/v1"}, jac_cache))
         after = {row["name"]: row for row in json.loads(proxy.cli("sites", "--json").stdout)}

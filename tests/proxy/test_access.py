@@ -50,9 +50,12 @@ def test_with_keys_a_missing_or_wrong_key_is_a_401_and_never_forwarded(fake_upst
     key = _add_key(isolated_data_dir, "alice")
     proxy = start_proxy(isolated_data_dir, fake_upstream.url)
     try:
-        for headers, reason in (({}, "missing_client_key"), ({"authorization": f"Bearer {key}x"}, "wrong_client_key"),
-                                ({"authorization": f"Bearer {proxy.admin_token}"}, "wrong_client_key"),
-                                ({"authorization": f"Basic {key}"}, "missing_client_key")):
+        for headers, _why in (
+            ({}, "missing_client_key"),
+            ({"authorization": f"Bearer {key}x"}, "wrong_client_key"),
+            ({"authorization": f"Bearer {proxy.admin_token}"}, "wrong_client_key"),
+            ({"authorization": f"Basic {key}"}, "missing_client_key"),
+        ):
             refused = httpx.post(proxy.url + CHAT, json=_body(), headers=headers, timeout=30)
             assert refused.status_code == 401
             assert refused.json()["error"]["code"] == "invalid_api_key"
@@ -72,14 +75,22 @@ def test_with_keys_a_missing_or_wrong_key_is_a_401_and_never_forwarded(fake_upst
         # a key added while the proxy runs counts within seconds; a revoked one stops counting
         late = _add_key(isolated_data_dir, "carol")
         deadline = time.monotonic() + 10
-        while httpx.post(proxy.url + CHAT, json=_body("late"), headers={"authorization": f"Bearer {late}"},
-                         timeout=30).status_code != 200:
+        while (
+            httpx.post(
+                proxy.url + CHAT, json=_body("late"), headers={"authorization": f"Bearer {late}"}, timeout=30
+            ).status_code
+            != 200
+        ):
             assert time.monotonic() < deadline, "a key added while running was never accepted"
             time.sleep(0.3)
         run_cli("keys", "revoke", "carol", "--data-dir", str(isolated_data_dir))
         deadline = time.monotonic() + 10
-        while httpx.post(proxy.url + CHAT, json=_body("late"), headers={"authorization": f"Bearer {late}"},
-                         timeout=30).status_code != 401:
+        while (
+            httpx.post(
+                proxy.url + CHAT, json=_body("late"), headers={"authorization": f"Bearer {late}"}, timeout=30
+            ).status_code
+            != 401
+        ):
             assert time.monotonic() < deadline, "a revoked key was still accepted"
             time.sleep(0.3)
     finally:
@@ -92,8 +103,12 @@ def test_the_client_key_is_replaced_by_the_upstream_key(fake_upstream, isolated_
     key = _add_key(isolated_data_dir, "alice")
     proxy = start_proxy(isolated_data_dir, fake_upstream.url, "--upstream-key", "sk-upstream-own")
     try:
-        assert httpx.post(proxy.url + CHAT, json=_body(), headers={"authorization": f"Bearer {key}"},
-                          timeout=30).status_code == 200
+        assert (
+            httpx.post(
+                proxy.url + CHAT, json=_body(), headers={"authorization": f"Bearer {key}"}, timeout=30
+            ).status_code
+            == 200
+        )
         assert fake_upstream.received[-1]["headers"]["authorization"] == "Bearer sk-upstream-own"
         assert key not in json.dumps(fake_upstream.received)
     finally:
@@ -122,20 +137,44 @@ def test_a_non_loopback_bind_with_keys_starts(fake_upstream, isolated_data_dir):
     proxy = start_proxy(isolated_data_dir, fake_upstream.url, "--host", "0.0.0.0")
     try:
         assert httpx.post(proxy.url + CHAT, json=_body(), timeout=30).status_code == 401
-        assert httpx.post(proxy.url + CHAT, json=_body(), headers={"authorization": f"Bearer {key}"},
-                          timeout=30).status_code == 200
+        assert (
+            httpx.post(
+                proxy.url + CHAT, json=_body(), headers={"authorization": f"Bearer {key}"}, timeout=30
+            ).status_code
+            == 200
+        )
     finally:
         proxy.stop()
 
 
 def test_an_empty_or_missing_keys_file_is_refused_off_loopback(isolated_data_dir, tmp_path):
-    missing = run_cli("serve", "--host", "0.0.0.0", "--port", "0", "--client-keys-file", str(tmp_path / "nope.json"),
-                      "--data-dir", str(isolated_data_dir), check=False)
+    missing = run_cli(
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+        "--client-keys-file",
+        str(tmp_path / "nope.json"),
+        "--data-dir",
+        str(isolated_data_dir),
+        check=False,
+    )
     assert missing.returncode == 1 and "does not exist" in missing.stderr
     empty = tmp_path / "empty.json"
     empty.write_text('{"keys": []}')
-    refused = run_cli("serve", "--host", "0.0.0.0", "--port", "0", "--client-keys-file", str(empty),
-                      "--data-dir", str(isolated_data_dir), check=False)
+    refused = run_cli(
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+        "--client-keys-file",
+        str(empty),
+        "--data-dir",
+        str(isolated_data_dir),
+        check=False,
+    )
     assert refused.returncode == 1 and "holds no keys" in refused.stderr
 
 
@@ -145,9 +184,13 @@ def test_report_needs_the_admin_token_unless_public(fake_upstream, isolated_data
         httpx.post(proxy.url + CHAT, json=_body(), timeout=30)
         refused = httpx.get(proxy.url + "/report", timeout=30)
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "admin_token_required"
-        assert httpx.get(proxy.url + "/report", headers={"authorization": "Bearer wrong"}, timeout=30).status_code == 401
+        assert (
+            httpx.get(proxy.url + "/report", headers={"authorization": "Bearer wrong"}, timeout=30).status_code == 401
+        )
         assert httpx.get(proxy.url + "/report", params={"token": "wröng"}, timeout=30).status_code == 401
-        by_header = httpx.get(proxy.url + "/report", headers={"authorization": f"Bearer {proxy.admin_token}"}, timeout=60)
+        by_header = httpx.get(
+            proxy.url + "/report", headers={"authorization": f"Bearer {proxy.admin_token}"}, timeout=60
+        )
         assert by_header.status_code == 200 and by_header.text.startswith("<!")
         assert httpx.get(proxy.url + "/report", params={"token": proxy.admin_token}, timeout=60).status_code == 200
         proxy.cli("report")  # the CLI sends the token itself
@@ -168,15 +211,27 @@ def test_exports_and_adapter_paths_are_confined_to_the_data_dir(fake_upstream, i
         site = httpx.post(proxy.url + CHAT, json=_body(), timeout=30).headers["x-understudy-site"]
         assert httpx.post(proxy.url + CHAT, json=_body("Another one."), timeout=30).headers["x-understudy-site"] == site
         for kind in ("jsonl", "parquet"):
-            refused = httpx.post(proxy.url + f"/admin/sites/{site}/export", headers=token, timeout=30,
-                                 json={"filtered": False, kind: str(outside / f"x.{kind}")})
+            refused = httpx.post(
+                proxy.url + f"/admin/sites/{site}/export",
+                headers=token,
+                timeout=30,
+                json={"filtered": False, kind: str(outside / f"x.{kind}")},
+            )
             assert refused.status_code == 400 and refused.json()["error"]["code"] == "path_outside_data_dir"
         sneaky = str(isolated_data_dir / ".." / "escaped.jsonl")  # inside by its text, outside once resolved
-        assert httpx.post(proxy.url + f"/admin/sites/{site}/export", headers=token, timeout=30,
-                          json={"jsonl": sneaky}).status_code == 400
+        assert (
+            httpx.post(
+                proxy.url + f"/admin/sites/{site}/export", headers=token, timeout=30, json={"jsonl": sneaky}
+            ).status_code
+            == 400
+        )
         assert not outside.exists() and not (isolated_data_dir.parent / "escaped.jsonl").exists()
-        inside = httpx.post(proxy.url + f"/admin/sites/{site}/export", headers=token, timeout=30,
-                            json={"filtered": False, "jsonl": str(isolated_data_dir / "exports" / "x.jsonl")})
+        inside = httpx.post(
+            proxy.url + f"/admin/sites/{site}/export",
+            headers=token,
+            timeout=30,
+            json={"filtered": False, "jsonl": str(isolated_data_dir / "exports" / "x.jsonl")},
+        )
         assert inside.status_code == 200 and (isolated_data_dir / "exports" / "x.jsonl").exists()
 
         # the CLI still writes wherever the user asks: the proxy stages the file, the CLI moves it
@@ -187,14 +242,27 @@ def test_exports_and_adapter_paths_are_confined_to_the_data_dir(fake_upstream, i
 
         # registered adapters: a path outside the data dir is refused and nothing is registered
         for field in ("adapter_path", "dataset_snapshot"):
-            result = {"site_id": site, "verified": True, "error": None, "config": {}, "metrics": {},
-                      "adapter_path": str(isolated_data_dir / "adapters" / "a.gguf"), field: "/etc/passwd"}
+            result = {
+                "site_id": site,
+                "verified": True,
+                "error": None,
+                "config": {},
+                "metrics": {},
+                "adapter_path": str(isolated_data_dir / "adapters" / "a.gguf"),
+                field: "/etc/passwd",
+            }
             refused = httpx.post(proxy.url + "/admin/versions", headers=token, json=result, timeout=30)
             assert refused.status_code == 400 and refused.json()["error"]["param"] == field
         assert httpx.get(proxy.url + f"/admin/sites/{site}/versions", headers=token, timeout=30).json() == []
         # control: an adapter inside the data dir registers
-        result = {"site_id": site, "verified": True, "error": None, "config": {}, "metrics": {},
-                  "adapter_path": str(isolated_data_dir / "adapters" / site / "job-1" / "adapter.gguf")}
+        result = {
+            "site_id": site,
+            "verified": True,
+            "error": None,
+            "config": {},
+            "metrics": {},
+            "adapter_path": str(isolated_data_dir / "adapters" / site / "job-1" / "adapter.gguf"),
+        }
         assert httpx.post(proxy.url + "/admin/versions", headers=token, json=result, timeout=30).status_code == 200
     finally:
         proxy.stop()

@@ -18,8 +18,9 @@ PROGRAM = Path(__file__).parent / "jac" / "three_sites.jac"
 
 def run_jac(program: Path, env_overrides: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **env_overrides}
-    return subprocess.run([str(VENV_BIN / "jac"), "run", str(program)], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=cwd)
+    return subprocess.run(
+        [str(VENV_BIN / "jac"), "run", str(program)], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
+    )
 
 
 @pytest.mark.parametrize("transport", ["litellm", "http_client"])

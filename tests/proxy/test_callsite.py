@@ -6,8 +6,8 @@ from collections import defaultdict
 
 import pytest
 
-from understudy.proxy.callsite import identify
 from tests.proxy.captures import TWINS, capture_files, load_capture
+from understudy.proxy.callsite import identify
 
 ALL_CAPTURES = [line for path in capture_files() for line in load_capture(path)]
 
@@ -36,7 +36,13 @@ def test_same_function_gets_the_same_site_across_transports_and_versions():
     for line in ALL_CAPTURES:
         if "level_gen" in line["scenario"]:
             ids_of_site[line["call_site"]].add(identify(line["request"]["body"]).site_id)
-    assert set(ids_of_site) == {"create_next_level", "create_next_map", "describe_level", "Level.tagline", "rate_difficulty"}
+    assert set(ids_of_site) == {
+        "create_next_level",
+        "create_next_map",
+        "describe_level",
+        "Level.tagline",
+        "rate_difficulty",
+    }
     assert all(len(ids) == 1 for ids in ids_of_site.values()), ids_of_site
 
 
@@ -65,7 +71,10 @@ def test_readable_names():
         names[(line["scenario"], line["call_site"])] = ident.signature.default_name(ident.caller_name)
     assert names[("b0619_http_client_level_gen", "create_next_map")] == ("create_next_map", "caller")
     assert names[("b0619_litellm_env_level_gen", "describe_level")] == ("describe_level", "function")
-    assert names[("b0619_litellm_env_level_gen", "create_next_map")] == ("Map:lay-out-the-map-for-the-given-level", "docstring")
+    assert names[("b0619_litellm_env_level_gen", "create_next_map")] == (
+        "Map:lay-out-the-map-for-the-given-level",
+        "docstring",
+    )
 
 
 def test_explicit_tag_overrides_the_signature():
@@ -81,7 +90,10 @@ def test_generic_clients_are_keyed_by_system_prompt_schema_and_tools():
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         return {"model": "m", "messages": messages, **({"tools": tools} if tools else {})}
 
-    assert identify(body("You translate.", "hello")).site_id == identify(body("You translate.", "a different text")).site_id
+    assert (
+        identify(body("You translate.", "hello")).site_id
+        == identify(body("You translate.", "a different text")).site_id
+    )
     assert identify(body("You translate.", "hello")).site_id != identify(body("You summarise.", "hello")).site_id
     tool = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
     assert identify(body("You translate.", "hi", tool)).site_id != identify(body("You translate.", "hi")).site_id

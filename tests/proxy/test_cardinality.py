@@ -13,13 +13,23 @@ from understudy.proxy.callsite import identify
 from understudy.proxy.site_registry import SiteRegistry
 
 CHAT = "/v1/chat/completions"
-TYPED = {"type": "json_schema", "json_schema": {"name": "Answer", "schema": {"type": "object", "properties": {
-    "text": {"type": "string"}}, "required": ["text"]}}}
+TYPED = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "Answer",
+        "schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    },
+}
 
 
 def _body(n: int, typed: bool = False) -> dict:
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": f"Today is day {n}. Be helpful."},
-                                                 {"role": "user", "content": "Summarise the news."}]}
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": f"Today is day {n}. Be helpful."},
+            {"role": "user", "content": "Summarise the news."},
+        ],
+    }
     return {**body, "response_format": TYPED} if typed else body
 
 
@@ -62,7 +72,7 @@ def _site_labels(metrics: str) -> set[str]:
 
 
 def _requests_total(metrics: str) -> float:
-    return sum(float(v) for v in re.findall(r'understudy_requests_total\{[^}]*\} ([0-9.e+]+)', metrics))
+    return sum(float(v) for v in re.findall(r"understudy_requests_total\{[^}]*\} ([0-9.e+]+)", metrics))
 
 
 def test_thousands_of_system_prompts_stay_within_the_default_bounds(fake_upstream, isolated_data_dir):

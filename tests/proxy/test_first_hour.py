@@ -31,8 +31,13 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
 
 
 def launch(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([str(VENV_BIN / "understudy"), *args], env=env or os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(VENV_BIN / "understudy"), *args],
+        env=env or os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def announced_url(process: subprocess.Popen, timeout: float = 90) -> tuple[str, list[str]]:
@@ -93,10 +98,16 @@ def test_up_on_port_0_prints_the_address_it_listens_on_and_refuses_a_second_star
 
 def test_a_store_held_by_another_process_is_one_line_not_a_traceback(isolated_data_dir):
     isolated_data_dir.mkdir(parents=True)
-    holder = subprocess.Popen([str(VENV_BIN / "python"), "-c",
-                               "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('held', flush=True); "
-                               "time.sleep(120)", str(isolated_data_dir / "understudy.duckdb")],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            str(VENV_BIN / "python"),
+            "-c",
+            "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(120)",
+            str(isolated_data_dir / "understudy.duckdb"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         for command in ("serve", "up"):
@@ -126,9 +137,13 @@ def test_up_with_an_upstream_url_and_no_key_forwards_there_without_a_teacher(iso
             assert not any("teacher" in line for line in before), before
             assert any(upstream.url in line for line in before)
             assert not any("understudy teacher" in args for args in children_of(up.pid).values())
-            assert post(url, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+            assert (
+                post(url, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+            )
             assert len(upstream.received) == 1
-            default = next(r for r in json.loads(run_cli("upstreams", "--json").stdout)["routes"] if r["name"] == "default")
+            default = next(
+                r for r in json.loads(run_cli("upstreams", "--json").stdout)["routes"] if r["name"] == "default"
+            )
             assert default["base_url"] == upstream.url
         finally:
             stop(up)
@@ -154,15 +169,25 @@ pattern = "teach-*"
 provider = "openai-compatible"
 base_url = "{teacher.url}"
 """)
-        result = run_cli("upstreams", "--check", "--json", "--config", str(config),
-                         "--upstream-url", "https://api.openai.com/v1", check=False)
+        result = run_cli(
+            "upstreams",
+            "--check",
+            "--json",
+            "--config",
+            str(config),
+            "--upstream-url",
+            "https://api.openai.com/v1",
+            check=False,
+        )
     finally:
         teacher.stop()
     checks = {c["route"]: c for c in json.loads(result.stdout)["checks"]}
     # the model comes from the server's own list and matches the route's pattern
     assert checks["teach-own"]["ok"] and checks["teach-own"]["model"] == "understudy-teacher"
     # the control: a pattern nothing listed matches is reported, not checked with gpt-4o-mini
-    assert not checks["teach-nothing"]["contacted"] and "no model matching 'teach-*'" in checks["teach-nothing"]["error"]
+    assert (
+        not checks["teach-nothing"]["contacted"] and "no model matching 'teach-*'" in checks["teach-nothing"]["error"]
+    )
     # keyless OpenAI itself: reported, not contacted (there is no key to send)
     assert not checks["default"]["contacted"] and "not contacted" in checks["default"]["error"]
     assert result.returncode == 0  # nothing contacted failed
@@ -184,8 +209,10 @@ def test_a_hand_set_tag_gets_a_site_of_its_own_and_a_plugin_tag_keeps_history(pr
     assert next(s for s in sites.values() if s["id"] == first)["calls"] == 3
 
     # The control: the plugin's exact tag on the same signature takes the history over (continuity).
-    plugin = {**level_request(6, 20, 12), "metadata": {"understudy_site": "rpg.create_next_level",
-                                                         "understudy_site_source": "plugin"}}
+    plugin = {
+        **level_request(6, 20, 12),
+        "metadata": {"understudy_site": "rpg.create_next_level", "understudy_site_source": "plugin"},
+    }
     assert post(url, plugin).headers["x-understudy-site"] == first
     assert json.loads(proxy.cli("sites", "--json").stdout)[0]["name"] == "rpg.create_next_level"
 
@@ -214,7 +241,9 @@ def test_any_former_name_finds_a_site_and_a_miss_lists_candidates(proxy):
 def test_rename_refuses_empty_and_taken_names_in_one_line(proxy):
     url = proxy.url + "/v1"
     a = post(url, level_request(2, 20, 12)).headers["x-understudy-site"]
-    b = post(url, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}).headers["x-understudy-site"]
+    b = post(url, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}).headers[
+        "x-understudy-site"
+    ]
     assert "give a site id" in one_line_error(proxy.cli("sites", "rename", "", "x", check=False))
     assert "must not be empty" in one_line_error(proxy.cli("sites", "rename", a, " ", check=False))
     proxy.cli("sites", "rename", a, "levels")
@@ -224,15 +253,20 @@ def test_rename_refuses_empty_and_taken_names_in_one_line(proxy):
     proxy.cli("sites", "rename", b, "greetings")  # the control: a free name is taken
     assert {s["name"] for s in json.loads(proxy.cli("sites", "--json").stdout)} == {"levels", "greetings"}
     # the admin API says the same, as an OpenAI-style error
-    response = httpx.post(f"{proxy.url}/admin/sites/{b}/rename", json={"name": "levels"},
-                          headers={"authorization": f"Bearer {proxy.admin_token}"})
+    response = httpx.post(
+        f"{proxy.url}/admin/sites/{b}/rename",
+        json={"name": "levels"},
+        headers={"authorization": f"Bearer {proxy.admin_token}"},
+    )
     assert response.status_code == 409 and response.json()["error"]["code"] == "name_taken"
 
 
 def test_rename_without_a_proxy_refuses_the_same(proxy, isolated_data_dir):
     url = proxy.url + "/v1"
     a = post(url, level_request(2, 20, 12)).headers["x-understudy-site"]
-    b = post(url, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}).headers["x-understudy-site"]
+    b = post(url, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}).headers[
+        "x-understudy-site"
+    ]
     proxy.cli("sites", "rename", a, "levels")
     proxy.stop()
     assert "already called" in one_line_error(run_cli("sites", "rename", b, "levels", check=False))
@@ -246,8 +280,11 @@ def test_rename_without_a_proxy_refuses_the_same(proxy, isolated_data_dir):
 def test_calls_limit_must_be_positive_through_the_proxy_and_without(proxy):
     site = post(proxy.url + "/v1", level_request(2, 20, 12)).headers["x-understudy-site"]
     assert "--limit must be at least 1" in one_line_error(proxy.cli("calls", site, "--limit", "-1", check=False), 2)
-    response = httpx.get(f"{proxy.url}/admin/sites/{site}/calls", params={"limit": -1},
-                         headers={"authorization": f"Bearer {proxy.admin_token}"})
+    response = httpx.get(
+        f"{proxy.url}/admin/sites/{site}/calls",
+        params={"limit": -1},
+        headers={"authorization": f"Bearer {proxy.admin_token}"},
+    )
     assert response.status_code == 400 and response.json()["error"]["param"] == "limit"
     assert len(json.loads(proxy.cli("calls", site, "--limit", "1", "--json").stdout)) == 1  # the control
 
@@ -262,15 +299,19 @@ def test_actions_that_would_change_nothing_fail_and_write_no_audit(proxy, isolat
     assert "already pinned to upstream" in one_line_error(proxy.cli("pin", site, "upstream", check=False))
     proxy.cli("unpin", site)
     proxy.stop()
-    assert query_store(isolated_data_dir, "SELECT action FROM audit WHERE site_id = ? ORDER BY ts",
-                       [site]) == [("pin",), ("unpin",)]
+    assert query_store(isolated_data_dir, "SELECT action FROM audit WHERE site_id = ? ORDER BY ts", [site]) == [
+        ("pin",),
+        ("unpin",),
+    ]
 
 
 def test_policy_merges_prints_the_result_and_refuses_wrong_types(proxy):
     site = post(proxy.url + "/v1", level_request(2, 20, 12)).headers["x-understudy-site"]
     bad = proxy.cli("policy", site, '{"promotion": {"min_samples": "x"}}', check=False)
     assert "min_samples must be int, not 'x'" in one_line_error(bad)
-    assert "promotion must be a JSON object" in one_line_error(proxy.cli("policy", site, '{"promotion": 5}', check=False))
+    assert "promotion must be a JSON object" in one_line_error(
+        proxy.cli("policy", site, '{"promotion": 5}', check=False)
+    )
 
     proxy.cli("policy", site, '{"promotion": {"min_samples": 50}}')
     out = proxy.cli("policy", site, '{"scoring": {"number_tolerance": 0.2}}').stdout
@@ -358,8 +399,10 @@ def test_store_resolution_reads_site_names_of_an_older_store(tmp_path):
     con = duckdb.connect(str(path))  # back to the schema before m006
     con.execute("DROP TABLE site_names")
     con.execute("DELETE FROM _migrations WHERE name = 'm007_site_names'")
-    con.execute("INSERT INTO sites (id, name, name_source, kind, created_at, tag) VALUES "
-                "('abc123', 'pkg.fn', 'explicit', 'explicit', now(), 'pkg.fn')")
+    con.execute(
+        "INSERT INTO sites (id, name, name_source, kind, created_at, tag) VALUES "
+        "('abc123', 'pkg.fn', 'explicit', 'explicit', now(), 'pkg.fn')"
+    )
     con.close()
     store = Store(path)
     try:

@@ -21,21 +21,32 @@ import pytest
 from tests.conftest import query_store, run_cli, start_proxy
 
 MESSAGES = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Say something."}]
-ROW = ("SELECT model, stream, status, error, response, prompt_tokens, completion_tokens, cost_usd, usage_estimated, "
-       "attempts FROM calls ORDER BY ts, id")
+ROW = (
+    "SELECT model, stream, status, error, response, prompt_tokens, completion_tokens, cost_usd, usage_estimated, "
+    "attempts FROM calls ORDER BY ts, id"
+)
 
 
 @pytest.fixture
 def start(fake_upstream, isolated_data_dir, tmp_path):
     """A proxy on the fake upstream with short fault settings; fault models are priced like gpt-4o-mini."""
     prices = tmp_path / "prices.toml"
-    prices.write_text("".join(f'[prices."{name}"]\ninput = 0.15\noutput = 0.60\n'
-                              for name in ("break-after", "truncate-after", "stall-after", "no-usage")))
+    prices.write_text(
+        "".join(
+            f'[prices."{name}"]\ninput = 0.15\noutput = 0.60\n'
+            for name in ("break-after", "truncate-after", "stall-after", "no-usage")
+        )
+    )
     running = []
 
     def _start(**settings: str):
-        env = {**os.environ, "UNDERSTUDY_PRICES_FILE": str(prices), "UNDERSTUDY_UPSTREAM_BACKOFF_S": "0.05",
-               "UNDERSTUDY_UPSTREAM_STALL_TIMEOUT_S": "1", **settings}
+        env = {
+            **os.environ,
+            "UNDERSTUDY_PRICES_FILE": str(prices),
+            "UNDERSTUDY_UPSTREAM_BACKOFF_S": "0.05",
+            "UNDERSTUDY_UPSTREAM_STALL_TIMEOUT_S": "1",
+            **settings,
+        }
         running.append(start_proxy(isolated_data_dir, fake_upstream.url, env=env))
         return running[-1]
 
@@ -51,20 +62,28 @@ def rows(proxy) -> list[dict]:
 
 
 def stream(proxy, model: str, messages=MESSAGES, **extra) -> bytes:
-    with httpx.stream("POST", proxy.url + "/v1/chat/completions", timeout=30,
-                      json={"model": model, "messages": messages, "stream": True, **extra}) as response:
+    with httpx.stream(
+        "POST",
+        proxy.url + "/v1/chat/completions",
+        timeout=30,
+        json={"model": model, "messages": messages, "stream": True, **extra},
+    ) as response:
         assert response.status_code == 200, response.read()
         return b"".join(response.iter_bytes())
 
 
 def events(raw: bytes) -> list:
-    return [json.loads(line[6:]) if line != b"data: [DONE]" else "[DONE]"
-            for line in raw.splitlines() if line.startswith(b"data: ")]
+    return [
+        json.loads(line[6:]) if line != b"data: [DONE]" else "[DONE]"
+        for line in raw.splitlines()
+        if line.startswith(b"data: ")
+    ]
 
 
 def content(raw: bytes) -> str:
-    return "".join(e["choices"][0]["delta"].get("content") or "" for e in events(raw)
-                   if isinstance(e, dict) and e.get("choices"))
+    return "".join(
+        e["choices"][0]["delta"].get("content") or "" for e in events(raw) if isinstance(e, dict) and e.get("choices")
+    )
 
 
 def test_healthy_stream_ends_with_done_and_records_the_upstreams_usage(start, fake_upstream):
@@ -74,8 +93,9 @@ def test_healthy_stream_ends_with_done_and_records_the_upstreams_usage(start, fa
     # The client that did not ask sees no usage at all; the one that asked gets the usage chunk.
     assert events(raw)[-1] == "[DONE]" and b'"usage"' not in raw and b'"error"' not in raw
     assert content(raw) == "echo of 2 messages"
-    assert [e["usage"] for e in events(asked)[:-1] if e.get("usage")] == [{"prompt_tokens": 11, "completion_tokens": 7,
-                                                                         "total_tokens": 18}]
+    assert [e["usage"] for e in events(asked)[:-1] if e.get("usage")] == [
+        {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    ]
     # ... because the proxy asked the upstream for it.
     assert [r["body"].get("stream_options") for r in fake_upstream.received] == [{"include_usage": True}] * 2
     first, second = rows(proxy)
@@ -87,7 +107,9 @@ def test_healthy_stream_ends_with_done_and_records_the_upstreams_usage(start, fa
 
 def test_the_same_answer_streamed_and_not_records_the_same_tokens_and_cost(start):
     proxy = start()
-    plain = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES}, timeout=30)
+    plain = httpx.post(
+        proxy.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES}, timeout=30
+    )
     assert plain.status_code == 200
     streamed = stream(proxy, "gpt-4o-mini")
     assert content(streamed) == plain.json()["choices"][0]["message"]["content"]
@@ -131,8 +153,11 @@ def test_a_stream_the_upstream_breaks_is_an_error_event_and_a_failed_row(start, 
 def test_the_openai_sdk_raises_on_a_broken_stream_and_not_on_a_healthy_one(start):
     proxy = start()
     client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0)
-    text = "".join(chunk.choices[0].delta.content or "" for chunk in
-                   client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True) if chunk.choices)
+    text = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        if chunk.choices
+    )
     assert text == "echo of 2 messages"
     received = []
     with pytest.raises(openai.APIError, match="upstream stream broke"):
@@ -165,8 +190,12 @@ def test_a_stalled_stream_ends_with_an_error_after_the_stall_timeout(start, fake
 
 def test_a_client_that_goes_away_mid_stream_is_recorded_as_disconnected(start):
     proxy = start(UNDERSTUDY_UPSTREAM_STALL_TIMEOUT_S="60")
-    with httpx.stream("POST", proxy.url + "/v1/chat/completions", timeout=30,
-                      json={"model": "stall-after-2", "messages": MESSAGES, "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        proxy.url + "/v1/chat/completions",
+        timeout=30,
+        json={"model": "stall-after-2", "messages": MESSAGES, "stream": True},
+    ) as response:
         first = next(response.iter_bytes())
         assert first.startswith(b"data: ")
     time.sleep(1)  # the proxy notices the closed connection
@@ -185,19 +214,20 @@ def test_failed_and_cut_off_answers_never_become_training_examples(start, isolat
         with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, headers=site, timeout=30) as r:
             r.read()
 
-    ask("gpt-4o-mini", 1, streamed=True)      # complete: kept
-    ask("gpt-4o-mini", 2, streamed=False)     # complete: kept
-    ask("break-after-2", 3, streamed=True)    # broken stream: failed row
+    ask("gpt-4o-mini", 1, streamed=True)  # complete: kept
+    ask("gpt-4o-mini", 2, streamed=False)  # complete: kept
+    ask("break-after-2", 3, streamed=True)  # broken stream: failed row
     ask("truncate-after-2", 4, streamed=True)
-    ask("finish-length", 5, streamed=False)   # 200, but cut off by max_tokens
+    ask("finish-length", 5, streamed=False)  # 200, but cut off by max_tokens
     ask("finish-length", 6, streamed=True)
     proxy.stop()
     statuses = sorted(row[0] for row in query_store(isolated_data_dir, "SELECT status FROM calls"))
     assert statuses == [200, 200, 200, 200, 502, 502]
     out = isolated_data_dir / "exports" / "honest.jsonl"
     for filtered in ("--filtered", "--unfiltered"):
-        result = json.loads(run_cli("export", "honest-site", "--jsonl", str(out), filtered,
-                                    "--data-dir", str(isolated_data_dir)).stdout)
+        result = json.loads(
+            run_cli("export", "honest-site", "--jsonl", str(out), filtered, "--data-dir", str(isolated_data_dir)).stdout
+        )
         assert (result["considered"], result["kept"]) == (2, 2)
         prompts = sorted(json.loads(line)["messages"][0]["content"] for line in out.read_text().splitlines())
         assert prompts == ["question 1", "question 2"]

@@ -35,8 +35,12 @@ def hostile_proxy(tmp_path_factory):
 
 def _post(url: str, body: bytes | dict, headers: dict | None = None) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(url + "/v1/chat/completions", content=content, timeout=30,
-                      headers={"content-type": "application/json", **(headers or {})})
+    return httpx.post(
+        url + "/v1/chat/completions",
+        content=content,
+        timeout=30,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
 
 
 def _nested(depth: int) -> str:
@@ -52,15 +56,26 @@ def _refused(response: httpx.Response, *, status: int = 400) -> str:
 
 HOSTILE = {
     "messages nested 5000 deep": b'{"model": "m", "messages": ' + _nested(5000).encode() + b"}",
-    "a field nested 5000 deep": (b'{"model": "m", "messages": [{"role": "user", "content": "x", "extra": '
-                                 + _nested(5000).encode() + b"}]}"),
-    "nested one level past the limit": (b'{"model": "m", "messages": [{"role": "user", "content": "x", "extra": '
-                                        + _nested(MAX_DEPTH).encode() + b"}]}"),
-    "a text part whose text is null": {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
+    "a field nested 5000 deep": (
+        b'{"model": "m", "messages": [{"role": "user", "content": "x", "extra": ' + _nested(5000).encode() + b"}]}"
+    ),
+    "nested one level past the limit": (
+        b'{"model": "m", "messages": [{"role": "user", "content": "x", "extra": ' + _nested(MAX_DEPTH).encode() + b"}]}"
+    ),
+    "a text part whose text is null": {
+        "model": "m",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": None}]}],
+    },
     "a text part without text": {"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
     "too many messages": {"model": "m", "messages": [{"role": "user", "content": "x"}] * (MAX_MESSAGES + 1)},
-    "too many parts": {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}] * (MAX_PARTS + 1)}]},
-    "too many tools": {**GOOD, "tools": [{"type": "function", "function": {"name": f"t{i}"}} for i in range(MAX_TOOLS + 1)]},
+    "too many parts": {
+        "model": "m",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}] * (MAX_PARTS + 1)}],
+    },
+    "too many tools": {
+        **GOOD,
+        "tools": [{"type": "function", "function": {"name": f"t{i}"}} for i in range(MAX_TOOLS + 1)],
+    },
     "a message that is a number": {"model": "m", "messages": [5]},
     "messages that are an object": {"model": "m", "messages": {"role": "user"}},
     "no model": {"messages": [{"role": "user", "content": "x"}]},
@@ -87,11 +102,16 @@ def test_limits_are_limits_and_not_lower(hostile_proxy):
     """The controls: just inside every limit the same shapes are forwarded and answered."""
     proxy, upstream = hostile_proxy
     inside = [
-        b'{"model": "m", "messages": [{"role": "user", "content": "x", "extra": ' + _nested(MAX_DEPTH - 3).encode() + b"}]}",
+        b'{"model": "m", "messages": [{"role": "user", "content": "x", "extra": '
+        + _nested(MAX_DEPTH - 3).encode()
+        + b"}]}",
         {"model": "m", "messages": [{"role": "user", "content": "x"}] * MAX_MESSAGES},
         {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}] * MAX_PARTS}]},
         {**GOOD, "tools": [{"type": "function", "function": {"name": f"t{i}"}} for i in range(MAX_TOOLS)]},
-        {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
+        },
     ]
     for body in inside:
         response = _post(proxy.url, body)
@@ -104,10 +124,14 @@ def test_a_non_ascii_admin_token_is_a_401_not_a_500(hostile_proxy):
     for token in ("tökén", "\u2603" * 40, proxy.admin_token + "é"):
         response = httpx.get(proxy.url + "/admin/sites", headers={"authorization": f"Bearer {token}".encode()})
         assert response.status_code == 401, response.text
-    assert httpx.get(proxy.url + "/admin/sites", headers={"authorization": f"Bearer {proxy.admin_token}"}).status_code == 200
+    assert (
+        httpx.get(proxy.url + "/admin/sites", headers={"authorization": f"Bearer {proxy.admin_token}"}).status_code
+        == 200
+    )
 
 
 # ---- random mutations of the real byLLM captures ---------------------------------------------
+
 
 def _capture_bodies() -> list[dict]:
     bodies = []
@@ -120,8 +144,26 @@ def _capture_bodies() -> list[dict]:
     return bodies
 
 
-_ODD_VALUES = [None, True, False, 0, -1, 2**70, -(2**70), 1e308, "", "x" * 5000, "\u0000\u202e\ud7ff", [], {}, [None],
-               {"type": "text", "text": None}, {"role": None}, [[[[[]]]]], {"": {"": {"": None}}}]
+_ODD_VALUES = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**70,
+    -(2**70),
+    1e308,
+    "",
+    "x" * 5000,
+    "\u0000\u202e\ud7ff",
+    [],
+    {},
+    [None],
+    {"type": "text", "text": None},
+    {"role": None},
+    [[[[[]]]]],
+    {"": {"": {"": None}}},
+]
 
 
 def _paths(node, prefix=()):
@@ -177,6 +219,7 @@ def test_random_mutations_of_the_byllm_captures_never_get_a_5xx(hostile_proxy):
 
 # ---- schemathesis over the proxy's own OpenAPI document --------------------------------------
 
+
 def test_schemathesis_finds_no_server_error(hostile_proxy):
     """Every operation of /schema/openapi.json, with cases schemathesis generates from it (valid
     and invalid), answered without a 5xx. (Driven through its Python API: its pytest plugin does
@@ -187,9 +230,15 @@ def test_schemathesis_finds_no_server_error(hostile_proxy):
     assert any(op.path == "/v1/chat/completions" for op in operations)
     seen: list[int] = []
     for operation in operations:
+
         @given(case=operation.as_strategy())
-        @settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+        @settings(
+            max_examples=40,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        )
         def check(case):
             response = case.call(base_url=proxy.url, timeout=30)
             seen.append(response.status_code)

@@ -13,34 +13,50 @@ import json
 
 import httpx
 
-from understudy.proxy.callsite import identify
 from tests.conftest import start_proxy
+from understudy.proxy.callsite import identify
 
 CHAT = "/v1/chat/completions"
-BYLLM_SYSTEM = ("This is a task you must complete by returning only the output.\n"
-                "Do not include any other text. Use the tools when needed.")
+BYLLM_SYSTEM = (
+    "This is a task you must complete by returning only the output.\n"
+    "Do not include any other text. Use the tools when needed."
+)
 
 
 def _tool(name: str) -> dict:
-    return {"type": "function", "function": {"name": name, "description": name,
-                                             "parameters": {"type": "object", "properties": {}}}}
+    return {
+        "type": "function",
+        "function": {"name": name, "description": name, "parameters": {"type": "object", "properties": {}}},
+    }
 
 
 def _byllm_first_turn(city: str, version: str) -> dict:
     # 0.4 sends the argument block in one text; 0.6 adds a "Schema requirements" part
     text = f"Plan a trip to the city.\n\ncity = ('{city}', 'where to go')"
-    content = text if version == "0.4" else [{"type": "text", "text": text},
-                                             {"type": "text", "text": "Schema requirements: a string"}]
-    return {"model": "gpt-4o-mini", "temperature": 0.7,
-            "messages": [{"role": "system", "content": BYLLM_SYSTEM}, {"role": "user", "content": content}],
-            "tools": [_tool("get_weather"), _tool("find_hotels"), _tool("finish_tool")]}
+    content = (
+        text
+        if version == "0.4"
+        else [{"type": "text", "text": text}, {"type": "text", "text": "Schema requirements: a string"}]
+    )
+    return {
+        "model": "gpt-4o-mini",
+        "temperature": 0.7,
+        "messages": [{"role": "system", "content": BYLLM_SYSTEM}, {"role": "user", "content": content}],
+        "tools": [_tool("get_weather"), _tool("find_hotels"), _tool("finish_tool")],
+    }
 
 
 def _tool_step(first: dict, tools: list[str]) -> dict:
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
-    return {**first, "tools": [_tool(name) for name in tools],
-            "messages": first["messages"] + [{"role": "assistant", "content": None, "tool_calls": [call]},
-                                             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}
+    return {
+        **first,
+        "tools": [_tool(name) for name in tools],
+        "messages": first["messages"]
+        + [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ],
+    }
 
 
 def _site(proxy, body) -> str:
@@ -75,22 +91,30 @@ def test_a_narrowed_tool_step_stays_on_its_first_turns_site(fake_upstream, isola
 
 
 def _plain_app(text: str) -> dict:
-    return {"model": "gpt-4o-mini",
-            "messages": [{"role": "system", "content": "You extract settings from a config file."},
-                         {"role": "user", "content": text}]}
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You extract settings from a config file."},
+            {"role": "user", "content": text},
+        ],
+    }
 
 
 def test_name_value_lines_in_a_plain_apps_text_are_content(proxy):
-    texts = ["Read this file.\n\nport = 8080\nhost = 'example.org'",
-             "Read this file.\n\ntimeout = 30",
-             "Parse:\n\nuser = ('alice', 'x')\nretries = 3\nverbose = True",
-             "Read this file.\n\nport = (8080, '')\nhost = ('example.org', '')"]  # even byLLM's own line form
+    texts = [
+        "Read this file.\n\nport = 8080\nhost = 'example.org'",
+        "Read this file.\n\ntimeout = 30",
+        "Parse:\n\nuser = ('alice', 'x')\nretries = 3\nverbose = True",
+        "Read this file.\n\nport = (8080, '')\nhost = ('example.org', '')",
+    ]  # even byLLM's own line form
     sites = {_site(proxy, _plain_app(text)) for text in texts}
     assert len(sites) == 1
     assert all(identify(_plain_app(t)).signature.kind == "generic" for t in texts)
     assert identify(_plain_app(texts[3])).signature.arg_names == ()
     # control: with byLLM's system text the same lines are argument lines (names are structure)
-    byllm = {**_plain_app(texts[0]), "messages": [{"role": "system", "content": BYLLM_SYSTEM},
-                                                  {"role": "user", "content": texts[3]}]}
+    byllm = {
+        **_plain_app(texts[0]),
+        "messages": [{"role": "system", "content": BYLLM_SYSTEM}, {"role": "user", "content": texts[3]}],
+    }
     assert identify(byllm).signature.arg_names == ("port", "host")
     assert json.dumps(identify(byllm).signature.kind) == '"byllm"'

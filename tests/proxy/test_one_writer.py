@@ -8,12 +8,12 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
-from tests.conftest import query_store, start_proxy, open_test_store
+from tests.conftest import open_test_store, query_store, start_proxy
 from understudy.proxy.call_record import PendingCall
 from understudy.proxy.callsite import identify
 from understudy.proxy.pricing import PriceTable
@@ -29,11 +29,25 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"
 
 
 def _call(call_id: str, text: str = "hi", usage: dict | None = None) -> PendingCall:
-    completion = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                  "usage": usage or {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
-    return PendingCall(id=call_id, ts=time.time(), identification=identify(BODY), request=BODY, served_by="upstream",
-                       stream=False, status=200, latency_ms=1.0, response_body=json.dumps(completion).encode())
+    completion = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": usage or {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+    return PendingCall(
+        id=call_id,
+        ts=time.time(),
+        identification=identify(BODY),
+        request=BODY,
+        served_by="upstream",
+        stream=False,
+        status=200,
+        latency_ms=1.0,
+        response_body=json.dumps(completion).encode(),
+    )
 
 
 @pytest.fixture
@@ -59,7 +73,9 @@ def test_the_writer_survives_a_row_the_store_refuses_and_the_next_start_replays_
     assert recorder.flush()
     assert recorder.run(lambda s: s.call_count()) == 4
     recorder.close()
-    rows = {r[0]: r[1:] for r in store.cursor().execute("SELECT id, prompt_tokens, usage_estimated FROM calls").fetchall()}
+    rows = {
+        r[0]: r[1:] for r in store.cursor().execute("SELECT id, prompt_tokens, usage_estimated FROM calls").fetchall()
+    }
     assert rows["call-a"] == rows["call-b"] == rows["call-d"] == (3, False)
     # the absurd counts are dropped: the proxy's own estimate stands in, marked as one
     assert rows["call-c"][1] is True and 0 < rows["call-c"][0] < 100
@@ -106,10 +122,19 @@ def test_jobs_run_on_the_writer_in_queue_order(store):
 
 
 def _site_in_shadow(store: Store):
-    store.write_batch([("s1", "site", "function", "byllm", "", "site", [], "Level", [], None,
-                        datetime.now(timezone.utc), None)])
-    register_version(store, "s1", {"verified": True, "error": None, "adapter_path": "/a.gguf", "base_gguf": "/b.gguf",
-                                   "config": {}, "metrics": {"heldout": {"validator_pass_rate": 0.9}}})
+    store.write_batch([("s1", "site", "function", "byllm", "", "site", [], "Level", [], None, datetime.now(UTC), None)])
+    register_version(
+        store,
+        "s1",
+        {
+            "verified": True,
+            "error": None,
+            "adapter_path": "/a.gguf",
+            "base_gguf": "/b.gguf",
+            "config": {},
+            "metrics": {"heldout": {"validator_pass_rate": 0.9}},
+        },
+    )
     return store.resolve_site("s1")
 
 
@@ -123,15 +148,20 @@ def test_a_decision_computed_before_an_operator_pin_is_dropped(store):
     assert stale.value.current.pinned == "upstream"
     site = store.resolve_site("s1")
     assert site.state == "shadow" and site.pinned == "upstream"
-    assert store.cursor().execute("SELECT count(*) FROM audit WHERE action = 'state' AND detail LIKE '%non-inferior%'"
-                                  ).fetchone()[0] == 0
+    assert (
+        store.cursor()
+        .execute("SELECT count(*) FROM audit WHERE action = 'state' AND detail LIKE '%non-inferior%'")
+        .fetchone()[0]
+        == 0
+    )
 
 
 def test_a_decision_on_an_unchanged_site_applies(store):
     """The control: nothing changed since the decision was computed, so it is written."""
     decided_from = _site_in_shadow(store)
-    updated = apply_decision(store, decided_from, Decision(SiteState.LOCAL, "non-inferior"), actor="policy",
-                             expected=decided_from)
+    updated = apply_decision(
+        store, decided_from, Decision(SiteState.LOCAL, "non-inferior"), actor="policy", expected=decided_from
+    )
     assert updated.state == "local" and store.resolve_site("s1").state == "local"
 
 
@@ -145,7 +175,9 @@ def test_operator_actions_and_recording_at_once_all_land(fake_upstream, isolated
 
         def act(i: int) -> int:
             body = {"action": "policy", "overrides": {"promotion": {"min_samples": 21 + i}}}  # each one a change
-            return httpx.post(f"{proxy.url}/admin/sites/{site}/action", json=body, headers=headers, timeout=60).status_code
+            return httpx.post(
+                f"{proxy.url}/admin/sites/{site}/action", json=body, headers=headers, timeout=60
+            ).status_code
 
         def call(i: int) -> int:
             return httpx.post(proxy.url + "/v1/chat/completions", json=BODY, timeout=60).status_code

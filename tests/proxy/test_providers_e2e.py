@@ -59,18 +59,23 @@ def test_routes_by_pattern_alias_and_default(isolated_data_dir, tmp_path, monkey
             assert "TEST_GEMINI_KEY" in error["message"]
 
             assert [r["body"]["model"] for r in openai.received] == ["gpt-4o-mini"]
-            assert [r["body"]["model"] for r in claude.received] == ["claude-3-5-sonnet-latest", "claude-3-5-haiku-latest"]
+            assert [r["body"]["model"] for r in claude.received] == [
+                "claude-3-5-sonnet-latest",
+                "claude-3-5-haiku-latest",
+            ]
             assert gemini.received == []  # never contacted, never sent elsewhere
             assert claude.received[0]["headers"]["authorization"] == "Bearer sk-claude-secret"
             assert claude.received[0]["body"]["temperature"] == 1.0  # Anthropic caps temperature at 1
 
-            listing = json.loads(run_cli("upstreams", "--json", "--config", str(config),
-                                         "--upstream-url", openai.url).stdout)
+            listing = json.loads(
+                run_cli("upstreams", "--json", "--config", str(config), "--upstream-url", openai.url).stdout
+            )
             names = [route["name"] for route in listing["routes"]]
             assert names[:2] == ["claude-stand-in", "gemini-stand-in"] and names[-1] == "default"
             assert "sk-claude-secret" not in json.dumps(listing)
-            checked = run_cli("upstreams", "--check", "--json", "--config", str(config), "--upstream-url", openai.url,
-                              check=False)
+            checked = run_cli(
+                "upstreams", "--check", "--json", "--config", str(config), "--upstream-url", openai.url, check=False
+            )
             results = {r["route"]: r for r in json.loads(checked.stdout)["checks"]}
             assert results["claude-stand-in"]["ok"] and not results["gemini-stand-in"]["contacted"]
         finally:

@@ -33,8 +33,12 @@ def stored_calls(data_dir) -> list[dict]:
 
 
 def typed_body(name="Level"):
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "difficulty": {"type": "integer"}},
-              "required": ["name", "difficulty"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "difficulty": {"type": "integer"}},
+        "required": ["name", "difficulty"],
+        "additionalProperties": False,
+    }
     return {
         "model": "gpt-4o-mini",
         "messages": [
@@ -64,8 +68,12 @@ def test_forwards_records_and_tags_every_response(proxy, fake_upstream):
 
 
 def test_streams_pass_through_chunk_by_chunk_and_are_reassembled(proxy):
-    body = {"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "Narrate.\n\nlevel_name = ('Crypt', '')"}]}
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Narrate.\n\nlevel_name = ('Crypt', '')"}],
+    }
     chunks = []
     with httpx.stream("POST", proxy.url + CHAT, json=body, timeout=30) as response:
         assert response.status_code == 200
@@ -83,7 +91,9 @@ def test_streams_pass_through_chunk_by_chunk_and_are_reassembled(proxy):
 
 
 def test_tools_pass_through(proxy, fake_upstream):
-    tools = [{"type": "function", "function": {"name": "roll_dice", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {"type": "function", "function": {"name": "roll_dice", "parameters": {"type": "object", "properties": {}}}}
+    ]
     body = {"model": "gpt-4o-mini", "tools": tools, "messages": [{"role": "user", "content": "Pick.\n\nx = (1, '')"}]}
     assert chat(proxy, body).status_code == 200
     assert fake_upstream.received[-1]["body"]["tools"] == tools
@@ -169,7 +179,7 @@ def test_models_health_metrics_and_openapi(proxy):
     chat(proxy, {"model": "m", "messages": [{"role": "user", "content": "x"}]})
     metrics = httpx.get(proxy.url + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
-    assert 'understudy_requests_total{' in metrics.text and "understudy_recorder_queue_depth" in metrics.text
+    assert "understudy_requests_total{" in metrics.text and "understudy_recorder_queue_depth" in metrics.text
     spec = httpx.get(proxy.url + "/schema/openapi.json").json()
     operation = spec["paths"]["/v1/chat/completions"]["post"]
     assert "messages" in operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
@@ -211,9 +221,13 @@ def test_clean_shutdown_loses_nothing(fake_upstream, isolated_data_dir, sig):
 
 
 def test_tagged_calls_continue_untagged_history_and_twins_split(fake_upstream, isolated_data_dir):
-    body = {"model": "m", "messages": [
-        {"role": "system", "content": "This is a task you must complete by returning only the output."},
-        {"role": "user", "content": "Describe.\n\nx = ('a', '')"}]}
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "This is a task you must complete by returning only the output."},
+            {"role": "user", "content": "Describe.\n\nx = ('a', '')"},
+        ],
+    }
     # the byLLM plugin's tags (marked as the plugin's): only they take over an untagged site's history
     tagged = lambda tag: {**body, "metadata": {"understudy_site": tag, "understudy_site_source": "plugin"}}  # noqa: E731
     proxy = start_proxy(isolated_data_dir, fake_upstream.url)
@@ -248,13 +262,20 @@ def test_slow_upstream_is_a_504(fake_upstream, isolated_data_dir, monkeypatch):
 
 def test_sites_table_keeps_whole_names_at_80_columns(proxy):
     body = typed_body()
-    body["messages"][1]["content"] = "Create the next level of the game, a bit harder than the last.\n\ndifficulty = (4, '')"
+    body["messages"][1]["content"] = (
+        "Create the next level of the game, a bit harder than the last.\n\ndifficulty = (4, '')"
+    )
     chat(proxy, body)
     [row] = json.loads(proxy.cli("sites", "--json").stdout)
     assert len(row["name"]) > 30
     env = {**os.environ, "COLUMNS": "80"}
-    out = subprocess.run([str(VENV_BIN / "understudy"), "sites", "--data-dir", str(proxy.data_dir)], env=env,
-                         capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [str(VENV_BIN / "understudy"), "sites", "--data-dir", str(proxy.data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80 and "…" not in out
     # the name column, folded over several lines, reads back as the whole name

@@ -10,14 +10,22 @@ import shutil
 import httpx
 import pytest
 
-from tests.conftest import query_store, run_cli, start_proxy, open_test_store
+from tests.conftest import open_test_store, query_store, run_cli, start_proxy
 from tests.support.review_data import MAP_SITE, TEXT_SITE, populate
 
 STORE_BACKENDS = ("duckdb", "postgresql")  # blind review: invites, the page, judgments, results on both stores
 
 CHROMIUM = shutil.which("chromium")
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -65,7 +73,9 @@ def test_keyboard_review_is_stored_and_counted(review_proxy, tmp_path):
 
     # The pair the API hands out carries neither the version nor which side is local.
     token = url.split("token=", 1)[1]
-    served = httpx.get(review_proxy.url + "/review/api/next", headers={"authorization": f"Bearer {token}"}).json()["item"]
+    served = httpx.get(review_proxy.url + "/review/api/next", headers={"authorization": f"Bearer {token}"}).json()[
+        "item"
+    ]
     assert not {"local_side", "version", "stratum", "call_id"} & set(served)
     assert "local" not in json.dumps(served) and "upstream" not in json.dumps(served)
 
@@ -81,8 +91,10 @@ def test_keyboard_review_is_stored_and_counted(review_proxy, tmp_path):
             item = served["item"]
             # Nothing in the DOM says which side is the local model's.
             dom = page.content()
-            assert "local" not in dom.lower().replace("location", "").replace("localstorage", "") \
+            assert (
+                "local" not in dom.lower().replace("location", "").replace("localstorage", "")
                 and "upstream" not in dom.lower()
+            )
             assert page.locator("#side-A img").get_attribute("src").startswith("data:image/png;base64,")
 
             # Enter with nothing scored: refused on the page, nothing stored (negative control).
@@ -93,17 +105,25 @@ def test_keyboard_review_is_stored_and_counted(review_proxy, tmp_path):
             # "4" (A=4, on to B), "2" (B=2 replaces 1), then structure 5/3, constraints 3/3.
             for key in ["ArrowRight", "1", "ArrowUp", "4", "2", "5", "3", "3", "3"]:
                 page.keyboard.press(key)
-            cells = {(c.get_attribute("data-criterion"), c.get_attribute("data-side")): c.inner_text()
-                     for c in page.locator("td.cell").all()}
-            assert cells == {("gameplay", "A"): "4", ("gameplay", "B"): "2", ("structure", "A"): "5",
-                             ("structure", "B"): "3", ("constraints", "A"): "3", ("constraints", "B"): "3"}
+            cells = {
+                (c.get_attribute("data-criterion"), c.get_attribute("data-side")): c.inner_text()
+                for c in page.locator("td.cell").all()
+            }
+            assert cells == {
+                ("gameplay", "A"): "4",
+                ("gameplay", "B"): "2",
+                ("structure", "A"): "5",
+                ("structure", "B"): "3",
+                ("constraints", "A"): "3",
+                ("constraints", "B"): "3",
+            }
             page.keyboard.press("ArrowLeft")  # on the preference row: from tie to A
             assert page.locator("span.pref.chosen").inner_text() == "A"
             page.keyboard.press("c")
             page.keyboard.type("A reads better")
             page.keyboard.press("Escape")
             page.keyboard.press("Enter")
-            page.wait_for_function(f"() => document.querySelector('#status').textContent === 'stored'")
+            page.wait_for_function("() => document.querySelector('#status').textContent === 'stored'")
             page.wait_for_function("() => document.querySelector('#progress').textContent.endsWith(': 1')")
             assert all(u.startswith(review_proxy.url) or u.startswith("data:") for u in requests_seen), requests_seen
         finally:
@@ -112,19 +132,27 @@ def test_keyboard_review_is_stored_and_counted(review_proxy, tmp_path):
     # The results command reflects the judgment, unblinded with the stored side mapping.
     results = json.loads(review_proxy.cli("review", "results", MAP_SITE, "--json").stdout)
     assert results["judgments"] == 1 and results["reviewers"] == ["alice"]
-    rows = httpx.get(review_proxy.url + "/admin/review/export", params={"site": MAP_SITE},
-                     headers={"authorization": f"Bearer {review_proxy.admin_token}"}).json()
+    rows = httpx.get(
+        review_proxy.url + "/admin/review/export",
+        params={"site": MAP_SITE},
+        headers={"authorization": f"Bearer {review_proxy.admin_token}"},
+    ).json()
     assert len(rows["items"]) == 4
     text = review_proxy.cli("review", "results", MAP_SITE).stdout
     assert "gameplay" in text and "constraints" in text and "preference:" in text
     review_proxy.stop()
     [(reviewer, scores, preference, local_side, comment, version)] = query_store(
-        review_proxy.data_dir, "SELECT j.reviewer, j.scores, j.preference, j.local_side, j.comment, i.version "
-                               "FROM review_judgments j JOIN review_items i ON i.id = j.item_id")
+        review_proxy.data_dir,
+        "SELECT j.reviewer, j.scores, j.preference, j.local_side, j.comment, i.version "
+        "FROM review_judgments j JOIN review_items i ON i.id = j.item_id",
+    )
     [(stored_side,)] = query_store(review_proxy.data_dir, "SELECT local_side FROM review_items WHERE id = ?", [item])
     assert (reviewer, preference, comment, local_side) == ("alice", "A", "A reads better", stored_side)
-    assert json.loads(scores) == {"gameplay": {"A": 4, "B": 2}, "structure": {"A": 5, "B": 3},
-                                  "constraints": {"A": 3, "B": 3}}
+    assert json.loads(scores) == {
+        "gameplay": {"A": 4, "B": 2},
+        "structure": {"A": 5, "B": 3},
+        "constraints": {"A": 3, "B": 3},
+    }
     local_gameplay = 4 if local_side == "A" else 2
     assert results["criteria"]["gameplay"]["local"]["mean"] == local_gameplay
     assert results["criteria"]["gameplay"]["upstream"]["mean"] == 6 - local_gameplay
@@ -149,8 +177,10 @@ def test_offline_export_import_and_rubric_without_a_proxy(fake_upstream, isolate
     run_cli("review", "export", TEXT_SITE, str(exported), *data)
     review_set = json.loads(exported.read_text())
     assert [c["name"] for c in review_set["rubric"]["criteria"]] == ["faithful"]
-    review_set["judgments"] = [{"item": it["item"], "scores": {"faithful": {"A": 4, "B": 4}}, "preference": "tie"}
-                               for it in review_set["items"]]
+    review_set["judgments"] = [
+        {"item": it["item"], "scores": {"faithful": {"A": 4, "B": 4}}, "preference": "tie"}
+        for it in review_set["items"]
+    ]
     exported.write_text(json.dumps(review_set))
     out = run_cli("review", "import", str(exported), "--reviewer", "dana", *data)
     assert out.stdout.strip() == "imported 3 judgments (dana)"

@@ -23,25 +23,40 @@ from tests.conftest import VENV_BIN, query_store, run_cli, start_proxy
 from tests.test_store_backends import call_row as stored_call_row
 from understudy.store import Store
 
-COLOR = {"type": "json_schema", "json_schema": {"name": "Color", "schema": {
-    "type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}}}
+COLOR = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "Color",
+        "schema": {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]},
+    },
+}
 
 
 def color_request(thing: str, marker: str = "") -> dict:
-    return {"model": "m", "response_format": COLOR,
-            "messages": [{"role": "user", "content": f"Pick a color.{marker}\n\nthing = ({thing!r}, '')"}]}
+    return {
+        "model": "m",
+        "response_format": COLOR,
+        "messages": [{"role": "user", "content": f"Pick a color.{marker}\n\nthing = ({thing!r}, '')"}],
+    }
 
 
 def admin(proxy, method: str, path: str, **kwargs):
-    response = httpx.request(method, proxy.url + "/admin" + path, timeout=30,
-                             headers={"authorization": f"Bearer {proxy.admin_token}"}, **kwargs)
+    response = httpx.request(
+        method,
+        proxy.url + "/admin" + path,
+        timeout=30,
+        headers={"authorization": f"Bearer {proxy.admin_token}"},
+        **kwargs,
+    )
     response.raise_for_status()
     return response.json()
 
 
 def sites_of(proxy) -> dict[str, tuple]:
-    return {row["id"]: (row["name"], row["state"], row["pinned"], row["active_version"])
-            for row in admin(proxy, "GET", "/sites")}
+    return {
+        row["id"]: (row["name"], row["state"], row["pinned"], row["active_version"])
+        for row in admin(proxy, "GET", "/sites")
+    }
 
 
 def wait_for(condition, timeout: float = 30, what: str = "condition"):
@@ -82,8 +97,9 @@ def test_two_proxies_writing_at_once_lose_nothing_and_agree_on_site_state(two_ho
                 marker = f" [{proxy.url[-5:]}-{worker}-{n}]"
                 # Two sites, hit from both proxies at once: each process creates the same site rows.
                 thing = "sky" if n % 2 else "sea"
-                body = color_request(thing) | {"messages": [{"role": "user", "content": f"Pick a color.\n\nthing = "
-                                                                                       f"({thing!r}, {marker!r})"}]}
+                body = color_request(thing) | {
+                    "messages": [{"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, {marker!r})"}]
+                }
                 if n % 3 == 0:
                     body["messages"].insert(0, {"role": "system", "content": "You name colours."})
                 response = http.post(proxy.url + "/v1/chat/completions", json=body)
@@ -97,7 +113,11 @@ def test_two_proxies_writing_at_once_lose_nothing_and_agree_on_site_state(two_ho
         thread.join()
     assert errors == []
     for proxy in (a, b):  # each process's in-memory registry holds both sites (the sync adds those the other made)
-        wait_for(lambda: httpx.get(proxy.url + "/healthz").json()["sites"] == 2, timeout=10, what="both sites in memory")
+        wait_for(
+            lambda proxy=proxy: httpx.get(proxy.url + "/healthz").json()["sites"] == 2,
+            timeout=10,
+            what="both sites in memory",
+        )
     for proxy in (a, b):  # a clean stop drains each one's writer (uvicorn re-raises SIGTERM after it)
         assert proxy.stop() in (0, -signal.SIGTERM)
     rows = query_store(a.data_dir, "SELECT count(*), count(DISTINCT CAST(request AS VARCHAR)) FROM calls")[0]
@@ -108,7 +128,8 @@ def test_two_proxies_writing_at_once_lose_nothing_and_agree_on_site_state(two_ho
 
 def served_by(proxy, thing: str = "sky") -> str:
     return httpx.post(proxy.url + "/v1/chat/completions", json=color_request(thing), timeout=60).headers[
-        "x-understudy-served-by"]
+        "x-understudy-served-by"
+    ]
 
 
 def trained_site_on_two_hosts(fake_upstream, tmp_path, env) -> tuple:
@@ -117,7 +138,9 @@ def trained_site_on_two_hosts(fake_upstream, tmp_path, env) -> tuple:
     a = start_proxy(tmp_path / "host1" / "understudy-data", fake_upstream.url, env=env)
     b = start_proxy(tmp_path / "host2" / "understudy-data", fake_upstream.url, env=env)
     for thing in ["sky", "sea", "sun", "moon"]:
-        site = httpx.post(a.url + "/v1/chat/completions", json=color_request(thing), timeout=30).headers["x-understudy-site"]
+        site = httpx.post(a.url + "/v1/chat/completions", json=color_request(thing), timeout=30).headers[
+            "x-understudy-site"
+        ]
     run_cli("train", site, "--now", "--data-dir", str(a.data_dir), env=env)
     return a, b, site
 
@@ -176,11 +199,22 @@ def test_serve_workers_runs_several_processes_on_one_port(shared_store, fake_ups
 
 
 def test_serve_workers_on_the_duckdb_file_is_refused_in_one_line(tmp_path, fake_upstream):
-    out = run_cli("serve", "--workers", "2", "--port", "0", "--upstream-url", fake_upstream.url,
-                  "--data-dir", str(tmp_path / "d"), check=False)
+    out = run_cli(
+        "serve",
+        "--workers",
+        "2",
+        "--port",
+        "0",
+        "--upstream-url",
+        fake_upstream.url,
+        "--data-dir",
+        str(tmp_path / "d"),
+        check=False,
+    )
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1] == ("error: --workers 2 needs a shared store (--store postgresql://...): "
-                                                   "the DuckDB file admits one writing process")
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: --workers 2 needs a shared store (--store postgresql://...): the DuckDB file admits one writing process"
+    )
 
 
 def test_a_store_url_that_is_not_postgresql_or_not_reachable_is_one_line(tmp_path, postgres_server):
@@ -194,7 +228,8 @@ def test_a_store_url_that_is_not_postgresql_or_not_reachable_is_one_line(tmp_pat
 
 
 def test_a_worker_on_the_redis_queue_trains_and_the_version_appears_on_both_proxies(
-        shared_store, redis_server, fake_upstream, tiny_model_env, tmp_path):
+    shared_store, redis_server, fake_upstream, tiny_model_env, tmp_path
+):
     """The GPU-host layout: two proxies and a worker on three "hosts", sharing PostgreSQL, a Redis
     queue and one directory for snapshots and adapters; the worker reports through the admin API."""
     fake_upstream.reply = lambda body: '{"color": "teal"}'
@@ -206,15 +241,21 @@ def test_a_worker_on_the_redis_queue_trains_and_the_version_appears_on_both_prox
     worker = None
     try:
         for thing in ["sky", "sea", "sun", "moon", "leaf"]:
-            site = httpx.post(a.url + "/v1/chat/completions", json=color_request(thing), timeout=30).headers["x-understudy-site"]
+            site = httpx.post(a.url + "/v1/chat/completions", json=color_request(thing), timeout=30).headers[
+                "x-understudy-site"
+            ]
         out = run_cli("train", site, "--data-dir", str(a.data_dir), env=env)  # enqueued on Redis, not in a file
         assert "Redis redis://127.0.0.1:" in out.stdout and not (a.data_dir / "huey.db").exists()
         job_dirs = list((shared / "snapshots").glob(f"{site}-*.parquet"))
         assert job_dirs  # the snapshot is in the shared directory, where the worker reads it
 
         # The worker's own host: no data dir of the proxies', only the queue, the shared dir and b's admin API.
-        worker_env = {**env, "UNDERSTUDY_DATA_DIR": str(tmp_path / "gpu-host"), "UNDERSTUDY_PROXY_URL": b.url,
-                      "UNDERSTUDY_ADMIN_TOKEN": b.admin_token}
+        worker_env = {
+            **env,
+            "UNDERSTUDY_DATA_DIR": str(tmp_path / "gpu-host"),
+            "UNDERSTUDY_PROXY_URL": b.url,
+            "UNDERSTUDY_ADMIN_TOKEN": b.admin_token,
+        }
         worker_env.pop("UNDERSTUDY_STORE")
         log = open(tmp_path / "worker.log", "w")
         worker = subprocess.Popen([str(VENV_BIN / "understudy"), "worker"], env=worker_env, stdout=log, stderr=log)
@@ -224,7 +265,9 @@ def test_a_worker_on_the_redis_queue_trains_and_the_version_appears_on_both_prox
             return rows if rows and rows[0]["status"] == "active" else None
 
         try:
-            versions = wait_for(lambda: version_on(b), timeout=240, what="the version on the proxy the worker reports to")
+            versions = wait_for(
+                lambda: version_on(b), timeout=240, what="the version on the proxy the worker reports to"
+            )
         except AssertionError:
             raise AssertionError((tmp_path / "worker.log").read_text()[-3000:]) from None
         assert Path(versions[0]["adapter_path"]).is_relative_to(shared)

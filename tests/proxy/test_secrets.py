@@ -34,9 +34,18 @@ def _echo(body: dict) -> str:
 
 
 def _schema_with_password(description: str) -> dict:
-    return {"type": "json_schema", "json_schema": {"name": "Login", "schema": {
-        "type": "object", "additionalProperties": False, "required": ["password", "note"],
-        "properties": {"password": {"type": "string", "description": description}, "note": {"type": "string"}}}}}
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "Login",
+            "schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["password", "note"],
+                "properties": {"password": {"type": "string", "description": description}, "note": {"type": "string"}},
+            },
+        },
+    }
 
 
 def test_a_schema_property_called_password_is_data_and_stored_as_sent(proxy, fake_upstream):
@@ -44,15 +53,21 @@ def test_a_schema_property_called_password_is_data_and_stored_as_sent(proxy, fak
     response_format = _schema_with_password("the account's password")
     response_format["json_schema"]["schema"]["properties"]["key"] = {"type": "string"}
     response_format["json_schema"]["schema"]["properties"]["token"] = {"type": "integer"}
-    body = {"model": "gpt-4o-mini", "response_format": response_format, "metadata": {"api_key": "a-label", "k": "v"},
-            "messages": [{"role": "user", "content": "Make a login.\n\nsecret = ('x', '')"}]}
+    body = {
+        "model": "gpt-4o-mini",
+        "response_format": response_format,
+        "metadata": {"api_key": "a-label", "k": "v"},
+        "messages": [{"role": "user", "content": "Make a login.\n\nsecret = ('x', '')"}],
+    }
     response = httpx.post(proxy.url + CHAT, json=body, timeout=30)
     assert response.status_code == 200
     proxy.stop()
     [(stored,)] = query_store(proxy.data_dir, "SELECT request FROM calls")
     stored = json.loads(stored)
     schema = stored["response_format"]["json_schema"]["schema"]
-    assert json.dumps(schema["properties"]["password"]) == json.dumps(response_format["json_schema"]["schema"]["properties"]["password"])
+    assert json.dumps(schema["properties"]["password"]) == json.dumps(
+        response_format["json_schema"]["schema"]["properties"]["password"]
+    )
     assert stored["response_format"] == response_format  # key and token too: nothing dropped
     assert stored["metadata"] == {"api_key": "a-label", "k": "v"}
     assert stored["messages"] == body["messages"]
@@ -78,17 +93,35 @@ def test_planted_secrets_are_found_nowhere(isolated_data_dir, tmp_path):
             return response
 
         try:
-            typed = {"model": "gpt-4o-mini", "response_format": _schema_with_password(plant),
-                     "metadata": {"authorization": f"Bearer {client_key}", "note": plant},
-                     "tools": [{"type": "function", "function": {"name": "lookup", "description": plant,
-                                                                  "parameters": {"type": "object", "properties": {}}}}],
-                     "messages": [{"role": "system", "content": f"You log in. {plant}"},
-                                  {"role": "user", "content": f"Log in with {plant}"}]}
+            typed = {
+                "model": "gpt-4o-mini",
+                "response_format": _schema_with_password(plant),
+                "metadata": {"authorization": f"Bearer {client_key}", "note": plant},
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "lookup",
+                            "description": plant,
+                            "parameters": {"type": "object", "properties": {}},
+                        },
+                    }
+                ],
+                "messages": [
+                    {"role": "system", "content": f"You log in. {plant}"},
+                    {"role": "user", "content": f"Log in with {plant}"},
+                ],
+            }
             assert chat(typed).status_code == 200
             plain = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Repeat {plant}"}]}
             assert chat(plain).status_code == 200
-            with httpx.stream("POST", proxy.url + CHAT, headers=auth, timeout=30,
-                              json={**plain, "stream": True, "stream_options": {"include_usage": True}}) as streamed:
+            with httpx.stream(
+                "POST",
+                proxy.url + CHAT,
+                headers=auth,
+                timeout=30,
+                json={**plain, "stream": True, "stream_options": {"include_usage": True}},
+            ) as streamed:
                 assert streamed.status_code == 200
                 streamed.read()
             # errors: an upstream quoting the key it was sent, a provider with no key, a wrong client key
@@ -107,8 +140,15 @@ def test_planted_secrets_are_found_nowhere(isolated_data_dir, tmp_path):
             report_html = httpx.get(proxy.url + "/report", headers=token, timeout=60).text
             site_calls = proxy.cli("calls", plain_site, "--json").stdout
             exported = tmp_path / "out" / "plain.jsonl"
-            proxy.cli("export", plain_site, "--unfiltered", "--jsonl", str(exported),
-                      "--parquet", str(isolated_data_dir / "plain.parquet"))
+            proxy.cli(
+                "export",
+                plain_site,
+                "--unfiltered",
+                "--jsonl",
+                str(exported),
+                "--parquet",
+                str(isolated_data_dir / "plain.parquet"),
+            )
             httpx.get(proxy.url + "/admin/sites", headers=token, timeout=30).raise_for_status()  # flushed
             # DuckDB checkpoints the WAL into the file at 16 MB or on close: here it holds every call
             wal_bytes = (isolated_data_dir / "understudy.duckdb.wal").read_bytes()
@@ -121,9 +161,12 @@ def test_planted_secrets_are_found_nowhere(isolated_data_dir, tmp_path):
         "store file": db_bytes.decode("latin-1"),
         "store WAL (while running)": wal_bytes.decode("latin-1"),
         "proxy log": proxy.log(),
-        "report text": report_text, "report json": report_json, "report html": report_html,
+        "report text": report_text,
+        "report json": report_json,
+        "report html": report_html,
         "calls --json": site_calls,
-        "export jsonl": exported.read_text(), "export parquet": parquet_text,
+        "export jsonl": exported.read_text(),
+        "export parquet": parquet_text,
         "error bodies": b"\n".join(errors).decode(),
     }
     for place, text in places.items():
@@ -131,8 +174,14 @@ def test_planted_secrets_are_found_nowhere(isolated_data_dir, tmp_path):
             assert secret not in text, f"a planted secret is in the {place}"
     # control: the word planted beside each secret is found wherever content reaches (the log and
     # the aggregate reports hold none)
-    for place in ("store file", "store WAL (while running)", "calls --json", "export jsonl", "export parquet",
-                  "error bodies"):
+    for place in (
+        "store file",
+        "store WAL (while running)",
+        "calls --json",
+        "export jsonl",
+        "export parquet",
+        "error bodies",
+    ):
         assert CONTROL in places[place], f"the control word is not in the {place}: the search proves nothing"
     assert site in report_json and site in report_html  # the reports do cover the planted site
     assert len(errors) == 4
@@ -150,9 +199,13 @@ def test_masking_takes_credentials_and_leaves_data():
     from understudy.proxy.call_record import mask_text
 
     client_key = KEY_PREFIX + "A" * 43
-    text = json.dumps({"messages": [{"content": f"use {UPSTREAM_KEY} and {client_key}, thanks"}],
-                       "metadata": {"Authorization": "Bearer whatever", "password": "hunter2", "key": "k1"},
-                       "schema": {"properties": {"authorization": {"type": "string"}}}})
+    text = json.dumps(
+        {
+            "messages": [{"content": f"use {UPSTREAM_KEY} and {client_key}, thanks"}],
+            "metadata": {"Authorization": "Bearer whatever", "password": "hunter2", "key": "k1"},
+            "schema": {"properties": {"authorization": {"type": "string"}}},
+        }
+    )
     masked = json.loads(mask_text(text, (UPSTREAM_KEY,)))
     assert masked["messages"][0]["content"] == "use [redacted] and [redacted], thanks"
     assert masked["metadata"] == {"Authorization": "[redacted]", "password": "hunter2", "key": "k1"}

@@ -12,12 +12,12 @@ import json
 import httpx
 import pytest
 
-from understudy.proxy.stream_adjust import StreamAdjuster
-from understudy.proxy.stream_assembly import assemble_completion
 from tests.conftest import start_proxy
 from tests.proxy.test_providers_e2e import CONFIG  # the Claude and Gemini stand-in routes
 from tests.proxy.test_proxy_server import stored_calls
 from tests.support.fake_upstream import FakeUpstream
+from understudy.proxy.stream_adjust import StreamAdjuster
+from understudy.proxy.stream_assembly import assemble_completion
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "Level", "schema": {"type": "object"}}}
 FENCED = '```json\n{"name": "Crypt", "difficulty": 3}\n```'
@@ -29,24 +29,47 @@ def _sse(chunks: list[dict]) -> bytes:
 
 
 def _content_chunks(text: str, size: int) -> list[dict]:
-    pieces = [text[i:i + size] for i in range(0, len(text), size)]
-    chunks = [{"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
-              for p in pieces]
-    return chunks + [{"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    chunks = [
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+        for p in pieces
+    ]
+    return chunks + [
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    ]
 
 
 def _gemini_tool_chunks() -> list[dict]:
     def call(name, args):  # Gemini: whole calls, empty id, no index
         return {"id": "", "type": "function", "function": {"name": name, "arguments": args}}
+
     return [
-        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [call("roll", '{"d": 6}')]}, "finish_reason": None}]},
-        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [call("move", '{"x": 1}'), call("look", "{}")]}, "finish_reason": None}]},
+        {
+            "object": "chat.completion.chunk",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "tool_calls": [call("roll", '{"d": 6}')]},
+                    "finish_reason": None,
+                }
+            ],
+        },
+        {
+            "object": "chat.completion.chunk",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [call("move", '{"x": 1}'), call("look", "{}")]},
+                    "finish_reason": None,
+                }
+            ],
+        },
         {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
     ]
 
 
 def _through(adjuster: StreamAdjuster, raw: bytes, read: int) -> bytes:
-    out = b"".join(adjuster.feed(raw[i:i + read]) for i in range(0, len(raw), read))
+    out = b"".join(adjuster.feed(raw[i : i + read]) for i in range(0, len(raw), read))
     return out + adjuster.close()
 
 
@@ -71,37 +94,56 @@ def test_gemini_index_less_tool_calls_are_one_call_each(read):
     raw = _sse(_gemini_tool_chunks())
     # numbering by position within each chunk (the old adjustment) would give [0, 0, 1]
     out = _through(StreamAdjuster("gemini"), raw, read)
-    indices = [call["index"] for event in out.split(b"\n\n") if event.startswith(b"data: {")
-               for choice in json.loads(event[6:])["choices"] for call in choice["delta"].get("tool_calls", [])]
+    indices = [
+        call["index"]
+        for event in out.split(b"\n\n")
+        if event.startswith(b"data: {")
+        for choice in json.loads(event[6:])["choices"]
+        for call in choice["delta"].get("tool_calls", [])
+    ]
     assert indices == [0, 1, 2]
     message = assemble_completion(out)["choices"][0]
     assert [c["function"]["name"] for c in message["message"]["tool_calls"]] == ["roll", "move", "look"]
     assert message["finish_reason"] == "tool_calls"
     # the recorder's reassembly of the raw stream numbers index-less calls the same way
-    assert [c["function"]["name"] for c in assemble_completion(raw)["choices"][0]["message"]["tool_calls"]] == \
-        ["roll", "move", "look"]
+    assert [c["function"]["name"] for c in assemble_completion(raw)["choices"][0]["message"]["tool_calls"]] == [
+        "roll",
+        "move",
+        "look",
+    ]
 
 
 def test_indexed_fragments_still_merge():
-    chunks = [{"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "roll", "arguments": ""}}]}}]},
-              {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"d":'}}]}}]},
-              {"choices": [{"index": 0, "delta": {"tool_calls": [{"function": {"arguments": " 6}"}}]}}]}]
+    chunks = [
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "roll", "arguments": ""}}]},
+                }
+            ]
+        },
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"d":'}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"function": {"arguments": " 6}"}}]}}]},
+    ]
     [call] = assemble_completion(_sse(chunks))["choices"][0]["message"]["tool_calls"]
     assert call["function"] == {"name": "roll", "arguments": '{"d": 6}'}
 
 
-
-
 def _stored_responses(data_dir) -> dict[str, dict]:
     """Stored responses by model and delivery (a stream is stored as its reassembled completion)."""
-    return {f"{json.loads(row['request'])['model']}:{'stream' if row['stream'] else 'plain'}": json.loads(row["response"])
-            for row in stored_calls(data_dir)}
+    return {
+        f"{json.loads(row['request'])['model']}:{'stream' if row['stream'] else 'plain'}": json.loads(row["response"])
+        for row in stored_calls(data_dir)
+    }
 
 
 def test_relay_applies_the_adjustments(isolated_data_dir, tmp_path, monkeypatch):
-    with FakeUpstream() as openai, FakeUpstream(reply=lambda body: FENCED,
-                                                stream_chunks=lambda body: _content_chunks(FENCED, 3)) as claude, \
-            FakeUpstream(stream_chunks=lambda body: _gemini_tool_chunks()) as gemini:
+    with (
+        FakeUpstream() as openai,
+        FakeUpstream(reply=lambda body: FENCED, stream_chunks=lambda body: _content_chunks(FENCED, 3)) as claude,
+        FakeUpstream(stream_chunks=lambda body: _gemini_tool_chunks()) as gemini,
+    ):
         config = tmp_path / "upstreams.toml"
         config.write_text(CONFIG.format(claude=claude.url, gemini=gemini.url))
         monkeypatch.setenv("TEST_CLAUDE_KEY", "k1")
@@ -110,14 +152,28 @@ def test_relay_applies_the_adjustments(isolated_data_dir, tmp_path, monkeypatch)
         try:
             messages = [{"role": "user", "content": "Make a level."}]
             for stream in (False, True):
-                body = {"model": "claude-3-5-haiku-latest", "messages": messages, "response_format": SCHEMA, "stream": stream}
+                body = {
+                    "model": "claude-3-5-haiku-latest",
+                    "messages": messages,
+                    "response_format": SCHEMA,
+                    "stream": stream,
+                }
                 response = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=30)
                 assert response.status_code == 200
-                message = assemble_completion(response.content)["choices"][0]["message"] if stream \
+                message = (
+                    assemble_completion(response.content)["choices"][0]["message"]
+                    if stream
                     else response.json()["choices"][0]["message"]
+                )
                 assert message["content"] == ANSWER
-            body = {"model": "gemini-2.0-flash", "messages": messages, "stream": True,
-                    "tools": [{"type": "function", "function": {"name": n, "parameters": {}}} for n in ("roll", "move", "look")]}
+            body = {
+                "model": "gemini-2.0-flash",
+                "messages": messages,
+                "stream": True,
+                "tools": [
+                    {"type": "function", "function": {"name": n, "parameters": {}}} for n in ("roll", "move", "look")
+                ],
+            }
             response = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=30)
             choice = assemble_completion(response.content)["choices"][0]
             assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["roll", "move", "look"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import httpx
@@ -18,8 +18,12 @@ def event(chunk: dict, end: bytes = b"\n\n") -> bytes:
 
 
 def delta(text: str | None, finish: str | None = None, **extra) -> dict:
-    return {"id": "c", "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}], **extra}
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}],
+        **extra,
+    }
 
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
@@ -29,7 +33,7 @@ def test_only_whole_events_go_out_whatever_the_reads():
     body = event(delta("Hel")) + event(delta("lo"), end=b"\r\n\r\n") + event(delta(None, "stop")) + b"data: [DONE]\n\n"
     for size in (1, 3, 7, len(body)):
         watch = StreamWatch()
-        out = [watch.feed(body[i:i + size]) for i in range(0, len(body), size)]
+        out = [watch.feed(body[i : i + size]) for i in range(0, len(body), size)]
         sent = [part for part in out if part]
         assert b"".join(sent) + watch.finish() == body and watch.body() == body
         # every piece handed out ends on an event boundary
@@ -55,8 +59,12 @@ def test_finish_reason_on_every_choice_is_complete_without_done():
 
 
 def test_usage_the_client_did_not_ask_for_is_taken_out_and_kept_in_the_record():
-    body = (event(delta("Hi", usage=None)) + event(delta(None, "stop", usage=None))
-            + event({"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": USAGE}) + b"data: [DONE]\n\n")
+    body = (
+        event(delta("Hi", usage=None))
+        + event(delta(None, "stop", usage=None))
+        + event({"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": USAGE})
+        + b"data: [DONE]\n\n"
+    )
     watch = StreamWatch(strip_usage=True)
     sent = watch.feed(body) + watch.finish()
     assert sent == event(delta("Hi")) + event(delta(None, "stop")) + b"data: [DONE]\n\n"
@@ -71,7 +79,10 @@ def test_usage_the_client_did_not_ask_for_is_taken_out_and_kept_in_the_record():
 
 def test_usage_is_requested_only_for_streams_that_did_not_ask():
     assert usage_requested({"model": "m", "stream": True})["stream_options"] == {"include_usage": True}
-    assert usage_requested({"stream": True, "stream_options": {"x": 1}})["stream_options"] == {"x": 1, "include_usage": True}
+    assert usage_requested({"stream": True, "stream_options": {"x": 1}})["stream_options"] == {
+        "x": 1,
+        "include_usage": True,
+    }
     assert usage_requested({"stream": True, "stream_options": {"include_usage": True}}) is None
     assert usage_requested({"model": "m"}) is None
 
@@ -79,19 +90,22 @@ def test_usage_is_requested_only_for_streams_that_did_not_ask():
 POLICY = RetryPolicy(max_retries=2, backoff_s=0.5, retry_after_cap_s=30)
 
 
-@pytest.mark.parametrize(("status", "headers", "wait"), [
-    (429, {"retry-after": "2"}, 2.0),
-    (429, {"retry-after-ms": "250", "retry-after": "9"}, 0.25),
-    (503, {"retry-after": "in 10 s"}, 10.0),      # as an HTTP date, made when the test runs
-    (429, {"retry-after": "31"}, None),          # beyond the cap: to the client
-    (500, {"x-should-retry": "false"}, None),    # the upstream says no
-    (400, {}, None),                             # the client's own mistake
-    (409, {"x-should-retry": "true"}, "backoff"),
-    (502, {}, "backoff"),
-])
+@pytest.mark.parametrize(
+    ("status", "headers", "wait"),
+    [
+        (429, {"retry-after": "2"}, 2.0),
+        (429, {"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+        (503, {"retry-after": "in 10 s"}, 10.0),  # as an HTTP date, made when the test runs
+        (429, {"retry-after": "31"}, None),  # beyond the cap: to the client
+        (500, {"x-should-retry": "false"}, None),  # the upstream says no
+        (400, {}, None),  # the client's own mistake
+        (409, {"x-should-retry": "true"}, "backoff"),
+        (502, {}, "backoff"),
+    ],
+)
 def test_retry_waits(status, headers, wait):
     if headers.get("retry-after") == "in 10 s":
-        headers = {"retry-after": format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)}
+        headers = {"retry-after": format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)}
     got = _retry_wait(httpx.Response(status, headers=headers), POLICY, 0)
     if wait == "backoff":
         assert 0.25 <= got <= 0.5

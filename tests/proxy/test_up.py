@@ -30,8 +30,12 @@ def is_running(pid: int) -> bool:
 
 def test_up_runs_the_whole_main_job_and_stops_it(isolated_data_dir):
     port = free_port()
-    process = subprocess.Popen([str(VENV_BIN / "understudy"), "up", "--port", str(port)], env=os.environ.copy(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [str(VENV_BIN / "understudy"), "up", "--port", str(port)],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -40,9 +44,17 @@ def test_up_runs_the_whole_main_job_and_stops_it(isolated_data_dir):
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "describe_level\n\nlevel = ("
-                "Level(name='Crypt', difficulty=2, width=10, height=10, num_wall=2, num_enemies=2, time_countdown=100, "
-                "n_retries_allowed=3), '')"}]}
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "describe_level\n\nlevel = ("
+                    "Level(name='Crypt', difficulty=2, width=10, height=10, num_wall=2, num_enemies=2, time_countdown=100, "
+                    "n_retries_allowed=3), '')",
+                }
+            ],
+        }
         response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30)
         assert response.status_code == 200 and "Crypt" in response.json()["choices"][0]["message"]["content"]
         kids = children_of(process.pid)

@@ -25,8 +25,12 @@ def start(fake_upstream, isolated_data_dir):
     running = []
 
     def _start(**settings: str):
-        env = {**os.environ, "UNDERSTUDY_UPSTREAM_BACKOFF_S": "0.05", "UNDERSTUDY_UPSTREAM_STALL_TIMEOUT_S": "1",
-               **settings}
+        env = {
+            **os.environ,
+            "UNDERSTUDY_UPSTREAM_BACKOFF_S": "0.05",
+            "UNDERSTUDY_UPSTREAM_STALL_TIMEOUT_S": "1",
+            **settings,
+        }
         running.append(start_proxy(isolated_data_dir, fake_upstream.url, env=env))
         return running[-1]
 
@@ -37,8 +41,9 @@ def start(fake_upstream, isolated_data_dir):
 
 def ask(proxy, model: str, **extra) -> tuple[httpx.Response, float]:
     began = time.monotonic()
-    response = httpx.post(proxy.url + "/v1/chat/completions", json={"model": model, "messages": MESSAGES, **extra},
-                          timeout=60)
+    response = httpx.post(
+        proxy.url + "/v1/chat/completions", json={"model": model, "messages": MESSAGES, **extra}, timeout=60
+    )
     return response, time.monotonic() - began
 
 
@@ -120,13 +125,21 @@ def test_a_4xx_is_not_retried_and_a_plain_text_503_is(start, fake_upstream):
 def test_an_upstream_refusing_the_added_stream_options_is_asked_as_the_client_asked(start, fake_upstream):
     proxy = start()
     for model in ("refuse-stream-options", "fail-400"):
-        with httpx.stream("POST", proxy.url + "/v1/chat/completions", timeout=30,
-                          json={"model": model, "messages": MESSAGES, "stream": True}) as response:
+        with httpx.stream(
+            "POST",
+            proxy.url + "/v1/chat/completions",
+            timeout=30,
+            json={"model": model, "messages": MESSAGES, "stream": True},
+        ) as response:
             body = response.read()
             assert response.status_code == (200 if model == "refuse-stream-options" else 400), body
     # Each was asked with the usage option, then exactly as the client sent it.
     assert [("stream_options" in r["body"], r["body"]["model"]) for r in fake_upstream.received] == [
-        (True, "refuse-stream-options"), (False, "refuse-stream-options"), (True, "fail-400"), (False, "fail-400")]
+        (True, "refuse-stream-options"),
+        (False, "refuse-stream-options"),
+        (True, "fail-400"),
+        (False, "fail-400"),
+    ]
     answered, refused = rows(proxy)
     assert (answered["status"], answered["attempts"], answered["error"]) == (200, 2, None)
     assert answered["retried_for"] == "http 400 with stream_options added; asked as sent"
@@ -163,8 +176,11 @@ def test_a_read_timeout_is_a_504_without_retries_and_a_fast_answer_is_not(start,
 def test_a_stream_that_stalls_before_its_first_byte_is_retried_then_a_json_error(start, fake_upstream):
     proxy = start(UNDERSTUDY_UPSTREAM_STALL_TIMEOUT_S="0.5")
     began = time.monotonic()
-    response = httpx.post(proxy.url + "/v1/chat/completions", timeout=30,
-                          json={"model": "stall-after-0", "messages": MESSAGES, "stream": True})
+    response = httpx.post(
+        proxy.url + "/v1/chat/completions",
+        timeout=30,
+        json={"model": "stall-after-0", "messages": MESSAGES, "stream": True},
+    )
     assert time.monotonic() - began < 10
     # Nothing had been sent, so the client gets a plain error response, not a broken stream.
     assert response.status_code == 504 and openai_error(response)["code"] == "upstream_timeout"
@@ -176,8 +192,12 @@ def test_a_stream_that_stalls_before_its_first_byte_is_retried_then_a_json_error
 def test_a_stream_that_fails_after_its_first_byte_is_not_retried(start, fake_upstream):
     proxy = start()
     for model in ("break-after-1", "stall-after-1"):
-        with httpx.stream("POST", proxy.url + "/v1/chat/completions", timeout=30,
-                          json={"model": model, "messages": MESSAGES, "stream": True}) as response:
+        with httpx.stream(
+            "POST",
+            proxy.url + "/v1/chat/completions",
+            timeout=30,
+            json={"model": model, "messages": MESSAGES, "stream": True},
+        ) as response:
             assert response.status_code == 200 and b'"error"' in response.read()
     assert [r["body"]["model"] for r in fake_upstream.received] == ["break-after-1", "stall-after-1"]
     broken, stalled = rows(proxy)

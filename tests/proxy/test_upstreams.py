@@ -12,10 +12,17 @@ import textwrap
 import httpx
 import pytest
 
+from tests.support.fake_upstream import FakeUpstream, free_port
 from understudy.proxy.providers import UnsupportedRequest, adjust_request, adjust_response
 from understudy.proxy.upstream_check import check_model_for, check_routes
-from understudy.proxy.upstreams import (ANTHROPIC_URL, GEMINI_URL, OPENAI_URL, MissingKey, UpstreamConfigError, UpstreamTable)
-from tests.support.fake_upstream import FakeUpstream, free_port
+from understudy.proxy.upstreams import (
+    ANTHROPIC_URL,
+    GEMINI_URL,
+    OPENAI_URL,
+    MissingKey,
+    UpstreamConfigError,
+    UpstreamTable,
+)
 
 KEY_VARS = ("ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY", "LOCAL_KEY", "TEAM_KEY")
 
@@ -65,6 +72,7 @@ sonnet = "claude-sonnet-4-0"
 
 # --- configuration ---------------------------------------------------------------------------
 
+
 def test_good_file_parses_routes_then_built_ins(tmp_path):
     table = UpstreamTable.load(write(tmp_path, GOOD), OPENAI_URL, None)
     assert [r.name for r in table.routes] == ["local", "team-claude", "exact", "anthropic", "gemini", "default"]
@@ -83,7 +91,11 @@ def test_good_file_parses_routes_then_built_ins(tmp_path):
 
 def test_no_file_means_built_in_defaults(tmp_path):
     table = UpstreamTable.load(tmp_path / "absent.toml", "http://127.0.0.1:1234/v1/", None)
-    assert [(r.name, r.pattern) for r in table.routes] == [("anthropic", "claude-*"), ("gemini", "gemini-*"), ("default", "*")]
+    assert [(r.name, r.pattern) for r in table.routes] == [
+        ("anthropic", "claude-*"),
+        ("gemini", "gemini-*"),
+        ("default", "*"),
+    ]
     default = table.route_named("default")
     assert default.base_url == "http://127.0.0.1:1234/v1" and default.provider == "openai-compatible"
     assert UpstreamTable.load(None, OPENAI_URL).routes[-1].provider == "openai"
@@ -97,30 +109,57 @@ def test_explicit_config_must_exist(tmp_path):
     assert table.route_named("local") is not None
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[[routes]\n", r"not valid TOML"),
-    ("[routing]\nx = 1\n", r"unknown top-level key\(s\) routing"),
-    ("routes = 3\n", r"'routes' must be an array of tables"),
-    ("[[routes]]\nprovider = 'openai'\n", r"route #1: 'pattern' is required"),
-    ("[[routes]]\npattern = 'x*'\nprovider = 'azure'\n", r"route #1: 'provider' must be one of .* \(got 'azure'\)"),
-    ("[[routes]]\npattern = 'x*'\nprovider = 'openai-compatible'\n", r"'base_url' is required for provider openai-compatible"),
-    ("[[routes]]\npattern = 'x*'\nprovider = 'openai'\nbase_url = 'ftp://x'\n", r"'base_url' must be an http\(s\) URL"),
-    ("[[routes]]\nname = 'mine'\npattern = 'x*'\nprovider = 'openai'\nkey = 'sk-abc'\n",
-     r"route #1 \('mine'\): 'key' is not allowed: keys are never read from the file"),
-    ("[[routes]]\npattern = 'x*'\nprovider = 'openai'\nkey_env = 'sk-proj-abc123'\n", r"'key_env' must name an environment variable"),
-    ("[[routes]]\npattern = 'x*'\nprovider = 'openai'\nheaders = { Authorization = 'Bearer x' }\n",
-     r"header 'Authorization' would put a credential in the file"),
-    ("[[routes]]\npattern = 'x*'\nprovider = 'openai'\ntimeout_s = 0\n", r"'timeout_s' must be a positive number"),
-    ("[[routes]]\npattern = 'x*'\nprovider = 'openai'\nprice_input = -1\n", r"'price_input' must be a non-negative number"),
-    ("[[routes]]\npattern = 'x*'\nprovider = 'openai'\nprise_input = 1\n", r"unknown field\(s\) prise_input"),
-    ("[[routes]]\nname = 'anthropic'\npattern = 'x*'\nprovider = 'anthropic'\n", r"'anthropic' is reserved for a built-in route"),
-    ("[[routes]]\nname = 'a'\npattern = 'x*'\nprovider = 'openai'\n[[routes]]\nname = 'a'\npattern = 'y*'\nprovider = 'openai'\n",
-     r"route #2: duplicate route name 'a'"),
-    ("[aliases]\nfoo = 3\n", r"alias 'foo': must be a model name or a table"),
-    ("[aliases]\nfoo = 'gpt-*'\n", r"alias 'foo': the target 'gpt-\*' must be a concrete model"),
-    ("[aliases]\nfoo = { model = 'gpt-4o', route = 'nowhere' }\n", r"alias 'foo' names route 'nowhere', which does not exist"),
-    ("[aliases]\nfoo = { modle = 'gpt-4o' }\n", r"alias 'foo': unknown field\(s\) modle"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[[routes]\n", r"not valid TOML"),
+        ("[routing]\nx = 1\n", r"unknown top-level key\(s\) routing"),
+        ("routes = 3\n", r"'routes' must be an array of tables"),
+        ("[[routes]]\nprovider = 'openai'\n", r"route #1: 'pattern' is required"),
+        ("[[routes]]\npattern = 'x*'\nprovider = 'azure'\n", r"route #1: 'provider' must be one of .* \(got 'azure'\)"),
+        (
+            "[[routes]]\npattern = 'x*'\nprovider = 'openai-compatible'\n",
+            r"'base_url' is required for provider openai-compatible",
+        ),
+        (
+            "[[routes]]\npattern = 'x*'\nprovider = 'openai'\nbase_url = 'ftp://x'\n",
+            r"'base_url' must be an http\(s\) URL",
+        ),
+        (
+            "[[routes]]\nname = 'mine'\npattern = 'x*'\nprovider = 'openai'\nkey = 'sk-abc'\n",
+            r"route #1 \('mine'\): 'key' is not allowed: keys are never read from the file",
+        ),
+        (
+            "[[routes]]\npattern = 'x*'\nprovider = 'openai'\nkey_env = 'sk-proj-abc123'\n",
+            r"'key_env' must name an environment variable",
+        ),
+        (
+            "[[routes]]\npattern = 'x*'\nprovider = 'openai'\nheaders = { Authorization = 'Bearer x' }\n",
+            r"header 'Authorization' would put a credential in the file",
+        ),
+        ("[[routes]]\npattern = 'x*'\nprovider = 'openai'\ntimeout_s = 0\n", r"'timeout_s' must be a positive number"),
+        (
+            "[[routes]]\npattern = 'x*'\nprovider = 'openai'\nprice_input = -1\n",
+            r"'price_input' must be a non-negative number",
+        ),
+        ("[[routes]]\npattern = 'x*'\nprovider = 'openai'\nprise_input = 1\n", r"unknown field\(s\) prise_input"),
+        (
+            "[[routes]]\nname = 'anthropic'\npattern = 'x*'\nprovider = 'anthropic'\n",
+            r"'anthropic' is reserved for a built-in route",
+        ),
+        (
+            "[[routes]]\nname = 'a'\npattern = 'x*'\nprovider = 'openai'\n[[routes]]\nname = 'a'\npattern = 'y*'\nprovider = 'openai'\n",
+            r"route #2: duplicate route name 'a'",
+        ),
+        ("[aliases]\nfoo = 3\n", r"alias 'foo': must be a model name or a table"),
+        ("[aliases]\nfoo = 'gpt-*'\n", r"alias 'foo': the target 'gpt-\*' must be a concrete model"),
+        (
+            "[aliases]\nfoo = { model = 'gpt-4o', route = 'nowhere' }\n",
+            r"alias 'foo' names route 'nowhere', which does not exist",
+        ),
+        ("[aliases]\nfoo = { modle = 'gpt-4o' }\n", r"alias 'foo': unknown field\(s\) modle"),
+    ],
+)
 def test_bad_config_is_one_clear_line(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(UpstreamConfigError, match=message) as caught:
@@ -132,10 +171,16 @@ def test_bad_config_is_one_clear_line(tmp_path, text, message):
 
 # --- resolution ------------------------------------------------------------------------------
 
+
 def test_resolution_by_exact_name_glob_and_order(tmp_path):
     table = UpstreamTable.load(write(tmp_path, GOOD), OPENAI_URL)
     fast = table.resolve("fast")
-    assert (fast.route.name, fast.upstream_model, fast.requested_model, fast.alias) == ("exact", "gpt-4o-mini", "fast", None)
+    assert (fast.route.name, fast.upstream_model, fast.requested_model, fast.alias) == (
+        "exact",
+        "gpt-4o-mini",
+        "fast",
+        None,
+    )
     assert fast.rewrites_model
     assert table.resolve("qwen2.5-7b").route.name == "local"
     # Config before built-ins: claude-3-5-haiku* goes to the team route, other claude-* to the built-in.
@@ -152,19 +197,29 @@ def test_resolution_by_alias_keeps_both_names(tmp_path):
     table = UpstreamTable.load(write(tmp_path, GOOD), OPENAI_URL)
     designer = table.resolve("level-designer")
     assert (designer.requested_model, designer.upstream_model, designer.alias) == (
-        "level-designer", "claude-3-5-haiku-latest", "level-designer")
+        "level-designer",
+        "claude-3-5-haiku-latest",
+        "level-designer",
+    )
     assert designer.route.name == "team-claude" and designer.provider == "anthropic"
     narrator = table.resolve("narrator")  # the alias pins its route, overriding pattern order
     assert (narrator.route.name, narrator.upstream_model) == ("local", "gpt-4o-mini")
     assert {row["alias"]: row["route"] for row in table.describe_aliases()} == {
-        "level-designer": "team-claude", "narrator": "local", "sonnet": "anthropic"}
+        "level-designer": "team-claude",
+        "narrator": "local",
+        "sonnet": "anthropic",
+    }
 
 
 def test_missing_key_names_provider_model_and_variable(tmp_path):
     table = UpstreamTable.load(write(tmp_path, GOOD), OPENAI_URL)
     with pytest.raises(MissingKey) as caught:
         table.resolve("claude-sonnet-4-0").key()
-    assert (caught.value.provider, caught.value.model, caught.value.env_name) == ("anthropic", "claude-sonnet-4-0", "ANTHROPIC_API_KEY")
+    assert (caught.value.provider, caught.value.model, caught.value.env_name) == (
+        "anthropic",
+        "claude-sonnet-4-0",
+        "ANTHROPIC_API_KEY",
+    )
     assert "anthropic" in str(caught.value) and "ANTHROPIC_API_KEY" in str(caught.value)
     with pytest.raises(MissingKey, match="GEMINI_API_KEY or GOOGLE_API_KEY"):
         table.resolve("gemini-2.0-flash").headers()
@@ -209,8 +264,21 @@ def test_describe_never_prints_keys(tmp_path, monkeypatch):
     assert rows["gemini"]["auth"] == "key from GOOGLE_API_KEY"
     assert rows["default"]["auth"] == "configured upstream key"
     assert rows["local"]["auth"] == "client's Authorization forwarded"
-    assert (rows["local"]["timeout_s"], rows["local"]["price_input"], rows["local"]["price_output"]) == (120.0, 0.1, 0.2)
-    assert set(rows["local"]) >= {"name", "pattern", "provider", "base_url", "key_env", "key_set", "timeout_s", "source"}
+    assert (rows["local"]["timeout_s"], rows["local"]["price_input"], rows["local"]["price_output"]) == (
+        120.0,
+        0.1,
+        0.2,
+    )
+    assert set(rows["local"]) >= {
+        "name",
+        "pattern",
+        "provider",
+        "base_url",
+        "key_env",
+        "key_set",
+        "timeout_s",
+        "source",
+    }
 
 
 def test_prepare_body_only_when_needed(tmp_path):
@@ -219,7 +287,9 @@ def test_prepare_body_only_when_needed(tmp_path):
     assert table.resolve("gpt-4o-mini").prepare_body(plain) is None
     aliased = table.resolve("narrator").prepare_body({**plain, "model": "narrator"})
     assert aliased["model"] == "gpt-4o-mini"
-    claude = table.resolve("claude-sonnet-4-0").prepare_body({**plain, "model": "claude-sonnet-4-0", "temperature": 1.5})
+    claude = table.resolve("claude-sonnet-4-0").prepare_body(
+        {**plain, "model": "claude-sonnet-4-0", "temperature": 1.5}
+    )
     assert claude == {**plain, "model": "claude-sonnet-4-0", "temperature": 1.0}
     assert table.resolve("claude-sonnet-4-0").prepare_body({**plain, "model": "claude-sonnet-4-0"}) is None
 
@@ -228,12 +298,25 @@ def test_prepare_body_only_when_needed(tmp_path):
 
 BYLLM_TYPED = {
     "model": "claude-3-5-haiku-latest",
-    "messages": [{"role": "system", "content": "Return only the output.\n"},
-                 {"role": "user", "content": [{"type": "text", "text": "Create the next level."}]}],
+    "messages": [
+        {"role": "system", "content": "Return only the output.\n"},
+        {"role": "user", "content": [{"type": "text", "text": "Create the next level."}]},
+    ],
     "tools": None,
-    "response_format": {"type": "json_schema", "json_schema": {"name": "Level", "strict": True, "schema": {
-        "$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
-        "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": False}}},
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "Level",
+            "strict": True,
+            "schema": {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object",
+                "properties": {"name": {"type": "string"}},
+                "required": ["name"],
+                "additionalProperties": False,
+            },
+        },
+    },
     "temperature": 0.7,
     "max_tokens": None,
     "metadata": {"jac_caller_name": "create_next_level"},
@@ -259,8 +342,10 @@ def test_anthropic_moves_json_schema_into_system_instruction():
     assert system["role"] == "system" and system["content"].startswith("Return only the output.")
     assert '"Level"' in system["content"] and '"required":["name"]' in system["content"]
     assert out["messages"][1] == BYLLM_TYPED["messages"][1]
-    no_system = adjust_request("anthropic", {"model": "c", "messages": [{"role": "user", "content": "x"}],
-                                             "response_format": {"type": "json_object"}})
+    no_system = adjust_request(
+        "anthropic",
+        {"model": "c", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
+    )
     assert no_system["messages"][0] == {"role": "system", "content": no_system["messages"][0]["content"]}
     assert "JSON object" in no_system["messages"][0]["content"] and len(no_system["messages"]) == 2
     text = adjust_request("anthropic", {"model": "c", "messages": [], "response_format": {"type": "text"}})
@@ -269,8 +354,9 @@ def test_anthropic_moves_json_schema_into_system_instruction():
 
 def test_anthropic_clamps_temperature_and_refuses_n():
     assert adjust_request("anthropic", {"model": "c", "messages": [], "temperature": 2})["temperature"] == 1.0
-    assert adjust_request("anthropic", {"model": "c", "messages": [], "n": 1, "stream_options": {"include_usage": True}}) == {
-        "model": "c", "messages": [], "n": 1, "stream_options": {"include_usage": True}}
+    assert adjust_request(
+        "anthropic", {"model": "c", "messages": [], "n": 1, "stream_options": {"include_usage": True}}
+    ) == {"model": "c", "messages": [], "n": 1, "stream_options": {"include_usage": True}}
     with pytest.raises(UnsupportedRequest) as caught:
         adjust_request("anthropic", {"model": "claude-3-5-haiku-latest", "messages": [], "n": 3})
     assert caught.value.status == 400 and caught.value.param == "n"
@@ -278,8 +364,15 @@ def test_anthropic_clamps_temperature_and_refuses_n():
 
 
 def test_anthropic_response_fences_removed_for_json_requests_only():
-    fenced = {"choices": [{"index": 0, "message": {"role": "assistant", "content": '```json\n{"name": "x"}\n```'},
-                           "finish_reason": "stop"}]}
+    fenced = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": '```json\n{"name": "x"}\n```'},
+                "finish_reason": "stop",
+            }
+        ]
+    }
     out = adjust_response("anthropic", fenced, BYLLM_TYPED)
     assert out["choices"][0]["message"]["content"] == '{"name": "x"}'
     assert fenced["choices"][0]["message"]["content"].startswith("```")  # not mutated
@@ -311,10 +404,13 @@ def test_gemini_response_tool_calls_finish_reason():
 
 # --- --check against real servers ------------------------------------------------------------
 
+
 def test_check_routes_against_fake_providers(tmp_path, monkeypatch):
     with FakeUpstream() as claude_up, FakeUpstream() as gemini_up, FakeUpstream() as default_up:
         dead_port = free_port()
-        path = write(tmp_path, f"""
+        path = write(
+            tmp_path,
+            f"""
             [[routes]]
             name = "fake-claude"
             pattern = "claude-*"
@@ -348,7 +444,8 @@ def test_check_routes_against_fake_providers(tmp_path, monkeypatch):
             provider = "openai-compatible"
             base_url = "{default_up.url}"
             check_model = "mystery-1"
-        """)
+        """,
+        )
         # Only the fake Claude route has a key: the built-in provider routes must not reach the internet.
         monkeypatch.setenv("TEAM_KEY", "a-test-key")
         table = UpstreamTable.load(path, default_up.url)
@@ -359,19 +456,32 @@ def test_check_routes_against_fake_providers(tmp_path, monkeypatch):
 
         results = {r.route: r for r in asyncio.run(run())}
 
-    assert list(results) == ["fake-claude", "fake-gemini", "broken", "dead", "mystery", "anthropic", "gemini", "default"]
+    assert list(results) == [
+        "fake-claude",
+        "fake-gemini",
+        "broken",
+        "dead",
+        "mystery",
+        "anthropic",
+        "gemini",
+        "default",
+    ]
     claude = results["fake-claude"]
     assert claude.ok and claude.contacted and claude.status == 200 and claude.latency_ms > 0
     assert claude.model == "claude-3-5-haiku-latest"  # the provider's representative model for a glob route
     [sent] = claude_up.received
     assert sent["body"]["max_tokens"] == 1 and sent["body"]["model"] == "claude-3-5-haiku-latest"
-    assert sent["headers"]["authorization"] == "Bearer a-test-key" and sent["headers"]["anthropic-version"] == "2023-06-01"
+    assert (
+        sent["headers"]["authorization"] == "Bearer a-test-key" and sent["headers"]["anthropic-version"] == "2023-06-01"
+    )
 
     gemini = results["fake-gemini"]
     assert not gemini.ok and not gemini.contacted and gemini.error == "key not set: GEMINI_API_KEY or GOOGLE_API_KEY"
     assert gemini_up.received == []  # never contacted
 
-    assert not results["broken"].ok and results["broken"].status == 500 and "upstream exploded" in results["broken"].error
+    assert (
+        not results["broken"].ok and results["broken"].status == 500 and "upstream exploded" in results["broken"].error
+    )
     assert not results["dead"].ok and results["dead"].contacted and results["dead"].error.startswith("unreachable")
     assert results["dead"].model == "dead-model"  # a plain pattern is its own check model
     assert results["mystery"].ok and results["mystery"].model == "mystery-2"

@@ -40,13 +40,16 @@ def user_env(tiny_model_env):
 
 
 def _local_tries_metric(metrics: str, outcome: str) -> float:
-    line = next(line for line in metrics.splitlines() if line.startswith(f'understudy_local_tries_count{{outcome="{outcome}"}}'))
+    line = next(
+        line for line in metrics.splitlines() if line.startswith(f'understudy_local_tries_count{{outcome="{outcome}"}}')
+    )
     return float(line.split()[-1])
 
 
 @pytest.mark.parametrize("validator, served_locally", [("refuse_everything", False), ("accept_everything", True)])
-def test_a_failing_local_answer_is_drawn_k_times_then_answered_upstream(fake_upstream, isolated_data_dir, user_env,
-                                                                         validator, served_locally):
+def test_a_failing_local_answer_is_drawn_k_times_then_answered_upstream(
+    fake_upstream, isolated_data_dir, user_env, validator, served_locally
+):
     fake_upstream.reply = lambda body: '{"color": "teal"}'
     proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=user_env)
     try:
@@ -60,8 +63,11 @@ def test_a_failing_local_answer_is_drawn_k_times_then_answered_upstream(fake_ups
     finally:
         proxy.stop()
     [(served_by, tries, error)] = query_store(
-        isolated_data_dir, "SELECT served_by, local_tries, error FROM calls WHERE site_id = ? AND purpose = 'client' "
-        "ORDER BY ts DESC LIMIT 1", [site])
+        isolated_data_dir,
+        "SELECT served_by, local_tries, error FROM calls WHERE site_id = ? AND purpose = 'client' "
+        "ORDER BY ts DESC LIMIT 1",
+        [site],
+    )
     assert response.headers["x-understudy-served-by"] == served_by
     [report] = json.loads(run_cli("report", site, "--json", "--data-dir", str(isolated_data_dir)).stdout)
     if served_locally:
@@ -77,8 +83,12 @@ def test_a_failing_local_answer_is_drawn_k_times_then_answered_upstream(fake_ups
         assert f'understudy_local_tries_bucket{{le="{float(DEFAULT_TRIES - 1)}",outcome="fallback"}} 0.0' in metrics
 
 
-SCHEMA = {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue", "amber", "teal", "plum"]}},
-          "required": ["color"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"color": {"enum": ["red", "green", "blue", "amber", "teal", "plum"]}},
+    "required": ["color"],
+    "additionalProperties": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +102,9 @@ def _draws(generator, checks: AnswerChecks):
     made = []
 
     def draw(temperature: float, seed: int | None) -> LocalAnswer:
-        out = generator.complete("Pick a color.\n", max_tokens=16, constraint=constraint, temperature=temperature,
-                                 seed=seed)
+        out = generator.complete(
+            "Pick a color.\n", max_tokens=16, constraint=constraint, temperature=temperature, seed=seed
+        )
         made.append((temperature, seed, out.text))
         return LocalAnswer(out.text, 0.0, out.prompt_tokens, out.completion_tokens, out.confidence)
 
@@ -126,7 +137,9 @@ def test_the_token_cap_comes_from_the_sites_recorded_answers():
     checks = AnswerChecks(SCHEMA, sampling=SamplingPolicy(cap_factor=1.5), reference_answers=answers)
     assert token_cap(checks, len) == math.ceil(1.5 * len(answers[1])) + 16
     assert token_cap(AnswerChecks(SCHEMA, reference_answers=answers[:3]), len) is None  # too few to measure
-    assert token_cap(AnswerChecks(SCHEMA, sampling=SamplingPolicy(cap_factor=0), reference_answers=answers), len) is None
+    assert (
+        token_cap(AnswerChecks(SCHEMA, sampling=SamplingPolicy(cap_factor=0), reference_answers=answers), len) is None
+    )
 
 
 def test_sampling_settings_are_validated():

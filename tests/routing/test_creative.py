@@ -82,8 +82,9 @@ def test_a_site_whose_teacher_agrees_with_itself_is_decided_by_agreement_whateve
     assert decision.verdict is Verdict.REJECTED and "creative" not in decision.reason, decision.reason
     assert decision.reason.startswith("rejected: agreement inferior")
     # A teacher with too few second answers is not called creative either: 19 samples at 0.2.
-    few = decide(SiteState.SHADOW, evidence, teacher(0.20, n=POLICY.min_samples - 1), POLICY,
-                 review=review(judged(60, 0.0)))
+    few = decide(
+        SiteState.SHADOW, evidence, teacher(0.20, n=POLICY.min_samples - 1), POLICY, review=review(judged(60, 0.0))
+    )
     assert few.verdict is not Verdict.PROMOTED and "creative" not in few.reason, few.reason
 
 
@@ -98,12 +99,12 @@ def test_a_promoted_creative_site_is_demoted_by_the_review_or_validity_not_by_ag
 
 def test_creative_below_is_a_validated_setting_and_zero_turns_the_rule_off():
     import pytest
+
     for bad in ({"creative_below": -0.1}, {"creative_below": 1.5}, {"creative_below": "low"}):
         with pytest.raises(ValueError):
             PromotionPolicy.from_dict(bad)
     off = PromotionPolicy.from_dict({"creative_below": 0.0})
-    decision = decide(SiteState.SHADOW, shadow(120, agreement=0.05), teacher(0.20), off,
-                      review=review(judged(60, 0.0)))
+    decision = decide(SiteState.SHADOW, shadow(120, agreement=0.05), teacher(0.20), off, review=review(judged(60, 0.0)))
     assert decision.verdict is not Verdict.PROMOTED and "creative" not in decision.reason
 
 
@@ -124,16 +125,26 @@ def test_judgments_recorded_through_the_review_protocol_decide_a_creative_site_i
         populate(store, pairs_per_version={1: 100})  # a Map site in shadow with 100 pairs of v1, both answers valid
         cur = store.cursor()
         cur.execute("UPDATE shadow_results SET upstream_valid = true, phase = 'shadow'")
-        cur.execute("INSERT INTO model_versions (site_id, version, status, created_at) VALUES (?, 1, 'active', ?)",
-                    [MAP_SITE, T0])
+        cur.execute(
+            "INSERT INTO model_versions (site_id, version, status, created_at) VALUES (?, 1, 'active', ?)",
+            [MAP_SITE, T0],
+        )
         rng = random.Random(3)  # the teacher barely agrees with itself: ~0.2 over 60 second answers
         for i in range(60):
-            cur.execute("INSERT INTO self_agreement VALUES (?, ?, ?, ?, ?, '{}', true, true, true)",
-                        [f"sa{i}", f"sb{i}", MAP_SITE, datetime.now(UTC), clip(rng.gauss(0.2, 0.1))])
+            cur.execute(
+                "INSERT INTO self_agreement VALUES (?, ?, ?, ?, ?, '{}', true, true, true)",
+                [f"sa{i}", f"sb{i}", MAP_SITE, datetime.now(UTC), clip(rng.gauss(0.2, 0.1))],
+            )
         records = {r.id: r for r in store.site_records()}
-        router = Router(store, None, validators=ValidatorRegistry(), current_site=records.get,
-                        on_site_change=lambda r: records.__setitem__(r.id, r), record_shadow=lambda row: None,
-                        record_self_agreement=lambda row: None)
+        router = Router(
+            store,
+            None,
+            validators=ValidatorRegistry(),
+            current_site=records.get,
+            on_site_change=lambda r, records=records: records.__setitem__(r.id, r),
+            record_shadow=lambda row: None,
+            record_self_agreement=lambda row: None,
+        )
         router.load()
         router.review_changed(MAP_SITE)  # no judgments yet: validity alone cannot promote it
         assert records[MAP_SITE].state == SiteState.SHADOW.value

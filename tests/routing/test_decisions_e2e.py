@@ -33,8 +33,20 @@ SCHEMA = {"type": "object", "properties": {"color": {"type": "string"}}, "requir
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "Color", "schema": SCHEMA}}
 SYSTEM = "This is a task you must complete by returning only the output."
 # Colors with distinct first letters: the tiny model tells answers apart by their first letter.
-ALL_COLORS = {"sky": "blue", "grass": "green", "sun": "yellow", "rose": "red", "snow": "white", "sea": "navy",
-              "leaf": "lime", "gold": "amber", "plum": "purple", "ice": "cyan", "fox": "orange", "duck": "teal"}
+ALL_COLORS = {
+    "sky": "blue",
+    "grass": "green",
+    "sun": "yellow",
+    "rose": "red",
+    "snow": "white",
+    "sea": "navy",
+    "leaf": "lime",
+    "gold": "amber",
+    "plum": "purple",
+    "ice": "cyan",
+    "fox": "orange",
+    "duck": "teal",
+}
 TRAIN_STEPS = "300"  # what the tiny model needs to tell six prompts apart (~7 s on 2 cores)
 # LoRA on the MLP too: attention alone in the 2-layer, 64-wide tiny model mixes some of them up.
 TINY_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -42,15 +54,29 @@ MAX_CALLS = 400  # per phase; a decision that takes longer is a failure
 
 
 def color_request(thing: str) -> dict:
-    return {"model": "gpt-4o-mini", "temperature": 0.7, "response_format": RESPONSE_FORMAT,
-            "messages": [{"role": "system", "content": SYSTEM},
-                         {"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, '')"}]}
+    return {
+        "model": "gpt-4o-mini",
+        "temperature": 0.7,
+        "response_format": RESPONSE_FORMAT,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, '')"},
+        ],
+    }
 
 
 # The tiny model memorises, it cannot generalise: every thing the test asks about must be in
 # the training split (the split is a hash of the prompt), so the six are picked from a dozen.
-COLORS = dict(itertools.islice(((thing, color) for thing, color in ALL_COLORS.items()
-                                if _split_of(color_request(thing)["messages"]) == "train"), 6))
+COLORS = dict(
+    itertools.islice(
+        (
+            (thing, color)
+            for thing, color in ALL_COLORS.items()
+            if _split_of(color_request(thing)["messages"]) == "train"
+        ),
+        6,
+    )
+)
 DRIFTED = {thing: f"dark {color}" for thing, color in COLORS.items()}
 assert len(COLORS) == 6
 
@@ -90,8 +116,9 @@ def until_decided(proxy, site: str, waiting_in: str, things=tuple(COLORS)) -> tu
             return state, n
         if n >= MAX_CALLS:
             break
-    raise AssertionError(f"site still {waiting_in} after {MAX_CALLS} calls; report: "
-                         f"{proxy.cli('report', site).stdout[-2500:]}")
+    raise AssertionError(
+        f"site still {waiting_in} after {MAX_CALLS} calls; report: {proxy.cli('report', site).stdout[-2500:]}"
+    )
 
 
 def last_reason(proxy, site: str) -> str:
@@ -102,7 +129,8 @@ def last_reason(proxy, site: str) -> str:
 
 @pytest.mark.timeout(900)
 def test_default_policy_rejects_controls_promotes_a_trained_version_and_demotes_it_when_it_goes_bad(
-        fake_upstream, isolated_data_dir, tiny_model_env):
+    fake_upstream, isolated_data_dir, tiny_model_env
+):
     teacher = ColorTeacher()
     fake_upstream.reply = teacher
     assert "UNDERSTUDY_ROUTING_POLICY" not in tiny_model_env  # the shipped defaults
@@ -125,16 +153,29 @@ def test_default_policy_rejects_controls_promotes_a_trained_version_and_demotes_
         assert re.match(r"rejected: agreement( and validity)? inferior to the teacher", last_reason(proxy, site))
 
         # 2. Trained on answers to other requests: valid colors, for the wrong things.
-        shuffled = json.loads(run_cli("train", site, "--now", "--control", "shuffled", "--max-steps", TRAIN_STEPS,
-                                      "--data-dir", data_dir, env=env).stdout)
+        shuffled = json.loads(
+            run_cli(
+                "train",
+                site,
+                "--now",
+                "--control",
+                "shuffled",
+                "--max-steps",
+                TRAIN_STEPS,
+                "--data-dir",
+                data_dir,
+                env=env,
+            ).stdout
+        )
         assert shuffled["status"] == "active" and shuffled["version"] == 2
         state, _ = until_decided(proxy, site, "shadow")
         assert state == "learning"
         assert last_reason(proxy, site).startswith("rejected: agreement inferior to the teacher")
 
         # 3. Properly trained: promoted at the default policy, then serves.
-        trained = json.loads(run_cli("train", site, "--now", "--max-steps", TRAIN_STEPS, "--data-dir", data_dir,
-                                     env=env).stdout)
+        trained = json.loads(
+            run_cli("train", site, "--now", "--max-steps", TRAIN_STEPS, "--data-dir", data_dir, env=env).stdout
+        )
         assert trained["status"] == "active" and trained["version"] == 3
         state, promoted_after = until_decided(proxy, site, "shadow")
         assert state == "local", last_reason(proxy, site)
@@ -154,11 +195,20 @@ def test_default_policy_rejects_controls_promotes_a_trained_version_and_demotes_
 
     assert 20 <= promoted_after <= MAX_CALLS
     assert report["extra_calls"]["self_check"] > 20 and report["extra_calls"]["drift"] >= 1
-    by_version = dict(query_store(isolated_data_dir, "SELECT version, avg(score) FROM shadow_results WHERE site_id = ? "
-                                  "AND phase = 'shadow' GROUP BY version", [site]))
+    by_version = dict(
+        query_store(
+            isolated_data_dir,
+            "SELECT version, avg(score) FROM shadow_results WHERE site_id = ? AND phase = 'shadow' GROUP BY version",
+            [site],
+        )
+    )
     assert by_version[1] < 0.2 and by_version[2] < 0.5 and by_version[3] > 0.9
     # Drift checks and second answers are calls: recorded with tokens and (zero) cost.
-    extra = query_store(isolated_data_dir, "SELECT purpose, count(*), sum(prompt_tokens), sum(cost_usd) FROM calls "
-                        "WHERE site_id = ? AND purpose <> 'client' GROUP BY ALL", [site])
+    extra = query_store(
+        isolated_data_dir,
+        "SELECT purpose, count(*), sum(prompt_tokens), sum(cost_usd) FROM calls "
+        "WHERE site_id = ? AND purpose <> 'client' GROUP BY ALL",
+        [site],
+    )
     assert {purpose for purpose, *_ in extra} == {"drift", "self_check"}
     assert all(tokens > 0 and cost == 0.0 for _, _, tokens, cost in extra)

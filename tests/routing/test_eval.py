@@ -21,9 +21,15 @@ THINGS = {f"thing{k}": PALETTE[k % len(PALETTE)] for k in range(40)}
 
 
 def _request(thing: str) -> dict:
-    return {"model": "gpt-4o-mini", "temperature": 0.7, "response_format": RESPONSE_FORMAT,
-            "messages": [{"role": "system", "content": SYSTEM},
-                         {"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, '')"}]}
+    return {
+        "model": "gpt-4o-mini",
+        "temperature": 0.7,
+        "response_format": RESPONSE_FORMAT,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, '')"},
+        ],
+    }
 
 
 HELD_OUT = [t for t in THINGS if _split_of(_request(t)["messages"]) == "eval"]
@@ -32,8 +38,11 @@ HELD_OUT = [t for t in THINGS if _split_of(_request(t)["messages"]) == "eval"]
 def test_eval_compares_upstream_base_and_versions(fake_upstream, isolated_data_dir, tiny_model_env, tmp_path):
     assert 2 <= len(HELD_OUT) <= 12, HELD_OUT  # the split is a hash of the prompt: fixed for these prompts
     fake_upstream.reply = lambda body: json.dumps({"color": THINGS[body["messages"][-1]["content"].split("'")[1]]})
-    env = {**tiny_env_for_colors(tiny_model_env), "PYTHONPATH": str(REPO_ROOT),
-           "UNDERSTUDY_VALIDATORS": json.dumps({"Color": "tests.support.color_checks:check_color"})}
+    env = {
+        **tiny_env_for_colors(tiny_model_env),
+        "PYTHONPATH": str(REPO_ROOT),
+        "UNDERSTUDY_VALIDATORS": json.dumps({"Color": "tests.support.color_checks:check_color"}),
+    }
     data = ["--data-dir", str(isolated_data_dir)]
     proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=env)
     try:
@@ -42,10 +51,17 @@ def test_eval_compares_upstream_base_and_versions(fake_upstream, isolated_data_d
             response = httpx.post(proxy.url + "/v1/chat/completions", json=_request(thing), timeout=60)
             site = response.headers["x-understudy-site"]
         before = run_cli("eval", site, *data, env=env, check=False)
-        assert before.returncode == 1 and before.stderr.startswith("error: site ") and "understudy train" in before.stderr
+        assert (
+            before.returncode == 1 and before.stderr.startswith("error: site ") and "understudy train" in before.stderr
+        )
         # Training gets its own time limit: on a loaded 2-core machine it can take longer than run_cli's 120 s.
-        trained = subprocess.run([str(VENV_BIN / "understudy"), "train", site, "--now", "--max-steps", "80", *data],
-                                 env=env, capture_output=True, text=True, timeout=900)
+        trained = subprocess.run(
+            [str(VENV_BIN / "understudy"), "train", site, "--now", "--max-steps", "80", *data],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert trained.returncode == 0, trained.stderr[-2000:]
         version = json.loads(trained.stdout)
         assert version["version"] == 1, version
@@ -56,7 +72,9 @@ def test_eval_compares_upstream_base_and_versions(fake_upstream, isolated_data_d
     assert via_proxy["heldout"] == len(HELD_OUT)
 
     # Without a proxy: the store opened directly; the same figures (greedy decoding is deterministic).
-    result = json.loads(run_cli("eval", site, "--versions", "v1", "--json", "--max-tokens", "48", *data, env=env).stdout)
+    result = json.loads(
+        run_cli("eval", site, "--versions", "v1", "--json", "--max-tokens", "48", *data, env=env).stdout
+    )
     rows = {row["row"]: row for row in result["rows"]}
     assert list(rows) == ["upstream", "base", "v1"]
     up, base, v1 = rows["upstream"], rows["base"], rows["v1"]
@@ -70,8 +88,10 @@ def test_eval_compares_upstream_base_and_versions(fake_upstream, isolated_data_d
     assert v1["validator_pass_rate"] > base["validator_pass_rate"]
     for row in (base, v1):
         assert row["agreement"] is None or 0.0 <= row["agreement"] <= 1.0
-    assert {k: v1[k] for k in ("parse_valid_rate", "validator_pass_rate", "checks")} == \
-        {k: {r["row"]: r for r in via_proxy["rows"]}["v1"][k] for k in ("parse_valid_rate", "validator_pass_rate", "checks")}
+    assert {k: v1[k] for k in ("parse_valid_rate", "validator_pass_rate", "checks")} == {
+        k: {r["row"]: r for r in via_proxy["rows"]}["v1"][k]
+        for k in ("parse_valid_rate", "validator_pass_rate", "checks")
+    }
 
     table = run_cli("eval", site, "--versions", "1", "--max-tokens", "48", *data, env={**env, "COLUMNS": "160"}).stdout
     assert "upstream" in table and "base" in table and "v1" in table and "known_color" in table

@@ -32,8 +32,9 @@ def llama_server_binary() -> str:
     explicit = os.environ.get("UNDERSTUDY_LLAMA_SERVER")
     if explicit:
         return explicit
-    built = subprocess.run([str(REPO_ROOT / "scripts" / "build_llama_server.sh")], capture_output=True, text=True,
-                           timeout=3600)
+    built = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "build_llama_server.sh")], capture_output=True, text=True, timeout=3600
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     return built.stdout.strip().splitlines()[-1]
 
@@ -44,8 +45,26 @@ class LlamaServer:
         self.url = f"http://127.0.0.1:{self.port}"
         lora = ["--lora-init-without-apply", "--lora", ",".join(adapters)] if adapters else []
         self.process = subprocess.Popen(
-            [binary, "-m", base_gguf, "--host", "127.0.0.1", "--port", str(self.port), "-c", "2048", "-t", "2",
-             "--parallel", "2", "--no-webui", *lora], stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+            [
+                binary,
+                "-m",
+                base_gguf,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "-c",
+                "2048",
+                "-t",
+                "2",
+                "--parallel",
+                "2",
+                "--no-webui",
+                *lora,
+            ],
+            stdout=open(log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -66,13 +85,17 @@ def served_answers(proxy) -> dict[str, tuple[str, dict]]:
     out = {}
     for thing in COLORS:
         response = ask(proxy, thing)
-        out[thing] = (response.headers["x-understudy-served-by"], json.loads(response.json()["choices"][0]["message"]["content"]))
+        out[thing] = (
+            response.headers["x-understudy-served-by"],
+            json.loads(response.json()["choices"][0]["message"]["content"]),
+        )
     return out
 
 
 @pytest.mark.timeout(1800)
 def test_local_answers_from_llama_server_match_in_process_and_need_the_adapter(
-        fake_upstream, isolated_data_dir, tiny_model_env, tiny_llama, llama_server_binary, tmp_path):
+    fake_upstream, isolated_data_dir, tiny_model_env, tiny_llama, llama_server_binary, tmp_path
+):
     fake_upstream.reply = ColorTeacher()
     env = tiny_env_for_colors(tiny_model_env)
     base_gguf = str(tiny_llama[1])

@@ -18,9 +18,17 @@ def clip(v: float) -> float:
     return min(1.0, max(0.0, v))
 
 
-def site_stream(seed: int, n: int = 200, *, easy_local: float = 0.95, easy_teacher: float = 0.90,
-                hard_local: float = 0.45, hard_teacher: float = 0.85, share: float = 0.5, informative: bool = True
-                ) -> tuple[list[ShadowSample], dict[str, float]]:
+def site_stream(
+    seed: int,
+    n: int = 200,
+    *,
+    easy_local: float = 0.95,
+    easy_teacher: float = 0.90,
+    hard_local: float = 0.45,
+    hard_teacher: float = 0.85,
+    share: float = 0.5,
+    informative: bool = True,
+) -> tuple[list[ShadowSample], dict[str, float]]:
     """Shadow samples of a site where the model is sure on a `share` of easy calls: (samples, teacher by call)."""
     rng = random.Random(seed)
     samples, paired = [], {}
@@ -33,8 +41,10 @@ def site_stream(seed: int, n: int = 200, *, easy_local: float = 0.95, easy_teach
     if not informative:  # the same answers, their confidences dealt at random
         confidences = [s.confidence for s in samples]
         rng.shuffle(confidences)
-        samples = [ShadowSample(s.call_id, c, s.agreement, s.local_valid, s.upstream_valid)
-                   for s, c in zip(samples, confidences)]
+        samples = [
+            ShadowSample(s.call_id, c, s.agreement, s.local_valid, s.upstream_valid)
+            for s, c in zip(samples, confidences)
+        ]
     return samples, paired
 
 
@@ -67,13 +77,13 @@ def test_a_version_confident_and_right_on_a_subset_is_partly_promoted_and_shuffl
 
 def test_the_threshold_is_chosen_on_calibration_samples_and_tested_on_fresh_ones():
     good, paired = site_stream(10)
-    calibration = good[:POLICY.calibration_samples]
+    calibration = good[: POLICY.calibration_samples]
     # After calibration the confident answers turn wrong: the subset the threshold picked must be
     # tested on these, not on the calibration samples that made it look good.
     worse, worse_paired = site_stream(11, easy_local=0.3)
     worse = [ShadowSample(f"w{s.call_id}", s.confidence, s.agreement, True, True) for s in worse]
     paired_all = {**paired, **{f"w{k}": v for k, v in worse_paired.items()}}
-    decision, _ = shadow_until_decided(calibration + worse[:POLICY.max_shadow_samples - len(calibration)], paired_all)
+    decision, _ = shadow_until_decided(calibration + worse[: POLICY.max_shadow_samples - len(calibration)], paired_all)
     assert decision.new_state is SiteState.LEARNING and decision.verdict is Verdict.REJECTED, decision.reason
     # The control: the same calibration, fresh samples like it.
     decision, _ = shadow_until_decided(good, paired)
@@ -112,12 +122,14 @@ def test_a_partly_promoted_version_that_goes_bad_on_its_subset_is_demoted():
 def test_a_rejection_waits_for_the_subsets_test_but_not_past_the_cap():
     samples, paired = site_stream(30)
     evidence, reference = POLICY.new_evidence(), POLICY.new_reference()
-    for s in samples[:POLICY.calibration_samples - 1]:
+    for s in samples[: POLICY.calibration_samples - 1]:
         evidence.add(0.1, True, True)  # far worse than the teacher overall
         reference.add(paired[s.call_id])
-    calibrating = partial_evidence(samples[:POLICY.calibration_samples - 1], paired, 0.9, POLICY)
+    calibrating = partial_evidence(samples[: POLICY.calibration_samples - 1], paired, 0.9, POLICY)
     held = decide(SiteState.SHADOW, evidence, reference, POLICY, partial=calibrating)
-    assert held.new_state is SiteState.SHADOW and "rejection held while the confident subset is calibrated" in held.reason
+    assert (
+        held.new_state is SiteState.SHADOW and "rejection held while the confident subset is calibrated" in held.reason
+    )
     # Without partial promotion (the control) the same evidence is rejected at once.
     assert decide(SiteState.SHADOW, evidence, reference, POLICY).verdict is Verdict.REJECTED
     # At the cap nothing is held.
@@ -128,8 +140,8 @@ def test_a_rejection_waits_for_the_subsets_test_but_not_past_the_cap():
 
 def test_partial_settings_are_validated():
     import pytest
-    for bad in ({"calibration_samples": 0}, {"partial_min_share": 0.0}, {"partial_min_share": 1.5},
-                {"partial": "yes"}):
+
+    for bad in ({"calibration_samples": 0}, {"partial_min_share": 0.0}, {"partial_min_share": 1.5}, {"partial": "yes"}):
         with pytest.raises(ValueError):
             PromotionPolicy.from_dict(bad)
     assert PromotionPolicy.from_dict({"partial": False}).partial is False

@@ -17,8 +17,15 @@ import httpx
 import pytest
 
 from tests.conftest import query_store, run_cli, start_proxy
-from tests.routing.test_decisions_e2e import ALL_COLORS, COLORS, TRAIN_STEPS, ask, last_reason, \
-    tiny_env_for_colors, until_decided
+from tests.routing.test_decisions_e2e import (
+    ALL_COLORS,
+    COLORS,
+    TRAIN_STEPS,
+    ask,
+    last_reason,
+    tiny_env_for_colors,
+    until_decided,
+)
 
 UNTRAINED = {thing: color for thing, color in ALL_COLORS.items() if thing not in COLORS}
 
@@ -31,7 +38,8 @@ class AllColorsTeacher:
 
 @pytest.mark.timeout(900)
 def test_a_version_sure_of_half_the_site_is_partly_promoted_and_serves_that_half(
-        fake_upstream, isolated_data_dir, tiny_model_env):
+    fake_upstream, isolated_data_dir, tiny_model_env
+):
     fake_upstream.reply = AllColorsTeacher()
     assert "UNDERSTUDY_ROUTING_POLICY" not in tiny_model_env  # the shipped defaults
     env = tiny_env_for_colors(tiny_model_env)
@@ -41,8 +49,9 @@ def test_a_version_sure_of_half_the_site_is_partly_promoted_and_serves_that_half
         site = ask(proxy, "sky").headers["x-understudy-site"]
         for thing in itertools.islice(itertools.cycle(COLORS), 17):  # recorded: only the trained half
             ask(proxy, thing)
-        trained = json.loads(run_cli("train", site, "--now", "--max-steps", TRAIN_STEPS, "--data-dir", data_dir,
-                                     env=env).stdout)
+        trained = json.loads(
+            run_cli("train", site, "--now", "--max-steps", TRAIN_STEPS, "--data-dir", data_dir, env=env).stdout
+        )
         assert trained["status"] == "active"
         # Shadow on the whole site: the half it knows and the half it never saw.
         state, _ = until_decided(proxy, site, "shadow", things=list(COLORS) + list(UNTRAINED))
@@ -62,6 +71,10 @@ def test_a_version_sure_of_half_the_site_is_partly_promoted_and_serves_that_half
     finally:
         proxy.stop()
     # The refused half was scored against the upstream as shadow samples of the rest of the site.
-    [(rest,)] = query_store(isolated_data_dir, "SELECT count(*) FROM shadow_results s JOIN sites t ON t.id = s.site_id "
-                            "WHERE s.site_id = ? AND s.ts >= t.state_since AND s.phase = 'shadow'", [site])
+    [(rest,)] = query_store(
+        isolated_data_dir,
+        "SELECT count(*) FROM shadow_results s JOIN sites t ON t.id = s.site_id "
+        "WHERE s.site_id = ? AND s.ts >= t.state_since AND s.phase = 'shadow'",
+        [site],
+    )
     assert rest >= len(UNTRAINED)

@@ -68,7 +68,9 @@ def test_bounds_narrow_with_evidence_and_are_the_same_one_at_a_time():
 
 
 def test_learning_waits_for_a_version_and_a_new_version_enters_shadow():
-    assert decide(SiteState.LEARNING, evidence([1.0] * 100), reference([1.0] * 50), POLICY).new_state is SiteState.LEARNING
+    assert (
+        decide(SiteState.LEARNING, evidence([1.0] * 100), reference([1.0] * 50), POLICY).new_state is SiteState.LEARNING
+    )
     assert on_new_version(SiteState.LEARNING).new_state is SiteState.SHADOW
     assert on_new_version(SiteState.SHADOW).new_state is SiteState.SHADOW
     assert on_new_version(SiteState.LOCAL).new_state is SiteState.SHADOW
@@ -81,8 +83,11 @@ def test_a_version_as_good_as_a_consistent_teacher_is_promoted_after_min_samples
     teacher = reference([1.0] * 30)
     waited = decide(SiteState.SHADOW, evidence([1.0] * 19), teacher, POLICY)
     assert waited.new_state is SiteState.SHADOW and "19 of 20 samples" in waited.reason
-    promoted = next(n for n in range(20, 200) if decide(SiteState.SHADOW, evidence([1.0] * n), teacher, POLICY)
-                    .new_state is SiteState.LOCAL)
+    promoted = next(
+        n
+        for n in range(20, 200)
+        if decide(SiteState.SHADOW, evidence([1.0] * n), teacher, POLICY).new_state is SiteState.LOCAL
+    )
     decision = decide(SiteState.SHADOW, evidence([1.0] * promoted), teacher, POLICY)
     assert decision.reason.startswith("promoted: non-inferior to the teacher")
     assert decision.judgement.agreement.low >= 1.0 - POLICY.margin

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from tests.conftest import open_test_store
-
 from understudy.routing.actions import ActionError, pin, rollback
 from understudy.routing.registry import apply_decision, list_versions, register_version
 
@@ -16,15 +15,22 @@ from understudy.routing.registry import apply_decision, list_versions, register_
 @pytest.fixture
 def store(tmp_path):
     store = open_test_store(tmp_path / "u.duckdb")
-    store.write_batch([("s1", "site", "function", "byllm", "", "site", [], "Level", [], None,
-                        datetime.now(timezone.utc), None)], [])
+    store.write_batch(
+        [("s1", "site", "function", "byllm", "", "site", [], "Level", [], None, datetime.now(UTC), None)], []
+    )
     yield store
     store.close()
 
 
 def result(validator_rate, *, verified=True, error=None):
-    return {"verified": verified, "error": error, "adapter_path": "/a.gguf", "base_gguf": "/b.gguf", "config": {},
-            "metrics": {"heldout": {"validator_pass_rate": validator_rate, "parse_valid_rate": 1.0}}}
+    return {
+        "verified": verified,
+        "error": error,
+        "adapter_path": "/a.gguf",
+        "base_gguf": "/b.gguf",
+        "config": {},
+        "metrics": {"heldout": {"validator_pass_rate": validator_rate, "parse_valid_rate": 1.0}},
+    }
 
 
 def test_versions_activate_only_when_verified_and_not_worse(store):
@@ -59,11 +65,15 @@ def test_an_inconclusive_version_is_marked_so_stays_usable_and_a_rejected_one_is
 
     register_version(store, "s1", result(0.6))
     site = store.resolve_site("s1")
-    apply_decision(store, site, Decision(SiteState.LEARNING, "inconclusive: ...", verdict=Verdict.INCONCLUSIVE),
-                   expected=site)
+    apply_decision(
+        store, site, Decision(SiteState.LEARNING, "inconclusive: ...", verdict=Verdict.INCONCLUSIVE), expected=site
+    )
     assert [v.status for v in list_versions(store, "s1")] == ["inconclusive"]
-    entry = json.loads(store.cursor().execute(
-        "SELECT detail FROM audit WHERE site_id = 's1' AND action = 'state' ORDER BY ts DESC LIMIT 1").fetchone()[0])
+    entry = json.loads(
+        store.cursor()
+        .execute("SELECT detail FROM audit WHERE site_id = 's1' AND action = 'state' ORDER BY ts DESC LIMIT 1")
+        .fetchone()[0]
+    )
     assert entry["verdict"] == "inconclusive" and entry["to"] == "learning"
     # a new version does not overwrite the verdict; the inconclusive one may still be pinned
     register_version(store, "s1", result(0.7))

@@ -17,8 +17,8 @@ from rich.console import Console
 from understudy.proxy.pricing import PriceTable
 from understudy.routing.policy import PromotionPolicy
 from understudy.routing.report import build_report, render_terminal
-from understudy.routing.sequential import confidence_sequence
 from understudy.routing.report_html import VERSION_COLORS, render_html
+from understudy.routing.sequential import confidence_sequence
 from understudy.store import SiteNotFound, Store
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
@@ -47,17 +47,57 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _call(call_id, site, ts, served_by, latency, *, status=200, error=None, cost=0.0, model="gpt-4o-mini",
-          prompt_tokens=None, completion_tokens=None):
-    return (call_id, ts, site, model, served_by, False, "first", call_id, None, "{}", "{}", status, error, latency,
-            prompt_tokens, completion_tokens, cost, True, "openai" if served_by == "upstream" else "local", model,
-            "client", None)  # purpose, client key name
+def _call(
+    call_id,
+    site,
+    ts,
+    served_by,
+    latency,
+    *,
+    status=200,
+    error=None,
+    cost=0.0,
+    model="gpt-4o-mini",
+    prompt_tokens=None,
+    completion_tokens=None,
+):
+    return (
+        call_id,
+        ts,
+        site,
+        model,
+        served_by,
+        False,
+        "first",
+        call_id,
+        None,
+        "{}",
+        "{}",
+        status,
+        error,
+        latency,
+        prompt_tokens,
+        completion_tokens,
+        cost,
+        True,
+        "openai" if served_by == "upstream" else "local",
+        model,
+        "client",
+        None,
+    )  # purpose, client key name
 
 
 def _populate(store: Store) -> None:
     cur = store.cursor()
     sites = [
-        (A, "classify_ticket", "local", 2, '{"promotion": {"window": 30, "min_samples": 10}, "creative_paths": ["walls"]}', 0),
+        (
+            A,
+            "classify_ticket",
+            "local",
+            2,
+            '{"promotion": {"window": 30, "min_samples": 10}, "creative_paths": ["walls"]}',
+            0,
+        ),
         (B, EVIL_NAME, "learning", None, None, 1),
         (C, "empty_site", "shadow", 1, None, 2),
     ]
@@ -71,7 +111,15 @@ def _populate(store: Store) -> None:
         "INSERT INTO model_versions (site_id, version, status, base_model, metrics, note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
             (A, 1, "retired", "gemma-3-270m", json.dumps({"eval_loss": 0.9}), None, T0),
-            (A, 2, "active", "gemma-3-270m", json.dumps({"eval_loss": 0.4, "exact": 0.8}), None, T0 + timedelta(hours=2)),
+            (
+                A,
+                2,
+                "active",
+                "gemma-3-270m",
+                json.dumps({"eval_loss": 0.4, "exact": 0.8}),
+                None,
+                T0 + timedelta(hours=2),
+            ),
             (C, 1, "ready", "gemma-3-270m", None, None, T0),
         ],
     )
@@ -79,8 +127,20 @@ def _populate(store: Store) -> None:
     for i, score in enumerate(V1_SCORES):  # hours 0-2
         shadow.append((f"s1-{i}", A, 1, T0 + timedelta(minutes=4 * i), score, "{}", True, True, 120.0, 900.0))
     for i, score in enumerate(V2_SCORES):  # hours 2-4
-        shadow.append((f"s2-{i:02d}", A, 2, T0 + timedelta(hours=2, minutes=3 * i), score, "{}", True, score > 0,
-                       SHADOW_LOCAL_LATENCIES[i], 900.0))
+        shadow.append(
+            (
+                f"s2-{i:02d}",
+                A,
+                2,
+                T0 + timedelta(hours=2, minutes=3 * i),
+                score,
+                "{}",
+                True,
+                score > 0,
+                SHADOW_LOCAL_LATENCIES[i],
+                900.0,
+            )
+        )
     for i in range(3):  # the upstream answer was unusable: recorded, not scored against
         shadow.append((f"s2-x{i}", A, 2, T0 + timedelta(hours=3, minutes=i), 0.0, "{}", False, True, None, None))
     cur.executemany(
@@ -103,11 +163,25 @@ def _populate(store: Store) -> None:
     for i, latency in enumerate(UPSTREAM_LATENCIES):  # hours 0-5
         error = "local fallback: invalid JSON from local:a1b2c3d4e5f6@v2" if i in (10, 20) else None
         if i == 60:  # recorded before its model had a price: cost unknown, tokens known
-            calls.append(_call(f"u{i}", A, T0 + timedelta(minutes=5 * i), "upstream", latency, cost=None,
-                               prompt_tokens=1000, completion_tokens=500))
+            calls.append(
+                _call(
+                    f"u{i}",
+                    A,
+                    T0 + timedelta(minutes=5 * i),
+                    "upstream",
+                    latency,
+                    cost=None,
+                    prompt_tokens=1000,
+                    completion_tokens=500,
+                )
+            )
         else:
-            calls.append(_call(f"u{i}", A, T0 + timedelta(minutes=5 * i), "upstream", latency, error=error, cost=COST_PER_CALL))
-    calls.append(_call("u-fail", A, T0 + timedelta(hours=1), "upstream", 5.0, status=502, error="upstream: timeout", cost=None))
+            calls.append(
+                _call(f"u{i}", A, T0 + timedelta(minutes=5 * i), "upstream", latency, error=error, cost=COST_PER_CALL)
+            )
+    calls.append(
+        _call("u-fail", A, T0 + timedelta(hours=1), "upstream", 5.0, status=502, error="upstream: timeout", cost=None)
+    )
     for i, latency in enumerate(LOCAL_LATENCIES):  # hours 4-6
         calls.append(_call(f"l{i}", A, T0 + timedelta(hours=4, minutes=6 * i), f"local:{A}@v2", latency))
     for i in range(5):
@@ -116,11 +190,23 @@ def _populate(store: Store) -> None:
     cur.executemany(
         "INSERT INTO audit (ts, site_id, action, detail, actor) VALUES (?, ?, ?, ?, ?)",
         [
-            (T0 + timedelta(hours=2), A, "version", json.dumps({"version": 2, "reason": "new version: shadowing the upstream"}), "worker"),
+            (
+                T0 + timedelta(hours=2),
+                A,
+                "version",
+                json.dumps({"version": 2, "reason": "new version: shadowing the upstream"}),
+                "worker",
+            ),
             (T0 + timedelta(hours=3), A, "state", json.dumps({"from": "learning", "to": "shadow"}), "policy"),
             (T0 + timedelta(hours=4), A, "promote", json.dumps({"version": 2, "reason": PROMOTE_REASON}), "policy"),
             # Bookkeeping since: a version registered, which explains nothing about routing.
-            (T0 + timedelta(hours=5), A, "version", json.dumps({"version": 3, "status": "failed", "note": "OOM"}), "worker"),
+            (
+                T0 + timedelta(hours=5),
+                A,
+                "version",
+                json.dumps({"version": 3, "status": "failed", "note": "OOM"}),
+                "worker",
+            ),
             (T0 + timedelta(hours=1), C, "pin", json.dumps({"target": "local@v1", "was": None}), "cli"),
         ],
     )
@@ -379,15 +465,25 @@ def test_html_without_sites():
 # ---- in a real browser ---------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--force-device-scale-factor=1"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+]
 
 
 def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,10 @@ import math
 import krippendorff
 import numpy as np
 import pytest
-
-from tests.conftest import open_test_store
 from PIL import Image
 from scipy import stats
 
+from tests.conftest import open_test_store
 from tests.support.review_data import MAP_SITE, TEXT_SITE, populate
 from understudy.routing import reviews
 from understudy.routing.reviews import ReviewError
@@ -38,8 +37,9 @@ def _judge(cur, reviewer, item, local, upstream, preferred="local", comment=None
     up_side = "B" if local_side == "A" else "A"
     scores = {c: {local_side: local[i], up_side: upstream[i]} for i, c in enumerate(CRITERIA)}
     preference = {"local": local_side, "upstream": up_side, "tie": "tie"}[preferred]
-    return reviews.record_judgment(cur, reviewer, {"item": item, "scores": scores, "preference": preference,
-                                                   "comment": comment})
+    return reviews.record_judgment(
+        cur, reviewer, {"item": item, "scores": scores, "preference": preference, "comment": comment}
+    )
 
 
 def _items(cur):
@@ -53,15 +53,25 @@ def test_rpg_sites_get_the_rpg_rubric_others_the_default(store):
     cur = store.cursor()
     assert [c["name"] for c in reviews.rubric_for(cur, MAP_SITE)["criteria"]] == list(CRITERIA)
     assert [c["label"] for c in reviews.rubric_for(cur, MAP_SITE)["criteria"]][0] == "Gameplay viability and fun"
-    assert [c["name"] for c in reviews.rubric_for(cur, TEXT_SITE)["criteria"]] == ["correctness", "usefulness", "format"]
+    assert [c["name"] for c in reviews.rubric_for(cur, TEXT_SITE)["criteria"]] == [
+        "correctness",
+        "usefulness",
+        "format",
+    ]
 
 
 def test_a_rubric_file_replaces_the_default_and_bad_ones_are_refused(store):
     cur = store.cursor()
     reviews.set_rubric(cur, "summarise", {"criteria": [{"name": "faithful", "label": "Faithful to the ticket"}]})
-    assert reviews.rubric_for(cur, TEXT_SITE)["criteria"] == [{"name": "faithful", "label": "Faithful to the ticket",
-                                                               "description": ""}]
-    for bad in ({}, {"criteria": []}, {"criteria": [{"name": "Bad Name"}]}, {"criteria": [{"name": "a"}, {"name": "a"}]}):
+    assert reviews.rubric_for(cur, TEXT_SITE)["criteria"] == [
+        {"name": "faithful", "label": "Faithful to the ticket", "description": ""}
+    ]
+    for bad in (
+        {},
+        {"criteria": []},
+        {"criteria": [{"name": "Bad Name"}]},
+        {"criteria": [{"name": "a"}, {"name": "a"}]},
+    ):
         with pytest.raises(ReviewError):
             reviews.set_rubric(cur, TEXT_SITE, bad)
     with pytest.raises(SiteNotFound):
@@ -85,10 +95,17 @@ def test_plan_is_stratified_by_version_with_every_stratum_drawn(store):
 
 def test_plan_by_a_call_argument_reads_inside_object_arguments(store):
     plan = reviews.draw_plan(store.cursor(), MAP_SITE, 9, by="difficulty", seed=0)
-    assert [(s["stratum"], s["drawn"]) for s in plan["strata"]] == [("difficulty=1", 3), ("difficulty=2", 3),
-                                                                    ("difficulty=3", 3)]
+    assert [(s["stratum"], s["drawn"]) for s in plan["strata"]] == [
+        ("difficulty=1", 3),
+        ("difficulty=2", 3),
+        ("difficulty=3", 3),
+    ]
     dotted = reviews.draw_plan(store.cursor(), MAP_SITE, 3, by="level.difficulty", seed=0)
-    assert [s["stratum"] for s in dotted["strata"]] == ["level.difficulty=1", "level.difficulty=2", "level.difficulty=3"]
+    assert [s["stratum"] for s in dotted["strata"]] == [
+        "level.difficulty=1",
+        "level.difficulty=2",
+        "level.difficulty=3",
+    ]
 
 
 def test_plan_refusals(store):
@@ -103,8 +120,12 @@ def test_sample_size_for_a_quarter_point_interval(store):
     cur = store.cursor()
     plan = reviews.draw_plan(cur, MAP_SITE, 40, shared=0, seed=1)
     # sd 1 assumed: (1.96 * 1 / 0.25)^2 = 61.5 -> 62; the worst case on 1-5 (sd 2) -> 246.
-    assert plan["sample_size"]["gameplay"] == {"sd": 1.0, "sd_source": "assumed (fewer than 10 judgments)",
-                                               "judgments": 62, "worst_case": 246}
+    assert plan["sample_size"]["gameplay"] == {
+        "sd": 1.0,
+        "sd_source": "assumed (fewer than 10 judgments)",
+        "judgments": 62,
+        "worst_case": 246,
+    }
     # With judgments in, the observed spread decides: a steady reviewer needs far fewer.
     for k, item in enumerate(_items(cur)[:20]):
         _judge(cur, "alice", item, (4 + k % 2, 4, 4), (4, 4, 3 + k % 2))
@@ -125,7 +146,8 @@ def test_blind_order_is_random_and_the_view_hides_it(store):
     # 40 fair coin flips: both sides appear and neither dominates (fails by chance with p < 1e-4).
     assert 8 <= sides.count("A") <= 32 and sides.count("A") + sides.count("B") == 40
     for item, local_side, local, upstream in cur.execute(
-            "SELECT id, local_side, local_output, upstream_output FROM review_items").fetchall():
+        "SELECT id, local_side, local_output, upstream_output FROM review_items"
+    ).fetchall():
         view = reviews.blind_view(cur, item)
         text = json.dumps(view)
         assert "local" not in text and "upstream" not in text and "version" not in text and "stratum" not in text
@@ -140,7 +162,9 @@ def test_the_same_seed_draws_the_same_pairs_but_not_the_same_sides(tmp_path):
         store = open_test_store(tmp_path / f"s{k}.duckdb")
         populate(store, pairs_per_version={1: 20, 2: 20})
         reviews.draw_plan(store.cursor(), MAP_SITE, 30, seed=7)
-        draws.append(store.cursor().execute("SELECT call_id, version, local_side FROM review_items ORDER BY 1, 2").fetchall())
+        draws.append(
+            store.cursor().execute("SELECT call_id, version, local_side FROM review_items ORDER BY 1, 2").fetchall()
+        )
         store.close()
     assert [r[:2] for r in draws[0]] == [r[:2] for r in draws[1]]
     assert [r[2] for r in draws[0]] != [r[2] for r in draws[1]]  # 30 sides alike by chance: p = 2^-30
@@ -190,7 +214,9 @@ def test_judgments_are_validated_and_stored_with_the_side_mapping(store):
             reviews.record_judgment(cur, "alice", bad)
     assert cur.execute("SELECT count(*) FROM review_judgments").fetchone()[0] == 0
     reviews.record_judgment(cur, "alice", {**good, "comment": "B is tidier"})
-    row = cur.execute("SELECT reviewer, scores, preference, local_side, comment, source FROM review_judgments").fetchone()
+    row = cur.execute(
+        "SELECT reviewer, scores, preference, local_side, comment, source FROM review_judgments"
+    ).fetchone()
     local_side = cur.execute("SELECT local_side FROM review_items WHERE id = ?", [item]).fetchone()[0]
     assert row[0] == "alice" and json.loads(row[1])["gameplay"] == {"A": 3, "B": 4}
     assert row[2:] == ("B", local_side, "B is tidier", "page")
@@ -248,7 +274,9 @@ def test_results_means_intervals_difference_and_preference(store):
     assert (g["local"]["mean"], g["local"]["low"], g["local"]["high"]) == pytest.approx(_t_interval(local))
     assert (g["upstream"]["mean"], g["upstream"]["low"], g["upstream"]["high"]) == pytest.approx(_t_interval(upstream))
     diff = [a - b for a, b in zip(local, upstream)]
-    assert (g["difference"]["mean"], g["difference"]["low"], g["difference"]["high"]) == pytest.approx(_t_interval(diff))
+    assert (g["difference"]["mean"], g["difference"]["low"], g["difference"]["high"]) == pytest.approx(
+        _t_interval(diff)
+    )
     assert g["difference"]["high"] < 0  # the upstream is clearly better here
     # Negative control: equal scores give a difference of exactly zero, no interval width.
     s = result["criteria"]["structure"]["difference"]
@@ -274,13 +302,19 @@ def test_krippendorff_alpha_on_the_shared_subset(store):
         a_local, a_up = alice[k]
         _judge(cur, "alice", item, (a_local, a_local, 3), (a_up, a_up, 3), "local" if a_local > a_up else "upstream")
         # bob agrees on gameplay exactly, and disagrees on structure (scores reversed)
-        _judge(cur, "bob", item, (a_local, 6 - a_local, 3), (a_up, 6 - a_up, 3), "local" if a_local > a_up else "upstream")
+        _judge(
+            cur, "bob", item, (a_local, 6 - a_local, 3), (a_up, 6 - a_up, 3), "local" if a_local > a_up else "upstream"
+        )
     result = reviews.results(cur, MAP_SITE)
     assert result["criteria"]["gameplay"]["alpha"] == {"alpha": pytest.approx(1.0), "pairs": 10}
     structure = result["criteria"]["structure"]["alpha"]["alpha"]
-    expected = krippendorff.alpha(reliability_data=np.array([
-        [v for a in alice for v in (a[0], a[1])], [v for a in alice for v in (6 - a[0], 6 - a[1])]], dtype=float),
-        level_of_measurement="ordinal", value_domain=[1, 2, 3, 4, 5])
+    expected = krippendorff.alpha(
+        reliability_data=np.array(
+            [[v for a in alice for v in (a[0], a[1])], [v for a in alice for v in (6 - a[0], 6 - a[1])]], dtype=float
+        ),
+        level_of_measurement="ordinal",
+        value_domain=[1, 2, 3, 4, 5],
+    )
     assert structure == pytest.approx(expected) and structure < 0  # the negative control: systematic disagreement
     assert result["criteria"]["constraints"]["alpha"]["alpha"] is None  # everyone said 3: undefined, not perfect
     assert result["preference"]["alpha"]["alpha"] == pytest.approx(1.0)
@@ -298,8 +332,10 @@ def test_export_is_blind_and_import_stores_all_or_nothing(store, tmp_path):
     assert "local_side" not in text
     sides = dict(cur.execute("SELECT id, local_side FROM review_items").fetchall())
     filled = json.loads(text)
-    filled["judgments"] = [{"item": it["item"], "scores": {c: {"A": 5, "B": 1} for c in CRITERIA}, "preference": "A"}
-                           for it in filled["items"]]
+    filled["judgments"] = [
+        {"item": it["item"], "scores": {c: {"A": 5, "B": 1} for c in CRITERIA}, "preference": "A"}
+        for it in filled["items"]
+    ]
     broken = json.loads(json.dumps(filled))
     broken["judgments"][2]["scores"].pop("gameplay")
     with pytest.raises(ReviewError, match="judgment 3"):

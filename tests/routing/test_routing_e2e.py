@@ -15,8 +15,7 @@ import os
 import httpx
 
 from tests.conftest import query_store, run_cli, start_proxy
-from tests.routing.test_decisions_e2e import (COLORS, TRAIN_STEPS, ColorTeacher, ask, color_request,
-                                              tiny_env_for_colors)
+from tests.routing.test_decisions_e2e import COLORS, TRAIN_STEPS, ColorTeacher, ask, color_request, tiny_env_for_colors
 
 STORE_BACKENDS = ("duckdb", "postgresql")  # the whole loop, CLI and reports on both stores
 
@@ -36,8 +35,9 @@ def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_di
         for thing in list(COLORS) * 2:
             ask(proxy, thing)
 
-        trained = run_cli("train", site, "--now", "--max-steps", TRAIN_STEPS, "--data-dir", str(isolated_data_dir),
-                          env=env)
+        trained = run_cli(
+            "train", site, "--now", "--max-steps", TRAIN_STEPS, "--data-dir", str(isolated_data_dir), env=env
+        )
         version = json.loads(trained.stdout)
         assert version["version"] == 1 and version["status"] == "active", trained.stdout
         assert version["metrics"]["verify"]["n"] >= 1 and os.path.exists(version["adapter"])
@@ -66,11 +66,15 @@ def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_di
         assert refused.returncode == 1 and "has no v7" in refused.stderr
         run_cli("promote", site, "v1", "--data-dir", str(isolated_data_dir))
         assert ask(proxy, "snow").headers["x-understudy-served-by"] == f"local:{site}@v1"
-        assert json.loads(run_cli("versions", site, "--json", "--data-dir", str(isolated_data_dir)).stdout)[0]["status"] == "active"
+        assert (
+            json.loads(run_cli("versions", site, "--json", "--data-dir", str(isolated_data_dir)).stdout)[0]["status"]
+            == "active"
+        )
 
         # Streaming from the local model is OpenAI-shaped SSE.
-        with httpx.stream("POST", proxy.url + "/v1/chat/completions", json={**color_request("sea"), "stream": True},
-                          timeout=60) as streamed:
+        with httpx.stream(
+            "POST", proxy.url + "/v1/chat/completions", json={**color_request("sea"), "stream": True}, timeout=60
+        ) as streamed:
             assert streamed.headers["x-understudy-served-by"] == f"local:{site}@v1"
             text = "".join(streamed.iter_text())
         assert text.rstrip().endswith("data: [DONE]") and '"chat.completion.chunk"' in text
@@ -88,8 +92,9 @@ def test_record_train_shadow_promote_and_operate(fake_upstream, isolated_data_di
     shadows = query_store(isolated_data_dir, "SELECT score, local_valid FROM shadow_results WHERE site_id = ?", [site])
     audit = query_store(isolated_data_dir, "SELECT action FROM audit WHERE site_id = ? ORDER BY ts", [site])
     actions = [action for (action,) in audit]
-    served = dict(query_store(isolated_data_dir,
-                              "SELECT served_by, count(*) FROM calls WHERE site_id = ? GROUP BY ALL", [site]))
+    served = dict(
+        query_store(isolated_data_dir, "SELECT served_by, count(*) FROM calls WHERE site_id = ? GROUP BY ALL", [site])
+    )
     assert len(shadows) >= 6 and all(valid for _, valid in shadows)
     assert sum(score for score, _ in shadows) / len(shadows) > 0.9
     assert actions[:2] == ["version", "state"] and {"pin", "unpin", "rollback"} <= set(actions)
@@ -117,8 +122,12 @@ def test_invalid_local_answer_falls_back_to_upstream(fake_upstream, isolated_dat
         assert "understudy_local_fallbacks_total 1.0" in metrics
     finally:
         proxy.stop()
-    errors = [error for (error,) in query_store(
-        isolated_data_dir, "SELECT error FROM calls WHERE site_id = ? AND error IS NOT NULL", [site])]
+    errors = [
+        error
+        for (error,) in query_store(
+            isolated_data_dir, "SELECT error FROM calls WHERE site_id = ? AND error IS NOT NULL", [site]
+        )
+    ]
     assert any(error.startswith("local fallback: local answer unusable: invalid JSON") for error in errors)
 
 
@@ -132,7 +141,9 @@ def test_byllm_accepts_local_answers(fake_upstream, isolated_data_dir, tiny_mode
         first = run_jac(PROGRAM, jac_env, tmp_path)
         assert first.returncode == 0, first.stderr[-2000:]
         level_site = next(r["id"] for r in json.loads(proxy.cli("sites", "--json").stdout) if r["returns"] == "Level")
-        run_cli("train", level_site, "--now", "--max-steps", "60", "--data-dir", str(isolated_data_dir), env=tiny_model_env)
+        run_cli(
+            "train", level_site, "--now", "--max-steps", "60", "--data-dir", str(isolated_data_dir), env=tiny_model_env
+        )
         run_cli("promote", level_site, "v1", "--data-dir", str(isolated_data_dir))
         upstream_calls_before = len(fake_upstream.received)
 
@@ -143,7 +154,9 @@ def test_byllm_accepts_local_answers(fake_upstream, isolated_data_dir, tiny_mode
         assert len(fake_upstream.received) - upstream_calls_before >= 6
     finally:
         proxy.stop()
-    served = query_store(isolated_data_dir, "SELECT served_by, error FROM calls WHERE site_id = ? ORDER BY ts", [level_site])
+    served = query_store(
+        isolated_data_dir, "SELECT served_by, error FROM calls WHERE site_id = ? ORDER BY ts", [level_site]
+    )
     assert [s for s, _ in served].count(f"local:{level_site}@v1") == 2, served
 
 
@@ -151,10 +164,17 @@ def test_per_site_policy_is_validated_and_applied(fake_upstream, isolated_data_d
     proxy = start_proxy(isolated_data_dir, fake_upstream.url)
     try:
         site = ask(proxy, "sky").headers["x-understudy-site"]
-        bad = run_cli("policy", site, '{"promotion": {"min_sampels": 5}}', "--data-dir", str(isolated_data_dir), check=False)
+        bad = run_cli(
+            "policy", site, '{"promotion": {"min_sampels": 5}}', "--data-dir", str(isolated_data_dir), check=False
+        )
         assert bad.returncode == 1 and "min_sampels" in bad.stderr
-        run_cli("policy", site, '{"promotion": {"min_samples": 5, "window": 5}, "scoring": {"number_tolerance": 0.2}}',
-                "--data-dir", str(isolated_data_dir))
+        run_cli(
+            "policy",
+            site,
+            '{"promotion": {"min_samples": 5, "window": 5}, "scoring": {"number_tolerance": 0.2}}',
+            "--data-dir",
+            str(isolated_data_dir),
+        )
         [data] = json.loads(run_cli("report", site, "--json", "--data-dir", str(isolated_data_dir)).stdout)
         assert data["policy"]["min_samples"] == 5
     finally:
@@ -174,7 +194,9 @@ def test_upstream_down_the_local_version_answers(fake_upstream, isolated_data_di
         response = ask(proxy, "rain")
         assert response.headers["x-understudy-served-by"] == f"local:{site}@v1"
         assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"color": "teal"}
-        [call] = json.loads(run_cli("calls", site, "--limit", "1", "--json", "--data-dir", str(isolated_data_dir)).stdout)
+        [call] = json.loads(
+            run_cli("calls", site, "--limit", "1", "--json", "--data-dir", str(isolated_data_dir)).stdout
+        )
         assert call["error"].startswith("upstream down (upstream") and call["served_by"] == f"local:{site}@v1"
     finally:
         proxy.stop()

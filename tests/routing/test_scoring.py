@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.support.showcase import level_request, showcase_rounds
+from understudy.byllm_prompt import CallArguments
 from understudy.jac_examples.teacher.teacher import Teacher
 from understudy.routing.router import site_scoring
 from understudy.routing.scoring import AgreementScore, ScoringPolicy, score_pair
 from understudy.routing.similarity import Embedder, default_model_path, shared_embedder
-from tests.support.showcase import level_request, showcase_rounds
-from understudy.byllm_prompt import CallArguments
 from understudy.validators import BoundValidator, ValidatorRegistry, schema_name
 
 POLICY = ScoringPolicy()
@@ -187,8 +187,10 @@ def test_validator_failure_scores_zero_whatever_the_similarity():
         '{"name": "Cave", "difficulty": 4}',
         response_format=json_format(LEVEL_SCHEMA),
         policy=POLICY,
-        validator=bound(lambda answer, args: (json.loads(answer)["difficulty"] == args["difficulty"], {"why": "asked 3"}),
-                        {"difficulty": 3}),
+        validator=bound(
+            lambda answer, args: (json.loads(answer)["difficulty"] == args["difficulty"], {"why": "asked 3"}),
+            {"difficulty": 3},
+        ),
         similarity=lambda a, b: 1.0,
     )
     assert result.score == 0.0
@@ -227,8 +229,13 @@ def test_unusable_upstream_answer_is_not_comparable():
 def test_an_upstream_answer_that_fails_the_validator_is_no_reference():
     # Nothing right to agree with: the pair is not comparable, but the local answer's validity counts.
     check = bound(lambda answer, args: json.loads(answer)["difficulty"] == 3)
-    result = score_pair('{"name": "Cave", "difficulty": 5}', '{"name": "Cave", "difficulty": 3}',
-                        response_format=json_format(LEVEL_SCHEMA), policy=POLICY, validator=check)
+    result = score_pair(
+        '{"name": "Cave", "difficulty": 5}',
+        '{"name": "Cave", "difficulty": 3}',
+        response_format=json_format(LEVEL_SCHEMA),
+        policy=POLICY,
+        validator=check,
+    )
     assert result.comparable is False and result.upstream_valid is False
     assert result.local_valid is True and "fails its validator" in result.components["upstream_error"]
 
@@ -292,14 +299,14 @@ def test_chance_correction_takes_away_what_an_answer_to_another_request_would_ge
 
 def test_a_site_whose_answers_never_vary_keeps_its_raw_agreement():
     same = json.dumps({"ok": True})
-    assert score_pair(same, same, response_format={"type": "json_object"}, policy=POLICY, decoys=[same] * 3).score == 1.0
+    assert (
+        score_pair(same, same, response_format={"type": "json_object"}, policy=POLICY, decoys=[same] * 3).score == 1.0
+    )
 
 
 # --- the RPG validators with the request's arguments --------------------------------------
 
-LEVEL_INT_FIELDS = (
-    "difficulty", "width", "height", "num_wall", "num_enemies", "time_countdown", "n_retries_allowed"
-)
+LEVEL_INT_FIELDS = ("difficulty", "width", "height", "num_wall", "num_enemies", "time_countdown", "n_retries_allowed")
 
 
 def pos(x: int, y: int) -> dict:
@@ -309,17 +316,31 @@ def pos(x: int, y: int) -> dict:
 def test_a_map_for_another_level_scores_zero(teacher_corpus):
     registry, teacher = ValidatorRegistry(), Teacher(seed=1, flaw_share=0.0)
     # Requests whose level is buildable (the teacher's levels include flawed ones), with good maps.
-    good = [(r, a) for r in teacher_corpus["Map"] for a in [teacher.respond(r).content]
-            if registry.for_request(r)(a).passed]
+    good = [
+        (r, a) for r in teacher_corpus["Map"] for a in [teacher.respond(r).content] if registry.for_request(r)(a).passed
+    ]
     (map_request, upstream), (other_request, other_map) = good[0], good[1]
     check = registry.for_request(map_request)
     assert check.reference.endswith(":check_map") and other_request["messages"] != map_request["messages"]
-    result = score_pair(upstream, other_map, response_format=map_request["response_format"],
-                        policy=site_scoring("Map", {}), validator=check)
+    result = score_pair(
+        upstream,
+        other_map,
+        response_format=map_request["response_format"],
+        policy=site_scoring("Map", {}),
+        validator=check,
+    )
     assert result.score == 0.0 and result.local_valid is False
     assert "level_echo" in result.components["validator_detail"]
-    assert score_pair(upstream, upstream, response_format=map_request["response_format"],
-                      policy=site_scoring("Map", {}), validator=check).score == 1.0
+    assert (
+        score_pair(
+            upstream,
+            upstream,
+            response_format=map_request["response_format"],
+            policy=site_scoring("Map", {}),
+            validator=check,
+        ).score
+        == 1.0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -344,12 +365,24 @@ def test_no_free_points_for_answers_to_other_requests(teacher_corpus, kind):
     def decoys(i: int) -> list[str]:
         return [first[j] for j in range(len(first)) if j != i][-5:]
 
-    others = [score_pair(first[i], first[j], response_format=requests[i]["response_format"], policy=policy,
-                         validator=checks[i], decoys=decoys(i))
-              for i in range(len(requests)) for j in range(len(requests)) if i != j and valid[j]]
+    others = [
+        score_pair(
+            first[i],
+            first[j],
+            response_format=requests[i]["response_format"],
+            policy=policy,
+            validator=checks[i],
+            decoys=decoys(i),
+        )
+        for i in range(len(requests))
+        for j in range(len(requests))
+        if i != j and valid[j]
+    ]
     others = [r.score for r in others if r.comparable]
-    selves = [score_pair(a, b, response_format=r["response_format"], policy=policy, validator=c, decoys=decoys(i))
-              for i, (a, b, r, c) in enumerate(zip(first, second, requests, checks))]
+    selves = [
+        score_pair(a, b, response_format=r["response_format"], policy=policy, validator=c, decoys=decoys(i))
+        for i, (a, b, r, c) in enumerate(zip(first, second, requests, checks))
+    ]
     self_scores = [r.score for r in selves if r.comparable]
     assert len(others) > 500 and len(self_scores) > 20
     assert statistics.mean(others) < 0.3 and sum(x >= 0.6 for x in others) / len(others) < 0.15
@@ -359,8 +392,16 @@ def test_no_free_points_for_answers_to_other_requests(teacher_corpus, kind):
 def test_a_level_must_keep_the_requested_size_and_difficulty():
     request = level_request(3, 20, 12)
     check = ValidatorRegistry().for_request(request)
-    level = {"name": "Level 3: The Hollow Keep", "difficulty": 3, "width": 20, "height": 12, "num_wall": 5,
-             "num_enemies": 3, "time_countdown": 240, "n_retries_allowed": 3}
+    level = {
+        "name": "Level 3: The Hollow Keep",
+        "difficulty": 3,
+        "width": 20,
+        "height": 12,
+        "num_wall": 5,
+        "num_enemies": 3,
+        "time_countdown": 240,
+        "n_retries_allowed": 3,
+    }
     assert check(json.dumps(level)).passed
     assert check(json.dumps(level)).constrained == ("width", "height", "difficulty")
     for wrong in ({"width": 21}, {"height": 10}, {"difficulty": 4}):
@@ -377,10 +418,14 @@ def test_validators_apply_by_response_type_and_shape_only():
     assert registry.reference_for(json_format({"type": "object", "properties": {"x": {}}}, name="Map")) is None
     assert registry.reference_for({"type": "json_object"}) is None
     # A site policy's validator wins; "none" switches the type's off.
-    assert registry.reference_for(MAP_FORMAT, "tests.routing.test_scoring:always") == "tests.routing.test_scoring:always"
+    assert (
+        registry.reference_for(MAP_FORMAT, "tests.routing.test_scoring:always") == "tests.routing.test_scoring:always"
+    )
     assert registry.reference_for(MAP_FORMAT, "none") is None
-    assert ValidatorRegistry({"Thing": "tests.routing.test_scoring:always"}).reference_for(json_format({})) == \
-        "tests.routing.test_scoring:always"
+    assert (
+        ValidatorRegistry({"Thing": "tests.routing.test_scoring:always"}).reference_for(json_format({}))
+        == "tests.routing.test_scoring:always"
+    )
 
 
 def always(answer: str, arguments) -> bool:
@@ -492,8 +537,16 @@ def test_a_levels_title_is_left_to_its_validator_its_numbers_are_not():
 
     request = level_request(1, 16, 10)
     check = ValidatorRegistry().for_request(request)
-    level = {"name": "Level 1: The Gilded Mines", "difficulty": 1, "width": 16, "height": 10, "num_wall": 3,
-             "num_enemies": 2, "time_countdown": 290, "n_retries_allowed": 4}
+    level = {
+        "name": "Level 1: The Gilded Mines",
+        "difficulty": 1,
+        "width": 16,
+        "height": 10,
+        "num_wall": 3,
+        "num_enemies": 2,
+        "time_countdown": 290,
+        "n_retries_allowed": 4,
+    }
     policy = site_scoring("Level", {})
     renamed = score_json(level, {**level, "name": "Level 1: The Frozen Bastion"}, policy=policy, validator=check)
     assert renamed.components["structural"] == 1.0 and renamed.score == 1.0

@@ -14,11 +14,11 @@ import re
 import httpx
 import pytest
 
+from tests.conftest import REPO_ROOT, run_cli, start_proxy
+from tests.support.showcase import level_repr, map_request
 from understudy.routing.cascade import calibrate
 from understudy.routing.local_model import LocalAnswer
 from understudy.routing.router import Router
-from tests.conftest import REPO_ROOT, run_cli, start_proxy
-from tests.support.showcase import level_repr, map_request
 from understudy.settings import load_settings
 from understudy.store import SiteRecord
 
@@ -38,9 +38,14 @@ def color_named_in_request(answer: str, arguments) -> tuple[bool, dict]:
 
 
 def paint_request(choices: list[str]) -> dict:
-    return {"model": "gpt-4o-mini", "response_format": PAINT_FORMAT,
-            "messages": [{"role": "system", "content": SYSTEM},
-                         {"role": "user", "content": f"Pick one.\n\nchoices = ({choices!r}, '')"}]}
+    return {
+        "model": "gpt-4o-mini",
+        "response_format": PAINT_FORMAT,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Pick one.\n\nchoices = ({choices!r}, '')"},
+        ],
+    }
 
 
 def paint_reply(body: dict) -> str:
@@ -58,11 +63,15 @@ def user_env(monkeypatch):
     return os.environ.copy()
 
 
-def test_a_users_validator_by_response_type_filters_training_data(fake_upstream, isolated_data_dir, tmp_path, monkeypatch,
-                                                                 user_env):
+def test_a_users_validator_by_response_type_filters_training_data(
+    fake_upstream, isolated_data_dir, tmp_path, monkeypatch, user_env
+):
     fake_upstream.reply = paint_reply
-    proxy = start_proxy(isolated_data_dir, fake_upstream.url, env={**user_env, "UNDERSTUDY_VALIDATORS":
-                                                                   json.dumps({"Paint": VALIDATOR})})
+    proxy = start_proxy(
+        isolated_data_dir,
+        fake_upstream.url,
+        env={**user_env, "UNDERSTUDY_VALIDATORS": json.dumps({"Paint": VALIDATOR})},
+    )
     try:
         site = None
         for choices in (["red", "blue"], ["green"], ["xanadu", "teal"], ["gold", "xenon"], ["xerox"]):
@@ -77,13 +86,15 @@ def test_a_users_validator_by_response_type_filters_training_data(fake_upstream,
     assert sorted(json.loads(k)["color"] for k in kept) == ["gold", "green", "red"]
 
 
-def test_a_site_policy_names_its_validator_and_a_bad_one_is_refused(fake_upstream, isolated_data_dir, tmp_path,
-                                                                   user_env):
+def test_a_site_policy_names_its_validator_and_a_bad_one_is_refused(
+    fake_upstream, isolated_data_dir, tmp_path, user_env
+):
     fake_upstream.reply = paint_reply
     proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=user_env)
     try:
-        site = httpx.post(proxy.url + "/v1/chat/completions", json=paint_request(["xray", "red"]),
-                          timeout=30).headers["x-understudy-site"]
+        site = httpx.post(proxy.url + "/v1/chat/completions", json=paint_request(["xray", "red"]), timeout=30).headers[
+            "x-understudy-site"
+        ]
         httpx.post(proxy.url + "/v1/chat/completions", json=paint_request(["red"]), timeout=30)
         before = json.loads(proxy.cli("export", site, "--jsonl", str(tmp_path / "a.jsonl")).stdout)
         refused = proxy.cli("policy", site, '{"validator": "no.such.module:check"}', check=False)
@@ -97,14 +108,28 @@ def test_a_site_policy_names_its_validator_and_a_bad_one_is_refused(fake_upstrea
 
 # --- understudy score ---------------------------------------------------------------------
 
-LEVEL = {"name": "Level 2: The Hollow Keep", "difficulty": 2, "width": 18, "height": 11, "num_wall": 3,
-         "num_enemies": 2, "time_countdown": 260, "n_retries_allowed": 4}
+LEVEL = {
+    "name": "Level 2: The Hollow Keep",
+    "difficulty": 2,
+    "width": 18,
+    "height": 11,
+    "num_wall": 3,
+    "num_enemies": 2,
+    "time_countdown": 260,
+    "n_retries_allowed": 4,
+}
 
 
 def a_map(width: int) -> str:
-    return json.dumps({"level": {**LEVEL, "width": width}, "walls": [{"start_pos": {"x": 1, "y": 1},
-                       "end_pos": {"x": 1, "y": 3}}] * 3, "small_obstacles": [],
-                       "enemies": [{"x": 9, "y": 9}, {"x": 12, "y": 5}], "player_pos": {"x": 0, "y": 0}})
+    return json.dumps(
+        {
+            "level": {**LEVEL, "width": width},
+            "walls": [{"start_pos": {"x": 1, "y": 1}, "end_pos": {"x": 1, "y": 3}}] * 3,
+            "small_obstacles": [],
+            "enemies": [{"x": 9, "y": 9}, {"x": 12, "y": 5}],
+            "player_pos": {"x": 0, "y": 0},
+        }
+    )
 
 
 @pytest.fixture
@@ -117,8 +142,15 @@ def map_files(tmp_path):
 
 
 def test_score_shows_why_a_wrong_size_map_scores_zero(map_files, isolated_data_dir):
-    args = ["score", "--request", str(map_files / "request.json"), "--upstream", str(map_files / "good.txt"),
-            "--data-dir", str(isolated_data_dir)]
+    args = [
+        "score",
+        "--request",
+        str(map_files / "request.json"),
+        "--upstream",
+        str(map_files / "good.txt"),
+        "--data-dir",
+        str(isolated_data_dir),
+    ]
     good = json.loads(run_cli(*args, "--local", str(map_files / "good.txt"), "--json").stdout)
     assert good == {"score": 1.0, "local_valid": True, "components": good["components"]}
     assert good["components"]["validator"] is True and good["components"]["compared_fields"] == 0
@@ -131,8 +163,15 @@ def test_score_shows_why_a_wrong_size_map_scores_zero(map_files, isolated_data_d
 
 
 def test_score_reads_only_what_it_can_and_says_so_in_one_line(map_files, isolated_data_dir):
-    base = ["score", "--upstream", str(map_files / "good.txt"), "--local", str(map_files / "good.txt"),
-            "--data-dir", str(isolated_data_dir)]
+    base = [
+        "score",
+        "--upstream",
+        str(map_files / "good.txt"),
+        "--local",
+        str(map_files / "good.txt"),
+        "--data-dir",
+        str(isolated_data_dir),
+    ]
     missing = run_cli(*base, "--request", str(map_files / "nope.json"), check=False)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "cannot read it" in missing.stderr
     (map_files / "bad.json").write_text("{not json")
@@ -156,8 +195,18 @@ def test_score_through_a_running_proxy_uses_the_sites_decoys(fake_upstream, isol
         (tmp_path / "r.json").write_text(json.dumps(request))
         (tmp_path / "u.txt").write_text('{"color": "red", "n": 3}')
         (tmp_path / "l.txt").write_text('{"color": "red", "n": 5}')
-        result = json.loads(proxy.cli("score", "--request", str(tmp_path / "r.json"), "--upstream",
-                                      str(tmp_path / "u.txt"), "--local", str(tmp_path / "l.txt"), "--json").stdout)
+        result = json.loads(
+            proxy.cli(
+                "score",
+                "--request",
+                str(tmp_path / "r.json"),
+                "--upstream",
+                str(tmp_path / "u.txt"),
+                "--local",
+                str(tmp_path / "l.txt"),
+                "--json",
+            ).stdout
+        )
     finally:
         proxy.stop()
     # Half the fields agree (color), but every answer of this site has that color: no credit.
@@ -181,9 +230,15 @@ def test_calibration_finds_the_confidence_below_which_answers_miss_the_bar():
 
 
 def test_the_cascade_sends_unsure_local_answers_upstream_only_when_local(tmp_path):
-    router = Router(None, None, validators=__import__("understudy.validators", fromlist=["x"]).ValidatorRegistry(),
-                    current_site=lambda _: None, on_site_change=lambda _: None, record_shadow=lambda _: None,
-                    record_self_agreement=lambda _: None)
+    router = Router(
+        None,
+        None,
+        validators=__import__("understudy.validators", fromlist=["x"]).ValidatorRegistry(),
+        current_site=lambda _: None,
+        on_site_change=lambda _: None,
+        record_shadow=lambda _: None,
+        record_self_agreement=lambda _: None,
+    )
     router.add_site("s1", "Paint")
     router.config("s1").calibration = calibrate([(0.95, 1.0)] * 30 + [(0.3, 0.0)] * 30, bar=0.8, min_samples=20)
     request = paint_request(["red"])

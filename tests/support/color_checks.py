@@ -12,6 +12,8 @@ def check_color(answer: str, arguments) -> dict:
         color = json.loads(answer).get("color")
     except (ValueError, AttributeError):
         color = None
-    checks = [{"name": "known_color", "passed": color in PALETTE},
-              {"name": "one_word", "passed": isinstance(color, str) and color.isalpha()}]
+    checks = [
+        {"name": "known_color", "passed": color in PALETTE},
+        {"name": "one_word", "passed": isinstance(color, str) and color.isalpha()},
+    ]
     return {"passed": all(c["passed"] for c in checks), "checks": checks}

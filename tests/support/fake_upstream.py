@@ -69,19 +69,31 @@ def free_port() -> int:
 
 
 class FakeUpstream:
-    def __init__(self, reply: Callable[[dict[str, Any]], str] | None = None,
-                 stream_chunks: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None):
+    def __init__(
+        self,
+        reply: Callable[[dict[str, Any]], str] | None = None,
+        stream_chunks: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+    ):
         self.received: list[dict[str, Any]] = []
         self.attempts: dict[str, int] = {}  # per model + messages: how many times it was asked
         self.reply = reply or default_reply
         self.stream_chunks = stream_chunks  # streamed requests get exactly these chunks (a provider's own shapes)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error",
-                                                     access_log=False, lifespan="off", interface="asgi3"))
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="error",
+                access_log=False,
+                lifespan="off",
+                interface="asgi3",
+            )
+        )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    def __enter__(self) -> "FakeUpstream":
+    def __enter__(self) -> FakeUpstream:
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -113,13 +125,27 @@ class FakeUpstream:
         model = payload.get("model", "")
         if model == "fail-401-echo":
             said = (payload.get("messages") or [{}])[-1].get("content")
-            await _send(send, 401, {"error": {"message": f"bad credentials: {headers.get('authorization', '')} for {said}",
-                                              "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
+            await _send(
+                send,
+                401,
+                {
+                    "error": {
+                        "message": f"bad credentials: {headers.get('authorization', '')} for {said}",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                },
+            )
             return
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
         if model == "fail-500":
-            await _send(send, 500, {"error": {"message": "upstream exploded", "type": "server_error", "param": None, "code": None}})
+            await _send(
+                send,
+                500,
+                {"error": {"message": "upstream exploded", "type": "server_error", "param": None, "code": None}},
+            )
             return
         if model == "fail-text":
             await _send_raw(send, 503, b"service unavailable", b"text/plain")
@@ -132,12 +158,26 @@ class FakeUpstream:
         if model.startswith("rate-limit-"):
             k, _, wait = model.removeprefix("rate-limit-").partition("-")
             if attempt <= int(k):
-                await _send(send, 429, {"error": {"message": "rate limited", "type": "requests", "param": None,
-                                                  "code": "rate_limit_exceeded"}}, [(b"retry-after", (wait or "1").encode())])
+                await _send(
+                    send,
+                    429,
+                    {
+                        "error": {
+                            "message": "rate limited",
+                            "type": "requests",
+                            "param": None,
+                            "code": "rate_limit_exceeded",
+                        }
+                    },
+                    [(b"retry-after", (wait or "1").encode())],
+                )
                 return
         if model == "fail-400" or (model == "refuse-stream-options" and "stream_options" in payload):
-            await _send(send, 400, {"error": {"message": "bad request", "type": "invalid_request_error", "param": None,
-                                              "code": None}})
+            await _send(
+                send,
+                400,
+                {"error": {"message": "bad request", "type": "invalid_request_error", "param": None, "code": None}},
+            )
             return
         if model.startswith("flaky-500-") and attempt <= int(model.removeprefix("flaky-500-")):
             await _send(send, 500, {"error": {"message": "flaky", "type": "server_error", "param": None, "code": None}})
@@ -145,33 +185,57 @@ class FakeUpstream:
         content = self.reply(payload)
         usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
         if payload.get("stream") and self.stream_chunks is not None:
-            await _send_raw(send, 200, "".join(f"data: {json.dumps(c)}\n\n" for c in self.stream_chunks(payload)).encode()
-                            + b"data: [DONE]\n\n", b"text/event-stream")
+            await _send_raw(
+                send,
+                200,
+                "".join(f"data: {json.dumps(c)}\n\n" for c in self.stream_chunks(payload)).encode()
+                + b"data: [DONE]\n\n",
+                b"text/event-stream",
+            )
             return
         if payload.get("stream"):
             asked = (payload.get("stream_options") or {}).get("include_usage") and model != "no-usage"
             await self._stream(send, model, content, usage if asked else None)
             return
-        await _send(send, 200, {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": "length" if model == "finish-length" else "stop"}],
-            "usage": usage,
-        })
+        await _send(
+            send,
+            200,
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 1,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "length" if model == "finish-length" else "stop",
+                    }
+                ],
+                "usage": usage,
+            },
+        )
 
     async def _stream(self, send, model: str, content: str, usage: dict | None) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         pieces = [content[i : i + 5] for i in range(0, len(content), 5)] or [""]
         fault, _, n = model.rpartition("-after-")
         if fault in ("break", "truncate", "stall"):
-            pieces = pieces[:int(n)]
+            pieces = pieces[: int(n)]
         first = True
         for piece in pieces:
             delta = {"role": "assistant", "content": piece} if first else {"content": piece}
             first = False
-            chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-            await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True})
+            chunk = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
+            await send(
+                {"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True}
+            )
             await asyncio.sleep(0.002)
         if fault == "break":
             await asyncio.sleep(0.05)  # the chunks reach the proxy before the reset
@@ -185,8 +249,13 @@ class FakeUpstream:
             while not self._server.should_exit and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             return
-        final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "length" if model == "finish-length" else "stop"}]}
+        final = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "length" if model == "finish-length" else "stop"}],
+        }
         tail = f"data: {json.dumps(final)}\n\n"
         if usage:
             tail += f"data: {json.dumps({'id': 'chatcmpl-fake', 'object': 'chat.completion.chunk', 'created': 1, 'model': model, 'choices': [], 'usage': usage})}\n\n"
@@ -198,9 +267,16 @@ async def _send(send, status: int, payload: dict, headers: list[tuple[bytes, byt
     await _send_raw(send, status, json.dumps(payload).encode(), b"application/json", headers)
 
 
-async def _send_raw(send, status: int, body: bytes, content_type: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]})
+async def _send_raw(
+    send, status: int, body: bytes, content_type: bytes, headers: list[tuple[bytes, bytes]] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -51,8 +51,23 @@ class PostgresServer:
 
     def start(self, durable: bool = False) -> PostgresServer:
         """`durable`: PostgreSQL's own defaults (fsync on), for benchmarks; tests turn fsync off."""
-        subprocess.run([_postgres_bin("initdb"), "-D", str(self.data), "-U", "understudy", "--auth=trust", "-E", "UTF8",
-                        "--no-sync"], check=True, capture_output=True, cwd=self.root, **self._run_as())
+        subprocess.run(
+            [
+                _postgres_bin("initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "understudy",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=self.root,
+            **self._run_as(),
+        )
         self.durable = durable
         return self._run()
 
@@ -68,9 +83,25 @@ class PostgresServer:
         # fsync off: a test server's durability is not under test, and every test makes a database.
         fast = [] if durable else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         self.process = subprocess.Popen(
-            [_postgres_bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.root),
-             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=400", *fast],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.root, **self._run_as())
+            [
+                _postgres_bin("postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.root),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=400",
+                *fast,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            **self._run_as(),
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -78,7 +109,9 @@ class PostgresServer:
                 return self
             except psycopg.OperationalError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("PostgreSQL did not start: " + (self.root / "server.log").read_text()[-2000:])
+                    raise RuntimeError(
+                        "PostgreSQL did not start: " + (self.root / "server.log").read_text()[-2000:]
+                    ) from None
                 time.sleep(0.1)
 
     def url(self, database: str) -> str:
@@ -110,9 +143,22 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.root)],
-            stdout=open(self.root / "server.log", "wb"), stderr=subprocess.STDOUT)
+            [
+                shutil.which("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
+            stdout=open(self.root / "server.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         import redis
 
         deadline = time.monotonic() + 30
@@ -122,7 +168,9 @@ class RedisServer:
                 return self
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("Redis did not start: " + (self.root / "server.log").read_text()[-2000:])
+                    raise RuntimeError(
+                        "Redis did not start: " + (self.root / "server.log").read_text()[-2000:]
+                    ) from None
                 time.sleep(0.05)
 
     def new_url(self) -> str:

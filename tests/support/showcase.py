@@ -13,8 +13,10 @@ from typing import Any
 
 from tests.conftest import FIXTURES_DIR
 
-SYSTEM = ("    This is a task you must complete by returning only the output.\n"
-          "    Do not include explanations, code, or extra text\u2014only the result.\n    ")
+SYSTEM = (
+    "    This is a task you must complete by returning only the output.\n"
+    "    Do not include explanations, code, or extra text\u2014only the result.\n    "
+)
 LEVEL_HEADER = "Create the next level, a bit harder than the previous ones and not a copy of them."
 MAP_HEADER = "Lay out the map for the given level, following its size and counts exactly."
 
@@ -36,15 +38,29 @@ def level_repr(level: dict[str, Any]) -> str:
 
 def _request(name: str, header: str, args: list[tuple[str, str]]) -> dict[str, Any]:
     lines = "\n".join(f"{arg} = ({value}, '')" for arg, value in args)
-    return {"model": "gpt-4o-mini", "temperature": 0.7, "response_format": _response_formats()[name],
-            "messages": [{"role": "system", "content": SYSTEM},
-                         {"role": "user", "content": [{"type": "text", "text": f"{header}\n\n{lines}"}]}]}
+    return {
+        "model": "gpt-4o-mini",
+        "temperature": 0.7,
+        "response_format": _response_formats()[name],
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": [{"type": "text", "text": f"{header}\n\n{lines}"}]},
+        ],
+    }
 
 
 def level_request(difficulty: int, width: int, height: int, last_levels: list[dict[str, Any]] = ()) -> dict[str, Any]:
     levels = "[" + ", ".join(level_repr(lv) for lv in last_levels) + "]"
-    return _request("Level", LEVEL_HEADER, [("last_levels", levels), ("difficulty", str(difficulty)),
-                                            ("level_width", str(width)), ("level_height", str(height))])
+    return _request(
+        "Level",
+        LEVEL_HEADER,
+        [
+            ("last_levels", levels),
+            ("difficulty", str(difficulty)),
+            ("level_width", str(width)),
+            ("level_height", str(height)),
+        ],
+    )
 
 
 def map_request(level: dict[str, Any]) -> dict[str, Any]:

@@ -46,8 +46,10 @@ def obj(**properties) -> dict:
     return {"type": "object", "properties": properties, "required": list(properties)}
 
 
-DEFS = {"$defs": {"Pos": obj(x={"type": "integer", "minimum": 0, "maximum": 9}, y={"type": "integer"})},
-        **obj(player={"$ref": "#/$defs/Pos"})}
+DEFS = {
+    "$defs": {"Pos": obj(x={"type": "integer", "minimum": 0, "maximum": 9}, y={"type": "integer"})},
+    **obj(player={"$ref": "#/$defs/Pos"}),
+}
 
 # (name, schema, valid answer, violating answer, does JSON Schema itself reject the violation?)
 KEYWORDS = [
@@ -58,29 +60,52 @@ KEYWORDS = [
     ("number minimum", obj(v={"type": "number", "minimum": 0.5}), '{"v": 0.5}', '{"v": 0.25}', True),
     ("number maximum", obj(v={"type": "number", "maximum": 2.5}), '{"v": 2.5}', '{"v": 2.75}', True),
     ("number exclusiveMinimum", obj(v={"type": "number", "exclusiveMinimum": 0}), '{"v": 0.1}', '{"v": 0}', True),
-    ("number exclusiveMaximum", obj(v={"type": "number", "exclusiveMaximum": 1}), '{"v": 0.99}', '{"v": 1.0}',
-     True),
-    ("minItems", obj(xs={"type": "array", "items": {"type": "integer"}, "minItems": 2}), '{"xs": [1, 2]}',
-     '{"xs": [1]}', True),
-    ("maxItems", obj(xs={"type": "array", "items": {"type": "integer"}, "maxItems": 2}), '{"xs": [1, 2]}',
-     '{"xs": [1, 2, 3]}', True),
+    ("number exclusiveMaximum", obj(v={"type": "number", "exclusiveMaximum": 1}), '{"v": 0.99}', '{"v": 1.0}', True),
+    (
+        "minItems",
+        obj(xs={"type": "array", "items": {"type": "integer"}, "minItems": 2}),
+        '{"xs": [1, 2]}',
+        '{"xs": [1]}',
+        True,
+    ),
+    (
+        "maxItems",
+        obj(xs={"type": "array", "items": {"type": "integer"}, "maxItems": 2}),
+        '{"xs": [1, 2]}',
+        '{"xs": [1, 2, 3]}',
+        True,
+    ),
     ("enum", obj(c={"enum": ["red", "green"]}), '{"c": "green"}', '{"c": "blue"}', True),
     ("const", obj(k={"const": 7}), '{"k": 7}', '{"k": 8}', True),
-    ("object const", obj(level={"const": {"a": 1, "b": [1, 2]}}), '{"level": {"a": 1, "b": [1, 2]}}',
-     '{"level": {"a": 1, "b": [1, 3]}}', True),
+    (
+        "object const",
+        obj(level={"const": {"a": 1, "b": [1, 2]}}),
+        '{"level": {"a": 1, "b": [1, 2]}}',
+        '{"level": {"a": 1, "b": [1, 3]}}',
+        True,
+    ),
     ("minLength", obj(s={"type": "string", "minLength": 2}), '{"s": "ab"}', '{"s": "a"}', True),
     ("maxLength", obj(s={"type": "string", "maxLength": 3}), '{"s": "abc"}', '{"s": "abcd"}', True),
     ("pattern", obj(s={"type": "string", "pattern": "^[a-c]+$"}), '{"s": "cab"}', '{"s": "cad"}', True),
     ("multipleOf", obj(n={"type": "integer", "multipleOf": 3}), '{"n": 9}', '{"n": 10}', True),
     ("required", obj(a={"type": "integer"}, b={"type": "integer"}), '{"a": 1, "b": 2}', '{"a": 1}', True),
-    ("nested", obj(p=obj(xs={"type": "array", "items": {"type": "integer", "maximum": 5}})), '{"p": {"xs": [1, 5]}}',
-     '{"p": {"xs": [1, 6]}}', True),
+    (
+        "nested",
+        obj(p=obj(xs={"type": "array", "items": {"type": "integer", "maximum": 5}})),
+        '{"p": {"xs": [1, 5]}}',
+        '{"p": {"xs": [1, 6]}}',
+        True,
+    ),
     ("$defs/$ref", DEFS, '{"player": {"x": 9, "y": 0}}', '{"player": {"x": 10, "y": 0}}', True),
-    ("anyOf", obj(v={"anyOf": [{"type": "integer", "maximum": 3}, {"type": "null"}]}), '{"v": null}', '{"v": 4}',
-     True),
+    ("anyOf", obj(v={"anyOf": [{"type": "integer", "maximum": 3}, {"type": "null"}]}), '{"v": null}', '{"v": 4}', True),
     # narrower than JSON Schema, on purpose: the schema's property order, and no extra properties
-    ("property order", obj(a={"type": "integer"}, b={"type": "integer"}), '{"a": 1, "b": 2}', '{"b": 2, "a": 1}',
-     False),
+    (
+        "property order",
+        obj(a={"type": "integer"}, b={"type": "integer"}),
+        '{"a": 1, "b": 2}',
+        '{"b": 2, "a": 1}',
+        False,
+    ),
     ("closed object", obj(a={"type": "integer"}), '{"a": 1}', '{"a": 1, "z": 2}', False),
 ]
 
@@ -116,8 +141,10 @@ def test_whitespace_lean_and_not(generator, vocab):
 
 def test_unsupported_keywords_are_listed():
     schema = {
-        "title": "Thing", "description": "annotations are not constraints",
-        "$schema": "https://json-schema.org/draft/2020-12/schema", "$comment": "c",
+        "title": "Thing",
+        "description": "annotations are not constraints",
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$comment": "c",
         "type": "object",
         "properties": {
             "tags": {"type": "array", "items": {"type": "string", "format": "int32"}, "uniqueItems": True},
@@ -125,12 +152,19 @@ def test_unsupported_keywords_are_listed():
             "kind": {"oneOf": [{"const": "a"}, {"const": "b"}]},
         },
         "dependentRequired": {"n": ["tags"]},
-        "if": {"required": ["n"]}, "then": {"required": ["tags"]},
+        "if": {"required": ["n"]},
+        "then": {"required": ["tags"]},
     }
     constraint = compile_schema(schema)
     assert set(constraint.unsupported) == {
-        "#/properties/tags/items: format (int32)", "#/properties/tags: uniqueItems", "#/properties/n: not",
-        "#/properties/kind: oneOf", "#: dependentRequired", "#: if", "#: then"}
+        "#/properties/tags/items: format (int32)",
+        "#/properties/tags: uniqueItems",
+        "#/properties/n: not",
+        "#/properties/kind: oneOf",
+        "#: dependentRequired",
+        "#: if",
+        "#: then",
+    }
     assert compile_schema(KEYWORDS[12][1]).unsupported == ()
     assert compile_schema(DEFS).unsupported == ()
     # multipleOf is enforced by llguidance 1.9 (see KEYWORDS), so it is not listed
@@ -146,8 +180,13 @@ def test_patterns_the_engine_cannot_compile_are_dropped_and_listed(generator, vo
 
 
 def test_schemas_the_engine_refuses_raise():
-    for schema in ({"type": "integer", "minimum": 5, "maximum": 1}, {"$ref": "#/$defs/missing"},
-                   {"type": "nonsense"}, "[1, 2]", "{not json"):
+    for schema in (
+        {"type": "integer", "minimum": 5, "maximum": 1},
+        {"$ref": "#/$defs/missing"},
+        {"type": "nonsense"},
+        "[1, 2]",
+        "{not json",
+    ):
         with pytest.raises(ConstraintError):
             compile_schema(schema)
 
@@ -168,8 +207,11 @@ MAP = {
         "player_pos": {"$ref": "#/$defs/Pos"},
     },
     "required": ["level", "walls", "enemies", "player_pos"],
-    "$defs": {"Pos": obj(x={"type": "integer", "minimum": 0, "maximum": 9},
-                         y={"type": "integer", "minimum": -3, "maximum": 3})},
+    "$defs": {
+        "Pos": obj(
+            x={"type": "integer", "minimum": 0, "maximum": 9}, y={"type": "integer", "minimum": -3, "maximum": 3}
+        )
+    },
 }
 SEEDS = range(4)
 
@@ -194,8 +236,9 @@ def test_sampled_answers_follow_the_schema_and_unconstrained_ones_do_not(generat
 
 
 def test_an_answer_ends_when_complete(generator):
-    out = generator.complete(PROMPT, max_tokens=50, constraint=compile_schema({"type": "integer", "maximum": 3,
-                                                                               "minimum": 0}))
+    out = generator.complete(
+        PROMPT, max_tokens=50, constraint=compile_schema({"type": "integer", "maximum": 3, "minimum": 0})
+    )
     assert out.text in ("0", "1", "2", "3") and out.completion_tokens == 1
     out = generator.complete(PROMPT, max_tokens=50, constraint=compile_schema(obj(k={"const": 7}), lean=True))
     assert out.text == '{"k":7}'
@@ -203,10 +246,14 @@ def test_an_answer_ends_when_complete(generator):
 
 def test_sampling_is_deterministic_per_seed(generator):
     for constraint in (None, compile_schema(MAP)):
-        texts = [generator.generate(PROMPT, max_tokens=40, constraint=constraint, temperature=1.0, seed=seed)
-                 for seed in SEEDS]
-        assert texts == [generator.generate(PROMPT, max_tokens=40, constraint=constraint, temperature=1.0,
-                                            seed=seed) for seed in SEEDS]
+        texts = [
+            generator.generate(PROMPT, max_tokens=40, constraint=constraint, temperature=1.0, seed=seed)
+            for seed in SEEDS
+        ]
+        assert texts == [
+            generator.generate(PROMPT, max_tokens=40, constraint=constraint, temperature=1.0, seed=seed)
+            for seed in SEEDS
+        ]
         assert len(set(texts)) > 1, texts
     greedy = generator.generate(PROMPT, max_tokens=40, constraint=compile_schema(MAP), seed=1)
     assert greedy == generator.generate(PROMPT, max_tokens=40, constraint=compile_schema(MAP), seed=2)
@@ -230,12 +277,21 @@ def _whitespace_outside_strings(text: str) -> bool:
 
 
 def test_lean_answers_have_no_whitespace_outside_strings(generator):
-    schema = {**MAP, "properties": {**MAP["properties"], "name": {"type": "string", "maxLength": 12}},
-              "required": [*MAP["required"], "name"]}
-    lean = [generator.generate(PROMPT, max_tokens=300, constraint=compile_schema(schema, lean=True),
-                               temperature=1.0, seed=seed) for seed in SEEDS]
+    schema = {
+        **MAP,
+        "properties": {**MAP["properties"], "name": {"type": "string", "maxLength": 12}},
+        "required": [*MAP["required"], "name"],
+    }
+    lean = [
+        generator.generate(
+            PROMPT, max_tokens=300, constraint=compile_schema(schema, lean=True), temperature=1.0, seed=seed
+        )
+        for seed in SEEDS
+    ]
     assert not any(_whitespace_outside_strings(text) for text in lean), lean
     assert all(json.loads(text)["name"] is not None for text in lean)
-    loose = [generator.generate(PROMPT, max_tokens=300, constraint=compile_schema(schema), temperature=1.0,
-                                seed=seed) for seed in SEEDS]
+    loose = [
+        generator.generate(PROMPT, max_tokens=300, constraint=compile_schema(schema), temperature=1.0, seed=seed)
+        for seed in SEEDS
+    ]
     assert any(_whitespace_outside_strings(text) for text in loose), loose  # control: the random model likes spaces

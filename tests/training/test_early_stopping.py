@@ -25,17 +25,30 @@ EPOCHS = 40  # a long plan: its slowly decaying rate lets the model overfit the 
 
 
 def examples(colors: list[str]) -> list[dict]:
-    return [make_example(f"color of {thing}?", json.dumps({"color": color}), COLOR_SCHEMA)
-            for thing, color in zip(THINGS, colors)]
+    return [
+        make_example(f"color of {thing}?", json.dumps({"color": color}), COLOR_SCHEMA)
+        for thing, color in zip(THINGS, colors)
+    ]
 
 
 @pytest.mark.parametrize("held_out, stops", [("other things' colors", True), ("the same answers", False)])
-def test_a_job_stops_when_the_held_out_loss_stops_improving_and_keeps_the_best_epoch(tiny_llama, tmp_path,
-                                                                                    held_out, stops):
+def test_a_job_stops_when_the_held_out_loss_stops_improving_and_keeps_the_best_epoch(
+    tiny_llama, tmp_path, held_out, stops
+):
     hf_dir, gguf = tiny_llama
-    config = TrainConfig.from_dict({"base_model": str(hf_dir), "base_gguf": str(gguf), "lr": 1e-2, "epochs": EPOCHS,
-                                    "batch_size": 2, "lora_dropout": 0.0, "device": "cpu", "precision": "float32",
-                                    "verify_examples": 0})
+    config = TrainConfig.from_dict(
+        {
+            "base_model": str(hf_dir),
+            "base_gguf": str(gguf),
+            "lr": 1e-2,
+            "epochs": EPOCHS,
+            "batch_size": 2,
+            "lora_dropout": 0.0,
+            "device": "cpu",
+            "precision": "float32",
+            "verify_examples": 0,
+        }
+    )
     assert config.early_stop_patience == 1  # the shipped default
     train_set = examples(COLORS)
     eval_set = examples(COLORS[3:] + COLORS[:3]) if stops else train_set
@@ -56,4 +69,6 @@ def test_a_job_stops_when_the_held_out_loss_stops_improving_and_keeps_the_best_e
     tokenizer = load_tokenizer(str(hf_dir))
     saved = PeftModel.from_pretrained(load_model(str(hf_dir), "cpu", bf16=False), tmp_path / "peft")
     encoded = encode_examples(tokenizer, eval_set, config.max_length, SitePrompt.from_dict(config.prompt))
-    assert eval_loss(saved, encoded, tokenizer.pad_token_id, "cpu", config.batch_size) == pytest.approx(min(losses), rel=1e-4)
+    assert eval_loss(saved, encoded, tokenizer.pad_token_id, "cpu", config.batch_size) == pytest.approx(
+        min(losses), rel=1e-4
+    )

@@ -27,8 +27,17 @@ EXPLODING_LR = 1e30  # far past any real rate: the weights overflow after one up
 
 def _config(tiny_llama, lr: float) -> dict:
     hf_dir, gguf = tiny_llama
-    return {"base_model": str(hf_dir), "base_gguf": str(gguf), "lr": lr, "max_steps": 40, "batch_size": 2,
-            "lora_dropout": 0.0, "device": "cpu", "precision": "float32", "verify_max_tokens": 16}
+    return {
+        "base_model": str(hf_dir),
+        "base_gguf": str(gguf),
+        "lr": lr,
+        "max_steps": 40,
+        "batch_size": 2,
+        "lora_dropout": 0.0,
+        "device": "cpu",
+        "precision": "float32",
+        "verify_max_tokens": 16,
+    }
 
 
 def test_a_non_finite_loss_stops_training_and_saves_nothing(tiny_llama, tmp_path):
@@ -40,14 +49,26 @@ def test_a_non_finite_loss_stops_training_and_saves_nothing(tiny_llama, tmp_path
 
 @pytest.mark.parametrize("lr, usable", [(EXPLODING_LR, False), (1e-2, True)])
 def test_the_job_fails_and_registers_no_usable_version(tiny_llama, tmp_path, lr, usable):
-    rows = [{**e, "call_id": f"c{i}", "site_id": "site", "provider_model": "m", "parse_valid": True,
-             "validator_passed": None, "split": split} for i, (e, split) in enumerate(zip(EXAMPLES, ("train", "eval")))]
+    rows = [
+        {
+            **e,
+            "call_id": f"c{i}",
+            "site_id": "site",
+            "provider_model": "m",
+            "parse_valid": True,
+            "validator_passed": None,
+            "split": split,
+        }
+        for i, (e, split) in enumerate(zip(EXAMPLES, ("train", "eval")))
+    ]
     snapshot = write_snapshot(rows, tmp_path, "site")
     result = run_training_job("site", str(snapshot), str(tmp_path / "job"), _config(tiny_llama, lr), progress=False)
     settings = load_settings(data_dir=tmp_path / "data")
     store = Store(settings.db_path)
     try:
-        store.cursor().execute("INSERT INTO sites (id, name, name_source, kind, state, created_at) VALUES ('site', 'site', 'explicit', 'explicit', 'learning', now())")
+        store.cursor().execute(
+            "INSERT INTO sites (id, name, name_source, kind, state, created_at) VALUES ('site', 'site', 'explicit', 'explicit', 'learning', now())"
+        )
         version = register_version(store, "site", result)
         site = store.resolve_site("site")
         if usable:

@@ -1,13 +1,18 @@
 from understudy.training.prompt_format import END_MARKER, STOP_SEQUENCES, json_schema_of, render_prompt, render_target
 from understudy.training.site_prompt import render_training_pair
 
-SCHEMA_RF = {"type": "json_schema", "json_schema": {"name": "P", "strict": True, "schema": {
-    "type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}}}
+SCHEMA_RF = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "P",
+        "strict": True,
+        "schema": {"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}},
+    },
+}
 
 
 def test_plain_chat_layout():
-    prompt = render_prompt([{"role": "system", "content": "Be brief."},
-                            {"role": "user", "content": "Hi"}])
+    prompt = render_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
     assert prompt == "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
 
 
@@ -15,7 +20,8 @@ def test_schema_compact_in_given_order_before_assistant():
     prompt = render_prompt([{"role": "user", "content": "x"}], SCHEMA_RF)
     assert prompt.endswith(
         '<|schema|>\n{"type":"object","properties":{"b":{"type":"integer"},"a":{"type":"string"}}}'
-        "<|end|>\n<|assistant|>\n")
+        "<|end|>\n<|assistant|>\n"
+    )
     assert json_schema_of(SCHEMA_RF)["properties"]["b"] == {"type": "integer"}
 
 
@@ -32,23 +38,27 @@ def test_deterministic_and_unicode_kept():
 
 
 def test_content_parts_tools_and_tool_calls():
-    tools = [{"type": "function", "function": {"name": "roll", "description": "Roll dice",
-                                                 "parameters": {"type": "object"}}}]
+    tools = [
+        {"type": "function", "function": {"name": "roll", "description": "Roll dice", "parameters": {"type": "object"}}}
+    ]
     msgs = [
         {"role": "developer", "content": "sys"},
-        {"role": "user", "content": [{"type": "text", "text": "look"},
-                                     {"type": "image_url", "image_url": {"url": "x"}}]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function",
-             "function": {"name": "roll", "arguments": '{"n": 2}'}}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "x"}}],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "roll", "arguments": '{"n": 2}'}}],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "7"},
     ]
     prompt = render_prompt(msgs, tools=tools)
     assert prompt.startswith("<|system|>\nsys<|end|>\n<|user|>\nlook\n[image]<|end|>\n")
     assert '<|assistant|>\n<|tool_calls|>[{"name":"roll","arguments":{"n":2}}]<|end|>\n' in prompt
     assert "<|tool|>\n7<|end|>\n" in prompt
-    assert '<|tools|>\n[{"name":"roll","description":"Roll dice","parameters":{"type":"object"}}]' \
-        in prompt
+    assert '<|tools|>\n[{"name":"roll","description":"Roll dice","parameters":{"type":"object"}}]' in prompt
     assert prompt.endswith("<|assistant|>\n")
 
 

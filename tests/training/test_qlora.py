@@ -18,8 +18,17 @@ EXAMPLES = [
 
 def test_qlora_trains_and_its_adapter_reproduces_on_the_base(tiny_llama, tmp_path):
     hf_dir, gguf = tiny_llama
-    config = TrainConfig(base_model=str(hf_dir), base_gguf=str(gguf), qlora=True, lr=1e-2, max_steps=40,
-                         batch_size=2, grad_accum=1, lora_dropout=0.0, device="cpu")
+    config = TrainConfig(
+        base_model=str(hf_dir),
+        base_gguf=str(gguf),
+        qlora=True,
+        lr=1e-2,
+        max_steps=40,
+        batch_size=2,
+        grad_accum=1,
+        lora_dropout=0.0,
+        device="cpu",
+    )
     result = train(config, EXAMPLES, EXAMPLES, tmp_path / "peft", progress=False)
     assert [text for _, text in result.sample_outputs] == [ex["completion"] for ex in EXAMPLES]
     adapter = export_gguf_adapter(tmp_path / "peft", tmp_path / "adapter.gguf", gguf)

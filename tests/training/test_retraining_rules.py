@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import itertools
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.conftest import open_test_store
-
 from understudy.routing.policy import Decision, SiteState, Verdict
 from understudy.routing.registry import apply_decision, register_version
 from understudy.settings import Settings
@@ -29,21 +28,42 @@ _ids = itertools.count()
 @pytest.fixture
 def store(tmp_path):
     opened = open_test_store(tmp_path / "u.duckdb")
-    opened.write_batch(sites=[("s1", "pick_color", "function", "byllm", "", None, ["x"], "Color", [], None,
-                               datetime.now(timezone.utc), None)])
+    opened.write_batch(
+        sites=[("s1", "pick_color", "function", "byllm", "", None, ["x"], "Color", [], None, datetime.now(UTC), None)]
+    )
     yield opened
     opened.close()
 
 
 def add_calls(store, n: int, *, valid: bool = True) -> None:
     """n answered upstream calls of the site, stamped now (after every version registered so far)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = []
     for _ in range(n):
         call_id = f"c{next(_ids)}"
         response = '{"choices": [{"message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop"}]}'
-        rows.append((call_id, now + timedelta(microseconds=next(_ids)), "s1", "m", "upstream", False, "first", call_id,
-                     None, '{"messages": []}', response, 200, None, 12.5, 10, 5, 0.001, valid))
+        rows.append(
+            (
+                call_id,
+                now + timedelta(microseconds=next(_ids)),
+                "s1",
+                "m",
+                "upstream",
+                False,
+                "first",
+                call_id,
+                None,
+                '{"messages": []}',
+                response,
+                200,
+                None,
+                12.5,
+                10,
+                5,
+                0.001,
+                valid,
+            )
+        )
     store.write_batch(calls=rows)
 
 
@@ -52,8 +72,18 @@ def reason(store) -> str | None:
 
 
 def trained(store, *, control: str | None = None):
-    return register_version(store, "s1", {"verified": True, "adapter_path": "/a.gguf", "base_gguf": "/b.gguf",
-                                          "config": {}, "metrics": {}, "control": control})
+    return register_version(
+        store,
+        "s1",
+        {
+            "verified": True,
+            "adapter_path": "/a.gguf",
+            "base_gguf": "/b.gguf",
+            "config": {},
+            "metrics": {},
+            "control": control,
+        },
+    )
 
 
 def verdict(store, what: Verdict, to: SiteState = SiteState.LEARNING) -> None:
@@ -123,7 +153,10 @@ def status(store) -> tuple[bool, str]:
 
 def test_the_schedule_says_why_a_site_waits_as_well_as_why_it_trains(store):
     add_calls(store, MIN_EXAMPLES - 1)
-    assert status(store) == (False, f"waiting: {MIN_EXAMPLES - 1} of {MIN_EXAMPLES} usable examples for a first version")
+    assert status(store) == (
+        False,
+        f"waiting: {MIN_EXAMPLES - 1} of {MIN_EXAMPLES} usable examples for a first version",
+    )
     trained(store, control="base")
     assert status(store) == (False, "waiting: the base control v1 is shadowing until it is decided")
     verdict(store, Verdict.REJECTED)
@@ -131,8 +164,11 @@ def test_the_schedule_says_why_a_site_waits_as_well_as_why_it_trains(store):
     assert status(store) == (True, f"first version: {MIN_EXAMPLES} usable examples")
     time.sleep(0.05)  # add_calls stamps calls a few microseconds ahead; the version comes after them
     trained(store)
-    assert status(store) == (False, f"waiting: v2 active, trained on {MIN_EXAMPLES} usable examples; {MIN_EXAMPLES} now, "
-                                    f"a new version at {int(MIN_EXAMPLES * GROWTH)} (x{GROWTH:g})")
+    assert status(store) == (
+        False,
+        f"waiting: v2 active, trained on {MIN_EXAMPLES} usable examples; {MIN_EXAMPLES} now, "
+        f"a new version at {int(MIN_EXAMPLES * GROWTH)} (x{GROWTH:g})",
+    )
     verdict(store, Verdict.INCONCLUSIVE)
     add_calls(store, 3)
     assert status(store) == (False, f"waiting: v2 inconclusive; 3 of {MIN_EXAMPLES} new usable examples since")
@@ -159,8 +195,13 @@ def test_the_schedule_lists_each_job_with_its_reason_and_outcome(store, tmp_path
     running, failed = tmp_path / "job-1", tmp_path / "job-2"
     for out_dir in (running, failed):
         out_dir.mkdir()
-        audit(store, "s1", "training", {"scheduled": "first version: 50 usable examples", "out_dir": str(out_dir)},
-              "scheduler")
+        audit(
+            store,
+            "s1",
+            "training",
+            {"scheduled": "first version: 50 usable examples", "out_dir": str(out_dir)},
+            "scheduler",
+        )
     (failed / "result.json").write_text(json.dumps({"error": "NonFiniteLoss: loss is nan at step 3"}))
     schedule = training_schedule(store, rules)
     outcomes = {j["out_dir"]: j["outcome"] for j in schedule["jobs"]}
@@ -174,8 +215,17 @@ def test_the_schedule_lists_each_job_with_its_reason_and_outcome(store, tmp_path
     assert waiting["reason"].endswith("is queued or running (`understudy train`)")
     # The running one finishes (its worker writes result.json) and is registered: its version is its outcome.
     (running / "result.json").write_text(json.dumps({"error": None}))
-    register_version(store, "s1", {"verified": True, "adapter_path": str(running / "adapter.gguf"), "base_gguf": "/b.gguf",
-                                   "config": {}, "metrics": {}})
+    register_version(
+        store,
+        "s1",
+        {
+            "verified": True,
+            "adapter_path": str(running / "adapter.gguf"),
+            "base_gguf": "/b.gguf",
+            "config": {},
+            "metrics": {},
+        },
+    )
     outcomes = {j["out_dir"]: j["outcome"] for j in training_schedule(store, rules)["jobs"]}
     assert outcomes[str(running)] == "v1 active"
     hour = datetime.now().hour

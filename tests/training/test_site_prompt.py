@@ -8,20 +8,32 @@ import json
 
 import pytest
 
-from understudy.routing.local_model import LocalModels, PromptMismatch, Variant
 from tests.proxy.captures import capture_files, load_capture
+from understudy.proxy.callsite import identify
+from understudy.routing.local_model import LocalModels, PromptMismatch, Variant
 from understudy.training.local_generate import LocalGenerator
 from understudy.training.prompt_format import render_prompt
 from understudy.training.site_prompt import (
-    COMPACT, FULL, SitePrompt, choose, compact_prompt, expand, lean_json, render_request, render_training_pair,
-    render_with_prefix, split_request,
+    COMPACT,
+    FULL,
+    SitePrompt,
+    choose,
+    compact_prompt,
+    expand,
+    lean_json,
+    render_request,
+    render_training_pair,
+    render_with_prefix,
+    split_request,
 )
-from understudy.proxy.callsite import identify
 
 
 def all_captured_requests() -> list[tuple[str, dict]]:
-    return [(f"{path.stem}#{record['seq']}", record["request"]["body"])
-            for path in capture_files() for record in load_capture(path)]
+    return [
+        (f"{path.stem}#{record['seq']}", record["request"]["body"])
+        for path in capture_files()
+        for record in load_capture(path)
+    ]
 
 
 CAPTURED = all_captured_requests()
@@ -31,13 +43,19 @@ CAPTURED = all_captured_requests()
 def test_every_capture_splits_and_round_trips(name, body):
     parts = split_request(body)
     assert parts is not None
-    assert expand(parts) == {"messages": body["messages"], "response_format": body.get("response_format"),
-                             "tools": body.get("tools") or None}
+    assert expand(parts) == {
+        "messages": body["messages"],
+        "response_format": body.get("response_format"),
+        "tools": body.get("tools") or None,
+    }
     # What varies is in the compact prompt; what is static is not.
     prompt = compact_prompt(parts, "site")
     for name_, value in parts.varying.get("args", []):
-        assert f"{name_} = {value}\n" in prompt or prompt.endswith(f"{name_} = {value}<|end|>\n<|assistant|>\n") \
+        assert (
+            f"{name_} = {value}\n" in prompt
+            or prompt.endswith(f"{name_} = {value}<|end|>\n<|assistant|>\n")
             or f"{name_} = {value}<|end|>" in prompt
+        )
     if identify(body).turn == "first":  # a retry's correction message is kept whole: it varies
         assert "This is a task you must complete" not in prompt and "Schema requirements" not in prompt
 
@@ -66,7 +84,9 @@ def test_tool_results_and_assistant_tool_calls_are_kept():
 
 
 def level_capture() -> dict:
-    return next(b for _, b in CAPTURED if ((b.get("response_format") or {}).get("json_schema") or {}).get("name") == "Level")
+    return next(
+        b for _, b in CAPTURED if ((b.get("response_format") or {}).get("json_schema") or {}).get("name") == "Level"
+    )
 
 
 def test_compact_prompts_are_a_fraction_of_the_full_ones():
@@ -97,15 +117,27 @@ def test_a_request_with_another_static_part_is_not_rendered_compactly():
         LocalModels("unused.gguf").complete_sync(other, Variant(None, site))
     # A site whose examples do not share one static part keeps the full rendering.
     mixed = choose([body, other], marker="abc")
-    assert mixed.mode == FULL and render_request(other, mixed) == render_prompt(other["messages"], other["response_format"])
+    assert mixed.mode == FULL and render_request(other, mixed) == render_prompt(
+        other["messages"], other["response_format"]
+    )
     assert choose([body], marker="abc", mode=FULL).mode == FULL
 
 
 def test_lean_json_orders_keys_as_the_schema_does_and_drops_whitespace():
-    rf = {"type": "json_schema", "json_schema": {"name": "P", "schema": {
-        "type": "object", "properties": {"b": {"type": "integer"}, "a": {"$ref": "#/$defs/A"}},
-        "$defs": {"A": {"type": "object", "properties": {"y": {}, "x": {}}}}}}}
-    assert lean_json('{"a": {"x": 1, "y": 2}, "b": 3, "extra": [1, 2]}', rf) == '{"b":3,"a":{"y":2,"x":1},"extra":[1,2]}'
+    rf = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "P",
+            "schema": {
+                "type": "object",
+                "properties": {"b": {"type": "integer"}, "a": {"$ref": "#/$defs/A"}},
+                "$defs": {"A": {"type": "object", "properties": {"y": {}, "x": {}}}},
+            },
+        },
+    }
+    assert (
+        lean_json('{"a": {"x": 1, "y": 2}, "b": 3, "extra": [1, 2]}', rf) == '{"b":3,"a":{"y":2,"x":1},"extra":[1,2]}'
+    )
     assert lean_json("not json", rf) == "not json"
     assert lean_json('{"a": 1}', None) == '{"a": 1}'  # text sites keep their answers
     assert SitePrompt.from_dict({}) == SitePrompt(FULL, "", None, False)  # versions from before compact prompts
@@ -141,10 +173,15 @@ def test_a_prefix_state_is_never_reused_under_another_adapter(generator, tiny_ll
     from understudy.training.train import train
 
     hf_dir, gguf = tiny_llama
-    example = {"messages": [{"role": "user", "content": "color?"}], "response_format": None, "tools": None,
-               "completion": "teal"}
-    config = TrainConfig(base_model=str(hf_dir), base_gguf=str(gguf), lr=1e-2, max_steps=30, batch_size=1,
-                         lora_dropout=0.0, device="cpu")
+    example = {
+        "messages": [{"role": "user", "content": "color?"}],
+        "response_format": None,
+        "tools": None,
+        "completion": "teal",
+    }
+    config = TrainConfig(
+        base_model=str(hf_dir), base_gguf=str(gguf), lr=1e-2, max_steps=30, batch_size=1, lora_dropout=0.0, device="cpu"
+    )
     train(config, [example], [example], tmp_path / "peft", progress=False)
     adapter = str(export_gguf_adapter(tmp_path / "peft", tmp_path / "a.gguf", gguf))
     prompt = "<|site|>\nx<|end|>\n<|user|>\ncolor?<|end|>\n<|assistant|>\n"

@@ -29,7 +29,7 @@ def _reference_loss(model, b):
     """The model's own loss: full logits, labels shifted by HF, padding ignored."""
     width = b.input_ids.shape[1]
     labels = torch.full((b.input_ids.shape[0], width), IGNORE_INDEX)
-    labels[:, width - b.keep + 1:] = b.labels  # labels[t] is the token at column t
+    labels[:, width - b.keep + 1 :] = b.labels  # labels[t] is the token at column t
     out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids, labels=labels)
     return out.loss
 
@@ -70,9 +70,18 @@ def test_equals_the_model_loss_on_a_tiny_gemma3(softcap):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(0)
-    config = Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=8,
-                              final_logit_softcapping=softcap, attn_implementation="eager")
+    config = Gemma3TextConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=8,
+        final_logit_softcapping=softcap,
+        attn_implementation="eager",
+    )
     model = Gemma3ForCausalLM(config)
     _check(model, config.vocab_size)
 

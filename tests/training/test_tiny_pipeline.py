@@ -33,16 +33,20 @@ RED_YELLOW = [
 
 def tiny_config(hf_dir, gguf_path) -> TrainConfig:
     return TrainConfig(
-        base_model=str(hf_dir), base_gguf=str(gguf_path),
+        base_model=str(hf_dir),
+        base_gguf=str(gguf_path),
         lr=1e-2,  # far above real LoRA rates: memorise in a few steps
-        max_steps=40, batch_size=2, grad_accum=1, lora_dropout=0.0, device="cpu",
+        max_steps=40,
+        batch_size=2,
+        grad_accum=1,
+        lora_dropout=0.0,
+        device="cpu",
     )
 
 
 def _train_and_export(tiny_llama, examples, out):
     hf_dir, gguf_path = tiny_llama
-    result = train(tiny_config(hf_dir, gguf_path), examples, examples, out / "peft",
-                   progress=False)
+    result = train(tiny_config(hf_dir, gguf_path), examples, examples, out / "peft", progress=False)
     adapter = export_gguf_adapter(out / "peft", out / "adapter.gguf", gguf_path)
     return result, adapter
 
@@ -73,8 +77,7 @@ def test_tokenizer_and_base_logits_match_llama_cpp(tiny_llama):
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     llm = llama_cpp.Llama(str(gguf_path), n_ctx=256, logits_all=True, verbose=False)
     try:
-        text = render_prompt([{"role": "user", "content": 'héllo  "wörld" 中 {"a": [1, 2]}\n\tok'}],
-                             COLOR_SCHEMA)
+        text = render_prompt([{"role": "user", "content": 'héllo  "wörld" 中 {"a": [1, 2]}\n\tok'}], COLOR_SCHEMA)
         ids = tok(text)["input_ids"]
         assert llm.tokenize(text.encode(), add_bos=True, special=True) == ids
         assert tok.decode(ids, skip_special_tokens=True) == text
@@ -94,15 +97,14 @@ def test_trained_adapter_reproduces_completions(blue_green, generator, tiny_llam
     assert result.steps == 40 and result.train_loss < 0.2 < result.first_loss
     assert result.eval_loss is not None and result.seconds_per_step > 0
     assert [text for _, text in result.sample_outputs] == [ex["completion"] for ex in BLUE_GREEN]
-    assert (result.out_dir and (adapter.parent / "peft" / "config.json").exists())
+    assert result.out_dir and (adapter.parent / "peft" / "config.json").exists()
     assert TrainConfig.from_json(adapter.parent / "peft").lora_r == 16
 
     for ex in BLUE_GREEN:
         assert generator.generate(_prompt(ex), adapter_path=adapter, max_tokens=32) == ex["completion"]
         assert generator.generate(_prompt(ex), max_tokens=32) != ex["completion"]
 
-    verdict = verify_adapter(tiny_llama[1], adapter, BLUE_GREEN, result.sample_outputs,
-                             generator=generator)
+    verdict = verify_adapter(tiny_llama[1], adapter, BLUE_GREEN, result.sample_outputs, generator=generator)
     assert verdict.ok and verdict.exact == 2, verdict.summary()
 
 
@@ -111,8 +113,7 @@ def test_schema_constrained_decoding_parses(blue_green, generator):
     report = evaluate(local_generate_fn(generator, adapter, max_tokens=32), BLUE_GREEN)
     assert report.exact_match == 1.0 and report.parse_valid == 1.0
     # the base alone is random, yet under a grammar its answer follows the schema
-    enum_schema = {"type": "object", "properties": {"color": {"enum": ["blue", "green"]}},
-                   "required": ["color"]}
+    enum_schema = {"type": "object", "properties": {"color": {"enum": ["blue", "green"]}}, "required": ["color"]}
     text = generator.generate(_prompt(BLUE_GREEN[0]), max_tokens=64, constraint=compile_schema(enum_schema))
     assert json.loads(text)["color"] in ("blue", "green")
 
@@ -121,8 +122,7 @@ def test_adapters_switch_on_one_model(blue_green, generator, tiny_llama, tmp_pat
     _, blue = blue_green
     _, red = _train_and_export(tiny_llama, RED_YELLOW, tmp_path)
     sky = _prompt(BLUE_GREEN[0])
-    outputs = [generator.generate(sky, adapter_path=a, max_tokens=32)
-               for a in (blue, red, blue, None, red)]
+    outputs = [generator.generate(sky, adapter_path=a, max_tokens=32) for a in (blue, red, blue, None, red)]
     assert outputs[0] == outputs[2] == '{"color": "blue"}'
     assert outputs[1] == outputs[4] == '{"color": "red"}'
     assert outputs[3] not in ('{"color": "blue"}', '{"color": "red"}')

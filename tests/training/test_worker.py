@@ -17,7 +17,9 @@ SCHEDULE = "from understudy.training.tasks import schedule_training; import json
 
 
 def schedule(env: dict) -> list[str]:
-    out = subprocess.run([str(VENV_BIN / "python"), "-c", SCHEDULE], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", SCHEDULE], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -28,9 +30,17 @@ def test_scheduler_and_worker_train_a_version(fake_upstream, isolated_data_dir, 
     proxy = start_proxy(isolated_data_dir, fake_upstream.url, env=env)
     worker = None
     try:
-        body = {"model": "m", "response_format": {"type": "json_schema", "json_schema": {"name": "Color", "schema": {
-            "type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}}},
-            "messages": [{"role": "user", "content": "Pick a color.\n\nthing = ('x', '')"}]}
+        body = {
+            "model": "m",
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "Color",
+                    "schema": {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]},
+                },
+            },
+            "messages": [{"role": "user", "content": "Pick a color.\n\nthing = ('x', '')"}],
+        }
         site = None
         for thing in ["sky", "sea", "sun", "moon", "leaf"]:
             body["messages"][0]["content"] = f"Pick a color.\n\nthing = ({thing!r}, '')"
@@ -42,11 +52,14 @@ def test_scheduler_and_worker_train_a_version(fake_upstream, isolated_data_dir, 
         assert schedule({**env, "UNDERSTUDY_QUIET_HOURS": closed}) == []
         jobs = json.loads(run_cli("jobs", "--json", "--data-dir", str(isolated_data_dir), env=env).stdout)
         assert jobs["quiet"] and jobs["jobs"] == []
-        assert [(s["id"], s["due"], s["reason"]) for s in jobs["sites"]] == [(site, True, "first version: 5 usable examples")]
+        assert [(s["id"], s["due"], s["reason"]) for s in jobs["sites"]] == [
+            (site, True, "first version: 5 usable examples")
+        ]
         assert schedule(env) == [site]
         jobs = json.loads(run_cli("jobs", "--json", "--data-dir", str(isolated_data_dir), env=env).stdout)
         assert [(j["site"], j["reason"], j["outcome"]) for j in jobs["jobs"]] == [
-            (site, "first version: 5 usable examples", "queued or running")]
+            (site, "first version: 5 usable examples", "queued or running")
+        ]
         # While that job waits for the worker, the next scheduling round starts no second one.
         assert schedule(env) == []
         assert jobs["sites"][0]["reason"].startswith("waiting: a job started ") and not jobs["sites"][0]["due"]
@@ -84,13 +97,22 @@ def test_train_without_now_enqueues_in_the_data_dir_it_was_given(fake_upstream, 
     proxy = start_proxy(isolated_data_dir, fake_upstream.url)
     try:
         for thing in ("sky", "sea"):  # a job needs two usable examples
-            body = {"model": "m", "messages": [{"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, '')"}]}
+            body = {
+                "model": "m",
+                "messages": [{"role": "user", "content": f"Pick a color.\n\nthing = ({thing!r}, '')"}],
+            }
             site = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=30).headers["x-understudy-site"]
         elsewhere = tmp_path / "elsewhere"  # the default data dir a stray queue would land in
         elsewhere.mkdir()
         env = {k: v for k, v in os.environ.items() if k != "UNDERSTUDY_DATA_DIR"}
-        out = subprocess.run([str(VENV_BIN / "understudy"), "train", site, "--data-dir", str(isolated_data_dir)],
-                             cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [str(VENV_BIN / "understudy"), "train", site, "--data-dir", str(isolated_data_dir)],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         assert str(isolated_data_dir) in out.stdout
         assert SqliteHuey("understudy", filename=str(isolated_data_dir / "huey.db")).pending_count() == 1
