@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both create .venv and install what they need):
 #   make serve   run the proxy with its embedded defaults (see `understudy up --help`)
 #   make test    run the whole default test suite (installs the Debian packages it needs first)
-.PHONY: serve test test-slow lint bench venv machine-packages
+.PHONY: serve test test-slow lint docs bench venv machine-packages
 
 ARGS ?=
 
@@ -20,6 +20,9 @@ test: venv machine-packages
 lint: venv
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+
+docs: venv
+	.venv/bin/python scripts/cli_reference.py
 
 test-slow: venv machine-packages
 	.venv/bin/python -m pytest -m slow $(ARGS)
