@@ -11,12 +11,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
-import jsonschema
 import msgspec
 
+from understudy import wire
 from understudy.client_keys import KEY_PREFIX
 from understudy.proxy.callsite import Identification
 from understudy.proxy.pricing import PriceTable
@@ -121,36 +120,8 @@ def first_content(completion: dict[str, Any] | None) -> str | None:
 
 
 def typed_output_valid(request: dict[str, Any], completion: dict[str, Any] | None) -> bool | None:
-    """Did the answer parse against the request's JSON schema? None when the call is untyped."""
-    schema = _json_schema_of(request.get("response_format"))
-    if schema is None:
-        return None
-    content = first_content(completion)
-    if content is None:
-        return False
-    try:
-        value = json.loads(content)
-    except ValueError:
-        return False
-    return _validator_for(_encoder.encode(schema).decode()).is_valid(value)
-
-
-def _json_schema_of(response_format: Any) -> dict[str, Any] | None:
-    if not isinstance(response_format, dict):
-        return None
-    if response_format.get("type") == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        return spec.get("schema") if isinstance(spec.get("schema"), dict) else {}
-    if response_format.get("type") == "json_object":
-        return {"type": "object"}
-    return None
-
-
-@lru_cache(maxsize=256)
-def _validator_for(schema_json: str) -> jsonschema.protocols.Validator:
-    schema = json.loads(schema_json)
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema)
+    """Did the answer parse against the request's JSON schema? None when the call is untyped (understudy.wire)."""
+    return wire.fits(first_content(completion), request.get("response_format"))
 
 
 def to_row(

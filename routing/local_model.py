@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from understudy import wire
 from understudy.routing.checked_sampling import AnswerChecks, SamplingPolicy, draw_until_valid, token_cap
 from understudy.routing.local_queue import LocalQueue
 from understudy.routing.scoring import local_verdict
@@ -62,15 +63,6 @@ class LocalAnswer:
     why: str = "ok"  # why it may not be served, when it may not
 
 
-def json_schema_of(response_format: Any) -> dict | None:
-    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        return schema if isinstance(schema, dict) else None
-    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
-        return {"type": "object"}
-    return None
-
-
 def render(request: dict[str, Any], variant: Variant) -> tuple[str, str | None]:
     """(prompt, its fixed prefix) in the version's site prompt; PromptMismatch when it cannot answer."""
     rendered = render_with_prefix(request, variant.prompt)
@@ -93,7 +85,7 @@ def checks_for(
     `understudy eval`, a training job's held-out set): the response schema tightened by the bound
     validator's `constrain`, and the serving gate (parses, fits the schema, passes the validator)."""
     response_format = request.get("response_format")
-    schema = json_schema_of(response_format)
+    schema = wire.response_schema(response_format)
     if schema is not None and validator is not None:
         schema = validator.constrain(schema)
     return AnswerChecks(
@@ -141,7 +133,7 @@ class QueuedModels:
     ) -> LocalAnswer:
         """A checked local answer (routing.checked_sampling): drawn again while it fails `checks`."""
         render(request, variant)  # PromptMismatch before any draw
-        checks = checks or AnswerChecks(json_schema_of(request.get("response_format")))
+        checks = checks or AnswerChecks(wire.response_schema(request.get("response_format")))
         cap = token_cap(checks, self.count_tokens)
         max_tokens = max_tokens_of(request) if cap is None else min(cap, max_tokens_of(request, default=cap))
         return draw_until_valid(

@@ -57,11 +57,9 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-import jsonschema
-
+from understudy import wire
 from understudy.routing.policy import check_field_types, merge_layers
 from understudy.validators import BoundValidator, Verdict
 
@@ -137,12 +135,12 @@ def score_pair(
     is_json, schema = _expected_output(response_format)
     components: dict[str, Component] = {}
 
-    upstream_value, upstream_error = _parse(upstream_text, is_json, schema)
+    upstream_value, upstream_error = _parse(upstream_text, response_format)
     upstream_verdict = validator(upstream_text) if validator is not None and upstream_error is None else None
     upstream_valid = upstream_error is None and (upstream_verdict is None or upstream_verdict.passed)
     components["upstream_valid"] = upstream_valid
 
-    local_value, error = _parse(local_text, is_json, schema)
+    local_value, error = _parse(local_text, response_format)
     components["parse_valid"] = error is None
     if error is not None:
         components["error"] = error
@@ -168,7 +166,7 @@ def score_pair(
     components["structural" if is_json else "semantic"] = raw
     if is_json:
         components["compared_fields"] = measure.fields
-    decoy_values = [v for v, e in (_parse(d, is_json, schema) for d in decoys[: policy.decoys]) if e is None]
+    decoy_values = [v for v, e in (_parse(d, response_format) for d in decoys[: policy.decoys]) if e is None]
     chance = _mean(measure(d, local_value) for d in decoy_values) if decoy_values else None
     components["decoys"] = len(decoy_values)
     components["chance"] = chance
@@ -184,8 +182,7 @@ def local_verdict(
 
     The serving gate; `score_pair` applies the same checks to both answers of a pair.
     """
-    is_json, schema = _expected_output(response_format)
-    error = _parse(text, is_json, schema)[1]
+    error = _parse(text, response_format)[1]
     if error is not None:
         return False, f"unusable: {error}"
     if validator is not None:
@@ -205,47 +202,13 @@ def _beyond_chance(raw: float, chance: float | None) -> float:
 
 
 def _expected_output(response_format: Mapping[str, Any] | None) -> tuple[bool, dict | None]:
-    """(is this a JSON site?, the json_schema to validate against, if any)."""
-    if not response_format:
-        return False, None
-    kind = response_format.get("type")
-    if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        return True, schema if isinstance(schema, dict) else None
-    if kind == "json_object":
-        return True, None
-    return False, None
+    """(is this a JSON site?, the schema its answers must fit), as understudy.wire reads them."""
+    return wire.is_json(response_format), wire.response_schema(response_format)
 
 
-def _parse(text: str | None, is_json: bool, schema: dict | None) -> tuple[Any, str | None]:
-    """The parsed answer and None, or (None, why it is unusable)."""
-    if text is None or not text.strip():
-        return None, "empty output"
-    if not is_json:
-        return text, None
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        return None, f"invalid JSON: {exc}"
-    if schema is not None:
-        try:
-            error = jsonschema.exceptions.best_match(_schema_validator(_canonical(schema)).iter_errors(value))
-        except jsonschema.exceptions.SchemaError:
-            # The upstream accepted this schema, so a schema jsonschema rejects is our
-            # limitation, not the answer's fault: fall back to "parses as JSON".
-            return value, None
-        if error is not None:
-            return None, f"schema: {error.message} at /{'/'.join(map(str, error.absolute_path))}"
-    return value, None
-
-
-@lru_cache(maxsize=256)
-def _schema_validator(schema_json: str) -> jsonschema.protocols.Validator:
-    # A site sends the same schema on every call; compile it once per distinct schema.
-    schema = json.loads(schema_json)
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+def _parse(text: str | None, response_format: Mapping[str, Any] | None) -> tuple[Any, str | None]:
+    """The parsed answer and None, or (None, why it is unusable): understudy.wire.check_answer."""
+    return wire.check_answer(text, response_format)
 
 
 # --- raw agreement ------------------------------------------------------------------------

@@ -18,9 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import jsonschema
-
-from understudy.training.prompt_format import json_schema_of
+from understudy import wire
 from understudy.validators import bind
 
 
@@ -59,23 +57,9 @@ def is_exact(answer: str, completion: str, json_typed: bool) -> bool:
 
 
 def parse_valid(answer: str, response_format: dict | None) -> bool | None:
-    """True/False for JSON-typed answers, None when the site answers free text."""
-    kind = (response_format or {}).get("type")
-    if kind not in ("json_schema", "json_object"):
-        return None
-    ok, value = _loads(answer)
-    if not ok:
-        return False
-    schema = json_schema_of(response_format)
-    if schema is None:
-        return True
-    try:
-        jsonschema.validate(value, schema)
-    except jsonschema.ValidationError:
-        return False
-    except jsonschema.SchemaError:
-        return True  # an unusable schema cannot fail the answer
-    return True
+    """True/False for JSON-typed answers (parses and fits the schema), None when the site answers
+    free text: understudy.wire.fits, as the recorder and the router read it."""
+    return wire.fits(answer, response_format)
 
 
 def evaluate(

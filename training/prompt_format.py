@@ -152,12 +152,3 @@ def render_prompt(
 def render_target(completion: str) -> str:
     """The training target: the exact upstream completion, then the end marker."""
     return completion + END_MARKER
-
-
-def json_schema_of(response_format: dict | None) -> dict | None:
-    """The JSON schema a local answer must follow (for grammar decoding), or None."""
-    if not response_format or response_format.get("type") != "json_schema":
-        return None
-    spec = response_format.get("json_schema") or {}
-    schema = spec.get("schema", spec)
-    return schema if isinstance(schema, dict) else None

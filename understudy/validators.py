@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from understudy import wire
 from understudy.byllm_prompt import CallArguments, call_arguments
 
 ENTRY_POINT_GROUP = "understudy.validators"
@@ -174,21 +175,6 @@ def load_validator(reference: str) -> ValidatorFn:
     return target
 
 
-def schema_name(response_format: Mapping[str, Any] | None) -> str | None:
-    """`response_format.json_schema.name`, or None for text / json_object sites."""
-    if not isinstance(response_format, Mapping) or response_format.get("type") != "json_schema":
-        return None
-    spec = response_format.get("json_schema")
-    name = spec.get("name") if isinstance(spec, Mapping) else None
-    return name if isinstance(name, str) else None
-
-
-def _schema(response_format: Mapping[str, Any] | None) -> dict[str, Any]:
-    spec = (response_format or {}).get("json_schema") if isinstance(response_format, Mapping) else None
-    schema = spec.get("schema") if isinstance(spec, Mapping) else None
-    return schema if isinstance(schema, dict) else {}
-
-
 class ValidatorRegistry:
     """Response type → validator reference (settings over entry points), loaded once each."""
 
@@ -208,12 +194,12 @@ class ValidatorRegistry:
         """The `module:function` that validates answers of this shape (None: no validator)."""
         if site_reference:
             return None if site_reference == DISABLED else site_reference
-        reference = self._by_type.get(schema_name(response_format) or "")
+        reference = self._by_type.get(wire.schema_name(response_format) or "")
         if reference is None:
             return None
         fn = self._load(reference)
         applies = getattr(fn, "applies_to", None)
-        if fn is None or (callable(applies) and not applies(_schema(response_format))):
+        if fn is None or (callable(applies) and not applies(wire.response_schema(response_format) or {})):
             return None
         return reference
 

@@ -18,7 +18,8 @@ from understudy.jac_examples.teacher.teacher import Teacher
 from understudy.routing.router import site_scoring
 from understudy.routing.scoring import AgreementScore, ScoringPolicy, score_pair
 from understudy.routing.similarity import Embedder, default_model_path, shared_embedder
-from understudy.validators import BoundValidator, ValidatorRegistry, schema_name
+from understudy.validators import BoundValidator, ValidatorRegistry
+from understudy.wire import schema_name
 
 POLICY = ScoringPolicy()
 

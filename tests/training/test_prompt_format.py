@@ -1,4 +1,5 @@
-from understudy.training.prompt_format import END_MARKER, STOP_SEQUENCES, json_schema_of, render_prompt, render_target
+from understudy import wire
+from understudy.training.prompt_format import END_MARKER, STOP_SEQUENCES, render_prompt, render_target
 from understudy.training.site_prompt import render_training_pair
 
 SCHEMA_RF = {
@@ -22,13 +23,15 @@ def test_schema_compact_in_given_order_before_assistant():
         '<|schema|>\n{"type":"object","properties":{"b":{"type":"integer"},"a":{"type":"string"}}}'
         "<|end|>\n<|assistant|>\n"
     )
-    assert json_schema_of(SCHEMA_RF)["properties"]["b"] == {"type": "integer"}
+    assert wire.response_schema(SCHEMA_RF)["properties"]["b"] == {"type": "integer"}
 
 
 def test_json_object_and_text_formats():
     assert "<|schema|>\njson<|end|>" in render_prompt([], {"type": "json_object"})
     assert "<|schema|>" not in render_prompt([], {"type": "text"})
-    assert json_schema_of({"type": "json_object"}) is None
+    # JSON mode asks for an object: decoding, the gate and evaluation all read it so (understudy.wire).
+    assert wire.response_schema({"type": "json_object"}) == {"type": "object"}
+    assert wire.response_schema({"type": "text"}) is None
 
 
 def test_deterministic_and_unicode_kept():
