@@ -41,6 +41,7 @@ from typing import Any
 import duckdb
 
 from understudy.byllm_prompt import call_arguments, first_user_index, first_user_text, split_prompt
+from understudy.migrations import transaction
 from understudy.store import SiteNotFound
 
 SCALE = (1, 5)
@@ -713,17 +714,12 @@ def import_set(cur: duckdb.DuckDBPyConnection, data: Any, reviewer: str | None =
             raise ReviewError(f"judgment {index + 1}: no reviewer (pass --reviewer NAME)")
         named.append((str(who), j))
     sites = set()
-    cur.execute("BEGIN")
-    try:
+    with transaction(cur):
         for index, (who, j) in enumerate(named):
             try:
                 sites.add(record_judgment(cur, who, j, source="import")["site"])
             except ReviewError as exc:
                 raise ReviewError(f"judgment {index + 1}: {exc}") from None
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
     return {"imported": len(named), "reviewers": sorted({who for who, _ in named}), "sites": sorted(sites)}
 
 

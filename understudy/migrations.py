@@ -7,11 +7,26 @@ step at the bottom; never edit one that has shipped (a user's file already ran i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import duckdb
 
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = []
+
+
+@contextmanager
+def transaction(cursor: Any) -> Iterator[Any]:
+    """BEGIN, then COMMIT when the block ends, ROLLBACK (and re-raise) when it raises. One spelling
+    for DuckDB cursors and the PostgreSQL adapter (autocommit mode, so BEGIN means the same)."""
+    cursor.execute("BEGIN")
+    try:
+        yield cursor
+    except BaseException:
+        cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
 
 
 def migration(fn: Callable[[duckdb.DuckDBPyConnection], None]):
@@ -282,13 +297,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     for name, step in MIGRATIONS:
         if name in done:
             continue
-        con.execute("BEGIN")
-        try:
+        with transaction(con):
             step(con)
             con.execute("INSERT INTO _migrations (name) VALUES (?)", [name])
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         applied.append(name)
     return applied

@@ -28,7 +28,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from understudy.migrations import migrate
+from understudy.migrations import migrate, transaction
 from understudy.store_postgres import MIGRATION_LOCK_KEY, PostgresDatabase, is_postgres_url
 
 CALL_COLUMNS = (
@@ -237,8 +237,7 @@ class Store:
     ) -> None:
         """New sites, calls, shadow and self-agreement results in one transaction: the group commit."""
         cur = self.cursor()
-        cur.execute("BEGIN")
-        try:
+        with transaction(cur):
             for chunk in _chunks(sites, _ROWS_PER_STATEMENT):
                 cur.execute(_insert_sql("sites", SITE_COLUMNS, len(chunk), on_conflict=True), _flatten(chunk))
                 cur.execute(
@@ -263,10 +262,6 @@ class Store:
                 cur.execute(_insert_sql("shadow_results", SHADOW_COLUMNS, len(chunk)), _flatten(chunk))
             for chunk in _chunks(self_agreement, _ROWS_PER_STATEMENT):
                 cur.execute(_insert_sql("self_agreement", SELF_AGREEMENT_COLUMNS, len(chunk)), _flatten(chunk))
-            cur.execute("COMMIT")
-        except Exception:
-            cur.execute("ROLLBACK")
-            raise
 
     def rename_site(self, ref: str, name: str) -> SiteRecord:
         """Give a site a new name; refused when empty or when another site is called that."""
