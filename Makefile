@@ -20,6 +20,7 @@ test: venv machine-packages
 lint: venv
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 
 docs: venv
 	.venv/bin/python scripts/cli_reference.py

@@ -35,6 +35,7 @@ from typing import Any
 
 import duckdb
 
+from understudy.db import Cursor
 from understudy.routing.registry import list_versions
 from understudy.store import Store
 from understudy.validators import ValidatorRegistry, bind, site_validator_reference
@@ -261,7 +262,7 @@ def _row(label: str, judged: list[dict[str, Any]], agreement: dict[str, Any] | N
     }
 
 
-def store_run(cur: duckdb.DuckDBPyConnection, result: dict[str, Any]) -> str:
+def store_run(cur: Cursor, result: dict[str, Any]) -> str:
     run_id = str(result.get("id") or uuid.uuid4().hex[:12])
     cur.execute(
         "INSERT OR REPLACE INTO eval_runs (id, site_id, ts, result) VALUES (?, ?, ?, ?)",
@@ -270,6 +271,6 @@ def store_run(cur: duckdb.DuckDBPyConnection, result: dict[str, Any]) -> str:
     return run_id
 
 
-def latest_run(cur: duckdb.DuckDBPyConnection, site_id: str) -> dict[str, Any] | None:
+def latest_run(cur: Cursor, site_id: str) -> dict[str, Any] | None:
     row = cur.execute("SELECT result FROM eval_runs WHERE site_id = ? ORDER BY ts DESC LIMIT 1", [site_id]).fetchone()
     return json.loads(row[0]) if row else None

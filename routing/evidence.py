@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import duckdb
-
+from understudy.db import Cursor
 from understudy.routing.partial import ShadowSample
 from understudy.routing.policy import Evidence, PromotionPolicy, SiteState
 
@@ -32,7 +31,7 @@ _AGREEMENT = (
 )
 
 
-def _since(cur: duckdb.DuckDBPyConnection, site_id: str):
+def _since(cur: Cursor, site_id: str):
     since = cur.execute(
         "SELECT coalesce(state_since, TIMESTAMPTZ '1970-01-01') FROM sites WHERE id = ?", [site_id]
     ).fetchone()
@@ -44,9 +43,7 @@ def evidence_phase(state: str) -> str:
     return "drift" if state in SERVING_STATES else "shadow"
 
 
-def evidence_samples(
-    cur: duckdb.DuckDBPyConnection, site_id: str, version: int, state: str, window: int
-) -> list[Sample]:
+def evidence_samples(cur: Cursor, site_id: str, version: int, state: str, window: int) -> list[Sample]:
     """The samples `decide` weighs for this version in this state, oldest first."""
     phase = evidence_phase(state)
     rows = cur.execute(
@@ -58,7 +55,7 @@ def evidence_samples(
     return samples[-window:] if phase == "drift" else samples
 
 
-def partial_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: int) -> list[ShadowSample]:
+def partial_samples(cur: Cursor, site_id: str, version: int) -> list[ShadowSample]:
     """The version's shadow samples since the site entered shadow, oldest first, for `routing.partial`."""
     rows = cur.execute(
         f"SELECT call_id, local_confidence, {_AGREEMENT.format(valid='local_valid')}, local_valid, upstream_valid "
@@ -69,7 +66,7 @@ def partial_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: int) 
     return [ShadowSample(*row) for row in rows]
 
 
-def paired_reference(cur: duckdb.DuckDBPyConnection, site_id: str, limit: int) -> dict[str, float]:
+def paired_reference(cur: Cursor, site_id: str, limit: int) -> dict[str, float]:
     """The teacher's self-agreement per call id (valid pairs, something compared), the `limit` most recent."""
     rows = cur.execute(
         f"SELECT call_id, a FROM (SELECT ts, call_id, {_AGREEMENT.format(valid='second_valid')} AS a "
@@ -86,7 +83,7 @@ def evidence_of(samples: Iterable[Sample], policy: PromotionPolicy) -> Evidence:
     return evidence
 
 
-def reference_scores(cur: duckdb.DuckDBPyConnection, site_id: str, window: int) -> list[float]:
+def reference_scores(cur: Cursor, site_id: str, window: int) -> list[float]:
     """The site's most recent self-agreement scores (valid pairs, something compared), oldest first."""
     rows = cur.execute(
         f"SELECT a FROM (SELECT ts, {_AGREEMENT.format(valid='second_valid')} AS a FROM self_agreement "
@@ -96,7 +93,7 @@ def reference_scores(cur: duckdb.DuckDBPyConnection, site_id: str, window: int) 
     return [float(score) for (score,) in reversed(rows)]
 
 
-def calibration_samples(cur: duckdb.DuckDBPyConnection, site_id: str, version: int) -> list[tuple[float, float]]:
+def calibration_samples(cur: Cursor, site_id: str, version: int) -> list[tuple[float, float]]:
     """(confidence, agreement) of the version's valid shadow answers with something compared.
 
     Invalid answers never reach the cascade (the serving gate stops them), so it is calibrated

@@ -51,12 +51,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import duckdb
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from understudy.db import Cursor
 from understudy.routing.cascade import calibrate
 from understudy.routing.evidence import (
     PAIRED_REFERENCE,
@@ -318,7 +318,7 @@ class SiteReport:
 
 
 def build_report(
-    cur: duckdb.DuckDBPyConnection,
+    cur: Cursor,
     site_ref: str | None = None,
     *,
     prices: Prices | None = None,
@@ -337,7 +337,7 @@ def build_report(
     ]
 
 
-def _site_rows(cur: duckdb.DuckDBPyConnection, site_ref: str | None) -> list[tuple]:
+def _site_rows(cur: Cursor, site_ref: str | None) -> list[tuple]:
     # An id or exact name, then a unique id prefix (render_report passes the id `Store.resolve_site`
     # found, which also knows a site's former names and lists candidates on a miss).
     select = "SELECT id, name, state, pinned, active_version, policy, partial_threshold FROM sites"
@@ -370,7 +370,7 @@ def _site_policy(base: PromotionPolicy, raw: str | None) -> PromotionPolicy:
 
 
 def _site_report(
-    cur: duckdb.DuckDBPyConnection, row: tuple, policy: PromotionPolicy, prices: Prices | None, audit_limit: int
+    cur: Cursor, row: tuple, policy: PromotionPolicy, prices: Prices | None, audit_limit: int
 ) -> SiteReport:
     site_id, name, state, pinned, active_version, _, threshold = row
     versions = _versions(cur, site_id, policy)
@@ -580,13 +580,13 @@ def _judgement_summary(j: Judgement, state: str, reference: list[float], policy:
 
 
 def _cascade(
-    cur: duckdb.DuckDBPyConnection, site_id: str, version: int, reference: list[float], policy: PromotionPolicy
+    cur: Cursor, site_id: str, version: int, reference: list[float], policy: PromotionPolicy
 ) -> CascadeSummary:
     c = calibrate(calibration_samples(cur, site_id, version), bar(reference, policy), policy.min_samples)
     return CascadeSummary(c.threshold, c.bar, c.n, 1.0, c.local_share, c.agreement_without, c.agreement_with)
 
 
-def _versions(cur: duckdb.DuckDBPyConnection, site_id: str, policy: PromotionPolicy) -> list[VersionInfo]:
+def _versions(cur: Cursor, site_id: str, policy: PromotionPolicy) -> list[VersionInfo]:
     rows = cur.execute(
         """
         SELECT version, status, base_model, epoch(created_at), note, metrics, control
@@ -613,9 +613,7 @@ def _versions(cur: duckdb.DuckDBPyConnection, site_id: str, policy: PromotionPol
     return out
 
 
-def _reported_version(
-    cur: duckdb.DuckDBPyConnection, site_id: str, active: int | None, versions: Sequence[VersionInfo]
-) -> int | None:
+def _reported_version(cur: Cursor, site_id: str, active: int | None, versions: Sequence[VersionInfo]) -> int | None:
     if active is not None:
         return active
     shadowed = cur.execute("SELECT max(version) FROM shadow_results WHERE site_id = ?", [site_id]).fetchone()[0]
@@ -625,7 +623,7 @@ def _reported_version(
 
 
 def _agreement_by_version(
-    cur: duckdb.DuckDBPyConnection, site_id: str, policy: PromotionPolicy, version: int | None = None
+    cur: Cursor, site_id: str, policy: PromotionPolicy, version: int | None = None
 ) -> list[AgreementSummary]:
     rows = cur.execute(
         """
@@ -650,14 +648,12 @@ def _agreement_by_version(
     return out
 
 
-def _agreement(cur: duckdb.DuckDBPyConnection, site_id: str, version: int, policy: PromotionPolicy) -> AgreementSummary:
+def _agreement(cur: Cursor, site_id: str, version: int, policy: PromotionPolicy) -> AgreementSummary:
     found = _agreement_by_version(cur, site_id, policy, version)
     return found[0] if found else AgreementSummary(version, 0, 0, None, 0.0, 1.0, None)
 
 
-def _shadow_latency(
-    cur: duckdb.DuckDBPyConnection, site_id: str, version: int | None
-) -> tuple[LatencyStats, LatencyStats]:
+def _shadow_latency(cur: Cursor, site_id: str, version: int | None) -> tuple[LatencyStats, LatencyStats]:
     if version is None:
         return LatencyStats(0, None, None), LatencyStats(0, None, None)
     row = cur.execute(
@@ -672,7 +668,7 @@ def _shadow_latency(
 
 
 def _estimated_costs(
-    cur: duckdb.DuckDBPyConnection, site_id: str, prices: Prices | None, bucket_s: int | None
+    cur: Cursor, site_id: str, prices: Prices | None, bucket_s: int | None
 ) -> list[tuple[float | None, float, int]]:
     """(bucket, dollars, calls) for successful upstream calls recorded without a cost.
 
@@ -699,7 +695,7 @@ def _estimated_costs(
     return out
 
 
-def _audit(cur: duckdb.DuckDBPyConnection, site_id: str, limit: int) -> list[AuditEntry]:
+def _audit(cur: Cursor, site_id: str, limit: int) -> list[AuditEntry]:
     rows = cur.execute(
         "SELECT epoch(ts), action, actor, detail FROM audit WHERE site_id = ? ORDER BY ts DESC LIMIT ?",
         [site_id, limit],
@@ -731,7 +727,7 @@ def _audit_reason(action: str, detail: Any) -> str:
     return f"{action}: {json.dumps(detail, separators=(', ', ': '), default=str)}"
 
 
-def _why(cur: duckdb.DuckDBPyConnection, site_id: str, assessment: str) -> str:
+def _why(cur: Cursor, site_id: str, assessment: str) -> str:
     """The newest audit row that explains the site's routing. Bookkeeping rows (a version
     registered, say) explain nothing and are passed over, however many came since; with no
     explaining row, the policy's own reading of the site."""
@@ -751,7 +747,7 @@ def _why(cur: duckdb.DuckDBPyConnection, site_id: str, assessment: str) -> str:
 # ---- time series ---------------------------------------------------------------------------
 
 
-def _bucket_width(cur: duckdb.DuckDBPyConnection, site_id: str) -> int:
+def _bucket_width(cur: Cursor, site_id: str) -> int:
     low, high = cur.execute(
         """
         SELECT min(t), max(t) FROM (
@@ -769,7 +765,7 @@ def _bucket_width(cur: duckdb.DuckDBPyConnection, site_id: str) -> int:
 
 
 def _series(
-    cur: duckdb.DuckDBPyConnection,
+    cur: Cursor,
     site_id: str,
     policy: PromotionPolicy,
     prices: Prices | None,
@@ -822,7 +818,7 @@ def _series(
     return TimeSeries(width, _agreement_series(cur, site_id, policy), traffic, latency, cost)
 
 
-def _agreement_series(cur: duckdb.DuckDBPyConnection, site_id: str, policy: PromotionPolicy) -> list[AgreementSeries]:
+def _agreement_series(cur: Cursor, site_id: str, policy: PromotionPolicy) -> list[AgreementSeries]:
     """Per version, the running mean of its comparable scores with its confidence sequence."""
     rows = cur.execute(
         "SELECT version, epoch(ts), score FROM shadow_results WHERE site_id = ? AND comparable ORDER BY version, ts, call_id",

@@ -10,8 +10,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-import duckdb
-
+from understudy.db import Cursor
 from understudy.routing.evaluation import latest_run
 from understudy.routing.reviews import format_alpha, format_interval, format_share, results
 
@@ -20,7 +19,7 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def site_sections(cur: duckdb.DuckDBPyConnection, site_ids: Sequence[str]) -> dict[str, str]:
+def site_sections(cur: Cursor, site_ids: Sequence[str]) -> dict[str, str]:
     out = {}
     for site_id in site_ids:
         parts = []

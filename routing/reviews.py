@@ -38,10 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from understudy.byllm_prompt import call_arguments, first_user_index, first_user_text, split_prompt
-from understudy.migrations import transaction
+from understudy.db import Cursor, transaction
 from understudy.store import SiteNotFound
 
 SCALE = (1, 5)
@@ -91,7 +89,7 @@ class ReviewError(ValueError):
 # ---- rubrics -------------------------------------------------------------------------------
 
 
-def _site(cur: duckdb.DuckDBPyConnection, site_ref: str) -> tuple[str, str, str | None]:
+def _site(cur: Cursor, site_ref: str) -> tuple[str, str, str | None]:
     """(id, name, schema name) by id, exact name or unique id prefix (Store.resolve_site's rules)."""
     rows = cur.execute(
         "SELECT id, name, schema_name FROM sites WHERE id = ? OR name = ?", [site_ref, site_ref]
@@ -105,7 +103,7 @@ def _site(cur: duckdb.DuckDBPyConnection, site_ref: str) -> tuple[str, str, str 
     return rows[0]
 
 
-def rubric_for(cur: duckdb.DuckDBPyConnection, site_ref: str) -> dict[str, Any]:
+def rubric_for(cur: Cursor, site_ref: str) -> dict[str, Any]:
     site_id, _, schema_name = _site(cur, site_ref)
     row = cur.execute("SELECT rubric FROM review_rubrics WHERE site_id = ?", [site_id]).fetchone()
     if row:
@@ -132,7 +130,7 @@ def validate_rubric(data: Any) -> dict[str, Any]:
     return {"criteria": out}
 
 
-def set_rubric(cur: duckdb.DuckDBPyConnection, site_ref: str, rubric: Any) -> dict[str, Any]:
+def set_rubric(cur: Cursor, site_ref: str, rubric: Any) -> dict[str, Any]:
     site_id = _site(cur, site_ref)[0]
     clean = validate_rubric(rubric)
     cur.execute(
@@ -149,7 +147,7 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def invite(cur: duckdb.DuckDBPyConnection, name: str) -> str:
+def invite(cur: Cursor, name: str) -> str:
     """A new token for reviewer `name` (an earlier one stops working); only its hash is stored."""
     name = name.strip()
     if not re.fullmatch(r"[\w.@-]{1,64}", name) or name == "admin":
@@ -162,7 +160,7 @@ def invite(cur: duckdb.DuckDBPyConnection, name: str) -> str:
     return token
 
 
-def reviewer_for_token(cur: duckdb.DuckDBPyConnection, token: str) -> str | None:
+def reviewer_for_token(cur: Cursor, token: str) -> str | None:
     if not token:
         return None
     row = cur.execute("SELECT name FROM reviewers WHERE token_sha256 = ?", [_hash(token)]).fetchone()
@@ -203,7 +201,7 @@ def _argument(values: dict[str, Any], name: str) -> Any:
     return "?"
 
 
-def _candidates(cur: duckdb.DuckDBPyConnection, site_id: str) -> list[dict[str, Any]]:
+def _candidates(cur: Cursor, site_id: str) -> list[dict[str, Any]]:
     """Shadow pairs not drawn before: the recorded upstream answer and a local version's, same input."""
     rows = cur.execute(
         """
@@ -262,7 +260,7 @@ def _allocate(sizes: dict[str, int], n: int) -> dict[str, int]:
     return alloc
 
 
-def sample_sizes(cur: duckdb.DuckDBPyConnection, site_ref: str) -> dict[str, dict[str, Any]]:
+def sample_sizes(cur: Cursor, site_ref: str) -> dict[str, dict[str, Any]]:
     """Per criterion: judgments needed for a ±HALF_WIDTH 95 % interval on each mean and on the difference."""
     site_id = _site(cur, site_ref)[0]
     rubric = rubric_for(cur, site_id)
@@ -285,7 +283,7 @@ def _needed(sd: float) -> int:
 
 
 def draw_plan(
-    cur: duckdb.DuckDBPyConnection,
+    cur: Cursor,
     site_ref: str,
     pairs: int,
     *,
@@ -353,7 +351,7 @@ def draw_plan(
 # ---- what a reviewer sees ------------------------------------------------------------------
 
 
-def next_item(cur: duckdb.DuckDBPyConnection, reviewer: str, site_ref: str | None = None) -> dict[str, Any] | None:
+def next_item(cur: Cursor, reviewer: str, site_ref: str | None = None) -> dict[str, Any] | None:
     """The next pair for this reviewer, blind: shared pairs first, then pairs nobody has judged."""
     where, params = "", [reviewer]
     if site_ref:
@@ -375,7 +373,7 @@ def next_item(cur: duckdb.DuckDBPyConnection, reviewer: str, site_ref: str | Non
     return view
 
 
-def blind_view(cur: duckdb.DuckDBPyConnection, item_id: str) -> dict[str, Any]:
+def blind_view(cur: Cursor, item_id: str) -> dict[str, Any]:
     """A pair as a reviewer may see it: input summary, sides A and B rendered, the rubric. Never
     the version, the stratum or which side is local."""
     row = cur.execute(
@@ -449,9 +447,7 @@ def _short(text: str, limit: int) -> str:
 # ---- judgments -----------------------------------------------------------------------------
 
 
-def record_judgment(
-    cur: duckdb.DuckDBPyConnection, reviewer: str, payload: Any, *, source: str = "page"
-) -> dict[str, Any]:
+def record_judgment(cur: Cursor, reviewer: str, payload: Any, *, source: str = "page") -> dict[str, Any]:
     """Validate and store one judgment (a reviewer judging a pair again replaces the earlier one)."""
     if not isinstance(payload, dict):
         raise ReviewError(
@@ -488,7 +484,7 @@ def record_judgment(
     return {"item": item_id, "reviewer": reviewer, "ts": ts.isoformat(), "site": site_id}
 
 
-def _judgment_rows(cur: duckdb.DuckDBPyConnection, site_id: str, version: int | None = None) -> list[dict[str, Any]]:
+def _judgment_rows(cur: Cursor, site_id: str, version: int | None = None) -> list[dict[str, Any]]:
     """Judgments unblinded: scores and preference per judgment as local / upstream."""
     sql = (
         "SELECT j.item_id, j.reviewer, j.scores, j.preference, j.local_side, i.version FROM review_judgments j "
@@ -520,7 +516,7 @@ def _judgment_rows(cur: duckdb.DuckDBPyConnection, site_id: str, version: int | 
 # ---- results -------------------------------------------------------------------------------
 
 
-def results(cur: duckdb.DuckDBPyConnection, site_ref: str) -> dict[str, Any]:
+def results(cur: Cursor, site_ref: str) -> dict[str, Any]:
     site_id, site_name, _ = _site(cur, site_ref)
     rubric = rubric_for(cur, site_id)
     items = cur.execute(
@@ -570,7 +566,7 @@ def _summary(rows: list[dict[str, Any]], rubric: dict[str, Any]) -> dict[str, An
     }
 
 
-def review_differences(cur: duckdb.DuckDBPyConnection, site_id: str, version: int) -> list[float]:
+def review_differences(cur: Cursor, site_id: str, version: int) -> list[float]:
     """One number per reviewed pair of `version`, in the order pairs were first judged: local
     minus upstream score averaged over the rubric's criteria and the pair's reviewers, scaled
     from the 1-5 scale to [-1, 1]. The pair is the unit because pairs are drawn at random and a
@@ -672,7 +668,7 @@ def _alpha_preference(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 # ---- offline review sets -------------------------------------------------------------------
 
 
-def export_set(cur: duckdb.DuckDBPyConnection, site_ref: str) -> dict[str, Any]:
+def export_set(cur: Cursor, site_ref: str) -> dict[str, Any]:
     """Every pair of the site, blind, with an empty judgments list for an offline reviewer to fill."""
     site_id, site_name, _ = _site(cur, site_ref)
     ids = [
@@ -700,7 +696,7 @@ def export_set(cur: duckdb.DuckDBPyConnection, site_ref: str) -> dict[str, Any]:
     }
 
 
-def import_set(cur: duckdb.DuckDBPyConnection, data: Any, reviewer: str | None = None) -> dict[str, Any]:
+def import_set(cur: Cursor, data: Any, reviewer: str | None = None) -> dict[str, Any]:
     """Store an offline reviewer's judgments; every judgment is checked before any is stored."""
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise ReviewError(f'not an exported review set (expected "format": "{EXPORT_FORMAT}")')

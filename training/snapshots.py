@@ -28,6 +28,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from understudy.db import Cursor
 from understudy.validators import BoundValidator
 
 # request -> the site's validator bound to that request's arguments (None: no validator)
@@ -69,7 +70,7 @@ class ExportCounts:
 
 
 def site_examples(
-    cur: duckdb.DuckDBPyConnection,
+    cur: Cursor,
     site_id: str,
     *,
     filtered: bool,

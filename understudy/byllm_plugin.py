@@ -287,21 +287,25 @@ def _wrap_call(original, streaming: bool, is_async: bool):
             _warn(f"could not redirect a request ({type(exc).__name__}: {exc})")
         return self, params
 
+    call: Any
     if is_async:
 
-        async def call(self, params):
+        async def call_async(self, params):
             return await original(*prepare(self, params))
+
+        call = call_async
     else:
 
-        def call(self, params):
+        def call_sync(self, params):
             return original(*prepare(self, params))
 
+        call = call_sync
     call.__wrapped__ = original
     call.__name__ = original.__name__
     return call
 
 
-def _install(model_cls: type) -> bool:
+def _install(model_cls: Any) -> bool:
     """Wrap byLLM's Model once per process; False (and one warning) when it cannot."""
     global _installed, _install_failed
     if _installed is not None:

@@ -200,7 +200,8 @@ class CallArguments(dict):
 
 def call_arguments(request: Mapping[str, Any]) -> CallArguments:
     """The arguments a request carries: byLLM's argument lines, and earlier tool calls."""
-    messages = request.get("messages") if isinstance(request.get("messages"), list) else []
+    given = request.get("messages")
+    messages: list[Any] = given if isinstance(given, list) else []
     tool_calls = _tool_calls(messages)
     index = first_user_index(messages)
     if index is not None and is_byllm(system_text(messages)):

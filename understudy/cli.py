@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -61,7 +61,7 @@ DataDir = Annotated[
 ]
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -185,7 +185,7 @@ def serve(
     typer.echo(f"understudy: upstream {settings.upstream_url} (key {key_note}); data in {settings.data_dir}", err=True)
     if settings.shared_store:
         typer.echo(
-            f"understudy: store {redacted(settings.store)} (shared; other processes' changes within "
+            f"understudy: store {redacted(settings.store or '')} (shared; other processes' changes within "
             f"{settings.sync_interval_s:g} s)",
             err=True,
         )
@@ -572,8 +572,8 @@ def export(
         lambda: StoreAccess(load_settings(data_dir=data_dir)).export(
             site,
             filtered=filtered,
-            jsonl=jsonl and str(jsonl.resolve()),
-            parquet=parquet and str(parquet.resolve()),
+            jsonl=str(jsonl.resolve()) if jsonl else None,
+            parquet=str(parquet.resolve()) if parquet else None,
             teacher_model=teacher,
         )
     )
@@ -978,7 +978,7 @@ def _version_number(text: str) -> int:
 
 def _answer_preview(response_json: str | None, width: int = 60) -> str:
     try:
-        message = json.loads(response_json)["choices"][0]["message"]
+        message = json.loads(response_json or "")["choices"][0]["message"]
         text = message.get("content") or json.dumps(message.get("tool_calls"))
     except (TypeError, ValueError, KeyError, IndexError):
         text = response_json or ""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -72,7 +74,7 @@ def generate_corpus(
         with Progress(*columns, disable=not progress) as bar, ThreadPoolExecutor(parallel) as pool:
             task = bar.add_task("corpus", total=runs)
             free = list(workdirs)
-            pending = {}
+            pending: dict[Any, Path] = {}
             next_run = 0
             while next_run < runs or pending:
                 while free and next_run < runs:

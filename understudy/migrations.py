@@ -7,35 +7,20 @@ step at the bottom; never edit one that has shipped (a user's file already ran i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
 
-import duckdb
+from understudy.db import Cursor, transaction
 
-MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = []
+MIGRATIONS: list[tuple[str, Callable[[Cursor], None]]] = []
 
 
-@contextmanager
-def transaction(cursor: Any) -> Iterator[Any]:
-    """BEGIN, then COMMIT when the block ends, ROLLBACK (and re-raise) when it raises. One spelling
-    for DuckDB cursors and the PostgreSQL adapter (autocommit mode, so BEGIN means the same)."""
-    cursor.execute("BEGIN")
-    try:
-        yield cursor
-    except BaseException:
-        cursor.execute("ROLLBACK")
-        raise
-    cursor.execute("COMMIT")
-
-
-def migration(fn: Callable[[duckdb.DuckDBPyConnection], None]):
+def migration(fn: Callable[[Cursor], None]):
     MIGRATIONS.append((fn.__name__, fn))
     return fn
 
 
 @migration
-def m001_calls_and_sites(con: duckdb.DuckDBPyConnection) -> None:
+def m001_calls_and_sites(con: Cursor) -> None:
     con.execute(
         """
         CREATE TABLE sites (
@@ -84,7 +69,7 @@ def m001_calls_and_sites(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m002_versions_shadow_audit(con: duckdb.DuckDBPyConnection) -> None:
+def m002_versions_shadow_audit(con: Cursor) -> None:
     con.execute(
         """
         CREATE TABLE model_versions (
@@ -136,20 +121,20 @@ def m002_versions_shadow_audit(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m003_call_provider(con: duckdb.DuckDBPyConnection) -> None:
+def m003_call_provider(con: Cursor) -> None:
     # `model` stays what the client asked for (maybe an alias); these say who really answered.
     con.execute("ALTER TABLE calls ADD COLUMN provider VARCHAR")
     con.execute("ALTER TABLE calls ADD COLUMN upstream_model VARCHAR")
 
 
 @migration
-def m004_site_tags(con: duckdb.DuckDBPyConnection) -> None:
+def m004_site_tags(con: Cursor) -> None:
     # The explicit tag (plugin's `<module>.<qualname>`, X-Understudy-Site) that names a site.
     con.execute("ALTER TABLE sites ADD COLUMN tag VARCHAR")
 
 
 @migration
-def m005_judging_against_the_teacher(con: duckdb.DuckDBPyConnection) -> None:
+def m005_judging_against_the_teacher(con: Cursor) -> None:
     # Extra upstream calls the proxy makes itself are calls too (cost, tokens, training data).
     con.execute("ALTER TABLE calls ADD COLUMN purpose VARCHAR DEFAULT 'client'")  # client | drift | self_check
     # Shadow results carry the pair's other half of the validity comparison, the phase they
@@ -179,7 +164,7 @@ def m005_judging_against_the_teacher(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m006_reviews_and_evals(con: duckdb.DuckDBPyConnection) -> None:
+def m006_reviews_and_evals(con: Cursor) -> None:
     # Blind human review (routing.reviews): the pairs drawn by a plan, each side's place fixed
     # at draw time so every reviewer sees the same blind order and the store knows which was which.
     con.execute(
@@ -235,7 +220,7 @@ def m006_reviews_and_evals(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m007_site_names(con: duckdb.DuckDBPyConnection) -> None:
+def m007_site_names(con: Cursor) -> None:
     # Every name a site has been known by (docstring slug, function or caller name, tag, renames):
     # a site's name depends on how its first calls arrived, so any of them finds it.
     con.execute(
@@ -257,14 +242,14 @@ def m007_site_names(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m008_call_client(con: duckdb.DuckDBPyConnection) -> None:
+def m008_call_client(con: Cursor) -> None:
     # Which client key made the call (the key's name from the keys file, never the key); NULL when
     # client keys are off or the proxy made the call itself before any client.
     con.execute("ALTER TABLE calls ADD COLUMN client VARCHAR")
 
 
 @migration
-def m009_honest_streams(con: duckdb.DuckDBPyConnection) -> None:
+def m009_honest_streams(con: Cursor) -> None:
     # Tokens the proxy estimated because the upstream sent no usage (NULL: no tokens at all).
     con.execute("ALTER TABLE calls ADD COLUMN usage_estimated BOOLEAN")
     # Upstream faults (proxy.retries): how often the upstream was asked, why earlier attempts failed.
@@ -273,7 +258,7 @@ def m009_honest_streams(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m010_local_tries(con: duckdb.DuckDBPyConnection) -> None:
+def m010_local_tries(con: Cursor) -> None:
     # Checked sampling (routing.checked_sampling): local draws made for an answer, served, refused
     # (on the upstream's call row) or shadowed. NULL: no local answer was drawn.
     con.execute("ALTER TABLE calls ADD COLUMN local_tries INTEGER")
@@ -281,13 +266,13 @@ def m010_local_tries(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m011_partial_threshold(con: duckdb.DuckDBPyConnection) -> None:
+def m011_partial_threshold(con: Cursor) -> None:
     # Partial promotion (routing.partial): the confidence at or above which a site in state
     # `partial` serves its local answers; NULL in every other state.
     con.execute("ALTER TABLE sites ADD COLUMN partial_threshold DOUBLE")
 
 
-def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+def migrate(con: Cursor) -> list[str]:
     """Apply pending steps; returns the names applied now."""
     con.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())"

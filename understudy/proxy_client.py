@@ -97,8 +97,8 @@ class StoreAccess(AdminClient):
                 store,
                 site,
                 filtered=filtered,
-                jsonl=jsonl and Path(jsonl),
-                parquet=parquet and Path(parquet),
+                jsonl=Path(jsonl) if jsonl else None,
+                parquet=Path(parquet) if parquet else None,
                 teacher_model=teacher_model,
                 validators=ValidatorRegistry(self.settings.validators),
             )
@@ -114,14 +114,14 @@ class StoreAccess(AdminClient):
         <data-dir>/exports/ and moved where it was asked for by this (the user's) process."""
         staged: dict[str, tuple[Path, Path]] = {}  # kind -> (staging path, target)
         sent: dict[str, str | None] = {}
-        for kind, target in targets.items():
-            if target is None or self.settings.within_data_dir(target):
-                sent[kind] = target
+        for kind, wanted in targets.items():
+            if wanted is None or self.settings.within_data_dir(wanted):
+                sent[kind] = wanted
                 continue
             stage_dir = self.settings.data_dir / "exports"
             stage_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             stage = stage_dir / f".staging-{secrets.token_hex(6)}.{kind}"
-            staged[kind] = (stage, Path(target))
+            staged[kind] = (stage, Path(wanted))
             sent[kind] = str(stage.resolve())
         try:
             result = self._admin(

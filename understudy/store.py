@@ -23,13 +23,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import pyarrow as pa
 
-from understudy.migrations import migrate, transaction
-from understudy.store_postgres import MIGRATION_LOCK_KEY, PostgresDatabase, is_postgres_url
+from understudy.db import Cursor, transaction
+from understudy.migrations import migrate
+from understudy.store_postgres import MIGRATION_LOCK_KEY, PostgresCursor, PostgresDatabase, is_postgres_url
 
 CALL_COLUMNS = (
     "id",
@@ -168,6 +169,7 @@ class Store:
         self.read_only = read_only
         self._local = threading.local()
         self.is_postgres = is_postgres_url(location)
+        self._con: PostgresDatabase | duckdb.DuckDBPyConnection
         if self.is_postgres:
             self.url = str(location)
             self.path = None
@@ -180,7 +182,7 @@ class Store:
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # recorded prompts: the owner's only
         try:
-            self._con = duckdb.connect(str(self.path), read_only=read_only)
+            con = self._con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise
@@ -188,7 +190,7 @@ class Store:
             who = f"process {holder.group(1)}" if holder else "another process"
             raise StoreBusy(f"the store {self.path} is in use by {who}; stop it or use another --data-dir") from None
         if not read_only:
-            migrate(self._con)
+            migrate(con)
             self.restrict_permissions()
 
     @classmethod
@@ -197,7 +199,7 @@ class Store:
         return cls(settings.store_location, read_only=read_only)
 
     def _migrate_postgres(self) -> None:
-        cur = self.cursor()
+        cur = cast(PostgresCursor, self.cursor())
         cur.raw("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
         try:
             migrate(cur)
@@ -215,7 +217,7 @@ class Store:
             except FileNotFoundError:
                 pass
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
+    def cursor(self) -> Cursor:
         """A per-thread cursor: DuckDB connections must not be shared across threads (on
         PostgreSQL, a connection per thread)."""
         cur = getattr(self._local, "cursor", None)
@@ -246,7 +248,9 @@ class Store:
                 )
             if calls and self.is_postgres:
                 width = len(CALL_COLUMNS)
-                cur.copy_rows("calls", CALL_COLUMNS, [tuple(row) + (None,) * (width - len(row)) for row in calls])
+                cast(PostgresCursor, cur).copy_rows(
+                    "calls", CALL_COLUMNS, [tuple(row) + (None,) * (width - len(row)) for row in calls]
+                )
             elif calls:
                 columns = list(zip(*calls))
                 # Rows built for an older column list: the columns added since are NULL (their default).
@@ -255,9 +259,10 @@ class Store:
                     [pa.array(column, type=field.type) for column, field in zip(columns, CALLS_ARROW_SCHEMA)],
                     schema=CALLS_ARROW_SCHEMA,
                 )
-                cur.register("_calls_batch", batch)
-                cur.execute(f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) SELECT * FROM _calls_batch")
-                cur.unregister("_calls_batch")
+                duck = cast(duckdb.DuckDBPyConnection, cur)
+                duck.register("_calls_batch", batch)
+                duck.execute(f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) SELECT * FROM _calls_batch")
+                duck.unregister("_calls_batch")
             for chunk in _chunks(shadows, _ROWS_PER_STATEMENT):
                 cur.execute(_insert_sql("shadow_results", SHADOW_COLUMNS, len(chunk)), _flatten(chunk))
             for chunk in _chunks(self_agreement, _ROWS_PER_STATEMENT):
@@ -380,7 +385,7 @@ class Store:
         )
         if not names:
             return f"no site matches {ref!r}: the store has no sites yet"
-        by_name = {}
+        by_name: dict[str, tuple[str, bool]] = {}
         for alias, site_id, current in names:
             by_name.setdefault(alias, (site_id, current))
         close = difflib.get_close_matches(ref, list(by_name), n=6, cutoff=0.5)

@@ -41,7 +41,8 @@ def redacted(url: str) -> str:
     except psycopg.ProgrammingError:
         return url.split("@")[-1]
     host, port, db = info.get("host", "localhost"), info.get("port", "5432"), info.get("dbname", "")
-    return f"postgresql://{info.get('user', '') + '@' if info.get('user') else ''}{host}:{port}/{db}"
+    user = info.get("user")
+    return f"postgresql://{f'{user}@' if user else ''}{host}:{port}/{db}"
 
 
 _PLACEHOLDER = "\x00understudy-parameter\x00"

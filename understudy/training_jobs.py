@@ -241,7 +241,7 @@ def retraining_status(store: Store, site: SiteRecord, min_examples: int, growth_
     at_last = now - usable_since(last.created_at)
     verdict = _last_verdict(store, site_id, last.version)
     if last.status == "failed" or verdict:
-        what = "failed" if last.status == "failed" else verdict["verdict"]
+        what = verdict["verdict"] if verdict and last.status != "failed" else "failed"
         new = usable_since(verdict["ts"] if verdict else last.created_at)
         if new >= min_examples:
             return True, f"v{last.version} {what}: {new} new usable examples since, {now} in all"
