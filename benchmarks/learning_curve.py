@@ -231,6 +231,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="Print the whole curve as one JSON object.")
     parser.add_argument("--plot", type=Path, default=None, help="Write the curve as a PNG.")
     parser.add_argument("--smoke", action="store_true", help="The tiny random model and a few calls (minutes).")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="Stop after this long (checked between batches) and summarize what was reached.",
+    )
     args = parser.parse_args()
 
     if args.smoke:
@@ -253,6 +259,7 @@ def main() -> None:
     phase = {site: "learn" if args.no_controls else "record" for site in sites}
     curve: list[dict[str, Any]] = []
     started = time.monotonic()
+    stopped = None  # why the run ended before every site had --max-calls calls
     try:
         batch = 0
         while True:
@@ -283,17 +290,24 @@ def main() -> None:
                 advance(access, settings, site, rows[site], row, phase, args)
             if all(calls.get(s, 0) >= args.max_calls for s in sites):
                 break
+            if args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
+                stopped = f"--max-minutes {args.max_minutes:g} reached"
+                break
             queued = run_scheduler(settings)
             if queued:
                 names = {row["id"]: returns for returns, row in rows.items()}
                 print(f"  scheduler queued: {', '.join(names.get(s, s) for s in queued)}", flush=True)
             wait_for_jobs(access, settings, worker, started)
+    except KeyboardInterrupt:  # summarize what was reached
+        stopped = "interrupted"
     finally:
         worker.stop()
         proxy.stop()
         teacher.stop()
     served = served_shares(settings, sites, args.max_calls)
     summary = summarize(curve, sites, served, args)
+    summary["stopped"] = stopped
+    summary["seconds"] = time.monotonic() - started
     if args.plot is not None:
         plot(curve, sites, args.plot)
         summary["plot"] = str(args.plot)
