@@ -14,8 +14,12 @@ serve: venv
 machine-packages:
 	./scripts/machine_packages.sh
 
+# The suite runs on two pytest-xdist workers (tests/conftest.py: which tests share a worker, and
+# the order they are handed out in); `make test PARALLEL=` runs it in one process.
+PARALLEL ?= -n 2 --dist loadgroup --no-loadscope-reorder
+
 test: venv machine-packages
-	.venv/bin/python -m pytest $(ARGS)
+	.venv/bin/python -m pytest $(PARALLEL) $(ARGS)
 
 lint: venv
 	.venv/bin/ruff check .

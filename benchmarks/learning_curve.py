@@ -49,11 +49,11 @@ from typing import Any
 
 import httpx
 
-from understudy.corpus import generate_corpus
+from understudy.cli.corpus import generate_corpus
+from understudy.cli.store_access import StoreAccess
 from understudy.processes import start_proxy, start_teacher, start_worker, understudy_executable
-from understudy.proxy_client import StoreAccess
 from understudy.settings import load_settings
-from understudy.training_jobs import base_control_result, scheduling_rules
+from understudy.training.jobs import base_control_result, scheduling_rules
 
 RPG_SITES = ("Level", "Map", "str", "int", "list")  # the showcase's five sites by return type
 SCHEDULE = (
@@ -73,7 +73,7 @@ def wait_for_backlog(url: str, limit_s: float) -> None:
 
 
 def site_rows(access: StoreAccess, wanted: list[str]) -> dict[str, dict]:
-    return {row["returns"]: row for row in access.sites() if row["returns"] in wanted}
+    return {row["returns"]: row for row in access.run("sites") if row["returns"] in wanted}
 
 
 def teacher_validity(access: StoreAccess, site: str, tmp: Path) -> float | None:
@@ -84,7 +84,7 @@ def teacher_validity(access: StoreAccess, site: str, tmp: Path) -> float | None:
 
 
 def snapshot(access: StoreAccess, returns: str, site: dict, phase: str, tmp: Path) -> dict[str, Any]:
-    [report] = json.loads(access.report(site["id"], "json"))
+    [report] = json.loads(access.run("report", site=site["id"], format="json").body)
     versions = {
         f"v{v['version']}": {
             "status": v["status"],
@@ -123,9 +123,9 @@ def snapshot(access: StoreAccess, returns: str, site: dict, phase: str, tmp: Pat
 def pin_unmeasured(access: StoreAccess, sites: list[str]) -> None:
     """Sites outside `--sites` are pinned to the upstream (`understudy pin SITE upstream`), so the
     scheduler trains none of them (a site pinned upstream is never trained)."""
-    for row in access.sites():
+    for row in access.run("sites"):
         if row["returns"] not in sites and not row.get("pinned"):
-            access.action(row["id"], {"action": "pin", "target": "upstream"})
+            access.run("action", site=row["id"], action="pin", target="upstream")
             print(f"  {row['returns']}: not measured, pinned to upstream", flush=True)
 
 
@@ -145,7 +145,7 @@ def wait_for_jobs(access: StoreAccess, settings, worker, started: float) -> None
     while True:
         pending = [
             j
-            for j in access.training_schedule(scheduling_rules(settings))["jobs"]
+            for j in access.run("training_schedule", rules=scheduling_rules(settings))["jobs"]
             if j["outcome"] == "queued or running"
         ]
         if not pending:
@@ -321,8 +321,8 @@ def advance(access: StoreAccess, settings, site: str, site_row: dict, row: dict,
     """The controls, in order: the base control once the site has enough calls, the shuffled
     control (queued for the worker) once the base one is decided, then the scheduler's versions."""
     if phase[site] == "record" and row["calls"] >= args.controls_at:
-        job = access.training_job(site_row["id"], control="base")
-        version = access.register(base_control_result(job))
+        job = access.run("training_job", site=site_row["id"], control="base")
+        version = access.run("register_version", result=base_control_result(job))
         print(f"  {site}: base control registered as v{version['version']} ({version['status']})", flush=True)
         phase[site] = "base"
     elif phase[site] == "base" and row["state"] != "shadow":

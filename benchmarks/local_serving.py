@@ -42,14 +42,14 @@ from pathlib import Path
 
 import httpx
 
+from understudy.inference.checked_sampling import SamplingPolicy
+from understudy.inference.local_model import LocalModels, Variant, checks_for
+from understudy.inference.site_prompt import SitePrompt
 from understudy.processes import free_port, start_teacher, wait_until_healthy
-from understudy.routing.checked_sampling import SamplingPolicy
-from understudy.routing.local_model import LocalModels, Variant, checks_for
 from understudy.routing.registry import register_version
 from understudy.routing.router import DECOY_POOL
 from understudy.settings import load_settings
 from understudy.store import Store
-from understudy.training.site_prompt import SitePrompt
 from understudy.validators import ValidatorRegistry
 
 

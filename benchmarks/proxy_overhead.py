@@ -5,8 +5,15 @@ the fake upstream; `hey` is the load generator; both pinned to CPU 0, the proxy 
 CPU 1, recording on (every request reaches DuckDB; the script checks the count).
 Needs Debian's nginx and hey: `apt-get install nginx-light hey`.
 
-    .venv/bin/python benchmarks/proxy_overhead.py [--requests 5000] [--concurrency 1 64]
+    .venv/bin/python benchmarks/proxy_overhead.py [--requests 5000] [--concurrency 1 64] [--paced 100]
+    .venv/bin/python benchmarks/proxy_overhead.py --baseline HEAD~3   # old and new proxy in one run
     .venv/bin/python benchmarks/proxy_overhead.py --smoke   # no nginx/hey: a Python upstream and client, 200 requests
+
+`--baseline REF` also runs the proxy as it was at git REF (a worktree of REF, its package put
+ahead of this checkout's on the proxy's PYTHONPATH; the venv is shared, so REF must need no other
+packages), beside the working tree's: each load is sent to the upstream directly, to the
+baseline proxy and to the new one in turn, so old and new are measured in one run on one
+machine. `--paced RPS` adds a row at concurrency 1 paced to RPS requests a second (hey -q).
 
 `--smoke` checks the harness end to end (proxy, recording, the figures) where nginx and hey are
 not installed; its numbers measure the Python upstream and client too, so they are not the
@@ -24,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import duckdb
@@ -77,8 +85,9 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def hey(url: str, requests: int, concurrency: int) -> dict[str, float]:
-    """hey's figures; it sends requests // concurrency * concurrency requests (`sent`)."""
+def hey(url: str, requests: int, concurrency: int, rate: float | None = None) -> dict[str, float]:
+    """hey's figures; it sends requests // concurrency * concurrency requests (`sent`); `rate`:
+    requests a second per worker (hey -q), else as fast as answers come."""
     out = subprocess.run(
         [
             "taskset",
@@ -89,6 +98,7 @@ def hey(url: str, requests: int, concurrency: int) -> dict[str, float]:
             str(requests),
             "-c",
             str(concurrency),
+            *(["-q", f"{rate:g}"] if rate else []),
             "-m",
             "POST",
             "-T",
@@ -111,8 +121,8 @@ def hey(url: str, requests: int, concurrency: int) -> dict[str, float]:
     return {"rps": rps, "p50": latencies[50], "p99": latencies[99], "sent": sum(int(n) for n in codes.values())}
 
 
-def python_load(url: str, requests: int, concurrency: int) -> dict[str, float]:
-    """hey's figures from an httpx client in threads (the --smoke stand-in for hey)."""
+def python_load(url: str, requests: int, concurrency: int, rate: float | None = None) -> dict[str, float]:
+    """hey's figures from an httpx client in threads (the --smoke stand-in for hey; `rate` is ignored)."""
     from concurrent.futures import ThreadPoolExecutor
 
     body = BODY.read_bytes()
@@ -162,10 +172,71 @@ def python_upstream(port: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code])
 
 
+def baseline_package(ref: str, tmp: Path) -> Path:
+    """A directory that, put first on PYTHONPATH, makes `understudy` the package as it was at git
+    `ref`: a worktree of `ref` with its kernel folder as the package and the component folders
+    linked in where pyproject's package-dir maps them."""
+    repo = HERE.parent
+    tree = tmp / "baseline-tree"
+    subprocess.run(
+        ["git", "-C", str(repo), "worktree", "add", "--quiet", "--detach", "--force", str(tree), ref], check=True
+    )
+    package = tmp / "baseline-pkg" / "understudy"
+    shutil.copytree(tree / "understudy", package)
+    # the ref's own mapping: its components are whatever folders it declared
+    mapping = tomllib.loads((tree / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for name, folder in mapping.items():
+        component = name.removeprefix("understudy.")
+        if name.count(".") == 1 and folder != "understudy" and not (package / component).exists():
+            (package / component).symlink_to(tree / folder)
+    return package.parent
+
+
+def remove_worktree(tmp: Path) -> None:
+    tree = tmp / "baseline-tree"
+    if tree.exists():
+        subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def console_entry(pyproject: Path) -> str:
+    """The `understudy` command's `module:function` as that pyproject declares it (the CLI moved
+    in 363900e, so a baseline's proxy is started through its own entry point, not ours)."""
+    return tomllib.loads(pyproject.read_text())["project"]["scripts"]["understudy"].split("#")[0].strip()
+
+
+def start_proxy(
+    pin: list[str], port: int, upstream_port: int, data_dir: Path, pythonpath: Path | None, entry: str
+) -> subprocess.Popen:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    module, function = entry.split(":")
+    return subprocess.Popen(
+        [
+            *pin,
+            sys.executable,
+            "-c",
+            f"import sys; from {module} import {function}; sys.argv[0] = 'understudy'; sys.exit({function}())",
+            "serve",
+            "--port",
+            str(port),
+            "--upstream-url",
+            f"http://127.0.0.1:{upstream_port}/v1",
+            "--data-dir",
+            str(data_dir),
+        ],
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=data_dir.parent,  # not the checkout: its package folder must not shadow a baseline's
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--paced", type=float, metavar="RPS", help="Also concurrency 1 paced to RPS requests a second.")
+    parser.add_argument("--baseline", metavar="REF", help="Also run the proxy as it was at this git ref.")
     parser.add_argument(
         "--smoke", action="store_true", help="200 requests at concurrency 1 and 4, no nginx or hey needed."
     )
@@ -185,7 +256,7 @@ def main() -> None:
     )
 
     tmp = Path(tempfile.mkdtemp(prefix="understudy-bench-"))
-    nginx_port, proxy_port = free_port(), free_port()
+    nginx_port = free_port()
     if args.smoke:
         nginx = python_upstream(nginx_port)
     else:
@@ -193,67 +264,96 @@ def main() -> None:
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, response=response))
         nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
         nginx = subprocess.Popen([*pin("0"), nginx_bin, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
-    data_dir = tmp / "data"
-    venv_bin = Path(sys.executable).parent
-    proxy = subprocess.Popen(
-        [
-            *pin("1"),
-            str(venv_bin / "understudy"),
-            "serve",
-            "--port",
-            str(proxy_port),
-            "--upstream-url",
-            f"http://127.0.0.1:{nginx_port}/v1",
-            "--data-dir",
-            str(data_dir),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    direct_url = f"http://127.0.0.1:{nginx_port}/v1/chat/completions"
-    proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
-    results = []
-    sent_through_proxy = 0
+    # The proxies under test: the working tree's ("proxy") and, with --baseline, REF's ("baseline").
+    labels = (["baseline"] if args.baseline else []) + ["proxy"]
+    proxies: dict[str, tuple[subprocess.Popen, int, Path]] = {}
+    sent = dict.fromkeys(labels, 0)
+    # (label of the row, concurrency, rate, direct figures, figures per proxy)
+    rows: list[tuple[str, int, float | None, dict, dict[str, dict]]] = []
     try:
+        for label in labels:
+            port, data_dir = free_port(), tmp / f"under-test-{label}" / "data"
+            data_dir.parent.mkdir(parents=True)
+            pythonpath = baseline_package(args.baseline, tmp) if label == "baseline" else None
+            tree = tmp / "baseline-tree" if label == "baseline" else HERE.parent
+            entry = console_entry(tree / "pyproject.toml")
+            proxies[label] = (start_proxy(pin("1"), port, nginx_port, data_dir, pythonpath, entry), port, data_dir)
         wait_http(f"http://127.0.0.1:{nginx_port}/")
-        wait_http(f"http://127.0.0.1:{proxy_port}/healthz")
-        # warm-up: connections, caches, the first DuckDB commits
-        sent_through_proxy += load(proxy_url, 50 if args.smoke else 500, 8 if not args.smoke else 2)["sent"]
-        for concurrency in args.concurrency:
-            direct = load(direct_url, args.requests, concurrency)
-            through = load(proxy_url, args.requests, concurrency)
-            sent_through_proxy += through["sent"]
-            results.append((concurrency, direct, through))
+        urls = {label: f"http://127.0.0.1:{port}/v1/chat/completions" for label, (_, port, _) in proxies.items()}
+        for label in labels:
+            wait_http(urls[label].removesuffix("/v1/chat/completions") + "/healthz")
+            # warm-up: connections, caches, the first DuckDB commits
+            sent[label] += load(urls[label], 50 if args.smoke else 500, 8 if not args.smoke else 2)["sent"]
+        direct_url = f"http://127.0.0.1:{nginx_port}/v1/chat/completions"
+        loads = [(str(c), c, None) for c in args.concurrency]
+        if args.paced and not args.smoke:
+            loads.append((f"1@{args.paced:g}/s", 1, args.paced))
+        for row_label, concurrency, rate in loads:
+            requests = args.requests if rate is None else min(args.requests, int(rate * 30))  # at most 30 s paced
+            direct = load(direct_url, requests, concurrency, rate)
+            through = {}
+            for label in labels:
+                through[label] = load(urls[label], requests, concurrency, rate)
+                sent[label] += through[label]["sent"]
+            rows.append((row_label, concurrency, rate, direct, through))
     finally:
-        proxy.terminate()
-        proxy.wait(60)
+        for process, _, _ in proxies.values():
+            process.terminate()
+            process.wait(60)
         nginx.terminate()
         nginx.wait(10)
+        remove_worktree(tmp)
 
-    con = duckdb.connect(str(data_dir / "understudy.duckdb"), read_only=True)
-    recorded = con.execute("SELECT count(*) FROM calls").fetchone()[0]
-    con.close()
+    recorded = {}
+    for label, (_, _, data_dir) in proxies.items():
+        con = duckdb.connect(str(data_dir / "understudy.duckdb"), read_only=True)
+        recorded[label] = con.execute("SELECT count(*) FROM calls").fetchone()[0]
+        con.close()
     shutil.rmtree(tmp, ignore_errors=True)
 
     body_kb = BODY.stat().st_size / 1024
     setup = "Python upstream and client (--smoke)" if args.smoke else "nginx upstream + hey on CPU 0, proxy on CPU 1"
     print(f"Proxy overhead, {body_kb:.2f} KB byLLM body, {setup}, recording on")
+    if args.baseline:
+        print(f"baseline: the proxy at {args.baseline}; proxy: the working tree")
     print(
-        f"{'conc':>4} {'direct rps':>11} {'proxy rps':>10} {'ratio':>6} {'direct p50':>11} {'proxy p50':>10} "
-        f"{'added p50':>10} {'direct p99':>11} {'proxy p99':>10} {'added p99':>10}"
+        f"{'load':>10} {'proxy':>8} {'direct rps':>11} {'proxy rps':>10} {'ratio':>6} {'direct p50':>11} "
+        f"{'proxy p50':>10} {'added p50':>10} {'direct p99':>11} {'proxy p99':>10} {'added p99':>10}"
     )
-    for concurrency, direct, through in results:
-        print(
-            f"{concurrency:>4} {direct['rps']:>11.0f} {through['rps']:>10.0f} {through['rps'] / direct['rps']:>6.0%} "
-            f"{direct['p50']:>9.2f}ms {through['p50']:>8.2f}ms {through['p50'] - direct['p50']:>8.2f}ms "
-            f"{direct['p99']:>9.2f}ms {through['p99']:>8.2f}ms {through['p99'] - direct['p99']:>8.2f}ms"
-        )
-    print(f"recorded {recorded} of {sent_through_proxy} proxied requests")
+    for row_label, _, _, direct, through in rows:
+        for label, figures in through.items():
+            print(
+                f"{row_label:>10} {label:>8} {direct['rps']:>11.0f} {figures['rps']:>10.0f} "
+                f"{figures['rps'] / direct['rps']:>6.0%} {direct['p50']:>9.2f}ms {figures['p50']:>8.2f}ms "
+                f"{figures['p50'] - direct['p50']:>8.2f}ms {direct['p99']:>9.2f}ms {figures['p99']:>8.2f}ms "
+                f"{figures['p99'] - direct['p99']:>8.2f}ms"
+            )
+    for label in labels:
+        print(f"{label}: recorded {recorded[label]} of {sent[label]} proxied requests")
     print(
         json.dumps(
             {
-                "results": [{"concurrency": c, "direct": d, "proxy": t} for c, d, t in results],
-                "recorded": recorded,
-                "sent": sent_through_proxy,
+                "results": [
+                    {
+                        "concurrency": c,
+                        "rate": rate,
+                        "direct": d,
+                        "proxy": t["proxy"],
+                        **({"baseline": t["baseline"]} if "baseline" in t else {}),
+                    }
+                    for _, c, rate, d, t in rows
+                ],
+                "recorded": recorded["proxy"],
+                "sent": sent["proxy"],
+                **(
+                    {
+                        "baseline_ref": args.baseline,
+                        "baseline_recorded": recorded["baseline"],
+                        "baseline_sent": sent["baseline"],
+                    }
+                    if args.baseline
+                    else {}
+                ),
             }
         )
     )

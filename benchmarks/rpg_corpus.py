@@ -14,10 +14,10 @@ import json
 import math
 from pathlib import Path
 
-from understudy.corpus import generate_corpus
-from understudy.exports import export_site
+from understudy.cli.corpus import generate_corpus
 from understudy.settings import load_settings
 from understudy.store import Store
+from understudy.training.exports import export_site
 
 
 def main() -> None:

@@ -25,9 +25,9 @@ import resource
 import time
 from pathlib import Path
 
+from understudy.inference import site_prompt
 from understudy.settings import load_settings
 from understudy.store import Store
-from understudy.training import site_prompt
 from understudy.training.pipeline import run_training_job
 from understudy.training.snapshots import site_examples, write_snapshot
 from understudy.validators import ValidatorRegistry, site_validator_for, site_validator_reference
@@ -132,7 +132,7 @@ def configure_smoke(args, settings) -> dict:
     from understudy.training.tiny_model import make_tiny_llama
 
     if not settings.db_path.exists():
-        from understudy.corpus import generate_corpus
+        from understudy.cli.corpus import generate_corpus
 
         generate_corpus(settings, runs=2, levels=2, parallel=1, progress=False)
     hf_dir, gguf = make_tiny_llama(args.data_dir / "tiny-model")

@@ -29,9 +29,9 @@ HELD_OUT = 40
 
 
 def prepare(data_dir: Path, out: Path, held_out: int, smoke: bool = False) -> None:
+    from understudy.inference import site_prompt
     from understudy.settings import load_settings
     from understudy.store import Store
-    from understudy.training import site_prompt
     from understudy.training.snapshots import site_examples
     from understudy.validators import ValidatorRegistry, site_validator_for
 
@@ -91,10 +91,10 @@ def diagnose(base: str, site: dict, device: str = "cuda") -> dict:
     """One bf16 micro-batch of 16 on `device`, left- and right-padded: are the loss and the LoRA gradients finite?"""
     import torch
 
+    from understudy.inference.site_prompt import SitePrompt
     from understudy.training.config import TrainConfig
     from understudy.training.encoding import collate, encode_examples
     from understudy.training.model_loading import add_lora, load_model, load_tokenizer
-    from understudy.training.site_prompt import SitePrompt
     from understudy.training.target_loss import target_loss
 
     config = TrainConfig.from_dict({**site["config"], "base_model": base, "lora_dropout": 0.0})
@@ -175,7 +175,7 @@ def run(
         try:
             result = train(config, site["train"], site["eval"], out / returns / "peft", progress=False)
             adapter = export_gguf_adapter(out / returns / "peft", out / returns / "adapter.gguf", base_gguf or base)
-            figures = {k: v for k, v in result.__dict__.items() if k not in ("sample_outputs",)}
+            figures = {k: v for k, v in result.__dict__.items() if k not in ("sample_outputs", "sample_tokens")}
             figures.update(
                 seconds_job=time.perf_counter() - started,
                 adapter_bytes=adapter.stat().st_size,

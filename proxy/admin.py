@@ -1,43 +1,37 @@
-"""The admin API: what the CLI uses while a proxy owns the DuckDB file.
+"""The admin API: the operations table (`understudy.operations`) mounted under /admin.
 
-Every route needs `Authorization: Bearer <admin token>` (the token is in the data
-directory's proxy.json, readable by the user who started the proxy). Reads first flush
-the recorder, so a `understudy sites` right after a request sees it. A site that does not
-exist is a 404 (mapped once, in `proxy.errors`). Every change is a job on the recorder's writer
-thread (`Recorder.run`): the store has one writer, and an operator's action is applied to the
-state as it is when the action runs, after everything queued before it.
+Every operation of the table is one route here, generated from its declaration (method, path,
+parameters); no route is written by hand. What the proxy adds is the `Live` context: reads first
+flush the recorder, so a `understudy sites` right after a request sees it; every change is a job
+on the recorder's writer thread (`Recorder.run`): the store has one writer, and an operator's
+action is applied to the state as it is when the action runs, after everything queued before
+it; a changed site is reloaded in the site registry and the router at once. Refusals are the
+operations' `OperationError`, answered as OpenAI-style errors (mapped once, in `proxy.errors`).
+
+Every route needs `Authorization: Bearer <admin token>` (the token is in the data directory's
+proxy.json, readable by the user who started the proxy). `GET /report` (outside /admin) is the
+report for a browser, with the token as a header or `?token=`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from litestar import Request, Response, Router, get, post
+from litestar import Request, Response, Router, get, route
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
+from litestar.handlers import HTTPRouteHandler
 from litestar.handlers.base import BaseRouteHandler
 
-from understudy.exports import export_site
+from understudy.operations import OPERATIONS, Context, Operation, Text
 from understudy.proxy.access import has_admin_token, same_token
 from understudy.proxy.errors import ProxyError
 from understudy.proxy.state import ProxyState
-from understudy.proxy.types import validation_error
-from understudy.reports import render_report
-from understudy.routing.actions import ActionError, policy_view, run_action
-from understudy.routing.registry import list_versions
-from understudy.store import SiteNameTaken
-from understudy.training_jobs import (
-    NotEnoughData,
-    PathOutsideDataDir,
-    confine_result,
-    job_started,
-    manual_reason,
-    prepare_job,
-    register_result,
-    training_candidates,
-    training_schedule,
-)
+from understudy.reporting.views import render_report
+from understudy.store import SiteRecord, Store
+
+T = TypeVar("T")
 
 
 def require_admin_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -47,192 +41,51 @@ def require_admin_token(connection: ASGIConnection, _: BaseRouteHandler) -> None
         raise NotAuthorizedException("admin token missing or wrong")
 
 
-def _proxy(request: Request) -> ProxyState:
-    proxy: ProxyState = request.app.state.proxy
-    proxy.recorder.flush()
-    return proxy
+class LiveProxy:
+    """The running proxy as an operation sees it (`operations.base.Live`)."""
+
+    def __init__(self, proxy: ProxyState, base_url: str):
+        self.proxy = proxy
+        self.base_url = base_url
+        self.router = proxy.router
+        self.upstream_table = proxy.upstream.table
+
+    def flush(self) -> None:
+        self.proxy.recorder.flush()
+
+    def write(self, job: Callable[[Store], T]) -> T:
+        return self.proxy.recorder.run(job)
+
+    def refresh_site(self, site_id: str) -> None:
+        self.proxy.refresh_site(site_id)
+
+    def replace_site(self, record: SiteRecord) -> None:
+        self.proxy.sites.replace(record)
+
+    def review_changed(self, site_id: str) -> None:
+        self.proxy.router.review_changed(site_id)
 
 
-@get("/sites", sync_to_thread=True)
-def list_sites(request: Request) -> list[dict]:
-    return _proxy(request).store.site_summaries()
+def _litestar_path(path: str) -> str:
+    return path.replace("}", ":str}")
 
 
-@get("/sites/{site_ref:str}/calls", sync_to_thread=True)
-def site_calls(request: Request, site_ref: str, limit: int = 20) -> list[dict]:
-    if limit < 1:
-        raise ProxyError(400, f"limit must be at least 1, not {limit}", code="invalid_limit", param="limit")
-    return _proxy(request).store.recent_calls(site_ref, limit)
+def admin_route(op: Operation) -> HTTPRouteHandler:
+    """The route of one operation: its arguments from the path, query or JSON body, run with the
+    proxy's live state (a blocking operation in a worker thread), its result as JSON or text."""
 
+    async def handler(request: Request) -> Response:
+        proxy: ProxyState = request.app.state.proxy
+        body = (await request.json()) if op.method == "POST" else None
+        args = op.args_from_http(request.path_params, request.query_params, body)
+        ctx = Context(proxy.settings, proxy.store, LiveProxy(proxy, str(request.base_url).rstrip("/")))
+        result: Any = await op.call_async(ctx, args)
+        if isinstance(result, Text):
+            return Response(result.body, media_type=f"{result.media_type}; charset=utf-8")
+        return Response(result, status_code=200, media_type="application/json")
 
-@post("/sites/{site_ref:str}/rename", sync_to_thread=True, status_code=200)
-def rename_site(request: Request, site_ref: str, data: dict[str, str]) -> dict:
-    name = data.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ProxyError(400, "the new name must not be empty", code="invalid_name", param="name")
-    proxy = _proxy(request)
-    try:
-        record = proxy.recorder.run(lambda store: store.rename_site(site_ref, name))
-    except SiteNameTaken as exc:
-        raise ProxyError(409, str(exc), code="name_taken", param="name") from None
-    proxy.sites.replace(record)
-    return {"id": record.id, "name": record.name}
-
-
-@post("/sites/{site_ref:str}/export", sync_to_thread=True, status_code=200)
-def export_dataset(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
-    """Write the site's dataset (JSONL and/or Parquet) to the given paths, which must lie inside the
-    data dir (the CLI stages files there and copies them out); the proxy owns the store."""
-    proxy = _proxy(request)
-    jsonl, parquet = _path_or_none(data.get("jsonl")), _path_or_none(data.get("parquet"))
-    for param, path in (("jsonl", jsonl), ("parquet", parquet)):
-        if path is not None and not proxy.settings.within_data_dir(path):
-            raise ProxyError(
-                400,
-                f"export path {path} is outside the data dir {proxy.settings.data_dir}: the proxy "
-                "writes only there (`understudy export` copies the file where you asked)",
-                code="path_outside_data_dir",
-                param=param,
-            )
-    return export_site(
-        proxy.store,
-        site_ref,
-        filtered=bool(data.get("filtered", True)),
-        jsonl=jsonl,
-        parquet=parquet,
-        teacher_model=data.get("teacher_model"),
-        validators=proxy.router.validators,
-    )
-
-
-@post("/sites/{site_ref:str}/training-job", sync_to_thread=True, status_code=200)
-def training_job(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
-    """Snapshot the site's dataset and return the job a worker runs."""
-    proxy = _proxy(request)
-    try:
-        job = prepare_job(proxy.store, proxy.settings, site_ref, data.get("config") or {}, data.get("control"))
-    except (NotEnoughData, ValueError) as exc:
-        raise ProxyError(409, str(exc), code="not_enough_data") from None
-    if job["control"] != "base":  # a base control is registered at once, nothing is trained
-        proxy.recorder.run(lambda store: job_started(store, job, manual_reason(job), "cli"))
-    return job
-
-
-@post("/training/candidates", sync_to_thread=True, status_code=200)
-def training_candidates_route(request: Request, data: dict[str, Any]) -> list[dict]:
-    """Jobs for the sites that should train now under the worker's rules (`retraining_reason`,
-    quiet window open), each with its reason, which the site's audit also records."""
-    proxy = _proxy(request)
-    try:
-        candidates, _ = training_candidates(proxy.store, data)
-    except ValueError as exc:
-        raise ProxyError(400, str(exc), code="invalid_rules") from None
-    jobs = []
-    for site_id, reason in candidates:
-        try:
-            job = prepare_job(proxy.store, proxy.settings, site_id)
-        except NotEnoughData:
-            continue
-        jobs.append({**job, "reason": reason})
-        proxy.recorder.run(lambda store, job=job, reason=reason: job_started(store, job, reason, "scheduler"))
-    return jobs
-
-
-@post("/training/schedule", sync_to_thread=True, status_code=200)
-def training_schedule_route(request: Request, data: dict[str, Any]) -> dict:
-    """`understudy jobs`: the quiet window, each site's next job and why, recent jobs and their outcomes."""
-    try:
-        return training_schedule(_proxy(request).store, data)
-    except ValueError as exc:
-        raise ProxyError(400, str(exc), code="invalid_rules") from None
-
-
-@post("/versions", sync_to_thread=True, status_code=200)
-def register_version_route(request: Request, data: dict[str, Any]) -> dict:
-    """A worker's training result becomes the site's next version (activated if it earned it); its
-    adapter and snapshot must lie inside the data dir (the local model would load any file named)."""
-    proxy = _proxy(request)
-    try:
-        confine_result(data, proxy.settings)
-    except PathOutsideDataDir as exc:
-        raise ProxyError(400, str(exc), code="path_outside_data_dir", param=exc.field) from None
-    version = proxy.recorder.run(lambda store: register_result(store, data))
-    proxy.refresh_site(data["site_id"])
-    return version
-
-
-@get("/sites/{site_ref:str}/versions", sync_to_thread=True)
-def site_versions(request: Request, site_ref: str) -> list[dict]:
-    proxy = _proxy(request)
-    return [v.to_dict() for v in list_versions(proxy.store, proxy.store.resolve_site(site_ref).id)]
-
-
-@post("/sites/{site_ref:str}/action", sync_to_thread=True, status_code=200)
-def site_action(request: Request, site_ref: str, data: dict[str, Any]) -> dict:
-    """pin / unpin / rollback / promote, effective for the next request."""
-    proxy = _proxy(request)
-    try:
-        record = proxy.recorder.run(lambda store: run_action(store, site_ref, data))
-    except ActionError as exc:
-        raise ProxyError(409, str(exc), code="action_refused") from None
-    proxy.refresh_site(record.id)
-    if data.get("action") == "policy":  # what the site's policy is now, to print
-        return {
-            **record.__dict__,
-            "policy": policy_view(
-                proxy.store, record.id, proxy.settings.routing_policy, proxy.settings.sampling_policy
-            ),
-        }
-    return record.__dict__
-
-
-@get("/sites/{site_ref:str}/policy", sync_to_thread=True)
-def site_policy(request: Request, site_ref: str) -> dict:
-    """The site's own overrides and the settings in effect."""
-    proxy = _proxy(request)
-    site = proxy.store.resolve_site(site_ref)
-    return {
-        "id": site.id,
-        "name": site.name,
-        "policy": policy_view(proxy.store, site.id, proxy.settings.routing_policy, proxy.settings.sampling_policy),
-    }
-
-
-@post("/score", sync_to_thread=True, status_code=200)
-def score_pair_route(request: Request, data: dict[str, Any]) -> dict:
-    """One (upstream, local) pair scored exactly as this proxy's shadow mode would (`understudy score`)."""
-    from understudy.pair_scoring import score_request
-
-    chat_request, upstream, local = data.get("request"), data.get("upstream"), data.get("local")
-    if not isinstance(chat_request, dict) or not isinstance(upstream, str) or not isinstance(local, str):
-        raise ProxyError(
-            400, 'body must be {"request": {...}, "upstream": "...", "local": "..."}', code="invalid_score"
-        )
-    problem = validation_error(chat_request)
-    if problem is not None:
-        raise ProxyError(400, f"invalid chat completion request: {problem}", code="invalid_request")
-    proxy = _proxy(request)
-    return score_request(proxy.router, proxy.store, chat_request, upstream, local)
-
-
-@get("/upstreams")
-async def upstream_routes(request: Request, check: bool = False) -> dict:
-    """The routes this proxy forwards by (its own settings and config), checked from here with `check`."""
-    from understudy.proxy.upstream_check import describe_upstreams
-
-    proxy: ProxyState = request.app.state.proxy
-    return await describe_upstreams(proxy.upstream.table, check)
-
-
-@get("/report", sync_to_thread=True, media_type="text/plain")
-def admin_report(request: Request, site: str = "", format: str = "text", color: int = 0, width: int = 120) -> Response:
-    proxy = _proxy(request)
-    try:
-        text = render_report(proxy.store, proxy.settings, site or None, format, color=bool(color), width=width)
-    except ValueError as exc:
-        raise ProxyError(400, str(exc), code="invalid_format") from None
-    media = {"html": "text/html", "json": "application/json"}.get(format, "text/plain")
-    return Response(text, media_type=f"{media}; charset=utf-8")
+    handler.__doc__ = op.run.__doc__
+    return route(_litestar_path(op.path), http_method=[op.method], name=f"admin:{op.name}")(handler)
 
 
 @get("/report", sync_to_thread=True, include_in_schema=True, tags=["Operations"], summary="Shadow-mode report (HTML)")
@@ -255,28 +108,9 @@ def public_report(request: Request, site: str = "") -> Response:
     )
 
 
-def _path_or_none(value: Any) -> Path | None:
-    return Path(value) if value else None
-
-
 admin_router = Router(
     path="/admin",
-    route_handlers=[
-        list_sites,
-        site_calls,
-        rename_site,
-        export_dataset,
-        training_job,
-        training_candidates_route,
-        training_schedule_route,
-        register_version_route,
-        site_versions,
-        site_action,
-        site_policy,
-        score_pair_route,
-        upstream_routes,
-        admin_report,
-    ],
+    route_handlers=[admin_route(op) for op in OPERATIONS.values()],
     guards=[require_admin_token],
     include_in_schema=False,
 )

@@ -18,6 +18,9 @@ from litestar import Router as RouteGroup
 from litestar.openapi import OpenAPIConfig
 
 from understudy.client_keys import access_for
+from understudy.inference.local_model import LocalModels
+from understudy.inference.model_server import ServedModels
+from understudy.pricing import PriceTable
 from understudy.proxy.access import require_client_key
 from understudy.proxy.admin import admin_router, public_report
 from understudy.proxy.api_docs import render_plugins
@@ -25,7 +28,6 @@ from understudy.proxy.call_record import mask_text
 from understudy.proxy.chat import chat_completions
 from understudy.proxy.errors import EXCEPTION_HANDLERS, error_response
 from understudy.proxy.metrics import ProxyMetrics
-from understudy.proxy.pricing import PriceTable
 from understudy.proxy.recorder import Recorder
 from understudy.proxy.review import review_routes
 from understudy.proxy.site_registry import CONVERSATION_MEMORY, OVERFLOW_KIND, SiteRegistry
@@ -33,13 +35,11 @@ from understudy.proxy.site_sync import SiteSync
 from understudy.proxy.state import ProxyState
 from understudy.proxy.upstream import Upstream
 from understudy.proxy.upstreams import UpstreamTable, local_server_config
-from understudy.routing.local_model import LocalModels
-from understudy.routing.model_server import ServedModels
 from understudy.routing.router import Router
 from understudy.routing.similarity import cosine_similarity
 from understudy.settings import Settings
 from understudy.store import Store
-from understudy.training_jobs import register_pending_results
+from understudy.training.jobs import register_pending_results
 from understudy.validators import ValidatorRegistry
 
 

@@ -17,9 +17,10 @@ import msgspec
 
 from understudy import wire
 from understudy.client_keys import KEY_PREFIX
+from understudy.pricing import PriceTable
 from understudy.proxy.callsite import Identification
-from understudy.proxy.pricing import PriceTable
 from understudy.proxy.stream_assembly import assemble_completion
+from understudy.rows import CallRow
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -50,7 +51,7 @@ class PendingCall:
     latency_ms: float
     response_body: bytes | None = None  # the upstream body, or the concatenated SSE bytes
     error: str | None = None
-    response_obj: dict[str, Any] | None = field(default=None)  # a completion the proxy built itself
+    response_obj: dict[str, Any] | None = field(default=None)  # the completion, when built or decoded already
     provider: str | None = None  # openai | anthropic | gemini | openai-compatible | local
     upstream_model: str | None = None  # the model the upstream was asked for (after aliases)
     price: tuple[float, float] | None = None  # the route's own price, overriding the table
@@ -59,7 +60,7 @@ class PendingCall:
     sse: bool = False  # response_body holds the relayed SSE bytes (a stream that started, complete or not)
     attempts: int = 0  # times the upstream was asked (retries + 1); 0: it was not asked
     retried_for: str | None = None  # why the earlier attempts were retried ("http 429; ReadTimeout")
-    local_tries: int | None = None  # local draws made for this call (routing.checked_sampling); None: none made
+    local_tries: int | None = None  # local draws made for this call (inference.checked_sampling); None: none made
 
 
 def mask_text(text: str, secrets: tuple[str, ...]) -> str:
@@ -113,6 +114,8 @@ def completion_of(call: PendingCall) -> dict[str, Any] | None:
 
 
 def first_content(completion: dict[str, Any] | None) -> str | None:
+    if completion is None:
+        return None
     try:
         return completion["choices"][0]["message"].get("content")
     except (KeyError, IndexError, TypeError, AttributeError):
@@ -131,8 +134,8 @@ def to_row(
     prices: PriceTable,
     secrets: tuple[str, ...],
     completion: dict[str, Any] | None = None,
-) -> tuple:
-    """The `calls` row, in `store.CALL_COLUMNS` order (`completion`: `completion_of(call)`, if already built)."""
+) -> CallRow:
+    """The `calls` row (`completion`: `completion_of(call)`, if already built)."""
     completion = completion if completion is not None else completion_of(call)
     usage = (completion or {}).get("usage") or {}
     prompt_tokens = _token_count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
@@ -146,39 +149,40 @@ def to_row(
         prompt_tokens, completion_tokens = estimate_usage(call.request, completion)
         estimated = True
     priced_model = call.upstream_model or model
+    cost: float | None
     if call.price == (0.0, 0.0):
         cost = 0.0  # a free upstream costs nothing, tokens counted or not
     elif call.price is not None and prompt_tokens is not None:
         cost = (prompt_tokens * call.price[0] + (completion_tokens or 0) * call.price[1]) / 1_000_000
     else:
         cost = prices.cost(priced_model, prompt_tokens, completion_tokens)
-    return (
-        call_id,
-        datetime.fromtimestamp(call.ts, UTC),
-        call.identification.site_id,
-        model,
-        call.served_by,
-        call.stream,
-        call.identification.turn,
-        call.identification.conversation,
-        retry_of,
-        mask_text(_encoder.encode(call.request).decode(), secrets),
-        mask_text(_encoder.encode(completion).decode(), secrets) if completion is not None else None,
-        call.status,
-        mask_text(call.error, secrets) if call.error else call.error,
-        call.latency_ms,
-        prompt_tokens,
-        completion_tokens,
-        cost if billed and call.served_by == "upstream" else 0.0 if ok else None,
-        typed_output_valid(call.request, completion) if ok else None,
-        call.provider,
-        call.upstream_model,
-        call.purpose,
-        call.client,
-        estimated,
-        call.attempts or None,
-        call.retried_for,
-        call.local_tries,
+    return CallRow(
+        id=call_id,
+        ts=datetime.fromtimestamp(call.ts, UTC),
+        site_id=call.identification.site_id,
+        model=model,
+        served_by=call.served_by,
+        stream=call.stream,
+        turn=call.identification.turn,
+        conversation=call.identification.conversation,
+        retry_of=retry_of,
+        request=mask_text(_encoder.encode(call.request).decode(), secrets),
+        response=mask_text(_encoder.encode(completion).decode(), secrets) if completion is not None else None,
+        status=call.status,
+        error=mask_text(call.error, secrets) if call.error else call.error,
+        latency_ms=call.latency_ms,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=cost if billed and call.served_by == "upstream" else 0.0 if ok else None,
+        valid=typed_output_valid(call.request, completion) if ok else None,
+        provider=call.provider,
+        upstream_model=call.upstream_model,
+        purpose=call.purpose,
+        client=call.client,
+        usage_estimated=estimated,
+        attempts=call.attempts or None,
+        retried_for=call.retried_for,
+        local_tries=call.local_tries,
     )
 
 
@@ -193,8 +197,10 @@ TOKENS_PER_MESSAGE = 3
 
 def estimate_usage(request: dict[str, Any], completion: dict[str, Any]) -> tuple[int, int]:
     """(prompt_tokens, completion_tokens) estimated from the text of the request and the answer."""
-    messages = request.get("messages") if isinstance(request.get("messages"), list) else []
-    prompt_chars = sum(_text_chars(message) for message in messages)
+    messages = request.get("messages")
+    if not isinstance(messages, list):
+        messages = []
+    prompt_chars: int = sum(_text_chars(message) for message in messages)
     for extra in ("tools", "response_format"):
         if request.get(extra):
             prompt_chars += len(_encoder.encode(request[extra]))

@@ -36,7 +36,7 @@ from typing import Any
 
 import msgspec
 
-from understudy.byllm_prompt import (
+from understudy.byllm.prompt import (
     BYLLM_SYSTEM_MARKER,
     PLUGIN_TAG_SOURCE,
     RETRY_MARKER,
@@ -46,7 +46,7 @@ from understudy.byllm_prompt import (
     message_text,
     split_prompt,
 )
-from understudy.byllm_prompt import (
+from understudy.byllm.prompt import (
     system_text as system_text_of,
 )
 
@@ -125,7 +125,7 @@ def identify(body: dict[str, Any], explicit_tag: str | None = None) -> Identific
     user_index = first_user_index(messages)
     first_user = first_user_text(messages[user_index]) if user_index is not None else ""
 
-    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    metadata = found if isinstance(found := body.get("metadata"), dict) else {}
     tag = explicit_tag or metadata.get("understudy_site") or None
     from_plugin = (
         bool(tag)

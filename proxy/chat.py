@@ -27,12 +27,13 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
+from understudy.inference.local_model import LocalAnswer, completion_object, sse_body
+from understudy.pricing import answer_price
 from understudy.proxy.access import current_client
 from understudy.proxy.call_record import PendingCall, completion_of, first_content, mask_bytes
 from understudy.proxy.callsite import UNDERSTUDY_METADATA, Identification, identify
 from understudy.proxy.errors import ProxyError, error_body, is_openai_error
 from understudy.proxy.openapi import ChatCompletionsOperation
-from understudy.proxy.pricing import answer_price
 from understudy.proxy.providers import UnsupportedRequest, adjust_response, needs_adjustment
 from understudy.proxy.retries import Attempts, Opened, RetryPolicy, send_with_retries, with_read_timeout
 from understudy.proxy.state import ProxyState
@@ -41,7 +42,6 @@ from understudy.proxy.stream_relay import StreamWatch, error_event, usage_reques
 from understudy.proxy.types import MAX_DEPTH, validation_error
 from understudy.proxy.upstream import pass_back_headers
 from understudy.proxy.upstreams import MissingKey, Resolution
-from understudy.routing.local_model import LocalAnswer, completion_object, sse_body
 from understudy.routing.router import Plan
 from understudy.store import SiteRecord
 
@@ -89,10 +89,8 @@ async def chat_completions(request: Request) -> Response:
         if answered is not None:
             return answered
         # The upstream answers instead. A sampled drift check scores the unserved local answer
-        # against it (no second upstream call is needed, so its slot is freed); in a partial site
-        # every unserved answer is scored, as a shadow sample of the rest of the site.
-        if plan.also_other:
-            proxy.router.release_extra()
+        # against it (no second upstream call is needed); in a partial site every unserved answer
+        # is scored, as a shadow sample of the rest of the site.
         score_refused = (plan.also_other or plan.refused_phase is not None) and unserved is not None
         plan = dataclasses.replace(plan, also_other=score_refused, phase=plan.refused_phase or plan.phase)
 
@@ -112,7 +110,6 @@ async def chat_completions(request: Request) -> Response:
         adjusted = resolution.prepare_body(payload)
     except (MissingKey, UnsupportedRequest) as exc:
         # Never forwarded, never sent to another provider: the error names provider and model.
-        after.cancel(proxy)
         proxy.metrics.rejected.labels(exc.code).inc()
         call.status, call.error = exc.status, str(exc)
         call.response_body = error_body(str(exc), type="invalid_request_error", code=exc.code)
@@ -135,7 +132,6 @@ async def chat_completions(request: Request) -> Response:
         opened = await _send_upstream(proxy, call, resolution, bodies, client_headers, route_headers)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         # Refused or never answered the connect: unreachable (502), not slow (504).
-        after.cancel(proxy)
         return await _upstream_failure(
             proxy,
             call,
@@ -147,7 +143,6 @@ async def chat_completions(request: Request) -> Response:
             f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}{_tries(call)}",
         )
     except httpx.TimeoutException as exc:
-        after.cancel(proxy)
         return await _upstream_failure(
             proxy,
             call,
@@ -160,7 +155,6 @@ async def chat_completions(request: Request) -> Response:
             f"{type(exc).__name__}{_tries(call)}",
         )
     except httpx.HTTPError as exc:
-        after.cancel(proxy)
         return await _upstream_failure(
             proxy,
             call,
@@ -198,10 +192,14 @@ class _Afterwards:
     client_headers: dict[str, str]
 
     def run(self, proxy: ProxyState, call: PendingCall) -> None:
-        if call.status != 200 or (call.error is not None and not call.error.startswith("local fallback")):
-            self.cancel(proxy)
+        """Called once the call is complete, before it is recorded: an answer decoded here for the
+        work is handed to the recorder with the call, so the writer does not decode it again."""
+        if not (self.plan.also_other or self.plan.second_opinion):
             return
-        upstream_text = first_content(completion_of(call))
+        if call.status != 200 or (call.error is not None and not call.error.startswith("local fallback")):
+            return
+        call.response_obj = completion_of(call)
+        upstream_text = first_content(call.response_obj)
         if self.plan.also_other:
             proxy.spawn(
                 proxy.router.observe_pair(
@@ -217,11 +215,6 @@ class _Afterwards:
             )
         if self.plan.second_opinion:
             proxy.spawn(_second_opinion(proxy, call, upstream_text, self.client_headers))
-
-    def cancel(self, proxy: ProxyState) -> None:
-        """The answer failed: nothing to compare; free the reserved extra-upstream slot."""
-        if self.plan.second_opinion:
-            proxy.router.release_extra()
 
 
 def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
@@ -362,10 +355,10 @@ async def _drift_check(
     proxy: ProxyState, call: PendingCall, plan: Plan, local_answer: LocalAnswer, client_headers: dict[str, str]
 ) -> None:
     """While local, a sample of calls also goes upstream so the version keeps being judged."""
-    try:
+    with proxy.router.extra_upstream_slot() as granted:
+        if not granted:
+            return  # as many extra upstream calls in flight as allowed: this sample is skipped
         extra, upstream_text = await _extra_upstream_call(proxy, call, "drift", client_headers)
-    finally:
-        proxy.router.release_extra()
     await proxy.router.observe_pair(
         call.identification.site_id,
         plan,
@@ -382,10 +375,10 @@ async def _second_opinion(
     proxy: ProxyState, call: PendingCall, first_text: str | None, client_headers: dict[str, str]
 ) -> None:
     """The upstream's second answer to a request it just answered: one self-agreement sample."""
-    try:
+    with proxy.router.extra_upstream_slot() as granted:
+        if not granted:
+            return  # as many extra upstream calls in flight as allowed: this sample is skipped
         extra, second_text = await _extra_upstream_call(proxy, call, "self_check", client_headers)
-    finally:
-        proxy.router.release_extra()
     await proxy.router.observe_second_opinion(
         call.identification.site_id,
         call.id,
@@ -421,8 +414,7 @@ def _finish_plain(
         call.error = call.error or f"upstream answered {status}{_tries(call)}"
     call.status = status
     call.response_body = content
-    _record(proxy, call, started)
-    after.run(proxy, call)
+    _record(proxy, call, started, after)
     return Response(content, status_code=status, media_type=media_type, headers=headers)
 
 
@@ -517,8 +509,7 @@ async def _relay(
             call.status = failure[0]
             call.error = failure[2] if call.error is None else f"{call.error}; {failure[2]}"
         call.response_body = watch.body()
-        _record(proxy, call, started)
-        after.run(proxy, call)
+        _record(proxy, call, started, after)
         with anyio.CancelScope(shield=True):  # a cancelled request still hands its connection back
             await opened.response.aclose()
     if failure is not None:
@@ -577,8 +568,12 @@ def _as_openai_error(content: bytes, status: int) -> bytes:
     return error_body(f"upstream error: {text}", type="upstream_error", code=f"upstream_http_{status}")
 
 
-def _record(proxy: ProxyState, call: PendingCall, started: float) -> None:
+def _record(proxy: ProxyState, call: PendingCall, started: float, after: _Afterwards | None = None) -> None:
+    """Hand the finished call to the recorder (its latency measured now); `after`: the follow-up
+    work on the answer, started first so that what it decodes travels with the call."""
     elapsed = time.perf_counter() - started
     call.latency_ms = elapsed * 1000
+    if after is not None:
+        after.run(proxy, call)
     proxy.recorder.record(call)
     proxy.metrics.observe(call.identification.site_id, call.served_by, call.status, elapsed)

@@ -11,29 +11,16 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
+from understudy.operations.base import OperationError
 from understudy.store import SiteNotFound
 
 _encoder = msgspec.json.Encoder()
 
 
-class ProxyError(Exception):
-    """An error the proxy answers itself (the request is never forwarded)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
+# An error the proxy answers itself (the request is never forwarded): the operations' one error
+# type (status, message, type, code, param), so a chat request's refusal and an admin operation's
+# are answered by the one handler below.
+ProxyError = OperationError
 
 
 def error_body(message: str, *, type: str, code: str | None = None, param: str | None = None) -> bytes:
@@ -61,7 +48,7 @@ def is_openai_error(payload: Any) -> bool:
     return isinstance(payload, dict) and isinstance(payload.get("error"), dict) and "message" in payload["error"]
 
 
-def handle_proxy_error(_: Request, exc: ProxyError) -> Response[bytes]:
+def handle_operation_error(_: Request, exc: OperationError) -> Response[bytes]:
     return error_response(exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param)
 
 
@@ -88,7 +75,7 @@ def handle_unexpected(_: Request, exc: Exception) -> Response[bytes]:
 
 
 EXCEPTION_HANDLERS = {
-    ProxyError: handle_proxy_error,
+    OperationError: handle_operation_error,
     SiteNotFound: handle_site_not_found,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,

@@ -6,7 +6,9 @@ for more), builds the rows and commits them in one transaction: a group commit, 
 the disk cost is paid per batch, not per request. `flush()` waits until everything
 queued before it is committed (the admin API uses it so reads see recent calls);
 `close()` drains the queue and commits before returning, which is what makes a clean
-shutdown lose nothing.
+shutdown lose nothing. The thread keeps the normal CPU policy: under SCHED_IDLE it starved on a
+busy host and, holding the GIL while descheduled, stalled the request handlers too
+(docs/benchmarks.md).
 
 It is the store's only writer: other writes (site state, audit, versions, names, reviews) are
 jobs run on this thread in queue order (`run`). It never dies: a batch the database refuses is
@@ -29,11 +31,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from understudy.pricing import PriceTable
 from understudy.proxy.call_record import PendingCall, completion_of, first_content, to_row
-from understudy.proxy.pricing import PriceTable
-from understudy.store import CALL_COLUMNS, SELF_AGREEMENT_COLUMNS, SHADOW_COLUMNS, SITE_COLUMNS, Store
+from understudy.rows import CallRow, SelfAgreementRow, ShadowRow, SiteRow
+from understudy.store import Store
 
 log = logging.getLogger("understudy.recorder")
 _STOP = object()
@@ -73,7 +76,7 @@ class Recorder:
         self.replayed = 0  # spilled rows stored on a later start
         # Called (site id, conversation, answer text) for each recorded upstream answer, on this
         # thread: the router keeps recent answers as decoys for its chance correction.
-        self.on_upstream_answer = None
+        self.on_upstream_answer: Callable[[str, str, str], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -81,16 +84,16 @@ class Recorder:
     def record(self, call: PendingCall) -> None:
         self._queue.put(call)
 
-    def add_site(self, row: tuple) -> None:
+    def add_site(self, row: SiteRow) -> None:
         self._queue.put(("site", row))
 
     def rename_site(self, update: tuple[str, str, str]) -> None:
         self._queue.put(("name", update))
 
-    def add_shadow_result(self, row: tuple) -> None:
+    def add_shadow_result(self, row: ShadowRow) -> None:
         self._queue.put(("shadow", row))
 
-    def add_self_agreement(self, row: tuple) -> None:
+    def add_self_agreement(self, row: SelfAgreementRow) -> None:
         self._queue.put(("self_agreement", row))
 
     def new_call_id(self) -> str:
@@ -171,8 +174,12 @@ class Recorder:
     def _commit(self, items: list) -> None:
         if not items:
             return
-        sites, names, rows = [], [], []
-        results: dict[str, list[tuple]] = {"shadow": [], "self_agreement": []}
+        sites: list[SiteRow] = []
+        names: list[tuple[str, str, str]] = []
+        rows: list[CallRow] = []
+        shadows: list[ShadowRow] = []
+        agreements: list[SelfAgreementRow] = []
+        results: dict[str, list] = {"shadow": shadows, "self_agreement": agreements}
         for item in items:
             if isinstance(item, tuple) and item[0] == "site":
                 sites.append(item[1])
@@ -224,12 +231,16 @@ class Recorder:
                 log.exception("could not store the name %r of site %s", name, site_id)
 
     def _store_one_by_one(
-        self, sites: list[tuple], rows: list[tuple], shadows: list[tuple], agreements: list[tuple]
+        self,
+        sites: list[SiteRow],
+        rows: list[CallRow],
+        shadows: list[ShadowRow],
+        agreements: list[SelfAgreementRow],
     ) -> None:
         for kind, batch in (("site", sites), ("call", rows), ("shadow", shadows), ("self_agreement", agreements)):
             for row in batch:
                 try:
-                    self.store.write_batch(**{_BATCH_ARGUMENT[kind]: [row]})
+                    self.store.write_batch(**_one_row(kind, row))
                     self.recorded += kind == "call"
                 except Exception as exc:
                     log.warning("the store refused a %s row (%s: %s); spilled", kind, type(exc).__name__, exc)
@@ -253,7 +264,7 @@ class Recorder:
                 kept.append(line)
                 continue
             try:
-                self.store.write_batch(**{_BATCH_ARGUMENT[kind]: [_restored(kind, row)]})
+                self.store.write_batch(**_one_row(kind, _restored(kind, row)))
                 stored += 1
             except Exception:
                 kept.append(line)
@@ -270,7 +281,7 @@ class Recorder:
 
     def _notify(self, call: PendingCall, completion: dict | None) -> None:
         text = first_content(completion)
-        if isinstance(text, str) and text:
+        if isinstance(text, str) and text and self.on_upstream_answer is not None:
             try:
                 self.on_upstream_answer(call.identification.site_id, call.identification.conversation, text)
             except Exception:  # the hook is an observer: it must never cost a record
@@ -300,13 +311,21 @@ class Recorder:
 
 
 _BATCH_ARGUMENT = {"site": "sites", "call": "calls", "shadow": "shadows", "self_agreement": "self_agreement"}
-# Where each spilled row kind keeps its timestamp (JSON holds it as ISO text).
-_TIMESTAMP_COLUMN = {
-    "site": SITE_COLUMNS.index("created_at"),
-    "call": CALL_COLUMNS.index("ts"),
-    "shadow": SHADOW_COLUMNS.index("ts"),
-    "self_agreement": SELF_AGREEMENT_COLUMNS.index("ts"),
+
+
+def _one_row(kind: str, row: tuple) -> dict[str, Any]:
+    """`Store.write_batch` arguments that store one row of `kind`."""
+    return {_BATCH_ARGUMENT[kind]: [row]}
+
+
+_ROW_TYPE: dict[str, type[SiteRow] | type[CallRow] | type[ShadowRow] | type[SelfAgreementRow]] = {
+    "site": SiteRow,
+    "call": CallRow,
+    "shadow": ShadowRow,
+    "self_agreement": SelfAgreementRow,
 }
+# Where each spilled row kind keeps its timestamp (JSON holds it as ISO text).
+_TIMESTAMP_FIELD = {"site": "created_at", "call": "ts", "shadow": "ts", "self_agreement": "ts"}
 
 
 def _jsonable(value: object) -> object:
@@ -315,9 +334,12 @@ def _jsonable(value: object) -> object:
     return str(value)
 
 
-def _restored(kind: str, row: list) -> tuple:
+def _restored(kind: str, row: list) -> SiteRow | CallRow | ShadowRow | SelfAgreementRow:
+    """A spilled row as its typed row again (one an older release spilled, with fewer columns,
+    gets the defaults of the columns added since)."""
+    row_type = _ROW_TYPE[kind]
     values = list(row)
-    index = _TIMESTAMP_COLUMN[kind]
-    if isinstance(values[index], str):
-        values[index] = datetime.fromisoformat(values[index])
-    return tuple(values)
+    at = row_type._fields.index(_TIMESTAMP_FIELD[kind])
+    if isinstance(values[at], str):
+        values[at] = datetime.fromisoformat(values[at])
+    return row_type(*values)

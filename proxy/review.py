@@ -1,14 +1,15 @@
-"""Blind review over HTTP: the `/review` page for reviewers, and the admin routes the CLI uses.
+"""Blind review over HTTP: the `/review` page for reviewers and the API it calls.
 
 A reviewer opens `/review?token=...` (the URL `understudy review invite NAME` prints; the admin
 token works too, as reviewer `admin`). The page is one self-contained file (review_page.html:
 inline CSS and vanilla JS, nothing fetched from elsewhere); it asks `/review/api/next` for a
 pair and posts judgments to `/review/api/judgments`, with the token as a bearer header. The
-pair it receives is `routing.reviews.blind_view`: sides A and B, never which one is local.
+pair it receives is `reporting.reviews.blind_view`: sides A and B, never which one is local.
 Without a valid token every route answers 401 with an OpenAI-style error body.
 
-The admin routes (`/admin/review/...`, `/admin/eval/...`, admin token only) run the protocol's
-functions in the proxy, which owns the DuckDB file while it runs.
+What the CLI does (`understudy review ...`, `understudy eval`: invite, plan, rubric, results,
+export, import, evaluation runs) are operations of the table (`understudy.operations.reviews`),
+mounted with every other admin route under /admin by `proxy.admin` (admin token only).
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from litestar import Request, Response, Router, get, post
+from litestar import Request, Response, get, post
 
 from understudy.proxy.access import same_token
-from understudy.proxy.admin import require_admin_token
 from understudy.proxy.errors import ProxyError
 from understudy.proxy.state import ProxyState
-from understudy.routing import reviews
-from understudy.routing.reviews import ReviewError
+from understudy.reporting import reviews
+from understudy.reporting.reviews import ReviewError
 
 
 @cache
@@ -91,114 +91,4 @@ def review_judgment(request: Request, data: Any) -> dict:
     return recorded
 
 
-# ---- admin (the CLI) -------------------------------------------------------------------------
-
-
-@post("/invite", sync_to_thread=True, status_code=200)
-def admin_invite(request: Request, data: dict[str, Any]) -> dict:
-    proxy = _state(request)
-    token = _write(proxy, lambda cur: reviews.invite(cur, str(data.get("name") or "")))
-    return {
-        "name": data["name"].strip(),
-        "token": token,
-        "url": f"{str(request.base_url).rstrip('/')}/review?token={token}",
-    }
-
-
-@post("/plan", sync_to_thread=True, status_code=200)
-def admin_plan(request: Request, data: dict[str, Any]) -> dict:
-    return _write(
-        _state(request),
-        lambda cur: reviews.draw_plan(
-            cur,
-            str(data.get("site")),
-            int(data.get("pairs") or 0),
-            by=data.get("by") or "version",
-            shared=data.get("shared"),
-            seed=data.get("seed"),
-        ),
-    )
-
-
-@post("/rubric", sync_to_thread=True, status_code=200)
-def admin_set_rubric(request: Request, data: dict[str, Any]) -> dict:
-    proxy = _state(request)
-    return _write(proxy, lambda cur: reviews.set_rubric(cur, str(data.get("site")), data.get("rubric")))
-
-
-@get("/rubric", sync_to_thread=True)
-def admin_rubric(request: Request, site: str) -> dict:
-    return reviews.rubric_for(_state(request).store.cursor(), site)
-
-
-@get("/results", sync_to_thread=True)
-def admin_results(request: Request, site: str) -> dict:
-    return reviews.results(_state(request).store.cursor(), site)
-
-
-@get("/export", sync_to_thread=True)
-def admin_export(request: Request, site: str) -> dict:
-    return reviews.export_set(_state(request).store.cursor(), site)
-
-
-@post("/import", sync_to_thread=True, status_code=200)
-def admin_import(request: Request, data: dict[str, Any]) -> dict:
-    proxy = _state(request)
-    imported = _write(proxy, lambda cur: reviews.import_set(cur, data.get("set"), data.get("reviewer")))
-    for site_id in imported["sites"]:
-        proxy.router.review_changed(site_id)
-    return imported
-
-
-@get("/inputs", sync_to_thread=True)
-def admin_eval_inputs(request: Request, site: str, versions: str = "", limit: int = 0) -> dict:
-    from understudy.routing.evaluation import EvalError, eval_inputs
-
-    proxy = _state(request)
-    try:
-        return eval_inputs(
-            proxy.store, site, _versions(versions), limit=limit or None, validators=proxy.router.validators
-        )
-    except EvalError as exc:
-        raise ProxyError(409, str(exc), code="eval_refused") from None
-
-
-@post("/runs", sync_to_thread=True, status_code=200)
-def admin_eval_run(request: Request, data: dict[str, Any]) -> dict:
-    from understudy.routing.evaluation import store_run
-
-    return {"id": _state(request).recorder.run(lambda store: store_run(store.cursor(), data))}
-
-
-def _versions(text: str) -> list[int] | None:
-    try:
-        return [int(v.strip().lower().removeprefix("v")) for v in text.split(",") if v.strip()] or None
-    except ValueError:
-        raise ProxyError(400, f"versions must be like 1,2 or v1,v2 (got {text!r})", code="invalid_versions") from None
-
-
-review_routes = [
-    review_page,
-    review_next,
-    review_judgment,
-    Router(
-        path="/admin/review",
-        route_handlers=[
-            admin_invite,
-            admin_plan,
-            admin_set_rubric,
-            admin_rubric,
-            admin_results,
-            admin_export,
-            admin_import,
-        ],
-        guards=[require_admin_token],
-        include_in_schema=False,
-    ),
-    Router(
-        path="/admin/eval",
-        route_handlers=[admin_eval_inputs, admin_eval_run],
-        guards=[require_admin_token],
-        include_in_schema=False,
-    ),
-]
+review_routes = [review_page, review_next, review_judgment]

@@ -117,13 +117,14 @@ def serve_processes(settings: Settings, workers: int, on_stop: Sequence[Callable
             "admits one writing process"
         )
     settings.ensure_data_dir()  # the store was opened (reachable, migrated) by the CLI before this
-    settings = settings.model_copy(update={"admin_token": settings.admin_token or secrets.token_urlsafe(24)})
+    admin_token = settings.admin_token or secrets.token_urlsafe(24)
+    settings = settings.model_copy(update={"admin_token": admin_token})
     os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
     config = _uvicorn_config("understudy.proxy.server:worker_app", settings, factory=True, workers=workers)
     socket = config.bind_socket()
     host, port = socket.getsockname()[:2]
     root = f"http://{_url_host(host)}:{port}"
-    write_discovery(settings, root, settings.admin_token)
+    write_discovery(settings, root, admin_token)
     print(
         f"understudy: proxy on {root}/v1 ({workers} processes; data in {settings.data_dir})",
         file=sys.stderr,

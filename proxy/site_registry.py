@@ -37,6 +37,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from understudy.proxy.callsite import Identification, Signature
+from understudy.rows import SiteRow
 from understudy.store import SiteRecord
 
 # Higher wins when a site's name is re-derived; "user" (a rename) is never replaced.
@@ -75,7 +76,7 @@ class SiteRegistry:
     def all(self) -> list[SiteRecord]:
         return list(self._sites.values())
 
-    def observe(self, ident: Identification) -> tuple[SiteRecord, tuple | None, tuple[str, str, str] | None]:
+    def observe(self, ident: Identification) -> tuple[SiteRecord, SiteRow | None, tuple[str, str, str] | None]:
         """The site for this request, plus a new `sites` row and/or a name update to persist.
 
         For a tagged request the returned record's id may differ from `ident.site_id` (the tag
@@ -94,7 +95,7 @@ class SiteRegistry:
                 self._conversations.popitem(last=False)
         return record, row, name_update
 
-    def _observe(self, ident: Identification) -> tuple[SiteRecord, tuple | None, tuple[str, str, str] | None]:
+    def _observe(self, ident: Identification) -> tuple[SiteRecord, SiteRow | None, tuple[str, str, str] | None]:
         tag = ident.signature.tag
         if tag is not None:
             claimed = self._tags.get(tag)
@@ -112,15 +113,15 @@ class SiteRegistry:
                 untagged = self._sites.get(ident.signature.untagged_site_id)
                 if ident.signature.tag_from_plugin and untagged is not None and untagged.id not in self._tags.values():
                     self._tags[tag] = untagged.id
-                    record = (
+                    claimed_site = (
                         untagged
                         if untagged.name_source == "user"
                         else SiteRecord(
                             untagged.id, tag, "explicit", untagged.state, untagged.pinned, untagged.active_version
                         )
                     )
-                    self._sites[untagged.id] = record
-                    return record, None, (untagged.id, tag, "claim")
+                    self._sites[untagged.id] = claimed_site
+                    return claimed_site, None, (untagged.id, tag, "claim")
                 self._tags[tag] = ident.site_id
         record = self._sites.get(ident.site_id)
         if record is not None and (ident.caller_name is None or record.name_source == "caller"):
@@ -156,7 +157,7 @@ class SiteRegistry:
         )
         return masked.default_name(self._mask(ident.caller_name) if ident.caller_name else None)
 
-    def _overflow_site(self, sig: Signature) -> tuple[SiteRecord, tuple | None, None]:
+    def _overflow_site(self, sig: Signature) -> tuple[SiteRecord, SiteRow | None, None]:
         """The overflow site of this signature's shape (called holding the lock)."""
         shape = Signature(
             kind=OVERFLOW_KIND,
@@ -194,36 +195,35 @@ class SiteRegistry:
         return record, _shape_row(site_id, name, shape), None
 
 
-def _shape_row(site_id: str, name: str, shape: Signature) -> tuple:
-    return (
-        site_id,
-        name,
-        "system",
-        OVERFLOW_KIND,
-        "",
-        None,
-        [],
-        shape.schema_name,
-        list(shape.tool_names),
-        None,
-        datetime.now(UTC),
-        None,
+def _shape_row(site_id: str, name: str, shape: Signature) -> SiteRow:
+    return SiteRow(
+        id=site_id,
+        name=name,
+        name_source="system",
+        kind=OVERFLOW_KIND,
+        system_text="",
+        header=None,
+        arg_names=[],
+        schema_name=shape.schema_name,
+        tool_names=list(shape.tool_names),
+        temperature=None,
+        created_at=datetime.now(UTC),
     )
 
 
-def _site_row(ident: Identification, name: str, source: str, mask: Callable[[str], str]) -> tuple:
+def _site_row(ident: Identification, name: str, source: str, mask: Callable[[str], str]) -> SiteRow:
     sig = ident.signature
-    return (
-        ident.site_id,
-        name,
-        source,
-        "explicit" if sig.tag else sig.kind,
-        mask(sig.system_text),
-        mask(sig.header) if sig.header else sig.header,
-        list(sig.arg_names),
-        sig.schema_name,
-        list(sig.tool_names),
-        sig.temperature,
-        datetime.now(UTC),
-        mask(sig.tag) if sig.tag else sig.tag,
+    return SiteRow(
+        id=ident.site_id,
+        name=name,
+        name_source=source,
+        kind="explicit" if sig.tag else sig.kind,
+        system_text=mask(sig.system_text),
+        header=mask(sig.header) if sig.header else sig.header,
+        arg_names=list(sig.arg_names),
+        schema_name=sig.schema_name,
+        tool_names=list(sig.tool_names),
+        temperature=sig.temperature,
+        created_at=datetime.now(UTC),
+        tag=mask(sig.tag) if sig.tag else sig.tag,
     )

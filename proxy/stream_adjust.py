@@ -126,8 +126,8 @@ class StreamAdjuster:
 
     @staticmethod
     def _unfenced(state: _Choice, choice: dict[str, Any]) -> dict[str, Any]:
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-        text = delta.get("content") if isinstance(delta.get("content"), str) else ""
+        delta = found if isinstance(found := choice.get("delta"), dict) else {}
+        text = content if isinstance(content := delta.get("content"), str) else ""
         finished = bool(choice.get("finish_reason"))
         emit = text
         if state.head is not None:  # not yet known whether the answer opens with a fence
@@ -143,6 +143,7 @@ class StreamAdjuster:
         if state.head is None and state.fenced:
             text_now = state.held + emit
             held = _MAYBE_CLOSING.search(text_now)
+            assert held is not None  # the pattern matches at least the empty string at the end
             if finished:  # the held tail was the closing fence, or plain trailing whitespace
                 emit, state.held = (
                     (text_now[: held.start()] if "```" in text_now[held.start() :] else text_now).rstrip(),

@@ -91,7 +91,7 @@ def opens_a_call(call: dict[str, Any], position: int) -> bool:
     """Whether an index-less tool-call delta starts a new call (Gemini omits `index` and sends
     each call whole, with an empty id): it has an id or a name, or is not the first in its
     delta's list; a bare arguments fragment continues the call before it."""
-    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    function = found if isinstance(found := call.get("function"), dict) else {}
     return bool(call.get("id") or function.get("name") or position > 0)
 
 

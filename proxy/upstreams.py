@@ -31,7 +31,7 @@ logical name a client asks for to a concrete model, and optionally to a named ro
     level-designer = "claude-3-5-haiku-latest"
     narrator = { model = "gpt-4o-mini", route = "default" }
 
-    [local_server]                        # optional: local answers from llama-server (routing.model_server)
+    [local_server]                        # optional: local answers from llama-server (inference.model_server)
     url = "http://gpu-host:8080"
 """
 
@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from understudy.inference.model_server import LocalServerConfig
 from understudy.proxy.providers import adjust_request
-from understudy.routing.model_server import LocalServerConfig
 
 PROVIDERS = ("openai", "anthropic", "gemini", "openai-compatible")
 OPENAI_URL = "https://api.openai.com/v1"
@@ -325,7 +325,7 @@ def built_in_routes(default_url: str, default_key: str | None = None, default_fr
     nothing (the offline teacher, a model server of one's own), so its calls cost 0."""
     default_url = default_url.rstrip("/")
     default_provider = "openai" if default_url == OPENAI_URL else "openai-compatible"
-    free = {"price_input": 0.0, "price_output": 0.0} if default_free else {}
+    free_price = 0.0 if default_free else None
     return [
         Route(
             name="anthropic",
@@ -354,7 +354,8 @@ def built_in_routes(default_url: str, default_key: str | None = None, default_fr
             explicit_key=default_key or None,
             # OpenAI's own is checked with gpt-4o-mini; a server of one's own with a model it lists
             check_model="gpt-4o-mini" if default_provider == "openai" else None,
-            **free,
+            price_input=free_price,
+            price_output=free_price,
         ),
     ]
 
@@ -367,7 +368,7 @@ def is_glob(pattern: str) -> bool:
 
 
 def local_server_config(explicit: Path | None, data_dir: Path) -> LocalServerConfig | None:
-    """The configuration's `[local_server]` (routing.model_server), or None: local answers in-process."""
+    """The configuration's `[local_server]` (inference.model_server), or None: local answers in-process."""
     path = explicit if explicit is not None else Path(data_dir) / CONFIG_FILE_NAME
     if not Path(path).exists():
         return None
@@ -479,7 +480,7 @@ def _parse_route(path: Path, index: int, entry: dict[str, Any]) -> Route:
     timeout = entry.get("timeout_s")
     if timeout is not None and (not _is_number(timeout) or timeout <= 0):
         raise fail(f"'timeout_s' must be a positive number of seconds (got {timeout!r})")
-    prices = {}
+    prices: dict[str, float | None] = {}
     for price_field in ("price_input", "price_output"):
         value = entry.get(price_field)
         if value is not None and (not _is_number(value) or value < 0):
@@ -506,12 +507,15 @@ def _parse_route(path: Path, index: int, entry: dict[str, Any]) -> Route:
         check_model=entry.get("check_model"),
         keyless_ok=keyless_ok,
         source="config",
-        **prices,
+        price_input=prices["price_input"],
+        price_output=prices["price_output"],
     )
 
 
 def _parse_alias(path: Path, name: str, value: Any) -> Alias:
     where = f"{path}: alias {name!r}"
+    model: object  # checked below
+    route: object
     if isinstance(value, str):
         model, route = value, None
     elif isinstance(value, dict):

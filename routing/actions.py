@@ -170,7 +170,7 @@ def set_policy(store: Store, site_ref: str, patch: dict, *, replace: bool = Fals
 
 def validate_policy(overrides: dict) -> None:
     """ActionError naming the first problem of a site's overrides (the rules `set_policy` applies)."""
-    from understudy.routing.checked_sampling import SamplingPolicy
+    from understudy.inference.checked_sampling import SamplingPolicy
     from understudy.routing.policy import PromotionPolicy
     from understudy.routing.scoring import ScoringPolicy
     from understudy.validators import DISABLED, ValidatorError, load_validator
@@ -207,7 +207,7 @@ def policy_view(
 ) -> dict[str, Any]:
     """The site's own overrides and the settings in effect (global settings and the response
     type's scoring defaults, overrides on top), as the router applies them."""
-    from understudy.routing.checked_sampling import SamplingPolicy
+    from understudy.inference.checked_sampling import SamplingPolicy
     from understudy.routing.policy import PromotionPolicy
     from understudy.routing.router import site_scoring
 
@@ -246,7 +246,7 @@ def run_action(store: Store, site_ref: str, request: dict) -> SiteRecord:
         return set_policy(
             store,
             site_ref,
-            request.get("overrides") if request.get("overrides") is not None else {},
+            found if (found := request.get("overrides")) is not None else {},
             replace=bool(request.get("replace")),
         )
     raise ActionError(f"unknown action {action!r}")

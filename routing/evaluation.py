@@ -9,8 +9,8 @@ never held training examples). Each held-out request is answered by:
   answer always agrees with itself);
 - `base`: the base GGUF the versions adapt, without an adapter (the untrained control);
 - `vN`: each version, its adapter on that base with its own site prompt, exactly as the proxy
-  serves it (`routing.local_model.LocalModels`: under the response schema tightened for each
-  request, drawn again while it fails its checks, as `routing.checked_sampling` serves).
+  serves it (`inference.local_model.LocalModels`: under the response schema tightened for each
+  request, drawn again while it fails its checks, as `inference.checked_sampling` serves).
 
 Per row: parse-valid rate (JSON answers against the schema), validator pass rate with the pass
 rate of each of the validator's named checks, agreement with the recorded upstream answer
@@ -35,6 +35,7 @@ from typing import Any
 
 import duckdb
 
+from understudy import wire
 from understudy.db import Cursor
 from understudy.routing.registry import list_versions
 from understudy.store import Store
@@ -134,11 +135,11 @@ def run_eval(
     on_answer: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Answer the held-out set with the base and each version; figures per row (module docstring)."""
-    from understudy.routing.checked_sampling import SamplingPolicy
-    from understudy.routing.local_model import LocalModels, PromptMismatch, Variant, checks_for
+    from understudy.inference.checked_sampling import SamplingPolicy
+    from understudy.inference.local_model import LocalModels, PromptMismatch, Variant, checks_for
+    from understudy.inference.site_prompt import SitePrompt
     from understudy.routing.router import site_scoring
     from understudy.routing.scoring import score_pair
-    from understudy.training.site_prompt import SitePrompt
 
     examples = inputs["examples"]
     validator = inputs["validator"]
@@ -220,16 +221,15 @@ def _judge(
     latency_ms: float | None,
     cost_usd: float | None,
 ) -> dict[str, Any]:
-    from understudy.training.evaluate import parse_valid
-
-    verdict = bind(validator, example["request"])(text) if validator else None
+    bound = bind(validator, example["request"])  # None without a validator
+    verdict = bound(text) if bound is not None else None
     checks = {}
     if verdict is not None:
         for check in verdict.detail.get("checks", []):
             if isinstance(check, dict) and "name" in check:
                 checks[str(check["name"])] = bool(check.get("passed"))
     return {
-        "parse_valid": parse_valid(text, example["request"].get("response_format")),
+        "parse_valid": wire.fits(text, example["request"].get("response_format")),
         "validator": None if verdict is None else verdict.passed,
         "checks": checks,
         "agreement": agreement,

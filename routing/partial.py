@@ -74,13 +74,14 @@ def choose_threshold(
     margin: float,
 ) -> tuple[float | None, str]:
     """The threshold whose calibration subset meets the teacher with the most room, or None with the reason."""
-    samples = [s for s in calibration if s.confidence is not None]
+    scored = [(s.confidence, s) for s in calibration if s.confidence is not None]
+    samples = [s for _, s in scored]
     if not samples:
         return None, "no local confidences to calibrate on"
     smallest = max(MIN_CALIBRATION_SUBSET, math.ceil(min_share * len(samples)))
     best: tuple[float, float, str] | None = None  # (power, threshold, note)
-    for threshold in sorted({s.confidence for s in samples}):
-        subset = [s for s in samples if s.confidence >= threshold]
+    for threshold in sorted({confidence for confidence, _ in scored}):
+        subset = [s for confidence, s in scored if confidence >= threshold]
         if len(subset) < smallest:
             break  # higher thresholds only shrink the subset
         agreement = [s.agreement for s in subset if s.agreement is not None]
@@ -122,10 +123,14 @@ def partial_evidence(
     `reference_by_call`: the teacher's self-agreement score per call id (valid pairs with
     something compared); `site_reference`: its site-wide mean, used only to choose a threshold
     when the calibration subset has no paired self-agreement."""
-    with_confidence = [s for s in samples if s.confidence is not None]
-    calibration = with_confidence[: policy.calibration_samples]
+    with_confidence = [(s, s.confidence) for s in samples if s.confidence is not None]
+    calibration = [s for s, _ in with_confidence[: policy.calibration_samples]]
     fresh = with_confidence[policy.calibration_samples :]
     subset, reference = policy.new_evidence(), policy.new_reference()
+    if samples and not with_confidence:
+        # A model server's answers carry no confidence, ever: nothing will calibrate, so nothing is
+        # held for it (a version's answers all come from the same kind of model).
+        return PartialEvidence(None, "no local confidences to calibrate on", 0, 0, subset, reference)
     if len(calibration) < policy.calibration_samples:
         return PartialEvidence(
             None,
@@ -141,8 +146,8 @@ def partial_evidence(
     )
     if threshold is None:
         return PartialEvidence(None, note, len(calibration), len(fresh), subset, reference)
-    for sample in fresh:
-        if sample.confidence >= threshold:
+    for sample, confidence in fresh:
+        if confidence >= threshold:
             subset.add(sample.agreement, sample.local_valid, sample.upstream_valid)
             if sample.call_id in reference_by_call:
                 reference.add(reference_by_call[sample.call_id])

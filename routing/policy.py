@@ -45,14 +45,17 @@ version's scores and one for the reference (alpha / 2 each); validity one at alp
 - local → shadow ("demoted"): inferior on either, judged on the last `window` drift samples.
 - shadow → partial ("partial"), when the whole site is neither promoted nor rejected: the
   answers at or above a confidence threshold are non-inferior on both measures, by the same
-  test and margin, on samples the threshold was not chosen on (`routing.partial`).
+  test and margin, on samples the threshold was not chosen on (`routing.partial`). While that
+  subset is tested and not inferior, the version's rejection or retirement waits, up to
+  `max_shadow_samples` samples of the subset's own (its confidence sequences stay valid
+  however long it runs; the cap only bounds the shadowing spent on it).
 - partial → shadow ("demoted"): the served subset is inferior on either measure, judged on the
   last `window` drift samples (all of them from the subset).
 - A creative site: where the teacher barely agrees with itself (the upper bound of its
   self-agreement below `creative_below`, after `min_samples` second answers), agreement with
   the teacher cannot tell a good version from a bad one: two good answers differ as much as a
   good and a bad one. There agreement neither promotes, rejects nor demotes; the decision rests
-  on validity and the blind human review (`routing.reviews.review_evidence`: per judgment of
+  on validity and the blind human review (`reporting.reviews.review_evidence`: per judgment of
   the active version, local minus upstream score averaged over the rubric's criteria, scaled
   from the 1-5 scale to [-1, 1], with its own confidence sequence and the same margin).
   Promoted: validity and review both non-inferior. Rejected: either inferior. Without a review
@@ -63,7 +66,7 @@ version's scores and one for the reference (alpha / 2 each); validity one at alp
   intervals still straddle the bar by then is within about their half-width of it (±0.15 on
   agreement at 200 samples, alpha 0.05): more shadowing buys little (the width shrinks like
   1/sqrt(n)), while the site's data has usually doubled since the version's snapshot, so a new
-  version is the better next step (`understudy.training_jobs` retrains on the verdict). Controls
+  version is the better next step (`understudy.training.jobs` retrains on the verdict). Controls
   are retired the same way: a control that cannot be decided says so and does not hold the site.
 
 False promotion: if the version is worse than the teacher by more than the margin on either
@@ -75,18 +78,22 @@ evidence is a sliding window, so its guarantee restarts with the window.
 - any → learning on rollback (`on_rollback`); learning/shadow/local → shadow when a new
   version arrives (`on_new_version`): a new version must earn the traffic itself, so a site
   that was local goes back to the upstream until it does.
-- A pin overrides all of this: a pinned site never changes state automatically. A pin that
-  names a state (`learning`, `upstream` as its alias, `shadow`, `local`) holds the site there;
-  any other pin value (a version such as "v3") holds the current state.
+- A pin overrides all of this: a pinned site never changes state while it is pinned. The pin
+  decides who answers (`routing.router`: `upstream`, or `local[@vN]`), never the stored state,
+  so an unpin returns the site to the state its evidence left it in. (A pin that moved the state
+  to the one it names did so whenever the policy next looked at the site, which could be a
+  second answer scored just after the pin or never: an unpin then left the site either where
+  it was or `local` without a sample.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from understudy.layered_settings import check_field_types, merge_layers
 from understudy.routing.sequential import ConfidenceSequence
 
 if TYPE_CHECKING:
@@ -102,40 +109,6 @@ class SiteState(str, Enum):
 
 # What a user may write in a pin; "upstream" reads better than "learning" for "never local".
 _PIN_STATES = {s.value: s for s in SiteState} | {"upstream": SiteState.LEARNING}
-
-
-def merge_layers(
-    cls: type, what: str, layers: Sequence[Mapping[str, Any] | None], merge_keys: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    """Settings layers (global, then per site) merged in order: later layers win, and keys in
-    `merge_keys` merge their own dicts key by key. Keys that are not fields of the dataclass
-    `cls` raise ValueError: a misspelt setting silently ignored would change routing unseen."""
-    known = {f.name for f in fields(cls)}
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        layer = layer or {}
-        unknown = set(layer) - known
-        if unknown:
-            raise ValueError(f"unknown {what} setting(s): {sorted(unknown)}")
-        for key, value in layer.items():
-            merged[key] = {**merged.get(key, {}), **value} if key in merge_keys else value
-    return merged
-
-
-_FIELD_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "tuple[str, ...]": (tuple, list)}
-
-
-def check_field_types(settings: Any) -> None:
-    """A settings dataclass's values have their declared types (JSON settings arrive unchecked)."""
-    for f in fields(settings):
-        value, expected = getattr(settings, f.name), _FIELD_TYPES.get(str(f.type))
-        if expected is None:
-            continue
-        wrong = not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
-        if wrong or (isinstance(value, (tuple, list)) and not all(isinstance(v, str) for v in value)):
-            raise ValueError(
-                f"{f.name} must be {str(f.type).replace('tuple[str, ...]', 'a list of strings')}, not {value!r}"
-            )
 
 
 @dataclass(frozen=True)
@@ -408,7 +381,8 @@ def decide(
             else None
         )
         if (
-            subset is not None
+            partial is not None
+            and subset is not None
             and subset.validity.n >= policy.min_samples
             and subset.agreement_non_inferior()
             and subset.validity_non_inferior()
@@ -424,17 +398,20 @@ def decide(
             )
         capped = j.validity.n >= policy.max_shadow_samples
         on_subset = _subset_line(partial, subset)
+        # The confident subset is tested like a site: until it is decided or has had
+        # `max_shadow_samples` samples of its own. It only gathers its share of the site's samples,
+        # so the whole site's cap would cut its test short (at a third of the calls, 54 subset
+        # samples by the cap: 2 short of deciding a subset exactly as good as the teacher).
+        subset_under_test = (
+            subset is not None
+            and subset.validity.n < policy.max_shadow_samples
+            and not subset.agreement_inferior()
+            and not subset.validity_inferior()
+        )
         if inferior:
             # A version worse than the teacher overall may still serve its confident answers: its
-            # rejection waits while that subset is calibrated or tested, never past the cap.
-            held = (
-                not capped
-                and partial is not None
-                and (
-                    partial.calibrating
-                    or (subset is not None and not subset.agreement_inferior() and not subset.validity_inferior())
-                )
-            )
+            # rejection waits while that subset is calibrated (never past the cap) or tested.
+            held = subset_under_test or (not capped and partial is not None and partial.calibrating)
             if not held:
                 return Decision(
                     SiteState.LEARNING,
@@ -443,6 +420,7 @@ def decide(
                     j,
                     Verdict.REJECTED,
                 )
+            assert partial is not None  # `held` requires it
             return Decision(
                 state,
                 f"shadow: {' and '.join(inferior)} inferior to the teacher, rejection held while "
@@ -450,7 +428,7 @@ def decide(
                 f"{j}{on_subset}",
                 j,
             )
-        if capped:
+        if capped and not subset_under_test:
             return Decision(
                 SiteState.LEARNING,
                 f"inconclusive: neither non-inferior nor inferior after "
@@ -551,12 +529,10 @@ def on_rollback(state: SiteState | str, pinned: str | None = None) -> Decision:
 
 
 def pinned_state(pinned: str | None) -> SiteState | None:
-    """The state a pin holds the site in, or None (no pin, or a pin that holds the current state)."""
+    """The state a pin routes the site as (`upstream`: learning), or None (no pin, or a pin that
+    names no state). The stored state stays as it was."""
     return _PIN_STATES.get(pinned.strip().lower()) if pinned else None
 
 
 def _pinned(state: SiteState, pinned: str) -> Decision:
-    pinned_state = _PIN_STATES.get(pinned.strip().lower())
-    if pinned_state is not None:
-        return Decision(pinned_state, f"pinned to {pinned}")
-    return Decision(state, f"pinned ({pinned}): {state.value} held")
+    return Decision(state, f"pinned to {pinned}")

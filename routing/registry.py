@@ -116,7 +116,9 @@ def register_version(store: Store, site_ref: str, result: dict[str, Any], *, act
             set_version_status(store, site.id, current.version, "retired")
         set_version_status(store, site.id, number, "active")
         apply_decision(store, site, on_new_version(site.state, site.pinned), active_version=number, actor=actor)
-    return get_version(store, site.id, number)
+    version = get_version(store, site.id, number)
+    assert version is not None  # inserted above
+    return version
 
 
 class StaleDecision(Exception):

@@ -15,7 +15,10 @@
   Once a site's reference window is full the rate drops to a tenth. 0 disables it.
 
 Extra upstream calls (drift checks, second answers) are bounded: at most
-`max_extra_upstream` in flight; beyond that a sample is skipped. Sites whose requests carry
+`max_extra_upstream` in flight; beyond that a sample is skipped. The router owns that count: a
+plan only says a call was sampled, and the call holds a slot while it runs
+(`Router.extra_upstream_slot`, the one place a slot is taken and given back), so no path that
+drops a sampled call (a failed answer, a local answer refused) has a slot to release. Sites whose requests carry
 tools are never answered locally (the local models learn typed and text answers, not tool loops).
 
 Every judgement uses the site's validator bound to the request's arguments
@@ -32,15 +35,20 @@ import logging
 import random
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 
+from understudy import response_types
+from understudy.inference.checked_sampling import AnswerChecks, SamplingPolicy
+from understudy.inference.local_model import LocalAnswer, LocalModels, Variant, checks_for
+from understudy.inference.local_queue import Skipped
+from understudy.inference.site_prompt import SitePrompt
 from understudy.routing.cascade import Calibration, calibrate
-from understudy.routing.checked_sampling import AnswerChecks, SamplingPolicy
 from understudy.routing.evidence import (
     PAIRED_REFERENCE,
     SERVING_STATES,
@@ -53,33 +61,26 @@ from understudy.routing.evidence import (
     reference_scores,
     teacher_level,
 )
-from understudy.routing.local_model import LocalAnswer, LocalModels, Variant, checks_for
-from understudy.routing.local_queue import Skipped
 from understudy.routing.partial import PartialEvidence, ShadowSample, partial_evidence
 from understudy.routing.policy import Evidence, PromotionPolicy, SiteState, decide, new_review_evidence
 from understudy.routing.registry import USABLE_SQL, StaleDecision, apply_decision, partial_threshold
-from understudy.routing.reviews import review_differences
-from understudy.routing.scoring import AgreementScore, ScoringPolicy, local_verdict, score_pair
+from understudy.routing.review_evidence import review_differences
+from understudy.routing.scoring import AgreementScore, ScoringPolicy, score_pair
 from understudy.routing.sequential import ConfidenceSequence
+from understudy.rows import SelfAgreementRow, ShadowRow
 from understudy.store import SiteRecord, Store
-from understudy.training.site_prompt import SitePrompt
-from understudy.validators import BoundValidator, ValidatorRegistry
+from understudy.validators import BoundValidator, ValidatorRegistry, local_verdict
 
 log = logging.getLogger("understudy.router")
 
-# Per-site scoring defaults by response schema: a map's layout and a level's title have many
-# right answers, so they are left to the validator (which checks them against the request)
-# instead of being compared with the upstream's.
-DEFAULT_SCORING_BY_SCHEMA: dict[str, dict[str, Any]] = {
-    "Map": {"creative_paths": ["walls", "small_obstacles", "enemies", "player_pos", "level.name"]},
-    "Level": {"creative_paths": ["name"]},
-}
 DECOY_POOL = 64  # recent upstream answers kept per site for the chance correction
 
 
 def site_scoring(schema_name: str | None, overrides: Mapping[str, Any]) -> ScoringPolicy:
     """A site's scoring: the defaults for its response schema, then the site's own overrides."""
-    return ScoringPolicy.from_dict(DEFAULT_SCORING_BY_SCHEMA.get(schema_name or ""), overrides.get("scoring"))
+    # the defaults a package registered for the response type (the showcase's Map and Level)
+    defaults = response_types.registered_for(response_types.SCORING_DEFAULTS, schema_name)
+    return ScoringPolicy.from_dict(defaults, overrides.get("scoring"))
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class SiteRouting:
     shadow_samples: list[ShadowSample] | None = None  # shadow: the active version's, for partial promotion
     paired_reference: dict[str, float] = field(default_factory=dict)  # self-agreement by call id, oldest first
     partial_threshold: float | None = None  # partial: serve local answers at or above this confidence
-    review: list[float] = field(default_factory=list)  # the active version's human review (routing.reviews)
+    review: list[float] = field(default_factory=list)  # the active version's human review (reporting.reviews)
 
     def reference_cs(self) -> ConfidenceSequence:
         return self.promotion.new_reference().extend(list(self.reference))
@@ -133,8 +134,8 @@ class Router:
         policy_defaults: dict[str, Any] | None = None,
         current_site: Callable[[str], SiteRecord | None],
         on_site_change: Callable[[SiteRecord], None],
-        record_shadow: Callable[[tuple], None],
-        record_self_agreement: Callable[[tuple], None],
+        record_shadow: Callable[[ShadowRow], None],
+        record_self_agreement: Callable[[SelfAgreementRow], None],
         similarity: Callable[[str, str], float] | None = None,
         rng: random.Random | None = None,
         max_extra_upstream: int = 2,
@@ -228,7 +229,7 @@ class Router:
             )
             if self.local is not None:
                 try:
-                    self.local.prepare(variant)  # a model server's copy (routing.model_server)
+                    self.local.prepare(variant)  # a model server's copy (inference.model_server)
                 except OSError:
                     log.exception("could not publish the adapter of %s v%s", site_id, version)
         with self._lock:
@@ -305,8 +306,8 @@ class Router:
         config = self._sites.get(site.id)
         if has_tools or config is None:
             return UPSTREAM_ONLY
-        if self.local is not None and site.pinned and site.pinned.startswith("local"):
-            version = _pinned_version(site.pinned) or site.active_version
+        if self.local is not None and _pinned_local(site):
+            version = _pinned_version(site.pinned or "") or site.active_version
             if version is None or (site.id, version) not in self._adapters:
                 return UPSTREAM_ONLY
             return Plan(
@@ -316,36 +317,34 @@ class Router:
                 self._sample_extra(config.promotion.drift_sample_rate),
                 phase="drift",
             )
-        usable = (
-            self.local is not None
-            and site.pinned != "upstream"
-            and site.active_version is not None
-            and (site.id, site.active_version) in self._adapters
+        version = site.active_version
+        variant = (
+            self._adapters.get((site.id, version))
+            if version is not None and self.local is not None and site.pinned != "upstream"
+            else None
         )
-        if usable and site.state == SiteState.LOCAL.value:
+        if variant is None:
+            return UPSTREAM_ONLY
+        if site.state == SiteState.LOCAL.value:
             return Plan(
-                "local",
-                site.active_version,
-                self._adapters[(site.id, site.active_version)],
-                self._sample_extra(config.promotion.drift_sample_rate),
-                phase="drift",
+                "local", version, variant, self._sample_extra(config.promotion.drift_sample_rate), phase="drift"
             )
-        if usable and site.state == SiteState.PARTIAL.value:
+        if site.state == SiteState.PARTIAL.value:
             # Every call is answered locally first (its confidence decides); one below the threshold
             # goes to the upstream and the pair is a shadow sample of the rest of the site.
             return Plan(
                 "local",
-                site.active_version,
-                self._adapters[(site.id, site.active_version)],
+                version,
+                variant,
                 self._sample_extra(config.promotion.drift_sample_rate),
                 phase="drift",
                 refused_phase="shadow",
             )
-        if usable and site.state == SiteState.SHADOW.value:
+        if site.state == SiteState.SHADOW.value:
             return Plan(
                 "upstream",
-                site.active_version,
-                self._adapters[(site.id, site.active_version)],
+                version,
+                variant,
                 self._sample_shadow(config.promotion.shadow_sample_rate),
                 self._sample_second_opinion(config, free_upstream),
                 phase="shadow",
@@ -361,16 +360,13 @@ class Router:
 
     def _sample_shadow(self, rate: float) -> bool:
         # Not skipped when the model is busy: shadow work waits in a bounded, fair pool
-        # (routing.local_queue) behind served answers.
+        # (inference.local_queue) behind served answers.
         return rate > 0 and self.rng.random() < rate
 
     def _sample_extra(self, rate: float) -> bool:
-        """Reserve a slot for an extra upstream call (release with `release_extra`)."""
+        """Is this call sampled for an extra upstream call? (Its slot is taken when it runs.)"""
         with self._lock:
-            if rate <= 0 or self.extra_upstream >= self.max_extra_upstream or self.rng.random() >= rate:
-                return False
-            self.extra_upstream += 1
-            return True
+            return rate > 0 and self.extra_upstream < self.max_extra_upstream and self.rng.random() < rate
 
     def _sample_second_opinion(self, config: SiteRouting, free_upstream: bool) -> bool:
         rate = config.promotion.self_agreement_rate
@@ -380,9 +376,21 @@ class Router:
             rate /= 10  # the reference is full: refresh it slowly
         return self._sample_extra(rate)
 
-    def release_extra(self) -> None:
+    @contextmanager
+    def extra_upstream_slot(self) -> Iterator[bool]:
+        """Hold one of the `max_extra_upstream` slots for an upstream call the proxy makes on its
+        own (a drift check, a second answer): yields False, holding nothing, when all are taken
+        (the sample is skipped). The slot is given back on exit however the call ends."""
         with self._lock:
-            self.extra_upstream = max(0, self.extra_upstream - 1)
+            granted = self.extra_upstream < self.max_extra_upstream
+            if granted:
+                self.extra_upstream += 1
+        try:
+            yield granted
+        finally:
+            if granted:
+                with self._lock:
+                    self.extra_upstream -= 1
 
     # ---- answering locally ----
 
@@ -391,7 +399,7 @@ class Router:
     ) -> LocalAnswer:
         """The local answer to `request`, served or shadowed alike: decoded under the response schema
         tightened for this request and drawn again while it fails the site's checks
-        (routing.checked_sampling); `background` work may be `Skipped`."""
+        (inference.checked_sampling); `background` work may be `Skipped`."""
         assert self.local is not None and plan.variant is not None
         return await self.local.complete(
             request, plan.variant, background=background, checks=self.answer_checks(site_id, request)
@@ -429,7 +437,7 @@ class Router:
             tries = f" after {answer.tries} tries" if answer.tries > 1 else ""
             return False, f"local answer {why}{tries}"
         config = self._sites.get(site.id)
-        if site.state == SiteState.PARTIAL.value and not upstream_down and not (site.pinned or "").startswith("local"):
+        if site.state == SiteState.PARTIAL.value and not upstream_down and not _pinned_local(site):
             threshold = config.partial_threshold if config is not None else None
             if threshold is None or answer.confidence is None or answer.confidence < threshold:
                 shown = "no confidence" if answer.confidence is None else f"{answer.confidence:.3f}"
@@ -541,37 +549,42 @@ class Router:
         result = self.score(site_id, request, conversation, upstream_text, local.text)
         sample = ShadowSample(call_id, local.confidence, result.agreement, result.local_valid, result.upstream_valid)
         self.record_shadow(
-            (
-                call_id,
-                site_id,
-                plan.version,
-                _now(),
-                result.score,
-                json.dumps(result.components, default=str),
-                result.comparable,
-                result.local_valid,
-                local.latency_ms,
-                upstream_latency_ms,
-                local.text,
-                result.upstream_valid,
-                plan.phase,
-                local.confidence,
-                local.tries,
+            ShadowRow(
+                call_id=call_id,
+                site_id=site_id,
+                version=plan.version,
+                ts=_now(),
+                score=result.score,
+                components=json.dumps(result.components, default=str),
+                comparable=result.comparable,
+                local_valid=result.local_valid,
+                local_latency_ms=local.latency_ms,
+                upstream_latency_ms=upstream_latency_ms,
+                local_output=local.text,
+                upstream_valid=result.upstream_valid,
+                phase=plan.phase,
+                local_confidence=local.confidence,
+                local_tries=local.tries,
             )
         )
         with self._lock:
             config, site = self._sites.get(site_id), self.current_site(site_id)
             if config is None or site is None or site.active_version != plan.version:
                 return
-            expected = SERVING_STATES if plan.phase == "drift" else (SiteState.SHADOW.value, SiteState.PARTIAL.value)
-            if site.state not in expected and not (site.pinned and site.pinned.startswith("local")):
+            if plan.phase == "drift":
+                current = _drift_checked(site)
+            else:
+                current = site.state in (SiteState.SHADOW.value, SiteState.PARTIAL.value)
+            if not current:
                 return  # the site moved on since this sample was planned
             if site.state == SiteState.PARTIAL.value and plan.phase == "shadow":
                 return  # the rest of a partial site: recorded (reports show it), not judged
             self._current_evidence(config, site)
             if plan.phase == "drift":
+                assert config.drift is not None  # made by _current_evidence for a served version
                 config.drift.append((result.agreement, result.local_valid, result.upstream_valid))
             else:
+                assert config.evidence is not None and config.shadow_samples is not None  # likewise in shadow
                 config.evidence.add(result.agreement, result.local_valid, result.upstream_valid)
                 config.shadow_samples.append(sample)
             self._decide(config, site)
@@ -608,16 +621,16 @@ class Router:
     ) -> None:
         result = self.score(site_id, request, conversation, first_text, second_text)
         self.record_self_agreement(
-            (
-                call_id,
-                second_call_id,
-                site_id,
-                _now(),
-                result.score,
-                json.dumps(result.components, default=str),
-                result.comparable,
-                result.upstream_valid,
-                result.local_valid,
+            SelfAgreementRow(
+                call_id=call_id,
+                second_call_id=second_call_id,
+                site_id=site_id,
+                ts=_now(),
+                score=result.score,
+                components=json.dumps(result.components, default=str),
+                comparable=result.comparable,
+                first_valid=result.upstream_valid,
+                second_valid=result.local_valid,
             )
         )
         if result.agreement is None:
@@ -637,7 +650,7 @@ class Router:
     def _current_evidence(self, config: SiteRouting, site: SiteRecord) -> None:
         if config.evidence_key != (site.active_version, site.state):
             self._load_evidence(config, site)
-        if site.state in SERVING_STATES and config.drift is None:
+        if _drift_checked(site) and config.drift is None:
             config.drift = deque(maxlen=config.promotion.window)
         if site.state == SiteState.SHADOW.value and config.evidence is None:
             config.evidence = config.promotion.new_evidence()
@@ -685,6 +698,17 @@ class Router:
         self.on_site_change(updated)
         self._load_evidence(config, updated)
         log.warning("site %s: %s", site.name, decision.reason)
+
+
+def _pinned_local(site: SiteRecord) -> bool:
+    """Pinned `local` or `local@vN`: served by a local version whatever its state."""
+    return (site.pinned or "").startswith("local")
+
+
+def _drift_checked(site: SiteRecord) -> bool:
+    """A version serves the site (local, partial, or pinned local in any state): its answers are
+    judged by drift checks."""
+    return site.state in SERVING_STATES or _pinned_local(site)
 
 
 def _pinned_version(pinned: str) -> int | None:

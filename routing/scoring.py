@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from understudy import wire
-from understudy.routing.policy import check_field_types, merge_layers
+from understudy.layered_settings import check_field_types, merge_layers
 from understudy.validators import BoundValidator, Verdict
 
 Similarity = Callable[[str, str], float]
@@ -156,9 +156,10 @@ def score_pair(
                 0.0, components, local_valid=False, comparable=upstream_valid, upstream_valid=upstream_valid
             )
     if not upstream_valid:
-        components["upstream_error"] = (
-            upstream_error or f"upstream answer fails its validator ({upstream_verdict.summary()})"
-        )
+        if upstream_error is None:
+            assert upstream_verdict is not None  # it parsed, so its validator failed it
+            upstream_error = f"upstream answer fails its validator ({upstream_verdict.summary()})"
+        components["upstream_error"] = upstream_error
         return AgreementScore(0.0, components, local_valid=True, comparable=False, upstream_valid=False)
 
     measure = _Measure(is_json, schema, policy, similarity, verdict)
@@ -173,23 +174,6 @@ def score_pair(
     score = _beyond_chance(raw, chance)
     components["agreement"] = score
     return AgreementScore(score, components, local_valid=True, comparable=True, upstream_valid=True)
-
-
-def local_verdict(
-    text: str, response_format: Mapping[str, Any] | None, validator: BoundValidator | None
-) -> tuple[bool, str]:
-    """May this answer stand as the request's answer? (parses, fits the schema, passes the validator)
-
-    The serving gate; `score_pair` applies the same checks to both answers of a pair.
-    """
-    error = _parse(text, response_format)[1]
-    if error is not None:
-        return False, f"unusable: {error}"
-    if validator is not None:
-        verdict = validator(text)
-        if not verdict.passed:
-            return False, f"fails its validator ({verdict.summary()})"
-    return True, "ok"
 
 
 def _beyond_chance(raw: float, chance: float | None) -> float:

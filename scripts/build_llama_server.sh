@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build llama.cpp's llama-server, the model server the remote local-model tests run against
-# (routing.model_server), from the llama.cpp that ships inside the installed llama-cpp-python's
+# (inference.model_server), from the llama.cpp that ships inside the installed llama-cpp-python's
 # source release (the same version the proxy runs in-process). Built once per version, into
 # ${UNDERSTUDY_CACHE:-~/.cache/understudy}/llama-server-<version>/ (about 6 minutes on 2 cores);
 # prints the binary's path. Needs cmake and a C++ compiler, and pip's registry for the source.

@@ -1,6 +1,6 @@
 """Write docs/cli.md, the command reference, from the CLI itself (`make docs`).
 
-typer's own generator (`typer understudy.cli utils docs`) walks every command, option, default
+typer's own generator (`typer understudy.cli.main utils docs`) walks every command, option, default
 and environment variable; a short header goes on top. `tests/test_docs.py` regenerates it and
 fails when the committed file differs, so the reference cannot drift from the CLI.
 
@@ -23,7 +23,7 @@ def reference() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cli.md"
         subprocess.run(
-            [str(typer), "understudy.cli", "utils", "docs", "--name", "understudy", "--output", str(out)],
+            [str(typer), "understudy.cli.main", "utils", "docs", "--name", "understudy", "--output", str(out)],
             check=True,
             capture_output=True,
             text=True,

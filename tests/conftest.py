@@ -49,6 +49,79 @@ def open_test_store(duckdb_path: Path, **kwargs):
     return Store(os.environ.get("UNDERSTUDY_STORE") or duckdb_path, **kwargs)
 
 
+# ---- parallel runs: `make test` runs pytest-xdist (`-n 2 --dist loadgroup --no-loadscope-reorder`) ----
+# Every worker is its own process with its own session fixtures (PostgreSQL and Redis servers on
+# free ports, its own database names, the tiny Llama, tmp_path under its own basetemp). The tests
+# of a module that use a module-scoped fixture go to one worker together (an `xdist_group` named
+# after the module), so no module fixture is built twice; every other test is a work unit of its
+# own. The units are handed out longest first (EXPECTED_SECONDS, measured on the 2-core machine),
+# so no long test starts last while the other worker sits idle.
+EXPECTED_SECONDS = {  # nodeid prefix: seconds per test (setup included), from a parallel run's --junitxml
+    "tests/routing/test_decisions_e2e.py": 110,
+    "tests/routing/test_partial_e2e.py": 64,
+    "tests/test_benchmarks_smoke.py::test_learning_curve_smoke": 58,
+    "tests/routing/test_model_server.py": 39,
+    "tests/test_benchmarks_smoke.py::test_local_serving_smoke": 33,  # with its share of the module's fixtures
+    "tests/routing/test_routing_e2e.py::test_record_train_shadow_promote_and_operate": 28,
+    "tests/routing/test_eval.py::test_eval_compares_upstream_base_and_versions": 26,
+    "tests/test_benchmarks_smoke.py::test_train_smoke": 21,
+    "tests/test_benchmarks_smoke.py::test_scale_out_smoke": 21,
+    "tests/training/test_worker.py::test_scheduler_and_worker_train_a_version": 20,
+    "tests/routing/test_routing_e2e.py::test_byllm_accepts_local_answers": 19,
+    "tests/proxy/test_scale_out.py::test_without_the_sync": 19,
+    "tests/jac_examples/test_corpus_export.py": 17,
+    "tests/proxy/test_scale_out.py::test_a_pin_made_through_one_proxy": 16,
+    "tests/plugin/test_plugin_through_proxy.py": 13,
+    "tests/test_benchmarks_smoke.py::test_durability_smoke": 14,
+    "tests/proxy/test_scale_out.py::test_a_worker_on_the_redis_queue": 14,
+    "tests/routing/test_checked_sampling.py::test_a_failing_local_answer": 14,
+    "tests/routing/test_routing_e2e.py::test_upstream_down": 13,
+    "tests/routing/test_policy.py::test_false_promotion_rate": 12,
+    "tests/plugin/test_byllm_plugin.py::test_litellm_transport": 12,
+    "tests/plugin/test_byllm_plugin.py::test_inert_without_understudy_url": 12,
+    "tests/training/test_tiny_pipeline.py::test_export_checks_the_base": 12,
+    "tests/routing/test_routing_e2e.py::test_invalid_local_answer": 11,
+    "tests/proxy/test_hostile_input.py::test_random_mutations": 11,
+    "tests/test_benchmarks_smoke.py::test_constraint_engines_smoke": 11,
+    "tests/test_benchmarks_smoke.py::test_gpu_training_layout": 10,
+}
+
+
+# Each worker gets its share of the cores for the model work it runs (torch, llama.cpp, OpenMP):
+# two workers each spinning two threads on two cores made the tiny-model tests slower in parallel
+# than one after the other.
+WORKER_THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # inherited by every proxy, CLI and benchmark started
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, str(WORKER_THREADS))
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _expected_seconds(nodeid: str) -> float:
+    """The longest-matching prefix's figure; 1 s (about the suite's mean) when none matches."""
+    matches = [prefix for prefix in EXPECTED_SECONDS if nodeid.startswith(prefix)]
+    return EXPECTED_SECONDS[max(matches, key=len)] if matches else 1.0
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a plain run keeps pytest's order
+    units: dict[str, list] = {}
+    for item in items:
+        defs = item._fixtureinfo.name2fixturedefs.values()
+        if any(d.scope in ("module", "class", "package") for fixturedefs in defs for d in fixturedefs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+            units.setdefault("group:" + item.module.__name__, []).append(item)
+        else:
+            units.setdefault(item.nodeid, []).append(item)
+    order = sorted(units.values(), key=lambda unit: -sum(_expected_seconds(item.nodeid) for item in unit))
+    items[:] = [item for unit in order for item in unit]  # a stable sort: ties keep pytest's order
+
+
 # ---- the store backends: DuckDB everywhere; PostgreSQL too where a module asks for both ----
 # A module sets `STORE_BACKENDS = ("duckdb", "postgresql")` to run each of its tests on both
 # (`UNDERSTUDY_TEST_STORE=postgresql` runs the whole suite on PostgreSQL). On PostgreSQL each
@@ -111,6 +184,23 @@ def isolated_data_dir(tmp_path, monkeypatch):
     return data_dir
 
 
+PROXY_LOG_TAIL = 4000  # characters of each proxy's log shown with a failure
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test shows the end of every proxy log it wrote: the proxy's side of a failure
+    (a shadow sample that raised, a decision's reason) is otherwise lost with the tmp dir on CI."""
+    report = yield
+    data_dir = item.funcargs.get("isolated_data_dir") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(data_dir, Path):
+        for log in sorted(data_dir.parent.glob("**/proxy.log")):
+            text = log.read_text(errors="replace")
+            if text.strip():
+                report.sections.append((f"proxy log {log.relative_to(data_dir.parent)}", text[-PROXY_LOG_TAIL:]))
+    return report
+
+
 @pytest.fixture
 def fake_upstream():
     with FakeUpstream() as upstream:
@@ -145,6 +235,17 @@ def run_cli(
     if check and result.returncode != 0:
         raise AssertionError(f"understudy {' '.join(args)} exited {result.returncode}: {result.stderr}")
     return result
+
+
+def wait_for(condition, timeout: float = 30, what: str = "condition"):
+    """Poll `condition` until it returns something true (returned) or `timeout` s pass (fails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def start_proxy(data_dir: Path, upstream_url: str, *extra: str, env: dict | None = None) -> RunningProxy:
@@ -209,7 +310,7 @@ def tiny_model_env(tiny_llama, monkeypatch):
     """Environment for a proxy / CLI / worker that trains and serves the tiny model fast."""
     hf_dir, gguf = (str(p) for p in tiny_llama)
     monkeypatch.setenv("UNDERSTUDY_BASE_GGUF", gguf)
-    monkeypatch.setenv("UNDERSTUDY_LOCAL_THREADS", "2")
+    monkeypatch.setenv("UNDERSTUDY_LOCAL_THREADS", str(WORKER_THREADS))
     # No routing policy here: every test of a decision runs at the shipped defaults.
     monkeypatch.setenv(
         "UNDERSTUDY_TRAIN_CONFIG",
@@ -224,6 +325,7 @@ def tiny_model_env(tiny_llama, monkeypatch):
                 "lora_dropout": 0.0,
                 "device": "cpu",
                 "verify_max_tokens": 32,
+                "num_threads": WORKER_THREADS,
             }
         ),
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer.main
 
-from understudy.cli import app
+from understudy.cli.main import app
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.conftest import open_test_store
+from tests.support import rows
 from understudy.routing.policy import Decision, SiteState
 from understudy.routing.registry import StaleDecision, apply_decision, register_version
+from understudy.rows import CallRow, SiteRow
 from understudy.store import SiteNameTaken, SiteNotFound, Store
 from understudy.store_postgres import translate
 
@@ -22,33 +24,14 @@ STORE_BACKENDS = ("duckdb", "postgresql")
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
-def site_row(site_id: str, name: str) -> tuple:
-    return (site_id, name, "function", "byllm", "", None, ["x"], "Color", [], None, NOW, None)
+def site_row(site_id: str, name: str) -> SiteRow:
+    return rows.site_row(site_id, name, created_at=NOW)
 
 
-def call_row(call_id: str, site_id: str, text: str = '{"color": "teal"}') -> tuple:
+def call_row(call_id: str, site_id: str, text: str = '{"color": "teal"}') -> CallRow:
     request = json.dumps({"messages": [{"role": "user", "content": call_id}]})
     response = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
-    return (
-        call_id,
-        NOW,
-        site_id,
-        "m",
-        "upstream",
-        False,
-        "first",
-        call_id,
-        None,
-        request,
-        response,
-        200,
-        None,
-        12.5,
-        10,
-        5,
-        0.001,
-        True,
-    )
+    return rows.call_row(call_id, site_id, ts=NOW, request=request, response=response)
 
 
 @pytest.fixture

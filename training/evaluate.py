@@ -81,6 +81,7 @@ def evaluate(
         exact += is_exact(answer, ex["completion"], valid is not None)
         if validator is not None:
             bound = bind(validator, {"messages": ex["messages"], "response_format": rf})
+            assert bound is not None  # bind gives None only for an empty reference
             passed.append(bound(answer).passed)  # a crashing validator fails closed
     n = len(examples)
     return EvalReport(
@@ -95,14 +96,14 @@ def evaluate(
 def local_generate_fn(
     generator, adapter_path, max_tokens: int = 512, site_prompt=None, validator: str | None = None
 ) -> Callable[[dict], str]:
-    """A generate_fn for `evaluate` from a training.local_generate.LocalGenerator, in the site's prompt,
+    """A generate_fn for `evaluate` from a inference.local_generate.LocalGenerator, in the site's prompt,
     answering as the proxy serves: under the response schema tightened by the validator for each
-    example's request, drawn again while it fails its checks (routing.checked_sampling, default
+    example's request, drawn again while it fails its checks (inference.checked_sampling, default
     settings). Without a validator: the plain response schema, one greedy draw."""
-    from understudy.routing.checked_sampling import draw_until_valid
-    from understudy.routing.local_model import LocalAnswer, checks_for
-    from understudy.training.constraints import compile_schema
-    from understudy.training.site_prompt import SitePrompt, render_request
+    from understudy.inference.checked_sampling import draw_until_valid
+    from understudy.inference.constraints import compile_schema
+    from understudy.inference.local_model import LocalAnswer, checks_for
+    from understudy.inference.site_prompt import SitePrompt, render_request
 
     site_prompt = site_prompt or SitePrompt()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from understudy.training.prompt_format import STOP_SEQUENCES
+from understudy.inference.prompt_format import STOP_SEQUENCES
 
 
 def cut_at_stop(text: str, stops: list[str] = STOP_SEQUENCES) -> str:
@@ -19,7 +19,12 @@ def cut_at_stop(text: str, stops: list[str] = STOP_SEQUENCES) -> str:
 
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, prompt: str, max_new_tokens: int = 256) -> str:
+def greedy_generate(model, tokenizer, prompt: str, max_new_tokens: int = 256) -> tuple[str, list[int]]:
+    """The greedy answer's text (cut at the first stop sequence) and the token ids generated.
+
+    The ids are what `training.verify` forces under llama.cpp: the text alone does not give them
+    back, since a byte-fallback token that is not valid UTF-8 on its own decodes to U+FFFD here
+    and to nothing in llama-cpp-python, and re-tokenizing either text gives other tokens."""
     model.eval()
     device = next(model.parameters()).device
     ids = tokenizer(prompt, add_special_tokens=True, return_tensors="pt")["input_ids"].to(device)
@@ -32,5 +37,5 @@ def greedy_generate(model, tokenizer, prompt: str, max_new_tokens: int = 256) ->
         tokenizer=tokenizer,
         pad_token_id=tokenizer.pad_token_id,
     )
-    text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    return cut_at_stop(text)
+    tokens = out[0, ids.shape[1] :].tolist()
+    return cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True)), tokens

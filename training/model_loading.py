@@ -66,7 +66,7 @@ def load_model(base: str, device: str, qlora: bool = False, bf16: bool | None = 
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra)
         if extra:
             _forget_gguf_quantizer(model)
-        return model.to(device)
+        return model.to(device)  # type: ignore[arg-type]  # transformers wraps .to with functools.wraps: mypy sees no bound self
 
     bnb = BitsAndBytesConfig(
         load_in_4bit=True,

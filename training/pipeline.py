@@ -18,10 +18,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from understudy.inference.site_prompt import SitePrompt, render_request
 from understudy.training.config import TrainConfig
 from understudy.training.dataset import load_examples
 from understudy.training.evaluate import EvalReport, evaluate, local_generate_fn
-from understudy.training.site_prompt import SitePrompt, render_request
 
 RESULT_FILENAME = "result.json"
 MAX_EVAL_EXAMPLES = 20  # held-out examples generated per evaluation (each is a full local generation)
@@ -69,8 +69,8 @@ def run_training_job(
 def _train_export_verify(
     cfg: TrainConfig, snapshot: str, out: Path, result: dict[str, Any], validator: str | None, progress: bool
 ) -> None:
+    from understudy.inference.local_generate import LocalGenerator
     from understudy.training.gguf_adapter import export_gguf_adapter
-    from understudy.training.local_generate import LocalGenerator
     from understudy.training.train import train
     from understudy.training.verify import verify_adapter
 
@@ -83,7 +83,7 @@ def _train_export_verify(
         eval_examples = train_examples[-1:]
     trained = train(cfg, train_examples, eval_examples, out / "peft", progress=progress)
     result["metrics"]["train"] = {
-        k: v for k, v in asdict(trained).items() if k not in ("loss_history", "sample_outputs")
+        k: v for k, v in asdict(trained).items() if k not in ("loss_history", "sample_outputs", "sample_tokens")
     }
     adapter = export_gguf_adapter(out / "peft", out / "adapter.gguf", cfg.resolved_base_gguf())
     result["adapter_path"] = str(adapter)
@@ -95,12 +95,22 @@ def _train_export_verify(
             adapter,
             eval_examples,
             trained.sample_outputs,
+            trained_tokens=trained.sample_tokens,
             generator=generator,
             max_tokens=cfg.verify_max_tokens,
             site_prompt=site_prompt,
         )
         result["verified"] = verdict.ok
         result["metrics"]["verify"] = {"n": verdict.n, "exact": verdict.exact, "near": verdict.near}
+        failed = next((case for case in verdict.cases if not case.ok), None)
+        if failed is not None:  # what a failed export looks like, for whoever reads the version's metrics
+            result["metrics"]["verify"]["first_failure"] = {
+                "example": failed.index,
+                "reference": failed.reference[:500],
+                "local": failed.local[:500],
+                "similarity": round(failed.ratio, 3),
+                "max_logit_gap": failed.max_gap,
+            }
         held_out = eval_examples[:MAX_EVAL_EXAMPLES]
         # The bare base reads the full prompt (it never learned a site's compact one).
         result["metrics"]["base_heldout"] = _rates(

@@ -46,7 +46,7 @@ class QuietWindow:
 
     def is_quiet(self, now: datetime, recent_requests: int) -> tuple[bool, str]:
         """(quiet?, why) given the clock and the number of requests in the last `rate_window_minutes`."""
-        if not self.in_hours(now):
+        if self.hours is not None and not self.in_hours(now):
             return False, f"outside quiet hours {self.hours[0]:%H:%M}-{self.hours[1]:%H:%M}"
         if self.max_requests_per_minute is not None:
             rate = recent_requests / self.rate_window_minutes

@@ -8,7 +8,7 @@ module-level instance. `understudy worker` runs the consumer.
   `result.json` for the proxy to register when it next starts).
 - `schedule_training()`: periodic; asks the proxy which sites need a new version while it is
   quiet (configured hours and/or request rate), and enqueues a job for each. The rules and each
-  job's reason are `understudy.training_jobs.retraining_reason`'s (first version, data grown 2x,
+  job's reason are `understudy.training.jobs.retraining_reason`'s (first version, data grown 2x,
   a rejected, inconclusive or demoted version once new data arrived); the site's audit says why.
 """
 
@@ -54,8 +54,8 @@ def train_site(job: dict[str, Any]) -> dict[str, Any]:
 
 @huey.periodic_task(crontab(minute=f"*/{max(1, settings.train_check_minutes)}"))
 def schedule_training() -> list[str]:
-    from understudy.admin_client import AdminClient, CommandError
-    from understudy.training_jobs import scheduling_rules
+    from understudy.operations.client import AdminClient, OperationError
+    from understudy.training.jobs import scheduling_rules
 
     access = AdminClient(settings)
     if not access.proxy:
@@ -63,7 +63,7 @@ def schedule_training() -> list[str]:
         return []
     try:
         jobs = access.training_jobs_for_candidates(scheduling_rules(settings))
-    except CommandError as exc:
+    except OperationError as exc:
         log.warning("could not ask the proxy for training candidates: %s", exc)
         return []
     for job in jobs:
@@ -73,7 +73,7 @@ def schedule_training() -> list[str]:
 
 
 def _report(result: dict[str, Any]) -> None:
-    from understudy.admin_client import AdminClient, CommandError
+    from understudy.operations.client import AdminClient, OperationError
 
     access = AdminClient(settings)
     if not access.proxy:
@@ -81,5 +81,5 @@ def _report(result: dict[str, Any]) -> None:
         return
     try:
         access.register_with_proxy(result)
-    except CommandError as exc:
+    except OperationError as exc:
         log.warning("the proxy did not take the result (%s); it stays in result.json", exc)

@@ -203,7 +203,7 @@ def make_tiny_llama(directory: str | Path) -> tuple[Path, Path]:
         num_key_value_heads=KV_HEADS,
         max_position_embeddings=CONTEXT,
         rms_norm_eps=RMS_EPS,
-        rope_theta=ROPE_THETA,
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
         tie_word_embeddings=False,
         initializer_range=INIT_STD,
         bos_token_id=BOS,

@@ -44,11 +44,11 @@ from pathlib import Path
 
 import torch
 
+from understudy.inference.site_prompt import SitePrompt, render_request
 from understudy.training.config import CONFIG_FILENAME, TrainConfig
 from understudy.training.encoding import Encoded, collate, encode_examples
 from understudy.training.hf_generate import greedy_generate
 from understudy.training.model_loading import add_lora, load_model, load_tokenizer
-from understudy.training.site_prompt import SitePrompt, render_request
 from understudy.training.target_loss import target_loss
 
 METRICS_FILENAME = "metrics.json"
@@ -81,8 +81,10 @@ class TrainResult:
     epoch_eval_losses: list[float] = field(default_factory=list)  # held-out loss after each whole epoch
     best_epoch: int | None = None  # the epoch whose weights were kept (early stopping); None: the last step's
     stopped_early: bool = False  # the job ended before its planned epochs: the held-out loss stopped improving
-    # greedy answers of the trained HF model on the first eval examples: (index, text)
+    # greedy answers of the trained HF model on the first eval examples: (index, text), and the
+    # token ids each one was generated as (aligned with sample_outputs)
     sample_outputs: list[tuple[int, str]] = field(default_factory=list)
+    sample_tokens: list[list[int]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -225,7 +227,9 @@ class _BestEpoch:
         # whole epochs to compare: only when the run is planned in epochs, more than one of them
         self.active = has_eval and self.patience > 0 and not config.max_steps and config.epochs > 1
         self.losses: list[float] = []
-        self.best_loss, self.best_epoch, self.best_weights = math.inf, None, None
+        self.best_loss = math.inf
+        self.best_epoch: int | None = None  # 1-based, among `losses`
+        self.best_weights: list[torch.Tensor] | None = None
         self.stopped = False
 
     def epoch_ends(self, step: int, total_steps: int) -> bool:
@@ -241,6 +245,7 @@ class _BestEpoch:
             self.best_loss, self.best_epoch = loss, len(self.losses)
             self.best_weights = [p.detach().clone() for p in self.params]
             return False
+        assert self.best_epoch is not None  # the first finite loss set it
         self.stopped = not final and len(self.losses) - self.best_epoch >= self.patience
         return self.stopped
 
@@ -382,12 +387,14 @@ def train(
         raise NonFiniteLoss(f"held-out eval loss is {last_eval} after training: no adapter saved")
 
     # --- greedy answers on held-out examples, for the GGUF check ----------------------
-    samples = []
+    samples, sample_tokens = [], []
     checkpointing.off()
     for i, ex in enumerate(eval_examples[: config.verify_examples]):
         prompt = render_request(ex, site_prompt)
         if prompt is not None:
-            samples.append((i, greedy_generate(model, tokenizer, prompt, config.verify_max_tokens)))
+            text, tokens = greedy_generate(model, tokenizer, prompt, config.verify_max_tokens)
+            samples.append((i, text))
+            sample_tokens.append(tokens)
 
     # --- save -----------------------------------------------------------------------
     model.save_pretrained(out_dir)
@@ -416,6 +423,7 @@ def train(
         checkpointed_batches=checkpointing.used,
         loss_history=losses,
         sample_outputs=samples,
+        sample_tokens=sample_tokens,
         epoch_eval_losses=best.losses,
         best_epoch=best.best_epoch if best.active else None,
         stopped_early=best.stopped,

@@ -14,7 +14,11 @@ equals the example's upstream completion (the behaviour we want anyway).
 
 Reference answers: `trained_outputs` (the greedy answers `train()` records in
 TrainResult.sample_outputs), aligned with `examples`; without them the examples'
-upstream completions are the reference.
+upstream completions are the reference. `trained_tokens` (TrainResult.sample_tokens) are the
+token ids those answers were generated as: the near-tie check forces them rather than the
+re-tokenized text, which differs wherever the model wrote a byte that is not valid UTF-8 on its
+own (U+FFFD in transformers' text, dropped in llama-cpp-python's: a tiny model does this often,
+and the re-tokenized text then trails by 10+ nats where the model's own tokens trail by 0.06).
 
 Near ties. A free generation that departs from the reference at a near tie (two names the
 teacher picks at random are about equally likely) then writes a different rest of the answer,
@@ -31,7 +35,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from understudy.training.site_prompt import SitePrompt, render_request
+from understudy.inference.site_prompt import SitePrompt, render_request
 
 NEAR_RATIO = 0.95  # difflib similarity counted as "near-exact" (1.0 = identical)
 MAX_TOKENS = 256  # cap on each local answer (tokens)
@@ -78,20 +82,22 @@ def verify_adapter(
     near_ratio: float = NEAR_RATIO,
     max_tokens: int = MAX_TOKENS,
     site_prompt: SitePrompt | None = None,
+    trained_tokens: list[list[int]] | None = None,
 ) -> VerifyResult:
     """Load `adapter_gguf` beside `base_gguf` (or on `generator`) and compare answers."""
     if trained_outputs is None:
         refs = [(i, ex["completion"]) for i, ex in enumerate(examples)]
     else:
         refs = [r if isinstance(r, tuple) else (i, r) for i, r in enumerate(trained_outputs)]
+    ref_tokens: list[list[int] | None] = list(trained_tokens) if trained_tokens is not None else [None] * len(refs)
     own = generator is None
     if own:
-        from understudy.training.local_generate import LocalGenerator
+        from understudy.inference.local_generate import LocalGenerator
 
         generator = LocalGenerator(base_gguf)
     cases = []
     try:
-        for index, reference in refs:
+        for (index, reference), reference_tokens in zip(refs, ref_tokens, strict=True):
             ex = examples[index]
             prompt = render_request(ex, site_prompt)
             # no grammar: the HF reference was decoded without one
@@ -99,7 +105,7 @@ def verify_adapter(
             ratio = similarity(reference, local)
             case = VerifyCase(index, reference, local, local == reference, ratio, local == ex["completion"])
             if not (case.exact or case.matches_completion or ratio >= near_ratio):
-                case.max_gap = generator.forced_gap(prompt, reference, adapter_path=adapter_gguf)
+                case.max_gap = generator.forced_gap(prompt, reference_tokens or reference, adapter_path=adapter_gguf)
             cases.append(case)
     finally:
         if own:

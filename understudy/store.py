@@ -30,78 +30,14 @@ import pyarrow as pa
 
 from understudy.db import Cursor, transaction
 from understudy.migrations import migrate
+from understudy.rows import CallRow, SelfAgreementRow, ShadowRow, SiteRow
 from understudy.store_postgres import MIGRATION_LOCK_KEY, PostgresCursor, PostgresDatabase, is_postgres_url
 
-CALL_COLUMNS = (
-    "id",
-    "ts",
-    "site_id",
-    "model",
-    "served_by",
-    "stream",
-    "turn",
-    "conversation",
-    "retry_of",
-    "request",
-    "response",
-    "status",
-    "error",
-    "latency_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "valid",
-    "provider",
-    "upstream_model",
-    "purpose",
-    "client",
-    "usage_estimated",
-    "attempts",
-    "retried_for",
-    "local_tries",
-)
-SHADOW_COLUMNS = (
-    "call_id",
-    "site_id",
-    "version",
-    "ts",
-    "score",
-    "components",
-    "comparable",
-    "local_valid",
-    "local_latency_ms",
-    "upstream_latency_ms",
-    "local_output",
-    "upstream_valid",
-    "phase",
-    "local_confidence",
-    "local_tries",
-)
-SELF_AGREEMENT_COLUMNS = (
-    "call_id",
-    "second_call_id",
-    "site_id",
-    "ts",
-    "score",
-    "components",
-    "comparable",
-    "first_valid",
-    "second_valid",
-)
-SITE_COLUMNS = (
-    "id",
-    "name",
-    "name_source",
-    "kind",
-    "system_text",
-    "header",
-    "arg_names",
-    "schema_name",
-    "tool_names",
-    "temperature",
-    "created_at",
-    "tag",
-)
+# The tables the recorder writes: their columns are the typed rows' fields (understudy.rows).
+CALL_COLUMNS = CallRow._fields
+SHADOW_COLUMNS = ShadowRow._fields
+SELF_AGREEMENT_COLUMNS = SelfAgreementRow._fields
+SITE_COLUMNS = SiteRow._fields
 # Calls are inserted as one Arrow table per batch: building columns in C and one
 # INSERT ... SELECT costs a fraction of binding thousands of statement parameters.
 CALLS_ARROW_SCHEMA = pa.schema(
@@ -232,10 +168,10 @@ class Store:
 
     def write_batch(
         self,
-        sites: Sequence[tuple] = (),
-        calls: Sequence[tuple] = (),
-        shadows: Sequence[tuple] = (),
-        self_agreement: Sequence[tuple] = (),
+        sites: Sequence[SiteRow] = (),
+        calls: Sequence[CallRow] = (),
+        shadows: Sequence[ShadowRow] = (),
+        self_agreement: Sequence[SelfAgreementRow] = (),
     ) -> None:
         """New sites, calls, shadow and self-agreement results in one transaction: the group commit."""
         cur = self.cursor()
@@ -244,17 +180,12 @@ class Store:
                 cur.execute(_insert_sql("sites", SITE_COLUMNS, len(chunk), on_conflict=True), _flatten(chunk))
                 cur.execute(
                     _insert_sql("site_names", ("site_id", "name", "source"), len(chunk), on_conflict=True),
-                    _flatten([(row[0], row[1], row[2]) for row in chunk]),
+                    _flatten([(row.id, row.name, row.name_source) for row in chunk]),
                 )
             if calls and self.is_postgres:
-                width = len(CALL_COLUMNS)
-                cast(PostgresCursor, cur).copy_rows(
-                    "calls", CALL_COLUMNS, [tuple(row) + (None,) * (width - len(row)) for row in calls]
-                )
+                cast(PostgresCursor, cur).copy_rows("calls", CALL_COLUMNS, calls)
             elif calls:
                 columns = list(zip(*calls))
-                # Rows built for an older column list: the columns added since are NULL (their default).
-                columns += [(None,) * len(calls)] * (len(CALL_COLUMNS) - len(columns))
                 batch = pa.Table.from_arrays(
                     [pa.array(column, type=field.type) for column, field in zip(columns, CALLS_ARROW_SCHEMA)],
                     schema=CALLS_ARROW_SCHEMA,
@@ -263,10 +194,12 @@ class Store:
                 duck.register("_calls_batch", batch)
                 duck.execute(f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) SELECT * FROM _calls_batch")
                 duck.unregister("_calls_batch")
-            for chunk in _chunks(shadows, _ROWS_PER_STATEMENT):
-                cur.execute(_insert_sql("shadow_results", SHADOW_COLUMNS, len(chunk)), _flatten(chunk))
-            for chunk in _chunks(self_agreement, _ROWS_PER_STATEMENT):
-                cur.execute(_insert_sql("self_agreement", SELF_AGREEMENT_COLUMNS, len(chunk)), _flatten(chunk))
+            for shadow_chunk in _chunks(shadows, _ROWS_PER_STATEMENT):
+                cur.execute(_insert_sql("shadow_results", SHADOW_COLUMNS, len(shadow_chunk)), _flatten(shadow_chunk))
+            for pair_chunk in _chunks(self_agreement, _ROWS_PER_STATEMENT):
+                cur.execute(
+                    _insert_sql("self_agreement", SELF_AGREEMENT_COLUMNS, len(pair_chunk)), _flatten(pair_chunk)
+                )
 
     def rename_site(self, ref: str, name: str) -> SiteRecord:
         """Give a site a new name; refused when empty or when another site is called that."""
@@ -486,7 +419,7 @@ def served_by_label(site_id: str, state: str, pinned: str | None, version: int |
     return "upstream"
 
 
-def _chunks(rows: Sequence[tuple], size: int) -> Iterable[Sequence[tuple]]:
+def _chunks[Row: tuple](rows: Sequence[Row], size: int) -> Iterable[Sequence[Row]]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
 

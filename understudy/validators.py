@@ -1,7 +1,7 @@
 """Task validators: checks an answer must pass against the request it answers.
 
 A validator is any function `check(answer: str, arguments: CallArguments)` where `arguments`
-holds the call's arguments read from the request (`understudy.byllm_prompt.call_arguments`:
+holds the call's arguments read from the request (`understudy.byllm.prompt.call_arguments`:
 byLLM's argument lines by name, earlier tool calls, the whole request). It returns a bool,
 `(passed, detail)`, a dict with a `passed` key, or an object with `passed` and `to_dict()`.
 `detail` may name `constrained` answer paths (e.g. `["width", "height"]`): fields the request
@@ -24,7 +24,7 @@ accepts (another program's `Level` is not the showcase's).
 Constraints bound to the request. A function may also carry
 `constrain(schema: dict, arguments: CallArguments) -> dict`: the response schema tightened with
 what this request fixes (counts, coordinate ranges, fields to echo as `const`), in standard JSON
-Schema keywords. The local model decodes under the tightened schema (`training.constraints`),
+Schema keywords. The local model decodes under the tightened schema (`inference.constraints`),
 so an answer that breaks a count or a bound cannot be produced at all; the validator still
 checks every answer (a schema cannot say "no enemy on a wall"). `constrain` must return a new
 schema and leave the one it is given alone; one that raises is logged and ignored (the plain
@@ -37,7 +37,6 @@ is not one we may serve or learn from).
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import logging
 import threading
@@ -46,8 +45,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from understudy import wire
-from understudy.byllm_prompt import CallArguments, call_arguments
+from understudy import response_types, wire
+from understudy.byllm.prompt import CallArguments, call_arguments
 
 ENTRY_POINT_GROUP = "understudy.validators"
 DISABLED = "none"  # a site policy's "validator": "none" turns the response type's validator off
@@ -165,9 +164,7 @@ def load_validator(reference: str) -> ValidatorFn:
     if module_name.split(".")[0] in _RENAMED_PACKAGES:  # recorded before the components moved under understudy.
         module_name = "understudy." + module_name
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
+        target: Any = response_types.load(f"{module_name}:{attribute}")
     except (ImportError, AttributeError) as exc:
         raise ValidatorError(f"cannot load validator {reference!r}: {exc}") from None
     if not callable(target):
@@ -251,3 +248,20 @@ def site_validator_reference(
 ) -> str | None:
     """The `module:function` validating this site's answers (what a training job carries)."""
     return (registry or ValidatorRegistry()).reference_for(response_format, store.site_policy(site_id).get("validator"))
+
+
+def local_verdict(
+    text: str, response_format: Mapping[str, Any] | None, validator: BoundValidator | None
+) -> tuple[bool, str]:
+    """May this answer stand as the request's answer? (parses, fits the schema, passes the validator)
+
+    The serving gate; `routing.scoring.score_pair` applies the same checks to both answers of a pair.
+    """
+    error = wire.check_answer(text, response_format)[1]
+    if error is not None:
+        return False, f"unusable: {error}"
+    if validator is not None:
+        verdict = validator(text)
+        if not verdict.passed:
+            return False, f"fails its validator ({verdict.summary()})"
+    return True, "ok"

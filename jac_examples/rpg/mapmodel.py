@@ -141,7 +141,7 @@ def layout_from(map_like: Any) -> Layout:
     data = load_map_like(map_like)
     if not isinstance(data, dict):
         raise ValueError("a map must be a JSON object")
-    level = data.get("level") if isinstance(data.get("level"), dict) else {}
+    level = found if isinstance(found := data.get("level"), dict) else {}
     width, height = as_int(level.get("width")), as_int(level.get("height"))
     if width is None or height is None or width <= 0 or height <= 0:
         raise ValueError("map.level needs positive integer width and height")

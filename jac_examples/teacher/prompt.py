@@ -102,7 +102,7 @@ def split_prompt(text: str) -> tuple[str, dict[str, Any], dict[str, str | None]]
 
 def parse_request(body: dict[str, Any]) -> ParsedRequest:
     req = ParsedRequest(body=body, model=str(body.get("model") or "teacher"))
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    messages = found if isinstance(found := body.get("messages"), list) else []
     first_user_seen = False
     for message in messages:
         if not isinstance(message, dict):

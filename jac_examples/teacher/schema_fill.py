@@ -60,10 +60,10 @@ def fill(schema: dict[str, Any], rng: random.Random, root: dict[str, Any] | None
         return rng.choice(schema["enum"])
     kind = _type_of(schema)
     if kind == "object":
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        props = found if isinstance(found := schema.get("properties"), dict) else {}
         return {name: fill(sub, rng, root) for name, sub in props.items()}
     if kind == "array":
-        items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        items = found if isinstance(found := schema.get("items"), dict) else {}
         low = int(schema.get("minItems", 1))
         high = int(schema.get("maxItems", max(low, 3)))
         return [fill(items, rng, root) for _ in range(rng.randint(low, max(low, high)))]
@@ -72,9 +72,9 @@ def fill(schema: dict[str, Any], rng: random.Random, root: dict[str, Any] | None
         high = int(schema.get("maximum", max(low, 10)))
         return rng.randint(low, max(low, high))
     if kind == "number":
-        low = float(schema.get("minimum", 0.0))
-        high = float(schema.get("maximum", max(low, 1.0)))
-        return round(rng.uniform(low, high), 3)
+        least = float(schema.get("minimum", 0.0))
+        most = float(schema.get("maximum", max(least, 1.0)))
+        return round(rng.uniform(least, most), 3)
     if kind == "boolean":
         return rng.random() < 0.5
     if kind == "null":
@@ -100,7 +100,7 @@ def conform(value: Any, schema: dict[str, Any], rng: random.Random, root: dict[s
     """`value` fitted to `schema`: matching parts kept, missing parts filled, extras dropped."""
     root = root if root is not None else schema
     schema = resolve(schema, root)
-    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    props = found if isinstance(found := schema.get("properties"), dict) else {}
     wrapper = next((k for k in WRAPPER_KEYS if list(props) == [k]), None)
     if wrapper is not None and not (isinstance(value, dict) and wrapper in value):
         return {wrapper: conform(value, props[wrapper], rng, root)}
@@ -119,7 +119,7 @@ def conform(value: Any, schema: dict[str, Any], rng: random.Random, root: dict[s
             for name, sub in props.items()
         }
     if kind == "array":
-        items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        items = found if isinstance(found := schema.get("items"), dict) else {}
         if not isinstance(value, list):
             return fill(schema, rng, root)
         return [conform(v, items, rng, root) for v in value]

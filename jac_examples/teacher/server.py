@@ -42,7 +42,7 @@ def create_teacher_app(seed: int = 0, flaw_share: float = 0.1) -> Litestar:
             return _error(400, "request needs a `messages` list")
         reply = teacher.respond(payload)
         model = str(payload.get("model") or TEACHER_MODEL_ID)
-        # It charges nothing: the proxy records its answers at $0 (proxy.pricing.COST_HEADER).
+        # It charges nothing: the proxy records its answers at $0 (pricing.COST_HEADER).
         headers = {"X-Understudy-Cost": "0", **({"X-Teacher-Flaw": reply.flaw} if reply.flaw else {})}
         if payload.get("stream") is True:
             options = payload.get("stream_options")

@@ -14,8 +14,8 @@ import json
 import pytest
 
 from tests.support.showcase import map_request
-from understudy.routing.checked_sampling import SamplingPolicy
-from understudy.routing.local_model import LocalModels, Variant, checks_for
+from understudy.inference.checked_sampling import SamplingPolicy
+from understudy.inference.local_model import LocalModels, Variant, checks_for
 from understudy.training.config import default_gemma_gguf
 from understudy.validators import ValidatorRegistry
 

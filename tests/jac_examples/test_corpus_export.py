@@ -7,7 +7,7 @@ import json
 import duckdb
 
 from tests.conftest import run_cli
-from understudy.corpus import generate_corpus
+from understudy.cli.corpus import generate_corpus
 from understudy.jac_examples.rpg.validator import validate_map
 from understudy.settings import load_settings
 

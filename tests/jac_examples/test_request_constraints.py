@@ -101,8 +101,8 @@ def gemma_vocab():
     """The bundled Gemma base's vocabulary (what the proxy decodes with), loaded without weights."""
     import llama_cpp
 
+    from understudy.inference.constraints import LlamaVocab
     from understudy.training.config import default_gemma_gguf
-    from understudy.training.constraints import LlamaVocab
 
     llm = llama_cpp.Llama(default_gemma_gguf(), vocab_only=True, verbose=False)
     yield llm, LlamaVocab(llm)
@@ -120,7 +120,7 @@ def _accepts(gemma_vocab, constraint, text: str) -> bool:
 
 
 def test_the_decoders_engine_refuses_what_the_schema_refuses(rounds, gemma_vocab):
-    from understudy.training.constraints import compile_schema
+    from understudy.inference.constraints import compile_schema
 
     request, good = _a_valid_map(rounds)
     constraint = compile_schema(_tightened(request), lean=True)

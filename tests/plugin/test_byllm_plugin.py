@@ -1,4 +1,4 @@
-"""The Jac plugin (understudy.byllm_plugin): real `jac run` programs against a real fake OpenAI server.
+"""The Jac plugin (understudy.byllm.plugin): real `jac run` programs against a real fake OpenAI server.
 
 Each program runs in tmp_path (caches included) with `OPENAI_BASE_URL` unset unless a test is
 about the program's own base URL.
@@ -225,7 +225,7 @@ def test_unknown_byllm_version_goes_ahead_untouched_with_one_warning(tmp_path, j
 @pytest.fixture
 def plugin(monkeypatch):
     """The plugin module with its per-process state reset (restored afterwards)."""
-    from understudy import byllm_plugin
+    from understudy.byllm import plugin as byllm_plugin
 
     for name, value in (
         ("_warned", False),

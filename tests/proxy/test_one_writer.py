@@ -8,15 +8,16 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 
 import httpx
 import pytest
 
 from tests.conftest import open_test_store, query_store, start_proxy
+from tests.support.rows import site_row, training_result
+from understudy.pricing import PriceTable
 from understudy.proxy.call_record import PendingCall
 from understudy.proxy.callsite import identify
-from understudy.proxy.pricing import PriceTable
 from understudy.proxy.recorder import Recorder
 from understudy.routing.actions import pin
 from understudy.routing.policy import Decision, SiteState
@@ -122,19 +123,8 @@ def test_jobs_run_on_the_writer_in_queue_order(store):
 
 
 def _site_in_shadow(store: Store):
-    store.write_batch([("s1", "site", "function", "byllm", "", "site", [], "Level", [], None, datetime.now(UTC), None)])
-    register_version(
-        store,
-        "s1",
-        {
-            "verified": True,
-            "error": None,
-            "adapter_path": "/a.gguf",
-            "base_gguf": "/b.gguf",
-            "config": {},
-            "metrics": {"heldout": {"validator_pass_rate": 0.9}},
-        },
-    )
+    store.write_batch([site_row("s1", "site", header="site", arg_names=[], schema_name="Level")])
+    register_version(store, "s1", training_result())
     return store.resolve_site("s1")
 
 

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import VENV_BIN, query_store, run_cli, start_proxy
+from tests.conftest import VENV_BIN, query_store, run_cli, start_proxy, wait_for
 from tests.test_store_backends import call_row as stored_call_row
 from understudy.store import Store
 
@@ -57,16 +57,6 @@ def sites_of(proxy) -> dict[str, tuple]:
         row["id"]: (row["name"], row["state"], row["pinned"], row["active_version"])
         for row in admin(proxy, "GET", "/sites")
     }
-
-
-def wait_for(condition, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -498,3 +498,58 @@ def test_check_model_choice():
     table = UpstreamTable.load(None, OPENAI_URL)
     assert [check_model_for(r) for r in table.routes] == ["claude-3-5-haiku-latest", "gemini-2.0-flash", "gpt-4o-mini"]
     assert table.route_named("gemini").base_url == GEMINI_URL
+
+
+def test_an_upstream_cookie_is_not_kept_for_other_requests(tmp_path):
+    """Every client's calls share one upstream client: a Set-Cookie an upstream answers with is
+    neither stored nor sent with the next request (httpx would keep it in its jar)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from understudy.proxy.upstream import Upstream
+    from understudy.settings import Settings
+
+    cookies_received: list[str | None] = []
+
+    class SetsCookies(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            cookies_received.append(self.headers.get("cookie"))
+            body = b'{"choices": []}'
+            self.send_response(200)
+            self.send_header("set-cookie", "session=client-a; Path=/")
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SetsCookies)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    settings = Settings(data_dir=tmp_path, upstream_url=url)
+    table = UpstreamTable.load(None, url)
+    resolution = table.resolve("gpt-4o-mini")
+
+    async def two_calls(upstream: Upstream) -> None:
+        for _ in range(2):
+            request = upstream.build_chat_request(b"{}", {}, resolution, resolution.headers())
+            response = await upstream.send(request, stream=False)
+            assert response.status_code == 200 and "session=client-a" in response.headers["set-cookie"]
+        await upstream.client.aclose()
+
+    try:
+        upstream = Upstream(settings, table)
+        asyncio.run(two_calls(upstream))
+        assert cookies_received == [None, None] and len(upstream.client.cookies) == 0
+        # The control: httpx's own jar keeps what the same upstream sets.
+        plain = httpx.Client()
+        plain.post(url + "/chat/completions", content=b"{}")
+        assert plain.cookies.get("session") == "client-a"
+        plain.close()
+    finally:
+        server.shutdown()

@@ -17,10 +17,10 @@ import pytest
 
 from tests.conftest import REPO_ROOT, query_store, run_cli, start_proxy
 from tests.routing.test_decisions_e2e import ask
-from understudy.routing.checked_sampling import AnswerChecks, SamplingPolicy, draw_until_valid, token_cap
-from understudy.routing.local_model import LocalAnswer
-from understudy.training.constraints import compile_schema
-from understudy.training.local_generate import LocalGenerator
+from understudy.inference.checked_sampling import AnswerChecks, SamplingPolicy, draw_until_valid, token_cap
+from understudy.inference.constraints import compile_schema
+from understudy.inference.local_generate import LocalGenerator
+from understudy.inference.local_model import LocalAnswer
 
 DEFAULT_TRIES = SamplingPolicy().tries
 

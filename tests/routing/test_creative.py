@@ -109,12 +109,12 @@ def test_creative_below_is_a_validated_setting_and_zero_turns_the_rule_off():
 
 
 def test_judgments_recorded_through_the_review_protocol_decide_a_creative_site_in_the_router(tmp_path):
-    """The router reads the active version's review from the store (routing.reviews) and decides
+    """The router reads the active version's review from the store (reporting.reviews) and decides
     again when judgments arrive; the control site, its local answers judged worse, is rejected."""
     from datetime import UTC, datetime
 
     from tests.support.review_data import MAP_SITE, T0, populate
-    from understudy.routing import reviews
+    from understudy.reporting import reviews
     from understudy.routing.router import Router
     from understudy.store import Store
     from understudy.validators import ValidatorRegistry

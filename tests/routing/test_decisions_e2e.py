@@ -149,7 +149,7 @@ def test_default_policy_rejects_controls_promotes_a_trained_version_and_demotes_
         state, calls = until_decided(proxy, site, "shadow")
         assert state == "learning", last_reason(proxy, site)
         # Agreement rejects it; its run-on strings are also cut at the site's token cap (1.5x the
-        # teacher's answers, routing.checked_sampling), so validity may be found inferior as well.
+        # teacher's answers, inference.checked_sampling), so validity may be found inferior as well.
         assert re.match(r"rejected: agreement( and validity)? inferior to the teacher", last_reason(proxy, site))
 
         # 2. Trained on answers to other requests: valid colors, for the wrong things.

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from understudy.routing.local_queue import LocalQueue, Skipped
+from understudy.inference.local_queue import LocalQueue, Skipped
 
 
 async def job(queue: LocalQueue, name: str, order: list[str], *, background: bool, work: float = 0.001):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from understudy.routing.partial import ShadowSample, partial_evidence
+from understudy.routing.partial import PartialEvidence, ShadowSample, partial_evidence
 from understudy.routing.policy import PromotionPolicy, SiteState, Verdict, decide
 
 POLICY = PromotionPolicy()  # the shipped defaults throughout
@@ -136,6 +136,58 @@ def test_a_rejection_waits_for_the_subsets_test_but_not_past_the_cap():
     for _ in range(POLICY.max_shadow_samples):
         evidence.add(0.1, True, True)
     assert decide(SiteState.SHADOW, evidence, reference, POLICY, partial=calibrating).verdict is Verdict.REJECTED
+
+
+def test_a_subset_under_test_outlasts_the_sites_cap_until_it_has_had_its_own():
+    """A version worse than the teacher overall whose confident third is as good as the teacher:
+    at the site's cap that subset has ~54 samples, not yet enough to decide, so the rejection
+    waits; controls: the same with an inferior subset is rejected at once, and a subset still
+    undecided after `max_shadow_samples` samples of its own lets the rejection through."""
+    teacher = POLICY.new_reference().extend([1.0] * 200)
+    cap = POLICY.max_shadow_samples
+    site = POLICY.new_evidence()
+    for _ in range(cap):
+        site.add(0.5, True, True)
+
+    def tested_subset(scores: list[float]) -> PartialEvidence:
+        subset, reference = POLICY.new_evidence(), POLICY.new_reference()
+        for score in scores:
+            subset.add(score, True, True)
+            reference.add(1.0)
+        return PartialEvidence(0.99, "chosen", POLICY.calibration_samples, 3 * len(scores), subset, reference)
+
+    undecided = tested_subset([1.0] * 54)
+    held = decide(SiteState.SHADOW, site, teacher, POLICY, partial=undecided)
+    assert held.new_state is SiteState.SHADOW, held.reason
+    assert "rejection held while the confident subset is tested" in held.reason
+    inferior = tested_subset([0.5] * 54)
+    assert decide(SiteState.SHADOW, site, teacher, POLICY, partial=inferior).verdict is Verdict.REJECTED
+    # A few more subset samples decide it: partly promoted.
+    passed = decide(SiteState.SHADOW, site, teacher, POLICY, partial=tested_subset([1.0] * 70))
+    assert passed.verdict is Verdict.PARTIAL, passed.reason
+    # A subset that never decides is not waited for past its own cap.
+    straddling = tested_subset([0.9, 0.8] * (cap // 2))
+    assert decide(SiteState.SHADOW, site, teacher, POLICY, partial=straddling).verdict is Verdict.REJECTED
+
+
+def test_answers_without_a_confidence_hold_nothing_for_calibration():
+    """A model server's answers carry no confidence: no subset can ever be calibrated, so a version
+    far worse than the teacher is rejected at `min_samples`; control: the same answers with
+    confidences hold the rejection while the subset is calibrated."""
+    teacher = POLICY.new_reference().extend([1.0] * 30)
+    site = POLICY.new_evidence()
+    for _ in range(POLICY.min_samples):
+        site.add(0.0, True, True)
+
+    def samples(confidence):
+        return [ShadowSample(f"c{n}", confidence, 0.0, True, True) for n in range(POLICY.min_samples)]
+
+    without = partial_evidence(samples(None), {}, 1.0, POLICY)
+    assert not without.calibrating and without.threshold is None
+    assert decide(SiteState.SHADOW, site, teacher, POLICY, partial=without).verdict is Verdict.REJECTED
+    calibrating = partial_evidence(samples(0.9), {}, 1.0, POLICY)
+    assert calibrating.calibrating
+    assert decide(SiteState.SHADOW, site, teacher, POLICY, partial=calibrating).new_state is SiteState.SHADOW
 
 
 def test_partial_settings_are_validated():

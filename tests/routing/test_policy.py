@@ -164,14 +164,18 @@ def test_a_pinned_site_never_moves_on_its_own(state):
         assert decide(state, evidence(scores), reference([1.0] * 10), POLICY, pinned="v3").new_state is state
     assert on_new_version(state, pinned="v3").new_state is state
     assert on_rollback(state, pinned="v3").new_state is state
-    assert "pinned (v3)" in decide(state, evidence([]), None, POLICY, pinned="v3").reason
+    assert decide(state, evidence([]), None, POLICY, pinned="v3").reason == "pinned to v3"
 
 
-def test_a_pin_naming_a_state_holds_the_site_there():
-    assert decide(SiteState.SHADOW, evidence([1.0] * 50), None, POLICY, pinned="shadow").new_state is SiteState.SHADOW
-    assert decide(SiteState.SHADOW, evidence([0.0] * 50), None, POLICY, pinned="local").new_state is SiteState.LOCAL
-    upstream = decide(SiteState.LOCAL, evidence([1.0] * 50), None, POLICY, pinned="upstream")
-    assert upstream.new_state is SiteState.LEARNING and upstream.reason == "pinned to upstream"
+def test_a_pin_naming_a_state_routes_the_site_but_never_moves_its_stored_state():
+    """The router serves a pinned site as its pin says; the stored state stays where the evidence
+    left it, so an unpin returns the site there (never `local` without a sample)."""
+    for state in SiteState:
+        for pin in ("local", "local@v2", "upstream", "shadow"):
+            held = decide(state, evidence([0.0] * 50), reference([1.0] * 10), POLICY, pinned=pin)
+            assert held.new_state is state and held.reason == f"pinned to {pin}"
+    # Control: the same evidence unpinned moves a shadowing site (rejected).
+    assert decide(SiteState.SHADOW, evidence([0.0] * 50), reference([1.0] * 10), POLICY).new_state is SiteState.LEARNING
 
 
 # --- configuration ------------------------------------------------------------------------

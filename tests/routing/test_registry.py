@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import pytest
 
 from tests.conftest import open_test_store
+from tests.support.rows import site_row, training_result
 from understudy.routing.actions import ActionError, pin, rollback
 from understudy.routing.registry import apply_decision, list_versions, register_version
 
@@ -15,22 +15,13 @@ from understudy.routing.registry import apply_decision, list_versions, register_
 @pytest.fixture
 def store(tmp_path):
     store = open_test_store(tmp_path / "u.duckdb")
-    store.write_batch(
-        [("s1", "site", "function", "byllm", "", "site", [], "Level", [], None, datetime.now(UTC), None)], []
-    )
+    store.write_batch([site_row("s1", "site", header="site", arg_names=[], schema_name="Level")])
     yield store
     store.close()
 
 
 def result(validator_rate, *, verified=True, error=None):
-    return {
-        "verified": verified,
-        "error": error,
-        "adapter_path": "/a.gguf",
-        "base_gguf": "/b.gguf",
-        "config": {},
-        "metrics": {"heldout": {"validator_pass_rate": validator_rate, "parse_valid_rate": 1.0}},
-    }
+    return training_result(validator_rate, verified=verified, error=error)
 
 
 def test_versions_activate_only_when_verified_and_not_worse(store):

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from understudy.proxy.pricing import PriceTable
+from tests.support.rows import call_row
+from understudy.pricing import PriceTable
+from understudy.reporting.report import build_report, render_terminal
+from understudy.reporting.report_html import VERSION_COLORS, render_html
 from understudy.routing.policy import PromotionPolicy
-from understudy.routing.report import build_report, render_terminal
-from understudy.routing.report_html import VERSION_COLORS, render_html
 from understudy.routing.sequential import confidence_sequence
 from understudy.store import SiteNotFound, Store
 
@@ -61,30 +62,23 @@ def _call(
     prompt_tokens=None,
     completion_tokens=None,
 ):
-    return (
+    return call_row(
         call_id,
-        ts,
         site,
-        model,
-        served_by,
-        False,
-        "first",
-        call_id,
-        None,
-        "{}",
-        "{}",
-        status,
-        error,
-        latency,
-        prompt_tokens,
-        completion_tokens,
-        cost,
-        True,
-        "openai" if served_by == "upstream" else "local",
-        model,
-        "client",
-        None,
-    )  # purpose, client key name
+        ts=ts,
+        model=model,
+        served_by=served_by,
+        request="{}",
+        response="{}",
+        status=status,
+        error=error,
+        latency_ms=latency,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=cost,
+        provider="openai" if served_by == "upstream" else "local",
+        upstream_model=model,
+    )
 
 
 def _populate(store: Store) -> None:

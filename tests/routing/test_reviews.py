@@ -16,8 +16,8 @@ from scipy import stats
 
 from tests.conftest import open_test_store
 from tests.support.review_data import MAP_SITE, TEXT_SITE, populate
-from understudy.routing import reviews
-from understudy.routing.reviews import ReviewError
+from understudy.reporting import reviews
+from understudy.reporting.reviews import ReviewError
 from understudy.store import SiteNotFound
 
 CRITERIA = ("gameplay", "structure", "constraints")

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.support.showcase import level_request, showcase_rounds
-from understudy.byllm_prompt import CallArguments
+from understudy.byllm.prompt import CallArguments
 from understudy.jac_examples.teacher.teacher import Teacher
 from understudy.routing.router import site_scoring
 from understudy.routing.scoring import AgreementScore, ScoringPolicy, score_pair

@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT, run_cli, start_proxy
 from tests.support.showcase import level_repr, map_request
+from understudy.inference.local_model import LocalAnswer
 from understudy.routing.cascade import calibrate
-from understudy.routing.local_model import LocalAnswer
 from understudy.routing.router import Router
 from understudy.settings import load_settings
 from understudy.store import SiteRecord

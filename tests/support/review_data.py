@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+from tests.support.rows import call_row
 from tests.support.showcase import map_request
 from understudy.store import Store
 
@@ -66,29 +67,19 @@ def populate(store: Store, *, pairs_per_version: dict[int, int] | None = None, t
             call_id = f"call-{i:03d}"
             ts = T0 + timedelta(minutes=i)
             calls.append(
-                (
+                call_row(
                     call_id,
-                    ts,
                     MAP_SITE,
-                    "gpt-4o-mini",
-                    "upstream",
-                    False,
-                    "first",
-                    call_id,
-                    None,
-                    json.dumps(map_request(lv)),
-                    completion(a_map(lv, 6)),
-                    200,
-                    None,
-                    900.0,
-                    100,
-                    80,
-                    0.001,
-                    True,
-                    "openai",
-                    "gpt-4o-mini",
-                    "client",
-                    None,
+                    ts=ts,
+                    model="gpt-4o-mini",
+                    request=json.dumps(map_request(lv)),
+                    response=completion(a_map(lv, 6)),
+                    latency_ms=900.0,
+                    prompt_tokens=100,
+                    completion_tokens=80,
+                    cost_usd=0.001,
+                    provider="openai",
+                    upstream_model="gpt-4o-mini",
                 )
             )
             shadows.append((call_id, MAP_SITE, version, ts, 0.8, "{}", True, True, 300.0, 900.0, a_map(lv, 4)))
@@ -103,29 +94,20 @@ def populate(store: Store, *, pairs_per_version: dict[int, int] | None = None, t
             call_id = f"text-{k:03d}"
             request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Summarise ticket {k}"}]}
             calls.append(
-                (
+                call_row(
                     call_id,
-                    T0 + timedelta(minutes=k),
                     TEXT_SITE,
-                    "gpt-4o-mini",
-                    "upstream",
-                    False,
-                    "first",
-                    call_id,
-                    None,
-                    json.dumps(request),
-                    completion(f"Ticket {k} is about billing."),
-                    200,
-                    None,
-                    500.0,
-                    10,
-                    10,
-                    0.0001,
-                    None,
-                    "openai",
-                    "gpt-4o-mini",
-                    "client",
-                    None,
+                    ts=T0 + timedelta(minutes=k),
+                    model="gpt-4o-mini",
+                    request=json.dumps(request),
+                    response=completion(f"Ticket {k} is about billing."),
+                    latency_ms=500.0,
+                    prompt_tokens=10,
+                    completion_tokens=10,
+                    cost_usd=0.0001,
+                    valid=None,
+                    provider="openai",
+                    upstream_model="gpt-4o-mini",
                 )
             )
             shadows.append(

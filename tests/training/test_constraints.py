@@ -1,4 +1,4 @@
-"""The constraint compiler (training.constraints) and constrained decoding (training.decoding).
+"""The constraint compiler (inference.constraints) and constrained decoding (inference.decoding).
 
 Real parts only: each schema keyword is checked by feeding the tokens of a valid and of a
 violating answer to an llguidance matcher on the tiny Llama's llama.cpp vocabulary (byte
@@ -13,8 +13,8 @@ import json
 import jsonschema
 import pytest
 
-from understudy.training.constraints import ConstraintError, LlamaVocab, compile_schema
-from understudy.training.local_generate import LocalGenerator
+from understudy.inference.constraints import ConstraintError, LlamaVocab, compile_schema
+from understudy.inference.local_generate import LocalGenerator
 
 PROMPT = "<|user|>\nGenerate a dungeon level.<|end|>\n<|assistant|>\n"
 

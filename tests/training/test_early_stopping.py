@@ -13,10 +13,10 @@ import json
 import pytest
 
 from tests.training.examples import COLOR_SCHEMA, make_example
+from understudy.inference.site_prompt import SitePrompt
 from understudy.training.config import TrainConfig
 from understudy.training.encoding import encode_examples
 from understudy.training.model_loading import load_model, load_tokenizer
-from understudy.training.site_prompt import SitePrompt
 from understudy.training.train import eval_loss, train
 
 THINGS = ["sky", "grass", "sun", "rose", "snow", "sea", "leaf", "gold"]

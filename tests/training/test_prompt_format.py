@@ -1,6 +1,6 @@
 from understudy import wire
-from understudy.training.prompt_format import END_MARKER, STOP_SEQUENCES, render_prompt, render_target
-from understudy.training.site_prompt import render_training_pair
+from understudy.inference.prompt_format import END_MARKER, STOP_SEQUENCES, render_prompt, render_target
+from understudy.inference.site_prompt import render_training_pair
 
 SCHEMA_RF = {
     "type": "json_schema",

@@ -4,10 +4,10 @@ adapter, and reproduced by llama.cpp on the full-precision base."""
 from __future__ import annotations
 
 from tests.training.examples import COLOR_SCHEMA, make_example
+from understudy.inference.local_generate import LocalGenerator
+from understudy.inference.prompt_format import render_prompt
 from understudy.training.config import TrainConfig
 from understudy.training.gguf_adapter import export_gguf_adapter
-from understudy.training.local_generate import LocalGenerator
-from understudy.training.prompt_format import render_prompt
 from understudy.training.train import train
 
 EXAMPLES = [

@@ -1,4 +1,4 @@
-"""When the scheduler gives a site a new version (`understudy.training_jobs.retraining_reason`), at the
+"""When the scheduler gives a site a new version (`understudy.training.jobs.retraining_reason`), at the
 default settings (50 examples, growth 2x), on both stores: the first version, growth since the last
 version, a rejected, inconclusive or demoted version once new data has arrived; and not otherwise
 (a version still being judged or promoted without growth, controls, invalid answers, a verdict
@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conftest import open_test_store
+from tests.support.rows import call_row, site_row, training_result
 from understudy.routing.policy import Decision, SiteState, Verdict
 from understudy.routing.registry import apply_decision, register_version
 from understudy.settings import Settings
-from understudy.training_jobs import retraining_reason, retraining_status, training_candidates, training_schedule
+from understudy.training.jobs import retraining_reason, retraining_status, training_candidates, training_schedule
 
 STORE_BACKENDS = ("duckdb", "postgresql")
 DEFAULTS = Settings.model_fields
@@ -28,9 +29,7 @@ _ids = itertools.count()
 @pytest.fixture
 def store(tmp_path):
     opened = open_test_store(tmp_path / "u.duckdb")
-    opened.write_batch(
-        sites=[("s1", "pick_color", "function", "byllm", "", None, ["x"], "Color", [], None, datetime.now(UTC), None)]
-    )
+    opened.write_batch(sites=[site_row("s1", "pick_color")])
     yield opened
     opened.close()
 
@@ -41,29 +40,7 @@ def add_calls(store, n: int, *, valid: bool = True) -> None:
     rows = []
     for _ in range(n):
         call_id = f"c{next(_ids)}"
-        response = '{"choices": [{"message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop"}]}'
-        rows.append(
-            (
-                call_id,
-                now + timedelta(microseconds=next(_ids)),
-                "s1",
-                "m",
-                "upstream",
-                False,
-                "first",
-                call_id,
-                None,
-                '{"messages": []}',
-                response,
-                200,
-                None,
-                12.5,
-                10,
-                5,
-                0.001,
-                valid,
-            )
-        )
+        rows.append(call_row(call_id, "s1", ts=now + timedelta(microseconds=next(_ids)), valid=valid))
     store.write_batch(calls=rows)
 
 
@@ -72,18 +49,7 @@ def reason(store) -> str | None:
 
 
 def trained(store, *, control: str | None = None):
-    return register_version(
-        store,
-        "s1",
-        {
-            "verified": True,
-            "adapter_path": "/a.gguf",
-            "base_gguf": "/b.gguf",
-            "config": {},
-            "metrics": {},
-            "control": control,
-        },
-    )
+    return register_version(store, "s1", training_result(metrics={}, control=control))
 
 
 def verdict(store, what: Verdict, to: SiteState = SiteState.LEARNING) -> None:

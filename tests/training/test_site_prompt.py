@@ -9,11 +9,10 @@ import json
 import pytest
 
 from tests.proxy.captures import capture_files, load_capture
-from understudy.proxy.callsite import identify
-from understudy.routing.local_model import LocalModels, PromptMismatch, Variant
-from understudy.training.local_generate import LocalGenerator
-from understudy.training.prompt_format import render_prompt
-from understudy.training.site_prompt import (
+from understudy.inference.local_generate import LocalGenerator
+from understudy.inference.local_model import LocalModels, PromptMismatch, Variant
+from understudy.inference.prompt_format import render_prompt
+from understudy.inference.site_prompt import (
     COMPACT,
     FULL,
     SitePrompt,
@@ -26,6 +25,7 @@ from understudy.training.site_prompt import (
     render_with_prefix,
     split_request,
 )
+from understudy.proxy.callsite import identify
 
 
 def all_captured_requests() -> list[tuple[str, dict]]:

@@ -12,12 +12,12 @@ import json
 import pytest
 
 from tests.training.examples import COLOR_SCHEMA, make_example
+from understudy.inference.constraints import compile_schema
+from understudy.inference.local_generate import LocalGenerator
+from understudy.inference.prompt_format import render_prompt
 from understudy.training.config import TrainConfig
-from understudy.training.constraints import compile_schema
 from understudy.training.evaluate import evaluate, local_generate_fn
 from understudy.training.gguf_adapter import export_gguf_adapter, read_base_info
-from understudy.training.local_generate import LocalGenerator
-from understudy.training.prompt_format import render_prompt
 from understudy.training.train import train
 from understudy.training.verify import verify_adapter
 
@@ -162,3 +162,23 @@ def test_adapter_gguf_metadata(blue_green):
     names = {t.name for t in reader.tensors}
     assert {"blk.0.attn_q.weight.lora_a", "blk.1.attn_output.weight.lora_b"} <= names
     assert len(names) == 2 * 4 * 2  # 2 layers x q,k,v,o x (a, b)
+
+
+def test_the_near_tie_check_forces_the_tokens_the_answer_was_generated_as(tiny_llama, generator):
+    """The bare tiny model writes bytes that are not UTF-8 on their own (U+FFFD in transformers'
+    text): forced as the ids it generated, its own greedy answer trails llama.cpp's best by
+    nothing; forced as its re-tokenized text (the control) it trails by several nats, which is
+    what failed a sound adapter before the ids were kept."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from understudy.training.hf_generate import greedy_generate
+
+    hf_dir, _ = tiny_llama
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    prompt = "color of sky?"
+    text, tokens = greedy_generate(model, tokenizer, prompt, max_new_tokens=24)
+    assert "\ufffd" in text  # the case in point: a byte the text cannot carry
+    assert generator.forced_gap(prompt, tokens) < 0.5
+    assert generator.forced_gap(prompt, text) > 2.0  # MAX_LOGIT_GAP: the text would fail the check

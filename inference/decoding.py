@@ -1,0 +1,177 @@
+"""Decoding on a llama.cpp context: greedy or sampled, under an llguidance constraint checked on the chosen token first.
+
+Constraint (inference.constraints): a JSON-schema answer is decoded under an llguidance
+`LLMatcher`. Computing the full mask of allowed tokens on every step would cost a pass over
+Gemma's 262k vocabulary; instead this loop does what llama.cpp's own `common_sampler` does:
+pick a token from the raw logits (argmax, or a sample), ask the matcher about that one token,
+and only when it is refused compute the full mask and pick among the allowed tokens. A
+trained adapter's choice is almost always allowed, so the constraint costs little, and the
+result is the token the full mask would give (greedy: the best allowed token; sampled: a draw
+from the masked, renormalised distribution, see `_pick`).
+
+The answer ends when it is complete: once the matcher is stopped (nothing but the end may
+follow, e.g. after an object's closing brace) no further token is evaluated; when the model
+picks an end-of-generation token, it ends if the matcher accepts the answer as complete
+(otherwise that token is refused like any other). Stop strings end free-text answers (no
+constraint); a constrained answer never needs them.
+
+Sampling: temperature 0 is greedy; above 0, tokens are drawn from softmax(logits / T) with a
+numpy Generator seeded by `seed`, so a seed gives the same text every time.
+
+The same pass reads the chosen token's log-probability under the raw, unconstrained softmax
+(temperature 1, a log-sum-exp over the vocabulary), so the answer's confidence comes free.
+
+Prompts are evaluated from the longest prefix already in the context (a previous call's, or one
+restored by `inference.local_generate`): only the new tokens are evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from understudy.inference.constraints import Constraint, LlamaVocab
+
+
+@dataclass
+class Decoded:
+    text: str
+    tokens: int  # completion tokens
+    prompt_tokens: int
+    logprob: float  # sum over the chosen tokens
+    counted: int  # tokens in `logprob`
+    masked: int = 0  # steps where the constraint refused the model's pick and the full mask was computed
+
+    @property
+    def confidence(self) -> float | None:
+        return math.exp(self.logprob / self.counted) if self.counted else None
+
+
+class Decoder:
+    def __init__(self, llm, llama_cpp):
+        self.llm = llm
+        self.lc = llama_cpp
+        self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self.n_vocab = llm.n_vocab()
+        self._llg: LlamaVocab | None = None  # built on the first constrained answer
+        self._mask = None
+        self._masked = 0
+
+    def vocabulary(self) -> LlamaVocab:
+        """llguidance's tokenizer for this model (built once, ~1 s on a 262k vocabulary)."""
+        if self._llg is None:
+            from llguidance.numpy import allocate_token_bitmask
+
+            self._llg = LlamaVocab(self.llm)
+            self._mask = allocate_token_bitmask(1, self.n_vocab)
+        return self._llg
+
+    def evaluate_prompt(self, tokens: list[int]) -> None:
+        """Evaluate `tokens`, reusing the longest prefix already in the context."""
+        llm = self.llm
+        common = 0
+        for a, b in zip(llm.input_ids[: llm.n_tokens], tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # evaluate at least the last token: its logits drive the first step
+        if common > 0 and llm._ctx.kv_cache_seq_rm(-1, common, -1):
+            llm.n_tokens = common
+        else:
+            llm.reset()
+            common = 0
+        llm.eval(tokens[common:])
+
+    def decode(
+        self,
+        prompt_tokens: list[int],
+        max_tokens: int,
+        constraint: Constraint | None = None,
+        stop: list[str] | tuple[str, ...] = (),
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Decoded:
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, not {temperature}")
+        matcher = None if constraint is None else self.vocabulary().matcher(constraint)
+        self.evaluate_prompt(prompt_tokens)
+        lc, llm = self.lc, self.llm
+        rng = np.random.default_rng(seed) if temperature > 0 else None
+        room = llm.n_ctx() - len(prompt_tokens)
+        out: list[int] = []
+        logprob, counted, text = 0.0, 0, ""
+        self._masked = 0
+        for _ in range(max(0, min(max_tokens, room))):
+            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,))
+            token = _pick(logits, temperature, rng)
+            if matcher is not None:
+                token = self._constrain(matcher, logits, token, temperature, rng)
+            if token < 0 or lc.llama_vocab_is_eog(self.vocab, token):
+                break
+            top = float(logits.max())
+            logprob += float(logits[token]) - (top + math.log(float(np.exp(logits - top).sum())))
+            counted += 1
+            out.append(token)
+            if matcher is not None:
+                if matcher.is_stopped():  # complete: only the end may follow
+                    break
+            elif stop:
+                text = llm.detokenize(out).decode("utf-8", errors="ignore")
+                cut = min((text.find(s) for s in stop if s in text), default=-1)
+                if cut >= 0:
+                    return Decoded(text[:cut], len(out), len(prompt_tokens), logprob, counted, self._masked)
+            llm.eval([token])
+        text = llm.detokenize(out).decode("utf-8", errors="ignore")
+        return Decoded(text, len(out), len(prompt_tokens), logprob, counted, self._masked)
+
+    def _constrain(self, matcher, logits: np.ndarray, token: int, temperature: float, rng) -> int:
+        """`token` if the matcher allows it (consumed), else a pick among the allowed tokens; -1 if none."""
+        if self.lc.llama_vocab_is_eog(self.vocab, token):
+            if matcher.is_accepting():
+                return token
+        elif matcher.try_consume_tokens([token]) == 1:
+            return token
+        from llguidance.numpy import fill_next_token_bitmask
+
+        fill_next_token_bitmask(matcher, self._mask)
+        self._masked += 1
+        allowed = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self.n_vocab].astype(bool)
+        if not allowed.any():
+            return -1
+        token = _pick(np.where(allowed, logits, -np.inf), temperature, rng)
+        if not self.lc.llama_vocab_is_eog(self.vocab, token) and not matcher.consume_token(token):
+            return -1
+        return token
+
+    def forced_gap(self, prompt_tokens: list[int], tokens: list[int]) -> float:
+        """With `tokens` forced after the prompt, the largest gap (nats) between each one's logit and
+        the best logit at its position: how far the reference is from this model's greedy path.
+
+        The last token is left out: tokenizing the reference text on its own can merge its end
+        differently from how it was generated (the model wrote `4` then `}`, the tokenizer reads
+        `4}`), which puts a gap of ~18 nats there under transformers and llama.cpp alike."""
+        self.evaluate_prompt(prompt_tokens)
+        worst = 0.0
+        for token in tokens[:-1]:
+            logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.n_vocab,))
+            worst = max(worst, float(logits.max() - logits[token]))
+            self.llm.eval([token])
+        return worst
+
+
+def _pick(logits: np.ndarray, temperature: float, rng) -> int:
+    """Greedy (rng None): the argmax. Otherwise a draw from softmax(logits / temperature).
+
+    Under a constraint the draw is first made from the unconstrained distribution p and, only
+    if the matcher refuses it, made again from p restricted to the allowed set A and
+    renormalised. That is exactly the masked distribution: a token a in A is taken with
+    probability p(a) + (1 - p(A)) * p(a) / p(A) = p(a) / p(A)."""
+    if rng is None:
+        return int(logits.argmax())
+    z = logits.astype(np.float64) / temperature
+    z -= z.max()
+    cdf = np.cumsum(np.exp(z))
+    # side="right": a token of probability 0 (masked, cdf flat across it) is never drawn
+    return min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(cdf) - 1)
