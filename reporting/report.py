@@ -1,9 +1,10 @@
 """Shadow-mode reports: what each call site is doing, how well its local model agrees, what it saves.
 
 `build_report` reads the store through a DuckDB cursor it is given (only `understudy.store`
-opens the file) and returns one `SiteReport` per site: plain dataclasses whose `to_dict()` is
-JSON-ready, so the CLI, the `/report` route and `reporting.report_html` all share one model of
-the numbers. `render_terminal` prints them with rich.
+opens the file) and returns one `SiteReport` per site: plain dataclasses
+(`reporting.report_model`) whose `to_dict()` is JSON-ready, so the CLI, the `/report` route and
+`reporting.report_html` all share one model of the numbers; `reporting.report_text` puts them
+in words and prints them with rich.
 
 What the numbers mean
 ---------------------
@@ -47,16 +48,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any, Protocol
-
-from rich.console import Console
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
+from typing import Any
 
 from understudy.db import Cursor
+from understudy.reporting.report_model import (
+    AgreementPoint,
+    AgreementSeries,
+    AgreementSummary,
+    AuditEntry,
+    CascadeSummary,
+    CostPoint,
+    CostSummary,
+    DrawsSummary,
+    JudgementSummary,
+    LatencyPoint,
+    LatencyStats,
+    LatencySummary,
+    PartialSummary,
+    PolicySummary,
+    Prices,
+    SiteReport,
+    TimeSeries,
+    TrafficPoint,
+    VersionInfo,
+)
 from understudy.routing.cascade import calibrate
 from understudy.routing.evidence import (
     PAIRED_REFERENCE,
@@ -89,229 +106,6 @@ _LOCAL = "served_by LIKE 'local:%'"
 _UPSTREAM = "served_by NOT LIKE 'local:%'"
 _OK = "status BETWEEN 200 AND 299"
 _CLIENT = "coalesce(purpose, 'client') = 'client'"  # not the proxy's own drift / second-answer calls
-
-
-class Prices(Protocol):
-    """What `build_report` needs from a price table (e.g. `pricing.PriceTable`)."""
-
-    def cost(self, model: str | None, prompt_tokens: int | None, completion_tokens: int | None) -> float | None: ...
-
-
-# ---- the report model ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AgreementSummary:
-    """Shadow scores of one version: count, mean and confidence-sequence bounds."""
-
-    version: int
-    samples: int  # comparable shadow results: what the policy counts
-    incomparable: int  # upstream answer unusable: nothing to agree with, not scored
-    mean: float | None
-    low: float  # confidence-sequence bounds; [0, 1] with no samples
-    high: float
-    local_valid_rate: float | None  # share of local answers that passed the gate (all results)
-    upstream_valid_rate: float | None = None  # the upstream's answers on the same calls
-
-    def format(self) -> str:
-        """`0.91 [0.84, 0.95]`, or a dash with no samples."""
-        if not self.samples or self.mean is None:
-            return "—"
-        return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}]"
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    version: int
-    status: str  # ready | rejected | failed | active | retired
-    base_model: str | None
-    created_at: str  # ISO 8601, UTC
-    note: str | None
-    metrics: dict[str, Any]
-    shadow: AgreementSummary
-    control: str | None = None  # base | shuffled: a negative control
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    n: int
-    p50: float | None  # milliseconds
-    p95: float | None
-
-
-@dataclass(frozen=True)
-class LatencySummary:
-    upstream: LatencyStats  # calls the upstream served
-    local: LatencyStats  # calls the local model served
-    shadow_local: LatencyStats  # the reported version beside the upstream, in shadow
-    shadow_upstream: LatencyStats  # the upstream on those same shadowed calls
-
-
-@dataclass(frozen=True)
-class CostSummary:
-    upstream_spent_usd: float
-    upstream_priced_calls: int  # upstream calls with a known (or estimated) cost
-    estimated_calls: int  # of those, priced now from `prices` rather than recorded
-    mean_upstream_cost_usd: float | None
-    local_calls: int
-    saved_usd: float | None  # None when no upstream call has a cost to compare with
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    ts: str  # ISO 8601, UTC
-    action: str
-    actor: str
-    reason: str
-    detail: Any
-
-
-@dataclass(frozen=True)
-class AgreementPoint:
-    t: float  # Unix seconds of the newest score in the window
-    samples: int  # scores in the rolling window
-    mean: float
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
-class AgreementSeries:
-    version: int
-    points: list[AgreementPoint]
-
-
-@dataclass(frozen=True)
-class TrafficPoint:
-    t: float  # bucket start, Unix seconds
-    upstream: int
-    local: int
-    local_share: float
-
-
-@dataclass(frozen=True)
-class LatencyPoint:
-    t: float
-    upstream_p50: float | None
-    upstream_p95: float | None
-    local_p50: float | None
-    local_p95: float | None
-    shadow_local_p50: float | None  # any version's shadow runs in this bucket
-
-
-@dataclass(frozen=True)
-class CostPoint:
-    t: float
-    spent_usd: float  # cumulative
-    saved_usd: float  # cumulative
-
-
-@dataclass(frozen=True)
-class TimeSeries:
-    bucket_s: int
-    agreement: list[AgreementSeries] = field(default_factory=list)
-    traffic: list[TrafficPoint] = field(default_factory=list)
-    latency: list[LatencyPoint] = field(default_factory=list)
-    cost: list[CostPoint] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class PolicySummary:
-    """The promotion policy the report's judgement uses (global settings + site overrides)."""
-
-    min_samples: int
-    margin: float
-    alpha: float
-    window: int
-    shadow_sample_rate: float
-    drift_sample_rate: float
-    self_agreement_rate: float
-    cascade: bool
-    max_shadow_samples: int
-    overrides: dict = field(default_factory=dict)  # the site's own `understudy policy` settings
-
-
-@dataclass(frozen=True)
-class JudgementSummary:
-    """What the policy weighs now: the active version in its current state, against the teacher."""
-
-    phase: str  # shadow (samples since the version entered shadow) | drift (last `window`, while local)
-    agreement: Bounds
-    reference: Bounds | None  # the teacher's self-agreement; None: no samples (reference 1)
-    validity: Bounds  # local valid - upstream valid, paired per call, in [-1, 1]
-    margin: float
-    bar: float  # the teacher's mean self-agreement minus the margin
-
-
-@dataclass(frozen=True)
-class CascadeSummary:
-    threshold: float | None  # confidence below which a local answer goes upstream; None: no cascade
-    bar: float
-    samples: int
-    local_share_without: float  # of the version's shadow answers: all would be local
-    local_share_with: float
-    agreement_without: float | None
-    agreement_with: float | None
-
-
-@dataclass(frozen=True)
-class PartialSummary:
-    """Partial promotion (routing.partial): the confident subset served, or being tested in shadow."""
-
-    serving: bool  # state partial: answers at or above `threshold` are served locally
-    threshold: float | None  # None: not chosen (calibrating, or no subset met the teacher)
-    note: str  # how the threshold was chosen, or why there is none
-    share: float | None  # of fresh shadow samples at or above the threshold (in shadow)
-    agreement: Bounds | None  # the subset's, on fresh samples (in shadow)
-    reference: Bounds | None  # the teacher's self-agreement on the same calls (None: none paired, reference 1)
-    validity: Bounds | None
-
-
-@dataclass(frozen=True)
-class DrawsSummary:
-    """Checked sampling (inference.checked_sampling): local draws per local answer, by where it went."""
-
-    served: int  # local answers served to clients
-    served_mean_tries: float | None
-    fallbacks: int  # local answers refused after their draws (the upstream answered)
-    fallback_mean_tries: float | None
-    shadow: int  # the reported version's shadow and drift answers
-    shadow_mean_tries: float | None
-    shadow_redrawn: float | None  # share of those that needed more than one draw
-
-
-@dataclass(frozen=True)
-class SiteReport:
-    id: str
-    name: str
-    state: str
-    pinned: str | None
-    active_version: int | None
-    reported_version: int | None  # the version `agreement` describes
-    calls: int
-    upstream_calls: int
-    local_calls: int
-    local_share: float | None  # None with no calls
-    fallbacks: int
-    draws: DrawsSummary  # local draws per answer (checked sampling)
-    extra_calls: dict[str, int]  # the proxy's own upstream calls: drift checks, self-agreement second answers
-    agreement: AgreementSummary | None
-    teacher: Bounds | None  # the upstream's self-agreement over the reference window
-    judgement: JudgementSummary | None  # what the policy decides on now
-    cascade: CascadeSummary | None
-    partial: PartialSummary | None  # None: nothing to say (learning, local, or partial promotion off)
-    versions: list[VersionInfo]
-    latency: LatencySummary
-    cost: CostSummary
-    audit: list[AuditEntry]  # newest first
-    assessment: str  # what `routing.policy.decide` says about the site now
-    why: str  # newest explaining audit entry, else the assessment
-    policy: PolicySummary
-    series: TimeSeries
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable: every field is a number, string, None, list or JSON-decoded dict."""
-        return asdict(self)
 
 
 # ---- building ------------------------------------------------------------------------------
@@ -510,24 +304,6 @@ def _partial_summary(
     )
 
 
-def partial_line(report: SiteReport) -> str:
-    p = report.partial
-    if p is None:
-        return "-"
-    if p.serving:
-        return (
-            f"serving local answers at confidence >= {p.threshold:.3f}; the rest upstream; local share "
-            f"{format_share(report.local_share)} of all calls"
-        )
-    if p.threshold is None:
-        return p.note
-    reference = "1 (no paired self-agreement)" if p.reference is None else str(p.reference)
-    return (
-        f"testing confidence >= {p.threshold:.3f} ({format_share(p.share)} of fresh samples): agreement "
-        f"{p.agreement} vs teacher on the same calls {reference}; validity {p.validity}"
-    )
-
-
 def _draws(cur, site_id: str, version: int | None) -> DrawsSummary:
     served, served_mean, fallbacks, fallback_mean = cur.execute(
         f"""SELECT count(*) FILTER (WHERE {_LOCAL} AND local_tries IS NOT NULL),
@@ -556,21 +332,6 @@ def _draws(cur, site_id: str, version: int | None) -> DrawsSummary:
         as_float(shadow_mean),
         as_float(redrawn),
     )
-
-
-def draws_line(d: DrawsSummary) -> str:
-    """Checked sampling in one line: mean draws per served, refused and shadowed local answer."""
-    parts = []
-    for label, n, mean in (
-        ("served", d.served, d.served_mean_tries),
-        ("refused", d.fallbacks, d.fallback_mean_tries),
-        ("shadow", d.shadow, d.shadow_mean_tries),
-    ):
-        if n:
-            parts.append(f"{label} {n} x {mean:.2f}")
-    if d.shadow and d.shadow_redrawn is not None:
-        parts.append(f"redrawn {format_share(d.shadow_redrawn)} of shadow answers")
-    return "draws per local answer: " + ", ".join(parts) if parts else "no local answers drawn"
 
 
 def _judgement_summary(j: Judgement, state: str, reference: list[float], policy: PromotionPolicy) -> JudgementSummary:
@@ -856,148 +617,3 @@ def _iso(epoch_s: float | None) -> str:
     if epoch_s is None:
         return ""
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def format_ms(ms: float | None) -> str:
-    if ms is None:
-        return "—"
-    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.0f} ms"
-
-
-def format_usd(usd: float | None) -> str:
-    if usd is None:
-        return "—"
-    # Per-call costs are fractions of a cent: keep four decimals until the sums grow.
-    return f"${usd:,.2f}" if abs(usd) >= 100 else f"${usd:.4f}"
-
-
-def format_share(share: float | None) -> str:
-    return "—" if share is None else f"{share * 100:.1f}%"
-
-
-def version_label(report: SiteReport) -> str:
-    if report.reported_version is None:
-        return "none trained"
-    label = f"v{report.reported_version}"
-    if report.active_version is None:
-        label += " (latest; none active)"
-    return label
-
-
-def latency_line(latency: LatencySummary) -> str:
-    parts = [
-        f"upstream p50 {format_ms(latency.upstream.p50)} / p95 {format_ms(latency.upstream.p95)}",
-        f"local p50 {format_ms(latency.local.p50)} / p95 {format_ms(latency.local.p95)}",
-    ]
-    if latency.shadow_local.n:
-        parts.append(
-            f"shadow local p50 {format_ms(latency.shadow_local.p50)} / p95 {format_ms(latency.shadow_local.p95)}"
-        )
-    return " · ".join(parts)
-
-
-def cost_line(cost: CostSummary) -> str:
-    line = f"spent {format_usd(cost.upstream_spent_usd)} · saved {format_usd(cost.saved_usd)}"
-    if cost.mean_upstream_cost_usd is not None and cost.local_calls:
-        line += f" ({cost.local_calls} local calls × {format_usd(cost.mean_upstream_cost_usd)})"
-    return line
-
-
-def samples_line(report: SiteReport) -> str:
-    if report.agreement is None:
-        return "0"
-    line = str(report.agreement.samples)
-    if report.agreement.incomparable:
-        line += f" (+{report.agreement.incomparable} incomparable)"
-    return line
-
-
-def agreement_line(report: SiteReport) -> str:
-    if report.agreement is None or not report.agreement.samples:
-        return "no shadow samples yet"
-    return report.agreement.format()
-
-
-def teacher_line(report: SiteReport) -> str:
-    if report.teacher is None:
-        return "no self-agreement samples yet (the bar is 1)"
-    return f"self-agreement {report.teacher}"
-
-
-def judgement_line(report: SiteReport) -> str:
-    j = report.judgement
-    if j is None:
-        return "nothing to judge (no active version in shadow or local)"
-    reference = "1 (no samples)" if j.reference is None else str(j.reference)
-    return (
-        f"{j.phase}: agreement {j.agreement} vs teacher {reference}, bar {j.bar:.2f}; "
-        f"validity local - teacher {j.validity}; margin {j.margin:.2f}"
-    )
-
-
-def cascade_line(report: SiteReport) -> str:
-    c = report.cascade
-    if c is None or not c.samples:
-        return "no calibration samples yet"
-    if c.threshold is None:
-        return f"no threshold (all {c.samples} calibration answers are served locally)"
-    return (
-        f"threshold {c.threshold:.3f}: local share {format_share(c.local_share_with)} (without "
-        f"{format_share(c.local_share_without)}), agreement {c.agreement_with:.2f} (without {c.agreement_without:.2f})"
-    )
-
-
-def policy_line(policy: PolicySummary) -> str:
-    overrides = json.dumps(policy.overrides, sort_keys=True) if policy.overrides else "none (global settings only)"
-    return (
-        f"promote when non-inferior to the teacher within {policy.margin:.2f} (alpha {policy.alpha:g}, "
-        f"{policy.min_samples} samples at least; undecided after {policy.max_shadow_samples}: "
-        f"inconclusive); demote on the last {policy.window} drift samples; "
-        f"shadow rate {policy.shadow_sample_rate:g}, drift rate {policy.drift_sample_rate:g}, "
-        f"self-agreement rate {policy.self_agreement_rate:g}; cascade {'on' if policy.cascade else 'off'}; "
-        f"site overrides: {overrides}"
-    )
-
-
-# ---- terminal ------------------------------------------------------------------------------
-
-_STATE_STYLE = {"learning": "yellow", "shadow": "cyan", "local": "green", "partial": "blue"}
-
-
-def render_terminal(reports: Sequence[SiteReport], console: Console) -> None:
-    """One panel per site. Site names and reasons go in as `Text`, never markup: a name such
-    as `[bold]x` must print as typed."""
-    if not reports:
-        console.print("no sites recorded yet")
-        return
-    for report in reports:
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold", no_wrap=True)
-        grid.add_column()
-        state = Text(report.state, style=_STATE_STYLE.get(report.state, ""))
-        if report.pinned:
-            state.append(f" (pinned: {report.pinned})", style="magenta")
-        grid.add_row("state", state)
-        versions = ", ".join(f"v{v.version} {v.status}" for v in report.versions)
-        grid.add_row("version", Text(version_label(report) + (f"  [{versions}]" if versions else "")))
-        grid.add_row("shadow samples", Text(samples_line(report)))
-        grid.add_row("agreement", Text(agreement_line(report)))
-        grid.add_row("teacher", Text(teacher_line(report)))
-        grid.add_row("judgement", Text(judgement_line(report)))
-        grid.add_row("cascade", Text(cascade_line(report)))
-        grid.add_row("partial", Text(partial_line(report)))
-        grid.add_row(
-            "local share", Text(f"{format_share(report.local_share)} ({report.local_calls} of {report.calls} calls)")
-        )
-        grid.add_row("latency", Text(latency_line(report.latency)))
-        grid.add_row("cost", Text(cost_line(report.cost)))
-        grid.add_row("fallbacks", Text(str(report.fallbacks)))
-        grid.add_row("draws", Text(draws_line(report.draws)))
-        grid.add_row(
-            "extra calls", Text(", ".join(f"{k} {v}" for k, v in sorted(report.extra_calls.items())) or "none")
-        )
-        grid.add_row("policy", Text(policy_line(report.policy)))
-        grid.add_row("why", Text(report.why))
-        title = Text(report.name, style="bold")
-        title.append(f" ({report.id})", style="dim")
-        console.print(Panel(grid, title=title, title_align="left", expand=True))

@@ -4,7 +4,7 @@ Design
 ------
 - One file, nothing fetched: no scripts, no CDN, no web fonts (system font stack). The page
   must open from a laptop's disk, a CI artifact or an air-gapped box exactly as it was written.
-- Charts are inline SVG drawn here in Python from `reporting.report.SiteReport` time series: a
+- Charts are inline SVG drawn here in Python from `reporting.report_model.SiteReport` time series: a
   small line-chart routine with axes, ticks, gridlines, a legend, optional shaded bands (Wilson
   intervals, stacked traffic shares) and horizontal rules (promotion thresholds). A charting
   library would mean JavaScript or a large dependency for four line charts.
@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from understudy.reporting.report import (
-    SiteReport,
+from understudy.reporting.report_model import SiteReport
+from understudy.reporting.report_text import (
     agreement_line,
     cascade_line,
     cost_line,

@@ -9,8 +9,9 @@ import json
 from rich.console import Console
 
 from understudy.pricing import PriceTable
-from understudy.reporting.report import build_report, render_terminal
+from understudy.reporting.report import build_report
 from understudy.reporting.report_html import render_html
+from understudy.reporting.report_text import render_terminal
 from understudy.routing.policy import PromotionPolicy
 from understudy.settings import Settings
 from understudy.store import Store

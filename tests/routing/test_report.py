@@ -16,8 +16,9 @@ from rich.console import Console
 
 from tests.support.rows import call_row
 from understudy.pricing import PriceTable
-from understudy.reporting.report import build_report, render_terminal
+from understudy.reporting.report import build_report
 from understudy.reporting.report_html import VERSION_COLORS, render_html
+from understudy.reporting.report_text import render_terminal
 from understudy.routing.policy import PromotionPolicy
 from understudy.routing.sequential import confidence_sequence
 from understudy.store import SiteNotFound, Store
