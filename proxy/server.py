@@ -26,6 +26,7 @@ from litestar import Litestar
 from uvicorn.supervisors import Multiprocess
 
 from understudy.proxy.app import create_app
+from understudy.proxy.latency_tuning import tune_for_latency
 from understudy.settings import Settings
 
 WORKER_SETTINGS_ENV = "UNDERSTUDY_WORKER_SETTINGS"
@@ -106,6 +107,7 @@ def serve(settings: Settings, on_stop: Sequence[Callable[[], object]] = (), work
         serve_processes(settings, workers, on_stop)
         return
     app = create_app(settings)  # StoreBusy (an OSError) when another process holds the store
+    tune_for_latency()
     _AnnouncingServer(_uvicorn_config(app, settings), settings, app.state.proxy.admin_token, on_stop).run()
 
 
@@ -141,4 +143,6 @@ def serve_processes(settings: Settings, workers: int, on_stop: Sequence[Callable
 
 def worker_app() -> Litestar:
     """One child of `serve_processes`: the proxy built from the parent's settings."""
-    return create_app(Settings(**json.loads(os.environ[WORKER_SETTINGS_ENV])))
+    app = create_app(Settings(**json.loads(os.environ[WORKER_SETTINGS_ENV])))
+    tune_for_latency()
+    return app
