@@ -8,7 +8,7 @@ upstream does; restarted with the adapters the proxy published (adapters.txt, as
 says), it answers.
 
 llama-server is built once from the llama.cpp inside the installed llama-cpp-python's source
-release (scripts/build_llama_server.sh, about 6 minutes on 2 cores; cached in ~/.cache/understudy).
+release (scripts/build_llama_server.sh, about 5 minutes on 2 cores; cached in ~/.cache/understudy).
 """
 
 from __future__ import annotations
