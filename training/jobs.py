@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -316,30 +317,54 @@ def _last_verdict(store: Store, site_id: str, version: int) -> dict[str, Any] | 
     return None
 
 
+@dataclass(frozen=True)
+class _SchedulingRules:
+    """The worker's scheduling rules (`scheduling_rules(settings)`), read once for both the
+    scheduler (`training_candidates`) and what `understudy jobs` shows (`training_schedule`)."""
+
+    window: QuietWindow
+    min_examples: int
+    growth_factor: float
+
+    @classmethod
+    def parse(cls, rules: dict[str, Any]) -> _SchedulingRules:
+        window = QuietWindow.parse(
+            rules.get("quiet_hours"), rules.get("quiet_max_rpm"), rules.get("quiet_rate_window_min") or 5
+        )
+        growth_factor = float(rules.get("growth_factor") or 2.0)
+        if growth_factor <= 1.0:
+            raise ValueError("growth_factor must be > 1")
+        return cls(window, int(rules.get("min_examples") or 50), growth_factor)
+
+
+def _quiet_now(store: Store, window: QuietWindow, now: datetime) -> tuple[bool, str]:
+    """(quiet, why) for the proxy's traffic over the window's rate window up to `now`."""
+    recent = (
+        store.cursor()
+        .execute("SELECT count(*) FROM calls WHERE ts >= ?", [now - timedelta(minutes=window.rate_window_minutes)])
+        .fetchone()[0]
+    )
+    return window.is_quiet(now.astimezone(), recent)
+
+
+def _uses_tools(store: Store, site_id: str) -> bool:
+    return bool(store.cursor().execute("SELECT tool_names FROM sites WHERE id = ?", [site_id]).fetchone()[0])
+
+
 def training_candidates(
     store: Store, rules: dict[str, Any], now: datetime | None = None
 ) -> tuple[list[tuple[str, str]], str]:
     """(site id, why) for each site that should train now, if the proxy is quiet; and the window's why."""
     now = now or datetime.now(UTC)
-    window = QuietWindow.parse(
-        rules.get("quiet_hours"), rules.get("quiet_max_rpm"), rules.get("quiet_rate_window_min") or 5
-    )
-    min_examples = int(rules.get("min_examples") or 50)
-    growth_factor = float(rules.get("growth_factor") or 2.0)
-    if growth_factor <= 1.0:
-        raise ValueError("growth_factor must be > 1")
-    cur = store.cursor()
-    recent = cur.execute(
-        "SELECT count(*) FROM calls WHERE ts >= ?", [now - timedelta(minutes=window.rate_window_minutes)]
-    ).fetchone()[0]
-    quiet, why = window.is_quiet(now.astimezone(), recent)
+    parsed = _SchedulingRules.parse(rules)
+    quiet, why = _quiet_now(store, parsed.window, now)
     if not quiet:
         return [], why
     candidates = []
     for site in store.site_records():
-        if cur.execute("SELECT tool_names FROM sites WHERE id = ?", [site.id]).fetchone()[0]:
+        if _uses_tools(store, site.id):
             continue  # local models do not learn tool loops
-        reason = retraining_reason(store, site, min_examples, growth_factor)
+        reason = retraining_reason(store, site, parsed.min_examples, parsed.growth_factor)
         if reason:
             candidates.append((site.id, reason))
     return candidates, why
@@ -352,21 +377,13 @@ def training_schedule(store: Store, rules: dict[str, Any], now: datetime | None 
     its error)."""
     now = now or datetime.now(UTC)
     jobs = int(rules.get("jobs") or 20)
-    window = QuietWindow.parse(
-        rules.get("quiet_hours"), rules.get("quiet_max_rpm"), rules.get("quiet_rate_window_min") or 5
-    )
-    min_examples = int(rules.get("min_examples") or 50)
-    growth_factor = float(rules.get("growth_factor") or 2.0)
-    if growth_factor <= 1.0:
-        raise ValueError("growth_factor must be > 1")
+    parsed = _SchedulingRules.parse(rules)
+    min_examples, growth_factor = parsed.min_examples, parsed.growth_factor
+    quiet, why = _quiet_now(store, parsed.window, now)
     cur = store.cursor()
-    recent = cur.execute(
-        "SELECT count(*) FROM calls WHERE ts >= ?", [now - timedelta(minutes=window.rate_window_minutes)]
-    ).fetchone()[0]
-    quiet, why = window.is_quiet(now.astimezone(), recent)
     sites = []
     for site in store.site_records():
-        if cur.execute("SELECT tool_names FROM sites WHERE id = ?", [site.id]).fetchone()[0]:
+        if _uses_tools(store, site.id):
             due, reason = False, "never: the site uses tools (local models do not learn tool loops)"
         else:
             due, reason = retraining_status(store, site, min_examples, growth_factor)
