@@ -12,6 +12,11 @@ lock to find the model), and encoding is serialised by a second lock because Hug
 tokenizers raise "Already borrowed" when one instance is used from several threads at once.
 Shadow scoring runs off the request path, so serialising it costs no request latency.
 
+Embeddings are kept for the most recently seen texts (`CACHE_TEXTS`): a site's answers repeat
+(the teacher's to the same request, a small model's to similar ones), and each repeated text
+cost a forward pass (~20-40 ms on a CPU core, most of the scorer's CPU in the end-to-end
+tests). An embedding is a function of the text and the model alone, so a kept one is exact.
+
 Texts longer than the model's window (256 word pieces) are truncated by sentence-transformers;
 the similarity then reflects their beginnings.
 """
@@ -19,6 +24,7 @@ the similarity then reflects their beginnings.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 DEFAULT_DEVICE = "cpu"  # the scorer must not compete with llama.cpp/training for a GPU
+CACHE_TEXTS = 4096  # embeddings kept per embedder: 384 floats each, ~6 MB in all
 
 
 def default_model_path() -> str:
@@ -43,7 +50,8 @@ class Embedder:
         self.device = device
         self._model: SentenceTransformer | None = None
         self._load_lock = threading.Lock()
-        self._encode_lock = threading.Lock()
+        self._encode_lock = threading.Lock()  # guards the tokenizer and `_cache`
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> embedding, newest last
 
     @property
     def loaded(self) -> bool:
@@ -70,10 +78,22 @@ class Embedder:
         return thread
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-normalised embeddings, one row per text."""
+        """Unit-normalised embeddings, one row per text (texts seen lately are not encoded again)."""
+        import numpy as np
+
         model = self.load()
         with self._encode_lock:
-            return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            new = [text for text in dict.fromkeys(texts) if text not in self._cache]
+            if new:
+                rows = model.encode(new, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+                for text, row in zip(new, rows, strict=True):
+                    self._cache[text] = row
+            for text in texts:
+                self._cache.move_to_end(text)
+            rows = np.stack([self._cache[text] for text in texts])
+            while len(self._cache) > CACHE_TEXTS:
+                self._cache.popitem(last=False)
+            return rows
 
     def cosine_similarity(self, a: str, b: str) -> float:
         """Cosine similarity of the two texts' embeddings, in [-1, 1]."""

@@ -57,18 +57,21 @@ def open_test_store(duckdb_path: Path, **kwargs):
 # own. The units are handed out longest first (EXPECTED_SECONDS, measured on the 2-core machine),
 # so no long test starts last while the other worker sits idle.
 EXPECTED_SECONDS = {  # nodeid prefix: seconds per test (setup included), from a parallel run's --junitxml
-    # (the seven largest re-measured on 2026-12-06 from `.ci/run --durations=30`)
-    "tests/routing/test_decisions_e2e.py": 133,
-    "tests/routing/test_partial_e2e.py": 126,
-    "tests/test_benchmarks_smoke.py::test_learning_curve_smoke": 100,
-    "tests/routing/test_model_server.py": 39,
+    # (the largest re-measured on 2026-12-06 from `make test --durations=40`, with the embedder's
+    # cache: routing.similarity)
+    "tests/routing/test_decisions_e2e.py": 58,
+    "tests/routing/test_partial_e2e.py": 40,
+    "tests/test_benchmarks_smoke.py::test_learning_curve_smoke": 68,
+    # 34 s once llama-server is built, 492 s on a fresh machine (its build): handed out first, so the
+    # build overlaps the rest of the suite instead of running alone at its end
+    "tests/routing/test_model_server.py": 492,
     "tests/test_benchmarks_smoke.py::test_local_serving_smoke": 33,  # with its share of the module's fixtures
-    "tests/routing/test_routing_e2e.py::test_record_train_shadow_promote_and_operate": 58,
-    "tests/routing/test_eval.py::test_eval_compares_upstream_base_and_versions": 31,
+    "tests/routing/test_routing_e2e.py::test_record_train_shadow_promote_and_operate": 30,
+    "tests/routing/test_eval.py::test_eval_compares_upstream_base_and_versions": 19,
     "tests/test_benchmarks_smoke.py::test_train_smoke": 21,
     "tests/test_benchmarks_smoke.py::test_scale_out_smoke": 21,
     "tests/training/test_worker.py::test_scheduler_and_worker_train_a_version": 34,
-    "tests/routing/test_routing_e2e.py::test_byllm_accepts_local_answers": 31,
+    "tests/routing/test_routing_e2e.py::test_byllm_accepts_local_answers": 21,
     "tests/proxy/test_scale_out.py::test_without_the_sync": 19,
     "tests/jac_examples/test_corpus_export.py": 17,
     "tests/proxy/test_scale_out.py::test_a_pin_made_through_one_proxy": 16,
@@ -225,6 +228,18 @@ class RunningProxy:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return run_cli(*args, "--data-dir", str(self.data_dir), check=check)
+
+    def operation(self, name: str, **args):
+        """One operation of the table (`understudy.operations`) run in this proxy through its admin
+        API by the client the CLI uses, as `understudy <command> --json` would, without a CLI
+        process: a loop polling a site's state or report every few calls spent most of its CPU
+        starting CLIs (~1 s each). A text result (the report) comes back parsed as JSON."""
+        from understudy.operations import OPERATIONS
+        from understudy.operations.client import AdminClient
+        from understudy.settings import load_settings
+
+        result = AdminClient(load_settings(data_dir=self.data_dir)).call(OPERATIONS[name], args)
+        return json.loads(result.body) if hasattr(result, "body") else result
 
 
 def run_cli(

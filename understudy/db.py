@@ -12,6 +12,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(location: object) -> bool:
+    """Whether a store location names a PostgreSQL server (else it is a DuckDB file). Here, not in
+    `store_postgres`, so telling the two apart never imports psycopg and sqlglot (~0.2 s a start)."""
+    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+
 
 class Cursor(Protocol):
     """A DB-API-like cursor in DuckDB's SQL dialect (`?` parameters)."""

@@ -16,6 +16,7 @@ every code path sees the current schema.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -23,54 +24,68 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
-import pyarrow as pa
 
-from understudy.db import Cursor, transaction
+from understudy.db import Cursor, is_postgres_url, transaction
 from understudy.migrations import migrate
 from understudy.rows import CallRow, SelfAgreementRow, ShadowRow, SiteRow
-from understudy.store_postgres import MIGRATION_LOCK_KEY, PostgresCursor, PostgresDatabase, is_postgres_url
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from understudy.store_postgres import PostgresCursor, PostgresDatabase
 
 # The tables the recorder writes: their columns are the typed rows' fields (understudy.rows).
 CALL_COLUMNS = CallRow._fields
 SHADOW_COLUMNS = ShadowRow._fields
 SELF_AGREEMENT_COLUMNS = SelfAgreementRow._fields
 SITE_COLUMNS = SiteRow._fields
-# Calls are inserted as one Arrow table per batch: building columns in C and one
-# INSERT ... SELECT costs a fraction of binding thousands of statement parameters.
-CALLS_ARROW_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("site_id", pa.string()),
-        ("model", pa.string()),
-        ("served_by", pa.string()),
-        ("stream", pa.bool_()),
-        ("turn", pa.string()),
-        ("conversation", pa.string()),
-        ("retry_of", pa.string()),
-        ("request", pa.string()),
-        ("response", pa.string()),
-        ("status", pa.int32()),
-        ("error", pa.string()),
-        ("latency_ms", pa.float64()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("cost_usd", pa.float64()),
-        ("valid", pa.bool_()),
-        ("provider", pa.string()),
-        ("upstream_model", pa.string()),
-        ("purpose", pa.string()),
-        ("client", pa.string()),
-        ("usage_estimated", pa.bool_()),
-        ("attempts", pa.int32()),
-        ("retried_for", pa.string()),
-        ("local_tries", pa.int32()),
-    ]
-)
-assert tuple(CALLS_ARROW_SCHEMA.names) == CALL_COLUMNS
+
+
+@functools.cache
+def calls_arrow_schema() -> pa.Schema:
+    """The calls table as Arrow types. Calls are inserted as one Arrow table per batch: building
+    columns in C and one INSERT ... SELECT costs a fraction of binding thousands of statement
+    parameters. pyarrow (with numpy, ~0.2 s) is imported on the first write, not by every process
+    that opens the store to read it."""
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("ts", pa.timestamp("us", tz="UTC")),
+            ("site_id", pa.string()),
+            ("model", pa.string()),
+            ("served_by", pa.string()),
+            ("stream", pa.bool_()),
+            ("turn", pa.string()),
+            ("conversation", pa.string()),
+            ("retry_of", pa.string()),
+            ("request", pa.string()),
+            ("response", pa.string()),
+            ("status", pa.int32()),
+            ("error", pa.string()),
+            ("latency_ms", pa.float64()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("cost_usd", pa.float64()),
+            ("valid", pa.bool_()),
+            ("provider", pa.string()),
+            ("upstream_model", pa.string()),
+            ("purpose", pa.string()),
+            ("client", pa.string()),
+            ("usage_estimated", pa.bool_()),
+            ("attempts", pa.int32()),
+            ("retried_for", pa.string()),
+            ("local_tries", pa.int32()),
+        ]
+    )
+    assert tuple(schema.names) == CALL_COLUMNS
+    return schema
+
+
 # New sites and shadow results are rare next to calls; multi-row VALUES is plenty for them.
 _ROWS_PER_STATEMENT = 200
 
@@ -109,6 +124,8 @@ class Store:
         if self.is_postgres:
             self.url = str(location)
             self.path = None
+            from understudy.store_postgres import PostgresDatabase
+
             self._con = PostgresDatabase(self.url, read_only=read_only)
             self.cursor()  # this thread's connection: fails here, at open, when the server is unreachable
             if not read_only:
@@ -135,7 +152,9 @@ class Store:
         return cls(settings.store_location, read_only=read_only)
 
     def _migrate_postgres(self) -> None:
-        cur = cast(PostgresCursor, self.cursor())
+        from understudy.store_postgres import MIGRATION_LOCK_KEY
+
+        cur = cast("PostgresCursor", self.cursor())
         cur.raw("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
         try:
             migrate(cur)
@@ -183,12 +202,14 @@ class Store:
                     _flatten([(row.id, row.name, row.name_source) for row in chunk]),
                 )
             if calls and self.is_postgres:
-                cast(PostgresCursor, cur).copy_rows("calls", CALL_COLUMNS, calls)
+                cast("PostgresCursor", cur).copy_rows("calls", CALL_COLUMNS, calls)
             elif calls:
+                import pyarrow as pa
+
+                schema = calls_arrow_schema()
                 columns = list(zip(*calls))
                 batch = pa.Table.from_arrays(
-                    [pa.array(column, type=field.type) for column, field in zip(columns, CALLS_ARROW_SCHEMA)],
-                    schema=CALLS_ARROW_SCHEMA,
+                    [pa.array(column, type=field.type) for column, field in zip(columns, schema)], schema=schema
                 )
                 duck = cast(duckdb.DuckDBPyConnection, cur)
                 duck.register("_calls_batch", batch)

@@ -25,13 +25,8 @@ from psycopg.types.numeric import FloatLoader
 from psycopg.types.string import TextLoader
 from sqlglot import exp
 
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 # One key for the session-level lock that serialises migrations across processes.
 MIGRATION_LOCK_KEY = 0x756E64657273  # "unders"
-
-
-def is_postgres_url(location: object) -> bool:
-    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
 
 
 def redacted(url: str) -> str:

@@ -105,7 +105,7 @@ def ask(proxy, thing: str) -> httpx.Response:
 
 
 def site_state(proxy, site: str) -> str:
-    return next(row for row in json.loads(proxy.cli("sites", "--json").stdout) if row["id"] == site)["state"]
+    return next(row for row in proxy.operation("sites") if row["id"] == site)["state"]
 
 
 def until_decided(proxy, site: str, waiting_in: str, things=tuple(COLORS)) -> tuple[str, int]:

@@ -26,7 +26,7 @@ def site_row(proxy, site_id):
 
 def shadow_samples(proxy, site_id) -> int:
     """The comparable shadow samples the report counts for the site's reported version."""
-    [data] = json.loads(proxy.cli("report", site_id, "--json").stdout)
+    [data] = proxy.operation("report", site=site_id, format="json")
     return data["agreement"]["samples"] if data["agreement"] else 0
 
 

@@ -510,6 +510,33 @@ def test_embedder_is_usable_from_several_threads(minilm):
     assert results == pytest.approx([minilm.cosine_similarity(*p) for p in pairs], abs=1e-5)
 
 
+def test_embeddings_of_texts_seen_lately_are_kept_not_encoded_again(minilm, monkeypatch):
+    a, b, c = "A crypt of bones.", "A tomb of dust.", "A meadow in spring."
+    fresh = minilm.load().encode([a, b, c], normalize_embeddings=True, convert_to_numpy=True)
+    encoded: list[str] = []
+    real_encode = type(minilm.load()).encode
+
+    def counting_encode(model, texts, **kwargs):
+        encoded.extend(texts)
+        return real_encode(model, texts, **kwargs)
+
+    monkeypatch.setattr(type(minilm.load()), "encode", counting_encode)
+    monkeypatch.setattr(minilm, "_cache", type(minilm._cache)())
+    first = minilm.embed([a, b])
+    again = minilm.embed([b, c, b])
+    assert encoded == [a, b, c]  # b once, although asked for three times
+    assert first == pytest.approx(fresh[:2], abs=1e-5)
+    assert again == pytest.approx(fresh[[1, 2, 1]], abs=1e-5)  # the kept embedding is the encoded one
+    # Bounded: the oldest text goes first; the control, a text still kept, is not encoded again.
+    monkeypatch.setattr("understudy.routing.similarity.CACHE_TEXTS", 2)
+    minilm.embed([a])  # last used: c, then b, then a; over the bound, c (the least recent) goes
+    encoded.clear()
+    minilm.embed([a, b])
+    assert encoded == []
+    minilm.embed([c])
+    assert encoded == [c]
+
+
 def test_shared_embedder_is_one_per_process_and_loads_once(monkeypatch):
     assert shared_embedder() is shared_embedder()
     assert shared_embedder().model_path == default_model_path()

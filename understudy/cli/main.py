@@ -23,7 +23,6 @@ from understudy.cli.setting_options import setting_option
 from understudy.cli.store_access import StoreAccess, running_proxy
 from understudy.jac_examples.cli import levels_app, teacher
 from understudy.settings import load_settings
-from understudy.store_postgres import redacted
 
 app = typer.Typer(
     help="Understudy: an OpenAI-compatible proxy that learns to replace a large model, one call site at a time.",
@@ -110,6 +109,8 @@ def serve(
     key_note = "set" if settings.resolved_upstream_key() else "not set (clients' own keys are forwarded)"
     typer.echo(f"understudy: upstream {settings.upstream_url} (key {key_note}); data in {settings.data_dir}", err=True)
     if settings.shared_store:
+        from understudy.store_postgres import redacted  # psycopg: only for a shared store
+
         typer.echo(
             f"understudy: store {redacted(settings.store or '')} (shared; other processes' changes within "
             f"{settings.sync_interval_s:g} s)",
