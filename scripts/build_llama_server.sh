@@ -6,17 +6,19 @@
 # Needs cmake and a C++ compiler, and pip's registry for the source.
 #
 # The server runs on the installed llama-cpp-python's own libraries (libllama, libggml*, libmtmd:
-# the same C API, the same version), copied over the ones this build makes, so its arithmetic is
-# the in-process one by construction. What is compiled here (the HTTP server, JSON, chat
-# templates, and ggml/llama only so that the build links) is compiled at -O0: 179 s on 2 cores
-# against 323 s with ggml and llama at -O3 and 445 s all at -O3 (measured 2026-12-06).
+# the same C API, the same version), so its arithmetic is the in-process one by construction;
+# llama.cpp's own copies of them are not compiled at all (scripts/llama_server_launcher.sh: their
+# link steps copy the venv's files), and the rest (the HTTP server, JSON, chat templates) is
+# compiled at -O0. 124 s on 2 cores (the download and configuring included), against 183 s
+# compiling the libraries too at -O0, 323 s with them at -O3 and 445 s all at -O3 (2026-12-06).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version="$(.venv/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
-venv_libs="$(.venv/bin/python -c 'import llama_cpp, pathlib; print(pathlib.Path(llama_cpp.__file__).parent / "lib")')"
+UNDERSTUDY_VENV_LLAMA_LIBS="$(.venv/bin/python -c 'import llama_cpp, pathlib; print(pathlib.Path(llama_cpp.__file__).parent / "lib")')"
+export UNDERSTUDY_VENV_LLAMA_LIBS  # read by the launcher
 home="${UNDERSTUDY_CACHE:-$HOME/.cache/understudy}/llama-server-$version"
 binary="$home/build/bin/llama-server"
-ready="$home/ready"  # written last: a build cut off before its libraries were swapped is built again
+ready="$home/ready"  # written last: a build cut off before its end is built again
 if [ -f "$ready" ] && [ -x "$binary" ]; then echo "$binary"; exit 0; fi
 mkdir -p "$home"
 work="$(mktemp -d "$home/src.XXXXXX")"
@@ -24,14 +26,19 @@ trap 'rm -rf "$work"' EXIT
 .venv/bin/pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$work" >&2
 tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
 src="$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)"
+launcher="$PWD/scripts/llama_server_launcher.sh"
 cmake -S "$src" -B "$home/build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS_RELEASE="-O0 -DNDEBUG" \
       -DCMAKE_CXX_FLAGS_RELEASE="-O0 -DNDEBUG" -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON >&2
+      -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
+      -DCMAKE_C_COMPILER_LAUNCHER="$launcher" -DCMAKE_CXX_COMPILER_LAUNCHER="$launcher" \
+      -DCMAKE_C_LINKER_LAUNCHER="$launcher" -DCMAKE_CXX_LINKER_LAUNCHER="$launcher" >&2
 cmake --build "$home/build" --target llama-server -j "$(nproc)" >&2
-# The server finds its libraries beside it (its RUNPATH); each soname's file becomes the venv's.
+# The server finds its libraries beside it (its RUNPATH): each must be the venv's, byte for byte.
 for soname in libllama.so.0 libggml.so.0 libggml-base.so.0 libggml-cpu.so.0 libmtmd.so.0; do
-    file="$(readlink "$home/build/bin/$soname")"
-    cp -f "$venv_libs/$file" "$home/build/bin/$file"
+    cmp -s "$home/build/bin/$soname" "$UNDERSTUDY_VENV_LLAMA_LIBS/$soname" || {
+        echo "error: $home/build/bin/$soname is not the venv's" >&2
+        exit 1
+    }
 done
 touch "$ready"
 echo "$binary"
