@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 DEFAULT_DEVICE = "cpu"  # the scorer must not compete with llama.cpp/training for a GPU
-CACHE_TEXTS = 4096  # embeddings kept per embedder: 384 floats each, ~6 MB in all
+CACHE_TEXTS = 4096  # embeddings kept per embedder: 384 floats each (~6 MB), keyed by their texts
 
 
 def default_model_path() -> str:
