@@ -20,6 +20,7 @@ home="${UNDERSTUDY_CACHE:-$HOME/.cache/understudy}/llama-server-$version"
 binary="$home/build/bin/llama-server"
 ready="$home/ready"  # written last: a build cut off before its end is built again
 if [ -f "$ready" ] && [ -x "$binary" ]; then echo "$binary"; exit 0; fi
+rm -rf "$home/build"  # an unfinished or older build: its cache names a source folder that is gone
 mkdir -p "$home"
 work="$(mktemp -d "$home/src.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
