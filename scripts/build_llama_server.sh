@@ -34,10 +34,12 @@ cmake -S "$src" -B "$home/build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS_RELE
       -DCMAKE_C_COMPILER_LAUNCHER="$launcher" -DCMAKE_CXX_COMPILER_LAUNCHER="$launcher" \
       -DCMAKE_C_LINKER_LAUNCHER="$launcher" -DCMAKE_CXX_LINKER_LAUNCHER="$launcher" >&2
 cmake --build "$home/build" --target llama-server -j "$(nproc)" >&2
-# The server finds its libraries beside it (its RUNPATH): each must be the venv's, byte for byte.
-for soname in libllama.so.0 libggml.so.0 libggml-base.so.0 libggml-cpu.so.0 libmtmd.so.0; do
-    cmp -s "$home/build/bin/$soname" "$UNDERSTUDY_VENV_LLAMA_LIBS/$soname" || {
-        echo "error: $home/build/bin/$soname is not the venv's" >&2
+# The server finds its libraries beside it (its RUNPATH): each one the venv also has must be the
+# venv's, byte for byte (the launcher's copy).
+for lib in "$UNDERSTUDY_VENV_LLAMA_LIBS"/*.so*; do
+    [ -e "$home/build/bin/$(basename "$lib")" ] || continue  # not one the server links
+    cmp -s "$lib" "$home/build/bin/$(basename "$lib")" || {
+        echo "error: $home/build/bin/$(basename "$lib") is not the venv's $lib" >&2
         exit 1
     }
 done

@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from understudy.db import is_postgres_url
+
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
 
 
@@ -184,7 +186,7 @@ class Settings(BaseSettings):
     def _postgres_only(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        if not value.startswith(("postgresql://", "postgres://")):
+        if not is_postgres_url(value):
             raise ValueError(
                 f"--store takes a postgresql:// URL (the default is the DuckDB file in the data dir), not {value!r}"
             )
