@@ -260,7 +260,9 @@ def main() -> None:
     if args.smoke:
         nginx = python_upstream(nginx_port)
     else:
-        response = UPSTREAM_RESPONSE.read_text().replace("'", "\\'")
+        # nginx reads backslash escapes in a quoted string: the JSON's own backslashes are doubled,
+        # or the upstream would answer `"content":"{"name"...` (invalid JSON the recorder cannot decode)
+        response = UPSTREAM_RESPONSE.read_text().strip().replace("\\", "\\\\").replace("'", "\\'")
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port, response=response))
         nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
         nginx = subprocess.Popen([*pin("0"), nginx_bin, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
@@ -279,12 +281,13 @@ def main() -> None:
             entry = console_entry(tree / "pyproject.toml")
             proxies[label] = (start_proxy(pin("1"), port, nginx_port, data_dir, pythonpath, entry), port, data_dir)
         wait_http(f"http://127.0.0.1:{nginx_port}/")
+        direct_url = f"http://127.0.0.1:{nginx_port}/v1/chat/completions"
+        json.loads(httpx.post(direct_url, content=b"{}").content)  # the canned answer is the JSON it should be
         urls = {label: f"http://127.0.0.1:{port}/v1/chat/completions" for label, (_, port, _) in proxies.items()}
         for label in labels:
             wait_http(urls[label].removesuffix("/v1/chat/completions") + "/healthz")
             # warm-up: connections, caches, the first DuckDB commits
             sent[label] += load(urls[label], 50 if args.smoke else 500, 8 if not args.smoke else 2)["sent"]
-        direct_url = f"http://127.0.0.1:{nginx_port}/v1/chat/completions"
         loads = [(str(c), c, None) for c in args.concurrency]
         if args.paced and not args.smoke:
             loads.append((f"1@{args.paced:g}/s", 1, args.paced))

@@ -25,17 +25,22 @@ current_client: ContextVar[str | None] = ContextVar("understudy_client", default
 
 
 def bearer_token(connection: ASGIConnection) -> str:
-    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+    return _bearer(connection.headers.get("authorization", ""))
+
+
+def _bearer(authorization: str) -> str:
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-async def require_client_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    # async: Litestar runs a sync guard in a worker thread, a thread hop on every request
-    proxy = connection.app.state.proxy
+def client_name(proxy, authorization: str) -> str | None:
+    """The name of the client key in an `Authorization` header; None when keys are off (loopback
+    without a keys file: whoever reaches 127.0.0.1 is this machine's user). A missing or unknown
+    key is a 401 `ProxyError`, counted among /metrics' rejected requests."""
     keys = proxy.client_keys
-    if keys is None:  # loopback without a keys file: whoever reaches 127.0.0.1 is this machine's user
-        return
-    token = bearer_token(connection)
+    if keys is None:
+        return None
+    token = _bearer(authorization)
     name = keys.name_of(token)
     if name is None:
         reason = "wrong_client_key" if token else "missing_client_key"
@@ -46,8 +51,15 @@ async def require_client_key(connection: ASGIConnection, _: BaseRouteHandler) ->
             else "no client key: send `Authorization: Bearer <client key>` (`understudy keys add NAME` makes one)"
         )
         raise ProxyError(401, message, type="invalid_request_error", code="invalid_api_key")
-    connection.scope.setdefault("state", {})[CLIENT_STATE] = name
-    current_client.set(name)
+    return name
+
+
+async def require_client_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    # async: Litestar runs a sync guard in a worker thread, a thread hop on every request
+    name = client_name(connection.app.state.proxy, connection.headers.get("authorization", ""))
+    if name is not None:
+        connection.scope.setdefault("state", {})[CLIENT_STATE] = name
+        current_client.set(name)
 
 
 def client_of(connection: ASGIConnection) -> str | None:

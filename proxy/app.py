@@ -12,7 +12,6 @@ import logging
 import os
 import secrets
 
-import httpx
 from litestar import Litestar, Request, Response, get
 from litestar import Router as RouteGroup
 from litestar.openapi import OpenAPIConfig
@@ -33,7 +32,7 @@ from understudy.proxy.review import review_routes
 from understudy.proxy.site_registry import CONVERSATION_MEMORY, OVERFLOW_KIND, SiteRegistry
 from understudy.proxy.site_sync import SiteSync
 from understudy.proxy.state import ProxyState
-from understudy.proxy.upstream import Upstream
+from understudy.proxy.upstream import Upstream, UpstreamError
 from understudy.proxy.upstreams import UpstreamTable, local_server_config
 from understudy.routing.router import Router
 from understudy.routing.similarity import cosine_similarity
@@ -71,7 +70,7 @@ async def list_models(request: Request) -> Response[bytes]:
             status_code=upstream.status_code,
             media_type=upstream.headers.get("content-type", "application/json"),
         )
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         return error_response(502, f"upstream unreachable: {exc}", type="upstream_error", code="upstream_unreachable")
 
 
@@ -149,7 +148,7 @@ def build_state(settings: Settings) -> ProxyState:
 
 
 def create_app(settings: Settings) -> Litestar:
-    # httpx logs every request at INFO; the store already records each call.
+    # httpx (the model server's client, the upstream check) logs every request at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     state = build_state(settings)
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import httpx
 import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
@@ -40,7 +40,14 @@ from understudy.proxy.state import ProxyState
 from understudy.proxy.stream_adjust import StreamAdjuster
 from understudy.proxy.stream_relay import StreamWatch, error_event, usage_requested
 from understudy.proxy.types import MAX_DEPTH, validation_error
-from understudy.proxy.upstream import pass_back_headers
+from understudy.proxy.upstream import (
+    ConnectFailed,
+    ConnectTimedOut,
+    ReadTimedOut,
+    UpstreamError,
+    UpstreamResponse,
+    pass_back_headers,
+)
 from understudy.proxy.upstreams import MissingKey, Resolution
 from understudy.routing.router import Plan
 from understudy.store import SiteRecord
@@ -48,6 +55,17 @@ from understudy.store import SiteRecord
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 SITE_HEADER = "x-understudy-site"
+
+
+@dataclasses.dataclass(slots=True)
+class ChatAnswer:
+    """What the client gets, free of any web framework: `body` is the whole answer, or the chunks
+    of a stream as they come (proxy.chat_lane sends it as ASGI messages)."""
+
+    status: int
+    body: bytes | AsyncIterator[bytes]
+    media_type: str
+    headers: dict[str, str]
 
 
 @post(
@@ -60,11 +78,21 @@ SITE_HEADER = "x-understudy-site"
     tags=["OpenAI-compatible"],
 )
 async def chat_completions(request: Request) -> Response:
-    proxy: ProxyState = request.app.state.proxy
+    """The operation as Litestar declares it, for the OpenAPI document. A running proxy serves
+    this path in `proxy.chat_lane`, in front of Litestar (its routing, guards and response
+    objects cost a third of the request's CPU); this route answers the same way when the
+    Litestar application is served without the lane."""
+    answer = await answer_chat(request.app.state.proxy, await request.body(), dict(request.headers))
+    if isinstance(answer.body, bytes):
+        return Response(answer.body, status_code=answer.status, media_type=answer.media_type, headers=answer.headers)
+    return Stream(answer.body, status_code=answer.status, media_type=answer.media_type, headers=answer.headers)
+
+
+async def answer_chat(proxy: ProxyState, body: bytes, client_headers: dict[str, str]) -> ChatAnswer:
+    """The whole call: `body` as the client sent it, `client_headers` with lower-case names."""
     started = time.perf_counter()
-    body = await request.body()
     payload = _decode(body, proxy)
-    ident = identify(payload, request.headers.get(SITE_HEADER))
+    ident = identify(payload, client_headers.get(SITE_HEADER))
     site, new_site_row, name_update = proxy.sites.observe(ident)
     if site.id != ident.site_id:  # a tag joined an existing site (continuity)
         ident = dataclasses.replace(ident, site_id=site.id)
@@ -74,7 +102,6 @@ async def chat_completions(request: Request) -> Response:
     if name_update is not None:
         proxy.recorder.rename_site(name_update)
 
-    client_headers = dict(request.headers)
     resolution = proxy.upstream.table.resolve(str(payload["model"]))
     plan = proxy.router.plan(
         site,
@@ -114,7 +141,7 @@ async def chat_completions(request: Request) -> Response:
         call.status, call.error = exc.status, str(exc)
         call.response_body = error_body(str(exc), type="invalid_request_error", code=exc.code)
         _record(proxy, call, started)
-        return Response(call.response_body, status_code=exc.status, media_type="application/json", headers=headers)
+        return ChatAnswer(exc.status, call.response_body, "application/json", headers)
     forward_body = (
         _without_understudy_fields(body, payload)
         if adjusted is None
@@ -130,7 +157,7 @@ async def chat_completions(request: Request) -> Response:
     )
     try:
         opened = await _send_upstream(proxy, call, resolution, bodies, client_headers, route_headers)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+    except (ConnectFailed, ConnectTimedOut) as exc:
         # Refused or never answered the connect: unreachable (502), not slow (504).
         return await _upstream_failure(
             proxy,
@@ -142,7 +169,7 @@ async def chat_completions(request: Request) -> Response:
             "upstream_unreachable",
             f"upstream {resolution.provider} unreachable for {resolution.upstream_model}: {exc}{_tries(call)}",
         )
-    except httpx.TimeoutException as exc:
+    except ReadTimedOut as exc:
         return await _upstream_failure(
             proxy,
             call,
@@ -154,7 +181,7 @@ async def chat_completions(request: Request) -> Response:
             f"upstream {resolution.provider} timed out for {resolution.upstream_model}: "
             f"{type(exc).__name__}{_tries(call)}",
         )
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         return await _upstream_failure(
             proxy,
             call,
@@ -171,11 +198,11 @@ async def chat_completions(request: Request) -> Response:
     headers.update(pass_back_headers(upstream_response))
     if call.stream and upstream_response.status_code == 200:
         watch = StreamWatch(StreamAdjuster.for_route(resolution.provider, payload), strip_usage=with_usage is not None)
-        return Stream(
+        return ChatAnswer(
+            200,
             _relay(proxy, call, opened, started, after, watch),
-            status_code=200,
-            media_type=upstream_response.headers.get("content-type", "text/event-stream"),
-            headers=headers,
+            upstream_response.headers.get("content-type", "text/event-stream"),
+            headers,
         )
     if call.stream:
         await upstream_response.aread()
@@ -276,7 +303,7 @@ async def _answer_locally(
     started: float,
     note: str | None = None,
     client_headers: dict[str, str] | None = None,
-) -> tuple[Response | None, str | None, LocalAnswer | None]:
+) -> tuple[ChatAnswer | None, str | None, LocalAnswer | None]:
     """(response, None, answer) when the local answer is served; (None, why not, the answer if any) otherwise."""
     try:
         answer = await proxy.router.answer(site.id, payload, plan)
@@ -300,21 +327,8 @@ async def _answer_locally(
     headers = {"X-Understudy-Site": site.id, "X-Understudy-Served-By": served_by}
     if call.stream:
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-        return (
-            Stream(
-                iter([sse_body(completion, include_usage)]),
-                status_code=200,
-                media_type="text/event-stream",
-                headers=headers,
-            ),
-            None,
-            answer,
-        )
-    return (
-        Response(_encoder.encode(completion), status_code=200, media_type="application/json", headers=headers),
-        None,
-        answer,
-    )
+        return ChatAnswer(200, sse_body(completion, include_usage), "text/event-stream", headers), None, answer
+    return ChatAnswer(200, _encoder.encode(completion), "application/json", headers), None, answer
 
 
 async def _extra_upstream_call(
@@ -336,7 +350,7 @@ async def _extra_upstream_call(
         body = _without_understudy_fields(_encoder.encode(adjusted or payload), adjusted or payload)
         request = proxy.upstream.build_chat_request(body, client_headers, resolution, resolution.headers())
         response = await proxy.upstream.send(request, stream=False)
-    except (httpx.HTTPError, MissingKey, UnsupportedRequest) as exc:
+    except (UpstreamError, MissingKey, UnsupportedRequest) as exc:
         extra.status, extra.error = 502, f"{purpose} call failed: {type(exc).__name__}: {exc}"
         _record(proxy, extra, started)
         return extra, None
@@ -396,12 +410,12 @@ async def _second_opinion(
 def _finish_plain(
     proxy: ProxyState,
     call: PendingCall,
-    upstream: httpx.Response,
+    upstream: UpstreamResponse,
     started: float,
     headers: dict[str, str],
     after: _Afterwards,
     resolution: Resolution,
-) -> Response:
+) -> ChatAnswer:
     content = upstream.content
     status = upstream.status_code
     media_type = upstream.headers.get("content-type", "application/json")
@@ -415,7 +429,7 @@ def _finish_plain(
     call.status = status
     call.response_body = content
     _record(proxy, call, started, after)
-    return Response(content, status_code=status, media_type=media_type, headers=headers)
+    return ChatAnswer(status, content, media_type, headers)
 
 
 async def _send_upstream(
@@ -487,16 +501,14 @@ async def _relay(
                 "upstream_stream_truncated",
                 "upstream stream ended before the answer was complete (no [DONE], no finish_reason)",
             )
-    except httpx.TimeoutException as exc:
-        stall = (
-            opened.response.request.extensions.get("timeout", {}).get("read") or proxy.settings.upstream_stall_timeout_s
-        )
+    except ReadTimedOut as exc:
+        stall = opened.response.read_timeout_s
         failure = (
             504,
             "upstream_stream_stalled",
             f"upstream stream stalled: no byte for {stall:g} s ({type(exc).__name__})",
         )
-    except httpx.HTTPError as exc:
+    except UpstreamError as exc:
         failure = (502, "upstream_stream_broken", f"upstream stream broke: {type(exc).__name__}: {exc}".rstrip(": "))
     except Exception as exc:  # a fault of the proxy's own while relaying: still an honest end
         failure = (502, "stream_relay_failed", f"proxy failed relaying the stream: {type(exc).__name__}: {exc}")
@@ -526,7 +538,7 @@ async def _upstream_failure(
     status: int,
     code: str,
     message: str,
-) -> Response:
+) -> ChatAnswer:
     proxy.metrics.upstream_errors.labels(code).inc()
     fallback = proxy.router.fallback_plan(site) if proxy.settings.local_when_upstream_down else None
     if fallback is not None:
@@ -544,7 +556,7 @@ async def _upstream_failure(
     body = mask_bytes(error_body(message, type="upstream_error", code=code), proxy.recorder.secrets)
     call.status, call.error, call.response_body = status, message, body
     _record(proxy, call, started)
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    return ChatAnswer(status, body, "application/json", headers)
 
 
 def _adjusted_response(content: bytes, resolution: Resolution, request: dict[str, Any]) -> bytes:

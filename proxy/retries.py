@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import httpx
+from understudy.proxy.upstream import ConnectionBroke, ReadTimedOut, UpstreamError, UpstreamRequest, UpstreamResponse
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})  # 529: Anthropic's "overloaded"
 MAX_BACKOFF_S = 8.0  # the longest computed wait between two attempts (a Retry-After may be longer, up to its cap)
@@ -67,33 +67,33 @@ class Attempts:
 class Opened:
     """An upstream answer ready to pass on: for a 200 stream, its first chunk and the rest."""
 
-    response: httpx.Response
+    response: UpstreamResponse
     first_chunk: bytes | None = None
     rest: AsyncIterator[bytes] | None = None
 
 
-class EmptyStream(httpx.RemoteProtocolError):
+class EmptyStream(ConnectionBroke):
     """A 200 stream that ended before its first chunk."""
 
 
 async def send_with_retries(
-    send: Callable[[], Awaitable[httpx.Response]], policy: RetryPolicy, attempts: Attempts, *, stream: bool
+    send: Callable[[], Awaitable[UpstreamResponse]], policy: RetryPolicy, attempts: Attempts, *, stream: bool
 ) -> Opened:
     """The first answer worth passing on, after at most `policy.max_retries` retries.
 
     Returns the last response when it is not retryable, or retryable but the retries are spent
-    (or its Retry-After is beyond the cap); raises the last transport error (httpx.HTTPError)
-    when no attempt produced a response.
+    (or its Retry-After is beyond the cap); raises the last `UpstreamError` when no attempt
+    produced a response.
     """
     while True:
         attempts.count += 1
         retries_left = attempts.count <= policy.max_retries
         try:
             response = await send()
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             # A plain call that timed out reading was accepted and generating for the whole read
             # timeout: asking again would multiply the wait (and the bill), so it is not retried.
-            if not retries_left or not _transient(exc) or (isinstance(exc, httpx.ReadTimeout) and not stream):
+            if not retries_left or not _transient(exc) or (isinstance(exc, ReadTimedOut) and not stream):
                 raise
             attempts.causes.append(_describe(exc))
             await asyncio.sleep(policy.backoff(attempts.count - 1))
@@ -103,7 +103,7 @@ async def send_with_retries(
             try:
                 first = await _first_chunk(rest)
                 return Opened(response, first, rest)
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 await response.aclose()
                 if not retries_left or not _transient(exc):
                     raise
@@ -127,9 +127,9 @@ async def _first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
     raise EmptyStream("upstream stream ended before its first chunk")
 
 
-def _transient(exc: httpx.HTTPError) -> bool:
-    """Timeouts and broken connections pass; a bad URL or a proxy misconfiguration does not."""
-    return isinstance(exc, httpx.TransportError) and not isinstance(exc, (httpx.UnsupportedProtocol, httpx.ProxyError))
+def _transient(exc: UpstreamError) -> bool:
+    """Timeouts and broken connections pass; a URL that cannot be asked does not."""
+    return exc.transient
 
 
 def _describe(exc: Exception) -> str:
@@ -137,7 +137,7 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
 
 
-def _retry_wait(response: httpx.Response, policy: RetryPolicy, retry: int) -> float | None:
+def _retry_wait(response: UpstreamResponse, policy: RetryPolicy, retry: int) -> float | None:
     """Seconds to wait before asking again, or None when this answer goes to the client."""
     should = response.headers.get("x-should-retry", "").lower()
     if should == "false" or (should != "true" and response.status_code not in RETRY_STATUSES):
@@ -148,7 +148,7 @@ def _retry_wait(response: httpx.Response, policy: RetryPolicy, retry: int) -> fl
     return named if named <= policy.retry_after_cap_s else None
 
 
-def _named_wait(response: httpx.Response) -> float | None:
+def _named_wait(response: UpstreamResponse) -> float | None:
     """The wait the upstream asked for (`retry-after-ms`, then `Retry-After` in seconds or as a date)."""
     headers = response.headers
     try:
@@ -166,10 +166,7 @@ def _named_wait(response: httpx.Response) -> float | None:
     return None
 
 
-def with_read_timeout(request: httpx.Request, seconds: float) -> httpx.Request:
+def with_read_timeout(request: UpstreamRequest, seconds: float) -> UpstreamRequest:
     """The request with its per-read timeout lowered to `seconds` (a stream's stall timeout)."""
-    timeout = dict(request.extensions.get("timeout") or {})
-    current = timeout.get("read")
-    timeout["read"] = seconds if current is None else min(current, seconds)
-    request.extensions = {**request.extensions, "timeout": timeout}
+    request.read_timeout_s = min(request.read_timeout_s, seconds)
     return request

@@ -1,5 +1,8 @@
 """Run the proxy under uvicorn and announce it in the data directory.
 
+uvicorn runs `proxy.chat_lane.ChatLane` around the Litestar application: chat completions are
+served in the lane, everything else by Litestar.
+
 Once the socket is bound, the address it really got is printed (`--port 0` picks one) and
 `proxy.json` (mode 0600) tells the CLI that a proxy owns the DuckDB file and how to reach
 it: `url` is the OpenAI base URL (ends in /v1, what a client is given), `root` the server
@@ -22,10 +25,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 import uvicorn
-from litestar import Litestar
 from uvicorn.supervisors import Multiprocess
 
 from understudy.proxy.app import create_app
+from understudy.proxy.chat_lane import ChatLane
 from understudy.proxy.latency_tuning import tune_for_latency
 from understudy.settings import Settings
 
@@ -108,7 +111,7 @@ def serve(settings: Settings, on_stop: Sequence[Callable[[], object]] = (), work
         return
     app = create_app(settings)  # StoreBusy (an OSError) when another process holds the store
     tune_for_latency()
-    _AnnouncingServer(_uvicorn_config(app, settings), settings, app.state.proxy.admin_token, on_stop).run()
+    _AnnouncingServer(_uvicorn_config(ChatLane(app), settings), settings, app.state.proxy.admin_token, on_stop).run()
 
 
 def serve_processes(settings: Settings, workers: int, on_stop: Sequence[Callable[[], object]] = ()) -> None:
@@ -141,8 +144,8 @@ def serve_processes(settings: Settings, workers: int, on_stop: Sequence[Callable
             stop()
 
 
-def worker_app() -> Litestar:
+def worker_app() -> ChatLane:
     """One child of `serve_processes`: the proxy built from the parent's settings."""
     app = create_app(Settings(**json.loads(os.environ[WORKER_SETTINGS_ENV])))
     tune_for_latency()
-    return app
+    return ChatLane(app)

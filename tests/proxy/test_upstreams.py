@@ -502,9 +502,12 @@ def test_check_model_choice():
 
 def test_an_upstream_cookie_is_not_kept_for_other_requests(tmp_path):
     """Every client's calls share one upstream client: a Set-Cookie an upstream answers with is
-    neither stored nor sent with the next request (httpx would keep it in its jar)."""
+    neither stored nor sent with the next request (aiohttp's default jar would keep it)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import aiohttp
+    import yarl
 
     from understudy.proxy.upstream import Upstream
     from understudy.settings import Settings
@@ -530,26 +533,32 @@ def test_an_upstream_cookie_is_not_kept_for_other_requests(tmp_path):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), SetsCookies)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    # a host name, not an address: aiohttp's default jar refuses cookies from IP addresses anyway
+    url = f"http://localhost:{server.server_address[1]}/v1"
     settings = Settings(data_dir=tmp_path, upstream_url=url)
     table = UpstreamTable.load(None, url)
     resolution = table.resolve("gpt-4o-mini")
 
-    async def two_calls(upstream: Upstream) -> None:
+    async def two_calls(upstream: Upstream) -> int:
         for _ in range(2):
             request = upstream.build_chat_request(b"{}", {}, resolution, resolution.headers())
             response = await upstream.send(request, stream=False)
             assert response.status_code == 200 and "session=client-a" in response.headers["set-cookie"]
-        await upstream.client.aclose()
+        kept = len(upstream.session.cookie_jar)
+        await upstream.aclose()
+        return kept
+
+    async def plain_session() -> int:
+        # The control: aiohttp's own jar keeps what the same upstream sets.
+        async with aiohttp.ClientSession() as plain:
+            async with plain.post(url + "/chat/completions", data=b"{}") as response:
+                await response.read()
+            return len(plain.cookie_jar.filter_cookies(yarl.URL(url)))
 
     try:
         upstream = Upstream(settings, table)
-        asyncio.run(two_calls(upstream))
-        assert cookies_received == [None, None] and len(upstream.client.cookies) == 0
-        # The control: httpx's own jar keeps what the same upstream sets.
-        plain = httpx.Client()
-        plain.post(url + "/chat/completions", content=b"{}")
-        assert plain.cookies.get("session") == "client-a"
-        plain.close()
+        assert asyncio.run(two_calls(upstream)) == 0
+        assert cookies_received == [None, None]
+        assert asyncio.run(plain_session()) == 1
     finally:
         server.shutdown()
