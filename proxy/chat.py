@@ -257,7 +257,7 @@ def _decode(body: bytes, proxy: ProxyState) -> dict[str, Any]:
             f"invalid chat completion request: the body nests deeper than {MAX_DEPTH} levels",
             code="invalid_request",
         ) from None
-    problem = validation_error(payload)
+    problem = validation_error(payload, body)
     if problem is not None:
         proxy.metrics.rejected.labels("invalid_request").inc()
         raise ProxyError(400, f"invalid chat completion request: {problem}", code="invalid_request")

@@ -81,15 +81,20 @@ class ChatCompletionRequest(msgspec.Struct):
     user: str | None = None
 
 
-def validation_error(payload: Any) -> str | None:
-    """None when the decoded body is a valid chat request, else a one-line reason."""
+def validation_error(payload: Any, body: bytes | None = None) -> str | None:
+    """None when the decoded body is a valid chat request, else a one-line reason. `body`: the
+    bytes `payload` was decoded from, when known (it can spare the nesting walk, below)."""
     if not isinstance(payload, dict):
         return "request body must be a JSON object"
     if "messages" not in payload:
         return "missing required field: messages"
-    too_deep = nesting_error(payload)
-    if too_deep is not None:
-        return too_deep
+    # Every level of nesting opens with a `{` or `[`, so a body holding at most MAX_DEPTH of them
+    # (those inside strings only add to the count) cannot nest deeper: the walk over every node,
+    # a fifth of validation's cost, is skipped for the common small request.
+    if body is None or body.count(b"{") + body.count(b"[") > MAX_DEPTH:
+        too_deep = nesting_error(payload)
+        if too_deep is not None:
+            return too_deep
     too_many = _count_error(payload)
     if too_many is not None:
         return too_many
