@@ -1,8 +1,8 @@
 """The single writer: every recorded call reaches DuckDB through this one thread.
 
 The request path calls `record()`, which only puts an object on a queue. The writer
-thread takes whatever has queued up (at most `batch_rows`, waiting at most `flush_ms`
-for more), builds the rows and commits them in one transaction: a group commit, so
+thread wakes for the first item, sleeps `flush_ms`, takes whatever has queued up by then (at
+most `batch_rows`), builds the rows and commits them in one transaction: a group commit, so
 the disk cost is paid per batch, not per request. `flush()` waits until everything
 queued before it is committed (the admin API uses it so reads see recent calls);
 `close()` drains the queue and commits before returning, which is what makes a clean
@@ -134,13 +134,15 @@ class Recorder:
         stopping = False
         while not stopping:
             items = [self._queue.get()]
-            deadline = time.monotonic() + self.flush_s
+            # The rest of the window is slept, not spent blocked in `get`: a thread waiting in `get`
+            # is woken by every `record()`, and each wake-up takes the GIL (and the core) from the
+            # event loop in the middle of a request. Asleep, the writer wakes once per batch. A
+            # backlog of a full batch or more is taken at once.
+            if self._queue.qsize() + 1 < self.batch_rows:
+                time.sleep(self.flush_s)
             while len(items) < self.batch_rows:
-                remaining = deadline - time.monotonic()
                 try:
-                    items.append(
-                        self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
-                    )
+                    items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             stopping = any(item is _STOP for item in items)
