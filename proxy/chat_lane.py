@@ -27,7 +27,7 @@ from litestar import Litestar
 
 from understudy.proxy.access import client_name, current_client
 from understudy.proxy.chat import ChatAnswer, answer_chat
-from understudy.proxy.errors import ProxyError, error_body
+from understudy.proxy.errors import ProxyError, error_body, internal_error
 from understudy.proxy.state import ProxyState
 
 log = logging.getLogger("understudy.proxy")
@@ -61,14 +61,12 @@ class ChatLane:
         except BodyTooLarge:
             proxy.metrics.rejected.labels("request_too_large").inc()
             limit = proxy.settings.max_body_bytes
-            answer = _error(
-                413, f"request body larger than {limit} bytes", "invalid_request_error", "request_too_large"
-            )
+            answer = _error(ProxyError(413, f"request body larger than {limit} bytes", code="request_too_large"))
         except ProxyError as exc:
-            answer = _error(exc.status, exc.message, exc.type, exc.code, exc.param)
+            answer = _error(exc)
         except Exception as exc:
             log.exception("chat completion failed")
-            answer = _error(500, f"internal proxy error: {type(exc).__name__}", "server_error", "internal_error")
+            answer = _error(internal_error(exc))
         if isinstance(answer.body, bytes):
             await _send_whole(send, answer, answer.body)
         else:
@@ -97,8 +95,10 @@ async def _read_body(receive, headers: dict[str, str], limit: int) -> bytes | No
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _error(status: int, message: str, type: str, code: str | None, param: str | None = None) -> ChatAnswer:
-    return ChatAnswer(status, error_body(message, type=type, code=code, param=param), "application/json", {})
+def _error(exc: ProxyError) -> ChatAnswer:
+    return ChatAnswer(
+        exc.status, error_body(exc.message, type=exc.type, code=exc.code, param=exc.param), "application/json", {}
+    )
 
 
 def _start(answer: ChatAnswer, length: int | None) -> dict:

@@ -68,10 +68,15 @@ def handle_site_not_found(_: Request, exc: SiteNotFound) -> Response[bytes]:
     return error_response(404, str(exc), type="invalid_request_error", code="site_not_found")
 
 
-def handle_unexpected(_: Request, exc: Exception) -> Response[bytes]:
-    return error_response(
+def internal_error(exc: Exception) -> OperationError:
+    """An unexpected failure of the proxy's own, as the client sees it (its type, never its text)."""
+    return OperationError(
         500, f"internal proxy error: {type(exc).__name__}", type="server_error", code="internal_error"
     )
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
+    return handle_operation_error(request, internal_error(exc))
 
 
 EXCEPTION_HANDLERS = {
