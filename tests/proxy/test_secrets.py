@@ -16,6 +16,8 @@ import signal
 
 import httpx
 import pyarrow.parquet as pq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import query_store, run_cli, start_proxy
 from tests.support.fake_upstream import FakeUpstream
@@ -215,3 +217,39 @@ def test_masking_takes_credentials_and_leaves_data():
     assert mask_text(plain, (UPSTREAM_KEY,)) == plain
     quoted = 'a"secret'
     assert quoted not in json.loads(mask_text(json.dumps({"x": f"<{quoted}>"}), (quoted,)))["x"]
+
+
+# Header-named fields written every way the masking regex accepts them: any ASCII case, the
+# non-ASCII letters its IGNORECASE folds onto ASCII ones (the Kelvin sign, dotted and dotless i),
+# other non-ASCII text around them.
+_FOLDS = {"k": ["k", "K", "\u212a"], "i": ["i", "I", "\u0130", "\u0131"]}
+
+
+@st.composite
+def _header_field_texts(draw):
+    name = draw(st.sampled_from(["authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key"]))
+    spelled = "".join(draw(st.sampled_from(_FOLDS.get(ch, [ch, ch.upper()]))) for ch in name)
+    around = st.text(alphabet=st.characters(codec="utf-8", exclude_characters='"\\'), max_size=20)
+    return f'{draw(around)}{{"{spelled}": "{draw(around)}"}}{draw(around)}'
+
+
+@settings(max_examples=400, deadline=None)
+@given(_header_field_texts())
+def test_the_cheap_prefilter_never_hides_a_header_field(text):
+    """`mask_text` skips its header regex where `_may_name_a_header` says no: that must never be a
+    text the regex matches (else a credential would be stored in clear)."""
+    from understudy.proxy.call_record import _HEADER_FIELD, MASK, _may_name_a_header, mask_text
+
+    assert _HEADER_FIELD.search(text)  # the generator writes what the regex matches
+    assert _may_name_a_header(text)
+    assert MASK in mask_text(text, ())
+
+
+def test_the_prefilter_skips_texts_without_a_header_name():
+    """The control: texts naming no header are skipped (so the test above can fail), and are
+    returned untouched."""
+    from understudy.proxy.call_record import _may_name_a_header, mask_text
+
+    for text in ('{"content": "a \u2014 b", "authorisation": "x"}', '{"api_key": "x", "apikey": "y"}'):
+        assert not _may_name_a_header(text)
+        assert mask_text(text, ()) is text
