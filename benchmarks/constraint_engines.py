@@ -11,7 +11,8 @@ a `player_pos`):
     against llama.cpp's grammar sampler applied to all 262k candidates (what the old decoder did
     when the model's pick was refused);
 (c) decoding up to 200 tokens, greedy, bare base: unconstrained against under the llguidance
-    constraint, lean (tokens/s, how many steps needed the full mask, and whether the answer
+    constraint, lean, with forced tokens fast-forwarded and (`step by step`) without (tokens/s,
+    how many steps needed the full mask, how many tokens were forced, and whether the answer
     is a valid Map; it ends when complete);
 (d) which keywords each engine honours: a violating answer per keyword, fed token by token to
     each engine (llama.cpp's grammar checked one candidate at a time, as llama.cpp samples); the
@@ -206,15 +207,23 @@ def main(argv: list[str] | None = None) -> int:
         decoder.decode(prompt, 1)  # the prompt evaluated once; each run below re-evaluates its last token only
         runs_c = {}
         lean = constraints.compile_schema(MAP, lean=True)  # compact answers, as trained versions write them
-        for name, c in (("unconstrained", None), ("llguidance", lean)):
+        # "step by step": forced tokens decoded one step each, as before fast-forwarding (2026-12-07)
+        for name, c, fast_forward in (
+            ("unconstrained", None, True),
+            ("llguidance", lean, True),
+            ("step by step", lean, False),
+        ):
+            decoder.fast_forward = fast_forward
             started = time.perf_counter()
             out = decoder.decode(prompt, args.tokens, c, stop=())
             seconds = time.perf_counter() - started
+            decoder.fast_forward = True
             runs_c[name] = {
                 "tokens": out.tokens,
                 "seconds": seconds,
                 "tokens_per_s": out.tokens / seconds,
                 "masked_steps": out.masked,
+                "forced": out.forced,
             }
             if c is not None:
                 try:
@@ -267,12 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         f"llama.cpp grammar median {m['gbnf median'] / 1e3:.1f} ms (max {m['gbnf max'] / 1e3:.1f})"
     )
     print("(c) decode, greedy, bare base:")
-    print(f"    {'':14} {'tokens':>6} {'s':>6} {'tok/s':>6} {'masked':>6}")
+    print(f"    {'':14} {'tokens':>6} {'s':>6} {'tok/s':>6} {'masked':>6} {'forced':>6}")
     for name, r in figures["decode"].items():
         valid = "" if "valid" not in r else f"  valid={r['valid']}"
         print(
             f"    {name:14} {r['tokens']:>6} {r['seconds']:>6.2f} {r['tokens_per_s']:>6.1f} "
-            f"{r['masked_steps']:>6}{valid}"
+            f"{r['masked_steps']:>6} {r['forced']:>6}{valid}"
         )
     print("(d) violating answer refused:")
     print(f"    {'keyword':18} {'llguidance':>10} {'llama.cpp GBNF':>15}")

@@ -90,15 +90,17 @@ def recorded_answers(data_dir: Path, site_id: str) -> tuple[str, ...]:
 
 
 def raw_latencies(
-    models: LocalModels, variant: Variant, requests: list[dict], answers: tuple[str, ...]
+    models: LocalModels, variant: Variant, requests: list[dict], answers: tuple[str, ...], fast_forward: bool = True
 ) -> tuple[list[float], list[int], list[int]]:
-    """Latency, tokens and draws of each answer under the checks the router would build for it."""
+    """Latency, tokens and draws of each answer under the checks the router would build for it
+    (`fast_forward` False: every forced token decoded as a step of its own, as before 2026-12-07)."""
     validators = ValidatorRegistry()
 
     def checks(request: dict):
         return checks_for(request, validators.for_request(request), SamplingPolicy(), answers, "bench")
 
     models.complete_sync(requests[0], variant, checks(requests[0]))  # loads the model and the adapter
+    models.generator()._decoder.fast_forward = fast_forward
     latencies, tokens, tries = [], [], []
     for request in requests:
         answer = models.complete_sync(request, variant, checks(request))
@@ -268,9 +270,19 @@ def main() -> None:
         help="A `train_gpu.py run` output directory of one site (adapter.gguf, config.json).",
     )
     parser.add_argument("--requests", type=int, default=10)
-    parser.add_argument("--shadow-calls", type=int, default=40, help="Calls sent back to back for the shadow figure.")
+    parser.add_argument(
+        "--shadow-calls",
+        type=int,
+        default=40,
+        help="Calls sent back to back for the shadow figure (0: no shadow figure).",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--step-by-step",
+        action="store_true",
+        help="Also answer the raw requests with forced tokens decoded one step each (the old path), same run.",
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="2 requests and 4 shadow calls (the tiny model unless --result)."
     )
@@ -305,11 +317,20 @@ def main() -> None:
                 models, variant, requests, recorded_answers(args.data_dir, result["site_id"])
             )
             hits = models.generator().prefix_hits
+            old = None
+            if args.step_by_step:
+                old = raw_latencies(
+                    models, variant, requests, recorded_answers(args.data_dir, result["site_id"]), fast_forward=False
+                )
         finally:
             models.close()
         through, local_served = proxy_latencies(result, args.data_dir, requests, args.threads)
-        shadow = shadow_sampling(
-            result, args.data_dir, site_requests(args.data_dir, result["site_id"], args.shadow_calls), args.threads
+        shadow = (
+            shadow_sampling(
+                result, args.data_dir, site_requests(args.data_dir, result["site_id"], args.shadow_calls), args.threads
+            )
+            if args.shadow_calls
+            else {}
         )
         schema = ((requests[0].get("response_format") or {}).get("json_schema") or {}).get("name")
         figures.append(
@@ -331,6 +352,15 @@ def main() -> None:
                 **shadow,
             }
         )
+        if old is not None:
+            old_raw, old_tokens, old_tries = old
+            figures[-1]["step_by_step"] = {
+                "raw_p50_s": statistics.median(old_raw),
+                "raw_p90_s": quantile(old_raw, 0.9),
+                "completion_tokens_p50": statistics.median(old_tokens),
+                "tries_mean": statistics.mean(old_tries),
+                "tokens_per_s": sum(old_tokens) / sum(old_raw),
+            }
     if args.json:
         print(json.dumps(figures))
         return
@@ -339,9 +369,19 @@ def main() -> None:
             f"{f['returns']} ({f['prompt']} prompt{', lean' if f['lean'] else ''}): local answer p50 "
             f"{f['raw_p50_s']:.2f} s raw, {f['proxy_p50_s']:.2f} s through the proxy (p90 {f['proxy_p90_s']:.2f} s); "
             f"{f['local_served']:.0%} served locally; {f['completion_tokens_p50']:.0f} tokens, {f['tries_mean']:.2f} draws, "
-            f"{f['tokens_per_s']:.1f} tokens/s; prefix reused {f['prefix_hits']}x; "
-            f"shadow sampled {f['shadow_sampled']:.0%} of {f['shadow_calls']} calls sent in {f['shadow_sent_s']:.0f} s"
+            f"{f['tokens_per_s']:.1f} tokens/s; prefix reused {f['prefix_hits']}x"
+            + (
+                f"; shadow sampled {f['shadow_sampled']:.0%} of {f['shadow_calls']} calls sent in {f['shadow_sent_s']:.0f} s"
+                if "shadow_sampled" in f
+                else ""
+            )
         )
+        if "step_by_step" in f:
+            old = f["step_by_step"]
+            print(
+                f"  step by step (same run): raw p50 {old['raw_p50_s']:.2f} s (p90 {old['raw_p90_s']:.2f} s), "
+                f"{old['completion_tokens_p50']:.0f} tokens, {old['tries_mean']:.2f} draws, {old['tokens_per_s']:.1f} tokens/s"
+            )
     print(json.dumps(figures))
 
 

@@ -67,16 +67,20 @@ def test_train_smoke(trained):
 
 
 def test_local_serving_smoke(corpus_dir, trained):
-    out = _bench("local_serving.py", "--data-dir", str(corpus_dir), "--result", trained["result"], "--json")
+    out = _bench(
+        "local_serving.py", "--data-dir", str(corpus_dir), "--result", trained["result"], "--step-by-step", "--json"
+    )
     [figures] = _last_json(out)
     assert figures["requests"] == 2 and figures["raw_p50_s"] > 0 and figures["proxy_p50_s"] > 0
+    assert figures["step_by_step"]["raw_p50_s"] > 0 and figures["step_by_step"]["tokens_per_s"] > 0
     assert figures["shadow_calls"] == 4 and 0.0 <= figures["shadow_sampled"] <= 1.0
 
 
 def test_constraint_engines_smoke():
     figures = _last_json(_bench("constraint_engines.py", "--json"))
     assert figures["mask_us"]["llguidance median"] > 0 and figures["mask_us"]["gbnf median"] > 0
-    assert set(figures["decode"]) == {"unconstrained", "llguidance"}
+    assert set(figures["decode"]) == {"unconstrained", "llguidance", "step by step"}
+    assert figures["decode"]["step by step"]["forced"] == 0
 
 
 def test_partial_promotion_sim_smoke():
@@ -117,6 +121,7 @@ def test_gpu_training_layout_and_adapter_eval_smoke(corpus_dir, tiny_llama, tmp_
         "Level",
         "--config",
         json.dumps(config),
+        "--diagnose",
     )
     report = json.loads((tmp_path / "out" / "gpu.json").read_text())
     assert "error" not in report["Level"] and report["Level"]["steps"] == 2

@@ -244,6 +244,38 @@ def test_an_answer_ends_when_complete(generator):
     assert out.text == '{"k":7}'
 
 
+def test_forced_tokens_are_evaluated_in_one_batch_with_the_token_before_them(generator, monkeypatch):
+    """Where the constraint leaves one continuation (keys, punctuation, a const), its tokens are
+    fast-forwarded: evaluated with the chosen token before them in one batch, not a step each.
+    Control: with fast-forwarding off, every token of the same kind of answer is a step."""
+    decoder, llm = generator._decoder, generator.llm
+    prompt = llm.tokenize(PROMPT.encode(), special=True)
+    batches: list[int] = []
+    real_eval = llm.eval
+    monkeypatch.setattr(llm, "eval", lambda tokens: (batches.append(len(tokens)), real_eval(tokens))[1])
+
+    def decoded(fast_forward: bool):
+        decoder.fast_forward = fast_forward
+        decoder.evaluate_prompt(prompt)  # the prompt evaluated outside the count
+        batches.clear()
+        try:
+            return decoder.decode(prompt, 300, compile_schema(MAP, lean=True)), list(batches)
+        finally:
+            decoder.fast_forward = True
+
+    fast, fast_batches = decoded(True)
+    step, step_batches = decoded(False)
+    for out in (fast, step):
+        jsonschema.validate(json.loads(out.text), MAP)
+    assert fast.forced > fast.tokens / 2 and fast.counted + fast.forced == fast.tokens
+    assert len(fast_batches) < fast.tokens / 2 and max(fast_batches) > 1
+    # the control: one evaluation of one token per chosen token
+    assert step.forced == 0 and step.counted == step.tokens and set(step_batches) == {1}
+    assert 0 < fast.confidence < 1
+    whole = decoder.decode(prompt, 50, compile_schema(obj(k={"const": 7}, n={"const": "x"}), lean=True))
+    assert (whole.text, whole.counted, whole.confidence) == ('{"k":7,"n":"x"}', 0, 1.0)  # nothing chosen: certain
+
+
 def test_sampling_is_deterministic_per_seed(generator):
     for constraint in (None, compile_schema(MAP)):
         texts = [
