@@ -312,16 +312,13 @@ def main() -> None:
         prompt = SitePrompt.from_dict((result.get("config") or {}).get("prompt"))
         variant = Variant(result["adapter_path"], prompt)
         models = LocalModels(result["base_gguf"], n_threads=args.threads)
+        answers = recorded_answers(args.data_dir, result["site_id"])
         try:
-            raw, tokens, tries = raw_latencies(
-                models, variant, requests, recorded_answers(args.data_dir, result["site_id"])
-            )
+            raw, tokens, tries = raw_latencies(models, variant, requests, answers)
             hits = models.generator().prefix_hits
             old = None
             if args.step_by_step:
-                old = raw_latencies(
-                    models, variant, requests, recorded_answers(args.data_dir, result["site_id"]), fast_forward=False
-                )
+                old = raw_latencies(models, variant, requests, answers, fast_forward=False)
         finally:
             models.close()
         through, local_served = proxy_latencies(result, args.data_dir, requests, args.threads)
