@@ -216,9 +216,9 @@ class _BestEpoch:
     """Early stopping on the held-out loss, measured at the end of every whole epoch.
 
     Keeps a copy of the trainable (LoRA) weights of the best epoch so far: a few MB, so no disk
-    checkpoint is needed. After `early_stop_patience` epochs without a new best, the job stops;
-    at the end the best epoch's weights are put back. So a small snapshot that overfits by its
-    third epoch keeps its second, and a large one that still improves trains every epoch.
+    checkpoint is needed. After `early_stop_patience` epochs in a row without a new best, the job
+    stops; at the end the best epoch's weights are put back. So a small snapshot that overfits
+    keeps its best epoch, and a large one that still improves trains every epoch.
     """
 
     def __init__(self, params: list[torch.Tensor], config: TrainConfig, steps_per_epoch: int, has_eval: bool):

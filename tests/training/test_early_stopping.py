@@ -3,7 +3,9 @@ the best epoch's weights; a run whose held-out loss keeps falling trains every p
 
 The tiny Llama learns eight things' colors. Its held-out set either asks the same questions with
 the same answers (the loss keeps falling: the control) or with other things' colors (the model
-overfits to the training answers, so past some epoch the held-out loss rises).
+overfits to the training answers, so past some epoch the held-out loss rises). Both curves are
+noisy from epoch to epoch (the control's rises once, at about epoch 17, and then keeps falling):
+the shipped patience of 2 epochs must ride out such a rise and still stop the overfitting run.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def test_a_job_stops_when_the_held_out_loss_stops_improving_and_keeps_the_best_e
             "verify_examples": 0,
         }
     )
-    assert config.early_stop_patience == 1  # the shipped default
+    assert config.early_stop_patience == 2  # the shipped default
     train_set = examples(COLORS)
     eval_set = examples(COLORS[3:] + COLORS[:3]) if stops else train_set
     result = train(config, train_set, eval_set, tmp_path / "peft", progress=False)
@@ -59,6 +61,7 @@ def test_a_job_stops_when_the_held_out_loss_stops_improving_and_keeps_the_best_e
     if stops:
         assert len(losses) < EPOCHS and result.steps < EPOCHS * 4
         assert losses[-1] >= min(losses) and result.best_epoch == losses.index(min(losses)) + 1 < len(losses)
+        assert len(losses) - result.best_epoch == config.early_stop_patience  # stopped at the patience, no later
     else:
         assert len(losses) == EPOCHS and result.steps == EPOCHS * 4 and result.best_epoch == EPOCHS
     assert result.eval_loss == min(losses)
