@@ -23,8 +23,8 @@ object's keys and punctuation, a `const` value, the closing brackets of a fixed-
 llguidance names its tokens (`compute_ff_tokens`, in the tokenizer's canonical split, as the
 training data was tokenized) and they are evaluated in one batch with the chosen token before
 them, instead of one decoding step each. On this 2-core CPU a step of one token costs about
-as much as a batch of a few, and three quarters of a compact `Map` answer's tokens are forced
-(`benchmarks/local_serving.py`). Nothing is chosen there, so the text is the one the constraint
+as much as a batch of a few, and 70 % of a compact `Map`-like answer's tokens are forced
+(`benchmarks/constraint_engines.py`). Nothing is chosen there, so the text is the one the constraint
 allows; only where the model would have split the same bytes into other tokens does the
 answer's path differ from step-by-step decoding.
 
