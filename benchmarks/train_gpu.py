@@ -216,7 +216,11 @@ def main() -> None:
     r.add_argument("--sites", default="Level,Map")
     r.add_argument("--base-gguf", default=None, help="the serving GGUF when --base is an HF folder (a smoke run)")
     r.add_argument("--device", default="cuda")
-    r.add_argument("--config", default="{}", help="TrainConfig overrides as JSON (a smoke run)")
+    r.add_argument(
+        "--config",
+        default="{}",
+        help="TrainConfig overrides as JSON, e.g. '{\"epochs\": 2}' (a smoke run passes its tiny settings here)",
+    )
     r.add_argument(
         "--diagnose",
         action="store_true",
