@@ -13,11 +13,13 @@ a version's metrics say what training bought.
 from __future__ import annotations
 
 import json
+import shutil
 import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from understudy import wire
 from understudy.inference.site_prompt import SitePrompt, render_request
 from understudy.training.config import TrainConfig
 from understudy.training.dataset import load_examples
@@ -71,7 +73,7 @@ def _train_export_verify(
 ) -> None:
     from understudy.inference.local_generate import LocalGenerator
     from understudy.training.gguf_adapter import export_gguf_adapter
-    from understudy.training.train import train
+    from understudy.training.train import EPOCHS_DIRNAME, train
     from understudy.training.verify import verify_adapter
 
     site_prompt = SitePrompt.from_dict(cfg.prompt)
@@ -81,22 +83,54 @@ def _train_export_verify(
     )
     if not eval_examples:  # tiny datasets: hold out the last training example rather than nothing
         eval_examples = train_examples[-1:]
-    trained = train(cfg, train_examples, eval_examples, out / "peft", progress=progress)
-    result["metrics"]["train"] = {
-        k: v for k, v in asdict(trained).items() if k not in ("loss_history", "sample_outputs", "sample_tokens")
-    }
-    adapter = export_gguf_adapter(out / "peft", out / "adapter.gguf", cfg.resolved_base_gguf())
-    result["adapter_path"] = str(adapter)
-    result["metrics"]["adapter_bytes"] = adapter.stat().st_size
-    generator = LocalGenerator(cfg.resolved_base_gguf())
+    held_out = eval_examples[:MAX_EVAL_EXAMPLES]
+    base_gguf = cfg.resolved_base_gguf()
+    generator: LocalGenerator | None = None
+
+    def local_generator() -> LocalGenerator:
+        nonlocal generator
+        if generator is None:
+            generator = LocalGenerator(base_gguf)
+        return generator
+
+    def evaluate_adapter(adapter: Path) -> EvalReport:
+        """The held-out set answered with `adapter` as the proxy would serve it, and checked."""
+        answer = local_generate_fn(local_generator(), str(adapter), site_prompt=site_prompt, validator=validator)
+        return evaluate(answer, held_out, validator)
+
+    # The epoch kept is chosen by the held-out pass rate where answers can be checked (a validator, or
+    # a response schema), by the held-out loss alone where they cannot (training.epoch_choice).
+    epoch_reports: dict[int, EvalReport] = {}
+
+    def score_epoch(epoch: int, peft_dir: Path) -> float | None:
+        report = evaluate_adapter(export_gguf_adapter(peft_dir, peft_dir / "adapter.gguf", base_gguf))
+        epoch_reports[epoch] = report
+        return report.validator_pass if report.validator_pass is not None else report.parse_valid
+
+    checkable = validator is not None or any(wire.is_json(e.get("response_format")) for e in held_out)
     try:
+        trained = train(
+            cfg,
+            train_examples,
+            eval_examples,
+            out / "peft",
+            progress=progress,
+            score_epoch=score_epoch if checkable else None,
+        )
+        shutil.rmtree(out / "peft" / EPOCHS_DIRNAME, ignore_errors=True)  # the candidates' copies: measured, done
+        result["metrics"]["train"] = {
+            k: v for k, v in asdict(trained).items() if k not in ("loss_history", "sample_outputs", "sample_tokens")
+        }
+        adapter = export_gguf_adapter(out / "peft", out / "adapter.gguf", base_gguf)
+        result["adapter_path"] = str(adapter)
+        result["metrics"]["adapter_bytes"] = adapter.stat().st_size
         verdict = verify_adapter(
-            cfg.resolved_base_gguf(),
+            base_gguf,
             adapter,
             eval_examples,
             trained.sample_outputs,
             trained_tokens=trained.sample_tokens,
-            generator=generator,
+            generator=local_generator(),
             max_tokens=cfg.verify_max_tokens,
             site_prompt=site_prompt,
         )
@@ -111,20 +145,16 @@ def _train_export_verify(
                 "similarity": round(failed.ratio, 3),
                 "max_logit_gap": failed.max_gap,
             }
-        held_out = eval_examples[:MAX_EVAL_EXAMPLES]
         # The bare base reads the full prompt (it never learned a site's compact one).
         result["metrics"]["base_heldout"] = _rates(
-            evaluate(local_generate_fn(generator, None, validator=validator), held_out, validator)
+            evaluate(local_generate_fn(local_generator(), None, validator=validator), held_out, validator)
         )
-        result["metrics"]["heldout"] = _rates(
-            evaluate(
-                local_generate_fn(generator, str(adapter), site_prompt=site_prompt, validator=validator),
-                held_out,
-                validator,
-            )
-        )
+        # The kept epoch's answers were measured for the choice, with the same weights: not asked twice.
+        kept = epoch_reports.get(trained.best_epoch) if trained.best_epoch is not None else None
+        result["metrics"]["heldout"] = _rates(kept if kept is not None else evaluate_adapter(adapter))
     finally:
-        generator.close()
+        if generator is not None:
+            generator.close()
 
 
 def _rates(report: EvalReport) -> dict[str, Any]:

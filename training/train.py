@@ -39,7 +39,8 @@ import os
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -47,11 +48,13 @@ import torch
 from understudy.inference.site_prompt import SitePrompt, render_request
 from understudy.training.config import CONFIG_FILENAME, TrainConfig
 from understudy.training.encoding import Encoded, collate, encode_examples
+from understudy.training.epoch_choice import EPOCH_CANDIDATES, EpochCandidate, choose_epoch
 from understudy.training.hf_generate import greedy_generate
 from understudy.training.model_loading import add_lora, load_model, load_tokenizer
 from understudy.training.target_loss import target_loss
 
 METRICS_FILENAME = "metrics.json"
+EPOCHS_DIRNAME = "epochs"  # the candidate epochs' adapters, saved for their held-out check
 
 
 @dataclass
@@ -79,7 +82,9 @@ class TrainResult:
     checkpointed_batches: int = 0
     loss_history: list[float] = field(default_factory=list)  # per optimizer step
     epoch_eval_losses: list[float] = field(default_factory=list)  # held-out loss after each whole epoch
-    best_epoch: int | None = None  # the epoch whose weights were kept (early stopping); None: the last step's
+    best_epoch: int | None = None  # the epoch whose weights were kept (training.epoch_choice); None: the last step's
+    # the epochs compared for that choice: epoch, held-out loss, held-out pass rate (None: not measured)
+    epoch_candidates: list[dict] = field(default_factory=list)
     stopped_early: bool = False  # the job ended before its planned epochs: the held-out loss stopped improving
     # greedy answers of the trained HF model on the first eval examples: (index, text), and the
     # token ids each one was generated as (aligned with sample_outputs)
@@ -213,12 +218,15 @@ class _Checkpointing:
 
 
 class _BestEpoch:
-    """Early stopping on the held-out loss, measured at the end of every whole epoch.
+    """Early stopping on the held-out loss, measured at the end of every whole epoch, and the
+    choice of the epoch whose weights are saved (`training.epoch_choice`).
 
-    Keeps a copy of the trainable (LoRA) weights of the best epoch so far: a few MB, so no disk
-    checkpoint is needed. After `early_stop_patience` epochs in a row without a new best, the job
-    stops; at the end the best epoch's weights are put back. So a small snapshot that overfits
-    keeps its best epoch, and a large one that still improves trains every epoch.
+    Keeps a copy of the trainable (LoRA) weights of the `EPOCH_CANDIDATES` epochs of lowest held-out
+    loss so far: a few MB each, so no disk checkpoint is needed. After `early_stop_patience` epochs
+    in a row without a new best, the job stops. At the end the chosen epoch's weights are put back:
+    the one whose held-out answers pass most often where they can be checked, else the lowest loss.
+    So a small snapshot that overfits keeps its best epoch, and a large one that still improves
+    trains every epoch.
     """
 
     def __init__(self, params: list[torch.Tensor], config: TrainConfig, steps_per_epoch: int, has_eval: bool):
@@ -228,8 +236,10 @@ class _BestEpoch:
         self.active = has_eval and self.patience > 0 and not config.max_steps and config.epochs > 1
         self.losses: list[float] = []
         self.best_loss = math.inf
-        self.best_epoch: int | None = None  # 1-based, among `losses`
-        self.best_weights: list[torch.Tensor] | None = None
+        self.best_epoch: int | None = None  # 1-based, among `losses`: the lowest held-out loss
+        self.kept: dict[int, list[torch.Tensor]] = {}  # epoch -> its weights, the lowest losses only
+        self.candidates: list[EpochCandidate] = []  # what the choice compared, once made
+        self.chosen_epoch: int | None = None
         self.stopped = False
 
     def epoch_ends(self, step: int, total_steps: int) -> bool:
@@ -241,22 +251,56 @@ class _BestEpoch:
         if loss is None or not math.isfinite(loss):
             return False  # the non-finite guard speaks for itself at the end
         self.losses.append(loss)
+        epoch = len(self.losses)
+        self._keep(epoch)
         if loss < self.best_loss:
-            self.best_loss, self.best_epoch = loss, len(self.losses)
-            self.best_weights = [p.detach().clone() for p in self.params]
+            self.best_loss, self.best_epoch = loss, epoch
             return False
         assert self.best_epoch is not None  # the first finite loss set it
-        self.stopped = not final and len(self.losses) - self.best_epoch >= self.patience
+        self.stopped = not final and epoch - self.best_epoch >= self.patience
         return self.stopped
 
-    def restore(self, last_loss: float | None) -> float | None:
-        """Put the best epoch's weights back if they beat the last ones; the held-out loss kept."""
-        if not self.active or self.best_weights is None or self.best_epoch == len(self.losses):
-            return last_loss  # the last weights are the best
+    def _keep(self, epoch: int) -> None:
+        self.kept[epoch] = [p.detach().clone() for p in self.params]
+        if len(self.kept) > EPOCH_CANDIDATES:  # drop the highest loss (the later epoch among equals)
+            del self.kept[max(self.kept, key=lambda e: (self.losses[e - 1], e))]
+
+    def _load(self, epoch: int) -> None:
         with torch.no_grad():
-            for param, kept in zip(self.params, self.best_weights):
+            for param, kept in zip(self.params, self.kept[epoch]):
                 param.copy_(kept)
-        return self.best_loss
+
+    def choose(self, last_loss: float | None, score: Callable[[int], float | None] | None) -> float | None:
+        """Put the chosen epoch's weights back and return its held-out loss. `score(epoch)`, called
+        with that epoch's weights in place, measures its held-out pass rate (None: nothing to check);
+        without it the lowest loss wins."""
+        if not self.active or not self.kept:
+            return last_loss  # one epoch, or a plan in steps: the last weights are the ones
+        candidates = [EpochCandidate(e, self.losses[e - 1]) for e in sorted(self.kept)]
+        if score is not None and len(candidates) > 1:
+            measured = []
+            for candidate in candidates:
+                self._load(candidate.epoch)
+                measured.append(replace(candidate, held_out_pass=score(candidate.epoch)))
+            candidates = measured
+        chosen = choose_epoch(candidates)
+        self._load(chosen.epoch)
+        self.candidates, self.chosen_epoch = candidates, chosen.epoch
+        return chosen.eval_loss
+
+
+def _epoch_scorer(
+    model, out_dir: Path, score_epoch: Callable[[int, Path], float | None]
+) -> Callable[[int], float | None]:
+    """`score(epoch)` for `_BestEpoch.choose`: saves the model as it stands (that epoch's weights) to
+    `out_dir/epochs/epoch-N` and hands the folder to `score_epoch`."""
+
+    def score(epoch: int) -> float | None:
+        adapter_dir = out_dir / EPOCHS_DIRNAME / f"epoch-{epoch}"
+        model.save_pretrained(adapter_dir)
+        return score_epoch(epoch, adapter_dir)
+
+    return score
 
 
 def batch_loss(model, batch: list[Encoded], pad_id: int, device: str, bf16: bool = False) -> tuple[torch.Tensor, int]:
@@ -311,7 +355,11 @@ def train(
     eval_examples: list[dict],
     out_dir: str | Path,
     progress: bool = True,
+    score_epoch: Callable[[int, Path], float | None] | None = None,
 ) -> TrainResult:
+    """Train a LoRA adapter and save it under `out_dir`. `score_epoch(epoch, adapter_dir)`, where
+    given, measures the held-out pass rate of an epoch's adapter (saved to `adapter_dir`) for the
+    choice of the epoch kept (`training.epoch_choice`); without it the lowest held-out loss is kept."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,10 +429,10 @@ def train(
             last_eval = eval_loss(model, eval_data, pad_id, device, batch_size, bf16)
             if best.active:
                 best.stop_after(last_eval, final=True)  # the last (maybe partial) epoch, to compare with the best
-        last_eval = best.restore(last_eval)
         bar.update(task, eval="-" if last_eval is None else f"{last_eval:.4f}")
     if last_eval is not None and not math.isfinite(last_eval):
         raise NonFiniteLoss(f"held-out eval loss is {last_eval} after training: no adapter saved")
+    last_eval = best.choose(last_eval, None if score_epoch is None else _epoch_scorer(model, out_dir, score_epoch))
 
     # --- greedy answers on held-out examples, for the GGUF check ----------------------
     samples, sample_tokens = [], []
@@ -425,7 +473,8 @@ def train(
         sample_outputs=samples,
         sample_tokens=sample_tokens,
         epoch_eval_losses=best.losses,
-        best_epoch=best.best_epoch if best.active else None,
+        best_epoch=best.chosen_epoch if best.active else None,
+        epoch_candidates=[c.as_dict() for c in best.candidates],
         stopped_early=best.stopped,
     )
     (out_dir / METRICS_FILENAME).write_text(result.to_json() + "\n")
