@@ -33,6 +33,7 @@ local share of their last 100 calls.
     .venv/bin/python benchmarks/learning_curve.py --data-dir /tmp/curve --plot curve.png --json
     .venv/bin/python benchmarks/learning_curve.py --sites int,str,list --data-dir /tmp/curve-small
     .venv/bin/python benchmarks/learning_curve.py --smoke --data-dir /tmp/curve-smoke   # the tiny model, minutes
+    .venv/bin/python benchmarks/learning_curve.py --data-dir /tmp/curve --resume --seed 100 --max-calls 500  # go on
 """
 
 from __future__ import annotations
@@ -232,6 +233,12 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None, help="Write the curve as a PNG.")
     parser.add_argument("--smoke", action="store_true", help="The tiny random model and a few calls (minutes).")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Go on in --data-dir from where an earlier run stopped, its sites' controls decided (with a "
+        "higher --max-calls, or after --max-minutes); give another --seed so its games are new.",
+    )
+    parser.add_argument(
         "--max-minutes",
         type=float,
         default=None,
@@ -245,7 +252,9 @@ def main() -> None:
     unknown = set(sites) - set(RPG_SITES)
     if unknown:
         parser.error(f"unknown site(s) {sorted(unknown)}: the RPG sites are {', '.join(RPG_SITES)}")
-    if args.data_dir.exists():
+    if args.resume and not (args.data_dir / "understudy.duckdb").exists():
+        parser.error(f"--resume: no earlier run in {args.data_dir}")
+    if args.data_dir.exists() and not args.resume:
         shutil.rmtree(args.data_dir)
     settings = load_settings(data_dir=args.data_dir)
     tmp = args.data_dir / "bench-exports"
@@ -256,7 +265,8 @@ def main() -> None:
     # below 0): the benchmark runs the scheduler itself after each batch.
     worker = start_worker(settings, {"UNDERSTUDY_QUIET_MAX_RPM": "0"})
     access = StoreAccess(settings)
-    phase = {site: "learn" if args.no_controls else "record" for site in sites}
+    phase = {site: "learn" if args.no_controls or args.resume else "record" for site in sites}
+    verdicts: dict[str, dict[str, str]] = {site: {} for site in sites}  # site -> control -> its verdict
     curve: list[dict[str, Any]] = []
     started = time.monotonic()
     stopped = None  # why the run ended before every site had --max-calls calls
@@ -287,7 +297,7 @@ def main() -> None:
                 curve.append({**row, "batch": batch, "seconds": time.monotonic() - started})
                 print_row(row)
                 calls[site] = row["calls"]  # the clients' calls (not the proxy's own second answers)
-                advance(access, settings, site, rows[site], row, phase, args)
+                advance(access, settings, site, rows[site], row, phase, args, verdicts[site])
             if all(calls.get(s, 0) >= args.max_calls for s in sites):
                 break
             if args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
@@ -305,7 +315,7 @@ def main() -> None:
         proxy.stop()
         teacher.stop()
     served = served_shares(settings, sites, args.max_calls)
-    summary = summarize(curve, sites, served, args)
+    summary = summarize(curve, sites, served, args, verdicts)
     summary["stopped"] = stopped
     summary["seconds"] = time.monotonic() - started
     if args.plot is not None:
@@ -317,9 +327,19 @@ def main() -> None:
         print(json.dumps(summary, indent=2, default=str))
 
 
-def advance(access: StoreAccess, settings, site: str, site_row: dict, row: dict, phase: dict[str, str], args) -> None:
+def advance(
+    access: StoreAccess,
+    settings,
+    site: str,
+    site_row: dict,
+    row: dict,
+    phase: dict[str, str],
+    args,
+    verdicts: dict[str, str],
+) -> None:
     """The controls, in order: the base control once the site has enough calls, the shuffled
-    control (queued for the worker) once the base one is decided, then the scheduler's versions."""
+    control (queued for the worker) once the base one is decided, then the scheduler's versions.
+    Each control's verdict (the policy's decision, at how many calls) goes into `verdicts`."""
     if phase[site] == "record" and row["calls"] >= args.controls_at:
         job = access.run("training_job", site=site_row["id"], control="base")
         version = access.run("register_version", result=base_control_result(job))
@@ -327,6 +347,7 @@ def advance(access: StoreAccess, settings, site: str, site_row: dict, row: dict,
         phase[site] = "base"
     elif phase[site] == "base" and row["state"] != "shadow":
         print(f"  {site}: base control decided: {row['why']}", flush=True)
+        verdicts["base"] = _verdict(row)
         queued = subprocess.run(
             [
                 understudy_executable(),
@@ -347,6 +368,7 @@ def advance(access: StoreAccess, settings, site: str, site_row: dict, row: dict,
         shuffled = [v for v in row["versions"].values() if v["control"] == "shuffled"]
         if shuffled and (row["state"] != "shadow" or shuffled[-1]["status"] == "failed"):
             print(f"  {site}: shuffled control decided: {row['why']}", flush=True)
+            verdicts["shuffled"] = _verdict(row)
             phase[site] = "learn"
 
 
@@ -387,7 +409,13 @@ def served_shares(settings, sites: list[str], max_calls: int) -> dict[str, dict[
         store.close()
 
 
-def summarize(curve: list[dict[str, Any]], sites: list[str], served: dict[str, dict[str, Any]], args) -> dict[str, Any]:
+def summarize(
+    curve: list[dict[str, Any]],
+    sites: list[str],
+    served: dict[str, dict[str, Any]],
+    args,
+    verdicts: dict[str, dict[str, str]],
+) -> dict[str, Any]:
     out: dict[str, Any] = {"controls_at": None if args.no_controls else args.controls_at, "max_calls": args.max_calls}
     local_last, all_last = 0, 0
     for site in sites:
@@ -420,7 +448,7 @@ def summarize(curve: list[dict[str, Any]], sites: list[str], served: dict[str, d
             **site_served,
             "teacher_validity": last["teacher_validity"],
             "teacher_self_agreement": last["teacher_self_agreement"],
-            "controls": {d["control"]: f"{d['status']} at {d['calls']} calls" for d in decisions if d["control"]},
+            "controls": verdicts.get(site, {}),
             "served_validity_difference": last["validity_difference"]
             if last["state"] in ("local", "partial")
             else None,
@@ -432,6 +460,12 @@ def summarize(curve: list[dict[str, Any]], sites: list[str], served: dict[str, d
         }
     out["local_share_last_100_all_sites"] = local_last / all_last if all_last else None
     return out
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    """A control's verdict as the policy gave it: `rejected at 82 calls` (the status a control's
+    version keeps afterwards is `retired`, whatever the verdict was)."""
+    return f"{str(row['why']).split(':')[0]} at {row['calls']} calls"
 
 
 def configure_smoke(args) -> None:
