@@ -260,10 +260,19 @@ def main() -> None:
     tmp = args.data_dir / "bench-exports"
     tmp.mkdir(parents=True, exist_ok=True)
     teacher = start_teacher(seed=args.seed, flaw_share=args.flaw_share)
-    proxy = start_proxy(settings, teacher.url, upstream_free=True)
-    # The worker's own periodic scheduler never finds its window open (0 requests/minute is never
-    # below 0): the benchmark runs the scheduler itself after each batch.
-    worker = start_worker(settings, {"UNDERSTUDY_QUIET_MAX_RPM": "0"})
+    try:
+        proxy = start_proxy(settings, teacher.url, upstream_free=True)
+    except BaseException:  # e.g. another run holds the data directory's DuckDB file
+        teacher.stop()
+        raise
+    try:
+        # The worker's own periodic scheduler never finds its window open (0 requests/minute is
+        # never below 0): the benchmark runs the scheduler itself after each batch.
+        worker = start_worker(settings, {"UNDERSTUDY_QUIET_MAX_RPM": "0"})
+    except BaseException:
+        proxy.stop()
+        teacher.stop()
+        raise
     access = StoreAccess(settings)
     phase = {site: "learn" if args.no_controls or args.resume else "record" for site in sites}
     verdicts: dict[str, dict[str, str]] = {site: {} for site in sites}  # site -> control -> its verdict
