@@ -16,3 +16,20 @@ COLOR_SCHEMA = {
         "schema": {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]},
     },
 }
+
+
+def snapshot_rows(splits: list[tuple[dict, str]], site_id: str = "site") -> list[dict]:
+    """Rows for `training.snapshots.write_snapshot`: each (example, "train" | "eval") as a recorded,
+    parse-valid call of `site_id`."""
+    return [
+        {
+            **example,
+            "call_id": f"c{i}",
+            "site_id": site_id,
+            "provider_model": "m",
+            "parse_valid": True,
+            "validator_passed": None,
+            "split": split,
+        }
+        for i, (example, split) in enumerate(splits)
+    ]

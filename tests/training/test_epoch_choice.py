@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.training.examples import COLOR_SCHEMA, make_example
+from tests.training.examples import COLOR_SCHEMA, make_example, snapshot_rows
 from understudy.inference.site_prompt import SitePrompt
 from understudy.training.config import TrainConfig
 from understudy.training.encoding import encode_examples
@@ -116,19 +116,7 @@ def snapshot(tmp_path_factory):
     from understudy.training.snapshots import write_snapshot
 
     splits = [(e, "train") for e in examples(COLORS)] + [(e, "eval") for e in examples(COLORS[3:] + COLORS[:3])]
-    rows = [
-        {
-            **e,
-            "call_id": f"c{i}",
-            "site_id": "site",
-            "provider_model": "m",
-            "parse_valid": True,
-            "validator_passed": None,
-            "split": split,
-        }
-        for i, (e, split) in enumerate(splits)
-    ]
-    return write_snapshot(rows, tmp_path_factory.mktemp("snapshot"), "site")
+    return write_snapshot(snapshot_rows(splits), tmp_path_factory.mktemp("snapshot"), "site")
 
 
 def test_a_job_keeps_the_epoch_whose_answers_pass_the_validator(tiny_llama, tmp_path, snapshot):

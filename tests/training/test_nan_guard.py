@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training.examples import COLOR_SCHEMA, make_example
+from tests.training.examples import COLOR_SCHEMA, make_example, snapshot_rows
 from understudy.routing.registry import list_versions, register_version
 from understudy.settings import load_settings
 from understudy.store import Store
@@ -49,19 +49,7 @@ def test_a_non_finite_loss_stops_training_and_saves_nothing(tiny_llama, tmp_path
 
 @pytest.mark.parametrize("lr, usable", [(EXPLODING_LR, False), (1e-2, True)])
 def test_the_job_fails_and_registers_no_usable_version(tiny_llama, tmp_path, lr, usable):
-    rows = [
-        {
-            **e,
-            "call_id": f"c{i}",
-            "site_id": "site",
-            "provider_model": "m",
-            "parse_valid": True,
-            "validator_passed": None,
-            "split": split,
-        }
-        for i, (e, split) in enumerate(zip(EXAMPLES, ("train", "eval")))
-    ]
-    snapshot = write_snapshot(rows, tmp_path, "site")
+    snapshot = write_snapshot(snapshot_rows(list(zip(EXAMPLES, ("train", "eval")))), tmp_path, "site")
     result = run_training_job("site", str(snapshot), str(tmp_path / "job"), _config(tiny_llama, lr), progress=False)
     settings = load_settings(data_dir=tmp_path / "data")
     store = Store(settings.db_path)
