@@ -39,6 +39,7 @@ local share of their last 100 calls.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -259,19 +260,20 @@ def main() -> None:
     settings = load_settings(data_dir=args.data_dir)
     tmp = args.data_dir / "bench-exports"
     tmp.mkdir(parents=True, exist_ok=True)
-    teacher = start_teacher(seed=args.seed, flaw_share=args.flaw_share)
+    # Whatever was started is stopped, also when a later start fails (another run holding the data
+    # directory's DuckDB file stops the proxy's): the worker first, the teacher last.
+    running = contextlib.ExitStack()
     try:
+        teacher = start_teacher(seed=args.seed, flaw_share=args.flaw_share)
+        running.callback(teacher.stop)
         proxy = start_proxy(settings, teacher.url, upstream_free=True)
-    except BaseException:  # e.g. another run holds the data directory's DuckDB file
-        teacher.stop()
-        raise
-    try:
+        running.callback(proxy.stop)
         # The worker's own periodic scheduler never finds its window open (0 requests/minute is
         # never below 0): the benchmark runs the scheduler itself after each batch.
         worker = start_worker(settings, {"UNDERSTUDY_QUIET_MAX_RPM": "0"})
+        running.callback(worker.stop)
     except BaseException:
-        proxy.stop()
-        teacher.stop()
+        running.close()
         raise
     access = StoreAccess(settings)
     phase = {site: "learn" if args.no_controls or args.resume else "record" for site in sites}
@@ -320,9 +322,7 @@ def main() -> None:
     except KeyboardInterrupt:  # summarize what was reached
         stopped = "interrupted"
     finally:
-        worker.stop()
-        proxy.stop()
-        teacher.stop()
+        running.close()
     served = served_shares(settings, sites, args.max_calls)
     summary = summarize(curve, sites, served, args, verdicts)
     summary["stopped"] = stopped
@@ -377,7 +377,9 @@ def advance(
         shuffled = [v for v in row["versions"].values() if v["control"] == "shuffled"]
         if shuffled and (row["state"] != "shadow" or shuffled[-1]["status"] == "failed"):
             print(f"  {site}: shuffled control decided: {row['why']}", flush=True)
-            verdicts["shuffled"] = _verdict(row)
+            # a failed job leaves the site's state (and its reason) as they were: no policy verdict
+            failed = shuffled[-1]["status"] == "failed"
+            verdicts["shuffled"] = f"failed at {row['calls']} calls" if failed else _verdict(row)
             phase[site] = "learn"
 
 
