@@ -93,10 +93,11 @@ def run_product_rule(
     samples: list[ShadowSample], paired: dict[str, float], policy: PromotionPolicy
 ) -> tuple[str, int, float | None]:
     """`decide` after every sample, as the router calls it: (verdict or 'shadow', samples, subset share)."""
-    evidence, reference, seen = policy.new_evidence(), policy.new_reference(), {}
+    evidence, reference, seen = policy.new_evidence(paired=True), policy.new_reference(paired=True), {}
     decision, partial = None, None
     for k, sample in enumerate(samples, start=1):
         evidence.add(sample.agreement, sample.local_valid, sample.upstream_valid)
+        evidence.add_pair(sample.call_id, sample.agreement, paired[sample.call_id])
         reference.add(paired[sample.call_id])
         seen[sample.call_id] = paired[sample.call_id]
         partial = partial_evidence(samples[:k], seen, sum(seen.values()) / len(seen), policy)

@@ -79,12 +79,11 @@ from understudy.routing.evidence import (
     PAIRED_REFERENCE,
     bar,
     calibration_samples,
-    evidence_of,
     evidence_phase,
-    evidence_samples,
     paired_reference,
     partial_samples,
     reference_scores,
+    stored_evidence,
     teacher_level,
 )
 from understudy.routing.partial import PartialEvidence, partial_evidence
@@ -171,10 +170,10 @@ def _site_report(
     reported = _reported_version(cur, site_id, active_version, versions)
     agreement = _agreement(cur, site_id, reported, policy) if reported is not None else None
     reference = reference_scores(cur, site_id, policy.reference_window)
-    reference_cs = policy.new_reference().extend(reference)
     evidence = None
     if active_version is not None and state != SiteState.LEARNING.value:
-        evidence = evidence_of(evidence_samples(cur, site_id, active_version, state, policy.window), policy)
+        evidence = stored_evidence(cur, site_id, active_version, state, policy)
+    reference_cs = policy.new_reference(paired=evidence is not None and evidence.paired is not None).extend(reference)
     review = (
         new_review_evidence(policy).extend(review_differences(cur, site_id, active_version))
         if active_version is not None
@@ -336,7 +335,7 @@ def _draws(cur, site_id: str, version: int | None) -> DrawsSummary:
 
 def _judgement_summary(j: Judgement, state: str, reference: list[float], policy: PromotionPolicy) -> JudgementSummary:
     return JudgementSummary(
-        evidence_phase(state), j.agreement, j.reference, j.validity, j.margin, bar(reference, policy)
+        evidence_phase(state), j.agreement, j.reference, j.validity, j.margin, bar(reference, policy), j.paired
     )
 
 

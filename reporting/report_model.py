@@ -158,6 +158,7 @@ class JudgementSummary:
     validity: Bounds  # local valid - upstream valid, paired per call, in [-1, 1]
     margin: float
     bar: float  # the teacher's mean self-agreement minus the margin
+    paired: Bounds | None = None  # shadow: same-call local - teacher agreement (routing.policy's paired test)
 
 
 @dataclass(frozen=True)

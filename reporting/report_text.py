@@ -118,8 +118,11 @@ def judgement_line(report: SiteReport) -> str:
     if j is None:
         return "nothing to judge (no active version in shadow or local)"
     reference = "1 (no samples)" if j.reference is None else str(j.reference)
+    paired = ""
+    if j.paired is not None:
+        paired = f"; same-call agreement local - teacher {j.paired if j.paired.n else 'no pairs yet'}"
     return (
-        f"{j.phase}: agreement {j.agreement} vs teacher {reference}, bar {j.bar:.2f}; "
+        f"{j.phase}: agreement {j.agreement} vs teacher {reference}, bar {j.bar:.2f}{paired}; "
         f"validity local - teacher {j.validity}; margin {j.margin:.2f}"
     )
 

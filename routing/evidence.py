@@ -6,6 +6,8 @@
   of a pair of valid answers with something to compare (`AgreementScore.agreement`), else None.
 - The teacher's reference: the agreement of the site's last `reference_window` self-agreement
   pairs where both upstream answers were valid and something was compared.
+- The paired test's samples: shadow calls whose request the teacher also answered twice, each
+  with both scores (`evidence_pairs`).
 - Partial promotion's samples (`routing.partial`): the same shadow samples with their call id
   and the local answer's confidence, and the teacher's self-agreement per call id.
 - The cascade's calibration samples: (confidence, agreement) of the version's valid shadow
@@ -76,11 +78,39 @@ def paired_reference(cur: Cursor, site_id: str, limit: int) -> dict[str, float]:
     return {call_id: float(score) for call_id, score in reversed(rows)}
 
 
-def evidence_of(samples: Iterable[Sample], policy: PromotionPolicy) -> Evidence:
-    evidence = policy.new_evidence()
+def evidence_pairs(cur: Cursor, site_id: str, version: int) -> list[tuple[str, float, float]]:
+    """(call id, local agreement, teacher self-agreement) of the version's shadow calls since the
+    site entered shadow that have both scores, in the order each pair was completed (the later
+    of its two rows), as the router adds them live."""
+    rows = cur.execute(
+        f"SELECT s.call_id, s.a, r.a FROM (SELECT call_id, ts, {_AGREEMENT.format(valid='local_valid')} AS a "
+        "FROM shadow_results WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = 'shadow' "
+        "AND ts >= ?) AS s "
+        f"JOIN (SELECT call_id, ts, {_AGREEMENT.format(valid='second_valid')} AS a FROM self_agreement "
+        "WHERE site_id = ?) AS r ON r.call_id = s.call_id "
+        "WHERE s.a IS NOT NULL AND r.a IS NOT NULL ORDER BY greatest(s.ts, r.ts), s.call_id",
+        [site_id, version, _since(cur, site_id), site_id],
+    ).fetchall()
+    return [(call_id, float(local), float(teacher)) for call_id, local, teacher in rows]
+
+
+def evidence_of(
+    samples: Iterable[Sample], policy: PromotionPolicy, pairs: Iterable[tuple[str, float, float]] | None = None
+) -> Evidence:
+    """Evidence from stored samples; with `pairs` (shadow), the paired design and its same-call pairs."""
+    evidence = policy.new_evidence(paired=pairs is not None)
     for score, local_valid, upstream_valid in samples:
         evidence.add(score, local_valid, upstream_valid)
+    for call_id, agreement, teacher in pairs or ():
+        evidence.add_pair(call_id, agreement, teacher)
     return evidence
+
+
+def stored_evidence(cur: Cursor, site_id: str, version: int, state: str, policy: PromotionPolicy) -> Evidence:
+    """The evidence `decide` weighs for this version in this state, as the router loads it."""
+    samples = evidence_samples(cur, site_id, version, state, policy.window)
+    pairs = evidence_pairs(cur, site_id, version) if evidence_phase(state) == "shadow" else None
+    return evidence_of(samples, policy, pairs)
 
 
 def reference_scores(cur: Cursor, site_id: str, window: int) -> list[float]:

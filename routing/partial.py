@@ -13,8 +13,9 @@ is high. This module turns a version's shadow samples into the evidence for that
    this version.
 2. Test, on fresh samples only. Every later sample at or above the threshold joins the
    subset's evidence; the policy judges it by the same confidence sequences and margin as a
-   whole-site promotion (`routing.policy.judge`). The teacher's reference is its
-   self-agreement on *those same calls* (second upstream answers, paired by call id), not the
+   whole-site promotion (`routing.policy.judge`), the paired test among them. The teacher's
+   reference is its self-agreement on *those same calls* (second upstream answers, paired by
+   call id), not the
    site-wide figure: the confident calls are often the easy ones, for the teacher too, and
    comparing them with the site-wide figure would lower the bar. With no paired samples the
    reference is 1, as for a whole site.
@@ -126,7 +127,7 @@ def partial_evidence(
     with_confidence = [(s, s.confidence) for s in samples if s.confidence is not None]
     calibration = [s for s, _ in with_confidence[: policy.calibration_samples]]
     fresh = with_confidence[policy.calibration_samples :]
-    subset, reference = policy.new_evidence(), policy.new_reference()
+    subset, reference = policy.new_evidence(paired=True), policy.new_reference(paired=True)
     if samples and not with_confidence:
         # A model server's answers carry no confidence, ever: nothing will calibrate, so nothing is
         # held for it (a version's answers all come from the same kind of model).
@@ -151,4 +152,6 @@ def partial_evidence(
             subset.add(sample.agreement, sample.local_valid, sample.upstream_valid)
             if sample.call_id in reference_by_call:
                 reference.add(reference_by_call[sample.call_id])
+                if sample.agreement is not None:
+                    subset.add_pair(sample.call_id, sample.agreement, reference_by_call[sample.call_id])
     return PartialEvidence(threshold, note, len(calibration), len(fresh), subset, reference)

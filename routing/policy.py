@@ -35,13 +35,32 @@ So a version is compared with the upstream on two measures, each with `margin`:
   `min_samples` valid pairs have shown there is nothing to compare.
 
 Each mean gets a confidence sequence (`routing.sequential`): bounds that hold at every sample
-size at once, so the decision may be re-checked after every sample. Agreement uses one for the
-version's scores and one for the reference (alpha / 2 each); validity one at alpha.
+size at once, so the decision may be re-checked after every sample. Validity uses one at alpha.
+Agreement has two tests, and either may decide:
+
+- unpaired: one CS for the version's scores and one for the reference, lower(agreement) -
+  upper(reference) against -margin. Each bound carries its own error, so the gap needs both
+  widths: a version 0.02 under a teacher at 0.58 stayed undecided after 256 samples against a
+  200-sample reference (docs/benchmarks.md), and more shadowing could not help, the reference's
+  width being fixed by its window.
+- paired (in shadow): on a call where the teacher was also asked a second time, the difference
+  local agreement - teacher self-agreement, on the same request. One CS on that difference
+  needs one width, of sqrt(var_local + var_teacher) rather than the sum of two, and keeps
+  shrinking as the version shadows: the free teachers (the offline one, a model server of
+  one's own) answer twice on every shadowed call, so every sample is paired. A paid upstream
+  is asked on a `self_agreement_rate` share only, where the unpaired test does the work.
+
+In shadow the agreement error is split between them, alpha / 2 to the paired CS and alpha / 4
+to each unpaired CS (`PromotionPolicy.unpaired_alpha`); served versions (drift checks) have no
+second answers, so the unpaired test runs alone at alpha / 2 per CS. The split is fixed by the
+state, never by the data, so either test deciding keeps the bound below.
 
 - shadow → local ("promoted"): at least `min_samples` samples, and non-inferior on both:
-  lower(validity difference) >= -margin and lower(agreement) - upper(reference) >= -margin.
+  lower(validity difference) >= -margin, and lower(agreement) - upper(reference) >= -margin or
+  lower(paired difference) >= -margin.
 - shadow → learning ("rejected"), after the same `min_samples`: inferior on either:
-  upper(agreement) - lower(reference) < -margin, or upper(validity difference) < -margin.
+  upper(agreement) - lower(reference) < -margin or upper(paired difference) < -margin, or
+  upper(validity difference) < -margin.
 - local → shadow ("demoted"): inferior on either, judged on the last `window` drift samples.
 - shadow → partial ("partial"), when the whole site is neither promoted nor rejected: the
   answers at or above a confidence threshold are non-inferior on both measures, by the same
@@ -89,7 +108,7 @@ evidence is a sliding window, so its guarantee restarts with the window.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -166,11 +185,26 @@ class PromotionPolicy:
             SiteState.PARTIAL: self.drift_sample_rate,
         }[SiteState(state)]
 
-    def new_evidence(self) -> Evidence:
-        return Evidence(ConfidenceSequence(self.alpha / 2), ConfidenceSequence(self.alpha, low=-1.0, high=1.0))
+    def unpaired_alpha(self, paired: bool) -> float:
+        """The level of each of the unpaired agreement test's two CSs (the version's, the reference's).
 
-    def new_reference(self) -> ConfidenceSequence:
-        return ConfidenceSequence(self.alpha / 2)
+        The agreement error rate `alpha` is split between the tests that may decide: unpaired
+        alone, alpha / 2 per CS; with the paired test beside it (`paired`), alpha / 2 to the paired
+        CS and alpha / 4 per unpaired CS, so that either test clearing the bar stays within alpha.
+        """
+        return self.alpha / 4 if paired else self.alpha / 2
+
+    def new_evidence(self, paired: bool = False) -> Evidence:
+        """Empty evidence; `paired`: samples may also carry the teacher's self-agreement on the same call."""
+        return Evidence(
+            ConfidenceSequence(self.unpaired_alpha(paired)),
+            ConfidenceSequence(self.alpha, low=-1.0, high=1.0),
+            paired=ConfidenceSequence(self.alpha / 2, low=-1.0, high=1.0) if paired else None,
+        )
+
+    def new_reference(self, paired: bool = False) -> ConfidenceSequence:
+        """The teacher's reference CS, at the level matching `new_evidence(paired)`."""
+        return ConfidenceSequence(self.unpaired_alpha(paired))
 
 
 @dataclass
@@ -180,6 +214,10 @@ class Evidence:
     agreement: ConfidenceSequence  # scores of pairs of valid answers with something to compare, in [0, 1]
     validity: ConfidenceSequence  # local valid - upstream valid, in [-1, 1]
     valid_pairs: int = 0  # samples where both answers were valid (with or without anything to compare)
+    # Same-call differences, local agreement - teacher self-agreement, in [-1, 1]; None: the design
+    # has no second answers (drift checks), so only the unpaired test runs.
+    paired: ConfidenceSequence | None = None
+    paired_calls: set[str] = field(default_factory=set)  # call ids already in `paired`
 
     def add(self, agreement: float | None, local_valid: bool, upstream_valid: bool | None) -> None:
         """One sample: `agreement` is `AgreementScore.agreement` (None: nothing to weigh)."""
@@ -188,6 +226,13 @@ class Evidence:
         if upstream_valid is not None:
             self.validity.add(float(local_valid) - float(upstream_valid))
             self.valid_pairs += bool(local_valid and upstream_valid)
+
+    def add_pair(self, call_id: str, agreement: float, teacher: float) -> None:
+        """One call with both a local agreement score and the teacher's self-agreement score,
+        added when the later of the two arrives (once per call, whichever path sees it first)."""
+        if self.paired is not None and call_id not in self.paired_calls:
+            self.paired_calls.add(call_id)
+            self.paired.add(agreement - teacher)
 
 
 @dataclass(frozen=True)
@@ -223,6 +268,7 @@ class Judgement:
     min_pairs: int = 1  # valid pairs needed before "nothing to compare" is believed
     creative: bool = False  # the teacher barely agrees with itself: agreement does not decide
     review: Bounds | None = None  # the human review of this version, local - upstream in [-1, 1]
+    paired: Bounds | None = None  # same-call local - teacher agreement differences (None: unpaired design)
 
     @property
     def nothing_to_compare(self) -> bool:
@@ -238,12 +284,17 @@ class Judgement:
         return 1.0 if self.reference is None else self.reference.high
 
     def agreement_non_inferior(self) -> bool:
+        """Either test clears the bar: the unpaired one (version vs reference) or the paired one."""
         if self.nothing_to_compare:
             return True
-        return self.agreement.n > 0 and self.agreement.low - self.reference_high >= -self.margin
+        unpaired = self.agreement.n > 0 and self.agreement.low - self.reference_high >= -self.margin
+        paired = self.paired is not None and self.paired.n > 0 and self.paired.low >= -self.margin
+        return unpaired or paired
 
     def agreement_inferior(self) -> bool:
-        return self.agreement.n > 0 and self.agreement.high - self.reference_low < -self.margin
+        unpaired = self.agreement.n > 0 and self.agreement.high - self.reference_low < -self.margin
+        paired = self.paired is not None and self.paired.n > 0 and self.paired.high < -self.margin
+        return unpaired or paired
 
     def validity_non_inferior(self) -> bool:
         return self.validity.n > 0 and self.validity.low >= -self.margin
@@ -284,6 +335,9 @@ class Judgement:
             if self.nothing_to_compare
             else f"agreement {self.agreement} vs teacher {reference}"
         )
+        if self.paired is not None and not self.nothing_to_compare:
+            pairs = str(self.paired) if self.paired.n else "no pairs yet"
+            agreement += f"; same-call agreement local - teacher {pairs}"
         return f"validity local - teacher {self.validity}; {agreement}; margin {self.margin:.2f}"
 
 
@@ -314,6 +368,7 @@ def judge(
         policy.min_samples,
         is_creative(reference, policy),
         Bounds.of(review) if review is not None else None,
+        Bounds.of(evidence.paired) if evidence.paired is not None else None,
     )
 
 

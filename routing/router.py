@@ -11,8 +11,10 @@
   (recorded as a call) and its two answers are scored against each other: the teacher's
   self-agreement, the reference a version is judged against (`routing.policy`). It is kept per
   site, across versions. The share is a budget on paid upstreams; a route that charges nothing
-  (price 0: the offline teacher, a model server of one's own) is asked on every shadowed call.
-  Once a site's reference window is full the rate drops to a tenth. 0 disables it.
+  (price 0: the offline teacher, a model server of one's own) is asked on every shadowed call,
+  so every shadow sample is paired with the teacher's own agreement on that request (the
+  policy's paired test). A paid upstream's rate drops to a tenth once the site's reference
+  window is full. 0 disables it.
 
 Extra upstream calls (drift checks, second answers) are bounded: at most
 `max_extra_upstream` in flight; beyond that a sample is skipped. The router owns that count: a
@@ -55,6 +57,7 @@ from understudy.routing.evidence import (
     bar,
     calibration_samples,
     evidence_of,
+    evidence_pairs,
     evidence_samples,
     paired_reference,
     partial_samples,
@@ -117,8 +120,8 @@ class SiteRouting:
     partial_threshold: float | None = None  # partial: serve local answers at or above this confidence
     review: list[float] = field(default_factory=list)  # the active version's human review (reporting.reviews)
 
-    def reference_cs(self) -> ConfidenceSequence:
-        return self.promotion.new_reference().extend(list(self.reference))
+    def reference_cs(self, paired: bool = False) -> ConfidenceSequence:
+        return self.promotion.new_reference(paired).extend(list(self.reference))
 
     def review_cs(self) -> ConfidenceSequence:
         return new_review_evidence(self.promotion).extend(self.review)
@@ -264,7 +267,7 @@ class Router:
         if site.state in SERVING_STATES:
             config.drift = deque(samples, maxlen=config.promotion.window)
         else:
-            config.evidence = evidence_of(samples, config.promotion)
+            config.evidence = evidence_of(samples, config.promotion, evidence_pairs(cur, site.id, site.active_version))
             config.shadow_samples = partial_samples(cur, site.id, site.active_version)
         config.calibration = calibrate(
             calibration_samples(cur, site.id, site.active_version),
@@ -371,9 +374,12 @@ class Router:
     def _sample_second_opinion(self, config: SiteRouting, free_upstream: bool) -> bool:
         rate = config.promotion.self_agreement_rate
         if rate > 0 and free_upstream:
-            rate = 1.0  # a second answer costs nothing: the budget is for paid upstreams
-        if len(config.reference) >= config.promotion.reference_window:
-            rate /= 10  # the reference is full: refresh it slowly
+            # A second answer costs nothing (the budget is for paid upstreams), and on every
+            # shadowed call it pairs the version's agreement with the teacher's on the same
+            # request: the paired test (routing.policy).
+            rate = 1.0
+        elif len(config.reference) >= config.promotion.reference_window:
+            rate /= 10  # a paid upstream's reference is full: refresh it slowly
         return self._sample_extra(rate)
 
     @contextmanager
@@ -587,6 +593,9 @@ class Router:
                 assert config.evidence is not None and config.shadow_samples is not None  # likewise in shadow
                 config.evidence.add(result.agreement, result.local_valid, result.upstream_valid)
                 config.shadow_samples.append(sample)
+                teacher = config.paired_reference.get(call_id)
+                if result.agreement is not None and teacher is not None:
+                    config.evidence.add_pair(call_id, result.agreement, teacher)
             self._decide(config, site)
 
     async def observe_second_opinion(
@@ -645,7 +654,19 @@ class Router:
                 del config.paired_reference[next(iter(config.paired_reference))]
             if site is not None and site.active_version is not None and site.state != SiteState.LEARNING.value:
                 self._current_evidence(config, site)
+                if site.state == SiteState.SHADOW.value:
+                    self._pair_with_shadow_sample(config, call_id, result.agreement)
                 self._decide(config, site)
+
+    @staticmethod
+    def _pair_with_shadow_sample(config: SiteRouting, call_id: str, teacher: float) -> None:
+        """The teacher's second answer to a call the version has already been scored on: a pair."""
+        assert config.evidence is not None and config.shadow_samples is not None  # made by _current_evidence
+        for sample in reversed(config.shadow_samples):  # the call's shadow sample is a recent one
+            if sample.call_id == call_id:
+                if sample.agreement is not None:
+                    config.evidence.add_pair(call_id, sample.agreement, teacher)
+                return
 
     def _current_evidence(self, config: SiteRouting, site: SiteRecord) -> None:
         if config.evidence_key != (site.active_version, site.state):
@@ -653,7 +674,7 @@ class Router:
         if _drift_checked(site) and config.drift is None:
             config.drift = deque(maxlen=config.promotion.window)
         if site.state == SiteState.SHADOW.value and config.evidence is None:
-            config.evidence = config.promotion.new_evidence()
+            config.evidence = config.promotion.new_evidence(paired=True)
         if site.state == SiteState.SHADOW.value and config.shadow_samples is None:
             config.shadow_samples = []
 
@@ -675,7 +696,7 @@ class Router:
         decision = decide(
             site.state,
             evidence,
-            config.reference_cs(),
+            config.reference_cs(paired=evidence is not None and evidence.paired is not None),
             config.promotion,
             site.pinned,
             partial=partial,

@@ -90,6 +90,13 @@ def test_partial_promotion_sim_smoke():
     assert figures["policy"]["calibration_samples"] == 40
 
 
+def test_agreement_test_sim_smoke():
+    figures = _last_json(_bench("agreement_test_sim.py", "--json"))
+    nulls = [r for r in figures["results"].values() if r["null"]]
+    assert len(nulls) == 4 and all(0 <= r["false_promotion_rate"] <= 1 for r in nulls)
+    assert {r["rule"] for r in figures["results"].values() if not r["null"]} == {"unpaired", "product"}
+
+
 def test_gpu_training_layout_and_adapter_eval_smoke(corpus_dir, tiny_llama, tmp_path):
     """`train_gpu.py` prepare and run (here on the CPU, the tiny model), then `eval_adapter.py` on its adapter."""
     hf_dir, gguf = (str(p) for p in tiny_llama)

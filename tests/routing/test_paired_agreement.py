@@ -1,0 +1,187 @@
+"""The paired agreement test: on calls the teacher answered twice, local agreement minus the
+teacher's own agreement on that request, one confidence sequence on the difference.
+
+The unpaired test needs the version's CS and the reference's CS to clear the margin together,
+so a version a little under the teacher (the showcase's `Level`: 0.56 against 0.58) stayed
+undecided however long it shadowed; the reference's width is fixed by its window. The paired
+test decides it. At the default policy, with controls: the same streams judged by the unpaired
+test alone stay undecided; a version worse than the teacher by more than the margin, paired
+the same way, is rejected, never promoted; and the router forms each pair once, whichever of
+its two scores arrives first, and again from the store after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import anyio
+import numpy as np
+import pytest
+
+from tests.conftest import open_test_store
+from tests.support.rows import site_row, training_result
+from understudy.inference.local_model import LocalAnswer
+from understudy.routing.policy import PromotionPolicy, SiteState, Verdict, decide
+from understudy.routing.registry import register_version
+from understudy.routing.router import Plan, Router
+from understudy.store import Store
+from understudy.validators import ValidatorRegistry
+
+POLICY = PromotionPolicy()  # the shipped defaults
+
+
+def scores(rng: np.random.Generator, mean: float, sd: float, n: int) -> list[float]:
+    return np.clip(rng.normal(mean, sd, n), 0.0, 1.0).tolist()
+
+
+def shadow(local: list[float], teacher: list[float], prefill: list[float], paired: bool) -> tuple[str, int]:
+    """`decide` after every shadow sample, as the router calls it with a free teacher: every call is
+    answered twice (a pair), and its self-agreement joins the sliding reference window."""
+    evidence = POLICY.new_evidence(paired=paired)
+    window = list(prefill)
+    for i, (mine, theirs) in enumerate(zip(local, teacher, strict=True)):
+        evidence.add(mine, True, True)
+        evidence.add_pair(f"c{i}", mine, theirs)  # ignored by unpaired evidence
+        window = (window + [theirs])[-POLICY.reference_window :]
+        decision = decide(SiteState.SHADOW, evidence, POLICY.new_reference(paired).extend(window), POLICY)
+        if decision.verdict in (Verdict.PROMOTED, Verdict.REJECTED):
+            return decision.verdict.value, i + 1
+    return "shadow", len(local)
+
+
+@pytest.fixture(scope="module")
+def teacher_stream() -> tuple[list[float], list[float]]:
+    """The teacher's self-agreement at Level's measured figures (0.58, sd 0.22): a full reference
+    window before the version shadows, then one second answer per shadowed call."""
+    rng = np.random.default_rng(20261207)
+    return scores(rng, 0.58, 0.22, POLICY.reference_window), scores(rng, 0.58, 0.22, POLICY.max_shadow_samples)
+
+
+def test_a_version_just_under_the_teacher_is_promoted_by_the_paired_test(teacher_stream):
+    prefill, teacher = teacher_stream
+    local = scores(np.random.default_rng(1), 0.56, 0.27, POLICY.max_shadow_samples)  # Level's first version
+    verdict, at = shadow(local, teacher, prefill, paired=True)
+    assert verdict == "promoted" and at <= POLICY.max_shadow_samples
+    # control: the same samples, judged by the unpaired test alone, are still undecided at the cap
+    assert shadow(local, teacher, prefill, paired=False) == ("shadow", POLICY.max_shadow_samples)
+
+
+def test_control_a_version_worse_by_more_than_the_margin_is_never_promoted(teacher_stream):
+    prefill, teacher = teacher_stream
+    just_past = scores(np.random.default_rng(1), 0.45, 0.27, POLICY.max_shadow_samples)  # 0.13 under the teacher
+    assert shadow(just_past, teacher, prefill, paired=True)[0] != "promoted"
+    far = scores(np.random.default_rng(1), 0.28, 0.27, POLICY.max_shadow_samples)  # 0.30 under
+    assert shadow(far, teacher, prefill, paired=True)[0] == "rejected"
+
+
+def test_the_reason_names_the_paired_difference():
+    evidence = POLICY.new_evidence(paired=True)
+    for i in range(30):
+        evidence.add(0.6, True, True)
+        evidence.add_pair(f"c{i}", 0.6, 0.6)
+        evidence.add_pair(f"c{i}", 0.0, 1.0)  # a call is paired once: a second pairing is ignored
+    assert evidence.paired is not None and evidence.paired.n == 30 and evidence.paired.mean == 0.0
+    reason = decide(SiteState.SHADOW, evidence, POLICY.new_reference(True).extend([0.6] * 30), POLICY).reason
+    assert "same-call agreement local - teacher +0.00" in reason
+
+
+# --- the router forms the pairs -------------------------------------------------------------------
+
+COLOR_REQUEST = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "Pick a color."}],
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "Color",
+            "schema": {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]},
+        },
+    },
+}
+TEAL, NAVY = json.dumps({"color": "teal"}), json.dumps({"color": "navy"})
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = open_test_store(tmp_path / "understudy.duckdb")
+    yield store
+    store.close()
+
+
+def router_recording_into(store: Store) -> Router:
+    """A router over a site in shadow whose scored rows are written to the store as the proxy's
+    recorder writes them (here at once)."""
+    store.write_batch([site_row("s1", "pick_color")])
+    register_version(store, "s1", training_result(1.0))
+    assert store.resolve_site("s1").state == "shadow"
+    router = Router(
+        store,
+        None,
+        validators=ValidatorRegistry(),
+        current_site=store.resolve_site,
+        on_site_change=lambda record: None,
+        record_shadow=lambda row: store.write_batch(shadows=[row]),
+        record_self_agreement=lambda row: store.write_batch(self_agreement=[row]),
+    )
+    router.load()
+    return router
+
+
+def shadow_sample(router: Router, call_id: str, local_text: str) -> Callable[[], None]:
+    plan = Plan("upstream", 1, None, also_other=True, phase="shadow")
+    answer = LocalAnswer(local_text, 5.0, 10, 5, confidence=0.9)
+    return lambda: anyio.run(router.observe_pair, "s1", plan, call_id, call_id, COLOR_REQUEST, TEAL, 5.0, answer)
+
+
+def second_answer(router: Router, call_id: str, second_text: str) -> Callable[[], None]:
+    return lambda: anyio.run(
+        router.observe_second_opinion, "s1", call_id, f"{call_id}-2", call_id, COLOR_REQUEST, TEAL, second_text
+    )
+
+
+def test_the_router_pairs_a_call_whichever_score_comes_first_and_again_after_a_restart(store):
+    router = router_recording_into(store)
+    second_answer(router, "a", TEAL)()  # the teacher's second answer first, then the version's
+    shadow_sample(router, "a", NAVY)()
+    shadow_sample(router, "b", TEAL)()  # the version's first, then the teacher's
+    second_answer(router, "b", NAVY)()
+    shadow_sample(router, "c", TEAL)()  # control: no second answer, no pair
+    second_answer(router, "d", TEAL)()  # control: no shadow sample, no pair
+    live = router.config("s1").evidence
+    assert live.agreement.n == 3
+    assert live.paired is not None and live.paired.n == 2 and live.paired_calls == {"a", "b"}
+    # a: the version disagreed where the teacher agreed with itself; b: the other way round
+    assert live.paired.mean == pytest.approx(0.0, abs=1e-9)
+
+    fresh = Router(  # a restarted proxy: the evidence is read back from the store
+        store,
+        None,
+        validators=ValidatorRegistry(),
+        current_site=store.resolve_site,
+        on_site_change=lambda record: None,
+        record_shadow=lambda row: None,
+        record_self_agreement=lambda row: None,
+    )
+    fresh.load()
+    fresh._current_evidence(fresh.config("s1"), store.resolve_site("s1"))
+    reloaded = fresh.config("s1").evidence
+    assert reloaded.paired is not None and reloaded.paired_calls == {"a", "b"}
+    assert reloaded.paired.mean == pytest.approx(live.paired.mean)
+
+
+def test_served_versions_are_judged_by_the_unpaired_test_alone():
+    """Drift checks have no second answers: their evidence has no paired test, and the unpaired
+    CSs keep alpha / 2 each."""
+    assert POLICY.new_evidence().paired is None
+    assert POLICY.unpaired_alpha(False) == POLICY.alpha / 2 and POLICY.unpaired_alpha(True) == POLICY.alpha / 4
+
+
+def test_a_free_teacher_is_asked_twice_on_every_shadowed_call_once_the_reference_is_full(store):
+    router = router_recording_into(store)
+    config = router.config("s1")
+    config.reference.extend([0.5] * POLICY.reference_window)
+    assert sum(router._sample_second_opinion(config, free_upstream=True) for _ in range(200)) == 200
+    # control: a paid upstream's second answers drop to a tenth of its rate once the window is full
+    paid = sum(router._sample_second_opinion(config, free_upstream=False) for _ in range(2000))
+    assert paid < 2000 * POLICY.self_agreement_rate / 2
