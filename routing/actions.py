@@ -5,7 +5,8 @@ reloads the site).
 - `pin SITE upstream`: the upstream answers, whatever the scores say.
 - `pin SITE local[@vN]`: the local model (version N, or the active one) answers.
 - `unpin SITE`: back to automatic routing by state.
-- `rollback SITE --to vN`: make an earlier, verified version the active one.
+- `rollback SITE --to vN`: make an earlier, verified version the active one; or the active one
+  again, when the policy sent it back to learning (rejected or inconclusive): it shadows anew.
 - `rollback SITE`: withdraw the active version; the upstream answers until a new one.
 - `promote SITE vN`: make vN active and put the site in `local` now (manual promotion).
 - `policy SITE JSON`: per-site overrides of the promotion policy, scoring, validator and prompt
@@ -94,11 +95,28 @@ def rollback(store: Store, site_ref: str, to_version: int | None = None) -> Site
         )
         return store.resolve_site(site.id)
     if to_version == site.active_version:
-        raise ActionError(f"v{to_version} is already the active version of {site.name}")
+        if site.state != SiteState.LEARNING.value:
+            raise ActionError(f"v{to_version} is already the active version of {site.name} ({site.state})")
+        return _shadow_again(store, site, to_version)
     _usable_version(store, site, to_version)
     _activate(store, site, to_version)
     audit(store, site.id, "rollback", {"from_version": site.active_version, "to_version": to_version}, "cli")
     return store.resolve_site(site.id)
+
+
+def _shadow_again(store: Store, site: SiteRecord, version: int) -> SiteRecord:
+    """The active version the policy sent back to learning (rejected, or retired inconclusive)
+    shadows again, judged on fresh evidence: after a change of policy, say, an operator may want
+    it judged anew. Its earlier verdict no longer calls for a new version (training.jobs)."""
+    _usable_version(store, site, version)
+    set_version_status(store, site.id, version, "active")
+    audit(store, site.id, "rollback", {"from_version": version, "to_version": version, "again": True}, "cli")
+    return apply_decision(
+        store,
+        site,
+        Decision(SiteState.SHADOW, f"shadowed again by hand: v{version} is judged on fresh evidence"),
+        actor="cli",
+    )
 
 
 def promote(store: Store, site_ref: str, version: int) -> SiteRecord:

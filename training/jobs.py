@@ -297,18 +297,20 @@ def pending_job(store: Store, site_id: str) -> dict[str, Any] | None:
 
 def _last_verdict(store: Store, site_id: str, version: int) -> dict[str, Any] | None:
     """The newest policy verdict on `version` calling for a new one ({"verdict", "ts"}), unless a later
-    state change (a promotion after a demotion, an operator's rollback or pin) superseded it."""
+    state change superseded it: a promotion after a demotion, or any state change an operator made
+    (a promotion by hand, the version shadowed again with `rollback --to`)."""
     rows = (
         store.cursor()
         .execute(
-            "SELECT ts, detail FROM audit WHERE site_id = ? AND action = 'state' ORDER BY ts DESC LIMIT 20", [site_id]
+            "SELECT ts, detail, actor FROM audit WHERE site_id = ? AND action = 'state' ORDER BY ts DESC LIMIT 20",
+            [site_id],
         )
         .fetchall()
     )
-    for ts, detail in rows:
+    for ts, detail, actor in rows:
         detail = json.loads(detail) if isinstance(detail, str) else detail
-        if detail.get("version") != version:
-            return None
+        if detail.get("version") != version or actor != "policy":
+            return None  # another version since, or an operator moved the site (promoted, shadowed again)
         verdict = detail.get("verdict")
         if verdict in RETRAIN_VERDICTS:
             return {"verdict": verdict, "ts": ts}

@@ -74,3 +74,27 @@ def test_an_inconclusive_version_is_marked_so_stays_usable_and_a_rejected_one_is
     site = store.resolve_site("s1")
     apply_decision(store, site, Decision(SiteState.LEARNING, "rejected: ...", verdict=Verdict.REJECTED))
     assert [v.status for v in list_versions(store, "s1")] == ["inconclusive", "active"]
+
+
+def test_the_active_version_the_policy_sent_back_to_learning_can_be_shadowed_again(store):
+    """`rollback --to` the active version: refused while it shadows or serves; once the policy has
+    retired it inconclusive (or rejected it), it shadows again on fresh evidence."""
+    from understudy.routing.policy import Decision, SiteState, Verdict
+
+    register_version(store, "s1", result(0.6))
+    with pytest.raises(ActionError, match="already the active version"):
+        rollback(store, "s1", to_version=1)  # the control: still shadowing
+    site = store.resolve_site("s1")
+    apply_decision(store, site, Decision(SiteState.LEARNING, "inconclusive: ...", verdict=Verdict.INCONCLUSIVE))
+    since = "SELECT state_since FROM sites WHERE id = 's1'"
+    retired_at = store.cursor().execute(since).fetchone()[0]
+    again = rollback(store, "s1", to_version=1)
+    assert (again.state, again.active_version) == ("shadow", 1)
+    assert store.cursor().execute(since).fetchone()[0] > retired_at  # its evidence starts afresh
+    assert [v.status for v in list_versions(store, "s1")] == ["active"]
+    actor, detail = (
+        store.cursor()
+        .execute("SELECT actor, detail FROM audit WHERE site_id = 's1' AND action = 'state' ORDER BY ts DESC LIMIT 1")
+        .fetchone()
+    )
+    assert actor == "cli" and "shadowed again by hand" in json.loads(detail)["reason"]

@@ -197,3 +197,18 @@ def test_the_schedule_lists_each_job_with_its_reason_and_outcome(store, tmp_path
     hour = datetime.now().hour
     closed = training_schedule(store, {**rules, "quiet_hours": f"{(hour + 2) % 24:02d}:00-{(hour + 3) % 24:02d}:00"})
     assert not closed["quiet"] and closed["sites"][0]["reason"].startswith("waiting: v1 active")
+
+
+@pytest.mark.parametrize("operator", ["shadowed again", "promoted by hand"])
+def test_a_verdict_superseded_by_an_operator_no_longer_calls_for_a_version(store, operator):
+    from understudy.routing.actions import promote, rollback
+
+    add_calls(store, MIN_EXAMPLES * 2)
+    trained(store)
+    verdict(store, Verdict.INCONCLUSIVE)
+    if operator == "shadowed again":
+        rollback(store, "s1", to_version=1)
+    else:
+        promote(store, "s1", 1)
+    add_calls(store, MIN_EXAMPLES)
+    assert reason(store) is None  # the control, the verdict alone: the parametrized test above

@@ -736,7 +736,12 @@ def unpin(site: Annotated[str, typer.Argument(help="Site id, name or id prefix."
 def rollback(
     site: Annotated[str, typer.Argument(help="Site id, name or id prefix.")],
     to: Annotated[
-        str | None, typer.Option("--to", help="Version to make active (vN); default: back to upstream.")
+        str | None,
+        typer.Option(
+            "--to",
+            help="Version to make active (vN); the active one again when the policy sent it back to learning "
+            "(it shadows anew); default: back to upstream.",
+        ),
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
