@@ -88,7 +88,11 @@ def register_version(store: Store, site_ref: str, result: dict[str, Any], *, act
         # A negative control always enters shadow: it exists to show the policy rejects it.
         status, note = "ready", f"{control} control: {CONTROLS.get(control, 'a negative control')}"
     else:
-        worse = _worse_than(metrics, current.metrics if current else None)
+        # The bar is the active *trained* version: a control is never a candidate to keep (a
+        # shuffled control parses every held-out answer, so it would reject a first version
+        # that parses fewer, as the learning curve's `rate_difficulty` showed).
+        bar = current if current is not None and not current.control else None
+        worse = _worse_than(metrics, bar.metrics if bar else None)
         status, note = ("rejected", worse) if worse else ("ready", None)
     cur = store.cursor()
     cur.execute(

@@ -98,3 +98,17 @@ def test_the_active_version_the_policy_sent_back_to_learning_can_be_shadowed_aga
         .fetchone()
     )
     assert actor == "cli" and "shadowed again by hand" in json.loads(detail)["reason"]
+
+
+def test_a_first_version_is_not_measured_against_a_control(store):
+    """A shuffled control parses every held-out answer; the first trained version is judged by the
+    policy in shadow, not rejected at registration for parsing fewer. The control: the same
+    version after a trained one that parses all of them is rejected."""
+    register_version(
+        store, "s1", training_result(None, control="shuffled", metrics={"heldout": {"parse_valid_rate": 1.0}})
+    )
+    first = register_version(store, "s1", training_result(None, metrics={"heldout": {"parse_valid_rate": 0.62}}))
+    assert first.status == "active" and store.resolve_site("s1").active_version == first.version
+    register_version(store, "s1", training_result(None, metrics={"heldout": {"parse_valid_rate": 1.0}}))
+    worse = register_version(store, "s1", training_result(None, metrics={"heldout": {"parse_valid_rate": 0.62}}))
+    assert worse.status == "rejected" and "parse_valid_rate 0.62 < current 1.00" in worse.note
