@@ -358,6 +358,9 @@ def judge(
     policy: PromotionPolicy,
     review: ConfidenceSequence | None = None,
 ) -> Judgement:
+    if reference is not None and reference.alpha != policy.unpaired_alpha(evidence.paired is not None):
+        # a reference built for the other design would spend the wrong share of alpha, silently
+        raise ValueError("the reference's level does not match the evidence: build both with the same `paired`")
     ref = Bounds.of(reference) if reference is not None and reference.n else None
     return Judgement(
         Bounds.of(evidence.agreement),
