@@ -38,7 +38,7 @@ import argparse
 import json
 import statistics
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,9 +163,7 @@ def main() -> None:
                     for _ in range(args.power_streams)
                 ]
                 promoted = [k for verdict, k in outcomes if verdict == "promoted"]
-                verdicts: dict[str, int] = {}
-                for verdict, _ in outcomes:
-                    verdicts[verdict] = verdicts.get(verdict, 0) + 1
+                verdicts = dict(Counter(verdict for verdict, _ in outcomes))
                 results[f"{scenario.name}/{upstream}/{rule}"] = {
                     "null": False,
                     "rule": rule,

@@ -114,10 +114,9 @@ def test_judgments_recorded_through_the_review_protocol_decide_a_creative_site_i
     from datetime import UTC, datetime
 
     from tests.support.review_data import MAP_SITE, T0, populate
+    from tests.support.routers import router_over
     from understudy.reporting import reviews
-    from understudy.routing.router import Router
     from understudy.store import Store
-    from understudy.validators import ValidatorRegistry
 
     outcomes = {}
     for label, local_score in (("as good", 3), ("worse", 1)):
@@ -136,14 +135,8 @@ def test_judgments_recorded_through_the_review_protocol_decide_a_creative_site_i
                 [f"sa{i}", f"sb{i}", MAP_SITE, datetime.now(UTC), clip(rng.gauss(0.2, 0.1))],
             )
         records = {r.id: r for r in store.site_records()}
-        router = Router(
-            store,
-            None,
-            validators=ValidatorRegistry(),
-            current_site=records.get,
-            on_site_change=lambda r, records=records: records.__setitem__(r.id, r),
-            record_shadow=lambda row: None,
-            record_self_agreement=lambda row: None,
+        router = router_over(
+            store, current_site=records.get, on_site_change=lambda r, records=records: records.__setitem__(r.id, r)
         )
         router.load()
         router.review_changed(MAP_SITE)  # no judgments yet: validity alone cannot promote it

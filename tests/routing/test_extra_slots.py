@@ -8,23 +8,13 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import open_test_store
-from understudy.routing.router import Router
-from understudy.validators import ValidatorRegistry
+from tests.support.routers import router_over
 
 
 @pytest.fixture
 def router(tmp_path):
     store = open_test_store(tmp_path / "understudy.duckdb")
-    router = Router(
-        store,
-        None,
-        validators=ValidatorRegistry(),
-        current_site=lambda site_id: None,
-        on_site_change=lambda record: None,
-        record_shadow=lambda row: None,
-        record_self_agreement=lambda row: None,
-        max_extra_upstream=2,
-    )
+    router = router_over(store, current_site=lambda site_id: None, max_extra_upstream=2)
     yield router
     store.close()
 

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import open_test_store
+from tests.support.routers import router_over
 from tests.support.rows import site_row, training_result
 from understudy.inference.local_model import LocalAnswer
 from understudy.routing.policy import PromotionPolicy, SiteState, Verdict, decide
 from understudy.routing.registry import register_version
 from understudy.routing.router import Plan, Router
 from understudy.store import Store
-from understudy.validators import ValidatorRegistry
 
 POLICY = PromotionPolicy()  # the shipped defaults
 
@@ -115,15 +115,7 @@ def router_recording_into(store: Store) -> Router:
     store.write_batch([site_row("s1", "pick_color")])
     register_version(store, "s1", training_result(1.0))
     assert store.resolve_site("s1").state == "shadow"
-    router = Router(
-        store,
-        None,
-        validators=ValidatorRegistry(),
-        current_site=store.resolve_site,
-        on_site_change=lambda record: None,
-        record_shadow=lambda row: store.write_batch(shadows=[row]),
-        record_self_agreement=lambda row: store.write_batch(self_agreement=[row]),
-    )
+    router = router_over(store, recording=True)
     router.load()
     return router
 
@@ -154,17 +146,8 @@ def test_the_router_pairs_a_call_whichever_score_comes_first_and_again_after_a_r
     # a: the version disagreed where the teacher agreed with itself; b: the other way round
     assert live.paired.mean == pytest.approx(0.0, abs=1e-9)
 
-    fresh = Router(  # a restarted proxy: the evidence is read back from the store
-        store,
-        None,
-        validators=ValidatorRegistry(),
-        current_site=store.resolve_site,
-        on_site_change=lambda record: None,
-        record_shadow=lambda row: None,
-        record_self_agreement=lambda row: None,
-    )
+    fresh = router_over(store)  # a restarted proxy: the evidence is read back from the store
     fresh.load()
-    fresh._current_evidence(fresh.config("s1"), store.resolve_site("s1"))
     reloaded = fresh.config("s1").evidence
     assert reloaded.paired is not None and reloaded.paired_calls == {"a", "b"}
     assert reloaded.paired.mean == pytest.approx(live.paired.mean)

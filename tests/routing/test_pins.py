@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from tests.conftest import open_test_store
+from tests.support.routers import router_over
 from tests.support.rows import site_row, training_result
 from understudy.inference.local_model import LocalAnswer
 from understudy.routing.actions import pin
@@ -23,7 +24,6 @@ from understudy.routing.registry import register_version
 from understudy.routing.router import Plan, Router
 from understudy.rows import SelfAgreementRow, ShadowRow
 from understudy.store import Store
-from understudy.validators import ValidatorRegistry
 
 ANSWER = json.dumps({"color": "teal"})
 REQUEST = {
@@ -63,15 +63,7 @@ def shadowing_site_far_worse_than_the_teacher(store: Store) -> str:
 
 
 def router_on(store: Store) -> Router:
-    router = Router(
-        store,
-        None,
-        validators=ValidatorRegistry(),
-        current_site=store.resolve_site,
-        on_site_change=lambda record: None,
-        record_shadow=lambda row: None,
-        record_self_agreement=lambda row: None,
-    )
+    router = router_over(store)
     router.load()
     return router
 
