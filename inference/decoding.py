@@ -13,7 +13,8 @@ The answer ends when it is complete: once the matcher is stopped (nothing but th
 follow, e.g. after an object's closing brace) no further token is evaluated; when the model
 picks an end-of-generation token, it ends if the matcher accepts the answer as complete
 (otherwise that token is refused like any other). Stop strings end free-text answers (no
-constraint); a constrained answer never needs them.
+constraint); under a constraint they matter once: a token that is the answer's last bytes and a
+stop string's first (`}<`) ends the answer where it completes (`Decoder._closing`).
 
 Sampling: temperature 0 is greedy; above 0, tokens are drawn from softmax(logits / T) with a
 numpy Generator seeded by `seed`, so a seed gives the same text every time.
@@ -129,11 +130,16 @@ class Decoder:
             logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,))
             token = _pick(logits, temperature, rng)
             if matcher is not None:
+                closing = self._closing(matcher, token, stop)
+                if closing:  # the answer's last bytes and the end marker's first, in one token
+                    logprob += _logprob(logits, token)
+                    counted += 1
+                    out += closing
+                    break
                 token = self._constrain(matcher, logits, token, temperature, rng)
             if token < 0 or lc.llama_vocab_is_eog(self.vocab, token):
                 break
-            top = float(logits.max())
-            logprob += float(logits[token]) - (top + math.log(float(np.exp(logits - top).sum())))
+            logprob += _logprob(logits, token)
             counted += 1
             out.append(token)
             if matcher is not None:
@@ -162,6 +168,31 @@ class Decoder:
         if forced and not matcher.consume_tokens(forced):
             raise RuntimeError(f"the constraint refused its own forced tokens: {matcher.get_error()}")
         return forced
+
+    def _closing(self, matcher, token: int, stop: list[str] | tuple[str, ...]) -> list[int]:
+        """The tokens that complete the answer, consumed, when the model's `token` is the answer's
+        last bytes followed by the start of a stop string; [] otherwise (the usual case: the token
+        is allowed, or refused for another reason, and `_constrain` handles it).
+
+        A target is trained as the answer followed by the end marker, and a tokenizer that merges
+        across that boundary teaches the model to close an answer with such a token: Gemma writes
+        `3` then `}<` (of `}<|end|>`). The constraint refuses `}<` (a `<` after a complete object),
+        and the best allowed token is then a digit, not `}`: `{"x":3` became `{"x":30555...` until
+        max_tokens. The model meant to end there; its answer ends there."""
+        if not stop or self.lc.llama_vocab_is_eog(self.vocab, token) or matcher.validate_tokens([token]) == 1:
+            return []
+        piece = self.llm.detokenize([token]).decode("utf-8", errors="ignore")
+        for cut in range(len(piece) - 1, 0, -1):
+            head, tail = piece[:cut], piece[cut:]
+            if not any(s.startswith(tail) for s in stop):
+                continue
+            ids = self.llm.tokenize(head.encode(), add_bos=False, special=False)
+            if ids and matcher.validate_tokens(ids) == len(ids):
+                matcher.consume_tokens(ids)
+                if matcher.is_accepting():
+                    return ids
+                matcher.rollback(len(ids))
+        return []
 
     def _constrain(self, matcher, logits: np.ndarray, token: int, temperature: float, rng) -> int:
         """`token` if the matcher allows it (consumed), else a pick among the allowed tokens; -1 if none."""
@@ -196,6 +227,12 @@ class Decoder:
             worst = max(worst, float(logits.max() - logits[token]))
             self.llm.eval([token])
         return worst
+
+
+def _logprob(logits: np.ndarray, token: int) -> float:
+    """The token's log-probability under the raw softmax (temperature 1)."""
+    top = float(logits.max())
+    return float(logits[token]) - (top + math.log(float(np.exp(logits - top).sum())))
 
 
 def _pick(logits: np.ndarray, temperature: float, rng) -> int:

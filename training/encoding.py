@@ -10,6 +10,13 @@ the prompt ids exactly as tokenized alone. We tokenize the whole text and keep i
 when its head equals the prompt's own tokens (true for our prompts, which end with a
 newline); otherwise we concatenate separately tokenized parts.
 
+Answer boundary. The target is the answer then the end marker, and the two are tokenized apart:
+tokenized together, a merge across the boundary (Gemma's `}<` of `...3}<|end|>`) would teach the
+model to close every JSON answer with a token the answer's constraint refuses, and its typed
+answers would run on (`{"x":30555...`) wherever it decodes under a grammar (llama-server). Apart,
+the model writes `}`, then the marker. A tokenizer that cannot spell the marker alone as it is
+written (a SentencePiece dummy-prefix space) keeps the joint tokenization.
+
 Length. When prompt + target exceed `max_length`, the target is kept whole and the prompt
 is cut from the left (after BOS): the start of a site's prompt is its constant system text,
 the end holds the varying arguments. A target longer than the limit is cut at the right.
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from understudy.inference.prompt_format import END_MARKER
 from understudy.inference.site_prompt import SitePrompt, render_training_pair
 
 IGNORE_INDEX = -100  # label value torch's cross-entropy ignores
@@ -40,13 +48,24 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return ids
 
 
+def _target_ids(tokenizer, prompt: str, prompt_ids: list[int], target: str) -> list[int]:
+    """The target's ids after `prompt_ids` (see Token boundary and Answer boundary above)."""
+    answer, marker = target, ""
+    if target.endswith(END_MARKER):
+        marker_ids = _ids(tokenizer, END_MARKER, special=False)
+        if tokenizer.decode(marker_ids) == END_MARKER:
+            answer, marker = target[: -len(END_MARKER)], END_MARKER
+    full_ids = _ids(tokenizer, prompt + answer, special=True)
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        answer_ids = full_ids[len(prompt_ids) :]
+    else:
+        answer_ids = _ids(tokenizer, answer, special=False)
+    return answer_ids + (marker_ids if marker else [])
+
+
 def encode_pair(tokenizer, prompt: str, target: str, max_length: int) -> Encoded:
     prompt_ids = _ids(tokenizer, prompt, special=True)
-    full_ids = _ids(tokenizer, prompt + target, special=True)
-    if full_ids[: len(prompt_ids)] == prompt_ids:
-        target_ids = full_ids[len(prompt_ids) :]
-    else:
-        target_ids = _ids(tokenizer, target, special=False)
+    target_ids = _target_ids(tokenizer, prompt, prompt_ids, target)
 
     truncated = False
     if len(prompt_ids) + len(target_ids) > max_length:
