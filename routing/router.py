@@ -117,6 +117,8 @@ class SiteRouting:
     sampling: SamplingPolicy = field(default_factory=SamplingPolicy)  # checked sampling (tries, temperature, cap)
     shadow_samples: list[ShadowSample] | None = None  # shadow: the active version's, for partial promotion
     paired_reference: dict[str, float] = field(default_factory=dict)  # self-agreement by call id, oldest first
+    # The decoys a call's first score used, by call id, oldest first: its other score uses the same (`decoys_for`).
+    call_decoys: dict[str, list[str]] = field(default_factory=dict)
     partial_threshold: float | None = None  # partial: serve local answers at or above this confidence
     review: list[float] = field(default_factory=list)  # the active version's human review (reporting.reviews)
 
@@ -475,9 +477,29 @@ class Router:
         if config is not None:
             config.decoys.append((conversation, text))
 
-    def decoys_for(self, site_id: str, conversation: str, k: int) -> list[str]:
-        """The k most recent upstream answers of the site to other requests (distinct texts)."""
+    def decoys_for(self, site_id: str, conversation: str, k: int, call_id: str | None = None) -> list[str]:
+        """The k most recent upstream answers of the site to other requests (distinct texts).
+
+        With `call_id`, the same decoys for both scores of one call: the local answer's and the
+        teacher's second answer's, each against the call's upstream answer. They are scored seconds
+        apart (a local answer takes seconds, a second upstream answer may be back first), and the
+        pool moves in between: in the RPG curve four games run in step, so the later score met its
+        sibling games' answers to the same stage, more alike, and `Level`'s same-call difference
+        came out -0.056 over 185 pairs where the same decoys give +0.006 (docs/routing.md). Paired,
+        the chance correction must cancel, not add noise and a bias of its own."""
         config = self._sites.get(site_id)
+        if config is not None and call_id is not None:
+            with self._lock:
+                kept = config.call_decoys.get(call_id)
+                if kept is None:
+                    kept = config.call_decoys[call_id] = self._recent_decoys(config, conversation, k)
+                    while len(config.call_decoys) > PAIRED_REFERENCE:
+                        del config.call_decoys[next(iter(config.call_decoys))]
+                return list(kept)
+        return self._recent_decoys(config, conversation, k)
+
+    @staticmethod
+    def _recent_decoys(config: SiteRouting | None, conversation: str, k: int) -> list[str]:
         out: list[str] = []
         for other, text in reversed(list(config.decoys if config else ())):
             if other != conversation and text not in out:
@@ -487,9 +509,16 @@ class Router:
         return out
 
     def score(
-        self, site_id: str, request: dict[str, Any], conversation: str, upstream_text: str, local_text: str
+        self,
+        site_id: str,
+        request: dict[str, Any],
+        conversation: str,
+        upstream_text: str,
+        local_text: str,
+        call_id: str | None = None,
     ) -> AgreementScore:
-        """One pair scored exactly as shadow mode scores it (also `understudy score`)."""
+        """One pair scored exactly as shadow mode scores it (also `understudy score`). `call_id`: the
+        call's other score (local answer, or the teacher's second) uses the same decoys."""
         config = self._sites.get(site_id)
         scoring = config.scoring if config else ScoringPolicy()
         return score_pair(
@@ -499,7 +528,7 @@ class Router:
             policy=scoring,
             validator=self.validator_for(site_id, request),
             similarity=self.similarity,
-            decoys=self.decoys_for(site_id, conversation, scoring.decoys),
+            decoys=self.decoys_for(site_id, conversation, scoring.decoys, call_id),
         )
 
     # ---- scoring a pair and what follows from it ----
@@ -552,7 +581,7 @@ class Router:
         upstream_latency_ms: float | None,
         local: LocalAnswer,
     ) -> None:
-        result = self.score(site_id, request, conversation, upstream_text, local.text)
+        result = self.score(site_id, request, conversation, upstream_text, local.text, call_id)
         sample = ShadowSample(call_id, local.confidence, result.agreement, result.local_valid, result.upstream_valid)
         self.record_shadow(
             ShadowRow(
@@ -628,7 +657,7 @@ class Router:
         first_text: str,
         second_text: str,
     ) -> None:
-        result = self.score(site_id, request, conversation, first_text, second_text)
+        result = self.score(site_id, request, conversation, first_text, second_text, call_id)
         self.record_self_agreement(
             SelfAgreementRow(
                 call_id=call_id,

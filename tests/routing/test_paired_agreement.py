@@ -168,3 +168,46 @@ def test_a_free_teacher_is_asked_twice_on_every_shadowed_call_once_the_reference
     # control: a paid upstream's second answers drop to a tenth of its rate once the window is full
     paid = sum(router._sample_second_opinion(config, free_upstream=False) for _ in range(2000))
     assert paid < 2000 * POLICY.self_agreement_rate / 2
+
+
+SIZED_REQUEST = {
+    **COLOR_REQUEST,
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "Color",
+            "schema": {
+                "type": "object",
+                "properties": {"color": {"type": "string"}, "size": {"type": "string"}},
+                "required": ["color", "size"],
+            },
+        },
+    },
+}
+
+
+def test_both_scores_of_a_call_use_the_same_decoys_however_the_pool_moves_between_them(store):
+    """The local answer is scored seconds before or after the teacher's second answer, and the
+    decoy pool moves in between (other requests' answers arrive); a pair's difference must not
+    carry that move. Here the first decoys share nothing with the answer (chance 0); the later
+    ones share its `color` (chance 0.5), which would score the same text 0.5 and then 0."""
+    router = router_recording_into(store)
+    upstream, answer = json.dumps({"color": "teal", "size": "big"}), json.dumps({"color": "teal", "size": "small"})
+    for i in range(5):
+        router.remember_answer("s1", f"early-{i}", json.dumps({"color": f"red{i}", "size": f"tiny{i}"}))
+    plan = Plan("upstream", 1, None, also_other=True, phase="shadow")
+    local = LocalAnswer(answer, 5.0, 10, 5, confidence=0.9)
+    anyio.run(router.observe_pair, "s1", plan, "a", "a", SIZED_REQUEST, upstream, 5.0, local)
+    for i in range(5):  # sibling requests answered alike: a pool against which the answer looks like chance
+        router.remember_answer("s1", f"late-{i}", json.dumps({"color": "teal", "size": f"tiny{i}"}))
+    anyio.run(router.observe_second_opinion, "s1", "a", "a-2", "a", SIZED_REQUEST, upstream, answer)
+
+    evidence = router.config("s1").evidence
+    assert evidence.paired is not None and evidence.paired_calls == {"a"}
+    assert evidence.paired.mean == pytest.approx(0.0, abs=1e-9)  # the same text, the same decoys: no difference
+    local_score = store.cursor().execute("SELECT score FROM shadow_results WHERE call_id = 'a'").fetchone()[0]
+    teacher_score = store.cursor().execute("SELECT score FROM self_agreement WHERE call_id = 'a'").fetchone()[0]
+    assert local_score == teacher_score == pytest.approx(0.5)
+    # the control: the same pair scored now on the moved pool, as before, comes out another score
+    moved = router.score("s1", SIZED_REQUEST, "a", upstream, answer)
+    assert moved.score == pytest.approx(0.0) and moved.components["chance"] == pytest.approx(0.5)

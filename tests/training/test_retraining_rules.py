@@ -38,9 +38,10 @@ def add_calls(store, n: int, *, valid: bool = True) -> None:
     """n answered upstream calls of the site, stamped now (after every version registered so far)."""
     now = datetime.now(UTC)
     rows = []
-    for _ in range(n):
-        call_id = f"c{next(_ids)}"
-        rows.append(call_row(call_id, "s1", ts=now + timedelta(microseconds=next(_ids)), valid=valid))
+    for i in range(n):
+        # a microsecond apart from now on; not by the session-wide id counter, which after a few
+        # thousand calls in one worker stamped calls milliseconds ahead, after a version registered next
+        rows.append(call_row(f"c{next(_ids)}", "s1", ts=now + timedelta(microseconds=i), valid=valid))
     store.write_batch(calls=rows)
 
 
