@@ -162,6 +162,21 @@ def test_learning_curve_smoke(tmp_path):
     versions = result["curve"][-1]["versions"]
     assert versions["v1"]["control"] is None and versions["v1"]["status"] != "failed", versions
 
+    # The curve's store replayed through the policy with recorded and with shared decoys.
+    replayed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "pair_decoys.py"), "--data-dir", str(tmp_path / "curve"), "--site", "Level"]
+        + ["--version", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert replayed.returncode == 0, replayed.stderr[-3000:]
+    figures = json.loads(replayed.stdout.strip().splitlines()[-1])
+    # every sample the curve saw, and any scored after its last look
+    assert figures["site"].startswith("Level") and figures["samples"] >= versions["v1"]["shadow_samples"] > 0
+    for mode in ("recorded", "shared"):
+        assert figures[mode]["pairs"] <= figures["samples"]
+
 
 def test_durability_smoke(tmp_path):
     """Two SIGKILLs and a clean stop under 200 connections: the store reopens every time, what is

@@ -1,0 +1,198 @@
+"""A version's shadowing replayed through the policy, its pairs chance-corrected as recorded and with shared decoys.
+
+The router scores a shadowed call twice: the local answer against the upstream's, and, where the
+upstream answered twice, its second answer against its first (the teacher's self-agreement).
+Each score is corrected for chance against decoys, recent upstream answers to other requests.
+Before 2026-12-07 each score took the decoys current when it ran, seconds apart; now a call's
+first score fixes them for both (`Router.decoys_for(..., call_id)`). This replays a version's
+recorded shadow samples, in order, through `routing.policy.decide` at the shipped defaults, twice:
+
+- `recorded`: the agreements as the store holds them (each score with its own decoys);
+- `shared`: each pair rescored with the decoys the router now gives both: the five most recent
+  upstream answers to other requests before the call's first score, as the store dates them.
+
+Only the version's last `--samples` shadow samples are replayed, each mode up to its first
+decision (`pairs`: those seen until then), with the reference window (the teacher's
+self-agreement) as stored before them and sliding as they come.
+It reads the data directory's DuckDB file (stop the proxy first, or copy the file).
+
+    .venv/bin/python benchmarks/pair_decoys.py --data-dir /tmp/curve-ls --site Level --version 3 --samples 200 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from understudy.routing.evidence import _AGREEMENT
+from understudy.routing.policy import PromotionPolicy, SiteState, decide
+from understudy.routing.router import site_scoring
+from understudy.routing.scoring import score_pair
+from understudy.routing.similarity import cosine_similarity
+from understudy.validators import ValidatorRegistry
+
+DECOYS = 5  # the scoring policy's default number of decoys
+
+
+def _agreement(alias: str, valid: str) -> str:
+    """`routing.evidence`'s agreement of a stored row, for a table under `alias`."""
+    return (
+        _AGREEMENT.format(valid=f"{alias}.{valid}")
+        .replace("comparable", f"{alias}.comparable")
+        .replace("(components", f"({alias}.components")
+        .replace("THEN score", f"THEN {alias}.score")
+    )
+
+
+def _content(response_json: str | None) -> str | None:
+    if response_json is None:
+        return None
+    return json.loads(response_json)["choices"][0]["message"].get("content")
+
+
+def _rescored(first: str, answer: str | None, request: dict, scoring, validator, decoys: list[str]) -> float | None:
+    """`answer`'s agreement with the upstream's `first` answer, chance-corrected against `decoys`."""
+    if answer is None:
+        return None
+    return score_pair(
+        first,
+        answer,
+        response_format=request.get("response_format"),
+        policy=scoring,
+        validator=validator,
+        similarity=cosine_similarity,  # free text is compared by meaning, as the proxy compares it
+        decoys=decoys,
+    ).agreement
+
+
+def replay(con: duckdb.DuckDBPyConnection, site_ref: str, version: int, samples: int) -> dict[str, Any]:
+    site = con.execute(
+        "SELECT id, name, schema_name, policy FROM sites WHERE id = ? OR name = ? OR name LIKE ? ORDER BY id LIMIT 1",
+        [site_ref, site_ref, f"{site_ref}:%"],
+    ).fetchone()
+    if site is None:
+        raise SystemExit(f"no site {site_ref!r} in this store")
+    site_id, name, schema_name, policy_json = site
+    overrides = json.loads(policy_json) if policy_json else {}
+    scoring = site_scoring(schema_name, overrides)
+    policy = PromotionPolicy.from_dict(None, overrides.get("promotion"))
+    validators = ValidatorRegistry()
+    answers = [
+        (ts, conversation, text)
+        for ts, conversation, response in con.execute(
+            "SELECT ts, conversation, response FROM calls WHERE site_id = ? AND served_by = 'upstream' "
+            "AND status = 200 ORDER BY ts",
+            [site_id],
+        ).fetchall()
+        if (text := _content(response))
+    ]
+    times = [ts for ts, _, _ in answers]
+
+    def shared_decoys(ts, conversation: str) -> list[str]:
+        out: list[str] = []
+        for _, other, text in reversed(answers[: bisect.bisect_left(times, ts)]):
+            if other != conversation and text not in out:
+                out.append(text)
+                if len(out) == DECOYS:
+                    break
+        return out
+
+    first = (
+        con.execute(
+            "SELECT ts FROM shadow_results WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = 'shadow' "
+            "ORDER BY ts DESC LIMIT 1 OFFSET ?",
+            [site_id, version, samples - 1],
+        ).fetchone()
+        or con.execute(
+            "SELECT min(ts) FROM shadow_results WHERE site_id = ? AND version = ?", [site_id, version]
+        ).fetchone()
+    )
+    since = first[0]
+    rows = con.execute(
+        f"""SELECT s.call_id, s.ts, a.ts, s.local_output, s.local_valid, s.upstream_valid, {_agreement("s", "local_valid")},
+                   c1.conversation, c1.request, c1.response, c2.response, {_agreement("a", "second_valid")}
+            FROM shadow_results s JOIN calls c1 ON c1.id = s.call_id
+            LEFT JOIN self_agreement a ON a.call_id = s.call_id LEFT JOIN calls c2 ON c2.id = a.second_call_id
+            WHERE s.site_id = ? AND s.version = ? AND coalesce(s.phase, 'shadow') = 'shadow' AND s.ts >= ?
+            ORDER BY s.ts""",
+        [site_id, version, since],
+    ).fetchall()
+    reference = [
+        score
+        for (score,) in con.execute(
+            f"SELECT {_agreement('a', 'second_valid')} FROM self_agreement a WHERE a.site_id = ? AND a.ts < ? ORDER BY a.ts",
+            [site_id, since],
+        ).fetchall()
+        if score is not None
+    ][-policy.reference_window :]
+
+    out: dict[str, Any] = {"site": name, "version": version, "samples": len(rows), "reference": len(reference)}
+    for mode in ("recorded", "shared"):
+        evidence, window, differences, verdict = policy.new_evidence(paired=True), list(reference), [], None
+        for i, row in enumerate(rows):
+            call_id, shadow_ts, teacher_ts, local, local_valid, upstream_valid, local_agreement = row[:7]
+            conversation, request_json, first_json, second_json, teacher_agreement = row[7:]
+            if mode == "shared":
+                request = json.loads(request_json)
+                decoys = shared_decoys(min(t for t in (shadow_ts, teacher_ts) if t is not None), conversation)
+                validator = validators.for_request(request, overrides.get("validator"))
+                first_answer = _content(first_json) or ""
+                if local_valid:
+                    local_agreement = _rescored(first_answer, local, request, scoring, validator, decoys)
+                if teacher_agreement is not None:
+                    second = _content(second_json)
+                    teacher_agreement = _rescored(first_answer, second, request, scoring, validator, decoys)
+            evidence.add(local_agreement, local_valid, upstream_valid)
+            if teacher_agreement is not None:
+                window = (window + [teacher_agreement])[-policy.reference_window :]
+                if local_agreement is not None:
+                    evidence.add_pair(call_id, local_agreement, teacher_agreement)
+                    differences.append(local_agreement - teacher_agreement)
+            decision = decide(SiteState.SHADOW, evidence, policy.new_reference(True).extend(window), policy)
+            if decision.verdict is not None:
+                verdict = {"at": i + 1, "verdict": decision.verdict.value, "why": decision.reason}
+                break
+        out[mode] = {
+            "pairs": len(differences),
+            "mean_difference": statistics.mean(differences) if differences else None,
+            "decision": verdict,
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, required=True, help="The data directory (its understudy.duckdb).")
+    parser.add_argument("--site", required=True, help="Site id, name, or the name's type prefix (Level).")
+    parser.add_argument("--version", type=int, required=True)
+    parser.add_argument("--samples", type=int, default=200, help="The version's last N shadow samples.")
+    parser.add_argument("--json", action="store_true", help="Print the figures as one JSON object.")
+    args = parser.parse_args()
+    db = args.data_dir / "understudy.duckdb"
+    if not db.exists():
+        sys.exit(f"no store at {db}")
+    result = replay(duckdb.connect(str(db), read_only=True), args.site, args.version, args.samples)
+    if args.json:
+        print(json.dumps(result, default=str))
+        return
+    print(f"{result['site']} v{result['version']}: {result['samples']} samples, reference {result['reference']}")
+    for mode in ("recorded", "shared"):
+        figures = result[mode]
+        mean = figures["mean_difference"]
+        decision = figures["decision"]
+        print(
+            f"  {mode:8} {figures['pairs']} pairs, same-call local - teacher "
+            f"{'-' if mean is None else f'{mean:+.3f}'}; "
+            + (f"{decision['verdict']} at {decision['at']}: {decision['why']}" if decision else "undecided")
+        )
+
+
+if __name__ == "__main__":
+    main()
