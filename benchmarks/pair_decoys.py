@@ -31,24 +31,12 @@ from typing import Any
 
 import duckdb
 
-from understudy.routing.evidence import _AGREEMENT
+from understudy.routing.evidence import agreement_sql
 from understudy.routing.policy import PromotionPolicy, SiteState, decide
-from understudy.routing.router import site_scoring
+from understudy.routing.router import recent_decoys, site_scoring
 from understudy.routing.scoring import score_pair
 from understudy.routing.similarity import cosine_similarity
 from understudy.validators import ValidatorRegistry
-
-DECOYS = 5  # the scoring policy's default number of decoys
-
-
-def _agreement(alias: str, valid: str) -> str:
-    """`routing.evidence`'s agreement of a stored row, for a table under `alias`."""
-    return (
-        _AGREEMENT.format(valid=f"{alias}.{valid}")
-        .replace("comparable", f"{alias}.comparable")
-        .replace("(components", f"({alias}.components")
-        .replace("THEN score", f"THEN {alias}.score")
-    )
 
 
 def _content(response_json: str | None) -> str | None:
@@ -96,13 +84,8 @@ def replay(con: duckdb.DuckDBPyConnection, site_ref: str, version: int, samples:
     times = [ts for ts, _, _ in answers]
 
     def shared_decoys(ts, conversation: str) -> list[str]:
-        out: list[str] = []
-        for _, other, text in reversed(answers[: bisect.bisect_left(times, ts)]):
-            if other != conversation and text not in out:
-                out.append(text)
-                if len(out) == DECOYS:
-                    break
-        return out
+        pool = ((other, text) for _, other, text in answers[: bisect.bisect_left(times, ts)])
+        return recent_decoys(pool, conversation, scoring.decoys)
 
     first = (
         con.execute(
@@ -116,8 +99,8 @@ def replay(con: duckdb.DuckDBPyConnection, site_ref: str, version: int, samples:
     )
     since = first[0]
     rows = con.execute(
-        f"""SELECT s.call_id, s.ts, a.ts, s.local_output, s.local_valid, s.upstream_valid, {_agreement("s", "local_valid")},
-                   c1.conversation, c1.request, c1.response, c2.response, {_agreement("a", "second_valid")}
+        f"""SELECT s.call_id, s.ts, a.ts, s.local_output, s.local_valid, s.upstream_valid, {agreement_sql("local_valid", "s")},
+                   c1.conversation, c1.request, c1.response, c2.response, {agreement_sql("second_valid", "a")}
             FROM shadow_results s JOIN calls c1 ON c1.id = s.call_id
             LEFT JOIN self_agreement a ON a.call_id = s.call_id LEFT JOIN calls c2 ON c2.id = a.second_call_id
             WHERE s.site_id = ? AND s.version = ? AND coalesce(s.phase, 'shadow') = 'shadow' AND s.ts >= ?
@@ -127,7 +110,7 @@ def replay(con: duckdb.DuckDBPyConnection, site_ref: str, version: int, samples:
     reference = [
         score
         for (score,) in con.execute(
-            f"SELECT {_agreement('a', 'second_valid')} FROM self_agreement a WHERE a.site_id = ? AND a.ts < ? ORDER BY a.ts",
+            f"SELECT {agreement_sql('second_valid', 'a')} FROM self_agreement a WHERE a.site_id = ? AND a.ts < ? ORDER BY a.ts",
             [site_id, since],
         ).fetchall()
         if score is not None

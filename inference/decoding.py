@@ -129,14 +129,14 @@ class Decoder:
         while len(out) < room and not (matcher is not None and matcher.is_stopped()):
             logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,))
             token = _pick(logits, temperature, rng)
-            if matcher is not None:
+            if matcher is not None and not self._takes(matcher, token):
                 closing = self._closing(matcher, token, stop)
                 if closing:  # the answer's last bytes and the end marker's first, in one token
                     logprob += _logprob(logits, token)
                     counted += 1
                     out += closing
                     break
-                token = self._constrain(matcher, logits, token, temperature, rng)
+                token = self._masked_pick(matcher, logits, temperature, rng)
             if token < 0 or lc.llama_vocab_is_eog(self.vocab, token):
                 break
             logprob += _logprob(logits, token)
@@ -170,16 +170,16 @@ class Decoder:
         return forced
 
     def _closing(self, matcher, token: int, stop: list[str] | tuple[str, ...]) -> list[int]:
-        """The tokens that complete the answer, consumed, when the model's `token` is the answer's
-        last bytes followed by the start of a stop string; [] otherwise (the usual case: the token
-        is allowed, or refused for another reason, and `_constrain` handles it).
+        """The tokens that complete the answer, consumed, when the refused `token` is the answer's
+        last bytes followed by the start of a stop string; [] otherwise (refused for another reason:
+        `_masked_pick` chooses among the allowed tokens).
 
         A target is trained as the answer followed by the end marker, and a tokenizer that merges
         across that boundary teaches the model to close an answer with such a token: Gemma writes
         `3` then `}<` (of `}<|end|>`). The constraint refuses `}<` (a `<` after a complete object),
         and the best allowed token is then a digit, not `}`: `{"x":3` became `{"x":30555...` until
         max_tokens. The model meant to end there; its answer ends there."""
-        if not stop or self.lc.llama_vocab_is_eog(self.vocab, token) or matcher.validate_tokens([token]) == 1:
+        if not stop or self.lc.llama_vocab_is_eog(self.vocab, token):
             return []
         piece = self.llm.detokenize([token]).decode("utf-8", errors="ignore")
         for cut in range(len(piece) - 1, 0, -1):
@@ -194,13 +194,15 @@ class Decoder:
                 matcher.rollback(len(ids))
         return []
 
-    def _constrain(self, matcher, logits: np.ndarray, token: int, temperature: float, rng) -> int:
-        """`token` if the matcher allows it (consumed), else a pick among the allowed tokens; -1 if none."""
+    def _takes(self, matcher, token: int) -> bool:
+        """Whether the matcher allows the model's pick (consumed if so): an end-of-generation token
+        where the answer may end, any other token it accepts."""
         if self.lc.llama_vocab_is_eog(self.vocab, token):
-            if matcher.is_accepting():
-                return token
-        elif matcher.try_consume_tokens([token]) == 1:
-            return token
+            return matcher.is_accepting()
+        return matcher.try_consume_tokens([token]) == 1
+
+    def _masked_pick(self, matcher, logits: np.ndarray, temperature: float, rng) -> int:
+        """A pick among the tokens the matcher allows (consumed), once the model's own was refused; -1 if none."""
         from llguidance.numpy import fill_next_token_bitmask
 
         fill_next_token_bitmask(matcher, self._mask)

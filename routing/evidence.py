@@ -26,11 +26,17 @@ from understudy.routing.policy import Evidence, PromotionPolicy, SiteState
 SERVING_STATES = (SiteState.LOCAL.value, SiteState.PARTIAL.value)
 PAIRED_REFERENCE = 1000  # self-agreement scores kept per site by call id (partial promotion's paired reference)
 Sample = tuple[float | None, bool, bool | None]  # (agreement, local valid, upstream valid)
-# SQL for `AgreementScore.agreement` of a stored row: valid pair, something compared.
-_AGREEMENT = (
-    "CASE WHEN comparable AND {valid} AND coalesce(json_extract(components, '$.compared_fields')::INT, 1) <> 0 "
-    "THEN score END"
-)
+
+
+def agreement_sql(valid: str, table: str = "") -> str:
+    """SQL for `AgreementScore.agreement` of a stored row: its score where the pair was valid (`valid`:
+    `local_valid` of a shadow result, `second_valid` of a self-agreement) and something was
+    compared, else NULL. `table`: the row's table alias, where a query joins several."""
+    t = f"{table}." if table else ""
+    return (
+        f"CASE WHEN {t}comparable AND {t}{valid} "
+        f"AND coalesce(json_extract({t}components, '$.compared_fields')::INT, 1) <> 0 THEN {t}score END"
+    )
 
 
 def _since(cur: Cursor, site_id: str):
@@ -49,7 +55,7 @@ def evidence_samples(cur: Cursor, site_id: str, version: int, state: str, window
     """The samples `decide` weighs for this version in this state, oldest first."""
     phase = evidence_phase(state)
     rows = cur.execute(
-        f"SELECT {_AGREEMENT.format(valid='local_valid')}, local_valid, upstream_valid FROM shadow_results "
+        f"SELECT {agreement_sql('local_valid')}, local_valid, upstream_valid FROM shadow_results "
         "WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = ? AND ts >= ? ORDER BY ts, call_id",
         [site_id, version, phase, _since(cur, site_id)],
     ).fetchall()
@@ -60,7 +66,7 @@ def evidence_samples(cur: Cursor, site_id: str, version: int, state: str, window
 def partial_samples(cur: Cursor, site_id: str, version: int) -> list[ShadowSample]:
     """The version's shadow samples since the site entered shadow, oldest first, for `routing.partial`."""
     rows = cur.execute(
-        f"SELECT call_id, local_confidence, {_AGREEMENT.format(valid='local_valid')}, local_valid, upstream_valid "
+        f"SELECT call_id, local_confidence, {agreement_sql('local_valid')}, local_valid, upstream_valid "
         "FROM shadow_results WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = 'shadow' AND ts >= ? "
         "ORDER BY ts, call_id",
         [site_id, version, _since(cur, site_id)],
@@ -71,7 +77,7 @@ def partial_samples(cur: Cursor, site_id: str, version: int) -> list[ShadowSampl
 def paired_reference(cur: Cursor, site_id: str, limit: int) -> dict[str, float]:
     """The teacher's self-agreement per call id (valid pairs, something compared), the `limit` most recent."""
     rows = cur.execute(
-        f"SELECT call_id, a FROM (SELECT ts, call_id, {_AGREEMENT.format(valid='second_valid')} AS a "
+        f"SELECT call_id, a FROM (SELECT ts, call_id, {agreement_sql('second_valid')} AS a "
         "FROM self_agreement WHERE site_id = ?) WHERE a IS NOT NULL ORDER BY ts DESC LIMIT ?",
         [site_id, limit],
     ).fetchall()
@@ -83,10 +89,10 @@ def evidence_pairs(cur: Cursor, site_id: str, version: int) -> list[tuple[str, f
     site entered shadow that have both scores, in the order each pair was completed (the later
     of its two rows), as the router adds them live."""
     rows = cur.execute(
-        f"SELECT s.call_id, s.a, r.a FROM (SELECT call_id, ts, {_AGREEMENT.format(valid='local_valid')} AS a "
+        f"SELECT s.call_id, s.a, r.a FROM (SELECT call_id, ts, {agreement_sql('local_valid')} AS a "
         "FROM shadow_results WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = 'shadow' "
         "AND ts >= ?) AS s "
-        f"JOIN (SELECT call_id, ts, {_AGREEMENT.format(valid='second_valid')} AS a FROM self_agreement "
+        f"JOIN (SELECT call_id, ts, {agreement_sql('second_valid')} AS a FROM self_agreement "
         "WHERE site_id = ?) AS r ON r.call_id = s.call_id "
         "WHERE s.a IS NOT NULL AND r.a IS NOT NULL ORDER BY greatest(s.ts, r.ts), s.call_id",
         [site_id, version, _since(cur, site_id), site_id],
@@ -116,7 +122,7 @@ def stored_evidence(cur: Cursor, site_id: str, version: int, state: str, policy:
 def reference_scores(cur: Cursor, site_id: str, window: int) -> list[float]:
     """The site's most recent self-agreement scores (valid pairs, something compared), oldest first."""
     rows = cur.execute(
-        f"SELECT a FROM (SELECT ts, {_AGREEMENT.format(valid='second_valid')} AS a FROM self_agreement "
+        f"SELECT a FROM (SELECT ts, {agreement_sql('second_valid')} AS a FROM self_agreement "
         "WHERE site_id = ?) WHERE a IS NOT NULL ORDER BY ts DESC LIMIT ?",
         [site_id, window],
     ).fetchall()
@@ -130,7 +136,7 @@ def calibration_samples(cur: Cursor, site_id: str, version: int) -> list[tuple[f
     on what it decides about: valid answers that may still disagree with the teacher.
     """
     return cur.execute(
-        f"SELECT local_confidence, a FROM (SELECT local_confidence, {_AGREEMENT.format(valid='local_valid')} AS a "
+        f"SELECT local_confidence, a FROM (SELECT local_confidence, {agreement_sql('local_valid')} AS a "
         "FROM shadow_results WHERE site_id = ? AND version = ? AND coalesce(phase, 'shadow') = 'shadow') "
         "WHERE a IS NOT NULL AND local_confidence IS NOT NULL",
         [site_id, version],

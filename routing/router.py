@@ -37,7 +37,7 @@ import logging
 import random
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -77,6 +77,18 @@ from understudy.validators import BoundValidator, ValidatorRegistry, local_verdi
 log = logging.getLogger("understudy.router")
 
 DECOY_POOL = 64  # recent upstream answers kept per site for the chance correction
+
+
+def recent_decoys(pool: Iterable[tuple[str, str]], conversation: str, k: int) -> list[str]:
+    """The k most recent distinct answers in `pool` ((conversation, text), oldest first) to other
+    conversations than `conversation`: the decoys of a pair's chance correction."""
+    out: list[str] = []
+    for other, text in reversed(list(pool)):
+        if other != conversation and text not in out:
+            out.append(text)
+            if len(out) == k:
+                break
+    return out
 
 
 def site_scoring(schema_name: str | None, overrides: Mapping[str, Any]) -> ScoringPolicy:
@@ -492,21 +504,11 @@ class Router:
             with self._lock:
                 kept = config.call_decoys.get(call_id)
                 if kept is None:
-                    kept = config.call_decoys[call_id] = self._recent_decoys(config, conversation, k)
+                    kept = config.call_decoys[call_id] = recent_decoys(config.decoys, conversation, k)
                     while len(config.call_decoys) > PAIRED_REFERENCE:
                         del config.call_decoys[next(iter(config.call_decoys))]
                 return list(kept)
-        return self._recent_decoys(config, conversation, k)
-
-    @staticmethod
-    def _recent_decoys(config: SiteRouting | None, conversation: str, k: int) -> list[str]:
-        out: list[str] = []
-        for other, text in reversed(list(config.decoys if config else ())):
-            if other != conversation and text not in out:
-                out.append(text)
-                if len(out) == k:
-                    break
-        return out
+        return recent_decoys(config.decoys if config else (), conversation, k)
 
     def score(
         self,

@@ -50,17 +50,17 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
 
 def _target_ids(tokenizer, prompt: str, prompt_ids: list[int], target: str) -> list[int]:
     """The target's ids after `prompt_ids` (see Token boundary and Answer boundary above)."""
-    answer, marker = target, ""
-    if target.endswith(END_MARKER):
-        marker_ids = _ids(tokenizer, END_MARKER, special=False)
-        if tokenizer.decode(marker_ids) == END_MARKER:
-            answer, marker = target[: -len(END_MARKER)], END_MARKER
+    marker_ids = _ids(tokenizer, END_MARKER, special=False) if target.endswith(END_MARKER) else []
+    if marker_ids and tokenizer.decode(marker_ids) == END_MARKER:
+        answer = target[: -len(END_MARKER)]
+    else:  # no marker, or one the tokenizer cannot spell alone: the target tokenized whole
+        answer, marker_ids = target, []
     full_ids = _ids(tokenizer, prompt + answer, special=True)
     if full_ids[: len(prompt_ids)] == prompt_ids:
         answer_ids = full_ids[len(prompt_ids) :]
     else:
         answer_ids = _ids(tokenizer, answer, special=False)
-    return answer_ids + (marker_ids if marker else [])
+    return answer_ids + marker_ids
 
 
 def encode_pair(tokenizer, prompt: str, target: str, max_length: int) -> Encoded:
