@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -109,20 +110,33 @@ def prepare_job(
     return job
 
 
-def answers_to_other_requests(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each example's completion replaced by one given to a different prompt (a derangement).
+def answers_to_other_requests(examples: list[dict[str, Any]], *, seed: int = 0) -> list[dict[str, Any]]:
+    """Each example's completion replaced by the teacher's answer to another request, drawn at random.
 
-    Rotating by one over the examples in order gives every prompt another prompt's answer;
-    where two neighbours had the same answer the rotation goes on to the next different one.
+    A negative control must answer independently of its request, so its answers cannot come from
+    the example's neighbours in time: the teacher's second answer to a request (a self-check) is
+    recorded right after its first, and workloads come in runs of like requests (the learning
+    curve's games play in step). Rotating by one in time order, as this once did, gave a third of
+    `Level`'s shuffled examples an answer to that very request. Instead the examples are laid on
+    one random cycle (seeded, so the snapshot is reproducible) and each takes the answer of the
+    next example along it whose request differs from its own and which the teacher never gave
+    to its own request.
     """
-    answers = [e["completion"] for e in examples]
+    requests = [json.dumps(e["messages"], sort_keys=True) for e in examples]
+    answers_to: dict[str, set[str]] = {}
+    for request, example in zip(requests, examples):
+        answers_to.setdefault(request, set()).add(example["completion"])
+    cycle = list(range(len(examples)))
+    random.Random(seed).shuffle(cycle)
+    position = {index: at for at, index in enumerate(cycle)}
     out = []
     for i, example in enumerate(examples):
+        along = (cycle[(position[i] + k) % len(cycle)] for k in range(1, len(cycle)))
         other = next(
             (
-                answers[(i + k) % len(answers)]
-                for k in range(1, len(answers))
-                if answers[(i + k) % len(answers)] != example["completion"]
+                examples[j]["completion"]
+                for j in along
+                if requests[j] != requests[i] and examples[j]["completion"] not in answers_to[requests[i]]
             ),
             None,
         )
