@@ -3,13 +3,14 @@
 The router scores a shadowed call twice: the local answer against the upstream's, and, where the
 upstream answered twice, its second answer against its first (the teacher's self-agreement).
 Each score is corrected for chance against decoys, recent upstream answers to other requests.
-Before 2026-12-07 each score took the decoys current when it ran, seconds apart; now a call's
-first score fixes them for both (`Router.decoys_for(..., call_id)`). This replays a version's
+Before 2026-12-07 each score took the decoys current when it ran, seconds apart; now they are
+fixed as the call's upstream answer comes back, for both (`Router.fix_decoys`). This replays a version's
 recorded shadow samples, in order, through `routing.policy.decide` at the shipped defaults, twice:
 
 - `recorded`: the agreements as the store holds them (each score with its own decoys);
 - `shared`: each pair rescored with the decoys the router now gives both: the five most recent
-  upstream answers to other requests before the call's first score, as the store dates them.
+  upstream answers to other requests before the call's own upstream answer, as the store dates
+  them (a call's arrival plus its latency).
 
 Only the version's last `--samples` shadow samples are replayed, each mode up to its first
 decision (`pairs`: those seen until then), with the reference window (the teacher's
@@ -37,6 +38,12 @@ from understudy.routing.router import recent_decoys, site_scoring
 from understudy.routing.scoring import score_pair
 from understudy.routing.similarity import cosine_similarity
 from understudy.validators import ValidatorRegistry
+
+
+def answered_at(table: str = "") -> str:
+    """SQL for when a call's upstream answer came back, as the store dates it: arrival plus latency."""
+    prefix = f"{table}." if table else ""
+    return f"{prefix}ts + to_microseconds(CAST(round(coalesce({prefix}latency_ms, 0) * 1000) AS BIGINT))"
 
 
 def _content(response_json: str | None) -> str | None:
@@ -73,18 +80,18 @@ def replay(con: duckdb.DuckDBPyConnection, site_ref: str, version: int, samples:
     policy = PromotionPolicy.from_dict(None, overrides.get("promotion"))
     validators = ValidatorRegistry()
     answers = [
-        (ts, conversation, text)
-        for ts, conversation, response in con.execute(
-            "SELECT ts, conversation, response FROM calls WHERE site_id = ? AND served_by = 'upstream' "
-            "AND status = 200 ORDER BY ts",
+        (answered, conversation, text)
+        for answered, conversation, response in con.execute(
+            f"SELECT {answered_at()}, conversation, response FROM calls WHERE site_id = ? AND served_by = 'upstream' "
+            "AND status = 200 ORDER BY 1",
             [site_id],
         ).fetchall()
         if (text := _content(response))
     ]
     times = [ts for ts, _, _ in answers]
 
-    def shared_decoys(ts, conversation: str) -> list[str]:
-        pool = ((other, text) for _, other, text in answers[: bisect.bisect_left(times, ts)])
+    def shared_decoys(answered, conversation: str) -> list[str]:
+        pool = ((other, text) for _, other, text in answers[: bisect.bisect_left(times, answered)])
         return recent_decoys(pool, conversation, scoring.decoys)
 
     first = (
@@ -100,7 +107,8 @@ def replay(con: duckdb.DuckDBPyConnection, site_ref: str, version: int, samples:
     since = first[0]
     rows = con.execute(
         f"""SELECT s.call_id, s.ts, a.ts, s.local_output, s.local_valid, s.upstream_valid, {agreement_sql("local_valid", "s")},
-                   c1.conversation, c1.request, c1.response, c2.response, {agreement_sql("second_valid", "a")}
+                   c1.conversation, c1.request, c1.response, c2.response, {agreement_sql("second_valid", "a")},
+                   {answered_at("c1")}
             FROM shadow_results s JOIN calls c1 ON c1.id = s.call_id
             LEFT JOIN self_agreement a ON a.call_id = s.call_id LEFT JOIN calls c2 ON c2.id = a.second_call_id
             WHERE s.site_id = ? AND s.version = ? AND coalesce(s.phase, 'shadow') = 'shadow' AND s.ts >= ?
@@ -120,11 +128,11 @@ def replay(con: duckdb.DuckDBPyConnection, site_ref: str, version: int, samples:
     for mode in ("recorded", "shared"):
         evidence, window, differences, verdict = policy.new_evidence(paired=True), list(reference), [], None
         for i, row in enumerate(rows):
-            call_id, shadow_ts, teacher_ts, local, local_valid, upstream_valid, local_agreement = row[:7]
-            conversation, request_json, first_json, second_json, teacher_agreement = row[7:]
+            call_id, _, _, local, local_valid, upstream_valid, local_agreement = row[:7]
+            conversation, request_json, first_json, second_json, teacher_agreement, answered = row[7:]
             if mode == "shared":
                 request = json.loads(request_json)
-                decoys = shared_decoys(min(t for t in (shadow_ts, teacher_ts) if t is not None), conversation)
+                decoys = shared_decoys(answered, conversation)
                 validator = validators.for_request(request, overrides.get("validator"))
                 first_answer = _content(first_json) or ""
                 if local_valid:

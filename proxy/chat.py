@@ -227,6 +227,7 @@ class _Afterwards:
             return
         call.response_obj = completion_of(call)
         upstream_text = first_content(call.response_obj)
+        proxy.router.fix_decoys(call.identification.site_id, call.identification.conversation, call.id)
         if self.plan.also_other:
             proxy.spawn(
                 proxy.router.observe_pair(

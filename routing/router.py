@@ -498,7 +498,8 @@ class Router:
         pool moves in between: in the RPG curve four games run in step, so the later score met its
         sibling games' answers to the same stage, more alike, and `Level`'s same-call difference
         came out -0.056 over 185 pairs where the same decoys give +0.006 (docs/routing.md). Paired,
-        the chance correction must cancel, not add noise and a bias of its own."""
+        the chance correction must cancel, not add noise and a bias of its own. The proxy fixes
+        them as the call's upstream answer comes back (`fix_decoys`); otherwise the first score does."""
         config = self._sites.get(site_id)
         if config is not None and call_id is not None:
             with self._lock:
@@ -509,6 +510,18 @@ class Router:
                         del config.call_decoys[next(iter(config.call_decoys))]
                 return list(kept)
         return recent_decoys(config.decoys if config else (), conversation, k)
+
+    def fix_decoys(self, site_id: str, conversation: str, call_id: str) -> None:
+        """Fix the call's decoys now, as its upstream answer comes back, for every score it will get.
+
+        A call with no second answer (a paid upstream's usual case) has one score, the local
+        answer's, taken seconds later; the teacher's self-agreement, the unpaired test's reference,
+        is scored on other calls after a round trip. Fixed at each call's own upstream answer, the
+        local and the reference scores meet the pool at the same point of their calls, so like
+        requests arriving in runs (games in step, a batch job) tilt neither side."""
+        config = self._sites.get(site_id)
+        if config is not None:
+            self.decoys_for(site_id, conversation, config.scoring.decoys, call_id)
 
     def score(
         self,
@@ -549,6 +562,7 @@ class Router:
         """Score one pair (running the local side first if it has not run) and act on the result."""
         self.background += 1
         try:
+            self.fix_decoys(site_id, conversation, call_id)  # before the local answer's seconds
             if local is None and self.local is not None and plan.variant is not None:
                 try:
                     local = await self.answer(site_id, request, plan, background=True)

@@ -211,3 +211,39 @@ def test_both_scores_of_a_call_use_the_same_decoys_however_the_pool_moves_betwee
     # the control: the same pair scored now on the moved pool, as before, comes out another score
     moved = router.score("s1", SIZED_REQUEST, "a", upstream, answer)
     assert moved.score == pytest.approx(0.0) and moved.components["chance"] == pytest.approx(0.5)
+
+
+class _AnswersAfterThePoolMoves:
+    """The local side of a shadowed call as the router awaits it: while the model takes its
+    seconds, sibling requests' upstream answers arrive (here: as it is asked)."""
+
+    def __init__(self, router: Router, text: str):
+        self.router, self.text = router, text
+
+    async def complete(self, request, variant, *, background=False, checks=None) -> LocalAnswer:
+        for i in range(5):
+            self.router.remember_answer("s1", f"late-{i}", json.dumps({"color": "teal", "size": f"tiny{i}"}))
+        return LocalAnswer(self.text, 5.0, 10, 5, confidence=0.9)
+
+
+def test_a_call_scored_once_meets_the_decoys_of_its_upstream_answer_not_those_of_its_local_answer(store):
+    """A paid upstream answers most shadowed calls once, so the local answer's score is the call's
+    only one, and it is taken after the local model's seconds. Its decoys are those of the moment
+    the upstream answer came back, the moment at which the teacher's self-agreement (the unpaired
+    test's reference) meets them on the calls it is asked twice; the pool that moved meanwhile
+    (here toward the answer, chance 0.5) would score the same pair 0.5 lower."""
+    from understudy.inference.local_model import Variant
+
+    router = router_recording_into(store)
+    upstream, answer = json.dumps({"color": "teal", "size": "big"}), json.dumps({"color": "teal", "size": "small"})
+    for i in range(5):
+        router.remember_answer("s1", f"early-{i}", json.dumps({"color": f"red{i}", "size": f"tiny{i}"}))
+    router.local = _AnswersAfterThePoolMoves(router, answer)
+    plan = Plan("upstream", 1, Variant(None), also_other=True, phase="shadow")
+    anyio.run(router.observe_pair, "s1", plan, "b", "b", SIZED_REQUEST, upstream, 5.0, None)
+
+    local_score = store.cursor().execute("SELECT score FROM shadow_results WHERE call_id = 'b'").fetchone()[0]
+    assert local_score == pytest.approx(0.5)
+    # the control: the same pair scored on the pool as it stands after the local answer
+    moved = router.score("s1", SIZED_REQUEST, "b", upstream, answer)
+    assert moved.score == pytest.approx(0.0) and moved.components["chance"] == pytest.approx(0.5)
