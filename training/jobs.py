@@ -119,8 +119,8 @@ def answers_to_other_requests(examples: list[dict[str, Any]], *, seed: int = 0) 
     curve's games play in step). Rotating by one in time order, as this once did, gave a third of
     `Level`'s shuffled examples an answer to that very request. Instead the examples are laid on
     one random cycle (seeded, so the snapshot is reproducible) and each takes the answer of the
-    next example along it whose request differs from its own and which the teacher never gave
-    to its own request.
+    next example along it that the teacher never gave to its own request (so never an answer of
+    an example with the same request).
     """
     requests = [json.dumps(e["messages"], sort_keys=True) for e in examples]
     answers_to: dict[str, set[str]] = {}
@@ -133,11 +133,7 @@ def answers_to_other_requests(examples: list[dict[str, Any]], *, seed: int = 0) 
     for i, example in enumerate(examples):
         along = (cycle[(position[i] + k) % len(cycle)] for k in range(1, len(cycle)))
         other = next(
-            (
-                examples[j]["completion"]
-                for j in along
-                if requests[j] != requests[i] and examples[j]["completion"] not in answers_to[requests[i]]
-            ),
+            (examples[j]["completion"] for j in along if examples[j]["completion"] not in answers_to[requests[i]]),
             None,
         )
         if other is not None:
