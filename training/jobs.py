@@ -213,15 +213,16 @@ def retraining_status(store: Store, site: SiteRecord, min_examples: int, growth_
       demoted it (drift), and `min_examples` usable examples arrived since: a version trained on
       the same data would be the same version, so new data is what it waits for;
     - the usable examples have grown `growth_factor` times since the last version was
-      registered: a snapshot twice the size trains a better version (a promoted site keeps learning).
+      registered: a snapshot twice the size trains a better version (a promoted site keeps learning),
+      once that version is decided: nothing is trained over a version while it shadows undecided.
 
     Never while the site is pinned to upstream (a new version would not even shadow), and not while
     a job of the site is queued or running (`pending_job`).
 
     Otherwise nothing: a site is not retrained every few examples whatever its state (a CPU job
     takes minutes), and controls (`understudy train --control`) never count as trained versions;
-    while a control shadows, nothing is trained over it (it is decided, or retired inconclusive,
-    within `max_shadow_samples`).
+    while a control or a version shadows undecided, nothing is trained over it (it is decided, or
+    retired inconclusive, within `max_shadow_samples`).
     """
     cur = store.cursor()
     site_id = site.id
@@ -257,6 +258,15 @@ def retraining_status(store: Store, site: SiteRecord, min_examples: int, growth_
         if new >= min_examples:
             return True, f"v{last.version} {what}: {new} new usable examples since, {now} in all"
         return False, f"waiting: v{last.version} {what}; {new} of {min_examples} new usable examples since"
+    if site.state == SiteState.SHADOW.value and site.active_version == last.version:
+        # Growth comes fastest while a version shadows (a free teacher answers every shadowed call
+        # twice), so a small first snapshot doubled before its version had its samples: a version
+        # trained on 60 examples gave way to one on 139 after 27 samples, and that one would have
+        # too. The shadowing version is decided, or retired inconclusive, within max_shadow_samples.
+        return False, (
+            f"waiting: v{last.version} is shadowing until it is decided; trained on {at_last} usable "
+            f"examples, {now} now"
+        )
     if at_last > 0 and now >= growth_factor * at_last:
         return True, (
             f"usable examples grew {at_last} -> {now} (x{now / at_last:.1f} >= x{growth_factor:g}) "

@@ -1,8 +1,8 @@
 """When the scheduler gives a site a new version (`understudy.training.jobs.retraining_reason`), at the
 default settings (50 examples, growth 2x), on both stores: the first version, growth since the last
 version, a rejected, inconclusive or demoted version once new data has arrived; and not otherwise
-(a version still being judged or promoted without growth, controls, invalid answers, a verdict
-superseded by a later promotion)."""
+(a version still being judged, whatever the growth, or promoted without growth, controls, invalid
+answers, a verdict superseded by a later promotion)."""
 
 from __future__ import annotations
 
@@ -80,6 +80,23 @@ def test_a_version_is_retrained_when_its_data_has_grown_by_the_factor_and_not_be
     assert reason(store).startswith(f"usable examples grew {MIN_EXAMPLES} -> {grown} (x2.0 >= x2) since v1")
 
 
+def test_nothing_is_trained_over_a_version_while_it_shadows_undecided_whatever_the_growth(store):
+    add_calls(store, MIN_EXAMPLES)
+    trained(store)
+    assert store.resolve_site("s1").state == SiteState.SHADOW.value
+    add_calls(store, int(MIN_EXAMPLES * GROWTH) * 2)  # x5 the data, all of it while v1 shadows
+    assert status(store) == (
+        False,
+        f"waiting: v1 is shadowing until it is decided; trained on {MIN_EXAMPLES} usable examples, "
+        f"{MIN_EXAMPLES * 5} now",
+    )
+    # control: the same growth calls for a new version as soon as v1 is decided, either way
+    verdict(store, Verdict.PARTIAL, SiteState.PARTIAL)  # its confident subset served: a decision
+    assert reason(store).startswith(f"usable examples grew {MIN_EXAMPLES} -> {MIN_EXAMPLES * 5} (x5.0 >= x2)")
+    verdict(store, Verdict.PROMOTED, SiteState.LOCAL)
+    assert reason(store).startswith(f"usable examples grew {MIN_EXAMPLES} -> {MIN_EXAMPLES * 5} (x5.0 >= x2)")
+
+
 @pytest.mark.parametrize("what", [Verdict.REJECTED, Verdict.INCONCLUSIVE, Verdict.DEMOTED])
 def test_a_rejected_inconclusive_or_demoted_version_is_retrained_once_new_data_arrives(store, what):
     add_calls(store, MIN_EXAMPLES * 2)
@@ -133,9 +150,15 @@ def test_the_schedule_says_why_a_site_waits_as_well_as_why_it_trains(store):
     trained(store)
     assert status(store) == (
         False,
+        f"waiting: v2 is shadowing until it is decided; trained on {MIN_EXAMPLES} usable examples, {MIN_EXAMPLES} now",
+    )
+    verdict(store, Verdict.PROMOTED, SiteState.LOCAL)
+    assert status(store) == (
+        False,
         f"waiting: v2 active, trained on {MIN_EXAMPLES} usable examples; {MIN_EXAMPLES} now, "
         f"a new version at {int(MIN_EXAMPLES * GROWTH)} (x{GROWTH:g})",
     )
+    verdict(store, Verdict.DEMOTED, SiteState.SHADOW)
     verdict(store, Verdict.INCONCLUSIVE)
     add_calls(store, 3)
     assert status(store) == (False, f"waiting: v2 inconclusive; 3 of {MIN_EXAMPLES} new usable examples since")
@@ -197,7 +220,7 @@ def test_the_schedule_lists_each_job_with_its_reason_and_outcome(store, tmp_path
     assert outcomes[str(running)] == "v1 active"
     hour = datetime.now().hour
     closed = training_schedule(store, {**rules, "quiet_hours": f"{(hour + 2) % 24:02d}:00-{(hour + 3) % 24:02d}:00"})
-    assert not closed["quiet"] and closed["sites"][0]["reason"].startswith("waiting: v1 active")
+    assert not closed["quiet"] and closed["sites"][0]["reason"].startswith("waiting: v1 is shadowing")
 
 
 @pytest.mark.parametrize("operator", ["shadowed again", "promoted by hand"])

@@ -83,7 +83,7 @@ def test_scheduler_and_worker_train_a_version(fake_upstream, isolated_data_dir, 
         assert schedule(env) == []
         shown = run_cli("jobs", "--data-dir", str(isolated_data_dir), env={**env, "COLUMNS": "200"}).stdout
         assert "quiet window open" in shown and "v1 active" in shown, shown
-        assert "waiting: v1 active, trained on 5 usable examples; 5 now, a new version at 10 (x2)" in shown, shown
+        assert "waiting: v1 is shadowing until it is decided; trained on 5 usable examples, 5 now" in shown, shown
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
