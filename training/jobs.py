@@ -258,15 +258,18 @@ def retraining_status(store: Store, site: SiteRecord, min_examples: int, growth_
         if new >= min_examples:
             return True, f"v{last.version} {what}: {new} new usable examples since, {now} in all"
         return False, f"waiting: v{last.version} {what}; {new} of {min_examples} new usable examples since"
-    if site.state == SiteState.SHADOW.value and site.active_version == last.version:
+    if site.state == SiteState.SHADOW.value and active is not None:
         # Growth comes fastest while a version shadows (a free teacher answers every shadowed call
         # twice), so a small first snapshot doubled before its version had its samples: a version
         # trained on 60 examples gave way to one on 139 after 27 samples, and that one would have
-        # too. The shadowing version is decided, or retired inconclusive, within max_shadow_samples.
-        return False, (
-            f"waiting: v{last.version} is shadowing until it is decided; trained on {at_last} usable "
-            f"examples, {now} now"
+        # too. The shadowing version (the last one, or an older one an operator shadowed again) is
+        # decided, or retired inconclusive, within max_shadow_samples.
+        trained_on = (
+            f"trained on {at_last} usable examples"
+            if active.version == last.version
+            else f"v{last.version} on {at_last}"
         )
+        return False, f"waiting: v{active.version} is shadowing until it is decided; {trained_on}, {now} now"
     if at_last > 0 and now >= growth_factor * at_last:
         return True, (
             f"usable examples grew {at_last} -> {now} (x{now / at_last:.1f} >= x{growth_factor:g}) "

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import open_test_store
 from tests.support.rows import call_row, site_row, training_result
+from understudy.routing.actions import rollback
 from understudy.routing.policy import Decision, SiteState, Verdict
 from understudy.routing.registry import apply_decision, register_version
 from understudy.settings import Settings
@@ -95,6 +96,17 @@ def test_nothing_is_trained_over_a_version_while_it_shadows_undecided_whatever_t
     assert reason(store).startswith(f"usable examples grew {MIN_EXAMPLES} -> {MIN_EXAMPLES * 5} (x5.0 >= x2)")
     verdict(store, Verdict.PROMOTED, SiteState.LOCAL)
     assert reason(store).startswith(f"usable examples grew {MIN_EXAMPLES} -> {MIN_EXAMPLES * 5} (x5.0 >= x2)")
+    # An older version an operator shadows again (`rollback --to` from partial) is not trained over either.
+    time.sleep(0.05)  # the version comes after the calls add_calls stamped a few microseconds ahead
+    trained(store)
+    verdict(store, Verdict.PARTIAL, SiteState.PARTIAL)
+    add_calls(store, MIN_EXAMPLES * 5)
+    assert reason(store).startswith(f"usable examples grew {MIN_EXAMPLES * 5} -> {MIN_EXAMPLES * 10} (x2.0 >= x2)")
+    rollback(store, "s1", to_version=1)
+    assert status(store) == (
+        False,
+        f"waiting: v1 is shadowing until it is decided; v2 on {MIN_EXAMPLES * 5}, {MIN_EXAMPLES * 10} now",
+    )
 
 
 @pytest.mark.parametrize("what", [Verdict.REJECTED, Verdict.INCONCLUSIVE, Verdict.DEMOTED])
