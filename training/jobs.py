@@ -258,12 +258,13 @@ def retraining_status(store: Store, site: SiteRecord, min_examples: int, growth_
         if new >= min_examples:
             return True, f"v{last.version} {what}: {new} new usable examples since, {now} in all"
         return False, f"waiting: v{last.version} {what}; {new} of {min_examples} new usable examples since"
-    if site.state == SiteState.SHADOW.value and active is not None:
+    if site.state == SiteState.SHADOW.value and active is not None and not site.pinned:
         # Growth comes fastest while a version shadows (a free teacher answers every shadowed call
         # twice), so a small first snapshot doubled before its version had its samples: a version
         # trained on 60 examples gave way to one on 139 after 27 samples, and that one would have
         # too. The shadowing version (the last one, or an older one an operator shadowed again) is
-        # decided, or retired inconclusive, within max_shadow_samples.
+        # decided, or retired inconclusive, within max_shadow_samples; not while a pin to a version
+        # holds the site's state, so there the growth rule goes on.
         trained_on = (
             f"trained on {at_last} usable examples"
             if active.version == last.version

@@ -91,6 +91,10 @@ def test_nothing_is_trained_over_a_version_while_it_shadows_undecided_whatever_t
         f"waiting: v1 is shadowing until it is decided; trained on {MIN_EXAMPLES} usable examples, "
         f"{MIN_EXAMPLES * 5} now",
     )
+    # A pin to a version freezes the site's state, so v1 would never be decided: growth goes on.
+    store.cursor().execute("UPDATE sites SET pinned = 'v1' WHERE id = 's1'")
+    assert reason(store).startswith(f"usable examples grew {MIN_EXAMPLES} -> {MIN_EXAMPLES * 5}")
+    store.cursor().execute("UPDATE sites SET pinned = NULL WHERE id = 's1'")
     # control: the same growth calls for a new version as soon as v1 is decided, either way
     verdict(store, Verdict.PARTIAL, SiteState.PARTIAL)  # its confident subset served: a decision
     assert reason(store).startswith(f"usable examples grew {MIN_EXAMPLES} -> {MIN_EXAMPLES * 5} (x5.0 >= x2)")
